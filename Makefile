@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PMON_KAFKA_PORT ?= 9092
+
+.PHONY: demo test setup kafka-up kafka-down schemas bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/pmon demo
+
+# The broker is stopped whatever the tests' outcome; the tests' exit code is kept.
+test: setup kafka-up
+	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python -m pytest; \
+	  status=$$?; bash scripts/kafka-local.sh down; exit $$status
+
+kafka-up:
+	bash scripts/kafka-local.sh up
+
+kafka-down:
+	bash scripts/kafka-local.sh down
+
+schemas: setup
+	$(BIN)/pmon schemas --out schemas
+
+bench: setup kafka-up
+	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) pmon-plans .pytest_cache

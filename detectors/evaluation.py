@@ -1,0 +1,35 @@
+"""One closed bucket of one series through its detector and the breach policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from detectors.base import BucketDetector, BucketObservation, Verdict
+from incidents.breach_policy import BreachPolicy, BreachState
+from incidents.model import Evidence, IncidentEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    verdict: Verdict
+    breach_state: BreachState
+    incidents: list[IncidentEvent]
+
+
+def evaluate_bucket(detector: BucketDetector, breach_state: BreachState, policy: BreachPolicy,
+                    observation: BucketObservation, *, initiative: str) -> Evaluation:
+    """Score, then learn only from healthy buckets so a dip never becomes the baseline.
+
+    Unscored buckets (warm-up, too little volume) leave the breach state as it is.
+    """
+    verdict = detector.score_one(observation)
+    if not verdict.breached:
+        detector.learn_one(observation)
+    if not verdict.scored:
+        return Evaluation(verdict, breach_state, [])
+    evidence = Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,
+                        bucket_start=observation.bucket_start, bucket_end=observation.bucket_end,
+                        detail=verdict.detail)
+    state, incidents = policy.observe(breach_state, initiative=initiative, kind=detector.kind,
+                                      series=observation.series, breached=verdict.breached, evidence=evidence)
+    return Evaluation(verdict, state, incidents)

@@ -1,0 +1,9 @@
+"""Errors raised by the detectors package; all derive from DetectorError."""
+
+
+class DetectorError(Exception):
+    """Root of every error the detectors package raises on purpose."""
+
+
+class InvalidObservation(DetectorError, ValueError):
+    """An observation a detector cannot score (negative counts, clicks above exposures...)."""

@@ -1,0 +1,9 @@
+"""Errors raised by the incidents package; all derive from IncidentError."""
+
+
+class IncidentError(Exception):
+    """Root of every error the incidents package raises on purpose."""
+
+
+class UnknownIncidentKind(IncidentError, KeyError):
+    """An incident kind has no playbook; every kind must have an owner and a playbook."""

@@ -1,0 +1,63 @@
+"""The incident event: one transition of an incident's lifecycle.
+
+Defined here, in the pure package that decides incidents; `streams.events`
+re-exports it as the value schema of the incidents topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Transition = Literal["opened", "escalated", "resolved"]
+
+
+class Evidence(BaseModel):
+    """What a responder needs to judge an alert without opening a notebook."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    observed: float
+    expected: float
+    score: float
+    bucket_start: datetime
+    bucket_end: datetime
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class IncidentEvent(BaseModel):
+    """One transition of an incident; the Kafka key is `incident_id`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    incident_id: str
+    transition: Transition
+    kind: str
+    severity: Literal["warning", "critical"]
+    initiative: str
+    series: list[str]
+    period: str
+    owner: str
+    rung: int = Field(ge=0)
+    playbook: str
+    evidence: Evidence
+    occurred_at: datetime
+
+
+def incident_id(initiative: str, kind: str, series: str, period: str) -> str:
+    """Deterministic id, so a replay or a restarted worker never doubles an incident.
+
+    >>> incident_id("PLG Onboarding", "conversion_drop", "PLG Onboarding|new|web|control", "2026-11-10T14")
+    'inc-1e0ca4b05b2a4e57f099'
+    """
+    digest = hashlib.sha256("\x1f".join((initiative, kind, series, period)).encode()).hexdigest()
+    return f"inc-{digest[:20]}"
+
+
+def transition_event_id(incident: str, transition: Transition, sequence: int) -> str:
+    """Deterministic id of one transition: the same replay emits the same ids."""
+    return f"{incident}:{transition}:{sequence}"

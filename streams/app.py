@@ -1,0 +1,190 @@
+"""The Faust worker: topics, tables, thin agents, a timer and the web views.
+
+`create_app(settings)` builds a fresh app; nothing happens at import time.
+Agents decode, call the pipeline, write state (the tables the pipeline holds)
+and emit what it returns. Concurrency is 1 everywhere (faust-streaming issue
+606: with more, an offset can be committed past a message still in flight).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+from aiohttp.web import Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from streams.emitter import Emitter
+from streams.events import ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
+from streams.metrics import PipelineMetrics
+from streams.pipeline import MonitorPipeline, MonitorState, Outputs
+from streams.report import ReportRequest, build_report
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+IDLE_CHECK_SECONDS = 30.0
+ORJSON_CODEC = "pmon_orjson"
+
+
+class OrjsonCodec(faust.Codec):
+    """JSON with orjson for the internal re-keyed topic."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return orjson.loads(s)
+
+
+faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """SASL/SSL settings passed through to the broker, or None for PLAINTEXT."""
+    protocol = settings.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        ssl_context = faust.ssl.create_default_context(
+            purpose=faust.ssl.Purpose.SERVER_AUTH,
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+        if protocol == "SSL":
+            return faust.SSLCredentials(ssl_context)
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    if settings.sasl_mechanism == "PLAIN":
+        return faust.SASLCredentials(username=settings.sasl_username, password=password,
+                                     ssl_context=ssl_context)
+    return faust.SASLCredentials(username=settings.sasl_username, password=password,
+                                 ssl_context=ssl_context, mechanism=settings.sasl_mechanism)
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replicas,
+        autodiscover=False,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
+        table_standby_replicas=0,
+        producer_acks=-1,
+        logging_config=None,
+    )
+    registry = registry or CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+
+    def raw_topic(name: str, *, value_serializer: str = "raw") -> faust.TopicT:
+        # Inputs stay bytes until the agent decodes them, so a bad record reaches
+        # the dead-letter topic exactly as it came.
+        return app.topic(name, key_type=bytes, key_serializer="raw", value_serializer=value_serializer,
+                         internal=True, partitions=settings.topic_partitions)
+
+    engagement = raw_topic(settings.topic("engagement"))
+    consent = raw_topic(settings.topic("consent"))
+    rule_changes = raw_topic(settings.topic("rule-changes"))
+    by_initiative = raw_topic(settings.topic("engagement-by-initiative"), value_serializer=ORJSON_CODEC)
+    outputs = {name: raw_topic(settings.topic(name)) for name in ("incidents", "plan-updates", "dead-letters")}
+
+    def table(name: str) -> faust.Table:
+        return app.Table(name, default=None, key_type=str, key_serializer="raw",
+                         value_serializer="pickle", partitions=settings.topic_partitions)
+
+    state = MonitorState(**{name: table(name) for name in (
+        "clocks", "buckets", "detectors", "breaches", "incidents", "plans", "consent_ledger", "rule_changes")})
+    pipeline = MonitorPipeline(settings, state)
+    emitter = Emitter(settings, metrics, send=lambda topic, key, value: outputs[topic].send(key=key, value=value))
+
+    async def admitted(stream_event: faust.EventT, topic: str) -> Any:
+        message = stream_event.message
+        metrics.records.labels(topic=topic).inc()
+        record = pipeline.admit(topic, message.value, key=message.key, partition=message.partition,
+                                offset=message.offset)
+        if isinstance(record, DeadLetter):
+            log.warning("dead letter from %s[%s]@%s: %s", topic, message.partition, message.offset, record.reason)
+            await emitter.dead_letter(record)
+            return None
+        return record
+
+    @app.agent(engagement, concurrency=1)
+    async def admit_engagement(stream: faust.StreamT) -> None:
+        async for stream_event in stream.events():
+            record = await admitted(stream_event, "engagement")
+            if record is not None:
+                await by_initiative.send(key=record.initiative.encode(), value=record.model_dump(mode="json"))
+
+    @app.agent(consent, concurrency=1)
+    async def keep_consent(stream: faust.StreamT) -> None:
+        async for stream_event in stream.events():
+            record = await admitted(stream_event, "consent")
+            if isinstance(record, ConsentEvent):
+                pipeline.on_consent(record)
+
+    @app.agent(rule_changes, concurrency=1)
+    async def log_rule_changes(stream: faust.StreamT) -> None:
+        async for stream_event in stream.events():
+            record = await admitted(stream_event, "rule-changes")
+            if isinstance(record, RuleChangeEvent):
+                pipeline.on_rule_change(record)
+
+    @app.agent(by_initiative, concurrency=1)
+    async def monitor_initiative(stream: faust.StreamT) -> None:
+        async for stream_event in stream.events():
+            message, value = stream_event.message, stream_event.value
+            try:
+                if "tick" in value:
+                    result = pipeline.on_idle_check(value["tick"], wall_now=time.time())
+                else:
+                    result = pipeline.on_engagement(EngagementEvent.model_validate(value), wall_now=time.time())
+            except (TypeError, ValueError) as exc:
+                await emitter.dead_letter(DeadLetter.of(
+                    orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",
+                    error=repr(exc), key=message.key, partition=message.partition, offset=message.offset,
+                    stage="process"))
+                continue
+            await emitter.emit(result)
+
+    @app.timer(interval=IDLE_CHECK_SECONDS)
+    async def close_quiet_feeds() -> None:
+        # Tables can only be written while processing an event of their
+        # partition, so the timer asks the owning agent through its topic.
+        now = time.time()
+        for initiative, clock in list(state.clocks.items()):
+            if clock is not None and clock.open_starts and now - clock.last_event_wall >= settings.idle_close_seconds:
+                await by_initiative.send(key=initiative.encode(), value={"tick": initiative})
+
+    @app.page("/pmon/report/")
+    async def report_view(web: Any, request: Any) -> Any:
+        try:
+            report_request = ReportRequest.from_query(dict(request.query))
+            report = build_report(pipeline, report_request)
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        if report is None:
+            known = sorted(k for k in state.plans.keys())
+            return web.json({"error": f"unknown initiative {report_request.initiative!r}", "known": known},
+                            status=404)
+        return web.bytes(orjson.dumps(report.model_dump(mode="json")), content_type="application/json")
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        return Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.pmon_pipeline = pipeline  # for in-process inspection in tests and benchmarks
+    return app

@@ -1,0 +1,261 @@
+"""`pmon`: demo, simulate, worker, monitor, schemas.
+
+Misuse prints one line, `pmon <command>: error: <what> — <how to fix>`, and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import orjson
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streams.exceptions import StreamsError
+from streams.report import WINDOWS, ReportRequest
+from streams.settings import Settings
+
+log = logging.getLogger("pmon")
+USAGE_EXIT = 2
+
+
+class CliError(click.ClickException):
+    """A one-line, actionable error with exit code 2."""
+
+    exit_code = USAGE_EXIT
+
+
+def _fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        _fail(f"invalid setting PMON_{field.upper()}: {first['msg']} — fix the variable or the option")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def pmon() -> None:
+    """Personalization Monitor: streaming monitor for personalization programs."""
+
+
+# --------------------------------------------------------------------------- demo
+@pmon.command()
+@click.option("--days", type=click.IntRange(4, 60), default=14, show_default=True, help="Days of simulated history.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--plan-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the plan is written (default PMON_PLAN_DIR).")
+@click.option("--detail", type=click.Choice(["summary", "full"]), default="full", show_default=True)
+def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
+    """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
+    from streams.simulator import SimulationSpec, labels, simulate
+
+    settings = _settings(plan_dir=plan_dir, log_level="WARNING")
+    _configure_logging(settings)
+    spec = SimulationSpec(seed=seed, days=days)
+    console = Console()
+    driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
+    truth = labels(spec)
+    _print_report(driver, "PLG Onboarding", "14d", detail, None, None, console)
+    found = _match_labels(driver.run_result.incidents, truth)
+    console.print(f"Injected incidents found: {sum(found.values())} of {len(found)}")
+    for label, hit in found.items():
+        console.print(f"  {'✔' if hit else '✘'} {label}")
+    console.print(f"{driver.run_result.records:,} records in {elapsed:.1f} s "
+                  f"({driver.run_result.records / elapsed:,.0f} records/s); "
+                  f"plan files in {settings.plan_dir.resolve()}")
+
+
+def _encoded(records: Any) -> Any:
+    from streams.events import encode
+
+    for record in records:
+        yield record.topic, record.key.encode(), encode(record.event)
+
+
+def _run_embedded(settings: Settings, records: Any, console: Console, total: int | None) -> tuple[Any, float]:
+    from streams.embedded import EmbeddedDriver
+
+    driver = EmbeddedDriver(settings)
+    started = time.perf_counter()
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("replaying events", total=total)
+        asyncio.run(driver.run(records, progress=lambda n: progress.advance(task, n)))
+    return driver, time.perf_counter() - started
+
+
+def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> dict[str, bool]:
+    """Which ground-truth injections an opened incident overlaps (same series, within the window)."""
+    from datetime import datetime, timedelta
+
+    result = {}
+    for label in truth:
+        start = datetime.fromisoformat(label["start"])
+        end = datetime.fromisoformat(label["end"]) + timedelta(hours=3)
+        series = set(label["series"])
+        hit = any(e.transition == "opened" and series & set(e.series) and start <= e.evidence.bucket_start < end
+                  for e in incidents)
+        result[f"{label['kind']} on {', '.join(sorted(series))} from {label['start']}"] = hit
+    return result
+
+
+def _print_report(driver: Any, initiative: str, window: str, detail: str, dimension: str | None,
+                  alert_threshold: float | None, console: Console) -> None:
+    from streams.render import render_report
+    from streams.report import build_report
+
+    request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
+                            alert_threshold=alert_threshold)
+    report = build_report(driver.pipeline, request)
+    if report is None:
+        known = ", ".join(sorted(driver.pipeline.state.clocks)) or "none"
+        _fail(f"unknown initiative {initiative!r} — the events name: {known}; pass one of them with --initiative")
+    render_report(report, console)
+
+
+# --------------------------------------------------------------------------- simulate
+@pmon.command()
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--days", type=click.IntRange(1, 60), default=14, show_default=True)
+@click.option("--to-file", "to_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write JSONL records ({topic, key, value}) to this file.")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the ground-truth labels (JSON) to this file.")
+@click.option("--to-kafka", is_flag=True, help="Produce to the broker at PMON_KAFKA_BOOTSTRAP.")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Records per second with --to-kafka; 0 is as fast as possible.")
+def simulate(seed: int, days: int, to_file: Path | None, labels_file: Path | None, to_kafka: bool,
+             rate: float) -> None:
+    """Generate a deterministic simulated program with injected incidents."""
+    from streams.simulator import SimulationSpec, labels, write_jsonl
+    from streams.simulator import simulate as generate
+
+    if not to_file and not to_kafka:
+        _fail("nothing to do — pass --to-file PATH and/or --to-kafka")
+    spec = SimulationSpec(seed=seed, days=days)
+    if labels_file:
+        labels_file.write_bytes(orjson.dumps(labels(spec), option=orjson.OPT_INDENT_2))
+    if to_file:
+        count = write_jsonl(generate(spec), to_file)
+        click.echo(f"wrote {count:,} records to {to_file}", err=True)
+    if to_kafka:
+        from streams.kafka_io import produce
+
+        settings = _settings()
+        try:
+            count = asyncio.run(produce(settings, _encoded(generate(spec)), rate=rate))
+        except StreamsError as exc:
+            _fail(str(exc))
+        click.echo(f"produced {count:,} records to {settings.kafka_bootstrap}", err=True)
+
+
+# --------------------------------------------------------------------------- worker
+@pmon.command()
+def worker() -> None:
+    """Run the Faust worker against PMON_KAFKA_BOOTSTRAP (settings from PMON_* variables)."""
+    import faust
+
+    from streams.app import create_app
+    from streams.kafka_io import ensure_topics
+
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        asyncio.run(ensure_topics(settings))
+    except StreamsError as exc:
+        _fail(str(exc))
+    app = create_app(settings)
+    faust.Worker(app, loglevel=settings.log_level.lower(), console_port=None).execute_from_commandline()
+
+
+# --------------------------------------------------------------------------- monitor
+@pmon.command()
+@click.option("--initiative", required=True, help='Initiative name, e.g. "PLG Onboarding".')
+@click.option("--window", type=click.Choice(list(WINDOWS)), default="7d", show_default=True)
+@click.option("--detail", type=click.Choice(["summary", "full"]), default="summary", show_default=True)
+@click.option("--dimension", type=click.Choice(["profile", "channel", "cohort"]), default=None,
+              help="Break the dashboard down by one dimension (default: profile, channel and variant).")
+@click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Relative drop that flags a row; with --events it is also the detection threshold.")
+@click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run the embedded driver over this JSONL file instead of asking a worker.")
+@click.option("--worker-url", default=None, help="Worker web address (default http://PMON_WEB_HOST:PMON_WEB_PORT).")
+def monitor(initiative: str, window: str, detail: str, dimension: str | None, alert_threshold: float | None,
+            events: Path | None, worker_url: str | None) -> None:
+    """Print the report of one initiative, from a running worker or from an events file."""
+    console = Console()
+    if events is not None:
+        if not events.is_file():
+            _fail(f"events file {events} does not exist — write one with `pmon simulate --to-file {events}`")
+        from streams.embedded import read_records
+
+        settings = _settings(alert_threshold=alert_threshold, log_level="WARNING")
+        _configure_logging(settings)
+        driver, _ = _run_embedded(settings, read_records(events), console, total=None)
+        _print_report(driver, initiative, window, detail, dimension, alert_threshold, console)
+        return
+    from streams.monitor_client import fetch_report
+    from streams.render import render_report
+
+    settings = _settings()
+    url = worker_url or f"http://{settings.web_host}:{settings.web_port}"
+    request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
+                            alert_threshold=alert_threshold)
+    try:
+        report = fetch_report(url, request)
+    except StreamsError as exc:
+        _fail(str(exc))
+    render_report(report, console)
+
+
+# --------------------------------------------------------------------------- schemas
+@pmon.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas"), show_default=True)
+def schemas(out: Path) -> None:
+    """Export the JSON Schemas of every topic and of the plan document."""
+    from streams.schemas import write_schemas
+
+    for path in write_schemas(out):
+        click.echo(str(path))
+
+
+def _run(command: click.Command, prog_name: str, argv: list[str] | None) -> NoReturn:
+    """Run a command; any usage or actionable error becomes one line on stderr and exit code 2."""
+    try:
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.ClickException as exc:
+        where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else prog_name
+        message = exc.format_message()
+        hint = "" if "—" in message else f" — see `{where} --help`"
+        click.echo(f"{where}: error: {message}{hint}", err=True)
+        sys.exit(USAGE_EXIT)
+    except click.Abort:
+        click.echo(f"{prog_name}: aborted", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    _run(pmon, "pmon", argv)
+
+
+def monitor_main(argv: list[str] | None = None) -> NoReturn:
+    _run(monitor, "monitor-personalization", argv)

@@ -1,0 +1,172 @@
+"""The one pipeline both drivers run: the Faust worker and the embedded driver.
+
+It is plain Python over mappings: the worker hands it Faust tables, the
+embedded driver dicts. Drivers decode and route records and send what it
+returns; every decision is made here or in the pure packages it calls.
+
+Two stages, matching the topic keys:
+- per user (engagement and consent, keyed by user): `admit` decodes,
+  validates and pseudonymises; consent updates the ledger;
+- per initiative (engagement re-keyed by initiative, rule changes): windows,
+  detection, the breach policy, incidents and the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from detectors.base import BucketDetector
+from detectors.conversion_drop import ConversionDropDetector
+from detectors.evaluation import evaluate_bucket
+from incidents.breach_policy import BreachPolicy, BreachState
+from incidents.model import IncidentEvent
+from plans.document import IncidentSummary, PlanDocument, new_plan, with_incident, with_thresholds
+from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
+from streams.exceptions import DecodeError
+from streams.pseudonym import Pseudonymiser
+from streams.settings import Settings
+from streams.windows import BucketRow, InitiativeClock, WindowKeeper
+
+log = logging.getLogger(__name__)
+
+RULE_LOG_LIMIT = 200  # rule changes kept per initiative: enough for probable-cause lookups
+
+
+@dataclass
+class MonitorState:
+    """The tables. Keys are strings; values are the picklable objects named here."""
+
+    clocks: MutableMapping[str, InitiativeClock] = field(default_factory=dict)
+    buckets: MutableMapping[str, BucketRow] = field(default_factory=dict)
+    detectors: MutableMapping[str, BucketDetector] = field(default_factory=dict)
+    breaches: MutableMapping[str, BreachState] = field(default_factory=dict)
+    incidents: MutableMapping[str, IncidentEvent] = field(default_factory=dict)
+    plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
+    consent_ledger: MutableMapping[str, dict[str, Any]] = field(default_factory=dict)
+    rule_changes: MutableMapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class Outputs:
+    """What one step produced, for the driver to send."""
+
+    incidents: list[IncidentEvent] = field(default_factory=list)
+    plans: list[PlanDocument] = field(default_factory=list)
+
+    def extend(self, other: "Outputs") -> None:
+        self.incidents.extend(other.incidents)
+        self.plans.extend(other.plans)
+
+    def __bool__(self) -> bool:
+        return bool(self.incidents or self.plans)
+
+
+class MonitorPipeline:
+    def __init__(self, settings: Settings, state: MonitorState) -> None:
+        self.settings = settings
+        self.state = state
+        self.windows = WindowKeeper(state.clocks, state.buckets, bucket_seconds=settings.bucket_seconds,
+                                    allowed_lateness_seconds=settings.allowed_lateness_seconds,
+                                    retention_days=settings.retention_days)
+        self.breach_policy = BreachPolicy(settings.breach_config())
+        self._detector_config = settings.detector_config()
+        self._pseudonymiser = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode())
+        self._thresholds = settings.monitored_thresholds()
+        self._thresholds_checked: set[str] = set()
+
+    # -- per-user stage -------------------------------------------------------------
+    def admit(self, topic: str, raw: bytes, *, key: bytes | None = None, partition: int | None = None,
+              offset: int | None = None) -> EngagementEvent | ConsentEvent | RuleChangeEvent | DeadLetter:
+        """Decode and validate one input record; pseudonymise its user. Bad input becomes a dead letter."""
+        try:
+            return decode(INPUT_MODELS[topic], raw, pseudonymise=self._pseudonymiser.pseudonym)
+        except DecodeError as exc:
+            return DeadLetter.of(raw, source_topic=self.settings.topic(topic), reason=exc.reason,
+                                 error=exc.detail[:2000], key=key, partition=partition, offset=offset)
+
+    def on_consent(self, event: ConsentEvent) -> None:
+        """Keep the latest consent per pseudonymous user and purpose, by event time."""
+        entry = self.state.consent_ledger.get(event.user_id) or {}
+        known = entry.get(event.purpose)
+        if known is None or known["at"] <= event.event_time.timestamp():
+            entry[event.purpose] = {"status": event.status, "at": event.event_time.timestamp(),
+                                    "region": event.region}
+            self.state.consent_ledger[event.user_id] = entry
+
+    # -- per-initiative stage -------------------------------------------------------
+    def on_engagement(self, event: EngagementEvent, *, wall_now: float) -> Outputs:
+        outputs = self._check_thresholds(event.initiative, event.event_time)
+        counted, closed = self.windows.add(event, wall_now=wall_now)
+        for row in closed:
+            outputs.extend(self._on_bucket_closed(row))
+        return outputs
+
+    def on_idle_check(self, initiative: str, *, wall_now: float) -> Outputs:
+        outputs = Outputs()
+        for row in self.windows.close_idle(initiative, wall_now=wall_now,
+                                           idle_seconds=self.settings.idle_close_seconds):
+            outputs.extend(self._on_bucket_closed(row))
+        return outputs
+
+    def on_rule_change(self, event: RuleChangeEvent) -> None:
+        log_entries = list(self.state.rule_changes.get(event.initiative) or [])
+        if any(e["event_id"] == event.event_id for e in log_entries):
+            return  # a redelivered record
+        log_entries.append(event.model_dump(mode="json"))
+        log_entries.sort(key=lambda e: e["event_time"])
+        self.state.rule_changes[event.initiative] = log_entries[-RULE_LOG_LIMIT:]
+
+    def _check_thresholds(self, initiative: str, at: datetime) -> Outputs:
+        """Create the plan on first sight; log a change of thresholds once per process."""
+        if initiative in self._thresholds_checked:
+            return Outputs()
+        self._thresholds_checked.add(initiative)
+        plan = self.state.plans.get(initiative)
+        if plan is None:
+            updated = new_plan(initiative, thresholds=self._thresholds, at=at)
+        else:
+            updated = with_thresholds(plan, self._thresholds, at=at, actor="pmon worker settings",
+                                      reason="thresholds or cadence differ from the previous run's")
+            if updated is plan:
+                return Outputs()
+        self.state.plans[initiative] = updated
+        return Outputs(plans=[updated])
+
+    def _on_bucket_closed(self, row: BucketRow) -> Outputs:
+        outputs = Outputs()
+        plan = self.state.plans.get(row.initiative)
+        for observation in row.observations():
+            key = f"{observation.series}|{ConversionDropDetector.kind}"
+            detector = self.state.detectors.get(key) or ConversionDropDetector(self._detector_config)
+            evaluation = evaluate_bucket(detector, self.state.breaches.get(key) or BreachState(),
+                                         self.breach_policy, observation, initiative=row.initiative)
+            self.state.detectors[key] = detector
+            self.state.breaches[key] = evaluation.breach_state
+            for incident in evaluation.incidents:
+                log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
+                         incident.series, incident.owner)
+                self.state.incidents[incident.incident_id] = incident
+                outputs.incidents.append(incident)
+                if plan is not None:
+                    plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)
+        if plan is not None and outputs.incidents:
+            self.state.plans[row.initiative] = plan
+            outputs.plans.append(plan)
+        return outputs
+
+
+_STATUS = {"opened": "open", "escalated": "escalated", "resolved": "resolved"}
+
+
+def _summary(plan: PlanDocument, incident: IncidentEvent) -> IncidentSummary:
+    known = plan.incident(incident.incident_id)
+    return IncidentSummary(
+        incident_id=incident.incident_id, kind=incident.kind, severity=incident.severity,
+        series=tuple(incident.series), owner=incident.owner,
+        opened_at=known.opened_at if known is not None else incident.occurred_at,
+        last_transition=incident.occurred_at, status=_STATUS[incident.transition],
+        escalation_level=incident.rung, playbook=incident.playbook)

@@ -1,0 +1,62 @@
+"""Prints a report in the terminal with rich tables."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from streams.report import DashboardRow, Report
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value * 100:.{digits}f} %"
+
+
+def _dashboard_table(title: str, rows: list[DashboardRow], threshold: float) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("value", "exposures", "clicks", "conversions", "revenue", "CTR", "CVR", "fallback",
+                   "CVR 24 h", "change"):
+        table.add_column(column, justify="left" if column == "value" else "right")
+    for row in rows:
+        change = "–" if row.change is None else f"{row.change * 100:+.1f} %"
+        if row.flagged:
+            change = f"[bold red]{change} ≥{threshold * 100:.0f} % drop[/]"
+        table.add_row(row.value, f"{row.exposures:,}", f"{row.clicks:,}", f"{row.conversions:,}",
+                      f"{row.revenue:,.2f}", _pct(row.ctr), _pct(row.cvr), _pct(row.fallback_rate),
+                      _pct(row.recent_cvr), change)
+    return table
+
+
+def render_report(report: Report, console: Console | None = None) -> None:
+    console = console or Console()
+    span = (f"{report.window_start:%Y-%m-%d %H:%M} → {report.window_end:%Y-%m-%d %H:%M} UTC"
+            if report.window_start and report.window_end else "no closed bucket yet")
+    console.print(Panel(
+        f"[bold]{report.initiative}[/] · window {report.window} ({span}) · detail {report.detail}\n"
+        f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
+        f"alert threshold {report.alert_threshold * 100:.0f} % relative drop",
+        title="Personalization Monitor"))
+    console.print(_dashboard_table("Total", [report.totals], report.alert_threshold))
+    for dimension in dict.fromkeys(row.dimension for row in report.dashboard):
+        rows = [row for row in report.dashboard if row.dimension == dimension]
+        console.print(_dashboard_table(f"By {dimension}", rows, report.alert_threshold))
+    if report.series:
+        console.print(_dashboard_table("By series (initiative | profile | channel | variant)", report.series,
+                                       report.alert_threshold))
+    incidents = Table(title=f"Incidents ({len(report.incidents)})", title_justify="left")
+    for column in ("incident", "kind", "status", "severity", "owner", "series", "since", "observed", "expected"):
+        incidents.add_column(column)
+    for line in report.incidents:
+        incidents.add_row(line.incident_id, line.kind, line.status, line.severity, line.owner,
+                          "\n".join(line.series), line.period, _pct(line.observed), _pct(line.expected))
+    console.print(incidents)
+    if report.detail == "full":
+        playbooks = {line.kind: line.playbook for line in report.incidents}
+        if playbooks:
+            console.print(Panel(Group(*(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items()))),
+                                title="Playbooks"))
+    warming = ", ".join(report.warming_up) if report.warming_up else "none"
+    console.print(f"Series still warming up (no alerts yet): {warming}")
+    revision = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"
+    console.print(f"Plan: {revision}, in {report.plan_dir}/")

@@ -1,0 +1,161 @@
+"""The report: dashboard snapshot, incidents with owners, warm-up status.
+
+Built from the pipeline's state by both drivers (the worker serves it as JSON
+at `/pmon/report/`); `streams.render` prints it. The window ends at the
+initiative's watermark (event time), so a replay reports what live would.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from incidents.model import IncidentEvent
+from streams.windows import Counters
+
+WINDOWS = {"7d": 7, "14d": 14, "30d": 30}
+Dimension = Literal["profile", "channel", "variant", "cohort"]
+SUMMARY_DIMENSIONS: tuple[Dimension, ...] = ("profile", "channel", "variant")
+_SERIES_PARTS = {"profile": 1, "channel": 2, "variant": 3}
+
+
+class ReportRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initiative: str = Field(min_length=1)
+    window: Literal["7d", "14d", "30d"] = "7d"
+    detail: Literal["summary", "full"] = "summary"
+    dimension: Literal["profile", "channel", "cohort"] | None = None
+    alert_threshold: float | None = Field(None, gt=0, lt=1)
+
+    @classmethod
+    def from_query(cls, query: dict[str, str]) -> "ReportRequest":
+        return cls.model_validate({k: v for k, v in query.items() if v != ""})
+
+
+class DashboardRow(BaseModel):
+    dimension: str
+    value: str
+    exposures: int
+    clicks: int
+    conversions: int
+    revenue: float
+    ctr: float | None
+    cvr: float | None
+    fallback_rate: float | None
+    recent_cvr: float | None = Field(description="Conversion rate over the last 24 closed hours.")
+    change: float | None = Field(description="Relative change of the recent rate against the window's.")
+    flagged: bool = Field(description="The recent rate dropped by at least the alert threshold.")
+
+
+class IncidentLine(BaseModel):
+    incident_id: str
+    kind: str
+    status: str
+    severity: str
+    owner: str
+    series: list[str]
+    period: str
+    observed: float
+    expected: float
+    occurred_at: datetime
+    playbook: str
+
+
+class Report(BaseModel):
+    initiative: str
+    window: str
+    window_start: datetime | None
+    window_end: datetime | None
+    detail: str
+    alert_threshold: float
+    totals: DashboardRow
+    dashboard: list[DashboardRow]
+    series: list[DashboardRow]
+    incidents: list[IncidentLine]
+    warming_up: list[str]
+    counted_events: int
+    late_dropped: int
+    plan_revision: int | None
+    plan_dir: str
+
+
+def _rates(dimension: str, value: str, window: Counters, recent: Counters, threshold: float) -> DashboardRow:
+    cvr = window.conversions / window.exposures if window.exposures else None
+    recent_cvr = recent.conversions / recent.exposures if recent.exposures else None
+    change = (recent_cvr / cvr - 1.0) if cvr and recent_cvr is not None else None
+    return DashboardRow(
+        dimension=dimension, value=value, exposures=window.exposures, clicks=window.clicks,
+        conversions=window.conversions, revenue=round(window.revenue, 2),
+        ctr=window.clicks / window.exposures if window.exposures else None, cvr=cvr,
+        fallback_rate=window.fallbacks / window.exposures if window.exposures else None,
+        recent_cvr=recent_cvr, change=change, flagged=change is not None and change <= -threshold)
+
+
+def _incident_line(event: IncidentEvent) -> IncidentLine:
+    return IncidentLine(
+        incident_id=event.incident_id, kind=event.kind, status=event.transition, severity=event.severity,
+        owner=event.owner, series=event.series, period=event.period, observed=event.evidence.observed,
+        expected=event.evidence.expected, occurred_at=event.occurred_at, playbook=event.playbook)
+
+
+def build_report(pipeline: "MonitorPipeline", request: ReportRequest) -> Report | None:  # noqa: F821
+    """The report of one initiative, or None when the monitor has never seen it."""
+    state, settings = pipeline.state, pipeline.settings
+    clock = state.clocks.get(request.initiative)
+    if clock is None:
+        return None
+    threshold = request.alert_threshold or settings.alert_threshold
+    end = clock.closed_until
+    rows = pipeline.windows.closed_rows(request.initiative, end - WINDOWS[request.window] * 86_400) if end else []
+    recent_since = (end or 0) - 86_400
+    dimensions: tuple[Dimension, ...] = (request.dimension,) if request.dimension else SUMMARY_DIMENSIONS
+    window_totals, recent_totals = Counters(), Counters()
+    by_value: dict[tuple[str, str], tuple[Counters, Counters]] = {}
+    by_series: dict[str, tuple[Counters, Counters]] = {}
+    for row in rows:
+        recent = row.start >= recent_since
+        for series, counters in row.series.items():
+            window_totals.merge(counters)
+            if recent:
+                recent_totals.merge(counters)
+            pair = by_series.setdefault(series, (Counters(), Counters()))
+            pair[0].merge(counters)
+            if recent:
+                pair[1].merge(counters)
+            parts = series.split("|")
+            for dimension in dimensions:
+                if dimension in _SERIES_PARTS:
+                    cell = by_value.setdefault((dimension, parts[_SERIES_PARTS[dimension]]), (Counters(), Counters()))
+                    cell[0].merge(counters)
+                    if recent:
+                        cell[1].merge(counters)
+        if "cohort" in dimensions:
+            for cohort, counters in row.cohorts.items():
+                cell = by_value.setdefault(("cohort", cohort), (Counters(), Counters()))
+                cell[0].merge(counters)
+                if recent:
+                    cell[1].merge(counters)
+    prefix = request.initiative + "|"
+    incidents = sorted((e for e in state.incidents.values() if e is not None and e.initiative == request.initiative),
+                       key=lambda e: (e.occurred_at, e.incident_id))
+    warming = sorted(key.rsplit("|", 1)[0] for key, detector in state.detectors.items()
+                     if key.startswith(prefix) and detector is not None and detector.warming_up)
+    plan = state.plans.get(request.initiative)
+    utc = lambda epoch: datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch is not None else None  # noqa: E731
+    return Report(
+        initiative=request.initiative, window=request.window,
+        window_start=utc(rows[0].start) if rows else None, window_end=utc(end), detail=request.detail,
+        alert_threshold=threshold,
+        totals=_rates("total", "all", window_totals, recent_totals, threshold),
+        dashboard=[_rates(d, v, *by_value[(d, v)], threshold) for d, v in sorted(by_value)],
+        series=[_rates("series", s, *by_series[s], threshold) for s in sorted(by_series)]
+        if request.detail == "full" else [],
+        incidents=[_incident_line(e) for e in incidents],
+        warming_up=warming,
+        counted_events=clock.counted, late_dropped=clock.late_dropped,
+        plan_revision=plan.revision if plan is not None else None,
+        plan_dir=str(settings.plan_dir))
+

@@ -1,0 +1,40 @@
+"""JSON Schemas of every topic's value and of the plan document, exported under `schemas/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from plans.schema import plan_json_schema
+from streams.events import ConsentEvent, DeadLetter, EngagementEvent, IncidentEvent, RuleChangeEvent
+
+TOPIC_MODELS = {
+    "engagement": EngagementEvent,
+    "consent": ConsentEvent,
+    "rule-changes": RuleChangeEvent,
+    "incidents": IncidentEvent,
+    "dead-letters": DeadLetter,
+}
+
+
+def all_schemas() -> dict[str, dict[str, Any]]:
+    """File name → schema. The plan-updates topic carries the plan document."""
+    schemas = {f"{topic}.schema.json": model.model_json_schema() for topic, model in TOPIC_MODELS.items()}
+    schemas["plan.schema.json"] = plan_json_schema()
+    return schemas
+
+
+def schema_bytes(schema: dict[str, Any]) -> bytes:
+    return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in all_schemas().items():
+        path = directory / name
+        path.write_bytes(schema_bytes(schema))
+        written.append(path)
+    return written

@@ -1,0 +1,100 @@
+"""One frozen settings object, read once from `PMON_*` variables and passed down.
+
+Nothing reads the environment anywhere else; tests build their own `Settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from detectors.conversion_drop import ConversionDropConfig
+from incidents.breach_policy import BreachPolicyConfig
+
+DEV_PSEUDONYM_KEY = "pmon-dev-key-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PMON_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma separated.")
+    topic_prefix: str = Field("pmon", description="Prefix of every topic name (`<prefix>.engagement`, ...).")
+    app_id: str = Field("personalization-monitor", description="Faust app id: the consumer group and the prefix of internal topics.")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of the topics the worker creates.")
+    topic_replicas: int = Field(1, ge=1, le=16, description="Replication factor of the topics the worker creates.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Broker security protocol, passed through to Kafka.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("PLAIN", description="SASL mechanism.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL / SASL_SSL.")
+
+    # Worker
+    web_host: str = Field("127.0.0.1", description="Address of the worker's web server (report view, /metrics).")
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server.")
+    batch_size: int = Field(500, ge=1, le=100_000, description="Records an aggregating agent takes at once.")
+    batch_within_seconds: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a batch.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    # Windows and event time
+    bucket_seconds: int = Field(3600, ge=60, le=86_400, description="Width of a tumbling window bucket.")
+    allowed_lateness_seconds: int = Field(600, ge=0, le=86_400, description="How far behind the watermark an event is still counted.")
+    retention_days: int = Field(30, ge=1, le=400, description="How long closed buckets are kept for reports.")
+    idle_close_seconds: float = Field(900, gt=0, description="Wall-clock quiet time after which a feed's open buckets are closed.")
+
+    # Detection and breach policy
+    alert_threshold: float = Field(0.2, gt=0, lt=1, description="Relative drop of a KPI against its baseline that counts as a breach.")
+    baseline_buckets: int = Field(72, ge=2, le=10_000, description="Trailing closed buckets that form a series' baseline.")
+    warmup_buckets: int = Field(24, ge=1, le=10_000, description="Closed buckets with traffic a series needs before it can alert.")
+    min_exposures: int = Field(200, ge=1, description="Exposures a bucket needs to be scored.")
+    significance: float = Field(0.001, gt=0, lt=0.5, description="One-sided binomial p-value a drop must reach to be a breach.")
+    breach_span_buckets: int = Field(3, ge=1, description="A second breach within this many buckets opens an incident.")
+    recovery_span_buckets: int = Field(3, ge=1, description="Consecutive healthy buckets that resolve an incident.")
+    escalate_every: int = Field(6, ge=1, description="Further breaches of a firing incident that climb one rung of the ladder.")
+    retry_limit: int = Field(2, ge=0, le=10, description="Retries of a failed sink write before it is dead-lettered.")
+
+    # Outputs and privacy
+    plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
+    pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description="Key of the keyed hash that pseudonymises user ids.")
+
+    @model_validator(mode="after")
+    def _warmup_fits_baseline(self) -> "Settings":
+        if self.warmup_buckets > self.baseline_buckets:
+            raise ValueError(
+                f"PMON_WARMUP_BUCKETS={self.warmup_buckets} exceeds PMON_BASELINE_BUCKETS={self.baseline_buckets}: "
+                "a series could never warm up; raise the baseline or lower the warm-up")
+        return self
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+    def detector_config(self) -> ConversionDropConfig:
+        return ConversionDropConfig(
+            alert_threshold=self.alert_threshold, baseline_buckets=self.baseline_buckets,
+            warmup_buckets=self.warmup_buckets, min_exposures=self.min_exposures,
+            significance=self.significance)
+
+    def breach_config(self) -> BreachPolicyConfig:
+        return BreachPolicyConfig(
+            breach_span_buckets=self.breach_span_buckets,
+            recovery_span_buckets=self.recovery_span_buckets,
+            escalate_every=self.escalate_every)
+
+    def monitored_thresholds(self) -> dict[str, float | int]:
+        """The thresholds and cadence the plan's change log watches."""
+        return {
+            "alert_threshold": self.alert_threshold,
+            "baseline_buckets": self.baseline_buckets,
+            "warmup_buckets": self.warmup_buckets,
+            "min_exposures": self.min_exposures,
+            "significance": self.significance,
+            "breach_span_buckets": self.breach_span_buckets,
+            "recovery_span_buckets": self.recovery_span_buckets,
+            "escalate_every": self.escalate_every,
+            "bucket_seconds": self.bucket_seconds,
+            "allowed_lateness_seconds": self.allowed_lateness_seconds,
+        }
