@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 import faust
@@ -26,9 +27,13 @@ from streams.report import ReportRequest, build_report
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+# Faust warns about the pickle codec wherever it is registered; ours is used
+# only for the changelogs of this app's own tables (see `table` below).
+warnings.filterwarnings("ignore", message="The pickle codec calls pickle.loads", category=Warning)
 
 IDLE_CHECK_SECONDS = 30.0
 ORJSON_CODEC = "pmon_orjson"
+MAX_EVENTS_PER_MESSAGE = 1000  # ~0.5 MB: under Kafka's default 1 MB message limit
 
 
 class OrjsonCodec(faust.Codec):
@@ -85,6 +90,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         web_metrics_enabled=False,
         table_standby_replicas=0,
         producer_acks=-1,
+        producer_linger=0.02,  # seconds: batch sends; without it every record is its own request
+        producer_max_batch_size=1_048_576,
         logging_config=None,
     )
     registry = registry or CollectorRegistry()
@@ -99,16 +106,22 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     engagement = raw_topic(settings.topic("engagement"))
     consent = raw_topic(settings.topic("consent"))
     rule_changes = raw_topic(settings.topic("rule-changes"))
-    by_initiative = raw_topic(settings.topic("engagement-by-initiative"), value_serializer=ORJSON_CODEC)
+    # Internal: named after the app, like the changelogs, so two apps never share it.
+    by_initiative = raw_topic(f"{settings.app_id}-engagement-by-initiative", value_serializer=ORJSON_CODEC)
     outputs = {name: raw_topic(settings.topic(name)) for name in ("incidents", "plan-updates", "dead-letters")}
 
     def table(name: str) -> faust.Table:
-        return app.Table(name, default=None, key_type=str, key_serializer="raw",
-                         value_serializer="pickle", partitions=settings.topic_partitions)
+        table = app.Table(name, default=None, key_type=str, partitions=settings.topic_partitions)
+        # Values are the pipeline's own objects. Faust derives serializers from
+        # types (json for anything but a faust Record); set them before the store
+        # and changelog topic, which read them lazily, exist. Only this app
+        # writes its changelogs, so pickle is safe here.
+        table.key_serializer, table.value_serializer = "raw", "pickle"
+        return table
 
     state = MonitorState(**{name: table(name) for name in (
         "clocks", "buckets", "detectors", "breaches", "incidents", "plans", "consent_ledger", "rule_changes")})
-    pipeline = MonitorPipeline(settings, state)
+    pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions)
     emitter = Emitter(settings, metrics, send=lambda topic, key, value: outputs[topic].send(key=key, value=value))
 
     async def admitted(stream_event: faust.EventT, topic: str) -> Any:
@@ -124,10 +137,19 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     @app.agent(engagement, concurrency=1)
     async def admit_engagement(stream: faust.StreamT) -> None:
-        async for stream_event in stream.events():
-            record = await admitted(stream_event, "engagement")
-            if record is not None:
-                await by_initiative.send(key=record.initiative.encode(), value=record.model_dump(mode="json"))
+        # Batches pay here: one re-keyed message per initiative per batch, so the
+        # aggregating agent writes its tables once per batch, not once per event.
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_seconds):
+            by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for stream_event in batch:
+                record = await admitted(stream_event, "engagement")
+                if record is not None:
+                    source = (record.initiative, stream_event.message.partition)
+                    by_key.setdefault(source, []).append(record.model_dump(mode="json"))
+            for (initiative, partition), events in by_key.items():
+                for chunk in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
+                    await by_initiative.send(key=initiative.encode(), value={
+                        "partition": partition, "events": events[chunk:chunk + MAX_EVENTS_PER_MESSAGE]})
 
     @app.agent(consent, concurrency=1)
     async def keep_consent(stream: faust.StreamT) -> None:
@@ -151,8 +173,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 if "tick" in value:
                     result = pipeline.on_idle_check(value["tick"], wall_now=time.time())
                 else:
-                    result = pipeline.on_engagement(EngagementEvent.model_validate(value), wall_now=time.time())
-            except (TypeError, ValueError) as exc:
+                    events = [EngagementEvent.model_validate(item) for item in value["events"]]
+                    result = pipeline.on_engagements(events, wall_now=time.time(),
+                                                     source_partition=value["partition"])
+            except (KeyError, TypeError, ValueError) as exc:
                 await emitter.dead_letter(DeadLetter.of(
                     orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",
                     error=repr(exc), key=message.key, partition=message.partition, offset=message.offset,

@@ -14,7 +14,7 @@ Two stages, matching the topic keys:
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,12 +66,14 @@ class Outputs:
 
 
 class MonitorPipeline:
-    def __init__(self, settings: Settings, state: MonitorState) -> None:
+    def __init__(self, settings: Settings, state: MonitorState, *, source_partitions: int = 1) -> None:
+        """`source_partitions`: partitions of the engagement topic feeding the per-initiative stage."""
         self.settings = settings
         self.state = state
         self.windows = WindowKeeper(state.clocks, state.buckets, bucket_seconds=settings.bucket_seconds,
                                     allowed_lateness_seconds=settings.allowed_lateness_seconds,
-                                    retention_days=settings.retention_days)
+                                    retention_days=settings.retention_days,
+                                    source_partitions=source_partitions, idle_seconds=settings.idle_close_seconds)
         self.breach_policy = BreachPolicy(settings.breach_config())
         self._detector_config = settings.detector_config()
         self._pseudonymiser = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode())
@@ -98,11 +100,19 @@ class MonitorPipeline:
             self.state.consent_ledger[event.user_id] = entry
 
     # -- per-initiative stage -------------------------------------------------------
-    def on_engagement(self, event: EngagementEvent, *, wall_now: float) -> Outputs:
-        outputs = self._check_thresholds(event.initiative, event.event_time)
-        counted, closed = self.windows.add(event, wall_now=wall_now)
-        for row in closed:
-            outputs.extend(self._on_bucket_closed(row))
+    def on_engagement(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0) -> Outputs:
+        return self.on_engagements([event], wall_now=wall_now, source_partition=source_partition)
+
+    def on_engagements(self, events: Iterable[EngagementEvent], *, wall_now: float,
+                       source_partition: int = 0) -> Outputs:
+        """Count events in order; run detection on every bucket they close. One table write per touched row."""
+        outputs = Outputs()
+        for event in events:
+            outputs.extend(self._check_thresholds(event.initiative, event.event_time))
+            _, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition)
+            for row in closed:
+                outputs.extend(self._on_bucket_closed(row))
+        self.windows.flush()
         return outputs
 
     def on_idle_check(self, initiative: str, *, wall_now: float) -> Outputs:
@@ -110,6 +120,7 @@ class MonitorPipeline:
         for row in self.windows.close_idle(initiative, wall_now=wall_now,
                                            idle_seconds=self.settings.idle_close_seconds):
             outputs.extend(self._on_bucket_closed(row))
+        self.windows.flush()
         return outputs
 
     def on_rule_change(self, event: RuleChangeEvent) -> None:

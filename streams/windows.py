@@ -8,8 +8,9 @@ A replay of history therefore decides exactly what live traffic would have.
 State lives in two mappings (a Faust table in the worker, a dict in the
 embedded driver): `clocks[initiative]` and `buckets["<initiative>|<start>"]`,
 one row per initiative and hour holding counters per series and per cohort,
-kept `retention_days` for reports. Values are mutated and then re-assigned, as
-Faust tables only log a value when it is set.
+kept `retention_days` for reports. Changed values are held in a write-back
+cache until `flush()`, so a batch of events costs one table write (and one
+changelog record) per touched row instead of one per event.
 """
 
 from __future__ import annotations
@@ -72,12 +73,15 @@ class BucketRow:
 
 @dataclass(slots=True)
 class InitiativeClock:
-    watermark: float | None = None  # greatest event time seen (epoch seconds)
+    watermark: float | None = None  # the event time up to which every source partition has been read
     closed_until: float | None = None  # every bucket ending at or before this is closed
     open_starts: list[float] = field(default_factory=list)
     counted: int = 0
     late_dropped: int = 0
+    first_event_wall: float = 0.0
     last_event_wall: float = 0.0
+    partition_marks: dict[int, float] = field(default_factory=dict)  # greatest event time per source partition
+    partition_walls: dict[int, float] = field(default_factory=dict)  # wall time of its last event
 
 
 def series_key(event: EngagementEvent) -> str:
@@ -96,41 +100,96 @@ class WindowKeeper:
     """Adds events to open buckets and hands back the buckets the watermark closed."""
 
     def __init__(self, clocks: MutableMapping[str, InitiativeClock], buckets: MutableMapping[str, BucketRow], *,
-                 bucket_seconds: int, allowed_lateness_seconds: int, retention_days: int) -> None:
+                 bucket_seconds: int, allowed_lateness_seconds: int, retention_days: int,
+                 source_partitions: int = 1, idle_seconds: float = 900.0) -> None:
         self.clocks = clocks
         self.buckets = buckets
         self.bucket_seconds = bucket_seconds
         self.lateness = allowed_lateness_seconds
         self.retention = retention_days * 86_400
+        self.source_partitions = source_partitions
+        self.idle_seconds = idle_seconds
+        self._dirty_clocks: dict[str, InitiativeClock] = {}
+        self._dirty_rows: dict[str, BucketRow | None] = {}  # None: delete
+
+    def _clock(self, initiative: str) -> InitiativeClock | None:
+        clock = self._dirty_clocks.get(initiative)
+        return clock if clock is not None else self.clocks.get(initiative)
+
+    def _row(self, key: str) -> BucketRow | None:
+        if key in self._dirty_rows:
+            return self._dirty_rows[key]
+        return self.buckets.get(key)
+
+    def flush(self) -> None:
+        """Write the changed clocks and rows to the tables."""
+        for initiative, clock in self._dirty_clocks.items():
+            self.clocks[initiative] = clock
+        for key, row in self._dirty_rows.items():
+            if row is None:
+                self.buckets.pop(key, None)
+            else:
+                self.buckets[key] = row
+        self._dirty_clocks.clear()
+        self._dirty_rows.clear()
 
     def _start_of(self, epoch: float) -> float:
         return math.floor(epoch / self.bucket_seconds) * self.bucket_seconds
 
-    def add(self, event: EngagementEvent, *, wall_now: float) -> tuple[bool, list[BucketRow]]:
-        """Count one event; return whether it was counted and the buckets now closed."""
+    def add(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0
+            ) -> tuple[bool, list[BucketRow]]:
+        """Count one event; return whether it was counted and the buckets now closed.
+
+        `source_partition` is the partition of the input topic the event was
+        read from: partitions are consumed at different speeds, so the
+        watermark is the least of their marks (see `_watermark`).
+        """
         initiative = event.initiative
-        clock = self.clocks.get(initiative) or InitiativeClock()
+        clock = self._clock(initiative)
+        if clock is None:
+            clock = InitiativeClock(first_event_wall=wall_now)
+        self._dirty_clocks[initiative] = clock
         t = event.event_time.timestamp()
         start = self._start_of(t)
         clock.last_event_wall = wall_now
+        clock.partition_walls[source_partition] = wall_now
+        mark = clock.partition_marks.get(source_partition)
+        clock.partition_marks[source_partition] = t if mark is None else max(mark, t)
         if clock.closed_until is not None and start < clock.closed_until:
             clock.late_dropped += 1
-            self.clocks[initiative] = clock
             return False, []
         key = bucket_key(initiative, start)
-        row = self.buckets.get(key)
+        row = self._row(key)
         if row is None:
             row = BucketRow(initiative, start, start + self.bucket_seconds)
             clock.open_starts.append(start)
             clock.open_starts.sort()
         row.series.setdefault(series_key(event), Counters()).add(event)
         row.cohorts.setdefault(event.cohort, Counters()).add(event)
-        self.buckets[key] = row
+        self._dirty_rows[key] = row
         clock.counted += 1
-        clock.watermark = t if clock.watermark is None else max(clock.watermark, t)
-        closed = self._advance(initiative, clock, clock.watermark - self.lateness)
-        self.clocks[initiative] = clock
-        return True, closed
+        watermark = self._watermark(clock, wall_now)
+        if watermark is None or (clock.watermark is not None and watermark <= clock.watermark):
+            return True, []
+        clock.watermark = watermark
+        return True, self._advance(initiative, clock, watermark - self.lateness)
+
+    def _watermark(self, clock: InitiativeClock, wall_now: float) -> float | None:
+        """The least event-time mark over the source partitions, as in Flink.
+
+        A partition not heard from holds the watermark back until it has been
+        idle for `idle_seconds` of wall time, then it no longer counts; the
+        wall-clock timer closes the buckets of a feed where all are quiet.
+        """
+        marks = []
+        for partition in range(self.source_partitions):
+            seen = clock.partition_walls.get(partition)
+            if seen is None:
+                if wall_now - clock.first_event_wall < self.idle_seconds:
+                    return None
+            elif wall_now - seen < self.idle_seconds:
+                marks.append(clock.partition_marks[partition])
+        return min(marks) if marks else None
 
     def close_idle(self, initiative: str, *, wall_now: float, idle_seconds: float) -> list[BucketRow]:
         """Close every open bucket of a feed that has been quiet for `idle_seconds` of wall time.
@@ -139,12 +198,11 @@ class WindowKeeper:
         those buckets arriving afterwards is late, as it would be had traffic
         continued.
         """
-        clock = self.clocks.get(initiative)
+        clock = self._clock(initiative)
         if clock is None or not clock.open_starts or wall_now - clock.last_event_wall < idle_seconds:
             return []
-        closed = self._advance(initiative, clock, clock.open_starts[-1] + self.bucket_seconds)
-        self.clocks[initiative] = clock
-        return closed
+        self._dirty_clocks[initiative] = clock
+        return self._advance(initiative, clock, clock.open_starts[-1] + self.bucket_seconds)
 
     def _advance(self, initiative: str, clock: InitiativeClock, horizon: float) -> list[BucketRow]:
         closed_until = self._start_of(horizon)
@@ -154,23 +212,28 @@ class WindowKeeper:
         clock.closed_until = closed_until
         closing = [s for s in clock.open_starts if s + self.bucket_seconds <= closed_until]
         clock.open_starts = [s for s in clock.open_starts if s + self.bucket_seconds > closed_until]
+        # Taken before expiry: after a gap longer than the retention, a bucket closing now is already too old to keep.
+        rows = [self._row(bucket_key(initiative, s)) for s in closing]
         self._expire(initiative, previous, closed_until)
-        return [self.buckets[bucket_key(initiative, s)] for s in closing]
+        return rows
 
     def _expire(self, initiative: str, previous: float | None, closed_until: float) -> None:
         """Drop rows that fell out of retention since the last close."""
         first = (previous if previous is not None else closed_until - self.bucket_seconds) - self.retention
-        for start in range(int(first), int(closed_until - self.retention), self.bucket_seconds):
-            self.buckets.pop(bucket_key(initiative, start), None)
+        # On the bucket grid, also when the retention is not a whole number of buckets.
+        for start in range(int(self._start_of(first)), int(closed_until - self.retention), self.bucket_seconds):
+            key = bucket_key(initiative, start)
+            if self._row(key) is not None:
+                self._dirty_rows[key] = None
 
     def closed_rows(self, initiative: str, since: float) -> list[BucketRow]:
         """Rows of closed buckets starting at or after `since`, oldest first."""
-        clock = self.clocks.get(initiative)
+        clock = self._clock(initiative)
         if clock is None or clock.closed_until is None:
             return []
         rows = []
         for start in range(int(self._start_of(since)), int(clock.closed_until), self.bucket_seconds):
-            row = self.buckets.get(bucket_key(initiative, start))
+            row = self._row(bucket_key(initiative, start))
             if row is not None:
                 rows.append(row)
         return rows

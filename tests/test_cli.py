@@ -1,0 +1,114 @@
+"""The `pmon` console entry point, run as a user would: a subprocess, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.events import ConsentEvent, EngagementEvent
+
+PMON = Path(sys.executable).parent / "pmon"
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def run_pmon(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PMON_")}
+    clean.pop("PYTHONWARNINGS", None)
+    clean.update({"PMON_PLAN_DIR": str(cwd / "plans"), "COLUMNS": "200"})
+    clean.update(env or {})
+    return subprocess.run([str(PMON), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{stderr}"
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two closed hours of "PLG Onboarding" (20 exposures, 2 clicks, 2 conversions), one of another initiative."""
+    lines: list[dict[str, object]] = []
+
+    def engagement(n: int, initiative: str, at: datetime, event_type: str = "exposure", revenue: float = 0.0) -> None:
+        event = EngagementEvent(event_id=f"e{n}", event_type=event_type, event_time=at, user_id=f"u{n:06d}",
+                                initiative=initiative, profile="new_user", channel="web", variant="control",
+                                revenue=revenue)
+        lines.append({"topic": "engagement", "key": f"u{n:06d}", "value": event.model_dump(mode="json")})
+
+    n = 0
+    for hour in (0, 1):
+        for i in range(10):
+            engagement(n := n + 1, "PLG Onboarding", T0 + timedelta(hours=hour, minutes=3 * i))
+        engagement(n := n + 1, "PLG Onboarding", T0 + timedelta(hours=hour, minutes=40), "click")
+        engagement(n := n + 1, "PLG Onboarding", T0 + timedelta(hours=hour, minutes=41), "conversion", 12.5)
+        engagement(n := n + 1, "Pricing Page Recs", T0 + timedelta(hours=hour, minutes=42))
+    engagement(n := n + 1, "PLG Onboarding", T0 + timedelta(hours=2, minutes=15))  # closes hours 0 and 1
+    consent = ConsentEvent(event_id="c1", event_time=T0, user_id="u000001", purpose="personalization",
+                           status="granted")
+    lines.append({"topic": "consent", "key": "u000001", "value": consent.model_dump(mode="json")})
+    path = tmp_path_factory.mktemp("events") / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def test_the_console_script_is_installed_next_to_the_interpreter() -> None:
+    assert PMON.is_file() and os.access(PMON, os.X_OK)
+
+
+def test_monitor_with_an_unknown_window_exits_2_naming_the_valid_choices(tmp_path: Path) -> None:
+    result = run_pmon("monitor", "--initiative", "X", "--window", "9d", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "9d" in line and all(choice in line for choice in ("7d", "14d", "30d"))
+    assert result.stdout == ""
+
+
+def test_monitor_with_an_unknown_initiative_exits_2_naming_the_known_ones(tmp_path: Path, events_file: Path) -> None:
+    result = run_pmon("monitor", "--initiative", "Nope", "--events", str(events_file), cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "Nope" in line and "PLG Onboarding" in line and "Pricing Page Recs" in line
+    assert "--initiative" in line
+
+
+def test_monitor_without_a_reachable_worker_exits_2_saying_how_to_fix(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago, now closed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_pmon("monitor", "--initiative", "X", cwd=tmp_path,
+                      env={"PMON_WEB_HOST": "127.0.0.1", "PMON_WEB_PORT": str(port)})
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "no worker reachable" in line and f"127.0.0.1:{port}" in line
+    assert "pmon worker" in line and "--events" in line  # how to fix it
+
+
+def test_simulate_without_a_destination_exits_2(tmp_path: Path) -> None:
+    result = run_pmon("simulate", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "--to-file" in line and "--to-kafka" in line
+    assert list(tmp_path.iterdir()) == []  # wrote nothing
+
+
+def test_monitor_over_an_events_file_prints_the_dashboard(tmp_path: Path, events_file: Path) -> None:
+    result = run_pmon("monitor", "--events", str(events_file), "--initiative", "PLG Onboarding", "--window", "7d",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Personalization Monitor" in out and "PLG Onboarding" in out and "window 7d" in out
+    assert "events counted 25" in out and "late and dropped 0" in out
+    total = next(line for line in out.splitlines() if "│ all" in line)
+    # The two closed hours: 20 exposures, 2 clicks, 2 conversions, 25.00 revenue, CVR 10 %.
+    assert [cell.strip() for cell in total.split("│")[1:6]] == ["all", "20", "2", "2", "25.00"]
+    assert "10.00 %" in total
+    assert "Incidents (0)" in out

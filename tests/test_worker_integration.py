@@ -1,0 +1,104 @@
+"""The Faust worker on the real broker: a planted dip, dead letters, and parity with the embedded driver."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from incidents.model import IncidentEvent
+from streams.embedded import EmbeddedDriver
+from streams.events import EngagementEvent, encode
+from streams.kafka_io import produce
+from streams.simulator import Injection, SimulationSpec, default_program, simulate
+from tests.conftest import consume, wait_for
+
+pytestmark = pytest.mark.kafka
+
+PLG = "PLG Onboarding"
+# Short warm-up so three simulated days hold a baseline, a dip and a recovery.
+DETECTION = {"warmup_buckets": 12, "min_exposures": 150}
+
+
+def _dip_spec() -> SimulationSpec:
+    plg = next(spec for spec in default_program() if spec.name == PLG)
+    start = SimulationSpec(days=1, injections=()).start
+    dip = Injection("conversion_drop", PLG, start + timedelta(days=2, hours=11), 6, 0.5,
+                    profile="new_user", channel="web", variant="treatment")
+    return SimulationSpec(seed=11, days=3, users=4000, initiatives=(plg,), injections=(dip,))
+
+
+def _encoded(spec: SimulationSpec) -> list[tuple[str, bytes, bytes]]:
+    return [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(spec)]
+
+
+def _essence(incident: IncidentEvent) -> tuple[Any, ...]:
+    return (incident.event_id, incident.incident_id, incident.transition, incident.owner, tuple(incident.series),
+            incident.evidence.bucket_start, round(incident.evidence.observed, 12),
+            round(incident.evidence.expected, 12))
+
+
+def _counted(worker: Any, initiative: str) -> int:
+    report = worker.report(initiative)
+    return 0 if report is None else report["counted_events"] + report["late_dropped"]
+
+
+def test_planted_dip_gives_one_incident_and_the_same_incidents_as_the_embedded_driver(
+        isolated_settings, start_worker, tmp_path):
+    settings = isolated_settings(**DETECTION)
+    records = _encoded(_dip_spec())
+    engagement = sum(1 for topic, _, _ in records if topic == "engagement")
+
+    embedded = EmbeddedDriver(settings.model_copy(update={"plan_dir": tmp_path / "embedded-plans"}))
+    expected = asyncio.run(embedded.run(records)).incidents
+    assert [e.transition for e in expected] == ["opened", "resolved"], "the planted dip must open and resolve once"
+
+    asyncio.run(produce(settings, records))
+    worker = start_worker(settings)
+    wait_for(lambda: _counted(worker, PLG) == engagement, timeout=240,
+             what=f"the worker to count all {engagement} engagement events", on_timeout=worker.log)
+
+    messages = consume(settings, "incidents", want=len(expected), timeout=60)
+    incidents = [IncidentEvent.model_validate_json(m.value) for m in messages]
+    assert len({i.incident_id for i in incidents}) == 1, "exactly one incident for one planted dip"
+    assert sorted(map(_essence, incidents)) == sorted(map(_essence, expected))
+    assert all(m.key == incidents[0].incident_id.encode() for m in messages), "incidents are keyed by their id"
+    assert incidents[0].series == [f"{PLG}|new_user|web|treatment"]
+
+    plan_files = sorted(settings.plan_dir.glob("plg-onboarding/plan-*.json"))
+    assert plan_files, f"no plan file in {settings.plan_dir}"
+    plan = orjson.loads(plan_files[-1].read_bytes())
+    assert any(item["source"] == incidents[0].incident_id for item in plan["backlog"]), \
+        "the plan's backlog carries the incident's post-incident review"
+
+
+def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(isolated_settings, start_worker):
+    settings = isolated_settings()
+    spec = SimulationSpec(days=1, injections=())
+
+    def exposure(n: int) -> bytes:
+        return encode(EngagementEvent(
+            event_id=f"e{n}", event_type="exposure", event_time=spec.start + timedelta(minutes=n),
+            user_id="u000001", initiative=PLG, profile="new_user", channel="web", variant="control"))
+
+    bad = [b"not json {", b'{"event_id": "x", "event_type": "exposure"}']
+    records = [("engagement", b"u000001", exposure(n)) for n in range(5)]
+    records += [("engagement", b"u000001", raw) for raw in bad]  # same key: same partition, in order
+    records += [("engagement", b"u000001", exposure(n)) for n in range(5, 12)]
+    asyncio.run(produce(settings, records))
+
+    worker = start_worker(settings)
+    wait_for(lambda: _counted(worker, PLG) == 12, timeout=120,
+             what="the 12 valid records around the malformed ones to be counted", on_timeout=worker.log)
+
+    letters = [orjson.loads(m.value) for m in consume(settings, "dead-letters", want=2, timeout=60)]
+    assert [base64.b64decode(letter["value_b64"]) for letter in letters] == bad
+    assert letters[0]["reason"] == "not JSON"
+    assert letters[1]["reason"].startswith("invalid EngagementEvent")
+    assert {letter["source_topic"] for letter in letters} == {settings.topic("engagement")}
+    assert 'pmon_dead_letters_total{stage="decode",topic="%s"} 2.0' % settings.topic("engagement") \
+        in worker.metrics_text()
