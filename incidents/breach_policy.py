@@ -40,8 +40,8 @@ class BreachState:
 
 
 def period_of(bucket_start: datetime) -> str:
-    """The evaluation period an incident is named after: the hour of its first breach."""
-    return bucket_start.strftime("%Y-%m-%dT%H")
+    """The evaluation period an incident is named after: the bucket of its first breach (to the minute)."""
+    return bucket_start.strftime("%Y-%m-%dT%H:%M")
 
 
 class BreachPolicy:

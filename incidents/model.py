@@ -51,8 +51,8 @@ class IncidentEvent(BaseModel):
 def incident_id(initiative: str, kind: str, series: str, period: str) -> str:
     """Deterministic id, so a replay or a restarted worker never doubles an incident.
 
-    >>> incident_id("PLG Onboarding", "conversion_drop", "PLG Onboarding|new|web|control", "2026-11-10T14")
-    'inc-1e0ca4b05b2a4e57f099'
+    >>> incident_id("PLG Onboarding", "conversion_drop", "PLG Onboarding|new|web|control", "2026-11-10T14:00")
+    'inc-c181c25299d6631e98aa'
     """
     digest = hashlib.sha256("\x1f".join((initiative, kind, series, period)).encode()).hexdigest()
     return f"inc-{digest[:20]}"

@@ -127,8 +127,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     async def admitted(stream_event: faust.EventT, topic: str) -> Any:
         message = stream_event.message
         metrics.records.labels(topic=topic).inc()
-        record = pipeline.admit(topic, message.value, key=message.key, partition=message.partition,
-                                offset=message.offset)
+        record = pipeline.admit(topic, message.value, wall_now=time.time(), key=message.key,
+                                partition=message.partition, offset=message.offset)
         if isinstance(record, DeadLetter):
             log.warning("dead letter from %s[%s]@%s: %s", topic, message.partition, message.offset, record.reason)
             await emitter.dead_letter(record)

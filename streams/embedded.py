@@ -56,7 +56,8 @@ class EmbeddedDriver:
     async def feed(self, topic: str, raw: bytes, *, key: bytes | None = None) -> None:
         """One input record, as the worker's agent for `topic` would handle it."""
         self.run_result.records += 1
-        record = self.pipeline.admit(topic, raw, key=key, offset=self.run_result.records - 1)
+        record = self.pipeline.admit(topic, raw, wall_now=self._wall_clock(), key=key,
+                                     offset=self.run_result.records - 1)
         if isinstance(record, DeadLetter):
             await self.emitter.dead_letter(record)
         elif isinstance(record, EngagementEvent):

@@ -81,11 +81,23 @@ class MonitorPipeline:
         self._thresholds_checked: set[str] = set()
 
     # -- per-user stage -------------------------------------------------------------
-    def admit(self, topic: str, raw: bytes, *, key: bytes | None = None, partition: int | None = None,
-              offset: int | None = None) -> EngagementEvent | ConsentEvent | RuleChangeEvent | DeadLetter:
-        """Decode and validate one input record; pseudonymise its user. Bad input becomes a dead letter."""
+    def admit(self, topic: str, raw: bytes, *, wall_now: float, key: bytes | None = None,
+              partition: int | None = None, offset: int | None = None
+              ) -> EngagementEvent | ConsentEvent | RuleChangeEvent | DeadLetter:
+        """Decode and validate one input record; pseudonymise its user. Bad input becomes a dead letter.
+
+        An event time further ahead of the wall clock than `max_future_seconds`
+        is bad input too: it would move the watermark and make every on-time
+        event after it late.
+        """
         try:
-            return decode(INPUT_MODELS[topic], raw, pseudonymise=self._pseudonymiser.pseudonym)
+            record = decode(INPUT_MODELS[topic], raw, pseudonymise=self._pseudonymiser.pseudonym)
+            ahead = record.event_time.timestamp() - wall_now
+            if ahead > self.settings.max_future_seconds:
+                raise DecodeError(
+                    f"event_time {record.event_time.isoformat()} is {ahead:.0f} s ahead of the wall clock "
+                    f"(PMON_MAX_FUTURE_SECONDS={self.settings.max_future_seconds})")
+            return record
         except DecodeError as exc:
             return DeadLetter.of(raw, source_topic=self.settings.topic(topic), reason=exc.reason,
                                  error=exc.detail[:2000], key=key, partition=partition, offset=offset)

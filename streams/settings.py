@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     bucket_seconds: int = Field(3600, ge=60, le=86_400, description="Width of a tumbling window bucket.")
     allowed_lateness_seconds: int = Field(600, ge=0, le=86_400, description="How far behind the watermark an event is still counted.")
     retention_days: int = Field(30, ge=1, le=400, description="How long closed buckets are kept for reports.")
+    max_future_seconds: int = Field(3600, ge=0, description="How far ahead of the wall clock an event time may be; later ones are dead-lettered.")
     idle_close_seconds: float = Field(900, gt=0, description="Wall-clock quiet time after which a feed's open buckets are closed.")
 
     # Detection and breach policy

@@ -51,7 +51,7 @@ def test_second_breach_within_the_span_opens_an_incident(policy: BreachPolicy) -
     opened = events[0]
     assert state.status == "firing" and state.incident == opened.incident_id
     assert opened.incident_id == incident_id(INITIATIVE, KIND, SERIES, period_of(T0))
-    assert opened.period == "2026-11-10T14"  # named after the first breach, not the one that opened it
+    assert opened.period == "2026-11-10T14:00"  # named after the first breach, not the one that opened it
     assert opened.owner == ESCALATION_LADDER[0] and opened.rung == 0 and opened.severity == "warning"
     assert opened.series == [SERIES] and opened.initiative == INITIATIVE and opened.kind == KIND
     assert opened.occurred_at == T0 + timedelta(hours=3)  # the end of the bucket that opened it
@@ -145,9 +145,6 @@ def test_event_ids_are_unique_per_transition(policy: BreachPolicy) -> None:
     assert later[0].event_id not in {e.event_id for e in events}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "period_of() names an incident after the HOUR of its first breach, but Settings allows buckets down to 60 s: "
-    "two separate incidents of one series within the same hour get the same incident id and the same event ids"))
 def test_two_incidents_of_one_series_in_the_same_hour_get_different_ids() -> None:
     policy = BreachPolicy(BreachPolicyConfig(breach_span_buckets=3, recovery_span_buckets=1, escalate_every=6))
     minute = timedelta(minutes=1)

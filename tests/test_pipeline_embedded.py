@@ -149,9 +149,6 @@ async def test_every_bad_record_in_a_stream_is_dead_lettered_once_in_order(tmp_p
     assert embedded.pipeline.state.clocks[INITIATIVE].counted == len(BAD_RECORDS)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an absurd event time the schema accepts (anything before 2100) moves the initiative's watermark decades "
-    "ahead: every later on-time event is counted as late and dropped, and nothing is dead-lettered"))
 async def test_one_event_from_the_far_future_does_not_make_the_rest_of_the_stream_late(tmp_path: Path) -> None:
     embedded = driver(tmp_path)  # wall clock: 2027-01-15
     await embedded.feed(*_feed_args(engagement(1, GOOD_AT)))
