@@ -25,6 +25,7 @@ from streams.settings import Settings
 
 log = logging.getLogger("pmon")
 USAGE_EXIT = 2
+MONITORED_KINDS = {"conversion_drop"}  # incident kinds the pipeline raises today
 
 
 class CliError(click.ClickException):
@@ -70,17 +71,28 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     settings = _settings(plan_dir=plan_dir, log_level="WARNING")
     _configure_logging(settings)
     spec = SimulationSpec(seed=seed, days=days)
-    console = Console()
+    console = _console()
     driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
     truth = labels(spec)
     _print_report(driver, "PLG Onboarding", "14d", detail, None, None, console)
-    found = _match_labels(driver.run_result.incidents, truth)
-    console.print(f"Injected incidents found: {sum(found.values())} of {len(found)}")
+    monitored = [label for label in truth if label["kind"] in MONITORED_KINDS]
+    found = _match_labels(driver.run_result.incidents, monitored)
+    console.print(f"Injected incidents found: {sum(found.values())} of the {len(found)} of a kind this build "
+                  f"monitors ({', '.join(sorted(MONITORED_KINDS))})")
     for label, hit in found.items():
-        console.print(f"  {'✔' if hit else '✘'} {label}")
+        console.print(f"  {'found' if hit else 'MISSED'}: {label}")
+    later = sorted({label["kind"] for label in truth} - MONITORED_KINDS)
+    if later:
+        console.print(f"Also injected, not monitored yet: {', '.join(later)}")
     console.print(f"{driver.run_result.records:,} records in {elapsed:.1f} s "
                   f"({driver.run_result.records / elapsed:,.0f} records/s); "
                   f"plan files in {settings.plan_dir.resolve()}")
+
+
+def _console() -> Console:
+    # Reports are wide tables: keep them readable when piped or in CI logs.
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def _encoded(records: Any) -> Any:
@@ -201,7 +213,7 @@ def worker() -> None:
 def monitor(initiative: str, window: str, detail: str, dimension: str | None, alert_threshold: float | None,
             events: Path | None, worker_url: str | None) -> None:
     """Print the report of one initiative, from a running worker or from an events file."""
-    console = Console()
+    console = _console()
     if events is not None:
         if not events.is_file():
             _fail(f"events file {events} does not exist — write one with `pmon simulate --to-file {events}`")

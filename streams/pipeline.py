@@ -44,7 +44,7 @@ class MonitorState:
     buckets: MutableMapping[str, BucketRow] = field(default_factory=dict)
     detectors: MutableMapping[str, BucketDetector] = field(default_factory=dict)
     breaches: MutableMapping[str, BreachState] = field(default_factory=dict)
-    incidents: MutableMapping[str, IncidentEvent] = field(default_factory=dict)
+    incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
     consent_ledger: MutableMapping[str, dict[str, Any]] = field(default_factory=dict)
     rule_changes: MutableMapping[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -172,7 +172,8 @@ class MonitorPipeline:
             for incident in evaluation.incidents:
                 log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
                          incident.series, incident.owner)
-                self.state.incidents[incident.incident_id] = incident
+                known = self.state.incidents.get(incident.incident_id)
+                self.state.incidents[incident.incident_id] = (known[0] if known else incident, incident)
                 outputs.incidents.append(incident)
                 if plan is not None:
                     plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)

@@ -45,11 +45,14 @@ def render_report(report: Report, console: Console | None = None) -> None:
         console.print(_dashboard_table("By series (initiative | profile | channel | variant)", report.series,
                                        report.alert_threshold))
     incidents = Table(title=f"Incidents ({len(report.incidents)})", title_justify="left")
-    for column in ("incident", "kind", "status", "severity", "owner", "series", "since", "observed", "expected"):
+    for column in ("incident", "kind", "status", "severity", "owner", "series", "first breach", "opened",
+                   "observed", "expected"):
         incidents.add_column(column)
     for line in report.incidents:
-        incidents.add_row(line.incident_id, line.kind, line.status, line.severity, line.owner,
-                          "\n".join(line.series), line.period, _pct(line.observed), _pct(line.expected))
+        status = line.status if line.status == "opened" else f"{line.status} {line.updated_at:%m-%d %H:%M}"
+        incidents.add_row(line.incident_id, line.kind, status, line.severity, line.owner,
+                          "\n".join(line.series), line.period, f"{line.opened_at:%m-%d %H:%M}",
+                          _pct(line.observed), _pct(line.expected))
     console.print(incidents)
     if report.detail == "full":
         playbooks = {line.kind: line.playbook for line in report.incidents}

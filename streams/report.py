@@ -53,14 +53,15 @@ class DashboardRow(BaseModel):
 class IncidentLine(BaseModel):
     incident_id: str
     kind: str
-    status: str
+    status: str = Field(description="The latest transition.")
     severity: str
     owner: str
     series: list[str]
     period: str
-    observed: float
-    expected: float
-    occurred_at: datetime
+    observed: float = Field(description="The observed value when the incident opened.")
+    expected: float = Field(description="The expected value when the incident opened.")
+    opened_at: datetime
+    updated_at: datetime
     playbook: str
 
 
@@ -94,11 +95,12 @@ def _rates(dimension: str, value: str, window: Counters, recent: Counters, thres
         recent_cvr=recent_cvr, change=change, flagged=change is not None and change <= -threshold)
 
 
-def _incident_line(event: IncidentEvent) -> IncidentLine:
+def _incident_line(opened: IncidentEvent, latest: IncidentEvent) -> IncidentLine:
     return IncidentLine(
-        incident_id=event.incident_id, kind=event.kind, status=event.transition, severity=event.severity,
-        owner=event.owner, series=event.series, period=event.period, observed=event.evidence.observed,
-        expected=event.evidence.expected, occurred_at=event.occurred_at, playbook=event.playbook)
+        incident_id=latest.incident_id, kind=latest.kind, status=latest.transition, severity=latest.severity,
+        owner=latest.owner, series=latest.series, period=latest.period, observed=opened.evidence.observed,
+        expected=opened.evidence.expected, opened_at=opened.occurred_at, updated_at=latest.occurred_at,
+        playbook=latest.playbook)
 
 
 def build_report(pipeline: "MonitorPipeline", request: ReportRequest) -> Report | None:  # noqa: F821
@@ -139,8 +141,9 @@ def build_report(pipeline: "MonitorPipeline", request: ReportRequest) -> Report 
                 if recent:
                     cell[1].merge(counters)
     prefix = request.initiative + "|"
-    incidents = sorted((e for e in state.incidents.values() if e is not None and e.initiative == request.initiative),
-                       key=lambda e: (e.occurred_at, e.incident_id))
+    incidents = sorted((pair for pair in state.incidents.values()
+                        if pair is not None and pair[0].initiative == request.initiative),
+                       key=lambda pair: (pair[0].occurred_at, pair[0].incident_id))
     warming = sorted(key.rsplit("|", 1)[0] for key, detector in state.detectors.items()
                      if key.startswith(prefix) and detector is not None and detector.warming_up)
     plan = state.plans.get(request.initiative)
@@ -153,7 +156,7 @@ def build_report(pipeline: "MonitorPipeline", request: ReportRequest) -> Report 
         dashboard=[_rates(d, v, *by_value[(d, v)], threshold) for d, v in sorted(by_value)],
         series=[_rates("series", s, *by_series[s], threshold) for s in sorted(by_series)]
         if request.detail == "full" else [],
-        incidents=[_incident_line(e) for e in incidents],
+        incidents=[_incident_line(*pair) for pair in incidents],
         warming_up=warming,
         counted_events=clock.counted, late_dropped=clock.late_dropped,
         plan_revision=plan.revision if plan is not None else None,
