@@ -19,6 +19,7 @@ from aiohttp.web import Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from plans.plan_sink import PlanWriter
 from streams.emitter import Emitter
 from streams.events import ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
 from streams.metrics import PipelineMetrics
@@ -121,7 +122,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     state = MonitorState(**{name: table(name) for name in (
         "clocks", "buckets", "detectors", "breaches", "incidents", "plans", "consent_ledger", "rule_changes")})
-    pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions)
+    pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions,
+                               stored_plan=PlanWriter(settings.plan_dir).latest)
     emitter = Emitter(settings, metrics, send=lambda topic, key, value: outputs[topic].send(key=key, value=value))
 
     async def admitted(stream_event: faust.EventT, topic: str) -> Any:

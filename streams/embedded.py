@@ -17,6 +17,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from incidents.model import IncidentEvent
+from plans.plan_sink import PlanWriter
 from streams.emitter import Emitter
 from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
 from streams.metrics import PipelineMetrics
@@ -40,7 +41,7 @@ class EmbeddedDriver:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.pipeline = MonitorPipeline(settings, MonitorState())
+        self.pipeline = MonitorPipeline(settings, MonitorState(), stored_plan=PlanWriter(settings.plan_dir).latest)
         self.run_result = EmbeddedRun()
         self._wall_clock = wall_clock
         self.emitter = Emitter(settings, PipelineMetrics(registry or CollectorRegistry()), send=self._collect)

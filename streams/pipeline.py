@@ -14,7 +14,7 @@ Two stages, matching the topic keys:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,7 @@ from detectors.evaluation import evaluate_bucket
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.model import IncidentEvent
 from plans.document import IncidentSummary, PlanDocument, new_plan, with_incident, with_thresholds
+from plans.exceptions import PlanError
 from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
 from streams.exceptions import DecodeError
 from streams.pseudonym import Pseudonymiser
@@ -66,8 +67,13 @@ class Outputs:
 
 
 class MonitorPipeline:
-    def __init__(self, settings: Settings, state: MonitorState, *, source_partitions: int = 1) -> None:
-        """`source_partitions`: partitions of the engagement topic feeding the per-initiative stage."""
+    def __init__(self, settings: Settings, state: MonitorState, *, source_partitions: int = 1,
+                 stored_plan: Callable[[str], PlanDocument | None] | None = None) -> None:
+        """`source_partitions`: partitions of the engagement topic feeding the per-initiative stage.
+
+        `stored_plan(initiative)` returns the last plan written, so a new run
+        continues its revisions and logs what changed since (thresholds, cadence).
+        """
         self.settings = settings
         self.state = state
         self.windows = WindowKeeper(state.clocks, state.buckets, bucket_seconds=settings.bucket_seconds,
@@ -79,6 +85,7 @@ class MonitorPipeline:
         self._pseudonymiser = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode())
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
+        self._stored_plan = stored_plan
 
     # -- per-user stage -------------------------------------------------------------
     def admit(self, topic: str, raw: bytes, *, wall_now: float, key: bytes | None = None,
@@ -149,6 +156,11 @@ class MonitorPipeline:
             return Outputs()
         self._thresholds_checked.add(initiative)
         plan = self.state.plans.get(initiative)
+        if plan is None and self._stored_plan is not None:
+            try:
+                plan = self._stored_plan(initiative)
+            except PlanError as exc:
+                log.warning("starting a new plan for %s: the stored one is unusable: %s", initiative, exc)
         if plan is None:
             updated = new_plan(initiative, thresholds=self._thresholds, at=at)
         else:

@@ -225,3 +225,18 @@ async def test_raw_user_ids_never_reach_the_drivers_state(tmp_path: Path, dip_re
     leaked = sorted(uid for uid in raw_ids if uid.encode() in state_bytes)
     assert leaked == []
     assert pseudonym(user(7)).encode() in state_bytes  # the check looks at the right bytes
+
+
+async def test_a_new_run_with_another_threshold_continues_the_plan_and_logs_the_change(tmp_path: Path) -> None:
+    first = EmbeddedDriver(settings(tmp_path), wall_clock=lambda: 1_800_000_000.0)
+    await first.feed(*_feed_args(engagement(1, GOOD_AT)))
+    written = latest(tmp_path, INITIATIVE)
+    assert written is not None and written.thresholds["alert_threshold"] == first.settings.alert_threshold
+
+    changed = settings(tmp_path).model_copy(update={"alert_threshold": 0.35})
+    second = EmbeddedDriver(changed, wall_clock=lambda: 1_800_000_000.0)
+    await second.feed(*_feed_args(engagement(2, GOOD_AT)))
+    plan = latest(tmp_path, INITIATIVE)
+    assert plan.revision == written.revision + 1
+    entries = [e for e in plan.change_log if e.field == "thresholds.alert_threshold"]
+    assert [(e.old, e.new) for e in entries] == [(first.settings.alert_threshold, 0.35)]
