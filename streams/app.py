@@ -49,6 +49,21 @@ class OrjsonCodec(faust.Codec):
 
 faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
 
+TABLES = ("clocks", "buckets", "detectors", "breaches", "incidents", "plans", "consent_ledger", "rule_changes")
+
+
+class PickledTable(faust.Table):
+    """A table of the pipeline's own objects: str keys, pickled values in the changelog.
+
+    Faust picks serializers from the key and value types (JSON for anything
+    but a faust Record) when the table is built, and the store and changelog
+    use them from then on. Only this app writes its changelogs, so pickle is
+    safe here.
+    """
+
+    def _serializer_from_type(self, typ: Any) -> str:
+        return "raw" if typ is str else "pickle"
+
 
 def broker_credentials(settings: Settings) -> Any:
     """SASL/SSL settings passed through to the broker, or None for PLAINTEXT."""
@@ -112,16 +127,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     outputs = {name: raw_topic(settings.topic(name)) for name in ("incidents", "plan-updates", "dead-letters")}
 
     def table(name: str) -> faust.Table:
-        table = app.Table(name, default=None, key_type=str, partitions=settings.topic_partitions)
-        # Values are the pipeline's own objects. Faust derives serializers from
-        # types (json for anything but a faust Record); set them before the store
-        # and changelog topic, which read them lazily, exist. Only this app
-        # writes its changelogs, so pickle is safe here.
-        table.key_serializer, table.value_serializer = "raw", "pickle"
-        return table
+        return app.tables.add(PickledTable(app, name=name, default=None, key_type=str,
+                                           partitions=settings.topic_partitions, beacon=app.tables.beacon))
 
-    state = MonitorState(**{name: table(name) for name in (
-        "clocks", "buckets", "detectors", "breaches", "incidents", "plans", "consent_ledger", "rule_changes")})
+    state = MonitorState(**{name: table(name) for name in TABLES})
     pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions,
                                stored_plan=PlanWriter(settings.plan_dir).latest)
     emitter = Emitter(settings, metrics, send=lambda topic, key, value: outputs[topic].send(key=key, value=value))
@@ -183,6 +192,11 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                     orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",
                     error=repr(exc), key=message.key, partition=message.partition, offset=message.offset,
                     stage="process"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker; the record is kept
+                pipeline.windows.flush()  # what was applied stays applied, in memory and changelog alike
+                log.exception("processing failed for %s[%s]@%s", message.topic, message.partition, message.offset)
+                await emitter.processing_failed(orjson.dumps(value), message.topic, exc)
                 continue
             await emitter.emit(result)
 

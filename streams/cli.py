@@ -185,13 +185,13 @@ def worker() -> None:
     """Run the Faust worker against PMON_KAFKA_BOOTSTRAP (settings from PMON_* variables)."""
     import faust
 
-    from streams.app import create_app
+    from streams.app import TABLES, create_app
     from streams.kafka_io import ensure_topics
 
     settings = _settings()
     _configure_logging(settings)
     try:
-        asyncio.run(ensure_topics(settings))
+        asyncio.run(ensure_topics(settings, changelogs=TABLES))
     except StreamsError as exc:
         _fail(str(exc))
     app = create_app(settings)

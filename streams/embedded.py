@@ -8,6 +8,7 @@ transport (lists instead of topics) and the tables (dicts) differ.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEve
 from streams.metrics import PipelineMetrics
 from streams.pipeline import MonitorPipeline, MonitorState
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 IDLE_CHECK_EVERY = 10_000  # records between two checks for quiet feeds
 
@@ -62,7 +65,14 @@ class EmbeddedDriver:
         if isinstance(record, DeadLetter):
             await self.emitter.dead_letter(record)
         elif isinstance(record, EngagementEvent):
-            await self.emitter.emit(self.pipeline.on_engagement(record, wall_now=self._wall_clock()))
+            try:
+                outputs = self.pipeline.on_engagement(record, wall_now=self._wall_clock())
+            except Exception as exc:  # noqa: BLE001 - as the worker: keep the record, raise monitoring_degraded
+                log.exception("processing failed for record %d", self.run_result.records)
+                self.pipeline.windows.flush()  # as the worker: what was applied stays applied
+                await self.emitter.processing_failed(raw, self.settings.topic(topic), exc)
+                return
+            await self.emitter.emit(outputs)
         elif isinstance(record, ConsentEvent):
             self.pipeline.on_consent(record)
         elif isinstance(record, RuleChangeEvent):

@@ -80,12 +80,21 @@ class Emitter:
                 log.warning("send to %s failed (attempt %d): %r", topic, attempt + 1, exc)
         return error
 
+    async def processing_failed(self, value: bytes, source_topic: str, error: Exception) -> None:
+        """A record the pipeline failed on (not bad input): dead-letter it and raise monitoring_degraded."""
+        await self.dead_letter(DeadLetter.of(value, source_topic=source_topic, reason=f"processing failed: {error}",
+                                             error=repr(error), stage="process"))
+        await self._raise_degraded("processing", error)
+
     async def _degraded(self, sink: str, value: bytes, error: Exception) -> None:
         """Dead-letter the unwritten record and raise a monitoring_degraded incident."""
         letter = DeadLetter.of(value, source_topic=self.settings.topic(sink),
                                reason=f"{sink} write failed after {self.settings.retry_limit} retries",
                                error=repr(error), stage="sink")
         await self.dead_letter(letter)
+        await self._raise_degraded(sink, error)
+
+    async def _raise_degraded(self, sink: str, error: Exception) -> None:
         now = datetime.now(timezone.utc)
         period = now.strftime("%Y-%m-%dT%H")
         incident = incident_id("pmon", "monitoring_degraded", sink, period)

@@ -162,14 +162,13 @@ class MonitorPipeline:
             except PlanError as exc:
                 log.warning("starting a new plan for %s: the stored one is unusable: %s", initiative, exc)
         if plan is None:
-            updated = new_plan(initiative, thresholds=self._thresholds, at=at)
+            updated = new_plan(initiative, thresholds=self._thresholds, at=at,
+                               feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
         else:
             updated = with_thresholds(plan, self._thresholds, at=at, actor="pmon worker settings",
                                       reason="thresholds or cadence differ from the previous run's")
-            if updated is plan:
-                return Outputs()
         self.state.plans[initiative] = updated
-        return Outputs(plans=[updated])
+        return Outputs(plans=[updated] if updated is not plan else [])
 
     def _on_bucket_closed(self, row: BucketRow) -> Outputs:
         outputs = Outputs()

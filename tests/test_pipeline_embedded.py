@@ -240,3 +240,24 @@ async def test_a_new_run_with_another_threshold_continues_the_plan_and_logs_the_
     assert plan.revision == written.revision + 1
     entries = [e for e in plan.change_log if e.field == "thresholds.alert_threshold"]
     assert [(e.old, e.new) for e in entries] == [(first.settings.alert_threshold, 0.35)]
+
+
+async def test_a_processing_failure_keeps_the_record_and_raises_monitoring_degraded(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    embedded = driver(tmp_path)
+
+    def broken(row):
+        raise RuntimeError("detector exploded")
+
+    monkeypatch.setattr(embedded.pipeline, "_on_bucket_closed", broken)
+    await embedded.feed(*_feed_args(engagement(1, GOOD_AT)))
+    raw = _feed_args(engagement(2, GOOD_AT + timedelta(hours=3)))[1]
+    await embedded.feed("engagement", raw)  # closes the first bucket: the detector raises
+
+    [letter] = embedded.run_result.dead_letters
+    assert letter.stage == "process" and "detector exploded" in letter.reason
+    assert letter.raw() == raw
+    [incident] = embedded.run_result.incidents
+    assert incident.kind == "monitoring_degraded" and incident.owner == "Personalization Architect"
+    await embedded.feed(*_feed_args(engagement(3, GOOD_AT + timedelta(hours=3, minutes=1))))
+    assert embedded.pipeline.state.clocks[INITIATIVE].counted == 3, "the driver goes on after the failure"

@@ -102,3 +102,38 @@ def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(isolated_set
     assert {letter["source_topic"] for letter in letters} == {settings.topic("engagement")}
     assert 'pmon_dead_letters_total{stage="decode",topic="%s"} 2.0' % settings.topic("engagement") \
         in worker.metrics_text()
+
+
+def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_settings, start_worker, tmp_path):
+    settings = isolated_settings(**DETECTION)
+    records = _encoded(_dip_spec())
+    expected = asyncio.run(EmbeddedDriver(
+        settings.model_copy(update={"plan_dir": tmp_path / "embedded-plans"})).run(records)).incidents
+    # Stop in the middle of the dip: the incident is open when the first worker stops.
+    opened_at = next(e.evidence.bucket_end for e in expected if e.transition == "opened")
+    split = next(i for i, (topic, _, raw) in enumerate(records)
+                 if topic == "engagement" and EngagementEvent.model_validate_json(raw).event_time > opened_at)
+    halves = records[:split], records[split:]
+
+    def engagement_count(part: list[tuple[str, bytes, bytes]]) -> int:
+        return sum(1 for topic, _, _ in part if topic == "engagement")
+
+    asyncio.run(produce(settings, halves[0]))
+    first = start_worker(settings)
+    wait_for(lambda: _counted(first, PLG) == engagement_count(halves[0]), timeout=240,
+             what="the first worker to count the first half", on_timeout=first.log)
+    first.stop()
+    assert first.process.returncode == 0, first.log()
+
+    asyncio.run(produce(settings, halves[1]))
+    second = start_worker(settings)
+    wait_for(lambda: _counted(second, PLG) == len([r for r in records if r[0] == "engagement"]), timeout=240,
+             what="the restarted worker to count everything, once", on_timeout=second.log)
+    report = second.report(PLG)
+    assert report["warming_up"] == [s for s in report["warming_up"] if "|returning|email|" in s], \
+        "the restarted worker must not warm its busy series up again"
+
+    incidents = [IncidentEvent.model_validate_json(m.value)
+                 for m in consume(settings, "incidents", want=len(expected), timeout=60)]
+    assert sorted(map(_essence, incidents)) == sorted(map(_essence, expected)), \
+        "a restart neither repeats nor loses an incident transition"
