@@ -1,28 +1,38 @@
-"""Throughput of the monitor's paths over the same simulated records.
+"""Throughput of the monitor's two drivers against a bare Kafka consumer, on the same records.
 
     .venv/bin/python bench/throughput.py [--events N] [--bootstrap HOST:PORT]
 
-1. Simulates N records (`streams.simulator`), encodes them (`streams.events.encode`)
-   and produces them once to fresh `bench-<uuid8>.*` topics.
-2. Bare consumer: plain aiokafka, its own group, reads the three input topics from
-   the beginning and only `orjson.loads` each value: the ceiling of this broker,
-   client library and machine.
-3. Faust worker: `pmon worker` in a subprocess on those topics; its `/metrics`
-   (stage 1, `pmon_records_total`) and `/pmon/report/` (stage 2, `counted_events`
-   + `late_dropped` per initiative) are polled until every record has been
-   received and every engagement event counted (end to end).
-4. Embedded driver: `EmbeddedDriver(settings).run(records)` in a child process,
-   so its peak memory is that process's `getrusage` maxrss delta over the run.
-5. Prints a table and, last, one JSON line with the figures.
+1. Simulates N records (`streams.simulator`, enough days, cut at N), encodes them
+   (`streams.events.encode`) and produces them once (`streams.kafka_io.produce`)
+   to fresh `bench-<uuid8>.*` topics; the app id is `bench-<uuid8>` too.
+2. Bare consumer: plain aiokafka in its own group reads the three input topics
+   from the beginning and only `orjson.loads` each value: the ceiling set by the
+   broker, the client library and the machine.
+3. Faust worker: `pmon worker` in a subprocess on the same topics. Its `/metrics`
+   (stage 1: `pmon_records_total` per input topic) and `/pmon/report/` (stage 2:
+   `counted_events + late_dropped`, summed over the initiatives) are polled until
+   all N records are received and every engagement event is counted.
+4. Embedded driver: `EmbeddedDriver(settings).run(records)` in a child process.
+   Memory is that process's peak RSS during the run minus its RSS before it
+   (Linux: VmHWM reset through /proc/self/clear_refs; elsewhere the getrusage
+   maxrss delta). The output names the method used.
+5. A table, then one JSON line with every figure (the last line on stdout).
 
-Rates are "records after the first one was seen / time since it was seen": for
-the consumers, the time of the first fetched batch (its records are excluded);
-for the worker, the first `/metrics` answer with a record in it (the count at
-that moment is excluded). Group join and worker start-up are therefore not in
-the rates, and polling granularity (0.1 s) is the worker figure's resolution.
+How the rates are measured:
+- bare consumer: every record, from the moment the group assigned its partitions
+  to the last record (group join not included);
+- worker: from the first `/metrics` answer that shows a received record (the
+  count at that moment is left out) to the poll that sees the goal; worker
+  start-up and group join are not included; the polling interval (0.1 s for
+  /metrics, 0.2 s for the reports once stage 1 is done) is the resolution;
+- embedded: every record, wall time of `run()`.
+"CPU µs/record" is the CPU time (user + system, all threads) of the process
+doing the work over the same interval: less sensitive than the rate to other
+load on the machine. The worker's includes answering the bench's polls.
 
-The bench topics are deleted at the end (best effort). Exit codes: 0 success,
-1 a stage failed or timed out, 2 usage error or broker unreachable.
+The bench topics are deleted at the end (best effort; consumer groups are left
+to the broker's offset retention). Exit codes: 0 done, 1 a stage failed or
+timed out, 2 bad usage or no broker.
 """
 
 from __future__ import annotations
@@ -36,7 +46,9 @@ import logging
 import os
 import pickle
 import platform
+import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -51,10 +63,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/throughput.py` puts bench/ first, not the repo
+if str(ROOT) not in sys.path:  # `python bench/throughput.py` puts bench/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
@@ -66,13 +78,19 @@ from streams.settings import Settings  # noqa: E402
 PMON = Path(sys.executable).parent / "pmon"
 DEFAULT_EVENTS = 200_000
 INPUT_TOPICS = ("engagement", "consent", "rule-changes")
+RECORDS_PER_DAY = 50_000  # a little under what the default simulated program makes a day
 CHILD_FLAG = "--embedded-child"
-POLL_SECONDS = 0.1
-REPORT_POLL_SECONDS = 1.0  # during stage 1; every POLL_SECONDS once stage 1 is done
+POLL_SECONDS = 0.1  # /metrics: cheap to serve
+STAGE1_REPORT_SECONDS = 2.0  # reports cost the worker more: rarely while stage 1 runs,
+FINAL_REPORT_SECONDS = 0.2  # then often enough to time the end
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-log = logging.getLogger("bench")
-console = Console(stderr=True)  # progress and errors; the table and JSON go to stdout
-out = Console()
+LOG_PROBLEM = re.compile(r"\b(WARNING|WARN|ERROR|CRITICAL)\b|^Traceback")
+LOG_PREFIX = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+\]?\s*(\[\d+\]\s*)?")
+NUMBER = re.compile(r"\d+(\.\d+)?")
+
+console = Console(stderr=True, soft_wrap=True)  # progress and errors; the table and JSON go to stdout
+out = Console() if sys.stdout.isatty() else Console(width=170)  # a log file gets the whole table
 
 
 class BenchError(Exception):
@@ -86,7 +104,7 @@ class BrokerUnreachable(BenchError):
 # --------------------------------------------------------------------------- records
 @dataclass
 class Workload:
-    records: list[tuple[str, bytes, bytes]]
+    records: list[tuple[str, bytes, bytes]]  # (topic suffix, key, value), in simulated event-time order
     per_topic: Counter[str]
     engagement_per_initiative: Counter[str]
     days: int
@@ -103,7 +121,7 @@ def generate(n: int, seed: int) -> Workload:
     from streams.simulator import SimulationSpec, simulate
 
     started = time.perf_counter()
-    days = max(2, -(-n // 50_000) + 1)  # ~54k records a simulated day with the default program
+    days = max(2, -(-n // RECORDS_PER_DAY) + 1)
     while True:
         records: list[tuple[str, bytes, bytes]] = []
         per_topic: Counter[str] = Counter()
@@ -128,28 +146,28 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
 async def check_broker(settings: Settings, timeout: float = 20.0) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    quiet = logging.getLogger("aiokafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # one clear message instead of aiokafka's connection errors
+    noisy = logging.getLogger("aiokafka")
+    level = noisy.level
+    noisy.setLevel(logging.CRITICAL)  # one clear message instead of aiokafka's connection errors
     admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.list_topics(), timeout)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no usable broker"
+    except Exception as exc:  # noqa: BLE001 - whatever failed, there is no usable broker
         raise BrokerUnreachable(
-            f"no Kafka broker reachable at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}) — "
+            f"no Kafka broker reachable at {settings.kafka_bootstrap} ({exc or type(exc).__name__}) — "
             "start one with `make kafka-up` (or `PMON_KAFKA_PORT=19092 bash scripts/kafka-local.sh up`) "
             "and pass --bootstrap HOST:PORT or set PMON_KAFKA_BOOTSTRAP") from None
     finally:
         try:
             await admin.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing a client that never connected
             pass
-        quiet.setLevel(level)
+        noisy.setLevel(level)
 
 
 def kafka_version(bootstrap: str) -> str:
-    """The broker's version when it is the project's local broker (its jars say), else what we know."""
+    """The broker's version when it is the project's local broker (its jars tell), else PMON_KAFKA_VERSION."""
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     if host in ("127.0.0.1", "localhost", "::1", "[::1]") and port.isdigit():
         run_dir = os.environ.get("PMON_KAFKA_RUN_DIR") or os.path.join(
@@ -160,27 +178,40 @@ def kafka_version(bootstrap: str) -> str:
             classpath = args[args.index(b"-cp") + 1].decode()
             for entry in classpath.split(os.pathsep):
                 for jar in glob.glob(os.path.join(os.path.dirname(entry), "kafka_2.1*-*.jar")):
-                    name = os.path.basename(jar)[len("kafka_2.13-"):-len(".jar")]
-                    if name and name[0].isdigit() and "-" not in name:
-                        return name
+                    match = re.fullmatch(r"kafka_2\.1\d-(\d+\.\d+\.\d+)\.jar", os.path.basename(jar))
+                    if match:
+                        return match.group(1)
         except (OSError, ValueError, IndexError):
             pass
-    return os.environ.get("PMON_KAFKA_VERSION", "unknown (not the local pmon broker)")
+    return os.environ.get("PMON_KAFKA_VERSION", "unknown")
+
+
+class _FreshTopicRetries(logging.Filter):
+    """Fresh topics answer NotLeaderForPartition for a moment and the producer retries: no warning each time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "NotLeaderForPartitionError" not in record.getMessage()
 
 
 async def produce_all(settings: Settings, workload: Workload) -> float:
-    from streams.kafka_io import produce
+    from streams.kafka_io import ensure_topics, produce
 
+    await ensure_topics(settings)
+    sender, quiet = logging.getLogger("aiokafka.producer.sender"), _FreshTopicRetries()
+    sender.addFilter(quiet)
     started = time.perf_counter()
-    sent = await produce(settings, workload.records)
+    try:
+        sent = await produce(settings, workload.records)
+    finally:
+        sender.removeFilter(quiet)
     elapsed = time.perf_counter() - started
     if sent != len(workload.records):
-        raise BenchError(f"produced {sent} of {len(workload.records)} records")
+        raise BenchError(f"produced {sent:,} of {len(workload.records):,} records")
     return elapsed
 
 
 async def delete_topics(settings: Settings, prefix: str) -> list[str]:
-    """Best effort: every topic of this run (inputs, outputs, the app's internal and changelog topics)."""
+    """Every topic of this run: inputs, outputs, the app's re-keyed and changelog topics."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=20_000)
@@ -194,18 +225,25 @@ async def delete_topics(settings: Settings, prefix: str) -> list[str]:
         await admin.close()
 
 
-# --------------------------------------------------------------------------- bare consumer
+# --------------------------------------------------------------------------- rates
 @dataclass
 class Rate:
-    records: int  # records counted in the rate (after the first observation)
+    records: int  # records the rate counts
     seconds: float
     total_seconds: float = 0.0  # from the start of the stage, start-up included
+    cpu_seconds: float | None = None  # user + system CPU (all threads) of the process doing the work
 
     @property
     def per_second(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else float("nan")
+        """0.0 when the stage ended within the clock's (or the polling's) resolution: use more --events."""
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_us_per_record(self) -> float | None:
+        return self.cpu_seconds / self.records * 1e6 if self.cpu_seconds is not None and self.records else None
 
 
+# --------------------------------------------------------------------------- bare consumer
 async def bare_consumer(settings: Settings, workload: Workload, timeout: float) -> Rate:
     from aiokafka import AIOKafkaConsumer
 
@@ -214,28 +252,30 @@ async def bare_consumer(settings: Settings, workload: Workload, timeout: float) 
         *(settings.topic(t) for t in INPUT_TOPICS), **kafka_options(settings),
         group_id=f"{settings.app_id}-bare-consumer", auto_offset_reset="earliest", enable_auto_commit=False)
     started = time.perf_counter()
-    await consumer.start()
-    seen = first_batch = 0
-    first_at = last_at = 0.0
     deadline = time.monotonic() + timeout
+    await consumer.start()
+    seen = 0
+    assigned_at = cpu_at = 0.0
     try:
         while seen < n:
             if time.monotonic() > deadline:
-                raise BenchError(f"bare consumer: read {seen:,} of {n:,} records in {timeout:.0f} s")
+                raise BenchError(f"the bare consumer read {seen:,} of {n:,} records in {timeout:.0f} s")
+            if not assigned_at:  # the clock starts when the group has assigned the partitions
+                if not consumer.assignment():
+                    await asyncio.sleep(0.005)  # polling interval, not synchronisation
+                    continue
+                assigned_at, cpu_at = time.perf_counter(), time.process_time()
             batches = await consumer.getmany(timeout_ms=500)
             for messages in batches.values():
                 for message in messages:
                     orjson.loads(message.value)
                 seen += len(messages)
-            if batches:
-                last_at = time.perf_counter()
-                if not first_at:
-                    first_at, first_batch = last_at, seen
+        last_at, cpu = time.perf_counter(), time.process_time() - cpu_at
     finally:
         await consumer.stop()
     if seen != n:
-        raise BenchError(f"bare consumer read {seen:,} records, expected {n:,}")
-    return Rate(n - first_batch, last_at - first_at, last_at - started)
+        raise BenchError(f"the bare consumer read {seen:,} records, expected {n:,}")
+    return Rate(n, last_at - assigned_at, last_at - started, cpu)
 
 
 # --------------------------------------------------------------------------- worker
@@ -246,7 +286,7 @@ def free_port() -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as PMON_* variables (and no others), for a child process."""
+    """The environment with these settings as its only PMON_* variables, for a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMON_")}
     for name, value in settings.model_dump().items():
         if value is None:
@@ -261,38 +301,45 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerResult:
     end_to_end: Rate
     stage1: Rate
-    startup_seconds: float  # process start to first record seen
+    startup_seconds: float  # process start to the first record seen
     per_topic: dict[str, int]
     counted: int
     late_dropped: int
     dead_letters: int
     incident_transitions: int
     peak_rss_mib: float | None
-    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (s since first record, stage 1, stage 2)
+    stop_seconds: float | None  # SIGTERM to exit; None when it had to be killed
+    log_problems: Counter[str]  # warning and error lines of the worker's log, numbers masked, counted
+    samples: list[dict[str, Any]] = field(default_factory=list)  # progress as polled
 
 
 class Worker:
-    def __init__(self, settings: Settings, workdir: Path) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, workdir: Path, command: list[str]) -> None:
         self.url = f"http://{settings.web_host}:{settings.web_port}"
         self.log_path = workdir / "worker.log"
         self._log = self.log_path.open("wb")
         # cwd: Faust writes its `<app id>-data` directory there.
-        self.process = subprocess.Popen([str(PMON), "worker"], env=settings_env(settings), cwd=workdir,
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(command, env=settings_env(settings), cwd=workdir, stdout=self._log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.started = time.perf_counter()
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:]) or "(empty)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
+
+    def log_problems(self) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if LOG_PROBLEM.search(line):
+                found[NUMBER.sub("N", LOG_PREFIX.sub("", line)).strip()[:200]] += 1
+        return found
 
     def alive(self) -> None:
         if self.process.poll() is not None:
-            raise BenchError(f"the worker exited with code {self.process.returncode}; its log "
+            raise BenchError(f"the worker exited with code {self.process.returncode}; the end of its log "
                              f"({self.log_path}):\n{self.log_tail()}")
 
     def _get(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:  # noqa: S310 - our worker
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:  # noqa: S310 - our own worker
             return response.read()
 
     def metrics(self) -> tuple[dict[str, int], int, int]:
@@ -312,15 +359,22 @@ class Worker:
         return received, dead, incidents
 
     def counted(self, initiative: str) -> tuple[int, int]:
-        """(counted_events, late_dropped) of one initiative; (0, 0) before the worker has seen it."""
-        query = urllib.parse.urlencode({"initiative": initiative})
+        """(counted_events, late_dropped) of one initiative; (0, 0) until the worker has seen it."""
         try:
-            report = orjson.loads(self._get(f"/pmon/report/?{query}"))
+            report = orjson.loads(self._get("/pmon/report/?" + urllib.parse.urlencode({"initiative": initiative})))
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return 0, 0
             raise
         return int(report["counted_events"]), int(report["late_dropped"])
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the worker process, all threads."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        except (OSError, IndexError, ValueError):
+            return None
 
     def peak_rss_mib(self) -> float | None:
         try:
@@ -331,100 +385,102 @@ class Worker:
             pass
         return None
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> float | None:
+        """SIGTERM (Faust's graceful shutdown), then SIGKILL after `timeout` seconds; the seconds a SIGTERM took."""
+        took = None
         if self.process.poll() is None:
+            asked = time.perf_counter()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
+                took = time.perf_counter() - asked
             except subprocess.TimeoutExpired:
-                console.print(f"[yellow]worker did not stop {timeout:.0f} s after SIGTERM; killing pid "
+                console.print(f"[yellow]the worker did not stop {timeout:.0f} s after SIGTERM; killing pid "
                               f"{self.process.pid}[/]")
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._log.close()
+        return took
 
 
 class Profiler:
-    """`py-spy record` attached to the worker while it works (optional)."""
+    """`py-spy record --gil` attached to the worker while it processes: where its Python CPU time goes."""
 
     def __init__(self, pid: int, path: Path) -> None:
         fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(path.suffix, "raw")
         spy = Path(sys.executable).parent / "py-spy"
         self.path = path
         self.process = subprocess.Popen(
-            [str(spy if spy.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", "200",
+            [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "200", "--gil",
              "--format", fmt, "--output", str(path), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            self.process.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
             try:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+        error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
         if self.path.exists():
             console.print(f"worker profile written to {self.path}")
         else:
-            console.print(f"[yellow]py-spy wrote no profile[/]: {err.strip()[-500:]}")
+            console.print(f"[yellow]py-spy wrote no profile:[/] {error.strip()[-500:]}")
 
 
-def run_worker(settings: Settings, workload: Workload, workdir: Path, *, timeout: float,
+def run_worker(settings: Settings, workload: Workload, workdir: Path, *, command: list[str], timeout: float,
                startup_timeout: float, profile: Path | None) -> WorkerResult:
     n, engagement = len(workload.records), workload.engagement
     initiatives = sorted(workload.engagement_per_initiative)
-    worker = Worker(settings, workdir)
+    worker = Worker(settings, workdir, command)
     profiler: Profiler | None = None
     try:
-        # Start-up: the web server answers, then the first record arrives.
+        # Start-up: until the web server answers with a received record.
         deadline = time.monotonic() + startup_timeout
-        first_at = 0.0
-        first_count = 0
-        while not first_at:
+        received: dict[str, int] = {}
+        while not sum(received.values()):
             worker.alive()
             if time.monotonic() > deadline:
-                raise BenchError(f"the worker received no record within {startup_timeout:.0f} s of starting; "
-                                 f"its log:\n{worker.log_tail()}")
+                raise BenchError(f"the worker received no record within {startup_timeout:.0f} s of its start; "
+                                 f"the end of its log:\n{worker.log_tail()}")
+            time.sleep(0.05)  # polling interval, not synchronisation
             try:
                 received, _, _ = worker.metrics()
             except OSError:
-                received = {}
-            if sum(received.values()):
-                first_at, first_count = time.perf_counter(), sum(received.values())
-                if profile is not None:
-                    profiler = Profiler(worker.process.pid, profile)
-            else:
-                time.sleep(0.05)  # polling interval, not synchronisation
-        startup = first_at - worker.started
+                pass  # not serving yet
+        first_at, first_count, first_cpu = time.perf_counter(), sum(received.values()), worker.cpu_seconds()
+        if profile is not None:
+            profiler = Profiler(worker.process.pid, profile)
 
-        # Processing: stage 1 (records received per topic) and stage 2 (engagement counted per initiative).
+        # Stage 1: every record received per input topic; stage 2: every engagement event counted.
         deadline = time.monotonic() + timeout
-        stage1_at = end_at = 0.0
-        counted = late = 0
-        samples: list[tuple[float, int, int]] = []
-        next_report = 0.0
+        stage1_at = end_at = next_report = 0.0
+        stage1_cpu = end_cpu = None
+        counted = 0
+        samples: list[dict[str, Any]] = []
         while not end_at:
             worker.alive()
-            now = time.perf_counter()
             if time.monotonic() > deadline:
                 raise BenchError(
-                    f"the worker did not finish within {timeout:.0f} s: stage 1 received "
-                    f"{sum(received.values()):,} of {n:,} records {dict(received)}, stage 2 counted "
-                    f"{counted + late:,} of {engagement:,} engagement events; its log:\n{worker.log_tail()}")
-            received, _, _ = worker.metrics()
-            now = time.perf_counter()
-            if not stage1_at and all(received.get(t, 0) >= workload.per_topic[t] for t in INPUT_TOPICS
-                                     if workload.per_topic[t]):
-                stage1_at = now
-            if stage1_at or now >= next_report:
-                pairs = [worker.counted(name) for name in initiatives]
-                counted, late = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-                next_report = time.perf_counter() + REPORT_POLL_SECONDS
-                if stage1_at and counted + late >= engagement:
-                    end_at = time.perf_counter()
-            samples.append((round(now - first_at, 3), sum(received.values()), counted + late))
+                    f"the worker did not finish within {timeout:.0f} s: stage 1 received {sum(received.values()):,}"
+                    f" of {n:,} records {received}, stage 2 counted {counted:,} of {engagement:,} engagement "
+                    f"events; the end of its log:\n{worker.log_tail()}")
+            try:
+                received, _, _ = worker.metrics()
+                now = time.perf_counter()
+                if not stage1_at and all(received.get(t, 0) >= count for t, count in workload.per_topic.items()):
+                    stage1_at, stage1_cpu, next_report = now, worker.cpu_seconds(), 0.0  # reports at once
+                if now >= next_report:
+                    counted = sum(sum(worker.counted(name)) for name in initiatives)
+                    now = time.perf_counter()
+                    next_report = now + (FINAL_REPORT_SECONDS if stage1_at else STAGE1_REPORT_SECONDS)
+                    if stage1_at and counted >= engagement:
+                        end_at, end_cpu = now, worker.cpu_seconds()
+                samples.append({"t": round(now - first_at, 3), **received, "counted": counted})
+            except OSError:
+                pass  # a slow or refused answer; alive() tells a dead worker from a busy one
             if not end_at:
                 time.sleep(POLL_SECONDS)  # polling interval, not synchronisation
         if profiler is not None:
@@ -432,24 +488,30 @@ def run_worker(settings: Settings, workload: Workload, workdir: Path, *, timeout
             profiler = None
         received, dead, incidents = worker.metrics()
         pairs = [worker.counted(name) for name in initiatives]
-        return WorkerResult(
-            end_to_end=Rate(n - first_count, end_at - first_at, end_at - worker.started),
-            stage1=Rate(n - first_count, stage1_at - first_at, stage1_at - worker.started),
-            startup_seconds=startup, per_topic=received, counted=sum(p[0] for p in pairs),
-            late_dropped=sum(p[1] for p in pairs), dead_letters=dead, incident_transitions=incidents,
-            peak_rss_mib=worker.peak_rss_mib(), samples=samples)
+        peak_rss = worker.peak_rss_mib()
     finally:
         if profiler is not None:
             profiler.stop()
-        worker.stop()
+        stop_seconds = worker.stop()
+
+    def cpu_since_first(at: float | None) -> float | None:
+        return at - first_cpu if at is not None and first_cpu is not None else None
+
+    return WorkerResult(
+        end_to_end=Rate(n - first_count, end_at - first_at, end_at - worker.started, cpu_since_first(end_cpu)),
+        stage1=Rate(n - first_count, stage1_at - first_at, stage1_at - worker.started, cpu_since_first(stage1_cpu)),
+        startup_seconds=first_at - worker.started, per_topic=received, counted=sum(p[0] for p in pairs),
+        late_dropped=sum(p[1] for p in pairs), dead_letters=dead, incident_transitions=incidents,
+        peak_rss_mib=peak_rss, stop_seconds=stop_seconds, log_problems=worker.log_problems(), samples=samples)
 
 
 # --------------------------------------------------------------------------- embedded
 @dataclass
 class EmbeddedResult:
     rate: Rate
-    maxrss_before_mib: float
-    maxrss_after_mib: float
+    rss_before_mib: float
+    rss_peak_mib: float
+    memory_method: str
     counted: int
     late_dropped: int
     incidents: int
@@ -457,98 +519,128 @@ class EmbeddedResult:
 
     @property
     def peak_delta_mib(self) -> float:
-        return self.maxrss_after_mib - self.maxrss_before_mib
+        return self.rss_peak_mib - self.rss_before_mib
 
 
 def run_embedded(settings: Settings, workload: Workload, workdir: Path, timeout: float) -> EmbeddedResult:
-    """The embedded driver in a child process (so getrusage maxrss measures it alone)."""
+    """The embedded driver in a child process, so that its memory is measured alone."""
     records_path = workdir / "records.pickle"
     with records_path.open("wb") as file:
         pickle.dump(workload.records, file, protocol=pickle.HIGHEST_PROTOCOL)
-    embedded_settings = settings.model_copy(update={"plan_dir": workdir / "embedded-plans"})
+    child_settings = settings.model_copy(update={"plan_dir": workdir / "embedded-plans"})
     try:
         result = subprocess.run([sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, str(records_path)],
-                                env=settings_env(embedded_settings), cwd=workdir, capture_output=True,
+                                env=settings_env(child_settings), cwd=workdir, capture_output=True,
                                 timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise BenchError(f"the embedded driver did not finish within {timeout:.0f} s") from None
-    if result.returncode != 0:
+    finally:
+        records_path.unlink(missing_ok=True)
+    if result.returncode != 0 or not result.stdout.strip():
         raise BenchError(f"the embedded driver failed (exit {result.returncode}):\n"
                          f"{result.stderr.decode(errors='replace')[-3000:]}")
     data = orjson.loads(result.stdout.strip().splitlines()[-1])
-    return EmbeddedResult(rate=Rate(data["records"], data["seconds"], data["seconds"]),
-                          maxrss_before_mib=data["maxrss_before_kib"] / 1024,
-                          maxrss_after_mib=data["maxrss_after_kib"] / 1024, counted=data["counted"],
-                          late_dropped=data["late_dropped"], incidents=data["incidents"],
-                          dead_letters=data["dead_letters"])
+    return EmbeddedResult(
+        rate=Rate(data["records"], data["seconds"], data["seconds"], data["cpu_seconds"]),
+        rss_before_mib=data["rss_before_kib"] / 1024, rss_peak_mib=data["rss_peak_kib"] / 1024,
+        memory_method=data["memory_method"], counted=data["counted"], late_dropped=data["late_dropped"],
+        incidents=data["incidents"], dead_letters=data["dead_letters"])
 
 
-def embedded_child(records_path: str) -> None:
-    """Child process: load the records, then time the driver; print one JSON line."""
+def _proc_status_kib(name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def embedded_child(records_path: str) -> NoReturn:
+    """Child process: load the records, run the driver over them, print one JSON line."""
     from streams.embedded import EmbeddedDriver
 
     logging.basicConfig(level=logging.WARNING)
     with open(records_path, "rb") as file:
         records = pickle.load(file)
-    settings = Settings()
-    driver = EmbeddedDriver(settings)
+    driver = EmbeddedDriver(Settings())  # the parent's settings, from the PMON_* environment
     gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    started = time.perf_counter()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS (VmHWM) restarts from here
+        before, method = _proc_status_kib("VmRSS"), "peak RSS (VmHWM) during the run - RSS before it"
+    except OSError:
+        before = None
+    if before is None:
+        before, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "getrusage maxrss delta"
+    started, cpu_started = time.perf_counter(), time.process_time()
     run = asyncio.run(driver.run(records))
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    peak = _proc_status_kib("VmHWM") if method.startswith("peak") else None
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     clocks = [c for c in driver.pipeline.state.clocks.values() if c is not None]
     sys.stdout.write(orjson.dumps({
-        "records": run.records, "seconds": seconds, "maxrss_before_kib": before, "maxrss_after_kib": after,
+        "records": run.records, "seconds": seconds, "cpu_seconds": cpu_seconds,
+        "rss_before_kib": before, "rss_peak_kib": peak, "memory_method": f"{method}, child process",
         "counted": sum(c.counted for c in clocks), "late_dropped": sum(c.late_dropped for c in clocks),
         "incidents": len(run.incidents), "dead_letters": len(run.dead_letters),
     }).decode() + "\n")
+    sys.exit(0)
 
 
 # --------------------------------------------------------------------------- output
 def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
+    return round(a / b, 3) if a and b else None
+
+
+def rounded(value: float | None, digits: int = 1) -> float | None:
+    return round(value, digits) if value is not None else None
 
 
 def print_results(summary: dict[str, Any]) -> None:
-    table = Table(title=f"pmon throughput — {summary['events']:,} records "
-                        f"({summary['engagement']:,} engagement), Kafka {summary['kafka_version']}, "
-                        f"{summary['cpus']} CPUs, Python {summary['python']}")
-    table.add_column("path")
-    table.add_column("records/s", justify="right")
-    table.add_column("vs bare consumer", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("notes")
-    table.add_row("produce (aiokafka, acks=all)", f"{summary['produce_rps']:,.0f}",
-                  "", f"{summary['produce_s']:.1f}", "streams.kafka_io.produce, once")
-    table.add_row("bare consumer (orjson.loads only)", f"{summary['bare_consumer_rps']:,.0f}", "1.000",
-                  f"{summary['bare_consumer_s']:.1f}", "from its first fetched batch")
-    if summary.get("worker_rps") is not None:
-        table.add_row("faust worker, stage 1 (received)", f"{summary['worker_stage1_rps']:,.0f}",
-                      f"{summary['worker_stage1_vs_bare']:.3f}", f"{summary['worker_stage1_s']:.1f}",
-                      "pmon_records_total")
-        table.add_row("[bold]faust worker, end to end[/]", f"[bold]{summary['worker_rps']:,.0f}[/]",
-                      f"[bold]{summary['worker_vs_bare']:.3f}[/]", f"{summary['worker_s']:.1f}",
-                      f"+ counted by stage 2; start-up {summary['worker_startup_s']:.1f} s not included; "
-                      f"peak RSS {summary['worker_peak_rss_mib'] or float('nan'):.0f} MiB")
-    if summary.get("embedded_rps") is not None:
-        table.add_row("[bold]embedded driver[/]", f"[bold]{summary['embedded_rps']:,.0f}[/]",
-                      f"[bold]{summary['embedded_vs_bare']:.3f}[/]", f"{summary['embedded_s']:.1f}",
+    table = Table(title=f"pmon throughput: {summary['events']:,} records ({summary['engagement']:,} engagement), "
+                        f"Kafka {summary['kafka_version']}, {summary['cpus']} CPUs, Python {summary['python']}")
+    for name, justify in (("path", "left"), ("records/s", "right"), ("vs bare consumer", "right"),
+                          ("seconds", "right"), ("CPU µs/record", "right"), ("notes", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+
+    def cpu(key: str) -> str:
+        return f"{summary[key]:,.1f}" if summary.get(key) is not None else "-"
+
+    table.add_row("produce (aiokafka, acks=all, once)", f"{summary['produce_rps']:,}", "",
+                  f"{summary['produce_s']:.1f}", "", "streams.kafka_io.produce")
+    table.add_row("bare consumer (orjson.loads only)", f"{summary['bare_consumer_rps']:,}", "1.000",
+                  f"{summary['bare_consumer_s']:.1f}", cpu("bare_consumer_cpu_us"), "from partition assignment")
+    if "worker_rps" in summary:
+        table.add_row("faust worker, stage 1 (received)", f"{summary['worker_stage1_rps']:,}",
+                      f"{summary['worker_stage1_vs_bare'] or 0:.3f}", f"{summary['worker_stage1_s']:.1f}",
+                      cpu("worker_stage1_cpu_us"), "pmon_records_total = N")
+        rss = summary["worker_peak_rss_mib"]
+        table.add_row("[bold]faust worker, end to end[/]", f"[bold]{summary['worker_rps']:,}[/]",
+                      f"[bold]{summary['worker_vs_bare'] or 0:.3f}[/]", f"{summary['worker_s']:.1f}",
+                      cpu("worker_cpu_us"), f"and counted by stage 2; start-up {summary['worker_startup_s']:.1f} s "
+                      f"not included; peak RSS {f'{rss:.0f} MiB' if rss else '?'}")
+    if "embedded_rps" in summary:
+        table.add_row("[bold]embedded driver[/]", f"[bold]{summary['embedded_rps']:,}[/]",
+                      f"[bold]{summary['embedded_vs_bare'] or 0:.3f}[/]", f"{summary['embedded_s']:.1f}",
+                      cpu("embedded_cpu_us"),
                       f"peak memory +{summary['embedded_peak_mib']:.0f} MiB ({summary['memory_method']})")
     out.print(table)
-    checks = []
-    if summary.get("worker_rps") is not None:
-        checks.append(f"worker counted {summary['worker_counted']:,} + late {summary['worker_late_dropped']:,}, "
-                      f"dead letters {summary['worker_dead_letters']}, "
-                      f"incident transitions {summary['worker_incident_transitions']}")
-    if summary.get("embedded_rps") is not None:
-        checks.append(f"embedded counted {summary['embedded_counted']:,} + late "
-                      f"{summary['embedded_late_dropped']:,}, dead letters {summary['embedded_dead_letters']}, "
-                      f"incident transitions {summary['embedded_incident_transitions']}")
-    for line in checks:
-        out.print(line)
-    out.print(orjson.dumps(summary).decode(), soft_wrap=True, highlight=False)
+    if "worker_rps" in summary:
+        stopped = "killed" if summary["worker_stop_s"] is None else f"stopped {summary['worker_stop_s']} s"
+        out.print(f"worker: counted {summary['worker_counted']:,} + late {summary['worker_late_dropped']:,} of "
+                  f"{summary['engagement']:,} engagement events, {summary['worker_dead_letters']} dead letters, "
+                  f"{summary['worker_incident_transitions']} incident transitions, "
+                  f"{summary['worker_log_problems']} warning/error log lines, {stopped} after SIGTERM",
+                  highlight=False)
+    if "embedded_rps" in summary:
+        out.print(f"embedded: counted {summary['embedded_counted']:,} + late {summary['embedded_late_dropped']:,}, "
+                  f"{summary['embedded_dead_letters']} dead letters, "
+                  f"{summary['embedded_incident_transitions']} incident transitions", highlight=False)
+    out.print(f"load average before/after: {summary['loadavg_before']} / {summary['loadavg_after']} "
+              "(other work on the machine skews the rates; CPU µs/record much less)", highlight=False)
+    out.print(orjson.dumps(summary).decode(), soft_wrap=True, highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------- main
@@ -556,28 +648,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/throughput.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="records to simulate (default %(default)s)")
     parser.add_argument("--bootstrap", default=os.environ.get("PMON_KAFKA_BOOTSTRAP", "localhost:9092"),
-                        help="Kafka bootstrap servers (default PMON_KAFKA_BOOTSTRAP or localhost:9092)")
+                        help="Kafka bootstrap servers (default PMON_KAFKA_BOOTSTRAP, else localhost:9092)")
     parser.add_argument("--seed", type=int, default=7, help="simulation seed (default %(default)s)")
     parser.add_argument("--partitions", type=int, default=None,
-                        help="partitions of the bench topics (default PMON_TOPIC_PARTITIONS or the settings' 4)")
+                        help="partitions of the bench topics (default PMON_TOPIC_PARTITIONS, else 4)")
     parser.add_argument("--timeout", type=float, default=900.0,
-                        help="deadline of each stage's processing, seconds (default %(default)s)")
+                        help="deadline of each path's processing, seconds (default %(default)s)")
     parser.add_argument("--startup-timeout", type=float, default=180.0,
                         help="deadline for the worker's first record, seconds (default %(default)s)")
     parser.add_argument("--skip-worker", action="store_true", help="do not run the Faust worker")
     parser.add_argument("--skip-embedded", action="store_true", help="do not run the embedded driver")
+    parser.add_argument("--worker-command", default=None, metavar="CMD",
+                        help="run CMD instead of `pmon worker`, in the same PMON_* environment (A/B experiments)")
     parser.add_argument("--profile-worker", type=Path, default=None, metavar="FILE",
-                        help="py-spy record the worker while it processes (.svg flame graph, .json speedscope, "
-                             "anything else collapsed stacks)")
+                        help="py-spy record the worker while it processes: .svg flame graph, .json speedscope, "
+                             "anything else collapsed stacks")
+    parser.add_argument("--samples", type=Path, default=None, metavar="FILE",
+                        help="write the worker's progress as polled (JSON lines) to FILE")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the bench topics")
     args = parser.parse_args(argv)
     if args.events < 1:
         parser.error("--events must be at least 1")
+    if args.partitions is not None and args.partitions < 1:
+        parser.error("--partitions must be at least 1")
     return args
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # so that SIGTERM also stops the worker and deletes the topics
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = f"bench-{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix=f"pmon-{run}-"))
@@ -587,10 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.partitions is not None:
         overrides["topic_partitions"] = args.partitions
     settings = Settings(**overrides)
-    summary: dict[str, Any] = {"events": args.events, "run": run, "bootstrap": args.bootstrap,
-                               "partitions": settings.topic_partitions, "batch_size": settings.batch_size,
-                               "cpus": os.cpu_count(), "python": platform.python_version()}
-    produced = False
+    summary: dict[str, Any] = {
+        "events": args.events, "run": run, "bootstrap": args.bootstrap, "partitions": settings.topic_partitions,
+        "batch_size": settings.batch_size, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    produced = finished = False
     try:
         asyncio.run(check_broker(settings))
         summary["kafka_version"] = kafka_version(args.bootstrap)
@@ -599,33 +703,45 @@ def main(argv: list[str] | None = None) -> int:
             workload = generate(args.events, args.seed)
         summary.update(engagement=workload.engagement, consent=workload.per_topic["consent"],
                        rule_changes=workload.per_topic["rule-changes"], simulated_days=workload.days)
-        console.print(f"simulated {len(workload.records):,} records in {workload.seconds:.1f} s "
-                      f"({dict(workload.per_topic)}, {workload.days} days cut at N)")
+        console.print(f"simulated {args.events:,} records in {workload.seconds:.1f} s: {dict(workload.per_topic)} "
+                      f"(the first of {workload.days} simulated days)", highlight=False)
 
+        produced = True  # from here on there may be topics to delete
         with console.status(f"producing to {run}.* at {args.bootstrap}"):
-            produced = True
             seconds = asyncio.run(produce_all(settings, workload))
         summary.update(produce_s=round(seconds, 3), produce_rps=round(args.events / seconds))
         console.print(f"produced in {seconds:.1f} s")
 
         with console.status("bare consumer"):
             bare = asyncio.run(bare_consumer(settings, workload, args.timeout))
-        summary.update(bare_consumer_rps=round(bare.per_second), bare_consumer_s=round(bare.seconds, 3))
+        summary.update(bare_consumer_rps=round(bare.per_second), bare_consumer_s=round(bare.seconds, 3),
+                       bare_consumer_cpu_us=rounded(bare.cpu_us_per_record))
         console.print(f"bare consumer: {bare.per_second:,.0f} records/s")
 
         if not args.skip_worker:
-            with console.status("faust worker (pmon worker)"):
-                worker = run_worker(settings, workload, workdir, timeout=args.timeout,
+            command = shlex.split(args.worker_command) if args.worker_command else [str(PMON), "worker"]
+            with console.status(f"faust worker ({' '.join(command)})"):
+                worker = run_worker(settings, workload, workdir, command=command, timeout=args.timeout,
                                     startup_timeout=args.startup_timeout, profile=args.profile_worker)
             summary.update(
+                worker_command=" ".join(command),
                 worker_rps=round(worker.end_to_end.per_second), worker_s=round(worker.end_to_end.seconds, 3),
-                worker_stage1_rps=round(worker.stage1.per_second), worker_stage1_s=round(worker.stage1.seconds, 3),
-                worker_startup_s=round(worker.startup_seconds, 3),
+                worker_cpu_us=rounded(worker.end_to_end.cpu_us_per_record),
+                worker_cpu_util=rounded((worker.end_to_end.cpu_seconds or 0) / worker.end_to_end.seconds, 2)
+                if worker.end_to_end.seconds else None,
                 worker_vs_bare=ratio(worker.end_to_end.per_second, bare.per_second),
+                worker_stage1_rps=round(worker.stage1.per_second), worker_stage1_s=round(worker.stage1.seconds, 3),
+                worker_stage1_cpu_us=rounded(worker.stage1.cpu_us_per_record),
                 worker_stage1_vs_bare=ratio(worker.stage1.per_second, bare.per_second),
+                worker_startup_s=round(worker.startup_seconds, 3),
                 worker_counted=worker.counted, worker_late_dropped=worker.late_dropped,
                 worker_dead_letters=worker.dead_letters, worker_incident_transitions=worker.incident_transitions,
-                worker_peak_rss_mib=round(worker.peak_rss_mib, 1) if worker.peak_rss_mib else None)
+                worker_peak_rss_mib=rounded(worker.peak_rss_mib), worker_stop_s=rounded(worker.stop_seconds, 2),
+                worker_log_problems=sum(worker.log_problems.values()))
+            for line, count in worker.log_problems.most_common(8):
+                console.print(f"worker log, {count} x: {line}", highlight=False, markup=False)
+            if args.samples is not None:
+                args.samples.write_bytes(b"".join(orjson.dumps(sample) + b"\n" for sample in worker.samples))
             console.print(f"worker: {worker.end_to_end.per_second:,.0f} records/s end to end "
                           f"(stage 1 {worker.stage1.per_second:,.0f}/s)")
 
@@ -634,18 +750,19 @@ def main(argv: list[str] | None = None) -> int:
                 embedded = run_embedded(settings, workload, workdir, args.timeout)
             summary.update(
                 embedded_rps=round(embedded.rate.per_second), embedded_s=round(embedded.rate.seconds, 3),
+                embedded_cpu_us=rounded(embedded.rate.cpu_us_per_record),
                 embedded_vs_bare=ratio(embedded.rate.per_second, bare.per_second),
                 embedded_peak_mib=round(embedded.peak_delta_mib, 1),
-                embedded_maxrss_mib=round(embedded.maxrss_after_mib, 1),
-                memory_method="getrusage maxrss delta over the run, child process",
+                embedded_peak_rss_mib=round(embedded.rss_peak_mib, 1), memory_method=embedded.memory_method,
                 embedded_counted=embedded.counted, embedded_late_dropped=embedded.late_dropped,
                 embedded_incident_transitions=embedded.incidents, embedded_dead_letters=embedded.dead_letters)
             console.print(f"embedded: {embedded.rate.per_second:,.0f} records/s")
+        finished = True
     except BrokerUnreachable as exc:
-        console.print(f"[red]bench: error:[/] {exc}")
+        console.print(f"[red]bench: error:[/] {exc}", highlight=False)
         return 2
     except BenchError as exc:
-        console.print(f"[red]bench: failed:[/] {exc}")
+        console.print(f"[red]bench: failed:[/] {exc}", highlight=False)
         return 1
     except KeyboardInterrupt:
         console.print("[red]bench: interrupted[/]")
@@ -657,7 +774,11 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"deleted {len(deleted)} bench topics ({run}*)")
             except Exception as exc:  # noqa: BLE001 - best effort
                 console.print(f"[yellow]could not delete the bench topics {run}*: {exc!r}[/]")
-        shutil.rmtree(workdir, ignore_errors=True)
+        if finished or not (workdir / "worker.log").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            console.print(f"kept {workdir} (worker.log, plans) for inspection")
+    summary["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print_results(summary)
     return 0
 
@@ -665,5 +786,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
         embedded_child(sys.argv[2])
-        sys.exit(0)
     sys.exit(main())

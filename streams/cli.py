@@ -195,7 +195,9 @@ def worker() -> None:
     except StreamsError as exc:
         _fail(str(exc))
     app = create_app(settings)
-    faust.Worker(app, loglevel=settings.log_level.lower(), console_port=None).execute_from_commandline()
+    runner = faust.Worker(app, loglevel=settings.log_level.lower(), console_port=None)
+    runner.spinner = None  # Faust's terminal spinner would switch the root logger to DEBUG
+    runner.execute_from_commandline()
 
 
 # --------------------------------------------------------------------------- monitor
