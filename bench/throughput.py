@@ -286,15 +286,7 @@ def free_port() -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment with these settings as its only PMON_* variables, for a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PMON_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"PMON_{name.upper()}"] = str(value)
-    return env
+    return settings.as_environment(dict(os.environ))
 
 
 @dataclass

@@ -70,6 +70,17 @@ class Settings(BaseSettings):
                 "a series could never warm up; raise the baseline or lower the warm-up")
         return self
 
+    def as_environment(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` with these settings as its only PMON_* variables: the environment of a child worker."""
+        env = {k: v for k, v in base.items() if not k.startswith("PMON_")}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"PMON_{name.upper()}"] = str(value)
+        return env
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
 
