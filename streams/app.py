@@ -151,16 +151,19 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         # Batches pay here: one re-keyed message per initiative per batch, so the
         # aggregating agent writes its tables once per batch, not once per event.
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_seconds):
-            by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            by_key: dict[tuple[str, int], tuple[list[dict[str, Any]], list[int]]] = {}
             for stream_event in batch:
                 record = await admitted(stream_event, "engagement")
                 if record is not None:
                     source = (record.initiative, stream_event.message.partition)
-                    by_key.setdefault(source, []).append(record.model_dump(mode="json"))
-            for (initiative, partition), events in by_key.items():
+                    events, offsets = by_key.setdefault(source, ([], []))
+                    events.append(record.model_dump(mode="json"))
+                    offsets.append(stream_event.message.offset)
+            for (initiative, partition), (events, offsets) in by_key.items():
                 for chunk in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
+                    part = slice(chunk, chunk + MAX_EVENTS_PER_MESSAGE)
                     await by_initiative.send(key=initiative.encode(), value={
-                        "partition": partition, "events": events[chunk:chunk + MAX_EVENTS_PER_MESSAGE]})
+                        "partition": partition, "offsets": offsets[part], "events": events[part]})
 
     @app.agent(consent, concurrency=1)
     async def keep_consent(stream: faust.StreamT) -> None:
@@ -186,7 +189,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 else:
                     events = [EngagementEvent.model_validate(item) for item in value["events"]]
                     result = pipeline.on_engagements(events, wall_now=time.time(),
-                                                     source_partition=value["partition"])
+                                                     source_partition=value["partition"],
+                                                     source_offsets=value["offsets"])
             except (KeyError, TypeError, ValueError) as exc:
                 await emitter.dead_letter(DeadLetter.of(
                     orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",

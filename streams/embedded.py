@@ -66,7 +66,8 @@ class EmbeddedDriver:
             await self.emitter.dead_letter(record)
         elif isinstance(record, EngagementEvent):
             try:
-                outputs = self.pipeline.on_engagement(record, wall_now=self._wall_clock())
+                outputs = self.pipeline.on_engagement(record, wall_now=self._wall_clock(),
+                                                      source_offset=self.run_result.records - 1)
             except Exception as exc:  # noqa: BLE001 - as the worker: keep the record, raise monitoring_degraded
                 log.exception("processing failed for record %d", self.run_result.records)
                 self.pipeline.windows.flush()  # as the worker: what was applied stays applied

@@ -14,7 +14,7 @@ Two stages, matching the topic keys:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -119,16 +119,22 @@ class MonitorPipeline:
             self.state.consent_ledger[event.user_id] = entry
 
     # -- per-initiative stage -------------------------------------------------------
-    def on_engagement(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0) -> Outputs:
-        return self.on_engagements([event], wall_now=wall_now, source_partition=source_partition)
+    def on_engagement(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
+                      source_offset: int | None = None) -> Outputs:
+        return self.on_engagements([event], wall_now=wall_now, source_partition=source_partition,
+                                   source_offsets=None if source_offset is None else [source_offset])
 
-    def on_engagements(self, events: Iterable[EngagementEvent], *, wall_now: float,
-                       source_partition: int = 0) -> Outputs:
-        """Count events in order; run detection on every bucket they close. One table write per touched row."""
+    def on_engagements(self, events: Sequence[EngagementEvent], *, wall_now: float, source_partition: int = 0,
+                       source_offsets: Sequence[int] | None = None) -> Outputs:
+        """Count events in order; run detection on every bucket they close. One table write per touched row.
+
+        `source_offsets` (one per event) make a redelivered record harmless: it is not counted twice.
+        """
         outputs = Outputs()
-        for event in events:
+        for n, event in enumerate(events):
             outputs.extend(self._check_thresholds(event.initiative, event.event_time))
-            _, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition)
+            _, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition,
+                                         source_offset=None if source_offsets is None else source_offsets[n])
             for row in closed:
                 outputs.extend(self._on_bucket_closed(row))
         self.windows.flush()

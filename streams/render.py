@@ -35,6 +35,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
     console.print(Panel(
         f"[bold]{report.initiative}[/] · window {report.window} ({span}) · detail {report.detail}\n"
         f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
+        f"redelivered and skipped {report.duplicates_skipped:,} · "
         f"alert threshold {report.alert_threshold * 100:.0f} % relative drop",
         title="Personalization Monitor"))
     console.print(_dashboard_table("Total", [report.totals], report.alert_threshold))

@@ -79,6 +79,7 @@ class Report(BaseModel):
     warming_up: list[str]
     counted_events: int
     late_dropped: int
+    duplicates_skipped: int = Field(0, description="Redelivered records not counted twice.")
     plan_revision: int | None
     plan_dir: str
 
@@ -158,7 +159,7 @@ def build_report(pipeline: "MonitorPipeline", request: ReportRequest) -> Report 
         if request.detail == "full" else [],
         incidents=[_incident_line(*pair) for pair in incidents],
         warming_up=warming,
-        counted_events=clock.counted, late_dropped=clock.late_dropped,
+        counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates,
         plan_revision=plan.revision if plan is not None else None,
         plan_dir=str(settings.plan_dir))
 

@@ -82,6 +82,8 @@ class InitiativeClock:
     last_event_wall: float = 0.0
     partition_marks: dict[int, float] = field(default_factory=dict)  # greatest event time per source partition
     partition_walls: dict[int, float] = field(default_factory=dict)  # wall time of its last event
+    partition_offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted
+    duplicates: int = 0
 
 
 def series_key(event: EngagementEvent) -> str:
@@ -136,19 +138,27 @@ class WindowKeeper:
     def _start_of(self, epoch: float) -> float:
         return math.floor(epoch / self.bucket_seconds) * self.bucket_seconds
 
-    def add(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0
-            ) -> tuple[bool, list[BucketRow]]:
+    def add(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
+            source_offset: int | None = None) -> tuple[bool, list[BucketRow]]:
         """Count one event; return whether it was counted and the buckets now closed.
 
         `source_partition` is the partition of the input topic the event was
         read from: partitions are consumed at different speeds, so the
         watermark is the least of their marks (see `_watermark`).
+        `source_offset` is its offset there: a record redelivered after a crash
+        (at-least-once) has an offset already counted and is skipped, so it is
+        never counted twice.
         """
         initiative = event.initiative
         clock = self._clock(initiative)
         if clock is None:
             clock = InitiativeClock(first_event_wall=wall_now)
         self._dirty_clocks[initiative] = clock
+        if source_offset is not None:
+            if source_offset <= clock.partition_offsets.get(source_partition, -1):
+                clock.duplicates += 1
+                return False, []
+            clock.partition_offsets[source_partition] = source_offset
         t = event.event_time.timestamp()
         start = self._start_of(t)
         clock.last_event_wall = wall_now
