@@ -30,6 +30,8 @@ class BucketObservation:
     revenue: float = 0.0
     fallbacks: int = 0
     latency_ms_sum: float = 0.0
+    # A univariate KPI value (a backtest of an exported series, `pmon detect --csv`); None for counter buckets.
+    value: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("exposures", "clicks", "conversions", "fallbacks"):
