@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Transition = Literal["opened", "escalated", "resolved"]
+# "updated": more series joined an open (grouped) incident.
+Transition = Literal["opened", "updated", "escalated", "resolved"]
 
 
 class Evidence(BaseModel):

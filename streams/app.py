@@ -49,7 +49,8 @@ class OrjsonCodec(faust.Codec):
 
 faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
 
-TABLES = ("clocks", "buckets", "detectors", "breaches", "incidents", "plans", "consent_ledger", "rule_changes")
+TABLES = ("clocks", "buckets", "detectors", "breaches", "groups", "incidents", "plans", "consent_ledger",
+          "rule_changes")
 
 
 class PickledTable(faust.Table):

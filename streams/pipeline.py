@@ -23,6 +23,7 @@ from detectors.base import BucketDetector
 from detectors.conversion_drop import ConversionDropDetector
 from detectors.evaluation import evaluate_bucket
 from incidents.breach_policy import BreachPolicy, BreachState
+from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentEvent
 from plans.document import IncidentSummary, PlanDocument, new_plan, with_incident, with_thresholds
 from plans.exceptions import PlanError
@@ -45,6 +46,7 @@ class MonitorState:
     buckets: MutableMapping[str, BucketRow] = field(default_factory=dict)
     detectors: MutableMapping[str, BucketDetector] = field(default_factory=dict)
     breaches: MutableMapping[str, BreachState] = field(default_factory=dict)
+    groups: MutableMapping[str, GroupState] = field(default_factory=dict)
     incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
     consent_ledger: MutableMapping[str, dict[str, Any]] = field(default_factory=dict)
@@ -177,8 +179,8 @@ class MonitorPipeline:
         return Outputs(plans=[updated] if updated is not plan else [])
 
     def _on_bucket_closed(self, row: BucketRow) -> Outputs:
-        outputs = Outputs()
-        plan = self.state.plans.get(row.initiative)
+        """Score every series of a closed bucket; fold their transitions into one incident per kind."""
+        by_kind: dict[str, list[IncidentEvent]] = {}
         for observation in row.observations():
             key = f"{observation.series}|{ConversionDropDetector.kind}"
             detector = self.state.detectors.get(key) or ConversionDropDetector(self._detector_config)
@@ -186,7 +188,15 @@ class MonitorPipeline:
                                          self.breach_policy, observation, initiative=row.initiative)
             self.state.detectors[key] = detector
             self.state.breaches[key] = evaluation.breach_state
-            for incident in evaluation.incidents:
+            for transition in evaluation.incidents:
+                by_kind.setdefault(transition.kind, []).append(transition)
+        outputs = Outputs()
+        plan = self.state.plans.get(row.initiative)
+        for kind, transitions in sorted(by_kind.items()):
+            group_key = f"{row.initiative}|{kind}"
+            group, incidents = fold_group(self.state.groups.get(group_key) or GroupState(), transitions)
+            self.state.groups[group_key] = group
+            for incident in incidents:
                 log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
                          incident.series, incident.owner)
                 known = self.state.incidents.get(incident.incident_id)
@@ -200,7 +210,7 @@ class MonitorPipeline:
         return outputs
 
 
-_STATUS = {"opened": "open", "escalated": "escalated", "resolved": "resolved"}
+_STATUS = {"opened": "open", "updated": "open", "escalated": "escalated", "resolved": "resolved"}
 
 
 def _summary(plan: PlanDocument, incident: IncidentEvent) -> IncidentSummary:

@@ -46,7 +46,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
         console.print(_dashboard_table("By series (initiative | profile | channel | variant)", report.series,
                                        report.alert_threshold))
     incidents = Table(title=f"Incidents ({len(report.incidents)})", title_justify="left")
-    for column in ("incident", "kind", "status", "severity", "owner", "series", "first breach", "opened",
+    for column in ("incident", "kind", "status", "severity", "owner", "series", "period", "opened",
                    "observed", "expected"):
         incidents.add_column(column)
     for line in report.incidents:

@@ -165,7 +165,8 @@ async def test_a_planted_dip_opens_one_incident_and_resolves_it(tmp_path: Path, 
     # Up to hour 33 the watermark has closed hour 31, the second dipped hour: the incident is open.
     split = first_index_at(dip_records, CLEAN_HOURS + 3)
     await embedded.run(dip_records[:split])
-    expected_id = incident_id(INITIATIVE, "conversion_drop", SERIES, period_of(T0 + timedelta(hours=CLEAN_HOURS)))
+    # One incident per initiative and kind (grouped), named after the bucket that opened it: the second dipped hour.
+    expected_id = incident_id(INITIATIVE, "conversion_drop", "group", period_of(T0 + timedelta(hours=CLEAN_HOURS + 1)))
     assert [(e.transition, e.incident_id) for e in embedded.run_result.incidents] == [("opened", expected_id)]
     opened = embedded.run_result.incidents[0]
     assert opened.series == [SERIES] and opened.owner == "Testing Lead"
