@@ -28,6 +28,7 @@ class GroupState:
     ever: tuple[str, ...] = ()  # every series that fired while the group was open
     rung: int = 0
     sequence: int = 0
+    evaluated_until: float = float("-inf")  # end (epoch s) of the last bucket folded in: a replay folds it once
 
 
 def fold_group(state: GroupState, transitions: list[IncidentEvent]) -> tuple[GroupState, list[IncidentEvent]]:

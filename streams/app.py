@@ -49,8 +49,7 @@ class OrjsonCodec(faust.Codec):
 
 faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
 
-TABLES = ("clocks", "buckets", "detectors", "breaches", "groups", "incidents", "plans", "consent_ledger",
-          "rule_changes")
+TABLES = ("clocks", "buckets", "series", "groups", "incidents", "plans", "consent_ledger", "rule_changes")
 
 
 class PickledTable(faust.Table):
@@ -134,7 +133,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     state = MonitorState(**{name: table(name) for name in TABLES})
     pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions,
                                stored_plan=PlanWriter(settings.plan_dir).latest)
-    emitter = Emitter(settings, metrics, send=lambda topic, key, value: outputs[topic].send(key=key, value=value))
+    async def send_acked(topic: str, key: bytes, value: bytes) -> None:
+        # Wait for the broker's ack: state is committed only after what it caused was delivered.
+        delivery = await outputs[topic].send(key=key, value=value)
+        await delivery
+
+    emitter = Emitter(settings, metrics, send=send_acked)
 
     async def admitted(stream_event: faust.EventT, topic: str) -> Any:
         message = stream_event.message
@@ -199,11 +203,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                     stage="process"))
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker; the record is kept
-                pipeline.windows.flush()  # what was applied stays applied, in memory and changelog alike
+                pipeline.commit()  # what was applied stays applied, in memory and changelog alike
                 log.exception("processing failed for %s[%s]@%s", message.topic, message.partition, message.offset)
                 await emitter.processing_failed(orjson.dumps(value), message.topic, exc)
                 continue
             await emitter.emit(result)
+            pipeline.commit()
 
     @app.timer(interval=IDLE_CHECK_SECONDS)
     async def close_quiet_feeds() -> None:

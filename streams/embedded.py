@@ -70,10 +70,11 @@ class EmbeddedDriver:
                                                       source_offset=self.run_result.records - 1)
             except Exception as exc:  # noqa: BLE001 - as the worker: keep the record, raise monitoring_degraded
                 log.exception("processing failed for record %d", self.run_result.records)
-                self.pipeline.windows.flush()  # as the worker: what was applied stays applied
+                self.pipeline.commit()  # as the worker: what was applied stays applied
                 await self.emitter.processing_failed(raw, self.settings.topic(topic), exc)
                 return
             await self.emitter.emit(outputs)
+            self.pipeline.commit()
         elif isinstance(record, ConsentEvent):
             self.pipeline.on_consent(record)
         elif isinstance(record, RuleChangeEvent):
@@ -85,6 +86,7 @@ class EmbeddedDriver:
         now = self._wall_clock()
         for initiative in list(self.pipeline.state.clocks):
             await self.emitter.emit(self.pipeline.on_idle_check(initiative, wall_now=now))
+            self.pipeline.commit()
 
     async def run(self, records: Iterable[tuple[str, bytes | None, bytes]],
                   progress: Callable[[int], None] | None = None) -> EmbeddedRun:

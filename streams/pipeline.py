@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -44,13 +44,49 @@ class MonitorState:
 
     clocks: MutableMapping[str, InitiativeClock] = field(default_factory=dict)
     buckets: MutableMapping[str, BucketRow] = field(default_factory=dict)
-    detectors: MutableMapping[str, BucketDetector] = field(default_factory=dict)
-    breaches: MutableMapping[str, BreachState] = field(default_factory=dict)
+    series: MutableMapping[str, "SeriesState"] = field(default_factory=dict)
     groups: MutableMapping[str, GroupState] = field(default_factory=dict)
     incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
     consent_ledger: MutableMapping[str, dict[str, Any]] = field(default_factory=dict)
     rule_changes: MutableMapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SeriesState:
+    """A series' detector and breach state, in ONE table value so they change together.
+
+    `evaluated_until` is the end of the last bucket judged and `transitions`
+    what it caused: a bucket judged again after a crash (its clock write was
+    lost) is not learnt twice, and its transitions are folded again only if
+    the group missed them.
+    """
+
+    detector: BucketDetector
+    breach: BreachState
+    evaluated_until: float = float("-inf")
+    transitions: list[IncidentEvent] = field(default_factory=list)
+
+
+class _Staged:
+    """Writes to one table held back until `commit`: outputs are sent first, then state is written."""
+
+    __slots__ = ("table", "pending")
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self.table = table
+        self.pending: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.pending[key] if key in self.pending else self.table.get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.pending[key] = value
+
+    def commit(self) -> None:
+        for key, value in self.pending.items():
+            self.table[key] = value
+        self.pending.clear()
 
 
 @dataclass
@@ -88,6 +124,23 @@ class MonitorPipeline:
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
         self._stored_plan = stored_plan
+        self._series = _Staged(state.series)
+        self._groups = _Staged(state.groups)
+        self._incidents = _Staged(state.incidents)
+        self._plans = _Staged(state.plans)
+
+    def commit(self) -> None:
+        """Write the state of the steps since the last commit; call it after their outputs were sent.
+
+        Order matters for a crash in the middle: bucket rows, then series and
+        group states, incidents and plans (all idempotent when written again),
+        and the clocks last — a replay from an older clock re-closes buckets,
+        which the rows' offsets and the series' `evaluated_until` make harmless.
+        """
+        self.windows.flush_rows()
+        for staged in (self._series, self._groups, self._incidents, self._plans):
+            staged.commit()
+        self.windows.flush_clocks()
 
     # -- per-user stage -------------------------------------------------------------
     def admit(self, topic: str, raw: bytes, *, wall_now: float, key: bytes | None = None,
@@ -139,7 +192,6 @@ class MonitorPipeline:
                                          source_offset=None if source_offsets is None else source_offsets[n])
             for row in closed:
                 outputs.extend(self._on_bucket_closed(row))
-        self.windows.flush()
         return outputs
 
     def on_idle_check(self, initiative: str, *, wall_now: float) -> Outputs:
@@ -147,7 +199,6 @@ class MonitorPipeline:
         for row in self.windows.close_idle(initiative, wall_now=wall_now,
                                            idle_seconds=self.settings.idle_close_seconds):
             outputs.extend(self._on_bucket_closed(row))
-        self.windows.flush()
         return outputs
 
     def on_rule_change(self, event: RuleChangeEvent) -> None:
@@ -163,7 +214,7 @@ class MonitorPipeline:
         if initiative in self._thresholds_checked:
             return Outputs()
         self._thresholds_checked.add(initiative)
-        plan = self.state.plans.get(initiative)
+        plan = self._plans.get(initiative)
         if plan is None and self._stored_plan is not None:
             try:
                 plan = self._stored_plan(initiative)
@@ -175,7 +226,7 @@ class MonitorPipeline:
         else:
             updated = with_thresholds(plan, self._thresholds, at=at, actor="pmon worker settings",
                                       reason="thresholds or cadence differ from the previous run's")
-        self.state.plans[initiative] = updated
+        self._plans[initiative] = updated
         return Outputs(plans=[updated] if updated is not plan else [])
 
     def _on_bucket_closed(self, row: BucketRow) -> Outputs:
@@ -183,29 +234,34 @@ class MonitorPipeline:
         by_kind: dict[str, list[IncidentEvent]] = {}
         for observation in row.observations():
             key = f"{observation.series}|{ConversionDropDetector.kind}"
-            detector = self.state.detectors.get(key) or ConversionDropDetector(self._detector_config)
-            evaluation = evaluate_bucket(detector, self.state.breaches.get(key) or BreachState(),
-                                         self.breach_policy, observation, initiative=row.initiative)
-            self.state.detectors[key] = detector
-            self.state.breaches[key] = evaluation.breach_state
-            for transition in evaluation.incidents:
+            series = self._series.get(key) or SeriesState(ConversionDropDetector(self._detector_config),
+                                                          BreachState())
+            if series.evaluated_until < row.end:
+                evaluation = evaluate_bucket(series.detector, series.breach, self.breach_policy, observation,
+                                             initiative=row.initiative)
+                series = SeriesState(series.detector, evaluation.breach_state, row.end, evaluation.incidents)
+                self._series[key] = series
+            for transition in series.transitions if series.evaluated_until == row.end else ():
                 by_kind.setdefault(transition.kind, []).append(transition)
         outputs = Outputs()
-        plan = self.state.plans.get(row.initiative)
+        plan = self._plans.get(row.initiative)
         for kind, transitions in sorted(by_kind.items()):
             group_key = f"{row.initiative}|{kind}"
-            group, incidents = fold_group(self.state.groups.get(group_key) or GroupState(), transitions)
-            self.state.groups[group_key] = group
+            group = self._groups.get(group_key) or GroupState()
+            if group.evaluated_until >= row.end:
+                continue  # folded before a crash; its transitions were sent then
+            group, incidents = fold_group(group, transitions)
+            self._groups[group_key] = replace(group, evaluated_until=row.end)
             for incident in incidents:
                 log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
                          incident.series, incident.owner)
-                known = self.state.incidents.get(incident.incident_id)
-                self.state.incidents[incident.incident_id] = (known[0] if known else incident, incident)
+                known = self._incidents.get(incident.incident_id)
+                self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
                 outputs.incidents.append(incident)
                 if plan is not None:
                     plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)
         if plan is not None and outputs.incidents:
-            self.state.plans[row.initiative] = plan
+            self._plans[row.initiative] = plan
             outputs.plans.append(plan)
         return outputs
 

@@ -145,8 +145,8 @@ def build_report(pipeline: "MonitorPipeline", request: ReportRequest) -> Report 
     incidents = sorted((pair for pair in state.incidents.values()
                         if pair is not None and pair[0].initiative == request.initiative),
                        key=lambda pair: (pair[0].occurred_at, pair[0].incident_id))
-    warming = sorted(key.rsplit("|", 1)[0] for key, detector in state.detectors.items()
-                     if key.startswith(prefix) and detector is not None and detector.warming_up)
+    warming = sorted(key.rsplit("|", 1)[0] for key, series in state.series.items()
+                     if key.startswith(prefix) and series is not None and series.detector.warming_up)
     plan = state.plans.get(request.initiative)
     utc = lambda epoch: datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch is not None else None  # noqa: E731
     return Report(

@@ -62,6 +62,7 @@ class BucketRow:
     end: float
     series: dict[str, Counters] = field(default_factory=dict)
     cohorts: dict[str, Counters] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted here, per partition
 
     def observations(self) -> Iterator[BucketObservation]:
         start, end = _utc(self.start), _utc(self.end)
@@ -124,16 +125,24 @@ class WindowKeeper:
         return self.buckets.get(key)
 
     def flush(self) -> None:
-        """Write the changed clocks and rows to the tables."""
-        for initiative, clock in self._dirty_clocks.items():
-            self.clocks[initiative] = clock
+        """Write the changed rows, then the clocks (see `flush_rows`)."""
+        self.flush_rows()
+        self.flush_clocks()
+
+    def flush_rows(self) -> None:
+        """Write the changed rows. Before the clocks: a crash between the two leaves rows that
+        know (by their offsets) what they counted, so a replay never counts twice."""
         for key, row in self._dirty_rows.items():
             if row is None:
                 self.buckets.pop(key, None)
             else:
                 self.buckets[key] = row
-        self._dirty_clocks.clear()
         self._dirty_rows.clear()
+
+    def flush_clocks(self) -> None:
+        for initiative, clock in self._dirty_clocks.items():
+            self.clocks[initiative] = clock
+        self._dirty_clocks.clear()
 
     def _start_of(self, epoch: float) -> float:
         return math.floor(epoch / self.bucket_seconds) * self.bucket_seconds
@@ -174,9 +183,13 @@ class WindowKeeper:
             row = BucketRow(initiative, start, start + self.bucket_seconds)
             clock.open_starts.append(start)
             clock.open_starts.sort()
-        row.series.setdefault(series_key(event), Counters()).add(event)
-        row.cohorts.setdefault(event.cohort, Counters()).add(event)
-        self._dirty_rows[key] = row
+        if source_offset is None or source_offset > row.offsets.get(source_partition, -1):
+            row.series.setdefault(series_key(event), Counters()).add(event)
+            row.cohorts.setdefault(event.cohort, Counters()).add(event)
+            if source_offset is not None:
+                row.offsets[source_partition] = source_offset
+            self._dirty_rows[key] = row
+        # else: the row counted it before a crash that lost the clock's write; it is counted, once.
         clock.counted += 1
         watermark = self._watermark(clock, wall_now)
         if watermark is None or (clock.watermark is not None and watermark <= clock.watermark):

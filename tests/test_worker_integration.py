@@ -140,9 +140,6 @@ def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_s
         "a restart neither repeats nor loses an incident transition"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug: a step's table writes (detectors, breaches, groups, clock) reach their changelogs separately; "
-    "a SIGKILL between them can make the restarted worker learn a bucket twice (baseline differs)"))
 def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_incident(
         isolated_settings, start_worker, tmp_path):
     settings = isolated_settings(**DETECTION)
