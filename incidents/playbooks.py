@@ -27,6 +27,45 @@ PLAYBOOKS: dict[str, Playbook] = {
             "and sibling channels to tell a product issue from a traffic mix change. 3) If a rule change is "
             "the probable cause, roll it back or switch the series to the fallback experience."),
         Playbook(
+            "ctr_drop", 0, "warning",
+            "Click-through rate of the series fell below its baseline twice. 1) Check what the series now shows "
+            "(rule changes, content, layout) in the preceding hours. 2) Compare with its control and sibling "
+            "channels. 3) Roll back the probable cause or switch the series to the fallback experience."),
+        Playbook(
+            "kpi_spike", 0, "warning",
+            "A rate of the series rose far above its baseline twice: often a tracking change (double-counted "
+            "clicks or conversions) or a rule that targets too narrowly. Check event producers and recent rule "
+            "changes before celebrating."),
+        Playbook(
+            "level_shift", 0, "warning",
+            "The series' level moved and stayed there (a drift, not a dip). Find the change that coincides with "
+            "the shift (rule rollout, audience or traffic-mix change) and decide whether the new level is "
+            "intended; if it is, acknowledge it so the baseline re-learns."),
+        Playbook(
+            "volume_drop", 1, "warning",
+            "Exposures of the series fell far below the forecast for this hour. Check the decisioning service "
+            "and the engagement producer for the affected channel, then the targeting rules of the series."),
+        Playbook(
+            "latency_regression", 1, "warning",
+            "Decision latency of the series rose above its forecast twice. Check the decision service's "
+            "deployments and dependencies; slow decisions time out into fallbacks and hurt conversion."),
+        Playbook(
+            "fallback_surge", 1, "warning",
+            "The share of fallback exposures rose twice: the decision tree is failing over. Check the rule's "
+            "inputs (profile data freshness, feature service) and recent rule changes; fix or roll back."),
+        Playbook(
+            "variant_suppression", 0, "critical",
+            "A variant gets far less than its planned share of exposures (or none): the experiment's readout is "
+            "biased. Check the assignment service and the rule serving the variant; pause the readout until fixed."),
+        Playbook(
+            "feed_stale", 1, "critical",
+            "A feed (topic x initiative) delivered no event within its freshness objective. Check the producer "
+            "and the connector; until it is back, the initiative's KPIs and alerts are blind."),
+        Playbook(
+            "multi_metric_anomaly", 1, "warning",
+            "The initiative's KPIs moved together in an unusual way (half-space trees). Look at the dashboard by "
+            "channel and profile for the moving parts, then at rule changes and deployments."),
+        Playbook(
             "monitoring_degraded", 1, "critical",
             "The monitor could not process or write a record after its retries; the record is on the "
             "dead-letter topic with its reason. Inspect it, fix the producer or the sink, and replay it."),

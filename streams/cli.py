@@ -240,6 +240,73 @@ def monitor(initiative: str, window: str, detail: str, dimension: str | None, al
     render_report(report, console)
 
 
+# --------------------------------------------------------------------------- detect
+def _univariate_detectors() -> list[str]:
+    from detectors.backtest import univariate_detectors
+
+    return univariate_detectors()
+
+
+@pmon.command()
+@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A univariate series: a header with `timestamp` and `value`, then one row per bucket.")
+@click.option("--detector", default="seasonal_profile", show_default=True,
+              help="A registered detector that reads one number per bucket (see the error for the list).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result here instead of stdout.")
+def detect(csv_path: Path, detector: str, out: Path | None) -> None:
+    """Backtest a detector on your own KPI history, point by point.
+
+    Writes `timestamp,value,anomaly_score,alert`. Timestamps are ISO 8601; one
+    without an offset is read as UTC.
+    """
+    import csv
+
+    from detectors.backtest import run_series
+    from detectors.exceptions import DetectorError
+
+    if detector not in _univariate_detectors():
+        _fail(f"unknown or non-univariate detector {detector!r} — use one of: {', '.join(_univariate_detectors())}")
+    if not csv_path.is_file():
+        _fail(f"CSV file {csv_path} does not exist — export your series as `timestamp,value` with a header")
+    sink = out.open("w", newline="") if out else sys.stdout
+    try:
+        with csv_path.open(newline="") as source:
+            writer = csv.writer(sink)
+            writer.writerow(["timestamp", "value", "anomaly_score", "alert"])
+            for when, value, score, alert in run_series(_read_series(csv_path, source), detector):
+                writer.writerow([when.isoformat(), repr(value), f"{score:.6g}", "true" if alert else "false"])
+    except (ValueError, DetectorError) as exc:
+        if out:
+            sink.close()
+            out.unlink(missing_ok=True)  # no half-written result
+        _fail(f"{exc} — fix the CSV and run again")
+    finally:
+        if out and not sink.closed:
+            sink.close()
+
+
+def _read_series(path: Path, source: Any) -> Any:
+    """(timestamp, value) rows of a `timestamp,value` CSV, with the line number in every error."""
+    import csv
+    from datetime import datetime, timezone
+
+    reader = csv.DictReader(source)
+    if not reader.fieldnames or not {"timestamp", "value"} <= set(reader.fieldnames):
+        raise ValueError(f"{path}: the header must name `timestamp` and `value`, got {reader.fieldnames}")
+    for row in reader:
+        line = reader.line_num
+        try:
+            when = datetime.fromisoformat(row["timestamp"].strip())
+        except (ValueError, AttributeError):
+            raise ValueError(f"{path}:{line}: timestamp {row['timestamp']!r} is not ISO 8601") from None
+        try:
+            value = float(row["value"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{line}: value {row['value']!r} is not a number") from None
+        yield (when if when.tzinfo else when.replace(tzinfo=timezone.utc)), value
+
+
 # --------------------------------------------------------------------------- schemas
 @pmon.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas"), show_default=True)

@@ -161,3 +161,14 @@ def test_two_incidents_of_one_series_in_the_same_hour_get_different_ids() -> Non
     assert [e.transition for e in events] == ["opened", "resolved", "opened"]
     assert events[2].incident_id != events[0].incident_id
     assert events[2].event_id != events[0].event_id
+
+
+def test_every_detector_kind_has_a_playbook_and_an_owner_on_the_ladder() -> None:
+    from detectors.freshness import KIND as FRESHNESS_KIND
+    from detectors.registry import DETECTORS, PER_INITIATIVE
+    from incidents.playbooks import playbook_for
+
+    kinds = {factory().kind for name, factory in DETECTORS.items() if name not in PER_INITIATIVE} | {FRESHNESS_KIND}
+    for kind in sorted(kinds):
+        playbook = playbook_for(kind)
+        assert playbook.text and 0 <= playbook.first_rung < len(ESCALATION_LADDER), kind

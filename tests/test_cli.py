@@ -112,3 +112,42 @@ def test_monitor_over_an_events_file_prints_the_dashboard(tmp_path: Path, events
     assert [cell.strip() for cell in total.split("│")[1:6]] == ["all", "20", "2", "2", "25.00"]
     assert "10.00 %" in total
     assert "Incidents (0)" in out
+
+
+def _seasonal_csv(path: Path, *, dip_at: int | None = None, hours: int = 24 * 6) -> Path:
+    import math
+
+    t0 = datetime(2026, 11, 1)
+    lines = ["timestamp,value"]
+    for h in range(hours):
+        value = 100 + 30 * math.sin(2 * math.pi * h / 24) + (h % 5 - 2)
+        lines.append(f"{(t0 + timedelta(hours=h)).isoformat()},{40.0 if h == dip_at else value}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_detect_backtests_a_csv_and_flags_the_planted_dip_only(tmp_path: Path) -> None:
+    series = _seasonal_csv(tmp_path / "kpi.csv", dip_at=130)
+    result = run_pmon("detect", "--csv", str(series), "--out", str(tmp_path / "out.csv"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0] == "timestamp,value,anomaly_score,alert"
+    assert len(rows) == 1 + 24 * 6
+    alerts = [row.split(",")[0] for row in rows[1:] if row.endswith(",true")]
+    assert alerts == ["2026-11-06T10:00:00+00:00"], "naive timestamps are UTC; only the dip alerts"
+
+
+def test_detect_names_the_bad_line_and_leaves_no_partial_output(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,value\n2026-11-01T00:00:00Z,1\n2026-11-01T01:00:00Z,lots\n")
+    result = run_pmon("detect", "--csv", str(bad), "--out", str(tmp_path / "out.csv"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{bad}:3: value 'lots' is not a number" in one_line(result.stderr)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_detect_with_a_rate_detector_exits_2_listing_the_usable_ones(tmp_path: Path) -> None:
+    series = _seasonal_csv(tmp_path / "kpi.csv")
+    result = run_pmon("detect", "--csv", str(series), "--detector", "cvr_drop", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "seasonal_profile" in one_line(result.stderr)
