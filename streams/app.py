@@ -23,7 +23,7 @@ from plans.plan_sink import PlanWriter
 from streams.emitter import Emitter
 from streams.events import ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
 from streams.metrics import PipelineMetrics
-from streams.pipeline import MonitorPipeline, MonitorState, Outputs
+from streams.pipeline import MonitorPipeline, MonitorState
 from streams.report import ReportRequest, build_report
 from streams.settings import Settings
 

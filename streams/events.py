@@ -22,8 +22,11 @@ from pydantic import (
     model_validator,
 )
 
-from incidents.model import Evidence, IncidentEvent  # noqa: F401 - the incidents topic's schema
+from incidents.model import Evidence, IncidentEvent  # the incidents topic's schema, defined where it is decided
 from streams.exceptions import DecodeError
+
+__all__ = ["EngagementEvent", "ConsentEvent", "RuleChangeEvent", "IncidentEvent", "Evidence", "DeadLetter",
+           "INPUT_MODELS", "encode", "decode"]
 
 _EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)

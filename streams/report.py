@@ -8,12 +8,15 @@ initiative's watermark (event time), so a replay reports what live would.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from incidents.model import IncidentEvent
 from streams.windows import Counters
+
+if TYPE_CHECKING:  # the pipeline imports nothing from here; the annotation only documents the argument
+    from streams.pipeline import MonitorPipeline
 
 WINDOWS = {"7d": 7, "14d": 14, "30d": 30}
 Dimension = Literal["profile", "channel", "variant", "cohort"]
@@ -104,7 +107,7 @@ def _incident_line(opened: IncidentEvent, latest: IncidentEvent) -> IncidentLine
         playbook=latest.playbook)
 
 
-def build_report(pipeline: "MonitorPipeline", request: ReportRequest) -> Report | None:  # noqa: F821
+def build_report(pipeline: MonitorPipeline, request: ReportRequest) -> Report | None:
     """The report of one initiative, or None when the monitor has never seen it."""
     state, settings = pipeline.state, pipeline.settings
     clock = state.clocks.get(request.initiative)
