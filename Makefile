@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PMON_KAFKA_PORT ?= 9092
 
-.PHONY: demo test setup kafka-up kafka-down schemas bench lint clean
+.PHONY: demo test setup kafka-up kafka-down schemas bench clean
 
 setup: $(STAMP)
 

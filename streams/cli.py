@@ -29,13 +29,18 @@ MONITORED_KINDS = {"conversion_drop"}  # incident kinds the pipeline raises toda
 
 
 class CliError(click.ClickException):
-    """A one-line, actionable error with exit code 2."""
+    """A one-line, actionable error with exit code 2, naming the command that failed."""
 
     exit_code = USAGE_EXIT
 
+    def __init__(self, message: str, command_path: str | None = None) -> None:
+        super().__init__(message)
+        self.command_path = command_path
+
 
 def _fail(message: str) -> NoReturn:
-    raise CliError(message)
+    context = click.get_current_context(silent=True)
+    raise CliError(message, context.command_path if context else None)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -201,7 +206,7 @@ def worker() -> None:
 
 
 # --------------------------------------------------------------------------- monitor
-@pmon.command()
+@pmon.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--initiative", required=True, help='Initiative name, e.g. "PLG Onboarding".')
 @click.option("--window", type=click.Choice(list(WINDOWS)), default="7d", show_default=True)
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="summary", show_default=True)
@@ -323,7 +328,8 @@ def _run(command: click.Command, prog_name: str, argv: list[str] | None) -> NoRe
     try:
         command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
-        where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else prog_name
+        where = (exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx
+                 else getattr(exc, "command_path", None) or prog_name)
         message = exc.format_message()
         hint = "" if "—" in message else f" — see `{where} --help`"
         click.echo(f"{where}: error: {message}{hint}", err=True)
