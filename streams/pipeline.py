@@ -22,6 +22,7 @@ from typing import Any
 from detectors.base import BucketDetector
 from detectors.conversion_drop import ConversionDropDetector
 from detectors.evaluation import evaluate_bucket
+from detectors.registry import DETECTORS
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentEvent
@@ -229,20 +230,25 @@ class MonitorPipeline:
         self._plans[initiative] = updated
         return Outputs(plans=[updated] if updated is not plan else [])
 
+    def _new_detector(self, name: str) -> BucketDetector:
+        if name == ConversionDropDetector.kind:
+            return ConversionDropDetector(self._detector_config)  # the one tuned by PMON_* settings
+        return DETECTORS[name]()
+
     def _on_bucket_closed(self, row: BucketRow) -> Outputs:
         """Score every series of a closed bucket; fold their transitions into one incident per kind."""
         by_kind: dict[str, list[IncidentEvent]] = {}
         for observation in row.observations():
-            key = f"{observation.series}|{ConversionDropDetector.kind}"
-            series = self._series.get(key) or SeriesState(ConversionDropDetector(self._detector_config),
-                                                          BreachState())
-            if series.evaluated_until < row.end:
-                evaluation = evaluate_bucket(series.detector, series.breach, self.breach_policy, observation,
-                                             initiative=row.initiative)
-                series = SeriesState(series.detector, evaluation.breach_state, row.end, evaluation.incidents)
-                self._series[key] = series
-            for transition in series.transitions if series.evaluated_until == row.end else ():
-                by_kind.setdefault(transition.kind, []).append(transition)
+            for name in self.settings.series_detectors:
+                key = f"{observation.series}|{name}"
+                series = self._series.get(key) or SeriesState(self._new_detector(name), BreachState())
+                if series.evaluated_until < row.end:
+                    evaluation = evaluate_bucket(series.detector, series.breach, self.breach_policy, observation,
+                                                 initiative=row.initiative)
+                    series = SeriesState(series.detector, evaluation.breach_state, row.end, evaluation.incidents)
+                    self._series[key] = series
+                for transition in series.transitions if series.evaluated_until == row.end else ():
+                    by_kind.setdefault(transition.kind, []).append(transition)
         outputs = Outputs()
         plan = self._plans.get(row.initiative)
         for kind, transitions in sorted(by_kind.items()):

@@ -5,6 +5,7 @@ Nothing reads the environment anywhere else; tests build their own `Settings`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -56,11 +57,27 @@ class Settings(BaseSettings):
     breach_span_buckets: int = Field(3, ge=1, description="A second breach within this many buckets opens an incident.")
     recovery_span_buckets: int = Field(3, ge=1, description="Consecutive healthy buckets that resolve an incident.")
     escalate_every: int = Field(6, ge=1, description="Further breaches of a firing incident that climb one rung of the ladder.")
+    series_detectors: tuple[str, ...] = Field(
+        ("conversion_drop", "ctr_drop", "ctr_spike", "ctr_level_shift_ph", "cvr_spike", "cvr_level_shift_ph",
+         "revenue_profile", "fallback_surge", "latency_profile", "volume_profile"),
+        description="Detectors run on every series (JSON list; names from detectors/registry.py, chosen per KPI "
+                    "by bench/detection.py). conversion_drop uses the PMON_ALERT_THRESHOLD family of settings.")
     retry_limit: int = Field(2, ge=0, le=10, description="Retries of a failed sink write before it is dead-lettered.")
 
     # Outputs and privacy
     plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
     pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description="Key of the keyed hash that pseudonymises user ids.")
+
+    @model_validator(mode="after")
+    def _known_series_detectors(self) -> "Settings":
+        from detectors.registry import DETECTORS, PER_INITIATIVE
+
+        unknown = [n for n in self.series_detectors if n not in DETECTORS or n in PER_INITIATIVE]
+        if unknown or not self.series_detectors:
+            usable = sorted(set(DETECTORS) - PER_INITIATIVE)
+            raise ValueError(f"PMON_SERIES_DETECTORS: unknown or per-initiative {unknown or 'empty list'}; "
+                             f"use names from {usable}")
+        return self
 
     @model_validator(mode="after")
     def _warmup_fits_baseline(self) -> "Settings":
@@ -78,6 +95,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            elif isinstance(value, (list, tuple)):
+                value = json.dumps(list(value))  # pydantic-settings reads complex values as JSON
             env[f"PMON_{name.upper()}"] = str(value)
         return env
 
