@@ -26,10 +26,11 @@ from streams.metrics import PipelineMetrics
 from streams.pipeline import MonitorPipeline, MonitorState
 from streams.report import ReportRequest, build_report
 from streams.settings import Settings
+from streams.snapshots import SnapshotMapping
 
 log = logging.getLogger(__name__)
-# Faust warns about the pickle codec wherever it is registered; ours is used
-# only for the changelogs of this app's own tables (see `table` below).
+# Faust warns about its pickle codec wherever it is registered; this app does
+# not use it (its tables hold bytes: see BytesTable).
 warnings.filterwarnings("ignore", message="The pickle codec calls pickle.loads", category=Warning)
 
 IDLE_CHECK_SECONDS = 30.0
@@ -52,17 +53,17 @@ faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
 TABLES = ("clocks", "buckets", "series", "groups", "incidents", "plans", "consent_ledger", "rule_changes")
 
 
-class PickledTable(faust.Table):
-    """A table of the pipeline's own objects: str keys, pickled values in the changelog.
+class BytesTable(faust.Table):
+    """A table of str keys and bytes values (pickled snapshots, see `streams.snapshots`).
 
     Faust picks serializers from the key and value types (JSON for anything
     but a faust Record) when the table is built, and the store and changelog
-    use them from then on. Only this app writes its changelogs, so pickle is
-    safe here.
+    use them from then on; raw keeps the bytes as they are. Only this app
+    writes its changelogs, so unpickling them is safe.
     """
 
     def _serializer_from_type(self, typ: Any) -> str:
-        return "raw" if typ is str else "pickle"
+        return "raw"
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -127,10 +128,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     outputs = {name: raw_topic(settings.topic(name)) for name in ("incidents", "plan-updates", "dead-letters")}
 
     def table(name: str) -> faust.Table:
-        return app.tables.add(PickledTable(app, name=name, default=None, key_type=str,
+        return app.tables.add(BytesTable(app, name=name, default=None, key_type=str,
                                            partitions=settings.topic_partitions, beacon=app.tables.beacon))
 
-    state = MonitorState(**{name: table(name) for name in TABLES})
+    state = MonitorState(**{name: SnapshotMapping(table(name)) for name in TABLES})
     pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions,
                                stored_plan=PlanWriter(settings.plan_dir).latest)
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
