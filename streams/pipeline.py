@@ -101,9 +101,6 @@ class Outputs:
         self.incidents.extend(other.incidents)
         self.plans.extend(other.plans)
 
-    def __bool__(self) -> bool:
-        return bool(self.incidents or self.plans)
-
 
 class MonitorPipeline:
     def __init__(self, settings: Settings, state: MonitorState, *, source_partitions: int = 1,
@@ -137,6 +134,8 @@ class MonitorPipeline:
         group states, incidents and plans (all idempotent when written again),
         and the clocks last — a replay from an older clock re-closes buckets,
         which the rows' offsets and the series' `evaluated_until` make harmless.
+        Known hole: these are records on several changelog topics, which Kafka
+        may deliver in any order; see the README's "Delivery" section.
         """
         self.windows.flush_rows()
         for staged in (self._series, self._groups, self._incidents, self._plans):
