@@ -78,7 +78,7 @@ class ConversionDropDetector(BucketDetector):
         observed = conversions / n if n else 0.0
         base_n, base_conversions = self._baseline()
         expected = base_conversions / base_n if base_n else 0.0
-        detail = {"exposures": n, "conversions": conversions, "baseline_exposures": base_n}
+        detail = {"kpi": "cvr", "exposures": n, "conversions": conversions, "baseline_exposures": base_n}
         if self.warming_up or expected <= 0.0:
             return Verdict(False, False, observed, expected, 0.0, warming_up=True, detail=detail)
         if n < self.config.min_exposures:

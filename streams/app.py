@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 # not use it (its tables hold bytes: see BytesTable).
 warnings.filterwarnings("ignore", message="The pickle codec calls pickle.loads", category=Warning)
 
-IDLE_CHECK_SECONDS = 30.0
 ORJSON_CODEC = "pmon_orjson"
 MAX_EVENTS_PER_MESSAGE = 1000  # ~0.5 MB: under Kafka's default 1 MB message limit
 
@@ -50,7 +49,11 @@ class OrjsonCodec(faust.Codec):
 
 faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
 
-TABLES = ("clocks", "buckets", "series", "groups", "incidents", "plans", "consent_ledger", "rule_changes")
+# The per-initiative stage keeps all its state in ONE table, each logical table
+# under a key prefix: a step's writes then go to one changelog partition, in
+# order (see `streams.snapshots`). Consent and rule changes have agents of their own.
+INITIATIVE_STATE = ("clocks", "buckets", "series", "shares", "feeds", "groups", "incidents", "plans")
+TABLES = ("initiative_state", "consent_ledger", "rule_changes")
 
 
 class BytesTable(faust.Table):
@@ -131,7 +134,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         return app.tables.add(BytesTable(app, name=name, default=None, key_type=str,
                                            partitions=settings.topic_partitions, beacon=app.tables.beacon))
 
-    state = MonitorState(**{name: SnapshotMapping(table(name)) for name in TABLES})
+    initiative_state = table("initiative_state")
+    state = MonitorState(
+        consent_ledger=SnapshotMapping(table("consent_ledger")), rule_changes=SnapshotMapping(table("rule_changes")),
+        **{name: SnapshotMapping(initiative_state, prefix=f"{name}/") for name in INITIATIVE_STATE})
     pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions,
                                stored_plan=PlanWriter(settings.plan_dir).latest)
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
@@ -191,7 +197,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             message, value = stream_event.message, stream_event.value
             try:
                 if "tick" in value:
-                    result = pipeline.on_idle_check(value["tick"], wall_now=time.time())
+                    result = pipeline.on_check(value["tick"], wall_now=time.time())
                 else:
                     events = [EngagementEvent.model_validate(item) for item in value["events"]]
                     result = pipeline.on_engagements(events, wall_now=time.time(),
@@ -211,14 +217,13 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             await emitter.emit(result)
             pipeline.commit()
 
-    @app.timer(interval=IDLE_CHECK_SECONDS)
-    async def close_quiet_feeds() -> None:
-        # Tables can only be written while processing an event of their
-        # partition, so the timer asks the owning agent through its topic.
-        now = time.time()
-        for initiative, clock in list(state.clocks.items()):
-            if clock is not None and clock.open_starts and now - clock.last_event_wall >= settings.idle_close_seconds:
-                await by_initiative.send(key=initiative.encode(), value={"tick": initiative})
+    @app.timer(interval=settings.check_interval_seconds)
+    async def check_feeds() -> None:
+        # Idle buckets and feed freshness, also when no event arrives. Tables can only be
+        # written while processing an event of their partition, so the timer asks the
+        # owning agent through its topic.
+        for initiative in list(state.clocks.keys()):
+            await by_initiative.send(key=initiative.encode(), value={"tick": initiative})
 
     @app.page("/pmon/report/")
     async def report_view(web: Any, request: Any) -> Any:

@@ -26,14 +26,18 @@ from streams.settings import Settings
 log = logging.getLogger("pmon")
 USAGE_EXIT = 2
 # The incident kinds that answer each kind the simulator injects; an injected kind not
-# here is not monitored yet (feed gaps, variant suppression, governance).
+# here is not monitored yet (governance). A feed gap or a suppressed variant is also a
+# volume drop of the series it silences.
 ANSWERS: dict[str, set[str]] = {
     "conversion_drop": {"conversion_drop", "level_shift"},
     "ctr_drop": {"ctr_drop", "level_shift"},
     "spike": {"kpi_spike"},
     "volume_drop": {"volume_drop"},
     "fallback_surge": {"fallback_surge"},
+    "feed_gap": {"feed_stale", "volume_drop"},
+    "variant_suppression": {"variant_suppression", "volume_drop"},
 }
+FEED_KINDS = {"feed_stale"}  # about a whole initiative's feed, not about series
 
 
 class CliError(click.ClickException):
@@ -81,19 +85,18 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
     from streams.simulator import SimulationSpec, labels, simulate
 
-    settings = _settings(plan_dir=plan_dir, log_level="WARNING")
-    _configure_logging(settings)
     spec = SimulationSpec(seed=seed, days=days)
+    # The simulated experiments' planned allocations, as a user would configure theirs.
+    allocations = {i.name: dict(zip(i.variants, i.allocation)) for i in spec.initiatives if i.experiment}
+    settings = _settings(plan_dir=plan_dir, log_level="WARNING", allocations=allocations)
+    _configure_logging(settings)
     console = _console()
     driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
     truth = labels(spec)
     _print_report(driver, "PLG Onboarding", "14d", detail, None, None, console)
     monitored = [label for label in truth if label["kind"] in ANSWERS]
     found, unexplained = _match_labels(driver.run_result.incidents, monitored)
-    console.print(f"Injected incidents found (all initiatives): {sum(found.values())} of the {len(found)} of a kind "
-                  f"this build monitors")
-    for label, hit in found.items():
-        console.print(f"  {'found' if hit else 'MISSED'}: {label}")
+    _print_found(found, console)
     later = sorted({label["kind"] for label in truth} - set(ANSWERS))
     if later:
         console.print(f"Also injected, not monitored yet: {', '.join(later)}")
@@ -121,7 +124,7 @@ def _encoded(records: Any) -> Any:
 def _run_embedded(settings: Settings, records: Any, console: Console, total: int | None) -> tuple[Any, float]:
     from streams.embedded import EmbeddedDriver
 
-    driver = EmbeddedDriver(settings)
+    driver = EmbeddedDriver(settings, replay=True)  # history: the stage's clock is the replay's
     started = time.perf_counter()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -130,8 +133,37 @@ def _run_embedded(settings: Settings, records: Any, console: Console, total: int
     return driver, time.perf_counter() - started
 
 
-def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[dict[str, bool], list[Any]]:
-    """Which injections an incident of an answering kind overlaps (same series, within the window plus 3 h);
+def _print_found(found: dict[str, list[Any]], console: Console) -> None:
+    """The injected incidents of every initiative, each with the incidents that found it, their owners and playbooks."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from streams.render import measured
+    from streams.report import measure_of
+
+    table = Table(title=f"Injected incidents, all initiatives: {sum(1 for hits in found.values() if hits)} of "
+                        f"{len(found)} found", title_justify="left")
+    for column in ("injected", "from", "found as", "opened", "observed", "expected", "owner"):
+        table.add_column(column)
+    playbooks: dict[str, str] = {}
+    for label, hits in found.items():
+        what, start = label.split(" from ")
+        if not hits:
+            table.add_row(what, start[5:16].replace("T", " "), "[bold red]MISSED[/]", "", "", "", "")
+        for n, hit in enumerate(hits):
+            measure = measure_of(hit)
+            table.add_row(what if n == 0 else "", start[5:16].replace("T", " ") if n == 0 else "",
+                          f"{hit.kind} ({len(hit.series)} series)", f"{hit.evidence.bucket_end:%m-%d %H:%M}",
+                          measured(hit.evidence.observed, measure), measured(hit.evidence.expected, measure),
+                          hit.owner)
+            playbooks[hit.kind] = hit.playbook
+    console.print(table)
+    console.print(Panel("\n".join(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items())),
+                        title="Playbooks of the incidents that found them"))
+
+
+def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
+    """The incidents of an answering kind that overlap each injection (same series, within the window plus 3 h);
     and the opened incidents that overlap no injection."""
     from datetime import datetime, timedelta
 
@@ -142,11 +174,22 @@ def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[di
         start = datetime.fromisoformat(label["start"])
         end = datetime.fromisoformat(label["end"]) + timedelta(hours=3)
         series = set(label["series"])
-        hits = [e for e in opened if e.kind in ANSWERS[label["kind"]] and series & set(e.series)
+        hits = [e for e in opened if e.kind in ANSWERS[label["kind"]]
+                and (series & set(e.series) or (e.kind in FEED_KINDS and e.initiative == label["initiative"]))
                 and start <= e.evidence.bucket_start < end]
         explained.update(e.incident_id for e in hits)
-        result[f"{label['kind']} on {', '.join(sorted(series))} from {label['start']}"] = bool(hits)
+        result[f"{label['kind']} on {_where(label)} from {label['start']}"] = hits
     return result, [e for e in opened if e.incident_id not in explained]
+
+
+def _where(label: dict[str, Any]) -> str:
+    """The series of an injection, shortened to what they share: 'Win-back Emails (all 8 series)'."""
+    series = sorted(label["series"])
+    if len(series) == 1:
+        return series[0]
+    parts = [s.split("|") for s in series]
+    shared = [p[0] if all(q[i] == p[0] for q in parts) else "*" for i, p in enumerate(zip(*parts))]
+    return f"{'|'.join(shared)} ({len(series)} series)"
 
 
 def _print_report(driver: Any, initiative: str, window: str, detail: str, dimension: str | None,

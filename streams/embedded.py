@@ -4,6 +4,11 @@ Records go through exactly the worker's path: bytes are decoded and validated
 (`admit`), engagement is re-keyed to its initiative, and the outputs go
 through the same `Emitter` (retries, dead letters, plan files). Only the
 transport (lists instead of topics) and the tables (dicts) differ.
+
+In a replay (`replay=True`, as `pmon demo` runs) the per-initiative stage's
+clock is the replay's: the greatest event time fed so far. Quiet feeds are
+then found, and buckets of idle feeds closed, as they would have been live;
+admission still checks event times against the real wall clock.
 """
 
 from __future__ import annotations
@@ -27,8 +32,6 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-IDLE_CHECK_EVERY = 10_000  # records between two checks for quiet feeds
-
 
 @dataclass
 class EmbeddedRun:
@@ -42,11 +45,13 @@ class EmbeddedRun:
 
 class EmbeddedDriver:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, replay: bool = False) -> None:
         self.settings = settings
         self.pipeline = MonitorPipeline(settings, MonitorState(), stored_plan=PlanWriter(settings.plan_dir).latest)
         self.run_result = EmbeddedRun()
         self._wall_clock = wall_clock
+        self._replay_now: float | None = None if not replay else float("-inf")
+        self._next_check = float("-inf")
         self.emitter = Emitter(settings, PipelineMetrics(registry or CollectorRegistry()), send=self._collect)
 
     def _collect(self, topic: str, key: bytes, value: bytes) -> None:
@@ -65,8 +70,10 @@ class EmbeddedDriver:
         if isinstance(record, DeadLetter):
             await self.emitter.dead_letter(record)
         elif isinstance(record, EngagementEvent):
+            if self._replay_now is not None:
+                await self._replay_until(record.event_time.timestamp())
             try:
-                outputs = self.pipeline.on_engagement(record, wall_now=self._wall_clock(),
+                outputs = self.pipeline.on_engagement(record, wall_now=self.stage_now(),
                                                       source_offset=self.run_result.records - 1)
             except Exception as exc:  # noqa: BLE001 - as the worker: keep the record, raise monitoring_degraded
                 log.exception("processing failed for record %d", self.run_result.records)
@@ -79,13 +86,32 @@ class EmbeddedDriver:
             self.pipeline.on_consent(record)
         elif isinstance(record, RuleChangeEvent):
             self.pipeline.on_rule_change(record)
-        if self.run_result.records % IDLE_CHECK_EVERY == 0:
-            await self.check_quiet_feeds()
+        if self._replay_now is None and self._wall_clock() >= self._next_check:
+            await self.check_feeds()
 
-    async def check_quiet_feeds(self) -> None:
-        now = self._wall_clock()
+    async def _replay_until(self, event_time: float) -> None:
+        """Move the replay's clock to `event_time`, running the checks the timer would have run on the way:
+        a silence in the replayed traffic is a silence to the checks, as it was live."""
+        interval = self.settings.check_interval_seconds
+        if self._replay_now == float("-inf"):  # the first event: checks start on the next instant of the grid
+            self._next_check = (event_time // interval + 1) * interval
+        while self._next_check <= event_time:
+            self._replay_now = max(self._replay_now, self._next_check)
+            await self.check_feeds()
+        self._replay_now = max(self._replay_now, event_time)
+
+    def stage_now(self) -> float:
+        """The per-initiative stage's clock: the replay's in a replay, else the wall clock."""
+        return self._replay_now if self._replay_now is not None else self._wall_clock()
+
+    async def check_feeds(self) -> None:
+        """What the worker's timer does every `check_interval_seconds`: idle buckets and feed freshness."""
+        now = self.stage_now()
+        interval = self.settings.check_interval_seconds
+        # On the interval grid: a replay checks at the same instants whatever its records.
+        self._next_check = (now // interval + 1) * interval
         for initiative in list(self.pipeline.state.clocks):
-            await self.emitter.emit(self.pipeline.on_idle_check(initiative, wall_now=now))
+            await self.emitter.emit(self.pipeline.on_check(initiative, wall_now=now))
             self.pipeline.commit()
 
     async def run(self, records: Iterable[tuple[str, bytes | None, bytes]],

@@ -16,16 +16,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from detectors.base import BucketDetector
+from detectors.base import BucketDetector, BucketObservation
 from detectors.conversion_drop import ConversionDropDetector
 from detectors.evaluation import evaluate_bucket
+from detectors.freshness import check_freshness, objective_for_rate
 from detectors.registry import DETECTORS
+from detectors.variant_share import VariantShareDetector
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.grouping import GroupState, fold_group
-from incidents.model import IncidentEvent
+from incidents.model import Evidence, IncidentEvent
 from plans.document import IncidentSummary, PlanDocument, new_plan, with_incident, with_thresholds
 from plans.exceptions import PlanError
 from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
@@ -46,6 +48,8 @@ class MonitorState:
     clocks: MutableMapping[str, InitiativeClock] = field(default_factory=dict)
     buckets: MutableMapping[str, BucketRow] = field(default_factory=dict)
     series: MutableMapping[str, "SeriesState"] = field(default_factory=dict)
+    shares: MutableMapping[str, "ShareState"] = field(default_factory=dict)   # per variant group
+    feeds: MutableMapping[str, "FeedState"] = field(default_factory=dict)     # per feed, for freshness
     groups: MutableMapping[str, GroupState] = field(default_factory=dict)
     incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
@@ -69,6 +73,28 @@ class SeriesState:
     transitions: list[IncidentEvent] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class ShareState:
+    """A variant group's (initiative x profile x channel) share detector, and each variant's breach state."""
+
+    detector: VariantShareDetector
+    breaches: dict[str, BreachState] = field(default_factory=dict)  # by variant series
+    evaluated_until: float = float("-inf")
+    transitions: list[IncidentEvent] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class FeedState:
+    """A feed's (engagement x initiative) freshness: its recent rate, its breach state, its last check."""
+
+    breach: BreachState = field(default_factory=BreachState)
+    events_per_hour: float = 0.0   # of the last closed bucket with events: a quiet feed may be silent longer
+    checked_until: float = float("-inf")
+
+
+FEED = "engagement"  # the feed checked for freshness, per initiative; consent and rule changes are sparse by nature
+
+
 class _Staged:
     """Writes to one table held back until `commit`: outputs are sent first, then state is written."""
 
@@ -86,7 +112,10 @@ class _Staged:
 
     def commit(self) -> None:
         for key, value in self.pending.items():
-            self.table[key] = value
+            if value is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
         self.pending.clear()
 
 
@@ -117,12 +146,18 @@ class MonitorPipeline:
                                     retention_days=settings.retention_days,
                                     source_partitions=source_partitions, idle_seconds=settings.idle_close_seconds)
         self.breach_policy = BreachPolicy(settings.breach_config())
+        # Feeds are checked every `check_interval_seconds`, not every bucket: the same spans in time.
+        per_bucket = max(1, round(settings.bucket_seconds / settings.check_interval_seconds))
+        self.feed_policy = BreachPolicy(settings.breach_config().model_copy(
+            update={"escalate_every": settings.escalate_every * per_bucket}))
         self._detector_config = settings.detector_config()
         self._pseudonymiser = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode())
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
         self._stored_plan = stored_plan
         self._series = _Staged(state.series)
+        self._shares = _Staged(state.shares)
+        self._feeds = _Staged(state.feeds)
         self._groups = _Staged(state.groups)
         self._incidents = _Staged(state.incidents)
         self._plans = _Staged(state.plans)
@@ -138,7 +173,7 @@ class MonitorPipeline:
         may deliver in any order; see the README's "Delivery" section.
         """
         self.windows.flush_rows()
-        for staged in (self._series, self._groups, self._incidents, self._plans):
+        for staged in (self._series, self._shares, self._feeds, self._groups, self._incidents, self._plans):
             staged.commit()
         self.windows.flush_clocks()
 
@@ -194,12 +229,48 @@ class MonitorPipeline:
                 outputs.extend(self._on_bucket_closed(row))
         return outputs
 
-    def on_idle_check(self, initiative: str, *, wall_now: float) -> Outputs:
+    def on_check(self, initiative: str, *, wall_now: float) -> Outputs:
+        """The timer's check of one initiative, even when no event arrives: idle buckets, then feed freshness."""
         outputs = Outputs()
         for row in self.windows.close_idle(initiative, wall_now=wall_now,
                                            idle_seconds=self.settings.idle_close_seconds):
             outputs.extend(self._on_bucket_closed(row))
+        outputs.extend(self._check_freshness(initiative, wall_now))
         return outputs
+
+    def _check_freshness(self, initiative: str, now: float) -> Outputs:
+        """Is the initiative's engagement feed stale? Age = wall time since it last delivered an event.
+
+        The objective is `freshness_objective_seconds`, or longer for a quiet
+        feed: the silence its last hour's rate shows by chance once in 10^4
+        (`objective_for_rate`). Two stale checks in a row open `feed_stale`;
+        it escalates after `escalate_every` buckets' worth of stale checks.
+        """
+        clock = self.windows.clock(initiative)
+        key = f"{initiative}|{FEED}"
+        feed = self._feeds.get(key) or FeedState()
+        if clock is None or now <= feed.checked_until:
+            return Outputs()
+        objective = timedelta(seconds=self.settings.freshness_objective_seconds)
+        if feed.events_per_hour > 0:
+            objective = max(objective, objective_for_rate(feed.events_per_hour))
+        name = f"{FEED}|{initiative}"
+        verdict = check_freshness({name: _utc(clock.last_event_wall)}, _utc(now), objective)[name]
+        interval = self.settings.check_interval_seconds
+        evidence = Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,
+                            bucket_start=_utc(now - interval), bucket_end=_utc(now), detail=verdict.detail)
+        breach, transitions = self.feed_policy.observe(
+            feed.breach, initiative=initiative, kind="feed_stale", series=f"{initiative}|{FEED}",
+            breached=verdict.breached, evidence=evidence)
+        self._feeds[key] = replace(feed, breach=breach, checked_until=now)
+        return self._fold(initiative, {"feed_stale": transitions} if transitions else {}, until=now)
+
+    def _note_feed_rate(self, row: BucketRow) -> None:
+        events = row.events()
+        if events:
+            key = f"{row.initiative}|{FEED}"
+            feed = self._feeds.get(key) or FeedState()
+            self._feeds[key] = replace(feed, events_per_hour=events * 3600 / (row.end - row.start))
 
     def on_rule_change(self, event: RuleChangeEvent) -> None:
         log_entries = list(self.state.rule_changes.get(event.initiative) or [])
@@ -235,9 +306,11 @@ class MonitorPipeline:
         return DETECTORS[name]()
 
     def _on_bucket_closed(self, row: BucketRow) -> Outputs:
-        """Score every series of a closed bucket; fold their transitions into one incident per kind."""
+        """Score every series of a closed bucket (zeros for silent ones) and its variant groups;
+        fold their transitions into one incident per kind."""
         by_kind: dict[str, list[IncidentEvent]] = {}
-        for observation in row.observations():
+        observations = list(row.observations(self.windows.roster(row.initiative)))
+        for observation in observations:
             for name in self.settings.series_detectors:
                 key = f"{observation.series}|{name}"
                 series = self._series.get(key) or SeriesState(self._new_detector(name), BreachState())
@@ -248,15 +321,61 @@ class MonitorPipeline:
                     self._series[key] = series
                 for transition in series.transitions if series.evaluated_until == row.end else ():
                     by_kind.setdefault(transition.kind, []).append(transition)
+        for transition in self._judge_variant_shares(row, observations):
+            by_kind.setdefault(transition.kind, []).append(transition)
+        self._note_feed_rate(row)
+        for series in self.windows.take_expired():
+            for name in self.settings.series_detectors:
+                self._series[f"{series}|{name}"] = None
+        return self._fold(row.initiative, by_kind, until=row.end)
+
+    def _judge_variant_shares(self, row: BucketRow, observations: list[BucketObservation]) -> list[IncidentEvent]:
+        """Each variant's share of its group's exposures against the plan's allocation (or the learnt shares)."""
+        groups: dict[str, dict[str, BucketObservation]] = {}
+        for observation in observations:
+            group, _, variant = observation.series.rpartition("|")
+            if variant != "none":
+                groups.setdefault(group, {})[variant] = observation
+        allocation = self.settings.allocations.get(row.initiative)
+        transitions: list[IncidentEvent] = []
+        for group, variants in sorted(groups.items()):
+            if len(variants) < 2 and allocation is None:
+                continue  # one variant alone always has all the exposures
+            state = self._shares.get(group) or ShareState(VariantShareDetector(allocation))
+            if state.evaluated_until < row.end:
+                exposures = {variant: o.exposures for variant, o in variants.items()}
+                verdicts = state.detector.score_one(exposures)
+                if not any(v.breached for v in verdicts.values()):
+                    state.detector.learn_one(exposures)
+                breaches, caused = dict(state.breaches), []
+                for variant, verdict in verdicts.items():
+                    if not verdict.scored:
+                        continue
+                    series = f"{group}|{variant}"
+                    evidence = Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,
+                                        bucket_start=_utc(row.start), bucket_end=_utc(row.end),
+                                        detail={**verdict.detail, "kpi": "exposure_share"})
+                    breaches[series], new = self.breach_policy.observe(
+                        breaches.get(series, BreachState()), initiative=row.initiative,
+                        kind=state.detector.kind, series=series, breached=verdict.breached, evidence=evidence)
+                    caused += new
+                state = ShareState(state.detector, breaches, row.end, caused)
+                self._shares[group] = state
+            if state.evaluated_until == row.end:
+                transitions += state.transitions
+        return transitions
+
+    def _fold(self, initiative: str, by_kind: dict[str, list[IncidentEvent]], *, until: float) -> Outputs:
+        """One incident per (initiative, kind): fold the step's transitions into the groups; update the plan."""
         outputs = Outputs()
-        plan = self._plans.get(row.initiative)
+        plan = self._plans.get(initiative)
         for kind, transitions in sorted(by_kind.items()):
-            group_key = f"{row.initiative}|{kind}"
+            group_key = f"{initiative}|{kind}"
             group = self._groups.get(group_key) or GroupState()
-            if group.evaluated_until >= row.end:
+            if group.evaluated_until >= until:
                 continue  # folded before a crash; its transitions were sent then
             group, incidents = fold_group(group, transitions)
-            self._groups[group_key] = replace(group, evaluated_until=row.end)
+            self._groups[group_key] = replace(group, evaluated_until=until)
             for incident in incidents:
                 log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
                          incident.series, incident.owner)
@@ -266,9 +385,13 @@ class MonitorPipeline:
                 if plan is not None:
                     plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)
         if plan is not None and outputs.incidents:
-            self._plans[row.initiative] = plan
+            self._plans[initiative] = plan
             outputs.plans.append(plan)
         return outputs
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
 _STATUS = {"opened": "open", "updated": "open", "escalated": "escalated", "resolved": "resolved"}

@@ -13,6 +13,26 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value * 100:.{digits}f} %"
 
 
+RATES = {"ctr", "cvr", "fallback_rate", "exposure_share"}
+
+
+def measured(value: float, measure: str) -> str:
+    """An incident's observed or expected value in its own unit.
+
+    >>> measured(0.0512, "cvr"), measured(102.0, "exposures"), measured(1005.7, "age_seconds"), measured(44.04, "latency_ms")
+    ('5.12 %', '102', '16.8 min', '44.0 ms')
+    """
+    if measure in RATES:
+        return _pct(value)
+    if measure == "exposures":
+        return f"{value:,.0f}"
+    if measure == "age_seconds":
+        return f"{value / 60:.1f} min"
+    if measure == "latency_ms":
+        return f"{value:.1f} ms"
+    return f"{value:,.2f}"
+
+
 def _dashboard_table(title: str, rows: list[DashboardRow], threshold: float) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("value", "exposures", "clicks", "conversions", "revenue", "CTR", "CVR", "fallback",
@@ -53,7 +73,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
         status = line.status if line.status == "opened" else f"{line.status} {line.updated_at:%m-%d %H:%M}"
         incidents.add_row(line.incident_id, line.kind, status, line.severity, line.owner,
                           "\n".join(line.series), line.period, f"{line.opened_at:%m-%d %H:%M}",
-                          _pct(line.observed), _pct(line.expected))
+                          measured(line.observed, line.measure), measured(line.expected, line.measure))
     console.print(incidents)
     if report.detail == "full":
         playbooks = {line.kind: line.playbook for line in report.incidents}

@@ -63,6 +63,8 @@ class IncidentLine(BaseModel):
     period: str
     observed: float = Field(description="The observed value when the incident opened.")
     expected: float = Field(description="The expected value when the incident opened.")
+    measure: str = Field(description="What observed and expected measure: a KPI name, `exposure_share`, or "
+                                     "`age_seconds` for a feed.")
     opened_at: datetime
     updated_at: datetime
     playbook: str
@@ -103,8 +105,13 @@ def _incident_line(opened: IncidentEvent, latest: IncidentEvent) -> IncidentLine
     return IncidentLine(
         incident_id=latest.incident_id, kind=latest.kind, status=latest.transition, severity=latest.severity,
         owner=latest.owner, series=latest.series, period=latest.period, observed=opened.evidence.observed,
-        expected=opened.evidence.expected, opened_at=opened.occurred_at, updated_at=latest.occurred_at,
-        playbook=latest.playbook)
+        expected=opened.evidence.expected, measure=measure_of(opened), opened_at=opened.occurred_at,
+        updated_at=latest.occurred_at, playbook=latest.playbook)
+
+
+def measure_of(incident: IncidentEvent) -> str:
+    detail = incident.evidence.detail
+    return "age_seconds" if "age_seconds" in detail else str(detail.get("kpi", "value"))
 
 
 def build_report(pipeline: MonitorPipeline, request: ReportRequest) -> Report | None:

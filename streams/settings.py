@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     retention_days: int = Field(30, ge=1, le=400, description="How long closed buckets are kept for reports.")
     max_future_seconds: int = Field(3600, ge=0, description="How far ahead of the wall clock an event time may be; later ones are dead-lettered.")
     idle_close_seconds: float = Field(900, gt=0, description="Wall-clock quiet time after which a feed's open buckets are closed.")
+    check_interval_seconds: float = Field(60, gt=0, le=3600, description="How often every feed is checked for freshness and idle buckets (wall clock; replay time in a replay).")
+    freshness_objective_seconds: int = Field(900, ge=1, description="Least silence of a feed (engagement x initiative) that makes it stale; longer for a quiet feed, see README.")
 
     # Detection and breach policy
     alert_threshold: float = Field(0.2, gt=0, lt=1, description="Relative drop of a KPI against its baseline that counts as a breach.")
@@ -62,6 +64,10 @@ class Settings(BaseSettings):
          "revenue_profile", "fallback_surge", "latency_profile", "volume_profile"),
         description="Detectors run on every series (JSON list; names from detectors/registry.py, chosen per KPI "
                     "by bench/detection.py). conversion_drop uses the PMON_ALERT_THRESHOLD family of settings.")
+    allocations: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Planned variant shares per initiative (JSON, e.g. {"PLG Onboarding": {"control": 0.5, '
+                    '"treatment": 0.5}}); an initiative without one has its shares learnt from healthy buckets.')
     retry_limit: int = Field(2, ge=0, le=10, description="Retries of a failed sink write before it is dead-lettered.")
 
     # Outputs and privacy
@@ -80,6 +86,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _allocations_are_shares(self) -> "Settings":
+        for initiative, shares in self.allocations.items():
+            if not shares or any(not share > 0 for share in shares.values()):
+                raise ValueError(f"PMON_ALLOCATIONS: {initiative!r} must give every variant a positive share, "
+                                 f"got {shares}")
+        return self
+
+    @model_validator(mode="after")
     def _warmup_fits_baseline(self) -> "Settings":
         if self.warmup_buckets > self.baseline_buckets:
             raise ValueError(
@@ -95,8 +109,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            elif isinstance(value, (list, tuple)):
-                value = json.dumps(list(value))  # pydantic-settings reads complex values as JSON
+            elif isinstance(value, (list, tuple, dict)):
+                value = json.dumps(value)  # pydantic-settings reads complex values as JSON
             env[f"PMON_{name.upper()}"] = str(value)
         return env
 

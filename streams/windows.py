@@ -1,9 +1,15 @@
 """Event-time tumbling windows per initiative, closed by the watermark.
 
-The watermark of an initiative is the greatest event time seen minus the
-allowed lateness. A bucket closes when the watermark passes its end; an event
-whose bucket is already closed is counted as late and dropped, never silently.
-A replay of history therefore decides exactly what live traffic would have.
+The watermark of an initiative is the least event-time mark over its source
+partitions (see `WindowKeeper._watermark`). A bucket closes when the watermark
+minus the allowed lateness passes its end; an event whose bucket is already
+closed is counted as late and dropped, never silently. A replay of history
+therefore decides exactly what live traffic would have.
+
+Every bucket on the grid closes, also one without any event (a feed gap is an
+observation of zero, not a missing one), and a closed bucket is judged for
+every series of the initiative's roster, with zeros for a silent series. A
+series leaves the roster after `retention_days` without events.
 
 State lives in two mappings (a Faust table in the worker, a dict in the
 embedded driver): `clocks[initiative]` and `buckets["<initiative>|<start>"]`,
@@ -16,7 +22,7 @@ changelog record) per touched row instead of one per event.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -64,12 +70,17 @@ class BucketRow:
     cohorts: dict[str, Counters] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted here, per partition
 
-    def observations(self) -> Iterator[BucketObservation]:
+    def observations(self, roster: Iterable[str] = ()) -> Iterator[BucketObservation]:
+        """One observation per series of the row, and a zero one per series of `roster` it lacks."""
         start, end = _utc(self.start), _utc(self.end)
-        for series in sorted(self.series):
-            c = self.series[series]
+        silent = Counters()
+        for series in sorted(set(self.series).union(roster)):
+            c = self.series.get(series, silent)
             yield BucketObservation(series, start, end, c.exposures, c.clicks, c.conversions, c.revenue,
                                     c.fallbacks, c.latency_ms_sum)
+
+    def events(self) -> int:
+        return sum(c.exposures + c.clicks + c.conversions for c in self.series.values())
 
 
 @dataclass(slots=True)
@@ -85,6 +96,7 @@ class InitiativeClock:
     partition_walls: dict[int, float] = field(default_factory=dict)  # wall time of its last event
     partition_offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted
     duplicates: int = 0
+    roster: dict[str, float] = field(default_factory=dict)  # series -> end of the last closed bucket it had events in
 
 
 def series_key(event: EngagementEvent) -> str:
@@ -114,6 +126,11 @@ class WindowKeeper:
         self.idle_seconds = idle_seconds
         self._dirty_clocks: dict[str, InitiativeClock] = {}
         self._dirty_rows: dict[str, BucketRow | None] = {}  # None: delete
+        self._expired: list[str] = []
+
+    def clock(self, initiative: str) -> InitiativeClock | None:
+        """The initiative's clock as this step sees it (read only)."""
+        return self._clock(initiative)
 
     def _clock(self, initiative: str) -> InitiativeClock | None:
         clock = self._dirty_clocks.get(initiative)
@@ -227,16 +244,38 @@ class WindowKeeper:
         self._dirty_clocks[initiative] = clock
         return self._advance(initiative, clock, clock.open_starts[-1] + self.bucket_seconds)
 
+    def roster(self, initiative: str) -> dict[str, float]:
+        """The initiative's known series: each closed bucket is judged for all of them."""
+        clock = self._clock(initiative)
+        return {} if clock is None else clock.roster
+
+    def take_expired(self) -> list[str]:
+        """Series that left a roster since the last call (no event for `retention_days`): drop their state."""
+        expired, self._expired = self._expired, []
+        return expired
+
     def _advance(self, initiative: str, clock: InitiativeClock, horizon: float) -> list[BucketRow]:
         closed_until = self._start_of(horizon)
         if clock.closed_until is not None and closed_until <= clock.closed_until:
             return []
         previous = clock.closed_until
         clock.closed_until = closed_until
-        closing = [s for s in clock.open_starts if s + self.bucket_seconds <= closed_until]
+        closing = {s for s in clock.open_starts if s + self.bucket_seconds <= closed_until}
         clock.open_starts = [s for s in clock.open_starts if s + self.bucket_seconds > closed_until]
+        if previous is not None:  # the empty buckets between, within the retention, from the first with events
+            first = previous if clock.roster else min(closing, default=closed_until)
+            closing.update(range(int(max(first, closed_until - self.retention)), int(closed_until),
+                                 self.bucket_seconds))
         # Taken before expiry: after a gap longer than the retention, a bucket closing now is already too old to keep.
-        rows = [self._row(bucket_key(initiative, s)) for s in closing]
+        rows = [self._row(bucket_key(initiative, s)) or BucketRow(initiative, s, s + self.bucket_seconds)
+                for s in sorted(closing)]
+        for row in rows:
+            for series in row.series:
+                clock.roster[series] = row.end
+        for series, seen in list(clock.roster.items()):
+            if seen <= closed_until - self.retention:
+                del clock.roster[series]
+                self._expired.append(series)
         self._expire(initiative, previous, closed_until)
         return rows
 

@@ -22,10 +22,10 @@ _ids = itertools.count()
 
 
 def event(at: timedelta, event_type: str = "exposure", *, channel: str = "web", initiative: str = INITIATIVE,
-          cohort: str = "2026-10") -> EngagementEvent:
+          cohort: str = "2026-10", variant: str = "control") -> EngagementEvent:
     return EngagementEvent(
         event_id=f"e{next(_ids)}", event_type=event_type, event_time=T0 + at, user_id="p0123456789abcdef01234567",
-        initiative=initiative, profile="new_user", channel=channel, cohort=cohort, variant="control",
+        initiative=initiative, profile="new_user", channel=channel, cohort=cohort, variant=variant,
         decision_latency_ms=12.0 if event_type == "exposure" else 0.0,
         revenue=9.5 if event_type == "conversion" else 0.0)
 
@@ -184,8 +184,36 @@ def test_a_gap_longer_than_the_retention_still_returns_the_buckets_it_closes(gap
     add(windows, event(m(75)), wall_now=0)  # closes hour 0; hour 1 stays open
     counted, closed = add(windows, event(timedelta(days=gap_days)), wall_now=0)
     assert counted
-    assert [(r.start, exposures(r)) for r in closed] == [(E0 + HOUR, 1)]
+    # The open bucket with its event, then the gap's empty buckets of the last retention day: zeros, judged.
+    closed_until = clocks[INITIATIVE].closed_until
+    assert [(r.start, exposures(r)) for r in closed] == [(E0 + HOUR, 1)] + [
+        (start, 0) for start in range(int(closed_until - 24 * HOUR), int(closed_until), HOUR)]
     assert sorted(buckets) == [key(24 * gap_days)]  # the old rows are gone from the table
+
+
+def test_every_bucket_on_the_grid_closes_and_a_silent_series_is_observed_as_zero() -> None:
+    windows, clocks, _ = keeper()
+    add(windows, event(m(5), variant="control"), wall_now=0)
+    add(windows, event(m(6), variant="treatment"), wall_now=0)
+    add(windows, event(m(75), variant="control"), wall_now=0)          # closes hour 0
+    _, closed = add(windows, event(m(4 * 60 + 15), variant="control"), wall_now=0)   # closes hours 1..3
+    assert [r.start for r in closed] == [E0 + HOUR, E0 + 2 * HOUR, E0 + 3 * HOUR]
+    roster = windows.roster(INITIATIVE)
+    observed = {(o.bucket_start.timestamp(), o.series.split("|")[-1]): o.exposures
+                for row in closed for o in row.observations(roster)}
+    assert observed == {(E0 + HOUR, "control"): 1, (E0 + HOUR, "treatment"): 0,
+                        (E0 + 2 * HOUR, "control"): 0, (E0 + 2 * HOUR, "treatment"): 0,
+                        (E0 + 3 * HOUR, "control"): 0, (E0 + 3 * HOUR, "treatment"): 0}
+
+
+def test_a_series_silent_for_the_retention_leaves_the_roster() -> None:
+    windows, clocks, _ = keeper(retention_days=1)
+    add(windows, event(m(5), variant="treatment"), wall_now=0)
+    for hour in range(1, 27):
+        add(windows, event(timedelta(hours=hour, minutes=15), variant="control"), wall_now=0)
+    assert sorted(s.split("|")[-1] for s in windows.roster(INITIATIVE)) == ["control"]
+    assert [s.split("|")[-1] for s in windows.take_expired()] == ["treatment"]
+    assert windows.take_expired() == []
 
 
 def test_retention_works_when_the_bucket_width_does_not_divide_a_day() -> None:

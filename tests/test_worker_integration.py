@@ -108,11 +108,6 @@ def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(isolated_set
         in worker.metrics_text()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known at-least-once hole, timing-dependent: a step's state spans several changelog topics (rows, series, "
-    "groups, clock) whose records Kafka may deliver in any order; a worker stopped between them can restart "
-    "with a clock that is ahead of its rows (never counts everything) or behind its detectors. Fix: one "
-    "atomic value per initiative step (issue 3)."))
 def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_settings, start_worker, tmp_path):
     settings = isolated_settings(**DETECTION)
     records = _encoded(_dip_spec())
@@ -148,11 +143,6 @@ def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_s
         "a restart neither repeats nor loses an incident transition"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known at-least-once hole, timing-dependent: a step's state spans several changelog topics (rows, series, "
-    "groups, clock) whose records Kafka may deliver in any order; a worker stopped between them can restart "
-    "with a clock that is ahead of its rows (never counts everything) or behind its detectors. Fix: one "
-    "atomic value per initiative step (issue 3)."))
 def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_incident(
         isolated_settings, start_worker, tmp_path):
     settings = isolated_settings(**DETECTION)
@@ -180,3 +170,20 @@ def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_
     assert sorted(set(map(_essence, incidents))) == sorted(map(_essence, expected))
     assert {i.incident_id for i in incidents} == {e.incident_id for e in expected}, \
         "the restart raised no incident the uninterrupted run did not"
+
+
+def test_the_timer_finds_a_feed_that_went_silent(isolated_settings, start_worker):
+    # A short objective and check interval so the test takes seconds; the mechanism is the production one.
+    settings = isolated_settings(freshness_objective_seconds=3, check_interval_seconds=1)
+    plg = next(spec for spec in default_program() if spec.name == PLG)
+    spec = SimulationSpec(seed=5, days=1, users=500, initiatives=(plg,), injections=())
+    records = [r for r in _encoded(spec) if r[0] == "engagement"][:200]
+    asyncio.run(produce(settings, records))
+    worker = start_worker(settings)
+    wait_for(lambda: _counted(worker, PLG) == len(records), timeout=120, what="the worker to count the events",
+             on_timeout=worker.log)
+    # No event arrives any more: only the timer can find it.
+    [stale] = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=1, timeout=60)]
+    assert (stale.kind, stale.transition, stale.series) == ("feed_stale", "opened", [f"{PLG}|engagement"])
+    assert stale.evidence.observed > stale.evidence.expected == 3.0
+    assert stale.owner == "Personalization Architect"
