@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
-from detectors.base import BucketDetector, BucketObservation
+from detectors.base import BucketDetector, BucketObservation, step
 from detectors.exceptions import InvalidObservation
 from detectors.kpis import KPIS
 from detectors.registry import DETECTORS
@@ -80,9 +80,7 @@ def run_series(rows: Iterable[tuple[datetime, float]], detector_name: str = DEFA
         width = (following[0] - when if following is not None
                  else when - previous if previous is not None else timedelta(hours=1))
         observation = _observation(detector_name, when, width, value, as_count)
-        verdict = detector.score_one(observation)
-        if not verdict.breached:
-            detector.learn_one(observation)
+        verdict = step(detector, observation)
         yield when, value, verdict.score, verdict.breached
         previous, current = when, following
 

@@ -75,3 +75,16 @@ class BucketDetector(abc.ABC):
     @abc.abstractmethod
     def warming_up(self) -> bool:
         """True until the detector has a baseline it may alert against."""
+
+    def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
+        """Advance a statistic that runs over every bucket, breach or not (a CUSUM). Default: nothing."""
+
+
+def step(detector: BucketDetector, observation: BucketObservation) -> Verdict:
+    """The online protocol, one closed bucket: score, track, then learn only from a healthy bucket
+    (so a dip never becomes the baseline)."""
+    verdict = detector.score_one(observation)
+    detector.track_one(observation, verdict)
+    if not verdict.breached:
+        detector.learn_one(observation)
+    return verdict

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from detectors.base import BucketDetector, BucketObservation, Verdict
+from detectors.base import BucketDetector, BucketObservation, Verdict, step
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.model import Evidence, IncidentEvent
 
@@ -18,13 +18,11 @@ class Evaluation:
 
 def evaluate_bucket(detector: BucketDetector, breach_state: BreachState, policy: BreachPolicy,
                     observation: BucketObservation, *, initiative: str) -> Evaluation:
-    """Score, then learn only from healthy buckets so a dip never becomes the baseline.
+    """One step of the online protocol (`detectors.base.step`), then the breach policy.
 
     Unscored buckets (warm-up, too little volume) leave the breach state as it is.
     """
-    verdict = detector.score_one(observation)
-    if not verdict.breached:
-        detector.learn_one(observation)
+    verdict = step(detector, observation)
     if not verdict.scored:
         return Evaluation(verdict, breach_state, [])
     evidence = Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,

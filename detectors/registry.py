@@ -64,6 +64,7 @@ from functools import partial
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.conversion_drop import ConversionDropConfig, ConversionDropDetector
+from detectors.cusum import CtrCusumDetector, CvrCusumDetector, RateSpikeCusumDetector, VolumeCusumDetector
 from detectors.kpis import KPI_NAMES, validate
 from detectors.level_shift import LevelShiftDetector
 from detectors.multi_metric import MultiMetricDetector
@@ -107,6 +108,12 @@ DETECTORS: dict[str, Callable[..., BucketDetector]] = {
     "revenue_profile": RevenueShiftDetector,
     "seasonal_profile": partial(SeasonalDetector, kpi="value", direction="both"),
     "seasonal_holt_winters": partial(SeasonalDetector, kpi="value", direction="both", forecaster="holt_winters"),
+    # sequential: binomial CUSUM against the baseline
+    "ctr_cusum": CtrCusumDetector,
+    "cvr_cusum": CvrCusumDetector,
+    "volume_cusum": VolumeCusumDetector,
+    "ctr_spike_cusum": partial(RateSpikeCusumDetector, kpi="ctr"),
+    "cvr_spike_cusum": partial(RateSpikeCusumDetector, kpi="cvr"),
     # drift detectors over standardized residuals
     "ctr_level_shift_ph": partial(LevelShiftDetector, kpi="ctr"),
     "cvr_level_shift_ph": partial(LevelShiftDetector, kpi="cvr"),
@@ -118,12 +125,12 @@ PER_INITIATIVE: frozenset[str] = frozenset({"multi_metric_hst"})
 """Detectors that watch an initiative's total, not each series (too big per series)."""
 
 _CHOICE: dict[str, tuple[str, ...]] = {
-    "ctr": ("ctr_drop", "ctr_spike", "ctr_level_shift_ph"),
-    "cvr": ("cvr_drop", "cvr_spike", "cvr_level_shift_ph"),
+    "ctr": ("ctr_drop", "ctr_cusum", "ctr_spike", "ctr_level_shift_ph"),
+    "cvr": ("cvr_drop", "cvr_cusum", "cvr_spike", "cvr_level_shift_ph"),
     "revenue_per_exposure": ("revenue_profile",),
     "fallback_rate": ("fallback_surge",),
     "latency_ms": ("latency_profile",),
-    "exposures": ("volume_profile",),
+    "exposures": ("volume_cusum",),
 }
 
 

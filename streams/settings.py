@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     recovery_span_buckets: int = Field(3, ge=1, description="Consecutive healthy buckets that resolve an incident.")
     escalate_every: int = Field(6, ge=1, description="Further breaches of a firing incident that climb one rung of the ladder.")
     series_detectors: tuple[str, ...] = Field(
-        ("conversion_drop", "ctr_drop", "ctr_spike", "ctr_level_shift_ph", "cvr_spike", "cvr_level_shift_ph",
-         "revenue_profile", "fallback_surge", "latency_profile", "volume_profile"),
+        ("conversion_drop", "cvr_cusum", "ctr_drop", "ctr_cusum", "ctr_spike", "ctr_level_shift_ph", "cvr_spike",
+         "cvr_level_shift_ph", "revenue_profile", "fallback_surge", "latency_profile", "volume_cusum"),
         description="Detectors run on every series (JSON list; names from detectors/registry.py, chosen per KPI "
                     "by bench/detection.py). conversion_drop uses the PMON_ALERT_THRESHOLD family of settings.")
     allocations: dict[str, dict[str, float]] = Field(

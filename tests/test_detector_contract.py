@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from detectors.base import BucketDetector, BucketObservation
+from detectors.base import BucketDetector, BucketObservation, step
 from detectors.conversion_drop import ConversionDropDetector
 from detectors.exceptions import InvalidObservation
 from detectors.registry import DETECTORS, PER_INITIATIVE
@@ -71,14 +71,8 @@ def anomaly_of(detector: BucketDetector) -> dict[str, float]:
 
 
 def run(detector: BucketDetector, buckets: list[BucketObservation]) -> list:
-    """Score then learn the healthy buckets, as the pipeline does; the verdicts."""
-    verdicts = []
-    for observation in buckets:
-        verdict = detector.score_one(observation)
-        if not verdict.breached:
-            detector.learn_one(observation)
-        verdicts.append(verdict)
-    return verdicts
+    """The online protocol, as the pipeline runs it; the verdicts."""
+    return [step(detector, observation) for observation in buckets]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,227 @@
+"""Sequential tests: the CUSUM (Page 1954) of a rate against its baseline, of a count against its forecast.
+
+One hour of a series with 300 exposures cannot tell a 20 % dip from noise; three
+hours together can. The CUSUM adds up each bucket's evidence, the log-likelihood
+ratio of "the rate fell by `shift`" against "it is at its baseline p0":
+
+    llr = x ln(p1 / p0) + (n - x) ln((1 - p1) / (1 - p0)),   p1 = p0 (1 - shift)
+
+for x successes out of n exposures (a rise: p1 = p0 (1 + shift)), and keeps
+S = max(0, S + llr). S drifts to 0 on healthy traffic and climbs by about
+n KL(p1 || p0) per bucket once the rate has moved, so evidence accumulates
+across buckets in proportion to their volume: the test Lorden (1971) showed to
+detect a change to p1 fastest for a given rate of false alarms. A bucket
+breaches when S passes `threshold` (in nats; the false-alarm rate falls about as
+exp(-threshold)) *and* the bucket's rate has itself moved by at least half the
+`shift`, so that evidence left over from a past dip does not page on a bucket
+that is fine.
+
+Over-dispersion (see `detectors.rate_change`): real rates wander from hour to
+hour, so each llr is divided by the variance inflation 1 + (n - 1) rho learnt
+from healthy buckets (a quasi-likelihood), which keeps busy series, where it
+shows most, from accumulating noise. S is capped at `2 * threshold`, so the
+statistic recovers within a few healthy buckets after a long incident.
+
+The baseline, warm-up and rho are `RateChangeDetector`'s. S advances on every
+scored bucket, breach or not (`track_one`); the baseline learns only healthy ones.
+
+A count (exposure volume) gets the Poisson CUSUM against its seasonal forecast
+mu (`detectors.seasonal`): llr = x ln(mu1 / mu) + mu - mu1 with mu1 = mu (1 - shift),
+divided by the count's learnt dispersion (variance / mean) for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from detectors.base import BucketObservation, Verdict
+from detectors.kpis import read
+from detectors.rate_change import Direction, RateChangeDetector
+from detectors.seasonal import VolumeDropDetector, bucket_index
+
+
+class RateCusumDetector(RateChangeDetector):
+    """A binomial CUSUM on a rate, one direction.
+
+    Parameters
+    ----------
+    kpi, direction, baseline_buckets, warmup_buckets, min_exposures
+        As `RateChangeDetector`.
+    shift
+        The relative change the test is tuned to find fastest (0.2 = a 20 % drop or rise).
+    threshold
+        S, in nats, past which a bucket may breach.
+
+    Examples
+    --------
+    >>> import random
+    >>> from datetime import datetime, timedelta, timezone
+    >>> rng = random.Random(3)
+    >>> t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    >>> def bucket(h, cvr, n=400):
+    ...     conversions = sum(rng.random() < cvr for _ in range(n))
+    ...     return BucketObservation("s", t0 + timedelta(hours=h), t0 + timedelta(hours=h + 1), n,
+    ...                              conversions=conversions)
+    >>> detector = CvrCusumDetector(warmup_buckets=12)
+    >>> from detectors.base import step
+    >>> [step(detector, bucket(h, 0.10)).breached for h in range(36)].count(True)
+    0
+    >>> [step(detector, bucket(36 + h, 0.07)).breached for h in range(4)]   # a 30 % dip, 400 exposures an hour
+    [False, False, True, True]
+    """
+
+    kind: ClassVar[str] = "rate_cusum"
+
+    def __init__(self, kpi: str = "cvr", direction: Direction = "drop", shift: float = 0.2,
+                 threshold: float = 5.0, baseline_buckets: int = 72, warmup_buckets: int = 24,
+                 min_exposures: int = 20) -> None:
+        if not 0 < shift or (direction == "drop" and shift >= 1):
+            raise ValueError(f"shift must be in (0, 1) for a drop, > 0 for a rise, got {shift}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be positive, got {threshold}")
+        super().__init__(kpi=kpi, direction=direction, alert_threshold=shift / 2,
+                         baseline_buckets=baseline_buckets, warmup_buckets=warmup_buckets,
+                         min_exposures=min_exposures)
+        self.shift = shift
+        self.threshold = threshold
+        self._s = 0.0   # the CUSUM statistic, in nats
+
+    def _advanced(self, observation: BucketObservation) -> tuple[float, float, float, int] | None:
+        """(new S, this bucket's relative change, baseline, n), or None when the bucket cannot be judged."""
+        reading = read(observation, self.kpi)
+        p0 = self._successes / self._trials if self._trials > 0 else 0.0
+        if self.warming_up or reading is None or reading.n < self.min_exposures or not 0.0 < p0 < 1.0:
+            return None
+        p1 = min(p0 * (1 - self.shift if self.direction == "drop" else 1 + self.shift), 1 - 1e-9)
+        x, n = reading.total, reading.n
+        llr = x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))
+        s = min(2 * self.threshold, max(0.0, self._s + llr / (1.0 + (n - 1) * self._rho())))
+        moved = reading.value / p0 - 1.0
+        return s, (-moved if self.direction == "drop" else moved), p0, n
+
+    def score_one(self, observation: BucketObservation) -> Verdict:
+        reading = read(observation, self.kpi)
+        observed = reading.value if reading else 0.0
+        expected = self._successes / self._trials if self._trials > 0 else 0.0
+        detail: dict[str, object] = {"kpi": self.kpi, "exposures": reading.n if reading else 0}
+        if self.warming_up or expected <= 0.0:
+            return Verdict(False, False, observed, expected, 0.0, warming_up=True, detail=detail)
+        advanced = self._advanced(observation)
+        if advanced is None:
+            return Verdict(False, False, observed, expected, 0.0, detail={**detail, "reason": "too few exposures"})
+        s, change, _, _ = advanced
+        breached = s > self.threshold and change >= self.alert_threshold
+        return Verdict(True, breached, observed, expected, s / self.threshold,
+                       detail={**detail, "cusum": s, "threshold": self.threshold, "relative_change": change,
+                               "rho": self._rho()})
+
+    def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
+        advanced = self._advanced(observation)
+        if advanced is not None:
+            self._s = advanced[0]
+
+
+class CtrCusumDetector(RateCusumDetector):
+    """A click-through drop, sequentially (see `RateCusumDetector`).
+
+    >>> CtrCusumDetector().kind, CtrCusumDetector().kpi
+    ('ctr_drop', 'ctr')
+    """
+
+    kind = "ctr_drop"
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(kpi="ctr", direction="drop", **params)  # type: ignore[arg-type]
+
+
+class CvrCusumDetector(RateCusumDetector):
+    """A conversion drop, sequentially (see `RateCusumDetector`). A higher threshold than clicks':
+    conversions are fewer and more over-dispersed (measured: bench/detection.py).
+
+    >>> CvrCusumDetector().kind, CvrCusumDetector().threshold
+    ('conversion_drop', 6.0)
+    """
+
+    kind = "conversion_drop"
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(kpi="cvr", direction="drop", **{"threshold": 6.0, **params})  # type: ignore[arg-type]
+
+
+class VolumeCusumDetector(VolumeDropDetector):
+    """Exposures below their seasonal forecast, sequentially: the Poisson CUSUM (see the module).
+
+    Parameters
+    ----------
+    shift
+        The relative drop the test is tuned to find fastest (0.5 = half the forecast).
+    threshold
+        S, in nats, past which a bucket may breach.
+    **params
+        As `VolumeDropDetector` (forecaster, season, warm-up, dispersion span).
+
+    Examples
+    --------
+    >>> import math, random
+    >>> from datetime import datetime, timedelta, timezone
+    >>> from detectors.base import step
+    >>> rng = random.Random(5)
+    >>> t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    >>> def bucket(h, factor=1.0):
+    ...     mean = 60 * (1 + 0.7 * math.sin(2 * math.pi * h / 24)) * factor
+    ...     n = round(rng.gauss(mean, math.sqrt(mean)))
+    ...     return BucketObservation("s", t0 + timedelta(hours=h), t0 + timedelta(hours=h + 1), max(0, n))
+    >>> detector = VolumeCusumDetector()
+    >>> [step(detector, bucket(h)).breached for h in range(96)].count(True)
+    0
+    >>> [step(detector, bucket(96 + h, factor=0.5)).breached for h in range(3)]   # half the volume
+    [False, True, True]
+    """
+
+    def __init__(self, shift: float = 0.5, threshold: float = 7.0, **params: object) -> None:
+        if not 0 < shift < 1 or not threshold > 0:
+            raise ValueError(f"shift must be in (0, 1) and threshold positive, got {shift}, {threshold}")
+        super().__init__(**{"alert_threshold": shift / 2, **params})  # type: ignore[arg-type]
+        self.shift = shift
+        self.threshold = threshold
+        self._s = 0.0
+
+    def _advanced(self, observation: BucketObservation) -> tuple[float, float, float] | None:
+        """(new S, the bucket's relative drop, forecast), or None when the bucket cannot be judged."""
+        reading = read(observation, self.kpi)
+        forecast = self._model.forecast(bucket_index(observation))
+        if self.warming_up or reading is None or forecast is None or forecast <= 0:
+            return None
+        llr = reading.total * math.log(1 - self.shift) + forecast * self.shift
+        s = min(2 * self.threshold, max(0.0, self._s + llr / max(1.0, self._spread)))
+        return s, 1.0 - reading.total / forecast, forecast
+
+    def score_one(self, observation: BucketObservation) -> Verdict:
+        advanced = self._advanced(observation)
+        if advanced is None:
+            return super().score_one(observation)   # warming up, or nothing to judge: the same verdict
+        s, change, forecast = advanced
+        breached = s > self.threshold and change >= self.alert_threshold
+        return Verdict(True, breached, observation.exposures, forecast, s / self.threshold,
+                       detail={"kpi": self.kpi, "n": 1, "cusum": s, "threshold": self.threshold,
+                               "relative_change": change, "dispersion": max(1.0, self._spread)})
+
+    def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
+        advanced = self._advanced(observation)
+        if advanced is not None:
+            self._s = advanced[0]
+
+
+class RateSpikeCusumDetector(RateCusumDetector):
+    """A click-through or conversion rate far above its baseline, sequentially: a broken rule,
+    bot traffic, a tracking bug (see `RateCusumDetector`; tuned to a rise of `shift` = 50 %).
+
+    >>> RateSpikeCusumDetector(kpi="ctr").kind, RateSpikeCusumDetector(kpi="cvr").direction
+    ('kpi_spike', 'rise')
+    """
+
+    kind = "kpi_spike"
+
+    def __init__(self, kpi: str = "ctr", **params: object) -> None:
+        super().__init__(kpi=kpi, direction="rise", **{"shift": 0.5, **params})  # type: ignore[arg-type]

@@ -1,0 +1,87 @@
+"""The CUSUM detectors' statistic against the closed-form log-likelihood ratio, and the benchmark's oracle."""
+
+from __future__ import annotations
+
+import math
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from scipy.stats import binom, poisson
+
+from detectors.base import BucketObservation, step
+from detectors.cusum import CvrCusumDetector, VolumeCusumDetector
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import detection as bench  # noqa: E402
+
+T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+
+
+def bucket(hour: int, exposures: int, conversions: int = 0) -> BucketObservation:
+    return BucketObservation("s", T0 + timedelta(hours=hour), T0 + timedelta(hours=hour + 1), exposures,
+                             conversions=conversions)
+
+
+def warmed_cvr(p0: float = 0.1, n: int = 500) -> CvrCusumDetector:
+    detector = CvrCusumDetector(warmup_buckets=12)
+    for hour in range(24):   # exactly at the rate: no over-dispersion is learnt (rho = 0)
+        step(detector, bucket(hour, n, round(n * p0)))
+    assert detector._rho() == 0.0 and detector._s == 0.0
+    return detector
+
+
+@pytest.mark.parametrize("conversions", [20, 35, 42])
+def test_one_bucket_adds_the_binomial_log_likelihood_ratio(conversions: int) -> None:
+    detector, n, p0 = warmed_cvr(), 500, 0.1
+    verdict = step(detector, bucket(24, n, conversions))
+    p1 = p0 * (1 - detector.shift)
+    llr = binom.logpmf(conversions, n, p1) - binom.logpmf(conversions, n, p0)
+    assert verdict.detail["cusum"] == pytest.approx(min(2 * detector.threshold, max(0.0, llr)), abs=1e-9)
+    assert detector._s == pytest.approx(verdict.detail["cusum"], abs=1e-12)
+
+
+def test_the_statistic_runs_over_breached_buckets_but_the_baseline_does_not_learn_them() -> None:
+    detector = warmed_cvr()
+    first = step(detector, bucket(24, 500, 25))            # a 50 % dip: 4.9 nats, below 6, so learnt
+    assert not first.breached and first.detail["cusum"] > 4.5
+    baseline = detector._successes / detector._trials
+    verdicts = [step(detector, bucket(25 + h, 500, 25)) for h in range(2)]
+    assert [v.breached for v in verdicts] == [True, True]
+    assert detector._s == 2 * detector.threshold           # capped
+    assert detector._successes / detector._trials == baseline, "breached buckets are not learnt"
+    # Healthy buckets of 500 take ~1.3 nats each off: back to 0 within a dozen.
+    recovered = [step(detector, bucket(27 + h, 500, 50)).detail["cusum"] for h in range(12)]
+    assert recovered[-1] == 0.0 and recovered == sorted(recovered, reverse=True)
+
+
+def test_the_count_cusum_adds_the_poisson_log_likelihood_ratio() -> None:
+    detector = VolumeCusumDetector(warmup_buckets=48, season=24)
+    for hour in range(72):
+        step(detector, bucket(hour, 200))
+    forecast = detector._model.forecast(72 + int(T0.timestamp() // 3600))
+    assert forecast == pytest.approx(200.0)
+    dispersion = max(1.0, detector._spread)
+    verdict = step(detector, bucket(72, 150))
+    mu1 = forecast * (1 - detector.shift)
+    llr = poisson.logpmf(150, mu1) - poisson.logpmf(150, forecast)
+    assert verdict.detail["cusum"] == pytest.approx(max(0.0, llr / dispersion), abs=1e-9)
+
+
+@pytest.mark.parametrize("n, p0", [(300, 0.1), (2000, 0.08), (40, 0.3)])
+def test_the_oracle_uses_the_largest_critical_region_of_size_alpha(n: int, p0: float) -> None:
+    k = bench._lower_critical(binom(n, p0))
+    assert binom.cdf(k, n, p0) <= bench.ORACLE_ALPHA < binom.cdf(k + 1, n, p0)
+
+
+def test_the_oracle_power_of_a_rate_drop_is_the_exact_binomial_power() -> None:
+    label = bench.Label(1, "conversion_drop", 0.2, "I", ("s",), 0, 6, 1000.0, (1000.0,) * 6, "cvr")
+    rates = {"ctr": 0.1, "cvr": 0.08, "fallback_rate": 0.02}
+    k = max(x for x in range(6001) if binom.cdf(x, 6000, 0.08) <= bench.ORACLE_ALPHA)   # brute force
+    assert bench.oracle_power(label, rates, 0.47) == pytest.approx(binom.cdf(k, 6000, 0.064), abs=1e-12)
+    spike = bench.Label(1, "spike", 0.5, "I", ("s",), 0, 4, 50.0, (50.0,) * 4, "ctr")
+    k_up = min(x for x in range(201) if binom.sf(x - 1, 200, 0.1) <= bench.ORACLE_ALPHA)
+    assert bench.oracle_power(spike, rates, 0.47) == pytest.approx(binom.sf(k_up - 1, 200, 0.15), abs=1e-12)
+    gap = bench.Label(1, "feed_gap", 1.0, "I", ("s",), 0, 3, 2.0, (2.0,) * 3, "exposures")
+    assert bench.oracle_power(gap, rates, 0.47) == (1.0 if math.exp(-6.0) <= bench.ORACLE_ALPHA else 0.0)
