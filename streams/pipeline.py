@@ -165,12 +165,12 @@ class MonitorPipeline:
     def commit(self) -> None:
         """Write the state of the steps since the last commit; call it after their outputs were sent.
 
-        Order matters for a crash in the middle: bucket rows, then series and
-        group states, incidents and plans (all idempotent when written again),
-        and the clocks last — a replay from an older clock re-closes buckets,
-        which the rows' offsets and the series' `evaluated_until` make harmless.
-        Known hole: these are records on several changelog topics, which Kafka
-        may deliver in any order; see the README's "Delivery" section.
+        Order matters for a crash in the middle: bucket rows, then series,
+        variant-group and feed states, groups, incidents and plans (all
+        idempotent when written again), and the clocks last — a replay from an
+        older clock re-closes buckets, which the rows' offsets and the states'
+        `evaluated_until` make harmless. The worker keeps all of them in one
+        table, so its changelog keeps this order (`streams.snapshots`).
         """
         self.windows.flush_rows()
         for staged in (self._series, self._shares, self._feeds, self._groups, self._incidents, self._plans):

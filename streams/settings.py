@@ -18,6 +18,12 @@ from incidents.breach_policy import BreachPolicyConfig
 DEV_PSEUDONYM_KEY = "pmon-dev-key-change-me"
 
 
+def _monitored() -> tuple[str, ...]:
+    from detectors.registry import monitored
+
+    return monitored()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PMON_", frozen=True, extra="ignore")
 
@@ -51,19 +57,20 @@ class Settings(BaseSettings):
     freshness_objective_seconds: int = Field(900, ge=1, description="Least silence of a feed (engagement x initiative) that makes it stale; longer for a quiet feed, see README.")
 
     # Detection and breach policy
-    alert_threshold: float = Field(0.2, gt=0, lt=1, description="Relative drop of a KPI against its baseline that counts as a breach.")
-    baseline_buckets: int = Field(72, ge=2, le=10_000, description="Trailing closed buckets that form a series' baseline.")
-    warmup_buckets: int = Field(24, ge=1, le=10_000, description="Closed buckets with traffic a series needs before it can alert.")
-    min_exposures: int = Field(200, ge=1, description="Exposures a bucket needs to be scored.")
-    significance: float = Field(0.001, gt=0, lt=0.5, description="One-sided binomial p-value a drop must reach to be a breach.")
+    alert_threshold: float = Field(0.2, gt=0, lt=1, description="conversion_drop: relative drop against the baseline that counts as a breach; also the report's flag.")
+    baseline_buckets: int = Field(72, ge=2, le=10_000, description="conversion_drop: trailing closed buckets that form a series' baseline.")
+    warmup_buckets: int = Field(24, ge=1, le=10_000, description="conversion_drop: closed buckets with traffic a series needs before it can alert.")
+    min_exposures: int = Field(200, ge=1, description="conversion_drop: exposures a bucket needs to be scored.")
+    significance: float = Field(0.001, gt=0, lt=0.5, description="conversion_drop: one-sided binomial p-value a drop must reach to be a breach.")
     breach_span_buckets: int = Field(3, ge=1, description="A second breach within this many buckets opens an incident.")
     recovery_span_buckets: int = Field(3, ge=1, description="Consecutive healthy buckets that resolve an incident.")
     escalate_every: int = Field(6, ge=1, description="Further breaches of a firing incident that climb one rung of the ladder.")
     series_detectors: tuple[str, ...] = Field(
-        ("conversion_drop", "cvr_cusum", "ctr_drop", "ctr_cusum", "ctr_spike", "ctr_level_shift_ph", "cvr_spike",
-         "cvr_level_shift_ph", "revenue_profile", "fallback_surge", "latency_profile", "volume_cusum"),
-        description="Detectors run on every series (JSON list; names from detectors/registry.py, chosen per KPI "
-                    "by bench/detection.py). conversion_drop uses the PMON_ALERT_THRESHOLD family of settings.")
+        default_factory=lambda: _monitored(),
+        description="Detectors run on every series (JSON list; names from detectors/registry.py). Default: the "
+                    "registry's choice per KPI, measured by bench/detection.py. conversion_drop, the exact "
+                    "binomial test, is the one tuned by PMON_ALERT_THRESHOLD, PMON_BASELINE_BUCKETS, "
+                    "PMON_WARMUP_BUCKETS, PMON_MIN_EXPOSURES and PMON_SIGNIFICANCE.")
     allocations: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description='Planned variant shares per initiative (JSON, e.g. {"PLG Onboarding": {"control": 0.5, '

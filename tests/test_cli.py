@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from streams.events import ConsentEvent, EngagementEvent
+from streams.settings import Settings
 
 PMON = Path(sys.executable).parent / "pmon"
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -151,3 +152,9 @@ def test_detect_with_a_rate_detector_exits_2_listing_the_usable_ones(tmp_path: P
     result = run_pmon("detect", "--csv", str(series), "--detector", "cvr_drop", cwd=tmp_path)
     assert result.returncode == 2
     assert "seasonal_profile" in one_line(result.stderr)
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"| `PMON_{name.upper()}` |" not in readme]
+    assert missing == [], f"README's configuration table lacks {missing}"

@@ -35,7 +35,8 @@ def settings(plan_dir: Path) -> Settings:
     return Settings(plan_dir=plan_dir, pseudonym_key=KEY, bucket_seconds=3600, allowed_lateness_seconds=600,
                     retention_days=30, alert_threshold=0.2, baseline_buckets=72, warmup_buckets=24,
                     min_exposures=200, significance=0.001, breach_span_buckets=3, recovery_span_buckets=3,
-                    escalate_every=6, retry_limit=2, idle_close_seconds=900, topic_prefix="pmon")
+                    escalate_every=6, retry_limit=2, idle_close_seconds=900, topic_prefix="pmon",
+                    series_detectors=("conversion_drop",))  # the exact binomial test these settings tune
 
 
 def driver(plan_dir: Path) -> EmbeddedDriver:
