@@ -324,10 +324,18 @@ class MonitorPipeline:
         for transition in self._judge_variant_shares(row, observations):
             by_kind.setdefault(transition.kind, []).append(transition)
         self._note_feed_rate(row)
+        self._drop_expired(row.initiative)
+        return self._fold(row.initiative, by_kind, until=row.end)
+
+    def _drop_expired(self, initiative: str) -> None:
+        """Series without an event for the retention leave the tables, and a variant group with them."""
+        roster = self.windows.roster(initiative)
         for series in self.windows.take_expired():
             for name in self.settings.series_detectors:
                 self._series[f"{series}|{name}"] = None
-        return self._fold(row.initiative, by_kind, until=row.end)
+            group = series.rpartition("|")[0]
+            if not any(known.startswith(f"{group}|") for known in roster):
+                self._shares[group] = None
 
     def _judge_variant_shares(self, row: BucketRow, observations: list[BucketObservation]) -> list[IncidentEvent]:
         """Each variant's share of its group's exposures against the plan's allocation (or the learnt shares)."""

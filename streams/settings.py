@@ -149,4 +149,6 @@ class Settings(BaseSettings):
             "escalate_every": self.escalate_every,
             "bucket_seconds": self.bucket_seconds,
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
+            "freshness_objective_seconds": self.freshness_objective_seconds,
+            "check_interval_seconds": self.check_interval_seconds,
         }

@@ -89,3 +89,28 @@ def test_without_an_allocation_the_shares_are_learnt_first(tmp_path: Path) -> No
                                             variant="treatment"),), allocations={})
     [suppressed] = opened(incidents, "variant_suppression")
     assert suppressed.evidence.expected == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_series_without_events_for_the_retention_leaves_the_tables(tmp_path: Path) -> None:
+    from streams.events import EngagementEvent
+    from streams.pipeline import MonitorPipeline, MonitorState
+
+    settings = Settings(plan_dir=tmp_path / "plans", retention_days=1, allowed_lateness_seconds=0)
+    pipeline = MonitorPipeline(settings, MonitorState())
+
+    def feed(hour: int, variant: str) -> None:
+        pipeline.on_engagement(EngagementEvent(
+            event_id=f"e{hour}{variant}", event_type="exposure", event_time=DEFAULT_START + timedelta(hours=hour),
+            user_id="p0123456789abcdef01234567", initiative=INITIATIVE, profile="member", channel="web",
+            variant=variant), wall_now=0.0)
+        pipeline.commit()
+
+    feed(0, "treatment")
+    feed(0, "control")
+    feed(1, "control")
+    assert any("|treatment|" in key for key in pipeline.state.series)
+    for hour in range(2, 30):   # only control for more than a day
+        feed(hour, "control")
+    assert not any("|treatment|" in key for key in pipeline.state.series)
+    assert any("|control|" in key for key in pipeline.state.series)
+    assert list(pipeline.state.shares) == [f"{INITIATIVE}|member|web"]   # the group lives on with control
