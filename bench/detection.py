@@ -113,7 +113,10 @@ ALTERNATIVES: dict[str, Any] = {
     # the CUSUMs' neighbouring thresholds (see detectors/cusum.py for the chosen ones)
     **{f"ctr_cusum_h{h}": partial(RateCusumDetector, kpi="ctr", threshold=h) for h in (4, 6)},
     **{f"cvr_cusum_h{h}": partial(RateCusumDetector, kpi="cvr", threshold=h) for h in (5, 7)},
-    **{f"volume_cusum_h{h}": partial(VolumeCusumDetector, threshold=h) for h in (6, 8)},
+    **{f"volume_cusum_h{h}": partial(VolumeCusumDetector, threshold=h) for h in (7, 9)},
+    "ctr_cusum_no_lag": partial(RateCusumDetector, kpi="ctr", learn_lag=0),
+    "cvr_cusum_no_lag": partial(RateCusumDetector, kpi="cvr", threshold=6.0, learn_lag=0),
+    "volume_cusum_no_lag": partial(VolumeCusumDetector, learn_lag=0),
     "ctr_level_shift_adwin": partial(LevelShiftDetector, kpi="ctr", drift_detector="adwin"),
     "cvr_level_shift_adwin": partial(LevelShiftDetector, kpi="cvr", drift_detector="adwin"),
 }

@@ -23,7 +23,14 @@ shows most, from accumulating noise. S is capped at `2 * threshold`, so the
 statistic recovers within a few healthy buckets after a long incident.
 
 The baseline, warm-up and rho are `RateChangeDetector`'s. S advances on every
-scored bucket, breach or not (`track_one`); the baseline learns only healthy ones.
+scored bucket, breach or not (`track_one`). The baseline learns a healthy bucket
+`learn_lag` (3) buckets late, and forgets the waiting ones on a breach: a dip's
+first hours, healthy to the breach policy until S crosses the threshold, would
+otherwise pull the baseline down and widen the noise model while the evidence
+builds up (measured: recall of 20 % dips in reach 0.86 -> 0.94). After an
+alarm, S restarts at 0 on the first bucket back at its baseline, as Page's
+CUSUM restarts after an alarm: on a quiet series S would otherwise linger near
+the threshold for hours and page again on the next low bucket.
 
 A count (exposure volume) gets the Poisson CUSUM against its seasonal forecast
 mu (`detectors.seasonal`): llr = x ln(mu1 / mu) + mu - mu1 with mu1 = mu (1 - shift),
@@ -33,15 +40,46 @@ divided by the count's learnt dispersion (variance / mean) for the same reason.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import ClassVar
 
 from detectors.base import BucketObservation, Verdict
-from detectors.kpis import read
+from detectors.kpis import read, validate
 from detectors.rate_change import Direction, RateChangeDetector
 from detectors.seasonal import VolumeDropDetector, bucket_index
 
 
-class RateCusumDetector(RateChangeDetector):
+def _episode_over(s: float, previous: float, change: float, threshold: float) -> float:
+    """S restarts at 0 on the first bucket back at (or beyond) its baseline after S had passed the
+    threshold: on a quiet series S would otherwise linger near the threshold for hours after an
+    incident, and page again on the next low bucket (the restart after an alarm of Page's CUSUM)."""
+    return 0.0 if previous > threshold and change <= 0.0 else s
+
+
+class _LaggedLearning:
+    """Learn a healthy bucket only `learn_lag` buckets later, and forget the waiting ones on a breach.
+
+    A dip's first hours are healthy to the breach policy until S has crossed the
+    threshold; learnt at once, they would pull the baseline down and widen the noise
+    model just when the evidence is building. Held back, they are dropped when a
+    breach confirms the change, and learnt when none comes.
+    """
+
+    learn_lag: int
+    _waiting: deque
+
+    def learn_one(self, observation: BucketObservation) -> None:
+        validate(observation)   # bad input fails now, not when its turn to be learnt comes
+        self._waiting.append(observation)
+        if len(self._waiting) > self.learn_lag:
+            super().learn_one(self._waiting.popleft())  # type: ignore[misc]
+
+    def _forget_waiting(self, verdict: Verdict) -> None:
+        if verdict.breached:
+            self._waiting.clear()
+
+
+class RateCusumDetector(_LaggedLearning, RateChangeDetector):
     """A binomial CUSUM on a rate, one direction.
 
     Parameters
@@ -68,14 +106,14 @@ class RateCusumDetector(RateChangeDetector):
     >>> [step(detector, bucket(h, 0.10)).breached for h in range(36)].count(True)
     0
     >>> [step(detector, bucket(36 + h, 0.07)).breached for h in range(4)]   # a 30 % dip, 400 exposures an hour
-    [False, False, True, True]
+    [False, True, True, True]
     """
 
     kind: ClassVar[str] = "rate_cusum"
 
     def __init__(self, kpi: str = "cvr", direction: Direction = "drop", shift: float = 0.2,
                  threshold: float = 5.0, baseline_buckets: int = 72, warmup_buckets: int = 24,
-                 min_exposures: int = 20) -> None:
+                 min_exposures: int = 20, learn_lag: int = 3) -> None:
         if not 0 < shift or (direction == "drop" and shift >= 1):
             raise ValueError(f"shift must be in (0, 1) for a drop, > 0 for a rise, got {shift}")
         if not threshold > 0:
@@ -85,7 +123,9 @@ class RateCusumDetector(RateChangeDetector):
                          min_exposures=min_exposures)
         self.shift = shift
         self.threshold = threshold
+        self.learn_lag = learn_lag
         self._s = 0.0   # the CUSUM statistic, in nats
+        self._waiting: deque[BucketObservation] = deque()
 
     def _advanced(self, observation: BucketObservation) -> tuple[float, float, float, int] | None:
         """(new S, this bucket's relative change, baseline, n), or None when the bucket cannot be judged."""
@@ -98,7 +138,8 @@ class RateCusumDetector(RateChangeDetector):
         llr = x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))
         s = min(2 * self.threshold, max(0.0, self._s + llr / (1.0 + (n - 1) * self._rho())))
         moved = reading.value / p0 - 1.0
-        return s, (-moved if self.direction == "drop" else moved), p0, n
+        change = -moved if self.direction == "drop" else moved
+        return _episode_over(s, self._s, change, self.threshold), change, p0, n
 
     def score_one(self, observation: BucketObservation) -> Verdict:
         reading = read(observation, self.kpi)
@@ -120,6 +161,7 @@ class RateCusumDetector(RateChangeDetector):
         advanced = self._advanced(observation)
         if advanced is not None:
             self._s = advanced[0]
+        self._forget_waiting(verdict)
 
 
 class CtrCusumDetector(RateCusumDetector):
@@ -149,7 +191,7 @@ class CvrCusumDetector(RateCusumDetector):
         super().__init__(kpi="cvr", direction="drop", **{"threshold": 6.0, **params})  # type: ignore[arg-type]
 
 
-class VolumeCusumDetector(VolumeDropDetector):
+class VolumeCusumDetector(_LaggedLearning, VolumeDropDetector):
     """Exposures below their seasonal forecast, sequentially: the Poisson CUSUM (see the module).
 
     Parameters
@@ -179,13 +221,15 @@ class VolumeCusumDetector(VolumeDropDetector):
     [False, True, True]
     """
 
-    def __init__(self, shift: float = 0.5, threshold: float = 7.0, **params: object) -> None:
+    def __init__(self, shift: float = 0.5, threshold: float = 8.0, learn_lag: int = 3, **params: object) -> None:
         if not 0 < shift < 1 or not threshold > 0:
             raise ValueError(f"shift must be in (0, 1) and threshold positive, got {shift}, {threshold}")
         super().__init__(**{"alert_threshold": shift / 2, **params})  # type: ignore[arg-type]
         self.shift = shift
         self.threshold = threshold
+        self.learn_lag = learn_lag
         self._s = 0.0
+        self._waiting: deque[BucketObservation] = deque()
 
     def _advanced(self, observation: BucketObservation) -> tuple[float, float, float] | None:
         """(new S, the bucket's relative drop, forecast), or None when the bucket cannot be judged."""
@@ -195,7 +239,8 @@ class VolumeCusumDetector(VolumeDropDetector):
             return None
         llr = reading.total * math.log(1 - self.shift) + forecast * self.shift
         s = min(2 * self.threshold, max(0.0, self._s + llr / max(1.0, self._spread)))
-        return s, 1.0 - reading.total / forecast, forecast
+        change = 1.0 - reading.total / forecast
+        return _episode_over(s, self._s, change, self.threshold), change, forecast
 
     def score_one(self, observation: BucketObservation) -> Verdict:
         advanced = self._advanced(observation)
@@ -211,6 +256,7 @@ class VolumeCusumDetector(VolumeDropDetector):
         advanced = self._advanced(observation)
         if advanced is not None:
             self._s = advanced[0]
+        self._forget_waiting(verdict)
 
 
 class RateSpikeCusumDetector(RateCusumDetector):
