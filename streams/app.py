@@ -35,6 +35,10 @@ warnings.filterwarnings("ignore", message="The pickle codec calls pickle.loads",
 
 ORJSON_CODEC = "pmon_orjson"
 MAX_EVENTS_PER_MESSAGE = 1000  # ~0.5 MB: under Kafka's default 1 MB message limit
+# Table writes wait in Faust's producer buffer; past its size (100 by default) Faust pauses the
+# streams until it drains and logs "producer buffer full". Closing an hour writes one state
+# record per series and detector (a few hundred), so the default made every hour a pause.
+PRODUCER_BUFFER_MESSAGES = 5000
 
 
 class OrjsonCodec(faust.Codec):
@@ -114,6 +118,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         producer_max_batch_size=1_048_576,
         logging_config=None,
     )
+    app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
     registry = registry or CollectorRegistry()
     metrics = PipelineMetrics(registry)
 

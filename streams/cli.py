@@ -271,7 +271,7 @@ def worker() -> None:
 @click.option("--dimension", type=click.Choice(["profile", "channel", "cohort"]), default=None,
               help="Break the dashboard down by one dimension (default: profile, channel and variant).")
 @click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Relative drop that flags a row; with --events it is also the detection threshold.")
+              help="Relative drop that flags a row; with --events it also tunes conversion_drop, if run.")
 @click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run the embedded driver over this JSONL file instead of asking a worker.")
 @click.option("--worker-url", default=None, help="Worker web address (default http://PMON_WEB_HOST:PMON_WEB_PORT).")
