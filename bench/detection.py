@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:  # `python bench/detection.py` puts bench/ first o
 
 from detectors.base import BucketDetector, BucketObservation, Verdict, step  # noqa: E402
 from detectors.conversion_drop import ConversionDropDetector  # noqa: E402
-from detectors.cusum import RateCusumDetector, VolumeCusumDetector  # noqa: E402
+from detectors.cusum import RateCusumDetector, VolumeCusumDetector, VolumeShareCusumDetector  # noqa: E402
 from detectors.freshness import KIND as FRESHNESS_KIND, check_freshness, objective_for_rate  # noqa: E402
 from detectors.kpis import read  # noqa: E402
 from detectors.level_shift import LevelShiftDetector  # noqa: E402
@@ -114,6 +114,7 @@ ALTERNATIVES: dict[str, Any] = {
     **{f"ctr_cusum_h{h}": partial(RateCusumDetector, kpi="ctr", threshold=h) for h in (4, 6)},
     **{f"cvr_cusum_h{h}": partial(RateCusumDetector, kpi="cvr", threshold=h) for h in (5, 7)},
     **{f"volume_cusum_h{h}": partial(VolumeCusumDetector, threshold=h) for h in (7, 9)},
+    **{f"volume_share_cusum_h{h}": partial(VolumeShareCusumDetector, threshold=h) for h in (7, 9)},
     "ctr_cusum_no_lag": partial(RateCusumDetector, kpi="ctr", learn_lag=0),
     "cvr_cusum_no_lag": partial(RateCusumDetector, kpi="cvr", threshold=6.0, learn_lag=0),
     "volume_cusum_no_lag": partial(VolumeCusumDetector, learn_lag=0),
@@ -272,10 +273,11 @@ def aggregate(spec: SimulationSpec) -> Traffic:
     return Traffic(hours, counters, ticks)
 
 
-def observation(series: str, hour: int, row: list[float], latency_factor: float = 1.0) -> BucketObservation:
+def observation(series: str, hour: int, row: list[float], latency_factor: float = 1.0,
+                group_exposures: int = 0) -> BucketObservation:
     begin = DEFAULT_START + timedelta(hours=hour)
     return BucketObservation(series, begin, begin + timedelta(hours=1), int(row[0]), int(row[1]), int(row[2]),
-                             row[3], int(row[4]), row[5] * latency_factor)
+                             row[3], int(row[4]), row[5] * latency_factor, group_exposures=group_exposures)
 
 
 # ---------------------------------------------------------------------------------------------- the static baseline
@@ -433,8 +435,12 @@ def detect_seed(seed: int, labels: list[Label], latency: dict[tuple[str, int], f
     factories: dict[str, Any] = {name: factory for name, factory in CANDIDATES.items()
                                  if name not in PER_INITIATIVE and name not in UNIVARIATE_ONLY}
     factories.update({name: (lambda args=args: StaticThreshold(*args)) for name, args in STATIC.items()})
+    initiative_exposures = {spec_.name: [sum(int(traffic.counters[key][hour][0]) for key in spec_.series_keys())
+                                         for hour in range(traffic.hours)] for spec_ in program}
     for key, rows in traffic.counters.items():
-        buckets = [observation(key, hour, row, latency.get((key, hour), 1.0)) for hour, row in enumerate(rows)]
+        totals = initiative_exposures[series_initiative[key]]
+        buckets = [observation(key, hour, row, latency.get((key, hour), 1.0), totals[hour])
+                   for hour, row in enumerate(rows)]
         for name, factory in factories.items():
             detector = factory()
             opened = _evaluate(detector, buckets, policy, series_initiative[key], detector.kind)
@@ -674,8 +680,10 @@ def static_for(family: str | None) -> tuple[str, ...]:
 
 
 def _kpi_of(name: str) -> str | None:
+    """The KPI a candidate answers for; a series' share of its initiative's exposures answers for volume."""
     detector = CANDIDATES[name]()
-    return "cvr" if isinstance(detector, ConversionDropDetector) else getattr(detector, "kpi", None)
+    kpi = "cvr" if isinstance(detector, ConversionDropDetector) else getattr(detector, "kpi", None)
+    return "exposures" if kpi == "exposure_share" else kpi
 
 
 def candidates_for(family: str) -> tuple[str, ...]:

@@ -32,6 +32,8 @@ class BucketObservation:
     latency_ms_sum: float = 0.0
     # A univariate KPI value (a backtest of an exported series, `pmon detect --csv`); None for counter buckets.
     value: float | None = None
+    # Exposures of the series' whole initiative in the bucket (0: unknown), for the series' share of them.
+    group_exposures: int = 0
 
     def __post_init__(self) -> None:
         for name in ("exposures", "clicks", "conversions", "fallbacks"):

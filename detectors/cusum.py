@@ -264,3 +264,22 @@ class RateSpikeCusumDetector(RateCusumDetector):
 
     def __init__(self, kpi: str = "ctr", **params: object) -> None:
         super().__init__(kpi=kpi, direction="rise", **{"shift": 0.5, **params})  # type: ignore[arg-type]
+
+
+class VolumeShareCusumDetector(RateCusumDetector):
+    """A series' exposures falling as a share of its initiative's: the binomial CUSUM of a halved share.
+
+    The share needs no seasonal forecast: the daily and weekly cycles move a series and its
+    initiative together, so the baseline is a steady rate learnt from the healthy buckets,
+    and a small series is judged against its initiative's volume, not its own noisy profile.
+    A drop of the whole initiative leaves every share as it was: that is `VolumeCusumDetector`'s
+    and the feed freshness check's to find.
+
+    >>> VolumeShareCusumDetector().kind, VolumeShareCusumDetector().kpi
+    ('volume_drop', 'exposure_share')
+    """
+
+    kind = "volume_drop"
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(kpi="exposure_share", direction="drop", **{"shift": 0.5, "threshold": 8.0, **params})  # type: ignore[arg-type]

@@ -70,9 +70,12 @@ KPIS: dict[str, Kpi] = {kpi.name: kpi for kpi in (
     Kpi("exposures", "poisson", "exposure volume", lambda o: (float(o.exposures), 1)),
     Kpi("value", "mean", "a univariate series' value (backtests)",
         lambda o: (0.0, 0) if o.value is None else (o.value, 1)),
+    Kpi("exposure_share", "binomial", "the series' share of its initiative's exposures",
+        lambda o: (float(o.exposures), o.group_exposures)),
 )}
-KPI_NAMES: tuple[str, ...] = tuple(name for name in KPIS if name != "value")
-"""The six KPIs of a personalization series (``value`` is for univariate backtests only)."""
+KPI_NAMES: tuple[str, ...] = tuple(name for name in KPIS if name not in ("value", "exposure_share"))
+"""The six KPIs of a personalization series (``value`` is for univariate backtests only, ``exposure_share``
+for the volume share detector: it needs the initiative's exposures)."""
 
 
 def validate(observation: BucketObservation) -> None:
@@ -98,6 +101,8 @@ def validate(observation: BucketObservation) -> None:
             raise InvalidObservation(f"{name}={value!r} is not a finite non-negative number in {o.series}")
     if o.fallbacks > o.exposures:
         raise InvalidObservation(f"fallbacks={o.fallbacks} above exposures={o.exposures} in {o.series}")
+    if o.group_exposures and o.exposures > o.group_exposures:
+        raise InvalidObservation(f"exposures={o.exposures} above its initiative's {o.group_exposures} in {o.series}")
     if o.exposures == 0 and o.latency_ms_sum > 0:
         raise InvalidObservation(f"latency without exposures in {o.series}")
     if o.value is not None and (not isinstance(o.value, (int, float)) or not math.isfinite(o.value)):

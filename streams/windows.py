@@ -74,10 +74,11 @@ class BucketRow:
         """One observation per series of the row, and a zero one per series of `roster` it lacks."""
         start, end = _utc(self.start), _utc(self.end)
         silent = Counters()
+        initiative_exposures = sum(c.exposures for c in self.series.values())
         for series in sorted(set(self.series).union(roster)):
             c = self.series.get(series, silent)
             yield BucketObservation(series, start, end, c.exposures, c.clicks, c.conversions, c.revenue,
-                                    c.fallbacks, c.latency_ms_sum)
+                                    c.fallbacks, c.latency_ms_sum, group_exposures=initiative_exposures)
 
     def events(self) -> int:
         return sum(c.exposures + c.clicks + c.conversions for c in self.series.values())

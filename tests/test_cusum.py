@@ -96,3 +96,23 @@ def test_the_oracle_power_of_a_rate_drop_is_the_exact_binomial_power() -> None:
     assert bench.oracle_power(spike, rates, 0.47) == pytest.approx(binom.sf(k_up - 1, 200, 0.15), abs=1e-12)
     gap = bench.Label(1, "feed_gap", 1.0, "I", ("s",), 0, 3, 2.0, (2.0,) * 3, "exposures")
     assert bench.oracle_power(gap, rates, 0.47) == (1.0 if math.exp(-6.0) <= bench.ORACLE_ALPHA else 0.0)
+
+
+def test_the_share_cusum_adds_the_binomial_log_likelihood_ratio_of_a_halved_share() -> None:
+    from detectors.cusum import VolumeShareCusumDetector
+
+    def share_bucket(hour: int, exposures: int, initiative: int) -> BucketObservation:
+        return BucketObservation("s", T0 + timedelta(hours=hour), T0 + timedelta(hours=hour + 1), exposures,
+                                 group_exposures=initiative)
+
+    detector = VolumeShareCusumDetector(warmup_buckets=12)
+    for hour in range(24):   # a quarter of the initiative, whatever its daily cycle
+        total = 400 * (1 + hour % 3)
+        step(detector, share_bucket(hour, total // 4, total))
+    assert detector._rho() == 0.0
+    verdict = step(detector, share_bucket(24, 60, 800))
+    llr = binom.logpmf(60, 800, 0.125) - binom.logpmf(60, 800, 0.25)
+    assert verdict.detail["cusum"] == pytest.approx(min(2 * detector.threshold, llr), abs=1e-9)
+    assert verdict.breached   # 60 of 800 against a quarter: about 20 nats, over the threshold of 8
+    unknown = step(detector, share_bucket(25, 100, 0))   # the initiative's volume unknown: not judged
+    assert not unknown.scored

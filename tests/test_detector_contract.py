@@ -44,12 +44,15 @@ def bucket(rng: np.random.Generator, hour: int, *, volume: float = 1.0, ctr: flo
     clicks = int(rng.binomial(n, min(0.99, 0.12 * ctr * noise[0])))
     conversions = int(rng.binomial(n, min(0.99, 0.08 * cvr * noise[1])))
     start = T0 + timedelta(hours=hour)
+    # Three sibling series of the same volume make up the rest of the initiative (no noise: the rng
+    # stream stays the same for every detector).
+    siblings = round(3 * 3000 * daily(hour))
     return BucketObservation(
         "Checkout|guest|web|control", start, start + timedelta(hours=1), n, clicks, conversions,
         revenue=conversions * 40.0 * revenue * float(rng.lognormal(0.0, 0.05)),
         fallbacks=int(rng.binomial(n, fallback)),
         latency_ms_sum=max(0.0, float(rng.normal(44.0 * latency * n, 21.0 * math.sqrt(max(n, 1))))) if n else 0.0,
-        value=100.0 * daily(hour) * value + float(rng.normal(0.0, 3.0)))
+        value=100.0 * daily(hour) * value + float(rng.normal(0.0, 3.0)), group_exposures=n + siblings)
 
 
 def clean_series(seed: int = 20261102, hours: int = DAYS * 24) -> list[BucketObservation]:
@@ -66,7 +69,7 @@ def anomaly_of(detector: BucketDetector) -> dict[str, float]:
         return {"volume": 0.3, "ctr": 0.3, "fallback": 0.4, "latency": 2.0}
     factor = {"rise": 1.6, "drop": 0.5, "both": 0.4}[direction]
     return {"ctr": {"ctr": factor}, "cvr": {"cvr": factor}, "fallback_rate": {"fallback": 0.15},
-            "exposures": {"volume": 0.4}, "latency_ms": {"latency": factor},
+            "exposures": {"volume": 0.4}, "exposure_share": {"volume": 0.4}, "latency_ms": {"latency": factor},
             "revenue_per_exposure": {"revenue": factor}, "value": {"value": factor}}[kpi]
 
 
