@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from detectors.base import BucketDetector, BucketObservation, Verdict, step
 from incidents.breach_policy import BreachPolicy, BreachState
@@ -25,9 +26,13 @@ def evaluate_bucket(detector: BucketDetector, breach_state: BreachState, policy:
     verdict = step(detector, observation)
     if not verdict.scored:
         return Evaluation(verdict, breach_state, [])
-    evidence = Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,
-                        bucket_start=observation.bucket_start, bucket_end=observation.bucket_end,
-                        detail=verdict.detail)
+    evidence = evidence_of(verdict, observation.bucket_start, observation.bucket_end)
     state, incidents = policy.observe(breach_state, initiative=initiative, kind=detector.kind,
                                       series=observation.series, breached=verdict.breached, evidence=evidence)
     return Evaluation(verdict, state, incidents)
+
+
+def evidence_of(verdict: Verdict, start: datetime, end: datetime, **detail: object) -> Evidence:
+    """A verdict as an incident's evidence over [start, end), `detail` added to the verdict's own."""
+    return Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,
+                    bucket_start=start, bucket_end=end, detail={**verdict.detail, **detail})

@@ -21,13 +21,13 @@ from typing import Any
 
 from detectors.base import BucketDetector, BucketObservation
 from detectors.conversion_drop import ConversionDropDetector
-from detectors.evaluation import evaluate_bucket
+from detectors.evaluation import evaluate_bucket, evidence_of
 from detectors.freshness import check_freshness, objective_for_rate
 from detectors.registry import DETECTORS
 from detectors.variant_share import VariantShareDetector
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.grouping import GroupState, fold_group
-from incidents.model import Evidence, IncidentEvent
+from incidents.model import IncidentEvent
 from plans.document import IncidentSummary, PlanDocument, new_plan, with_incident, with_thresholds
 from plans.exceptions import PlanError
 from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
@@ -257,8 +257,7 @@ class MonitorPipeline:
         name = f"{FEED}|{initiative}"
         verdict = check_freshness({name: _utc(clock.last_event_wall)}, _utc(now), objective)[name]
         interval = self.settings.check_interval_seconds
-        evidence = Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,
-                            bucket_start=_utc(now - interval), bucket_end=_utc(now), detail=verdict.detail)
+        evidence = evidence_of(verdict, _utc(now - interval), _utc(now))
         breach, transitions = self.feed_policy.observe(
             feed.breach, initiative=initiative, kind="feed_stale", series=f"{initiative}|{FEED}",
             breached=verdict.breached, evidence=evidence)
@@ -360,9 +359,7 @@ class MonitorPipeline:
                     if not verdict.scored:
                         continue
                     series = f"{group}|{variant}"
-                    evidence = Evidence(observed=verdict.observed, expected=verdict.expected, score=verdict.score,
-                                        bucket_start=_utc(row.start), bucket_end=_utc(row.end),
-                                        detail={**verdict.detail, "kpi": "exposure_share"})
+                    evidence = evidence_of(verdict, _utc(row.start), _utc(row.end), kpi="exposure_share")
                     breaches[series], new = self.breach_policy.observe(
                         breaches.get(series, BreachState()), initiative=row.initiative,
                         kind=state.detector.kind, series=series, breached=verdict.breached, evidence=evidence)
