@@ -66,6 +66,33 @@ PLAYBOOKS: dict[str, Playbook] = {
             "The initiative's KPIs moved together in an unusual way (half-space trees). Look at the dashboard by "
             "channel and profile for the moving parts, then at rule changes and deployments."),
         Playbook(
+            "consent_violation", 2, "critical",
+            "Personalization reached users without personalization consent at the exposure's event time. "
+            "1) Switch the listed series to the fallback experience until the consent check in the decisioning "
+            "service is verified. 2) Check consent propagation (revocations reach decisioning within the grace "
+            "period?) and the rule's consent filter. 3) Record the exposures for the privacy register; the "
+            "evidence lists event ids and pseudonymous users."),
+        Playbook(
+            "unapproved_rule_change", 1, "critical",
+            "A rule was changed without an approver or a ticket. 1) Ask the author for the ticket and an "
+            "approval from the rule's owner. 2) If the change cannot be approved now, roll it back. The "
+            "incident resolves when an approved, ticketed change of the same rule follows."),
+        Playbook(
+            "experiment_integrity", 0, "critical",
+            "A rule serving a live experiment's variants changed during the experiment: the variants no longer "
+            "compare what was planned. Decide whether to restart the experiment, cut the readout at the change, "
+            "or accept it with a note in the memo."),
+        Playbook(
+            "rule_fallback", 1, "warning",
+            "A rule falls back to the default experience above the fallback threshold, or far above its own "
+            "usual rate (a decision-tree health signal). Check the rule's inputs (profile data, feature "
+            "service, consent filter) and its latest changes."),
+        Playbook(
+            "variant_imbalance", 0, "critical",
+            "An experiment's variants differ in consent or fallback rates beyond chance (chi-square): the "
+            "readout compares different populations or experiences. Find why one variant falls back or reaches "
+            "unconsented users more, fix it, and discount the affected period in the readout."),
+        Playbook(
             "monitoring_degraded", 1, "critical",
             "The monitor could not process or write a record after its retries; the record is on the "
             "dead-letter topic with its reason. Inspect it, fix the producer or the sink, and replay it."),

@@ -8,6 +8,7 @@ from plans.document import (
     BacklogItem,
     Cadence,
     ChangeLogEntry,
+    ChecklistItem,
     DataFeed,
     DependencyGraph,
     ErrorHandling,
@@ -23,6 +24,7 @@ from plans.document import (
     post_incident_review_id,
     with_approval,
     with_backlog_item,
+    with_checklist,
     with_feed,
     with_incident,
     with_metric,
@@ -40,10 +42,10 @@ from plans.plan_sink import PlanWriter, latest, plan_bytes, plan_file_name, plan
 from plans.schema import plan_json_schema, plan_schema_bytes
 
 __all__ = [
-    "Approval", "BacklogItem", "Cadence", "ChangeLogEntry", "DataFeed", "DependencyGraph",
+    "Approval", "BacklogItem", "Cadence", "ChangeLogEntry", "ChecklistItem", "DataFeed", "DependencyGraph",
     "ErrorHandling", "GraphEdge", "GraphNode", "IncidentSummary", "MergeGate", "PlanDocument",
     "Stage", "SuccessMetric", "feed_status", "new_plan", "post_incident_review_id",
-    "with_approval", "with_backlog_item", "with_feed", "with_incident", "with_metric",
+    "with_approval", "with_backlog_item", "with_checklist", "with_feed", "with_incident", "with_metric",
     "with_stage", "with_thresholds",
     "InvalidPlanError", "PlanError", "PlanReadError", "PlanWriteError", "UnknownPlanItemError",
     "PlanWriter", "latest", "plan_bytes", "plan_file_name", "plan_files", "slugify",

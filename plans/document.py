@@ -250,6 +250,16 @@ class Approval(_PlanModel):
     decided_at: UtcDatetime | None = None
 
 
+class ChecklistItem(_PlanModel):
+    """One governance check: pass, fail or pending, with its evidence and the role that owns it."""
+
+    item: Name
+    status: Literal["pass", "fail", "pending"]
+    owner: Name
+    summary: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
 class ChangeLogEntry(_PlanModel):
     """One audited change: `field` is a dotted path such as ``thresholds.alert_threshold``."""
 
@@ -282,6 +292,7 @@ class PlanDocument(_PlanModel):
     open_incidents: tuple[IncidentSummary, ...]
     backlog: tuple[BacklogItem, ...]
     approvals: tuple[Approval, ...]
+    governance_checklist: tuple[ChecklistItem, ...]
     change_log: tuple[ChangeLogEntry, ...]
 
     @model_validator(mode="after")
@@ -293,6 +304,7 @@ class PlanDocument(_PlanModel):
         _require_unique([incident.incident_id for incident in self.open_incidents], "open incident")
         _require_unique([item.id for item in self.backlog], "backlog item")
         _require_unique([approval.item for approval in self.approvals], "approval")
+        _require_unique([check.item for check in self.governance_checklist], "checklist item")
         if self.pattern == "diamond":
             if self.merge_gate is None:
                 raise ValueError("a diamond plan needs a merge_gate where its branches meet")
@@ -521,6 +533,7 @@ def new_plan(
         "open_incidents": (),
         "backlog": (),
         "approvals": (),
+        "governance_checklist": (),
         "change_log": ({"at": created, "actor": actor, "field": "plan", "new": initiative, "reason": "plan created"},),
     }
     try:
@@ -679,3 +692,20 @@ def with_approval(plan: PlanDocument, approval: Approval, *, at: datetime) -> Pl
     if existing == approval:
         return plan
     return _revise(plan, at=at, approvals=_upsert(plan.approvals, approval, approval.item, lambda a: a.item))
+
+
+def with_checklist(plan: PlanDocument, checklist: Iterable[ChecklistItem], *, at: datetime) -> PlanDocument:
+    """`plan` with the governance checklist replaced; same plan if equal.
+
+    >>> from datetime import datetime, timezone
+    >>> t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    >>> plan = new_plan("Demo", thresholds={}, at=t0)
+    >>> item = ChecklistItem(item="consent_adherence", status="pass", owner="Data Privacy Lead", summary="no violation")
+    >>> checked = with_checklist(plan, [item], at=t0)
+    >>> [c.status for c in checked.governance_checklist], with_checklist(checked, [item], at=t0) is checked
+    (['pass'], True)
+    """
+    items = tuple(checklist)
+    if items == plan.governance_checklist:
+        return plan
+    return _revise(plan, at=at, governance_checklist=items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 import warnings
 from typing import Any
 
@@ -19,6 +20,7 @@ from aiohttp.web import Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from governance.scan import violations_of
 from plans.plan_sink import PlanWriter
 from streams.emitter import Emitter
 from streams.events import ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
@@ -55,9 +57,9 @@ faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
 
 # The per-initiative stage keeps all its state in ONE table, each logical table
 # under a key prefix: a step's writes then go to one changelog partition, in
-# order (see `streams.snapshots`). Consent and rule changes have agents of their own.
-INITIATIVE_STATE = ("clocks", "buckets", "series", "shares", "feeds", "groups", "incidents", "plans")
-TABLES = ("initiative_state", "consent_ledger", "rule_changes")
+# order (see `streams.snapshots`). The consent ledger is per user, in a table of its own.
+INITIATIVE_STATE = ("clocks", "buckets", "series", "shares", "feeds", "governance", "groups", "incidents", "plans")
+TABLES = ("initiative_state", "consent_ledger")
 
 
 class BytesTable(faust.Table):
@@ -141,7 +143,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     initiative_state = table("initiative_state")
     state = MonitorState(
-        consent_ledger=SnapshotMapping(table("consent_ledger")), rule_changes=SnapshotMapping(table("rule_changes")),
+        consent_ledger=SnapshotMapping(table("consent_ledger")),
         **{name: SnapshotMapping(initiative_state, prefix=f"{name}/") for name in INITIATIVE_STATE})
     pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions,
                                stored_plan=PlanWriter(settings.plan_dir).latest)
@@ -167,34 +169,55 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     async def admit_engagement(stream: faust.StreamT) -> None:
         # Batches pay here: one re-keyed message per initiative per batch, so the
         # aggregating agent writes its tables once per batch, not once per event.
+        # Consent is judged here, where the user's ledger lives (engagement and consent
+        # are partitioned alike, by user); the marks and violations travel with the events.
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_seconds):
-            by_key: dict[tuple[str, int], tuple[list[dict[str, Any]], list[int]]] = {}
+            by_key: dict[tuple[str, int], tuple[list[dict[str, Any]], list[int], list[int], list[dict]]] = {}
+            users: dict[int, tuple[faust.EventT, set[str]]] = {}  # source partition -> (an event of it, users)
             for stream_event in batch:
                 record = await admitted(stream_event, "engagement")
                 if record is not None:
+                    marks, violation = pipeline.on_user_engagement(record)
+                    users.setdefault(stream_event.message.partition, (stream_event, set()))[1].add(record.user_id)
                     source = (record.initiative, stream_event.message.partition)
-                    events, offsets = by_key.setdefault(source, ([], []))
+                    events, offsets, event_marks, violations = by_key.setdefault(source, ([], [], [], []))
                     events.append(record.model_dump(mode="json"))
                     offsets.append(stream_event.message.offset)
-            for (initiative, partition), (events, offsets) in by_key.items():
+                    event_marks.append(marks)
+                    if violation is not None:
+                        violations.append(asdict(violation))
+            for (initiative, partition), (events, offsets, event_marks, violations) in by_key.items():
                 for chunk in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
                     part = slice(chunk, chunk + MAX_EVENTS_PER_MESSAGE)
                     await by_initiative.send(key=initiative.encode(), value={
-                        "partition": partition, "offsets": offsets[part], "events": events[part]})
+                        "partition": partition, "offsets": offsets[part], "events": events[part],
+                        "marks": event_marks[part], "violations": violations if chunk == 0 else []})
+            # After the sends: a crash before re-judges the batch, harmlessly (violations are deduplicated).
+            # Per source partition, with one of its events current: Faust writes a table key to the
+            # changelog partition of the current event, and the ledger must follow its users' partition.
+            for stream_event, partition_users in users.values():
+                stream._set_current_event(stream_event)
+                pipeline.commit_users(partition_users)
 
     @app.agent(consent, concurrency=1)
     async def keep_consent(stream: faust.StreamT) -> None:
         async for stream_event in stream.events():
             record = await admitted(stream_event, "consent")
             if isinstance(record, ConsentEvent):
-                pipeline.on_consent(record)
+                convicted = pipeline.on_consent(record)  # a late revocation convicts remembered exposures
+                for initiative in sorted({v.initiative for v in convicted}):
+                    await by_initiative.send(key=initiative.encode(), value={
+                        "violations": [asdict(v) for v in convicted if v.initiative == initiative]})
+                pipeline.commit_users([record.user_id])
 
     @app.agent(rule_changes, concurrency=1)
-    async def log_rule_changes(stream: faust.StreamT) -> None:
+    async def forward_rule_changes(stream: faust.StreamT) -> None:
+        # Audited where the initiative's state is: the rule log, live experiments, incidents and plan.
         async for stream_event in stream.events():
             record = await admitted(stream_event, "rule-changes")
             if isinstance(record, RuleChangeEvent):
-                pipeline.on_rule_change(record)
+                await by_initiative.send(key=record.initiative.encode(),
+                                         value={"rule_change": record.model_dump(mode="json")})
 
     @app.agent(by_initiative, concurrency=1)
     async def monitor_initiative(stream: faust.StreamT) -> None:
@@ -203,11 +226,17 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             try:
                 if "tick" in value:
                     result = pipeline.on_check(value["tick"], wall_now=time.time())
+                elif "rule_change" in value:
+                    result = pipeline.on_rule_change(RuleChangeEvent.model_validate(value["rule_change"]))
+                elif "events" not in value:
+                    violations = violations_of(value["violations"])
+                    result = pipeline.on_violations(message.key.decode(), violations)
                 else:
                     events = [EngagementEvent.model_validate(item) for item in value["events"]]
                     result = pipeline.on_engagements(events, wall_now=time.time(),
                                                      source_partition=value["partition"],
-                                                     source_offsets=value["offsets"])
+                                                     source_offsets=value["offsets"], marks=value["marks"],
+                                                     violations=violations_of(value["violations"]))
             except (KeyError, TypeError, ValueError) as exc:
                 await emitter.dead_letter(DeadLetter.of(
                     orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",

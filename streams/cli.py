@@ -25,19 +25,24 @@ from streams.settings import Settings
 
 log = logging.getLogger("pmon")
 USAGE_EXIT = 2
-# The incident kinds that answer each kind the simulator injects; an injected kind not
-# here is not monitored yet (governance). A feed gap or a suppressed variant is also a
-# volume drop of the series it silences.
+# The incident kinds that answer each kind the simulator injects. A feed gap or a suppressed
+# variant is also a volume drop of the series it silences; a fallback surge on one variant is
+# also a rule falling back and an imbalance between the experiment's variants.
 ANSWERS: dict[str, set[str]] = {
     "conversion_drop": {"conversion_drop", "level_shift"},
     "ctr_drop": {"ctr_drop", "level_shift"},
     "spike": {"kpi_spike"},
     "volume_drop": {"volume_drop"},
-    "fallback_surge": {"fallback_surge"},
+    "fallback_surge": {"fallback_surge", "rule_fallback", "variant_imbalance"},
     "feed_gap": {"feed_stale", "volume_drop"},
     "variant_suppression": {"variant_suppression", "volume_drop"},
+    "consent_violation": {"consent_violation"},
+    "unapproved_rule_change": {"unapproved_rule_change"},
+    "experiment_rule_change": {"experiment_integrity"},
 }
-FEED_KINDS = {"feed_stale"}  # about a whole initiative's feed, not about series
+# About a whole initiative (its feed, a rule, an experiment), not about series: matched by initiative.
+INITIATIVE_KINDS = {"feed_stale", "unapproved_rule_change", "experiment_integrity", "rule_fallback",
+                    "variant_imbalance"}
 
 
 class CliError(click.ClickException):
@@ -97,6 +102,7 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     monitored = [label for label in truth if label["kind"] in ANSWERS]
     found, unexplained = _match_labels(driver.run_result.incidents, monitored)
     _print_found(found, console)
+    _print_checklists(driver, console)
     later = sorted({label["kind"] for label in truth} - set(ANSWERS))
     if later:
         console.print(f"Also injected, not monitored yet: {', '.join(later)}")
@@ -106,6 +112,15 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     console.print(f"{driver.run_result.records:,} records in {elapsed:.1f} s "
                   f"({driver.run_result.records / elapsed:,.0f} records/s); "
                   f"plan files in {settings.plan_dir.resolve()}")
+
+
+def _print_checklists(driver: Any, console: Console) -> None:
+    """Every initiative's governance checklist, as its plan document carries it."""
+    from streams.render import checklist_table
+
+    plans = driver.pipeline.state.plans
+    items = [(initiative, item) for initiative in sorted(plans) for item in plans[initiative].governance_checklist]
+    console.print(checklist_table("Governance checklists (in each initiative's plan)", items, show_initiative=True))
 
 
 def _console() -> Console:
@@ -175,7 +190,7 @@ def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[di
         end = datetime.fromisoformat(label["end"]) + timedelta(hours=3)
         series = set(label["series"])
         hits = [e for e in opened if e.kind in ANSWERS[label["kind"]]
-                and (series & set(e.series) or (e.kind in FEED_KINDS and e.initiative == label["initiative"]))
+                and (series & set(e.series) or (e.kind in INITIATIVE_KINDS and e.initiative == label["initiative"]))
                 and start <= e.evidence.bucket_start < end]
         explained.update(e.incident_id for e in hits)
         result[f"{label['kind']} on {_where(label)} from {label['start']}"] = hits

@@ -27,7 +27,7 @@ from plans.plan_sink import PlanWriter
 from streams.emitter import Emitter
 from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
 from streams.metrics import PipelineMetrics
-from streams.pipeline import MonitorPipeline, MonitorState
+from streams.pipeline import MonitorPipeline, MonitorState, Outputs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,22 +72,33 @@ class EmbeddedDriver:
         elif isinstance(record, EngagementEvent):
             if self._replay_now is not None:
                 await self._replay_until(record.event_time.timestamp())
-            try:
-                outputs = self.pipeline.on_engagement(record, wall_now=self.stage_now(),
-                                                      source_offset=self.run_result.records - 1)
-            except Exception as exc:  # noqa: BLE001 - as the worker: keep the record, raise monitoring_degraded
-                log.exception("processing failed for record %d", self.run_result.records)
-                self.pipeline.commit()  # as the worker: what was applied stays applied
-                await self.emitter.processing_failed(raw, self.settings.topic(topic), exc)
-                return
-            await self.emitter.emit(outputs)
-            self.pipeline.commit()
+            marks, violation = self.pipeline.on_user_engagement(record)
+            self.pipeline.commit_users()
+            await self._step(raw, topic, lambda: self.pipeline.on_engagements(
+                [record], wall_now=self.stage_now(), source_offsets=[self.run_result.records - 1], marks=[marks],
+                violations=[violation] if violation else ()))
         elif isinstance(record, ConsentEvent):
-            self.pipeline.on_consent(record)
+            convicted = self.pipeline.on_consent(record)
+            self.pipeline.commit_users()
+            for initiative in sorted({v.initiative for v in convicted}):
+                await self._step(raw, topic, lambda: self.pipeline.on_violations(
+                    initiative, [v for v in convicted if v.initiative == initiative]))
         elif isinstance(record, RuleChangeEvent):
-            self.pipeline.on_rule_change(record)
+            await self._step(raw, topic, lambda: self.pipeline.on_rule_change(record))
         if self._replay_now is None and self._wall_clock() >= self._next_check:
             await self.check_feeds()
+
+    async def _step(self, raw: bytes, topic: str, step: Callable[[], Outputs]) -> None:
+        """One per-initiative step, as the worker's agent runs it: outputs sent, then state written."""
+        try:
+            outputs = step()
+        except Exception as exc:  # noqa: BLE001 - as the worker: keep the record, raise monitoring_degraded
+            log.exception("processing failed for record %d", self.run_result.records)
+            self.pipeline.commit()  # as the worker: what was applied stays applied
+            await self.emitter.processing_failed(raw, self.settings.topic(topic), exc)
+            return
+        await self.emitter.emit(outputs)
+        self.pipeline.commit()
 
     async def _replay_until(self, event_time: float) -> None:
         """Move the replay's clock to `event_time`, running the checks the timer would have run on the way:

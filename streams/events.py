@@ -54,10 +54,12 @@ class EngagementEvent(_Record):
     cohort: Name = "all"
     experiment: Name | None = None
     variant: Name = "none"
-    rule_id: Name | None = None
+    rule_id: Name | None = Field(default=None, description="The rule that decided; on a fallback, the rule that fell back.")
     fallback: bool = False
     decision_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
     revenue: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
+    region: Name | None = Field(default=None, description="The user's region, when the producer knows it: it decides "
+                                                            "the consent policy of a user without a consent record.")
 
     @model_validator(mode="after")
     def _revenue_only_on_conversions(self) -> "EngagementEvent":

@@ -14,7 +14,7 @@ Two stages, matching the topic keys:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -25,10 +25,17 @@ from detectors.evaluation import evaluate_bucket, evidence_of
 from detectors.freshness import check_freshness, objective_for_rate
 from detectors.registry import DETECTORS
 from detectors.variant_share import VariantShareDetector
+from governance.consent_ledger import Exposure, UserConsent, Violation
+from governance.rule_audit import RuleChange
+from governance.scan import (CONSENTED, FIRST_FALLBACK_IN_HOUR, FIRST_IN_HOUR, GovernanceScan, GovernanceState,
+                             violations_of)
+from governance.variant_balance import first_in_hour
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentEvent
-from plans.document import IncidentSummary, PlanDocument, new_plan, with_incident, with_thresholds
+from incidents.playbooks import owner_at
+from plans.document import (Approval, IncidentSummary, PlanDocument, new_plan, with_approval, with_checklist,
+                            with_incident, with_metric, with_thresholds)
 from plans.exceptions import PlanError
 from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
 from streams.exceptions import DecodeError
@@ -37,8 +44,6 @@ from streams.settings import Settings
 from streams.windows import BucketRow, InitiativeClock, WindowKeeper
 
 log = logging.getLogger(__name__)
-
-RULE_LOG_LIMIT = 200  # rule changes kept per initiative: enough for probable-cause lookups
 
 
 @dataclass
@@ -53,8 +58,8 @@ class MonitorState:
     groups: MutableMapping[str, GroupState] = field(default_factory=dict)
     incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
-    consent_ledger: MutableMapping[str, dict[str, Any]] = field(default_factory=dict)
-    rule_changes: MutableMapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+    governance: MutableMapping[str, GovernanceState] = field(default_factory=dict)  # per initiative
+    consent_ledger: MutableMapping[str, UserConsent] = field(default_factory=dict)   # per pseudonymous user
 
 
 @dataclass(slots=True)
@@ -110,13 +115,14 @@ class _Staged:
     def __setitem__(self, key: str, value: Any) -> None:
         self.pending[key] = value
 
-    def commit(self) -> None:
-        for key, value in self.pending.items():
+    def commit(self, keys: Iterable[str] | None = None) -> None:
+        """Write the pending values (of `keys` only, when given)."""
+        for key in list(self.pending) if keys is None else [k for k in keys if k in self.pending]:
+            value = self.pending.pop(key)
             if value is None:
                 self.table.pop(key, None)
             else:
                 self.table[key] = value
-        self.pending.clear()
 
 
 @dataclass
@@ -155,6 +161,10 @@ class MonitorPipeline:
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
         self._stored_plan = stored_plan
+        self.consent_policy = settings.consent_policy()
+        self.governance = GovernanceScan(settings.governance_config(), self.breach_policy)
+        self._ledger = _Staged(state.consent_ledger)
+        self._governance = _Staged(state.governance)
         self._series = _Staged(state.series)
         self._shares = _Staged(state.shares)
         self._feeds = _Staged(state.feeds)
@@ -173,9 +183,16 @@ class MonitorPipeline:
         table, so its changelog keeps this order (`streams.snapshots`).
         """
         self.windows.flush_rows()
-        for staged in (self._series, self._shares, self._feeds, self._groups, self._incidents, self._plans):
+        for staged in (self._series, self._shares, self._feeds, self._governance, self._groups, self._incidents,
+                       self._plans):
             staged.commit()
         self.windows.flush_clocks()
+
+    def commit_users(self, users: Iterable[str] | None = None) -> None:
+        """Write the per-user stage's ledger entries (of `users` only, when given); call it after what they
+        caused was sent. The worker writes each source partition's users while an event of that partition is
+        current: Faust sends a table write to the changelog partition of the current event."""
+        self._ledger.commit(users)
 
     # -- per-user stage -------------------------------------------------------------
     def admit(self, topic: str, raw: bytes, *, wall_now: float, key: bytes | None = None,
@@ -199,14 +216,37 @@ class MonitorPipeline:
             return DeadLetter.of(raw, source_topic=self.settings.topic(topic), reason=exc.reason,
                                  error=exc.detail[:2000], key=key, partition=partition, offset=offset)
 
-    def on_consent(self, event: ConsentEvent) -> None:
-        """Keep the latest consent per pseudonymous user and purpose, by event time."""
-        entry = self.state.consent_ledger.get(event.user_id) or {}
-        known = entry.get(event.purpose)
-        if known is None or known["at"] <= event.event_time.timestamp():
-            entry[event.purpose] = {"status": event.status, "at": event.event_time.timestamp(),
-                                    "region": event.region}
-            self.state.consent_ledger[event.user_id] = entry
+    def on_consent(self, event: ConsentEvent) -> list[Violation]:
+        """Add a consent change to the user's ledger, by event time; return the exposures it now convicts
+        (a revocation that arrived after exposures it precedes)."""
+        user = self._ledger.get(event.user_id) or UserConsent()
+        convicted = self.consent_policy.record(user, event.user_id, at=event.event_time.timestamp(),
+                                               purpose=event.purpose, granted=event.status == "granted",
+                                               region=event.region)
+        self._ledger[event.user_id] = user
+        return convicted
+
+    def on_user_engagement(self, event: EngagementEvent) -> tuple[int, Violation | None]:
+        """Judge an exposure against the user's consent at its event time; return its marks and any violation.
+
+        Marks (`governance.scan` bits) travel with the event to the per-initiative stage: consent, and whether it
+        is the user's first exposure (and first fallback) in its experiment this hour, the unit of the variant
+        balance tests. Clicks and conversions carry no marks.
+        """
+        if event.event_type != "exposure":
+            return 0, None
+        user = self._ledger.get(event.user_id) or UserConsent()
+        at = event.event_time.timestamp()
+        exposure = Exposure(event.event_id, at, event.initiative, f"{event.initiative}|{event.profile}|"
+                            f"{event.channel}|{event.variant}", event.fallback, event.region)
+        judgement, violation = self.consent_policy.judge(user, event.user_id, exposure)
+        marks = CONSENTED if judgement.consented else 0
+        if event.experiment:
+            hour = at - at % self.settings.bucket_seconds
+            first, first_fallback = first_in_hour(user.hours, event.experiment, hour, fallback=event.fallback)
+            marks |= (FIRST_IN_HOUR if first else 0) | (FIRST_FALLBACK_IN_HOUR if first_fallback else 0)
+        self._ledger[event.user_id] = user
+        return marks, violation
 
     # -- per-initiative stage -------------------------------------------------------
     def on_engagement(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
@@ -215,16 +255,22 @@ class MonitorPipeline:
                                    source_offsets=None if source_offset is None else [source_offset])
 
     def on_engagements(self, events: Sequence[EngagementEvent], *, wall_now: float, source_partition: int = 0,
-                       source_offsets: Sequence[int] | None = None) -> Outputs:
+                       source_offsets: Sequence[int] | None = None, marks: Sequence[int] | None = None,
+                       violations: Sequence[Violation] = ()) -> Outputs:
         """Count events in order; run detection on every bucket they close. One table write per touched row.
 
         `source_offsets` (one per event) make a redelivered record harmless: it is not counted twice.
+        `marks` (one per event) and `violations` are what the per-user stage found (`on_user_engagement`);
+        violations open their incident at once, before any bucket closes.
         """
         outputs = Outputs()
+        for initiative in sorted({v.initiative for v in violations}):
+            outputs.extend(self.on_violations(initiative, [v for v in violations if v.initiative == initiative]))
         for n, event in enumerate(events):
             outputs.extend(self._check_thresholds(event.initiative, event.event_time))
             _, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition,
-                                         source_offset=None if source_offsets is None else source_offsets[n])
+                                         source_offset=None if source_offsets is None else source_offsets[n],
+                                         marks=0 if marks is None else marks[n])
             for row in closed:
                 outputs.extend(self._on_bucket_closed(row))
         return outputs
@@ -271,13 +317,28 @@ class MonitorPipeline:
             feed = self._feeds.get(key) or FeedState()
             self._feeds[key] = replace(feed, events_per_hour=events * 3600 / (row.end - row.start))
 
-    def on_rule_change(self, event: RuleChangeEvent) -> None:
-        log_entries = list(self.state.rule_changes.get(event.initiative) or [])
-        if any(e["event_id"] == event.event_id for e in log_entries):
-            return  # a redelivered record
-        log_entries.append(event.model_dump(mode="json"))
-        log_entries.sort(key=lambda e: e["event_time"])
-        self.state.rule_changes[event.initiative] = log_entries[-RULE_LOG_LIMIT:]
+    def on_violations(self, initiative: str, violations: Sequence[Violation]) -> Outputs:
+        """Consent violations of one initiative: the incident opens (or is updated) at once, for the privacy lead."""
+        state = self._governance.get(initiative) or GovernanceState()
+        events = self.governance.on_violations(state, violations, initiative=initiative)
+        self._governance[initiative] = state
+        at = max((v.at for v in violations), default=0.0)
+        outputs = self._check_thresholds(initiative, _utc(at))
+        outputs.extend(self._fold(initiative, {}, until=float("-inf"), direct=events))
+        return outputs
+
+    def on_rule_change(self, event: RuleChangeEvent) -> Outputs:
+        """Log a rule change for the audit and probable causes; an unapproved change or one to a rule serving a
+        live experiment opens its incident at once."""
+        initiative = event.initiative
+        outputs = self._check_thresholds(initiative, event.event_time)
+        state = self._governance.get(initiative) or GovernanceState()
+        change = RuleChange(event.event_id, event.event_time.timestamp(), event.rule_id, event.action, event.author,
+                            event.approver, event.ticket, event.experiment)
+        events = self.governance.on_rule_change(state, change, initiative=initiative)
+        self._governance[initiative] = state
+        outputs.extend(self._fold(initiative, {}, until=float("-inf"), direct=events, governance_changed=True))
+        return outputs
 
     def _check_thresholds(self, initiative: str, at: datetime) -> Outputs:
         """Create the plan on first sight; log a change of thresholds once per process."""
@@ -322,9 +383,18 @@ class MonitorPipeline:
                     by_kind.setdefault(transition.kind, []).append(transition)
         for transition in self._judge_variant_shares(row, observations):
             by_kind.setdefault(transition.kind, []).append(transition)
+        governance = self._governance.get(row.initiative) or GovernanceState()
+        direct = []
+        for transition in self.governance.on_bucket(governance, row.governance, initiative=row.initiative,
+                                                    start=row.start, end=row.end):
+            if transition.kind == "consent_violation":
+                direct.append(transition)  # already one incident per initiative
+            else:
+                by_kind.setdefault(transition.kind, []).append(transition)
+        self._governance[row.initiative] = governance
         self._note_feed_rate(row)
         self._drop_expired(row.initiative)
-        return self._fold(row.initiative, by_kind, until=row.end)
+        return self._fold(row.initiative, by_kind, until=row.end, direct=direct, governance_changed=True)
 
     def _drop_expired(self, initiative: str) -> None:
         """Series without an event for the retention leave the tables, and a variant group with them."""
@@ -370,29 +440,70 @@ class MonitorPipeline:
                 transitions += state.transitions
         return transitions
 
-    def _fold(self, initiative: str, by_kind: dict[str, list[IncidentEvent]], *, until: float) -> Outputs:
-        """One incident per (initiative, kind): fold the step's transitions into the groups; update the plan."""
+    def _fold(self, initiative: str, by_kind: dict[str, list[IncidentEvent]], *, until: float,
+              direct: Sequence[IncidentEvent] = (), governance_changed: bool = False) -> Outputs:
+        """One incident per (initiative, kind): fold the step's transitions into the groups; update the plan.
+
+        `direct` transitions are incidents already (consent violations, audit findings): no grouping. An opened
+        KPI incident lists the preceding rule changes as probable causes and starts a rung higher when one of
+        them was unapproved.
+        """
         outputs = Outputs()
         plan = self._plans.get(initiative)
+        governance = self._governance.get(initiative) or GovernanceState()
+        incidents: list[IncidentEvent] = list(direct)
         for kind, transitions in sorted(by_kind.items()):
             group_key = f"{initiative}|{kind}"
             group = self._groups.get(group_key) or GroupState()
             if group.evaluated_until >= until:
                 continue  # folded before a crash; its transitions were sent then
-            group, incidents = fold_group(group, transitions)
+            group, folded = fold_group(group, transitions)
+            for incident in folded:
+                incident = self.governance.probable_causes(governance, incident)
+                if incident.rung > group.rung and incident.incident_id == group.incident:
+                    group = replace(group, rung=incident.rung)
+                incidents.append(incident)
             self._groups[group_key] = replace(group, evaluated_until=until)
-            for incident in incidents:
-                log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
-                         incident.series, incident.owner)
-                known = self._incidents.get(incident.incident_id)
-                self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
-                outputs.incidents.append(incident)
-                if plan is not None:
-                    plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)
-        if plan is not None and outputs.incidents:
+        for incident in incidents:
+            log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
+                     incident.series, incident.owner)
+            known = self._incidents.get(incident.incident_id)
+            self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
+            outputs.incidents.append(incident)
+            if plan is not None:
+                plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)
+        if plan is not None and (incidents or governance_changed):
+            stamps = [i.occurred_at for i in incidents] + ([_utc(until)] if until > float("-inf") else [])
+            at = max(stamps, default=plan.updated_at)
+            plan = self._govern_plan(plan, governance, at)
+        if plan is not None and plan is not self._plans.get(initiative):
             self._plans[initiative] = plan
             outputs.plans.append(plan)
         return outputs
+
+    def _govern_plan(self, plan: PlanDocument, governance: GovernanceState, at: datetime) -> PlanDocument:
+        """The plan with the governance checklist, the approvals rule changes wait for, and consent adherence."""
+        plan = with_checklist(plan, self.governance.checklist(governance), at=at)
+        pending = {c.event_id: c for c in governance.audit.pending_approvals()}
+        for change in governance.audit.log:
+            item = f"rule-change {change.event_id}"
+            known = next((a for a in plan.approvals if a.item == item), None)
+            if change.event_id in pending:
+                role = owner_at(0) if change.rule_id in governance.live else owner_at(1)
+                approval = Approval(item=f"rule-change {change.event_id}", requested_by=change.author,
+                                    approver_role=role, requested_at=_utc(change.at))
+            elif known is not None and known.status == "pending":
+                approval = known.model_copy(update={"status": "approved", "decided_at": max(at, known.requested_at)})
+            else:
+                continue
+            plan = with_approval(plan, approval, at=at)
+        personalized = sum(c[0] for c in governance.adherence.values())
+        if personalized:
+            violations = sum(c[1] for c in governance.adherence.values())
+            plan = with_metric(plan, "consent_adherence_pct", at=at, actor="pmon governance",
+                               reason="consent adherence of personalized exposures",
+                               current=round(100.0 * (1 - violations / personalized), 2))
+        return plan
 
 
 def _utc(epoch: float) -> datetime:

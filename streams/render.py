@@ -6,6 +6,7 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
+from plans.document import ChecklistItem
 from streams.report import DashboardRow, Report
 
 
@@ -13,7 +14,8 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value * 100:.{digits}f} %"
 
 
-RATES = {"ctr", "cvr", "fallback_rate", "exposure_share"}
+RATES = {"ctr", "cvr", "fallback_rate", "exposure_share", "consent_rate"}
+COUNTS = {"exposures", "violations", "rule_changes"}
 
 
 def measured(value: float, measure: str) -> str:
@@ -21,10 +23,12 @@ def measured(value: float, measure: str) -> str:
 
     >>> measured(0.0512, "cvr"), measured(102.0, "exposures"), measured(1005.7, "age_seconds"), measured(44.04, "latency_ms")
     ('5.12 %', '102', '16.8 min', '44.0 ms')
+    >>> measured(19.0, "violations"), measured(0.2725, "fallback_rate")
+    ('19', '27.25 %')
     """
     if measure in RATES:
         return _pct(value)
-    if measure == "exposures":
+    if measure in COUNTS:
         return f"{value:,.0f}"
     if measure == "age_seconds":
         return f"{value / 60:.1f} min"
@@ -45,6 +49,20 @@ def _dashboard_table(title: str, rows: list[DashboardRow], threshold: float) -> 
         table.add_row(row.value, f"{row.exposures:,}", f"{row.clicks:,}", f"{row.conversions:,}",
                       f"{row.revenue:,.2f}", _pct(row.ctr), _pct(row.cvr), _pct(row.fallback_rate),
                       _pct(row.recent_cvr), change)
+    return table
+
+
+_STATUS_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "pending": "[yellow]pending[/]"}
+
+
+def checklist_table(title: str, items: list[tuple[str, ChecklistItem]], *, show_initiative: bool = False) -> Table:
+    """The governance checklist: one row per (initiative, item), its status, owner and summary."""
+    table = Table(title=title, title_justify="left")
+    for column in (("initiative",) if show_initiative else ()) + ("item", "status", "owner", "summary"):
+        table.add_column(column)
+    for initiative, item in items:
+        cells = (item.item, _STATUS_STYLE[item.status], item.owner, item.summary)
+        table.add_row(*(((initiative,) if show_initiative else ()) + cells))
     return table
 
 
@@ -80,6 +98,15 @@ def render_report(report: Report, console: Console | None = None) -> None:
         if playbooks:
             console.print(Panel(Group(*(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items()))),
                                 title="Playbooks"))
+    console.print(checklist_table(f"Governance checklist: {report.initiative}",
+                                  [(report.initiative, item) for item in report.governance_checklist]))
+    if report.consent_adherence:
+        console.print("Consent adherence: " + " · ".join(
+            f"{line.channel} {line.adherence_pct:.3f} % ({line.violations:,} of {line.personalized:,})"
+            for line in report.consent_adherence if line.adherence_pct is not None))
+    for change in report.pending_approvals:
+        console.print(f"Pending approval: {change['action']} of {change['rule_id']} by {change['author']} "
+                      f"at {change['at'][:16]} (ticket {change['ticket'] or 'none'})")
     warming = ", ".join(report.warming_up) if report.warming_up else "none"
     console.print(f"Series still warming up (no alerts yet): {warming}")
     revision = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from governance.scan import GovernanceState
 from incidents.model import IncidentEvent
+from plans.document import ChecklistItem
 from streams.windows import Counters
 
 if TYPE_CHECKING:  # the pipeline imports nothing from here; the annotation only documents the argument
@@ -70,6 +72,13 @@ class IncidentLine(BaseModel):
     playbook: str
 
 
+class AdherenceLine(BaseModel):
+    channel: str
+    personalized: int = Field(description="Personalized (non-fallback) exposures in closed buckets.")
+    violations: int = Field(description="Of them (or of later ones, convicted at once), to users without consent.")
+    adherence_pct: float | None
+
+
 class Report(BaseModel):
     initiative: str
     window: str
@@ -87,6 +96,9 @@ class Report(BaseModel):
     duplicates_skipped: int = Field(0, description="Redelivered records not counted twice.")
     plan_revision: int | None
     plan_dir: str
+    governance_checklist: list[ChecklistItem] = Field(description="Pass / fail / pending, evidence and owner.")
+    consent_adherence: list[AdherenceLine]
+    pending_approvals: list[dict] = Field(description="Rule changes waiting for an approver.")
 
 
 def _rates(dimension: str, value: str, window: Counters, recent: Counters, threshold: float) -> DashboardRow:
@@ -158,6 +170,7 @@ def build_report(pipeline: MonitorPipeline, request: ReportRequest) -> Report | 
     warming = sorted(key.rsplit("|", 1)[0] for key, series in state.series.items()
                      if key.startswith(prefix) and series is not None and series.detector.warming_up)
     plan = state.plans.get(request.initiative)
+    governance = state.governance.get(request.initiative) or GovernanceState()
     utc = lambda epoch: datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch is not None else None  # noqa: E731
     return Report(
         initiative=request.initiative, window=request.window,
@@ -171,5 +184,10 @@ def build_report(pipeline: MonitorPipeline, request: ReportRequest) -> Report | 
         warming_up=warming,
         counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates,
         plan_revision=plan.revision if plan is not None else None,
-        plan_dir=str(settings.plan_dir))
+        plan_dir=str(settings.plan_dir),
+        governance_checklist=list(pipeline.governance.checklist(governance)),
+        consent_adherence=[AdherenceLine(channel=channel, personalized=n, violations=v,
+                                         adherence_pct=round(100 * (1 - v / n), 4) if n else None)
+                           for channel, (n, v) in sorted(governance.adherence.items())],
+        pending_approvals=[change.describe() for change in governance.audit.pending_approvals()])
 

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detectors.conversion_drop import ConversionDropConfig
 from incidents.breach_policy import BreachPolicyConfig
+
+if TYPE_CHECKING:
+    from governance.consent_ledger import ConsentPolicy
+    from governance.scan import GovernanceConfig
 
 DEV_PSEUDONYM_KEY = "pmon-dev-key-change-me"
 
@@ -77,6 +81,19 @@ class Settings(BaseSettings):
                     '"treatment": 0.5}}); an initiative without one has its shares learnt from healthy buckets.')
     retry_limit: int = Field(2, ge=0, le=10, description="Retries of a failed sink write before it is dead-lettered.")
 
+    # Governance
+    consent_policies: dict[str, Literal["opt-in", "opt-out"]] = Field(
+        default_factory=lambda: {"EU": "opt-in", "UK": "opt-in", "US": "opt-out"},
+        description='Consent policy per region (JSON): opt-in, a user without a record has not consented; opt-out, '
+                    'has. The region is the one of the user\'s latest consent record, else the exposure\'s.')
+    consent_default_policy: Literal["opt-in", "opt-out"] = Field(
+        "opt-in", description="Consent policy of a region not in PMON_CONSENT_POLICIES (and of an unknown region).")
+    consent_grace_seconds: float = Field(60, ge=0, le=86_400, description="A revocation takes effect this long after its event time (propagation to decisioning).")
+    consent_lookback_seconds: float = Field(3600, ge=0, le=7 * 86_400, description="How far back (event time) a late-arriving revocation still convicts a user's remembered personalized exposures.")
+    fallback_threshold: float = Field(0.10, gt=0, lt=1, description="Fallback rate per rule (initiative x channel x rule) above which a bucket breaches, when significant.")
+    balance_significance: float = Field(0.001, gt=0, lt=0.5, description="p-value under which variants' consent or fallback rates differ beyond chance (chi-square).")
+    probable_cause_hours: float = Field(6, ge=0, le=720, description="Rule changes this many hours before a KPI incident are listed as its probable causes.")
+
     # Outputs and privacy
     plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
     pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description="Key of the keyed hash that pseudonymises user ids.")
@@ -121,6 +138,20 @@ class Settings(BaseSettings):
             env[f"PMON_{name.upper()}"] = str(value)
         return env
 
+    def consent_policy(self) -> "ConsentPolicy":
+        from governance.consent_ledger import ConsentPolicy
+
+        return ConsentPolicy(regions=dict(self.consent_policies), default_policy=self.consent_default_policy,
+                             grace_seconds=self.consent_grace_seconds, lookback_seconds=self.consent_lookback_seconds)
+
+    def governance_config(self) -> "GovernanceConfig":
+        from governance.scan import GovernanceConfig
+
+        return GovernanceConfig(fallback_threshold=self.fallback_threshold,
+                                balance_significance=self.balance_significance,
+                                probable_cause_hours=self.probable_cause_hours,
+                                recovery_buckets=self.recovery_span_buckets)
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
 
@@ -151,4 +182,8 @@ class Settings(BaseSettings):
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
             "freshness_objective_seconds": self.freshness_objective_seconds,
             "check_interval_seconds": self.check_interval_seconds,
+            "consent_grace_seconds": self.consent_grace_seconds,
+            "fallback_threshold": self.fallback_threshold,
+            "balance_significance": self.balance_significance,
+            "probable_cause_hours": self.probable_cause_hours,
         }

@@ -35,11 +35,13 @@ How traffic is made, and why:
 * An injection changes generation inside ``[start, start + hours)`` by *event
   time*: a conversion drop lowers the probability of conversions whose own time
   falls in the window, a feed gap drops every engagement event timed in it.
-  Besides the traffic kinds, two governance kinds exist so that the privacy and
+  Besides the traffic kinds, three governance kinds exist so that the privacy and
   change-control checks have ground truth too: ``consent_violation`` (a share of
-  exposures goes to users without a running consent) and
+  exposures goes to users without a running consent),
   ``unapproved_rule_change`` (a rule updated and rolled out with no approver and
-  no ticket). Clean traffic has neither.
+  no ticket) and ``experiment_rule_change`` (an approved update of a rule that
+  serves a live experiment). Clean traffic has none: routine approved updates
+  only touch rules that serve no experiment.
 * Consent and rule-change events are validated by their models. Engagement
   events, ~97 % of the records, are built from values that are valid by
   construction without running validation (see ``_trusted_builder``), which
@@ -107,8 +109,10 @@ INJECTION_KINDS: frozenset[str] = frozenset({
     "feed_gap",                # no engagement event at all (magnitude 1.0)
     "consent_violation",       # a share `magnitude` of exposures go to users without consent
     "unapproved_rule_change",  # a rule updated and rolled out without approver or ticket (magnitude 1.0)
+    "experiment_rule_change",  # an approved update of a rule serving a live experiment (magnitude 1.0)
 })
-_WHOLE_KINDS = frozenset({"variant_suppression", "feed_gap", "unapproved_rule_change"})
+_WHOLE_KINDS = frozenset({"variant_suppression", "feed_gap", "unapproved_rule_change", "experiment_rule_change"})
+_RULE_KINDS = frozenset({"unapproved_rule_change", "experiment_rule_change"})
 
 _HOUR_MS = 3_600_000
 _FOREVER_MS = 1 << 62
@@ -411,7 +415,7 @@ def default_program() -> tuple[InitiativeSpec, ...]:
 # (day, hour of day, kind, initiative, hours, magnitude, profile, channel, variant) of the 14-day default run.
 _DEFAULT_SCHEDULE: tuple[tuple[int, int, str, str, int, float, str | None, str | None, str | None], ...] = (
     (4, 14, "ctr_drop", "Pricing Page Recs", 5, 0.5, "free_tier", "web", "none"),
-    (5, 18, "fallback_surge", "PLG Onboarding", 4, 0.35, None, "web", None),
+    (5, 18, "fallback_surge", "PLG Onboarding", 4, 0.35, None, "web", "treatment"),
     (6, 2, "feed_gap", "Win-back Emails", 3, 1.0, None, None, None),
     (7, 9, "volume_drop", "PLG Onboarding", 5, 0.6, "returning", "web", None),
     (8, 15, "variant_suppression", "PLG Onboarding", 3, 1.0, None, None, "treatment"),
@@ -419,6 +423,7 @@ _DEFAULT_SCHEDULE: tuple[tuple[int, int, str, str, int, float, str | None, str |
     (10, 13, "conversion_drop", "PLG Onboarding", 6, 0.45, "new_user", "web", "treatment"),
     (11, 10, "consent_violation", "PLG Onboarding", 2, 0.03, "new_user", "email", None),
     (12, 16, "unapproved_rule_change", "Pricing Page Recs", 1, 1.0, None, "web", None),
+    (12, 10, "experiment_rule_change", "Win-back Emails", 1, 1.0, None, "email", None),
 )
 _DEFAULT_SCHEDULE_DAYS = 14
 
@@ -496,9 +501,9 @@ class SimulationSpec:
         object.__setattr__(self, "injections", tuple(self.injections))
         for injection in self.injections:
             injection.series(self.initiatives)   # raises on an unknown initiative/profile/channel/variant
-            if injection.kind == "unapproved_rule_change" and injection.channel is None and len(
+            if injection.kind in _RULE_KINDS and injection.channel is None and len(
                     _initiative_named(self.initiatives, injection.initiative).channels) > 1:
-                raise ValueError(f"unapproved_rule_change on {injection.initiative}: say which channel's rule "
+                raise ValueError(f"{injection.kind} on {injection.initiative}: say which channel's rule "
                                  "(rules are per channel, and the label must name the series it serves)")
             if injection.start < self.start or injection.end > self.end:
                 raise ValueError(f"injection {injection.kind} on {injection.initiative} "
@@ -617,7 +622,7 @@ def _engagement_template(event_type: str, initiative: InitiativeSpec, profile: s
         "event_id": "", "event_type": event_type, "event_time": None, "user_id": "",
         "initiative": initiative.name, "profile": profile, "channel": channel, "cohort": "",
         "experiment": initiative.experiment, "variant": variant, "rule_id": None, "fallback": False,
-        "decision_latency_ms": 0.0, "revenue": 0.0,
+        "decision_latency_ms": 0.0, "revenue": 0.0, "region": None,
     }
 
 
@@ -691,8 +696,9 @@ def _make_rule_changes(spec: SimulationSpec, rng: random.Random) -> list[tuple[i
             author = rng.choice(_AUTHORS)
             planned.append((0, initiative.name, rule_id, "created", author, approver, ticket))
             planned.append((0, initiative.name, rule_id, "rolled_out", author, approver, ticket))
-        # A handful of approved updates per initiative, in working hours, rolled out a little later.
-        for _ in range(min(4, spec.days)):
+        # A handful of approved updates per initiative, in working hours, rolled out a little later;
+        # not of a rule serving a live experiment: that is the `experiment_rule_change` injection.
+        for _ in range(min(4, spec.days) if initiative.experiment is None else 0):
             rule_id = rng.choice(initiative.rule_ids)
             day = rng.randrange(spec.days)
             updated_at = day * 24 * _HOUR_MS + rng.randrange(9 * _HOUR_MS, 17 * _HOUR_MS)
@@ -706,15 +712,17 @@ def _make_rule_changes(spec: SimulationSpec, rng: random.Random) -> list[tuple[i
             planned.append((rolled_at, initiative.name, rule_id, "rolled_out", author, approver, ticket))
     assert spec.injections is not None
     for injection in spec.injections:
-        if injection.kind != "unapproved_rule_change":
+        if injection.kind not in _RULE_KINDS:
             continue
         initiative = _initiative_named(spec.initiatives, injection.initiative)
         channel_index = initiative.channels.index(injection.channel) if injection.channel else 0
         rule_id = initiative.rule_ids[channel_index]
         window_ms = int((injection.start - spec.start).total_seconds() * 1000)
         author = rng.choice(_AUTHORS)
-        planned.append((window_ms + 5 * 60_000, initiative.name, rule_id, "updated", author, None, None))
-        planned.append((window_ms + 20 * 60_000, initiative.name, rule_id, "rolled_out", author, None, None))
+        approver, ticket = ((rng.choice(_APPROVERS), f"PERS-{rng.randrange(1000, 9999)}")
+                            if injection.kind == "experiment_rule_change" else (None, None))
+        planned.append((window_ms + 5 * 60_000, initiative.name, rule_id, "updated", author, approver, ticket))
+        planned.append((window_ms + 20 * 60_000, initiative.name, rule_id, "rolled_out", author, approver, ticket))
     planned.sort(key=lambda item: item[0])   # stable: same-instant changes keep their planned order
     experiments = {initiative.name: initiative.experiment for initiative in spec.initiatives}
     records = []
@@ -834,6 +842,7 @@ def _trusted_builder(model: type[_ModelT]) -> Callable[[dict[str, Any]], _ModelT
         "event_id": "self-check", "event_type": "conversion", "event_time": DEFAULT_START, "user_id": "u000000",
         "initiative": "i", "profile": "p", "channel": "c", "cohort": "2026-W44", "experiment": None,
         "variant": "none", "rule_id": None, "fallback": False, "decision_latency_ms": 0.0, "revenue": 1.5,
+        "region": "EU",
     }
     try:
         built, validated = build(dict(sample)), model.model_validate(sample)
@@ -906,7 +915,7 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
     rule_id = cell.rule_id
     pool, pool_size = cell.pool, len(cell.pool)
     offenders = cell.pool_without_consent
-    ids, cohorts, intervals = users.ids, users.cohorts, users.consent_intervals
+    ids, cohorts, intervals, regions = users.ids, users.cohorts, users.consent_intervals, users.regions
     steady_from, has_consent = users.steady_consent_from, _has_consent
     latencies, latency_slots = cell.latency_table, len(cell.latency_table)
     click_delays, click_delay_slots = _CLICK_DELAYS_MS, len(_CLICK_DELAYS_MS)
@@ -945,7 +954,7 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
             continue
         user_id, cohort = ids[user], cohorts[user]
         fallback = (not violating) and rand() < fallback_share
-        served_rule = None if fallback else rule_id
+        served_rule = rule_id   # on a fallback, the rule that fell back
         event_id = f"{id_prefix}{exposure_number}"
         values = new_exposure()
         values["event_id"] = event_id
@@ -955,6 +964,7 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
         values["rule_id"] = served_rule
         values["fallback"] = fallback
         values["decision_latency_ms"] = latencies[int(rand() * latency_slots)]
+        values["region"] = regions[user]
         now.append((t, record("engagement", user_id, build(values))))
 
         # Follow-ups: decide with the rate in force at the follow-up's own time, drawing the

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from detectors.base import BucketObservation
+from governance.scan import CONSENTED, FIRST_FALLBACK_IN_HOUR, FIRST_IN_HOUR, GovernanceTally
 from streams.events import EngagementEvent
 
 
@@ -69,6 +70,7 @@ class BucketRow:
     series: dict[str, Counters] = field(default_factory=dict)
     cohorts: dict[str, Counters] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted here, per partition
+    governance: GovernanceTally = field(default_factory=GovernanceTally)
 
     def observations(self, roster: Iterable[str] = ()) -> Iterator[BucketObservation]:
         """One observation per series of the row, and a zero one per series of `roster` it lacks."""
@@ -166,7 +168,7 @@ class WindowKeeper:
         return math.floor(epoch / self.bucket_seconds) * self.bucket_seconds
 
     def add(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
-            source_offset: int | None = None) -> tuple[bool, list[BucketRow]]:
+            source_offset: int | None = None, marks: int = 0) -> tuple[bool, list[BucketRow]]:
         """Count one event; return whether it was counted and the buckets now closed.
 
         `source_partition` is the partition of the input topic the event was
@@ -174,7 +176,9 @@ class WindowKeeper:
         watermark is the least of their marks (see `_watermark`).
         `source_offset` is its offset there: a record redelivered after a crash
         (at-least-once) has an offset already counted and is skipped, so it is
-        never counted twice.
+        never counted twice. `marks` are the per-user stage's findings on an
+        exposure (`governance.scan.CONSENTED`, ...), counted in the row's
+        governance tally.
         """
         initiative = event.initiative
         clock = self._clock(initiative)
@@ -204,6 +208,12 @@ class WindowKeeper:
         if source_offset is None or source_offset > row.offsets.get(source_partition, -1):
             row.series.setdefault(series_key(event), Counters()).add(event)
             row.cohorts.setdefault(event.cohort, Counters()).add(event)
+            if event.event_type == "exposure":
+                row.governance.add_exposure(
+                    channel=event.channel, rule_id=event.rule_id, experiment=event.experiment,
+                    variant=event.variant, fallback=event.fallback, consented=bool(marks & CONSENTED),
+                    first_in_hour=bool(marks & FIRST_IN_HOUR),
+                    first_fallback_in_hour=bool(marks & FIRST_FALLBACK_IN_HOUR))
             if source_offset is not None:
                 row.offsets[source_partition] = source_offset
             self._dirty_rows[key] = row

@@ -36,7 +36,9 @@ def settings(plan_dir: Path) -> Settings:
                     retention_days=30, alert_threshold=0.2, baseline_buckets=72, warmup_buckets=24,
                     min_exposures=200, significance=0.001, breach_span_buckets=3, recovery_span_buckets=3,
                     escalate_every=6, retry_limit=2, idle_close_seconds=900, topic_prefix="pmon",
-                    series_detectors=("conversion_drop",))  # the exact binomial test these settings tune
+                    series_detectors=("conversion_drop",),  # the exact binomial test these settings tune
+                    # The test users have no consent record; consent is not what these tests judge.
+                    consent_default_policy="opt-out", consent_policies={})
 
 
 def driver(plan_dir: Path) -> EmbeddedDriver:

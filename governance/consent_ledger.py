@@ -1,0 +1,195 @@
+"""The consent ledger: per pseudonymous user, consent per purpose over event time, and what it convicts.
+
+A user's entry (`UserConsent`) keeps, per purpose, the consent changes in
+event-time order, so the question "did this user consent at 10:02?" is answered
+by event time, whatever order the records arrived in. It also remembers the
+user's recent personalized exposures: a revocation that arrives after an
+exposure but carries an earlier event time convicts that exposure then
+(`ConsentPolicy.record`), not never.
+
+Rules (`ConsentPolicy`):
+- a user without any record for the purpose follows the policy of their region
+  (opt-in: no consent; opt-out: consent); the region is the one of the user's
+  latest consent record, else the exposure's, else `unknown`;
+- a revocation takes effect `grace_seconds` after its event time (propagation
+  to the decisioning service); a grant takes effect at once;
+- only personalized exposures (not fallbacks) need consent;
+- a violation is judged with what is known when the exposure or the late
+  revocation arrives; a grant arriving later with an earlier time does not
+  retract it (the incident says what was known, and the privacy lead decides).
+
+State is bounded: at most `max_changes` changes per purpose and
+`max_remembered` exposures per user, the latter only within `lookback_seconds`
+of the user's newest exposure.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Literal
+
+from governance.exceptions import InvalidPolicy
+
+Purpose = Literal["personalization", "analytics", "marketing"]
+RegionPolicy = Literal["opt-in", "opt-out"]
+PERSONALIZATION: Purpose = "personalization"
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """What the ledger needs of an exposure to judge it and, later, to convict it."""
+
+    event_id: str
+    at: float                      # event time, epoch seconds
+    initiative: str
+    series: str                    # initiative|profile|channel|variant
+    fallback: bool = False
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """Consent at an instant, and what decided it (the reason is only formatted when asked for)."""
+
+    consented: bool
+    basis: Literal["granted", "revoked", "grace", "no record"]
+    at: float | None = None            # the deciding change's event time
+    region: str | None = None
+    policy: str | None = None
+    grace_seconds: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        if self.basis == "no record":
+            return f"no record; {self.region or 'unknown region'} is {self.policy}"
+        if self.basis == "grace":
+            return f"revoked at {_iso(self.at)}, within the {self.grace_seconds:g} s grace"
+        return f"{self.basis} at {_iso(self.at)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A personalized exposure to a user without personalization consent at its event time."""
+
+    event_id: str
+    at: float
+    initiative: str
+    series: str
+    user: str                      # pseudonym
+    reason: str
+    late: bool = False             # convicted by a revocation that arrived after the exposure
+
+
+@dataclass(slots=True)
+class UserConsent:
+    """One user's ledger entry: the value of the consent-ledger table under the user's pseudonym."""
+
+    changes: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)   # purpose -> [(at, granted)]
+    region: str | None = None
+    region_at: float = float("-inf")
+    remembered: list[tuple[Exposure, bool]] = field(default_factory=list)       # (exposure, convicted), by time
+    hours: dict[str, tuple[float, float]] = field(default_factory=dict)          # experiment -> last counted hours
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentPolicy:
+    """How consent is judged; built once from settings.
+
+    >>> policy = ConsentPolicy(regions={"EU": "opt-in", "US": "opt-out"}, grace_seconds=60)
+    >>> user = UserConsent()
+    >>> policy.record(user, "u1", at=1000.0, purpose="personalization", granted=False, region="EU")
+    []
+    >>> policy.consent_at(user, at=1030.0).consented, policy.consent_at(user, at=1061.0).consented
+    (True, False)
+    >>> policy.consent_at(UserConsent(), at=0.0, region="US").reason
+    'no record; US is opt-out'
+    """
+
+    regions: dict[str, RegionPolicy] = field(default_factory=dict)
+    default_policy: RegionPolicy = "opt-in"
+    grace_seconds: float = 60.0
+    lookback_seconds: float = 3600.0
+    max_changes: int = 32
+    max_remembered: int = 64
+
+    def __post_init__(self) -> None:
+        for region, policy in {**self.regions, "(default)": self.default_policy}.items():
+            if policy not in ("opt-in", "opt-out"):
+                raise InvalidPolicy(f"consent policy of {region!r} is {policy!r}; use 'opt-in' or 'opt-out'")
+        if self.grace_seconds < 0 or self.lookback_seconds < 0:
+            raise InvalidPolicy(f"grace ({self.grace_seconds}) and lookback ({self.lookback_seconds}) "
+                                "must not be negative")
+        if self.max_changes < 1 or self.max_remembered < 0:
+            raise InvalidPolicy("max_changes must be at least 1 and max_remembered not negative")
+
+    def policy_of(self, region: str | None) -> RegionPolicy:
+        return self.regions.get(region or "unknown", self.default_policy)
+
+    def consent_at(self, user: UserConsent | None, *, at: float, purpose: Purpose = PERSONALIZATION,
+                   region: str | None = None) -> Judgement:
+        """Did the user consent to `purpose` at event time `at`?"""
+        changes = user.changes.get(purpose, []) if user is not None else []
+        # A revocation counts from its time + grace; a grant from its time. The latest effective change wins.
+        effective = [(t + (0.0 if granted else self.grace_seconds), granted, t) for t, granted in changes]
+        in_force = max((c for c in effective if c[0] <= at), default=None)
+        if in_force is None:
+            if changes:  # every known change is later: before the first one, the user had none in force
+                pending = min(effective)
+                if not pending[1] and pending[2] <= at:
+                    return Judgement(True, "grace", pending[2], grace_seconds=self.grace_seconds)
+            known_region = (user.region if user is not None else None) or region
+            policy = self.policy_of(known_region)
+            return Judgement(policy == "opt-out", "no record", region=known_region, policy=policy)
+        _, granted, t = in_force
+        return Judgement(granted, "granted" if granted else "revoked", t)
+
+    def record(self, user: UserConsent, pseudonym: str, *, at: float, purpose: Purpose, granted: bool,
+               region: str | None = None) -> list[Violation]:
+        """Add one consent change (in place); return the remembered exposures it now convicts.
+
+        A redelivered change (same time and status) changes nothing.
+        """
+        changes = user.changes.setdefault(purpose, [])
+        change = (at, granted)
+        if change in changes:
+            return []
+        bisect.insort(changes, change)
+        del changes[:-self.max_changes]
+        if region and at >= user.region_at:
+            user.region, user.region_at = region, at
+        if purpose != PERSONALIZATION or granted:
+            return []
+        convicted = []
+        for n, (exposure, known) in enumerate(user.remembered):
+            if known or exposure.at < at:
+                continue
+            judgement = self.consent_at(user, at=exposure.at, region=exposure.region)
+            if not judgement.consented:
+                user.remembered[n] = (exposure, True)
+                convicted.append(_violation(exposure, pseudonym, judgement, late=True))
+        return convicted
+
+    def judge(self, user: UserConsent, pseudonym: str, exposure: Exposure) -> tuple[Judgement, Violation | None]:
+        """Judge one exposure (in place: a personalized one is remembered for late revocations)."""
+        judgement = self.consent_at(user, at=exposure.at, region=exposure.region)
+        if exposure.fallback:
+            return judgement, None
+        violation = None if judgement.consented else _violation(exposure, pseudonym, judgement, late=False)
+        if self.max_remembered and not any(e.event_id == exposure.event_id for e, _ in user.remembered):
+            bisect.insort(user.remembered, (exposure, violation is not None), key=lambda item: item[0].at)
+            newest = user.remembered[-1][0].at
+            user.remembered[:] = [item for item in user.remembered[-self.max_remembered:]
+                                  if item[0].at >= newest - self.lookback_seconds]
+        return judgement, violation
+
+
+def _violation(exposure: Exposure, pseudonym: str, judgement: Judgement, *, late: bool) -> Violation:
+    return Violation(exposure.event_id, exposure.at, exposure.initiative, exposure.series, pseudonym,
+                     judgement.reason, late)
+
+
+def _iso(epoch: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
