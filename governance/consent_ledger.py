@@ -130,19 +130,23 @@ class ConsentPolicy:
                    region: str | None = None) -> Judgement:
         """Did the user consent to `purpose` at event time `at`?"""
         changes = user.changes.get(purpose, []) if user is not None else []
-        # A revocation counts from its time + grace; a grant from its time. The latest effective change wins.
-        effective = [(t + (0.0 if granted else self.grace_seconds), granted, t) for t, granted in changes]
-        in_force = max((c for c in effective if c[0] <= at), default=None)
-        if in_force is None:
-            if changes:  # every known change is later: before the first one, the user had none in force
-                pending = min(effective)
-                if not pending[1] and pending[2] <= at:
-                    return Judgement(True, "grace", pending[2], grace_seconds=self.grace_seconds)
+        # The latest change by event time decides. A revocation takes effect `grace_seconds` after the first
+        # revocation since the last grant (a grant within that grace cancels it); a grant at once.
+        latest = bisect.bisect_right(changes, (at, True))
+        if latest == 0:
             known_region = (user.region if user is not None else None) or region
             policy = self.policy_of(known_region)
             return Judgement(policy == "opt-out", "no record", region=known_region, policy=policy)
-        _, granted, t = in_force
-        return Judgement(granted, "granted" if granted else "revoked", t)
+        t, granted = changes[latest - 1]
+        if granted:
+            return Judgement(True, "granted", t)
+        first = latest - 1
+        while first > 0 and not changes[first - 1][1]:
+            first -= 1
+        revoked_at = changes[first][0]
+        if at < revoked_at + self.grace_seconds:
+            return Judgement(True, "grace", revoked_at, grace_seconds=self.grace_seconds)
+        return Judgement(False, "revoked", revoked_at)
 
     def record(self, user: UserConsent, pseudonym: str, *, at: float, purpose: Purpose, granted: bool,
                region: str | None = None) -> list[Violation]:

@@ -15,7 +15,7 @@ and the audit incidents it opened:
 - Pending approvals: changes without an approver not followed by an approved
   change of the same rule.
 - Probable causes of a KPI incident: the initiative's rule changes in the
-  `hours` before the incident's first breach.
+  `hours` before the end of the bucket that opened it.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ class RuleAudit:
         if not change.approved:
             reason = f"{change.action} of {change.rule_id} by {change.author} without " + " or ".join(change.missing())
             events.append(self._open_or_update(UNAPPROVED, change, initiative, reason))
-        elif unapproved_key in self.open:
+        elif unapproved_key in self.open and not any(
+                c.rule_id == change.rule_id and not c.approved and c.at > change.at for c in self.log):
+            # only an approved change that follows (by event time) the unapproved ones settles them
             events.append(self._resolve(unapproved_key, change, initiative,
                                         f"approved change {change.event_id} by {change.approver}"))
         experiments = set(live_experiments.get(change.rule_id, ()))

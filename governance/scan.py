@@ -29,9 +29,9 @@ GOVERNANCE_KINDS = frozenset({"consent_violation", "unapproved_rule_change", "ex
                               "rule_fallback", "variant_imbalance"})
 NOT_KPI_KINDS = GOVERNANCE_KINDS | {"feed_stale", "monitoring_degraded", "experiment_decision"}
 CONVICTED_KEPT = 5000  # violation event ids remembered per initiative: a redelivered one is not counted twice
-LIVE_SECONDS = 86_400
+LIVE_SECONDS = 86_400  # a rule serves a live experiment if its exposures carried one within this
 # What the per-user stage found about an exposure, as bits sent along with it to the per-initiative stage.
-CONSENTED, FIRST_IN_HOUR, FIRST_FALLBACK_IN_HOUR = 1, 2, 4  # a rule serves a live experiment if its exposures carried one within this
+CONSENTED, FIRST_IN_HOUR, FIRST_FALLBACK_IN_HOUR = 1, 2, 4
 
 
 class GovernanceConfig(BaseModel):

@@ -167,7 +167,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
 async def _consume(settings: Settings, topic: str, *, want: int, timeout: float, settle: float) -> list[Any]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
                                 group_id=f"reader-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
@@ -190,4 +190,9 @@ async def _consume(settings: Settings, topic: str, *, want: int, timeout: float,
 
 def consume(settings: Settings, topic: str, *, want: int, timeout: float = 60, settle: float = 2.0) -> list[Any]:
     """Read a topic from the beginning with a plain aiokafka consumer until `want` records or the deadline."""
-    return asyncio.run(_consume(settings, topic, want=want, timeout=timeout, settle=settle))
+    return asyncio.run(_consume(settings, settings.topic(topic), want=want, timeout=timeout, settle=settle))
+
+
+def consume_raw(settings: Settings, topic: str, *, timeout: float = 3) -> list[Any]:
+    """Every record of a topic named in full (an internal topic, a changelog), read for `timeout` seconds."""
+    return asyncio.run(_consume(settings, topic, want=10**9, timeout=timeout, settle=0))

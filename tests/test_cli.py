@@ -45,6 +45,10 @@ def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 revenue=revenue)
         lines.append({"topic": "engagement", "key": f"u{n:06d}", "value": event.model_dump(mode="json")})
 
+    for user in range(1, 30):  # every user consented before the first exposure
+        grant = ConsentEvent(event_id=f"g{user}", event_time=T0 - timedelta(minutes=1), user_id=f"u{user:06d}",
+                             purpose="personalization", status="granted", region="EU")
+        lines.append({"topic": "consent", "key": f"u{user:06d}", "value": grant.model_dump(mode="json")})
     n = 0
     for hour in (0, 1):
         for i in range(10):

@@ -13,10 +13,10 @@ import pytest
 
 from incidents.model import IncidentEvent
 from streams.embedded import EmbeddedDriver
-from streams.events import EngagementEvent, encode
+from streams.events import ConsentEvent, EngagementEvent, RuleChangeEvent, encode
 from streams.kafka_io import produce
 from streams.simulator import Injection, SimulationSpec, default_program, simulate
-from tests.conftest import consume, wait_for
+from tests.conftest import consume, consume_raw, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -174,7 +174,9 @@ def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_
 
 def test_the_timer_finds_a_feed_that_went_silent(isolated_settings, start_worker):
     # A short objective and check interval so the test takes seconds; the mechanism is the production one.
-    settings = isolated_settings(freshness_objective_seconds=3, check_interval_seconds=1)
+    # Engagement only, no consent records: opt-out, so that the feed is the only thing judged here.
+    settings = isolated_settings(freshness_objective_seconds=3, check_interval_seconds=1,
+                                 consent_default_policy="opt-out", consent_policies={})
     plg = next(spec for spec in default_program() if spec.name == PLG)
     spec = SimulationSpec(seed=5, days=1, users=500, initiatives=(plg,), injections=())
     records = [r for r in _encoded(spec) if r[0] == "engagement"][:200]
@@ -187,3 +189,95 @@ def test_the_timer_finds_a_feed_that_went_silent(isolated_settings, start_worker
     assert (stale.kind, stale.transition, stale.series) == ("feed_stale", "opened", [f"{PLG}|engagement"])
     assert stale.evidence.observed > stale.evidence.expected == 3.0
     assert stale.owner == "Personalization Architect"
+
+
+# --------------------------------------------------------------------------- consent, on the real broker
+T0 = SimulationSpec(days=1, injections=()).start + timedelta(hours=10)
+RAW_USERS = {"revoked-first": "raw-user-alpha-1001", "exposed-first": "raw-user-bravo-2002",
+             "fallback": "raw-user-charlie-3003"}
+
+
+def _consent(user: str, n: int, at: timedelta, status: str) -> tuple[str, bytes, bytes]:
+    return ("consent", user.encode(), encode(ConsentEvent(
+        event_id=f"c-{user[-4:]}-{n}", event_time=T0 + at, user_id=user, purpose="personalization", status=status,
+        source="privacy_center", region="EU")))
+
+
+def _exposure(user: str, initiative: str, at: timedelta, *, fallback: bool = False) -> tuple[str, bytes, bytes]:
+    return ("engagement", user.encode(), encode(EngagementEvent(
+        event_id=f"x-{user[-4:]}", event_type="exposure", event_time=T0 + at, user_id=user, initiative=initiative,
+        profile="new_user", channel="web", experiment="onboarding-checklist", variant="treatment",
+        rule_id="plg-checklist-web", fallback=fallback)))
+
+
+def _records_seen(worker: Any, topic: str) -> float:
+    line = f'pmon_records_total{{topic="{topic}"}} '
+    return next((float(row[len(line):]) for row in worker.metrics_text().splitlines() if row.startswith(line)), 0.0)
+
+
+def _consent_incidents(settings: Any) -> dict[str, IncidentEvent]:
+    found = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=1, timeout=1,
+                                                                            settle=0)]
+    return {i.initiative: i for i in found if i.kind == "consent_violation" and i.transition == "opened"}
+
+
+def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_and_never_for_a_fallback(
+        isolated_settings, start_worker):
+    settings = isolated_settings()
+    granted = [_consent(user, 0, timedelta(hours=-1), "granted") for user in RAW_USERS.values()]
+    asyncio.run(produce(settings, granted))
+    worker = start_worker(settings)
+    wait_for(lambda: _records_seen(worker, "consent") == len(granted), timeout=60,
+             what="the grants to reach the ledger", on_timeout=worker.log)
+
+    # 1. The revocation arrives first, then a personalized exposure after it (event time and arrival).
+    alpha = RAW_USERS["revoked-first"]
+    asyncio.run(produce(settings, [_consent(alpha, 1, timedelta(0), "revoked")]))
+    wait_for(lambda: _records_seen(worker, "consent") == len(granted) + 1, timeout=30,
+             what="the revocation to be processed first", on_timeout=worker.log)
+    asyncio.run(produce(settings, [_exposure(alpha, "Consent A", timedelta(minutes=5))]))
+    opened = wait_for(lambda: _consent_incidents(settings).get("Consent A"), timeout=15,
+                      what="a consent violation within seconds of the exposure", on_timeout=worker.log)
+    assert (opened.owner, opened.rung, opened.severity) == ("Data Privacy Lead", 2, "critical")
+    assert opened.evidence.detail["violations"] == 1 and opened.series == ["Consent A|new_user|web|treatment"]
+
+    # 2. The exposure arrives first; the revocation arrives after it but carries an earlier event time.
+    bravo = RAW_USERS["exposed-first"]
+    asyncio.run(produce(settings, [_exposure(bravo, "Consent B", timedelta(minutes=5))]))
+    wait_for(lambda: _records_seen(worker, "engagement") == 2, timeout=30,
+             what="the exposure to be judged (consented at the time)", on_timeout=worker.log)
+    assert "Consent B" not in _consent_incidents(settings), "consented when it arrived"
+    asyncio.run(produce(settings, [_consent(bravo, 1, timedelta(0), "revoked")]))
+    late = wait_for(lambda: _consent_incidents(settings).get("Consent B"), timeout=15,
+                    what="the late revocation to convict the exposure within seconds", on_timeout=worker.log)
+    assert late.owner == "Data Privacy Lead"
+    assert [e["late"] for e in late.evidence.detail["examples"]] == [True]
+
+    # 3. A fallback exposure to a user who revoked is not personalization: no violation.
+    charlie = RAW_USERS["fallback"]
+    asyncio.run(produce(settings, [_consent(charlie, 1, timedelta(0), "revoked")]))
+    asyncio.run(produce(settings, [_exposure(charlie, "Consent C", timedelta(minutes=5), fallback=True)]))
+    wait_for(lambda: worker.report("Consent C"), timeout=30, what="the fallback exposure to be counted",
+             on_timeout=worker.log)
+    report = worker.report("Consent C")
+    assert "Consent C" not in _consent_incidents(settings)
+    assert report["governance_checklist"][0]["item"] == "consent_adherence"
+
+    # Privacy by design: no raw user id in any output of the run, nor in the state's changelogs, metrics or log.
+    metrics = worker.metrics_text().encode()
+    worker.stop()
+    outputs = {topic: consume(settings, topic, want=10**6, timeout=3, settle=0)
+               for topic in ("incidents", "plan-updates")}
+    internal = [f"{settings.app_id}-{name}-changelog" for name in ("initiative_state", "consent_ledger")]
+    internal.append(f"{settings.app_id}-engagement-by-initiative")
+    blobs = {f"{topic}@{m.offset}": (m.key or b"") + m.value for topic, messages in outputs.items() for m in messages}
+    blobs |= {f"{topic}@{m.offset}": (m.key or b"") + (m.value or b"")
+              for topic in internal for m in consume_raw(settings, topic)}
+    blobs |= {str(path): path.read_bytes() for path in settings.plan_dir.rglob("*.json")}
+    blobs |= {"worker log": worker.log_path.read_bytes(), "metrics": metrics}
+    assert outputs["incidents"] and len(blobs) > 10, "the check must look at real outputs"
+    leaked = sorted({(uid, where) for uid in RAW_USERS.values() for where, blob in blobs.items()
+                     if uid.encode() in blob})
+    assert leaked == []
+    assert any(opened.evidence.detail["users_listed"][0].encode() in blob for blob in blobs.values()), \
+        "the pseudonyms are there instead"
