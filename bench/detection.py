@@ -60,7 +60,8 @@ if str(ROOT) not in sys.path:  # `python bench/detection.py` puts bench/ first o
 
 from detectors.base import BucketDetector, BucketObservation, Verdict, step  # noqa: E402
 from detectors.conversion_drop import ConversionDropDetector  # noqa: E402
-from detectors.cusum import RateCusumDetector, VolumeCusumDetector, VolumeShareCusumDetector  # noqa: E402
+from detectors.cusum import (JointSpikeCusumDetector, RateCusumDetector, VolumeCusumDetector,  # noqa: E402
+                             VolumeShareCusumDetector)
 from detectors.freshness import KIND as FRESHNESS_KIND, check_freshness, objective_for_rate  # noqa: E402
 from detectors.kpis import read  # noqa: E402
 from detectors.level_shift import LevelShiftDetector  # noqa: E402
@@ -115,7 +116,12 @@ ALTERNATIVES: dict[str, Any] = {
     **{f"cvr_cusum_h{h}": partial(RateCusumDetector, kpi="cvr", threshold=h) for h in (5, 7)},
     **{f"volume_cusum_h{h}": partial(VolumeCusumDetector, threshold=h) for h in (7, 9)},
     **{f"volume_share_cusum_h{h}": partial(VolumeShareCusumDetector, threshold=h) for h in (7, 9)},
+    **{f"cvr_cusum_small_h{h}": partial(RateCusumDetector, kpi="cvr", shift=0.1, threshold=h) for h in (8, 10)},
+    **{f"spike_joint_cusum_h{h}": partial(JointSpikeCusumDetector, threshold=h) for h in (7, 9)},
     "ctr_cusum_no_lag": partial(RateCusumDetector, kpi="ctr", learn_lag=0),
+    # the CUSUMs' baselines as before: buckets beyond 4 standard deviations (an unseen spike) learnt
+    "ctr_cusum_learn_outliers": partial(RateCusumDetector, kpi="ctr", learn_outliers=True),
+    "cvr_cusum_learn_outliers": partial(RateCusumDetector, kpi="cvr", threshold=6.0, learn_outliers=True),
     "cvr_cusum_no_lag": partial(RateCusumDetector, kpi="cvr", threshold=6.0, learn_lag=0),
     "volume_cusum_no_lag": partial(VolumeCusumDetector, learn_lag=0),
     "ctr_level_shift_adwin": partial(LevelShiftDetector, kpi="ctr", drift_detector="adwin"),

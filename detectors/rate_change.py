@@ -61,6 +61,11 @@ class RateChangeDetector(BucketDetector):
         Buckets of at least `min_exposures` to learn before judging any.
     min_exposures
         Buckets with fewer exposures are learnt but never judged.
+    learn_outliers
+        Whether a bucket beyond 4 standard deviations of the baseline is learnt into the
+        baseline (it never is into the over-dispersion). False for the CUSUMs: an unseen
+        spike learnt by a drop detector biases its baseline upwards for days, and a CUSUM
+        tuned to a shift drifts towards its threshold once that bias nears half the shift.
 
     Examples
     --------
@@ -86,7 +91,7 @@ class RateChangeDetector(BucketDetector):
     # Defaults measured with bench/detection.py (see detectors/README.md).
     def __init__(self, kpi: str = "cvr", direction: Direction = "drop", alert_threshold: float = 0.15,
                  significance: float = 0.005, baseline_buckets: int = 72, warmup_buckets: int = 24,
-                 min_exposures: int = 50) -> None:
+                 min_exposures: int = 50, learn_outliers: bool = True) -> None:
         check_kpi(kpi, ("binomial",))
         if direction not in ("drop", "rise"):
             raise ValueError(f"direction must be 'drop' or 'rise', got {direction!r}")
@@ -103,6 +108,7 @@ class RateChangeDetector(BucketDetector):
         self.baseline_buckets = baseline_buckets
         self.warmup_buckets = warmup_buckets
         self.min_exposures = min_exposures
+        self.learn_outliers = learn_outliers
         self._successes = 0.0   # exponentially weighted means of the learnt buckets' successes and trials
         self._trials = 0.0
         self._scorable = 0      # learnt buckets with at least min_exposures, capped at warmup_buckets
@@ -129,6 +135,10 @@ class RateChangeDetector(BucketDetector):
             if z2 <= OUTLIER_Z2 * (1.0 + (reading.n - 1) * self._rho()):
                 self._excess += weight * (z2 - 1.0 - self._excess)
                 self._extra_trials += weight * (reading.n - 1 - self._extra_trials)
+            elif not self.learn_outliers:
+                # Nor into the baseline. The price: a lasting move beyond 4 sd against the watched
+                # direction is never learnt either, so a return to the old level goes unseen.
+                return
         self._successes += weight * (reading.total - self._successes)
         self._trials += weight * (reading.n - self._trials)
         if reading.n >= self.min_exposures:

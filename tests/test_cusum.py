@@ -11,7 +11,8 @@ import pytest
 from scipy.stats import binom, poisson
 
 from detectors.base import BucketObservation, step
-from detectors.cusum import CvrCusumDetector, VolumeCusumDetector
+from detectors.cusum import CvrCusumDetector, CvrSmallDropCusumDetector, VolumeCusumDetector
+from detectors.rate_change import CvrDropDetector
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import detection as bench  # noqa: E402
@@ -24,8 +25,8 @@ def bucket(hour: int, exposures: int, conversions: int = 0) -> BucketObservation
                              conversions=conversions)
 
 
-def warmed_cvr(p0: float = 0.1, n: int = 500) -> CvrCusumDetector:
-    detector = CvrCusumDetector(warmup_buckets=12)
+def warmed_cvr(p0: float = 0.1, n: int = 500, detector: CvrCusumDetector | None = None) -> CvrCusumDetector:
+    detector = detector or CvrCusumDetector(warmup_buckets=12)
     for hour in range(24):   # exactly at the rate: no over-dispersion is learnt (rho = 0)
         step(detector, bucket(hour, n, round(n * p0)))
     assert detector._rho() == 0.0 and detector._s == 0.0
@@ -40,6 +41,30 @@ def test_one_bucket_adds_the_binomial_log_likelihood_ratio(conversions: int) -> 
     llr = binom.logpmf(conversions, n, p1) - binom.logpmf(conversions, n, p0)
     assert verdict.detail["cusum"] == pytest.approx(min(2 * detector.threshold, max(0.0, llr)), abs=1e-9)
     assert detector._s == pytest.approx(verdict.detail["cusum"], abs=1e-12)
+
+
+@pytest.mark.parametrize("conversions", [400, 450, 480])
+def test_the_small_shift_cusum_adds_the_binomial_log_likelihood_ratio_of_a_10_percent_drop(conversions: int) -> None:
+    detector, n, p0 = warmed_cvr(n=5000, detector=CvrSmallDropCusumDetector(warmup_buckets=12)), 5000, 0.1
+    verdict = step(detector, bucket(24, n, conversions))
+    llr = binom.logpmf(conversions, n, p0 * 0.9) - binom.logpmf(conversions, n, p0)
+    assert detector.shift == 0.1
+    assert verdict.detail["cusum"] == pytest.approx(min(2 * detector.threshold, max(0.0, llr)), abs=1e-9)
+
+
+def test_a_bucket_beyond_four_standard_deviations_is_not_learnt_into_a_cusum_baseline() -> None:
+    cusum, plain = warmed_cvr(), CvrDropDetector(warmup_buckets=12)
+    for hour in range(24):
+        step(plain, bucket(hour, 500, 50))
+    # A spike: 80 conversions where 50 +- 6.7 (binomial) are expected, 4.5 standard deviations.
+    z = (80 - 50) / math.sqrt(500 * 0.1 * 0.9)
+    assert z > 4
+    for hour in range(24, 28):
+        step(cusum, bucket(hour, 500, 80))
+        step(plain, bucket(hour, 500, 80))
+    assert cusum._successes / cusum._trials == pytest.approx(0.1)    # waited learn_lag buckets, then left out
+    assert plain._successes / plain._trials > 0.1                    # the per-bucket test learns it, as before
+    assert cusum._rho() == 0.0
 
 
 def test_the_statistic_runs_over_breached_buckets_and_the_dip_is_never_learnt() -> None:
