@@ -28,6 +28,7 @@ from plans.document import ChecklistItem
 GOVERNANCE_KINDS = frozenset({"consent_violation", "unapproved_rule_change", "experiment_integrity",
                               "rule_fallback", "variant_imbalance"})
 NOT_KPI_KINDS = GOVERNANCE_KINDS | {"feed_stale", "monitoring_degraded", "experiment_decision"}
+OPENED_KEPT = 20  # governance incidents listed per kind in the checklist's evidence
 CONVICTED_KEPT = 5000  # violation event ids remembered per initiative: a redelivered one is not counted twice
 LIVE_SECONDS = 86_400  # a rule serves a live experiment if its exposures carried one within this
 # What the per-user stage found about an exposure, as bits sent along with it to the per-initiative stage.
@@ -84,6 +85,14 @@ class GovernanceState:
     live: dict[str, dict[str, float]] = field(default_factory=dict)      # rule id -> experiment -> last seen
     audit: RuleAudit = field(default_factory=RuleAudit)
     evaluated_until: float = float("-inf")
+    opened: dict[str, list[str]] = field(default_factory=dict)            # governance kind -> incidents opened
+
+    def note_opened(self, incident: IncidentEvent) -> None:
+        """Remember a governance incident opened in the monitored period: the checklist says it happened."""
+        if incident.kind in GOVERNANCE_KINDS and incident.transition == "opened":
+            ids = self.opened.setdefault(incident.kind, [])
+            if incident.incident_id not in ids:
+                ids[:] = (ids + [incident.incident_id])[-OPENED_KEPT:]
 
 
 class GovernanceScan:
@@ -211,8 +220,9 @@ class GovernanceScan:
 
     # -- checklist ----------------------------------------------------------------
     def checklist(self, state: GovernanceState) -> tuple[ChecklistItem, ...]:
-        return (self._consent_item(state), self._fallback_item(state), self._approval_item(state),
-                self._integrity_item(state), self._balance_item(state))
+        items = (self._consent_item(state), self._fallback_item(state), self._approval_item(state),
+                 self._integrity_item(state), self._balance_item(state))
+        return tuple(_with_history(item, state.opened.get(_ITEM_KINDS[item.item], [])) for item in items)
 
     def _consent_item(self, state: GovernanceState) -> ChecklistItem:
         personalized = sum(c[0] for c in state.adherence.values())
@@ -288,6 +298,21 @@ class GovernanceScan:
         return ChecklistItem(item="variant_balance", status="pass", owner=owner,
                              summary="consent and fallback rates balanced across variants",
                              evidence={"checked": sorted(state.balance_verdicts)})
+
+
+_ITEM_KINDS = {"consent_adherence": "consent_violation", "fallback_rates": "rule_fallback",
+               "rule_change_approval": "unapproved_rule_change", "experiment_integrity": "experiment_integrity",
+               "variant_balance": "variant_imbalance"}
+
+
+def _with_history(item: ChecklistItem, opened: list[str]) -> ChecklistItem:
+    """A passing item says when it did not always pass: the incidents of its kind in the monitored period."""
+    if not opened:
+        return item
+    update: dict[str, object] = {"evidence": {**item.evidence, "incidents_in_period": list(opened)}}
+    if item.status == "pass":
+        update["summary"] = f"{item.summary} now; {len(opened)} incident(s) earlier in the period, resolved"
+    return item.model_copy(update=update)
 
 
 def violations_of(records: Sequence[dict]) -> list[Violation]:

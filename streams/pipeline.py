@@ -467,11 +467,14 @@ class MonitorPipeline:
         for incident in incidents:
             log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
                      incident.series, incident.owner)
+            governance.note_opened(incident)
             known = self._incidents.get(incident.incident_id)
             self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
             outputs.incidents.append(incident)
             if plan is not None:
                 plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)
+        if incidents:
+            self._governance[initiative] = governance
         if plan is not None and (incidents or governance_changed):
             stamps = [i.occurred_at for i in incidents] + ([_utc(until)] if until > float("-inf") else [])
             at = max(stamps, default=plan.updated_at)

@@ -812,3 +812,17 @@ def test_checklist_rule_change_approval_fails_while_open_passes_when_approved_pe
     waiting = GovernanceState(audit=RuleAudit(log=[change("r4", T0)]))
     item = scan.checklist(waiting)[2]
     assert (item.status, [c["event_id"] for c in item.evidence["pending"]]) == ("pending", ["r4"])
+
+
+def test_a_passing_item_lists_the_incidents_of_its_kind_earlier_in_the_period() -> None:
+    scan, state = scanner(), GovernanceState()
+    audit_events = scan.on_rule_change(state, change("r1", T0), initiative=INITIATIVE)
+    audit_events += scan.on_rule_change(state, approved("r2", T0 + 60), initiative=INITIATIVE)
+    for event in audit_events:
+        state.note_opened(event)
+        state.note_opened(event)  # noted once, whatever the repetition
+    [opened] = [e for e in audit_events if e.transition == "opened"]
+    item = {i.item: i for i in scan.checklist(state)}["rule_change_approval"]
+    assert item.status == "pass"
+    assert item.evidence["incidents_in_period"] == [opened.incident_id]
+    assert item.summary.endswith("now; 1 incident(s) earlier in the period, resolved")
