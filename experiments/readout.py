@@ -63,8 +63,8 @@ class Comparison(_ReadoutModel):
     over the looks), fixed-horizon otherwise; `adjusted_p_value` is corrected across the
     experiment's success comparisons (None for a guardrail: guardrails are judged by their
     interval against the margin, all of them at once, which needs no correction).
-    Intervals are at 1 - alpha; the lift's is by the delta method (a confidence sequence on
-    the lift's scale for the sequential method).
+    Intervals are at 1 - alpha; the lift's is by the delta method for the fixed-horizon
+    method, the difference's confidence sequence over the control mean for the sequential one.
     """
 
     variant: str
@@ -240,15 +240,11 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
         half = stats.confidence_sequence_halfwidth(variance, tau2, rules.alpha)
         low, high = _intersect(difference - half, difference + half, before and (before.difference_low,
                                                                                   before.difference_high))
-        if not math.isnan(lift):
-            # The lift's confidence sequence: the same mixture, on the lift's (delta-method) scale.
-            lift_variance = stats.relative_lift_variance(a.mean, a.variance, a.users, b.mean, b.variance, b.users)
-            scale = rules.mixture_scale or spec.mde
-            half_lift = stats.confidence_sequence_halfwidth(lift_variance, scale ** 2, rules.alpha) \
-                if lift_variance > 0 else 0.0
-            lift_low, lift_high = _intersect(lift - half_lift, lift + half_lift,
-                                             before and before.lift_low is not None
-                                             and (before.lift_low, before.lift_high))
+        if a.mean != 0:
+            # The lift's always-valid interval is the difference's over the control's mean (a plug-in):
+            # it excludes 0 exactly when the mSPRT rejects, so the memo never shows a "significant" lift
+            # whose interval covers 0. The control mean's own error moves a margin's bound only to second order.
+            lift_low, lift_high = sorted((low / a.mean, high / a.mean))
     has_lift = not math.isnan(lift)
     beat = _probability_to_beat(name, control, treated, difference, variance, metric.higher_is_better)
     comparison = dict(
