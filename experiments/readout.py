@@ -238,8 +238,8 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
             return None
         p_value = stats.msprt_p_value(difference, variance, tau2, 1.0 if before is None else before.p_value)
         half = stats.confidence_sequence_halfwidth(variance, tau2, rules.alpha)
-        low, high = _intersect(difference - half, difference + half, before and (before.difference_low,
-                                                                                  before.difference_high))
+        earlier = None if before is None else (before.difference_low, before.difference_high)
+        low, high = _intersect(difference - half, difference + half, earlier)
         if a.mean != 0:
             # The lift's always-valid interval is the difference's over the control's mean (a plug-in):
             # it excludes 0 exactly when the mSPRT rejects, so the memo never shows a "significant" lift
@@ -266,10 +266,10 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
     return comparison
 
 
-def _intersect(low: float, high: float, before: tuple[float, float] | None | bool) -> tuple[float, float]:
+def _intersect(low: float, high: float, before: tuple[float, float] | None) -> tuple[float, float]:
     """The running intersection of confidence sequences; a fresh interval when the two do not overlap
     (the model is off, e.g. the mean drifted: better an honest current interval than an empty one)."""
-    if not before:
+    if before is None:
         return float(low), float(high)
     new_low, new_high = max(low, before[0]), min(high, before[1])
     if new_low > new_high:
