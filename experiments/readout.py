@@ -1,0 +1,364 @@
+"""The readout of an experiment: every variant against the control on every metric, from the totals alone.
+
+`read_experiment(spec, totals, previous=...)` computes, per (variant, metric):
+the difference and relative lift with their intervals, the p-value of "no
+difference" (always-valid by default, fixed-horizon on request), Holm's (or
+Benjamini–Hochberg's) adjustment across the success comparisons, the Bayesian
+probability to beat control and expected loss; and, per experiment, the
+sample-ratio tests, the minimum-sample check and the sample still needed for
+the planned effect. It decides nothing: `experiments.decision.recommend` does.
+
+The sequential test's p-values are running minima and its intervals running
+intersections over the looks, so the stream passes the previous readout back
+in; without it (a restart) the readout is still valid, only less powerful.
+
+>>> from experiments.spec import ExperimentSpec
+>>> from experiments.state import ExperimentTotals, VariantTotals
+>>> spec = ExperimentSpec(experiment="e", allocation={"control": 0.5, "treatment": 0.5})
+>>> totals = ExperimentTotals({
+...     "control": VariantTotals(users=5000, converting_users=500, conversions=500, conversions_sq=500),
+...     "treatment": VariantTotals(users=5000, converting_users=650, conversions=650, conversions_sq=650)})
+>>> readout = read_experiment(spec, totals)
+>>> c = readout.comparison("treatment", "conversion")
+>>> round(c.relative_lift, 3), c.p_value < 0.01, c.improved, readout.sample.sufficient
+(0.3, True, True, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from experiments import stats
+from experiments.exceptions import InvalidSpec
+from experiments.spec import ExperimentSpec, Guardrail, Method, SuccessMetric
+from experiments.state import ExperimentTotals, MetricMoments, VariantTotals
+
+logger = logging.getLogger(__name__)
+
+
+class _ReadoutModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class VariantSummary(_ReadoutModel):
+    variant: str
+    users: int
+    planned_share: float
+    observed_share: float | None
+    converting_users: int
+    conversion_rate: float | None
+    revenue_per_user: float | None
+    conversions_per_user: float | None
+    crossover_events: int
+
+
+class Comparison(_ReadoutModel):
+    """One variant against the control on one metric ("variant minus control").
+
+    `p_value` tests "no difference": always-valid for the sequential method (a running minimum
+    over the looks), fixed-horizon otherwise; `adjusted_p_value` is corrected across the
+    experiment's success comparisons (None for a guardrail: guardrails are judged by their
+    interval against the margin, all of them at once, which needs no correction).
+    Intervals are at 1 - alpha; the lift's is by the delta method for the fixed-horizon
+    method, the difference's confidence sequence over the control mean for the sequential one.
+    """
+
+    variant: str
+    metric: str
+    role: Literal["success", "guardrail"]
+    higher_is_better: bool
+    method: Method
+    control_mean: float
+    variant_mean: float
+    difference: float
+    difference_low: float
+    difference_high: float
+    relative_lift: float | None
+    lift_low: float | None
+    lift_high: float | None
+    p_value: float = Field(ge=0, le=1)
+    adjusted_p_value: float | None = None
+    margin: float | None = None
+    probability_to_beat_control: float
+    expected_loss: float
+    improved: bool = False
+    worsened: bool = False
+    non_inferior: bool | None = None
+    inferior_beyond_margin: bool | None = None
+
+
+class SampleRatioCheck(_ReadoutModel):
+    """Users per variant against the planned allocation, overall (`scope` "overall") or within one dimension value."""
+
+    scope: str
+    users: dict[str, int]
+    expected: dict[str, float]
+    statistic: float
+    p_value: float
+    mismatch: bool
+
+
+class SampleCheck(_ReadoutModel):
+    """Whether every variant has the minimum sample; `missing` says what is short, one line per shortfall."""
+
+    sufficient: bool
+    missing: tuple[str, ...] = ()
+
+
+class PlannedSample(_ReadoutModel):
+    """Users per variant the planned minimum detectable effect needs on the first success metric, and still missing."""
+
+    metric: str
+    mde: float
+    power: float
+    required_users_per_variant: dict[str, int]
+    remaining_users_per_variant: dict[str, int]
+
+    @property
+    def reached(self) -> bool:
+        return all(remaining == 0 for remaining in self.remaining_users_per_variant.values())
+
+
+class ExperimentReadout(_ReadoutModel):
+    experiment: str
+    initiative: str
+    control: str
+    method: Method
+    correction: str
+    alpha: float
+    look: int = Field(ge=1, description="1 for the first readout, +1 for each readout given its previous one.")
+    variants: tuple[VariantSummary, ...]
+    comparisons: tuple[Comparison, ...]
+    sample_ratio: tuple[SampleRatioCheck, ...]
+    unexpected_variants: tuple[str, ...] = ()
+    sample: SampleCheck
+    planned: PlannedSample | None = None
+
+    def comparison(self, variant: str, metric: str) -> Comparison | None:
+        """The comparison of `variant` on `metric`, or None while it cannot be computed."""
+        return next((c for c in self.comparisons if c.variant == variant and c.metric == metric), None)
+
+    @property
+    def sample_ratio_mismatch(self) -> tuple[SampleRatioCheck, ...]:
+        return tuple(check for check in self.sample_ratio if check.mismatch)
+
+
+def read_experiment(spec: ExperimentSpec, totals: ExperimentTotals,
+                    previous: ExperimentReadout | None = None) -> ExperimentReadout:
+    """Read out an experiment from its merged totals; `previous` is the last readout of the same experiment."""
+    if previous is not None and (previous.experiment != spec.experiment or previous.method != spec.rules.method):
+        raise InvalidSpec(f"previous readout is of {previous.experiment!r} by {previous.method}, not of "
+                          f"{spec.experiment!r} by {spec.rules.method}")
+    rules = spec.rules
+    by_variant = {name: totals.variants.get(name, VariantTotals()) for name in spec.allocation}
+    for name, variant_totals in by_variant.items():
+        variant_totals.check_consistent(name)
+    unexpected = tuple(sorted(set(totals.variants) - set(spec.allocation)))
+    if unexpected:
+        logger.warning("experiment %s has users in variants it does not plan: %s", spec.experiment, unexpected)
+    all_users = sum(t.users for t in by_variant.values())
+
+    comparisons = _comparisons(spec, by_variant, previous)
+    return ExperimentReadout(
+        experiment=spec.experiment, initiative=spec.initiative, control=spec.control, method=rules.method,
+        correction=rules.correction, alpha=rules.alpha, look=1 if previous is None else previous.look + 1,
+        variants=tuple(_summary(name, t, spec.share(name), all_users) for name, t in by_variant.items()),
+        comparisons=comparisons, sample_ratio=_sample_ratio_checks(spec, by_variant),
+        unexpected_variants=unexpected, sample=_sample_check(spec, by_variant),
+        planned=_planned_sample(spec, by_variant))
+
+
+def _summary(name: str, totals: VariantTotals, share: float, all_users: int) -> VariantSummary:
+    def mean(metric: str) -> float | None:
+        value = totals.moments(metric).mean
+        return None if math.isnan(value) else value
+
+    return VariantSummary(
+        variant=name, users=totals.users, planned_share=share,
+        observed_share=totals.users / all_users if all_users else None, converting_users=totals.converting_users,
+        conversion_rate=mean("conversion"), revenue_per_user=mean("revenue_per_user"),
+        conversions_per_user=mean("conversions_per_user"), crossover_events=totals.crossover_events)
+
+
+def _comparisons(spec: ExperimentSpec, by_variant: dict[str, VariantTotals],
+                 previous: ExperimentReadout | None) -> tuple[Comparison, ...]:
+    declared: list[SuccessMetric | Guardrail] = [*spec.success_metrics, *spec.guardrails]
+    raw: list[dict] = []
+    for variant in spec.treatments:
+        for metric in declared:
+            before = previous.comparison(variant, metric.metric) if previous is not None else None
+            computed = _compare(spec, by_variant[spec.control], by_variant[variant], variant, metric, before)
+            if computed is not None:
+                raw.append(computed)
+    success = [i for i, c in enumerate(raw) if c["role"] == "success"]
+    p_values = [raw[i]["p_value"] for i in success]
+    adjust = stats.holm_adjusted if spec.rules.correction == "holm" else stats.benjamini_hochberg_adjusted
+    for i, adjusted in zip(success, adjust(p_values)):
+        comparison = raw[i]
+        good = comparison["difference"] > 0 if comparison["higher_is_better"] else comparison["difference"] < 0
+        bad = comparison["difference"] < 0 if comparison["higher_is_better"] else comparison["difference"] > 0
+        significant = float(adjusted) < spec.rules.alpha
+        comparison.update(adjusted_p_value=float(adjusted), improved=significant and good,
+                          worsened=significant and bad)
+    return tuple(Comparison(**c) for c in raw)
+
+
+def _mixture_variance(spec: ExperimentSpec, a: MetricMoments, b: MetricMoments) -> float:
+    """tau^2 of the mSPRT: (scale x the pooled mean)^2, the pooled mean being the same under H0 in both arms."""
+    scale = spec.rules.mixture_scale or spec.mde
+    pooled = (a.users * a.mean + b.users * b.mean) / (a.users + b.users)
+    return (scale * pooled) ** 2
+
+
+def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotals, variant: str,
+             metric: SuccessMetric | Guardrail, before: Comparison | None) -> dict | None:
+    """The numbers of one comparison (a dict, so the correction can be filled in), or None while not computable."""
+    rules, name = spec.rules, metric.metric
+    a, b = control.moments(name), treated.moments(name)
+    variance = a.variance / max(a.users, 1) + b.variance / max(b.users, 1)
+    if a.users < 2 or b.users < 2 or not variance > 0:
+        return None
+    difference = b.mean - a.mean
+    lift, lift_low, lift_high = stats.relative_lift(a.mean, a.variance, a.users, b.mean, b.variance, b.users,
+                                                    rules.alpha)
+    if rules.method == "fixed_horizon":
+        if name == "conversion":
+            test = stats.two_proportion_ztest(control.converting_users, a.users, treated.converting_users, b.users)
+        else:
+            test = stats.welch_ttest(a.mean, a.variance, a.users, b.mean, b.variance, b.users)
+        p_value = test.p_value
+        low, high = stats.difference_interval(test, rules.alpha)
+    else:
+        tau2 = _mixture_variance(spec, a, b)
+        if not tau2 > 0:
+            return None
+        p_value = stats.msprt_p_value(difference, variance, tau2, 1.0 if before is None else before.p_value)
+        half = stats.confidence_sequence_halfwidth(variance, tau2, rules.alpha)
+        earlier = None if before is None else (before.difference_low, before.difference_high)
+        low, high = _intersect(difference - half, difference + half, earlier)
+        if a.mean != 0:
+            # The lift's always-valid interval is the difference's over the control's mean (a plug-in):
+            # it excludes 0 exactly when the mSPRT rejects, so the memo never shows a "significant" lift
+            # whose interval covers 0. The control mean's own error moves a margin's bound only to second order.
+            lift_low, lift_high = sorted((low / a.mean, high / a.mean))
+    has_lift = not math.isnan(lift)
+    beat = _probability_to_beat(name, control, treated, difference, variance, metric.higher_is_better)
+    comparison = dict(
+        variant=variant, metric=name, role="success" if isinstance(metric, SuccessMetric) else "guardrail",
+        higher_is_better=metric.higher_is_better, method=rules.method, control_mean=a.mean, variant_mean=b.mean,
+        difference=difference, difference_low=low, difference_high=high,
+        relative_lift=lift if has_lift else None, lift_low=lift_low if has_lift else None,
+        lift_high=lift_high if has_lift else None, p_value=min(1.0, max(0.0, p_value)),
+        probability_to_beat_control=beat[0], expected_loss=beat[1])
+    if isinstance(metric, Guardrail) and has_lift:
+        margin = metric.margin
+        if metric.higher_is_better:
+            non_inferior, beyond = lift_low > -margin, lift_high < -margin
+        else:
+            non_inferior, beyond = lift_high < margin, lift_low > margin
+        comparison.update(margin=margin, non_inferior=bool(non_inferior), inferior_beyond_margin=bool(beyond))
+    elif isinstance(metric, Guardrail):
+        comparison.update(margin=metric.margin)
+    return comparison
+
+
+def _intersect(low: float, high: float, before: tuple[float, float] | None) -> tuple[float, float]:
+    """The running intersection of confidence sequences; a fresh interval when the two do not overlap
+    (the model is off, e.g. the mean drifted: better an honest current interval than an empty one)."""
+    if before is None:
+        return float(low), float(high)
+    new_low, new_high = max(low, before[0]), min(high, before[1])
+    if new_low > new_high:
+        logger.warning("confidence sequence intervals stopped overlapping; restarting from the current look")
+        return float(low), float(high)
+    return float(new_low), float(new_high)
+
+
+def _probability_to_beat(name: str, control: VariantTotals, treated: VariantTotals, difference: float,
+                         variance: float, higher_is_better: bool) -> tuple[float, float]:
+    """(P(the variant is better than the control), expected loss of choosing the variant), "better" in the
+    metric's good direction.
+
+    Rates: Beta(1 + converting, 1 + not converting) posteriors (uniform prior); means: the normal
+    approximation N(difference, V) (flat prior). The loss is in the metric's unit (rate or per-user value).
+    """
+    if name == "conversion":
+        posterior_a = (1 + control.converting_users, 1 + control.users - control.converting_users)
+        posterior_b = (1 + treated.converting_users, 1 + treated.users - treated.converting_users)
+        worse, better = (posterior_a, posterior_b) if higher_is_better else (posterior_b, posterior_a)
+        return stats.beta_probability_to_beat(*worse, *better), stats.beta_expected_loss(*worse, *better)
+    improvement = difference if higher_is_better else -difference
+    return (float(stats.normal_probability_to_beat(improvement, variance)),
+            float(stats.normal_expected_loss(improvement, variance)))
+
+
+def _sample_ratio_checks(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> tuple[SampleRatioCheck, ...]:
+    """Overall, then per value of each SRM dimension; a scope is tested only when every variant expects
+    at least `srm_min_expected_users` (below, the chi-square approximation is not to be trusted)."""
+    rules = spec.rules
+    scopes: list[tuple[str, dict[str, int]]] = [("overall", {name: t.users for name, t in by_variant.items()})]
+    for dimension in spec.srm_dimensions:
+        values = sorted({value for t in by_variant.values() for value in t.users_by_dimension.get(dimension, {})})
+        for value in values:
+            scopes.append((f"{dimension}={value}", {name: t.users_by_dimension.get(dimension, {}).get(value, 0)
+                                                     for name, t in by_variant.items()}))
+    checks = []
+    for scope, users in scopes:
+        total = sum(users.values())
+        if total * min(spec.share(name) for name in users) < rules.srm_min_expected_users:
+            continue
+        result = stats.sample_ratio_test(users, spec.allocation)
+        expected = dict(zip(sorted(users), result.expected))
+        checks.append(SampleRatioCheck(scope=scope, users=users, expected=expected, statistic=result.statistic,
+                                       p_value=result.p_value, mismatch=result.p_value < rules.srm_threshold))
+    return tuple(checks)
+
+
+def _sample_check(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> SampleCheck:
+    rules, missing = spec.rules, []
+    for name, totals in by_variant.items():
+        if totals.users < rules.min_users_per_variant:
+            missing.append(f"{name}: {totals.users} of {rules.min_users_per_variant} users")
+        if totals.converting_users < rules.min_converting_users_per_variant:
+            missing.append(f"{name}: {totals.converting_users} of {rules.min_converting_users_per_variant} "
+                           "converting users")
+    return SampleCheck(sufficient=not missing, missing=tuple(missing))
+
+
+def _planned_sample(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> PlannedSample | None:
+    """Users per variant for `power` at the planned relative `mde` on the first success metric.
+
+    The control's observed mean (and variance) stand in for the truth; a rate's treatment variance
+    is the one at the planned effect. Alpha is split over the success comparisons (Bonferroni,
+    Holm's first step), so the estimate is on the safe side. None until the control has a mean.
+    """
+    rules, metric = spec.rules, spec.success_metrics[0].metric
+    control = by_variant[spec.control].moments(metric)
+    if control.users < 2 or not control.mean > 0 or not control.variance > 0:
+        return None
+    effect = spec.mde * control.mean
+    family = len(spec.treatments) * len(spec.success_metrics)
+    required_total = 0.0
+    for variant in spec.treatments:
+        treated = by_variant[variant].moments(metric)
+        if metric == "conversion":
+            planned_rate = min(control.mean * (1 + spec.mde), 1 - 1e-9)
+            var_a, var_b = control.mean * (1 - control.mean), planned_rate * (1 - planned_rate)
+        else:
+            var_a = control.variance
+            var_b = treated.variance if treated.users >= 2 and treated.variance > 0 else control.variance
+        scale = rules.mixture_scale or spec.mde
+        target = stats.required_variance(effect, rules.power, rules.alpha / family,
+                                         sequential=rules.method == "sequential",
+                                         mixture_variance=(scale * control.mean) ** 2)
+        needed = (var_a / spec.share(spec.control) + var_b / spec.share(variant)) / target
+        required_total = max(required_total, needed)
+    required = {name: int(math.ceil(required_total * spec.share(name))) for name in spec.allocation}
+    remaining = {name: max(0, required[name] - by_variant[name].users) for name in spec.allocation}
+    return PlannedSample(metric=metric, mde=spec.mde, power=rules.power, required_users_per_variant=required,
+                         remaining_users_per_variant=remaining)
+
