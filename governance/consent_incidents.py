@@ -48,6 +48,14 @@ def observe_violations(state: ViolationState, violations: Sequence[Violation], *
     >>> [(e.transition, e.evidence.observed) for e in out], state.count
     ([('updated', 2.0)], 2)
     """
+    acquitted = [v for v in violations if v.acquitted]
+    violations = [v for v in violations if not v.acquitted]
+    if acquitted and state.incident is not None:
+        state, events = _acquit(state, acquitted, initiative)
+        if not violations:
+            return state, events
+        more_state, more = observe_violations(state, violations, initiative=initiative)
+        return more_state, events + more
     if not violations:
         return state, []
     first = min(violations, key=lambda v: v.at)
@@ -73,6 +81,22 @@ def observe_violations(state: ViolationState, violations: Sequence[Violation], *
     evidence = Evidence(observed=float(state.count), expected=0.0, score=float(state.count),
                         bucket_start=_utc(first.at), bucket_end=_utc(state.last_at), detail=detail)
     return state, [_event(state, transition, initiative, evidence)]
+
+
+def _acquit(state: ViolationState, acquitted: Sequence[Violation],
+            initiative: str) -> tuple[ViolationState, list[IncidentEvent]]:
+    """Withdraw violations a late grant disproved: `updated` with the new total, `resolved` at zero."""
+    count = max(0, state.count - len(acquitted))
+    state = replace(state, sequence=state.sequence + 1, count=count,
+                    late=min(state.late, count))
+    detail = {"violations": count, "acquitted": [v.event_id for v in acquitted][:_EXAMPLES],
+              "reason": "consent granted earlier (by event time) arrived after the conviction", "kpi": "violations"}
+    at = _utc(max(v.at for v in acquitted))
+    evidence = Evidence(observed=float(count), expected=0.0, score=float(count), bucket_start=at, bucket_end=at,
+                        detail=detail)
+    if count == 0:
+        return ViolationState(), [_event(state, "resolved", initiative, evidence)]
+    return state, [_event(state, "updated", initiative, evidence)]
 
 
 def observe_quiet_bucket(state: ViolationState, *, initiative: str, bucket_start: float, bucket_end: float,

@@ -15,8 +15,10 @@ Rules (`ConsentPolicy`):
   to the decisioning service); a grant takes effect at once;
 - only personalized exposures (not fallbacks) need consent;
 - a violation is judged with what is known when the exposure or the late
-  revocation arrives; a grant arriving later with an earlier time does not
-  retract it (the incident says what was known, and the privacy lead decides).
+  revocation arrives, at once; a grant that arrives later but carries an
+  earlier event time acquits it (the incident is updated, and resolved when
+  nothing is left): a replay of a backlog may deliver engagement before the
+  consent that preceded it.
 
 State is bounded: at most `max_changes` changes per purpose and
 `max_remembered` exposures per user, the latter only within `lookback_seconds`
@@ -26,7 +28,7 @@ of the user's newest exposure.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from governance.exceptions import InvalidPolicy
@@ -79,6 +81,7 @@ class Violation:
     user: str                      # pseudonym
     reason: str
     late: bool = False             # convicted by a revocation that arrived after the exposure
+    acquitted: bool = False        # withdrawn: a grant with an earlier event time arrived after the conviction
 
 
 @dataclass(slots=True)
@@ -150,7 +153,8 @@ class ConsentPolicy:
 
     def record(self, user: UserConsent, pseudonym: str, *, at: float, purpose: Purpose, granted: bool,
                region: str | None = None) -> list[Violation]:
-        """Add one consent change (in place); return the remembered exposures it now convicts.
+        """Add one consent change (in place); return the remembered exposures it now convicts, or, for a grant,
+        acquits (`Violation.acquitted`).
 
         A redelivered change (same time and status) changes nothing.
         """
@@ -162,17 +166,17 @@ class ConsentPolicy:
         del changes[:-self.max_changes]
         if region and at >= user.region_at:
             user.region, user.region_at = region, at
-        if purpose != PERSONALIZATION or granted:
+        if purpose != PERSONALIZATION:
             return []
-        convicted = []
-        for n, (exposure, known) in enumerate(user.remembered):
-            if known or exposure.at < at:
-                continue
+        changed = []
+        for n, (exposure, convicted) in enumerate(user.remembered):
+            if convicted != granted or exposure.at < at:
+                continue  # a grant can only acquit, a revocation only convict, what follows it
             judgement = self.consent_at(user, at=exposure.at, region=exposure.region)
-            if not judgement.consented:
-                user.remembered[n] = (exposure, True)
-                convicted.append(_violation(exposure, pseudonym, judgement, late=True))
-        return convicted
+            if judgement.consented == granted:
+                user.remembered[n] = (exposure, not granted)
+                changed.append(replace(_violation(exposure, pseudonym, judgement, late=True), acquitted=granted))
+        return changed
 
     def judge(self, user: UserConsent, pseudonym: str, exposure: Exposure) -> tuple[Judgement, Violation | None]:
         """Judge one exposure (in place: a personalized one is remembered for late revocations)."""

@@ -108,11 +108,16 @@ class GovernanceScan:
                       initiative: str) -> list[IncidentEvent]:
         new = []
         for violation in violations:
-            if violation.event_id in state.convicted:
-                continue  # redelivered after a crash, or convicted twice
-            state.convicted[violation.event_id] = violation.at
             channel = violation.series.split("|")[2]
-            state.adherence.setdefault(channel, [0, 0])[1] += 1
+            if violation.acquitted:
+                if state.convicted.pop(violation.event_id, None) is None:
+                    continue  # never counted here: nothing to withdraw
+                state.adherence.setdefault(channel, [0, 0])[1] -= 1
+            elif violation.event_id in state.convicted:
+                continue  # redelivered after a crash, or convicted twice
+            else:
+                state.convicted[violation.event_id] = violation.at
+                state.adherence.setdefault(channel, [0, 0])[1] += 1
             new.append(violation)
         if len(state.convicted) > CONVICTED_KEPT:
             keep = sorted(state.convicted.items(), key=lambda item: item[1])[-CONVICTED_KEPT:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import asdict
 import warnings
 from typing import Any
@@ -195,9 +196,14 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             # After the sends: a crash before re-judges the batch, harmlessly (violations are deduplicated).
             # Per source partition, with one of its events current: Faust writes a table key to the
             # changelog partition of the current event, and the ledger must follow its users' partition.
+            # Only this task's context variable is set: the stream's own `current_event` attribute is
+            # read by take_events' background buffering, which must keep seeing its own events.
             for stream_event, partition_users in users.values():
-                stream._set_current_event(stream_event)
-                pipeline.commit_users(partition_users)
+                token = faust.streams._current_event.set(weakref.ref(stream_event))
+                try:
+                    pipeline.commit_users(partition_users)
+                finally:
+                    faust.streams._current_event.reset(token)
 
     @app.agent(consent, concurrency=1)
     async def keep_consent(stream: faust.StreamT) -> None:

@@ -826,3 +826,20 @@ def test_a_passing_item_lists_the_incidents_of_its_kind_earlier_in_the_period() 
     assert item.status == "pass"
     assert item.evidence["incidents_in_period"] == [opened.incident_id]
     assert item.summary.endswith("now; 1 incident(s) earlier in the period, resolved")
+
+
+def test_a_late_grant_acquits_a_conviction_once_and_the_incident_resolves_at_zero() -> None:
+    policy, user = consent_policy(), UserConsent()
+    judgement, convicted = policy.judge(user, "p1", exposure("x1", T0 + 60, region="EU"))   # no record, EU opt-in
+    assert not judgement.consented and convicted is not None
+    [acquittal] = policy.record(user, "p1", at=T0, purpose="personalization", granted=True, region="EU")
+    assert (acquittal.event_id, acquittal.acquitted) == ("x1", True)
+    assert policy.record(user, "p1", at=T0 - 5, purpose="personalization", granted=True) == [], "acquitted once"
+
+    scan, state = scanner(), GovernanceState()
+    opened = scan.on_violations(state, [convicted], initiative=INITIATIVE)
+    closed = scan.on_violations(state, [acquittal], initiative=INITIATIVE)
+    assert [e.transition for e in opened + closed] == ["opened", "resolved"]
+    assert closed[0].incident_id == opened[0].incident_id and closed[0].evidence.detail["acquitted"] == ["x1"]
+    assert state.adherence["web"][1] == 0 and "x1" not in state.convicted
+    assert scan.on_violations(state, [acquittal], initiative=INITIATIVE) == [], "an acquittal is applied once"
