@@ -46,7 +46,8 @@ from incidents.playbooks import ESCALATION_LADDER
 logger = logging.getLogger(__name__)
 
 State = Literal["ship", "roll_back", "keep_running", "investigate"]
-FlagKind = Literal["sample_ratio_mismatch", "unexpected_variant", "variant_suppression", "integrity_breach"]
+FlagKind = Literal["sample_ratio_mismatch", "unexpected_variant", "variant_suppression", "integrity_breach",
+                   "variant_imbalance"]
 DECISION_KIND = "experiment_decision"
 DECISION_OWNER = ESCALATION_LADDER[0]   # the Testing Lead owns experiment readouts
 DECISION_PLAYBOOK = (

@@ -93,6 +93,11 @@ PLAYBOOKS: dict[str, Playbook] = {
             "readout compares different populations or experiences. Find why one variant falls back or reaches "
             "unconsented users more, fix it, and discount the affected period in the readout."),
         Playbook(
+            "experiment_decision", 0, "warning",
+            "The experiment's recommendation changed (ship, roll back, keep running or investigate). Read the "
+            "memo: the decision rule, the always-valid p-values and intervals, the guardrails and the rollout "
+            "steps; act on it or record why not."),
+        Playbook(
             "monitoring_degraded", 1, "critical",
             "The monitor could not process or write a record after its retries; the record is on the "
             "dead-letter topic with its reason. Inspect it, fix the producer or the sink, and replay it."),

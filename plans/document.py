@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from experiments.memo import MemoSummary
 from plans.exceptions import InvalidPlanError, UnknownPlanItemError
 
 SCHEMA_VERSION = 1
@@ -293,6 +294,8 @@ class PlanDocument(_PlanModel):
     backlog: tuple[BacklogItem, ...]
     approvals: tuple[Approval, ...]
     governance_checklist: tuple[ChecklistItem, ...]
+    experiment_memos: tuple[MemoSummary, ...] = Field(
+        description="Per experiment, the memo of its latest recommendation (written when the recommendation changes).")
     change_log: tuple[ChangeLogEntry, ...]
 
     @model_validator(mode="after")
@@ -534,6 +537,7 @@ def new_plan(
         "backlog": (),
         "approvals": (),
         "governance_checklist": (),
+        "experiment_memos": (),
         "change_log": ({"at": created, "actor": actor, "field": "plan", "new": initiative, "reason": "plan created"},),
     }
     try:
@@ -709,3 +713,12 @@ def with_checklist(plan: PlanDocument, checklist: Iterable[ChecklistItem], *, at
     if items == plan.governance_checklist:
         return plan
     return _revise(plan, at=at, governance_checklist=items)
+
+
+def with_experiment_memo(plan: PlanDocument, memo: MemoSummary, *, at: datetime) -> PlanDocument:
+    """`plan` with the memo of `memo.experiment` replaced (or added); same plan if equal."""
+    existing = next((m for m in plan.experiment_memos if m.experiment == memo.experiment), None)
+    if existing == memo:
+        return plan
+    memos = _upsert(plan.experiment_memos, memo, memo.experiment, lambda m: m.experiment)
+    return _revise(plan, at=at, experiment_memos=memos)

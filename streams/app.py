@@ -58,9 +58,11 @@ faust.serializers.codecs.register(ORJSON_CODEC, OrjsonCodec())
 
 # The per-initiative stage keeps all its state in ONE table, each logical table
 # under a key prefix: a step's writes then go to one changelog partition, in
-# order (see `streams.snapshots`). The consent ledger is per user, in a table of its own.
-INITIATIVE_STATE = ("clocks", "buckets", "series", "shares", "feeds", "governance", "groups", "incidents", "plans")
-TABLES = ("initiative_state", "consent_ledger")
+# order (see `streams.snapshots`). The per-user stage's consent ledger and experiment records have tables of
+# their own, keyed by user.
+INITIATIVE_STATE = ("clocks", "buckets", "series", "shares", "feeds", "governance", "experiments", "groups",
+                    "incidents", "plans")
+TABLES = ("initiative_state", "consent_ledger", "experiment_users")
 
 
 class BytesTable(faust.Table):
@@ -145,6 +147,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     initiative_state = table("initiative_state")
     state = MonitorState(
         consent_ledger=SnapshotMapping(table("consent_ledger")),
+        experiment_users=SnapshotMapping(table("experiment_users")),
         **{name: SnapshotMapping(initiative_state, prefix=f"{name}/") for name in INITIATIVE_STATE})
     pipeline = MonitorPipeline(settings, state, source_partitions=settings.topic_partitions,
                                stored_plan=PlanWriter(settings.plan_dir).latest)
@@ -173,26 +176,29 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         # Consent is judged here, where the user's ledger lives (engagement and consent
         # are partitioned alike, by user); the marks and violations travel with the events.
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_seconds):
-            by_key: dict[tuple[str, int], tuple[list[dict[str, Any]], list[int], list[int], list[dict]]] = {}
+            by_key: dict[tuple[str, int], dict[str, list[Any]]] = {}
             users: dict[int, tuple[faust.EventT, set[str]]] = {}  # source partition -> (an event of it, users)
             for stream_event in batch:
                 record = await admitted(stream_event, "engagement")
                 if record is not None:
-                    marks, violation = pipeline.on_user_engagement(record)
+                    found = pipeline.on_user_engagement(record)
                     users.setdefault(stream_event.message.partition, (stream_event, set()))[1].add(record.user_id)
                     source = (record.initiative, stream_event.message.partition)
-                    events, offsets, event_marks, violations = by_key.setdefault(source, ([], [], [], []))
-                    events.append(record.model_dump(mode="json"))
-                    offsets.append(stream_event.message.offset)
-                    event_marks.append(marks)
-                    if violation is not None:
-                        violations.append(asdict(violation))
-            for (initiative, partition), (events, offsets, event_marks, violations) in by_key.items():
-                for chunk in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
+                    lists = by_key.setdefault(source, {"events": [], "offsets": [], "marks": [], "deltas": [],
+                                                       "violations": []})
+                    lists["events"].append(record.model_dump(mode="json"))
+                    lists["offsets"].append(stream_event.message.offset)
+                    lists["marks"].append(found.marks)
+                    lists["deltas"].append(found.experiment_delta)
+                    if found.violation is not None:
+                        lists["violations"].append(asdict(found.violation))
+            for (initiative, partition), lists in by_key.items():
+                for chunk in range(0, len(lists["events"]), MAX_EVENTS_PER_MESSAGE):
                     part = slice(chunk, chunk + MAX_EVENTS_PER_MESSAGE)
                     await by_initiative.send(key=initiative.encode(), value={
-                        "partition": partition, "offsets": offsets[part], "events": events[part],
-                        "marks": event_marks[part], "violations": violations if chunk == 0 else []})
+                        "partition": partition, "offsets": lists["offsets"][part], "events": lists["events"][part],
+                        "marks": lists["marks"][part], "deltas": lists["deltas"][part],
+                        "violations": lists["violations"] if chunk == 0 else []})
             # After the sends: a crash before re-judges the batch, harmlessly (violations are deduplicated).
             # Per source partition, with one of its events current: Faust writes a table key to the
             # changelog partition of the current event, and the ledger must follow its users' partition.
@@ -242,7 +248,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                     result = pipeline.on_engagements(events, wall_now=time.time(),
                                                      source_partition=value["partition"],
                                                      source_offsets=value["offsets"], marks=value["marks"],
-                                                     violations=violations_of(value["violations"]))
+                                                     violations=violations_of(value["violations"]),
+                                                     experiment_deltas=value["deltas"])
             except (KeyError, TypeError, ValueError) as exc:
                 await emitter.dead_letter(DeadLetter.of(
                     orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",

@@ -88,12 +88,17 @@ def pmon() -> None:
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="full", show_default=True)
 def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
-    from streams.simulator import SimulationSpec, labels, simulate
+    from streams.simulator import SimulationSpec, demo_program, labels, simulate
 
-    spec = SimulationSpec(seed=seed, days=days)
-    # The simulated experiments' planned allocations, as a user would configure theirs.
-    allocations = {i.name: dict(zip(i.variants, i.allocation)) for i in spec.initiatives if i.experiment}
-    settings = _settings(plan_dir=plan_dir, log_level="WARNING", allocations=allocations)
+    spec = SimulationSpec(seed=seed, days=days, initiatives=demo_program())
+    # The simulated experiments' plans, as a user would configure theirs: the planned allocation, conversions per
+    # user as the success metric, revenue per user as a guardrail (no worse than 5 %).
+    planned = {i.name: dict(zip(i.variants, i.planned_allocation)) for i in spec.initiatives if i.experiment}
+    experiments = {i.experiment: {"allocation": planned[i.name], "mde": 0.05,
+                                  "success_metrics": [{"metric": "conversions_per_user"}],
+                                  "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}]}
+                   for i in spec.initiatives if i.experiment}
+    settings = _settings(plan_dir=plan_dir, log_level="WARNING", allocations=planned, experiments=experiments)
     _configure_logging(settings)
     console = _console()
     driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
@@ -103,6 +108,11 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     found, unexplained = _match_labels(driver.run_result.incidents, monitored)
     _print_found(found, console)
     _print_checklists(driver, console)
+    _print_experiments(driver, spec, console)
+    # An injected sample ratio mismatch also shows as a variant getting less than its planned share.
+    srm = {i.name for i in spec.initiatives if i.planned_allocation != i.allocation}
+    unexplained = [i for i in unexplained if not (i.kind == "variant_suppression" and i.initiative in srm)
+                   and i.kind != "experiment_decision"]  # decisions are in the readouts table above
     later = sorted({label["kind"] for label in truth} - set(ANSWERS))
     if later:
         console.print(f"Also injected, not monitored yet: {', '.join(later)}")
@@ -112,6 +122,41 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     console.print(f"{driver.run_result.records:,} records in {elapsed:.1f} s "
                   f"({driver.run_result.records / elapsed:,.0f} records/s); "
                   f"plan files in {settings.plan_dir.resolve()}")
+
+
+def _expected_decision(initiative: Any, spec: Any) -> str:
+    """What a trustworthy readout should say of a simulated experiment at the end of the run."""
+    if initiative.planned_allocation != initiative.allocation or any(
+            i.kind == "experiment_rule_change" and i.initiative == initiative.name for i in spec.injections):
+        return "investigate"  # a sample ratio mismatch; a rule serving the experiment changed mid-way
+    lift = initiative.variant_cvr_lifts[1] / initiative.variant_cvr_lifts[0]
+    return "ship" if lift > 1.0 else "roll_back" if lift < 1.0 else "keep_running"
+
+
+def _print_experiments(driver: Any, spec: Any, console: Console) -> None:
+    """Each experiment's recommendation next to what was injected, with the memo's headline."""
+    from rich.table import Table
+
+    table = Table(title="Experiment readouts (memos in each initiative's report and plan)", title_justify="left")
+    for column in ("experiment", "injected", "recommendation", "as expected", "headline"):
+        table.add_column(column)
+    for initiative in spec.initiatives:
+        if not initiative.experiment:
+            continue
+        state = (driver.pipeline.state.experiments.get(initiative.name) or {}).get(initiative.experiment)
+        memo = state.memo if state is not None else None
+        lift = initiative.variant_cvr_lifts[1] / initiative.variant_cvr_lifts[0] - 1
+        injected = ("sample ratio mismatch" if initiative.planned_allocation != initiative.allocation
+                    else f"{lift:+.0%} conversions")
+        if any(i.kind == "experiment_rule_change" and i.initiative == initiative.name for i in spec.injections):
+            injected += ", then a rule serving it changed"
+        got = memo.summary.state if memo else "no readout"
+        expected = _expected_decision(initiative, spec)
+        table.add_row(initiative.experiment, injected,
+                      got + (f" {memo.summary.variant}" if memo and memo.summary.variant else ""),
+                      "[green]yes[/]" if got == expected else f"[bold red]no[/] (expected {expected})",
+                      memo.summary.headline if memo else "")
+    console.print(table)
 
 
 def _print_checklists(driver: Any, console: Console) -> None:

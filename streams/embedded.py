@@ -72,11 +72,12 @@ class EmbeddedDriver:
         elif isinstance(record, EngagementEvent):
             if self._replay_now is not None:
                 await self._replay_until(record.event_time.timestamp())
-            marks, violation = self.pipeline.on_user_engagement(record)
+            found = self.pipeline.on_user_engagement(record)
             self.pipeline.commit_users()
             await self._step(raw, topic, lambda: self.pipeline.on_engagements(
-                [record], wall_now=self.stage_now(), source_offsets=[self.run_result.records - 1], marks=[marks],
-                violations=[violation] if violation else ()))
+                [record], wall_now=self.stage_now(), source_offsets=[self.run_result.records - 1],
+                marks=[found.marks], violations=[found.violation] if found.violation else (),
+                experiment_deltas=[found.experiment_delta]))
         elif isinstance(record, ConsentEvent):
             convicted = self.pipeline.on_consent(record)
             self.pipeline.commit_users()

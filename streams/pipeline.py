@@ -25,6 +25,10 @@ from detectors.evaluation import evaluate_bucket, evidence_of
 from detectors.freshness import check_freshness, objective_for_rate
 from detectors.registry import DETECTORS
 from detectors.variant_share import VariantShareDetector
+from experiments.decision import InvestigationFlag, Recommendation, decision_change, recommend
+from experiments.memo import ExperimentMemo, build_memo
+from experiments.readout import ExperimentReadout, read_experiment
+from experiments.state import ExperimentTotals, UserRecord, observe_event
 from governance.consent_ledger import Exposure, UserConsent, Violation
 from governance.rule_audit import RuleChange
 from governance.scan import (CONSENTED, FIRST_FALLBACK_IN_HOUR, FIRST_IN_HOUR, GovernanceScan, GovernanceState,
@@ -35,7 +39,7 @@ from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentEvent
 from incidents.playbooks import owner_at
 from plans.document import (Approval, IncidentSummary, PlanDocument, new_plan, with_approval, with_checklist,
-                            with_incident, with_metric, with_thresholds)
+                            with_experiment_memo, with_incident, with_metric, with_thresholds)
 from plans.exceptions import PlanError
 from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
 from streams.exceptions import DecodeError
@@ -59,7 +63,9 @@ class MonitorState:
     incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
     governance: MutableMapping[str, GovernanceState] = field(default_factory=dict)  # per initiative
+    experiments: MutableMapping[str, dict[str, "ExperimentState"]] = field(default_factory=dict)  # per initiative
     consent_ledger: MutableMapping[str, UserConsent] = field(default_factory=dict)   # per pseudonymous user
+    experiment_users: MutableMapping[str, dict[str, UserRecord]] = field(default_factory=dict)  # per user
 
 
 @dataclass(slots=True)
@@ -95,6 +101,31 @@ class FeedState:
     breach: BreachState = field(default_factory=BreachState)
     events_per_hour: float = 0.0   # of the last closed bucket with events: a quiet feed may be silent longer
     checked_until: float = float("-inf")
+
+
+@dataclass(slots=True)
+class ExperimentState:
+    """One experiment's merged per-variant totals and its last readout, recommendation and memo.
+
+    The readout is passed back to the next one: the sequential test's always-valid p-value is the running
+    minimum over looks, its confidence sequence the running intersection.
+    """
+
+    totals: ExperimentTotals = field(default_factory=ExperimentTotals)
+    started: float = float("inf")               # start of the first bucket with a user of it
+    readout: ExperimentReadout | None = None
+    recommendation: Recommendation | None = None
+    memo: ExperimentMemo | None = None
+    evaluated_until: float = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class UserFindings:
+    """What the per-user stage found about one engagement event; it travels with the event to stage 2."""
+
+    marks: int = 0                               # governance.scan bits
+    violation: Violation | None = None
+    experiment_delta: dict[str, Any] | None = None   # experiments.state.ExperimentTotals.as_dict()
 
 
 FEED = "engagement"  # the feed checked for freshness, per initiative; consent and rule changes are sparse by nature
@@ -164,7 +195,9 @@ class MonitorPipeline:
         self.consent_policy = settings.consent_policy()
         self.governance = GovernanceScan(settings.governance_config(), self.breach_policy)
         self._ledger = _Staged(state.consent_ledger)
+        self._experiment_users = _Staged(state.experiment_users)
         self._governance = _Staged(state.governance)
+        self._experiments = _Staged(state.experiments)
         self._series = _Staged(state.series)
         self._shares = _Staged(state.shares)
         self._feeds = _Staged(state.feeds)
@@ -183,8 +216,8 @@ class MonitorPipeline:
         table, so its changelog keeps this order (`streams.snapshots`).
         """
         self.windows.flush_rows()
-        for staged in (self._series, self._shares, self._feeds, self._governance, self._groups, self._incidents,
-                       self._plans):
+        for staged in (self._series, self._shares, self._feeds, self._governance, self._experiments, self._groups,
+                       self._incidents, self._plans):
             staged.commit()
         self.windows.flush_clocks()
 
@@ -193,6 +226,7 @@ class MonitorPipeline:
         caused was sent. The worker writes each source partition's users while an event of that partition is
         current: Faust sends a table write to the changelog partition of the current event."""
         self._ledger.commit(users)
+        self._experiment_users.commit(users)
 
     # -- per-user stage -------------------------------------------------------------
     def admit(self, topic: str, raw: bytes, *, wall_now: float, key: bytes | None = None,
@@ -226,15 +260,17 @@ class MonitorPipeline:
         self._ledger[event.user_id] = user
         return convicted
 
-    def on_user_engagement(self, event: EngagementEvent) -> tuple[int, Violation | None]:
-        """Judge an exposure against the user's consent at its event time; return its marks and any violation.
+    def on_user_engagement(self, event: EngagementEvent) -> UserFindings:
+        """Judge an exposure against the user's consent at its event time; keep the user's experiment record.
 
         Marks (`governance.scan` bits) travel with the event to the per-initiative stage: consent, and whether it
         is the user's first exposure (and first fallback) in its experiment this hour, the unit of the variant
-        balance tests. Clicks and conversions carry no marks.
+        balance tests. The experiment delta is what the event adds to its variant's totals (a new user, a
+        conversion and its revenue), exact per user.
         """
+        delta = self._observe_experiment(event) if event.experiment else None
         if event.event_type != "exposure":
-            return 0, None
+            return UserFindings(experiment_delta=delta)
         user = self._ledger.get(event.user_id) or UserConsent()
         at = event.event_time.timestamp()
         exposure = Exposure(event.event_id, at, event.initiative, f"{event.initiative}|{event.profile}|"
@@ -246,7 +282,20 @@ class MonitorPipeline:
             first, first_fallback = first_in_hour(user.hours, event.experiment, hour, fallback=event.fallback)
             marks |= (FIRST_IN_HOUR if first else 0) | (FIRST_FALLBACK_IN_HOUR if first_fallback else 0)
         self._ledger[event.user_id] = user
-        return marks, violation
+        return UserFindings(marks, violation, delta)
+
+    def _observe_experiment(self, event: EngagementEvent) -> dict[str, Any] | None:
+        records = self._experiment_users.get(event.user_id) or {}
+        experiment = event.experiment
+        record, delta = observe_event(records.get(experiment), variant=event.variant, event_type=event.event_type,
+                                      revenue=event.revenue,
+                                      dimensions={"channel": event.channel, "profile": event.profile})
+        change = delta.variants[record.variant]
+        if not (change.users or change.conversions or change.crossover_events):
+            return None  # a further exposure or click of a known user changes no total
+        records[experiment] = record
+        self._experiment_users[event.user_id] = records
+        return delta.as_dict()
 
     # -- per-initiative stage -------------------------------------------------------
     def on_engagement(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
@@ -256,18 +305,24 @@ class MonitorPipeline:
 
     def on_engagements(self, events: Sequence[EngagementEvent], *, wall_now: float, source_partition: int = 0,
                        source_offsets: Sequence[int] | None = None, marks: Sequence[int] | None = None,
-                       violations: Sequence[Violation] = ()) -> Outputs:
+                       violations: Sequence[Violation] = (),
+                       experiment_deltas: Sequence[dict[str, Any] | None] | None = None) -> Outputs:
         """Count events in order; run detection on every bucket they close. One table write per touched row.
 
         `source_offsets` (one per event) make a redelivered record harmless: it is not counted twice.
-        `marks` (one per event) and `violations` are what the per-user stage found (`on_user_engagement`);
-        violations open their incident at once, before any bucket closes.
+        `marks`, `experiment_deltas` (one per event) and `violations` are what the per-user stage found
+        (`on_user_engagement`); violations open their incident at once, before any bucket closes. An
+        experiment delta counts also for a late event (a conversion is a conversion), never for a redelivered one.
         """
         outputs = Outputs()
         for initiative in sorted({v.initiative for v in violations}):
             outputs.extend(self.on_violations(initiative, [v for v in violations if v.initiative == initiative]))
         for n, event in enumerate(events):
             outputs.extend(self._check_thresholds(event.initiative, event.event_time))
+            delta = None if experiment_deltas is None else experiment_deltas[n]
+            offset = None if source_offsets is None else source_offsets[n]
+            if delta is not None and not self.windows.redelivered(event.initiative, source_partition, offset):
+                self._count_in_experiment(event, delta)
             _, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition,
                                          source_offset=None if source_offsets is None else source_offsets[n],
                                          marks=0 if marks is None else marks[n])
@@ -316,6 +371,15 @@ class MonitorPipeline:
             key = f"{row.initiative}|{FEED}"
             feed = self._feeds.get(key) or FeedState()
             self._feeds[key] = replace(feed, events_per_hour=events * 3600 / (row.end - row.start))
+
+    def _count_in_experiment(self, event: EngagementEvent, delta: dict[str, Any]) -> None:
+        experiments = dict(self._experiments.get(event.initiative) or {})
+        state = experiments.get(event.experiment) or ExperimentState()
+        at = event.event_time.timestamp()
+        experiments[event.experiment] = replace(
+            state, totals=state.totals + ExperimentTotals.from_dict(delta),
+            started=min(state.started, at - at % self.settings.bucket_seconds))
+        self._experiments[event.initiative] = experiments
 
     def on_violations(self, initiative: str, violations: Sequence[Violation]) -> Outputs:
         """Consent violations of one initiative: the incident opens (or is updated) at once, for the privacy lead."""
@@ -394,7 +458,62 @@ class MonitorPipeline:
         self._governance[row.initiative] = governance
         self._note_feed_rate(row)
         self._drop_expired(row.initiative)
-        return self._fold(row.initiative, by_kind, until=row.end, direct=direct, governance_changed=True)
+        outputs = self._fold(row.initiative, by_kind, until=row.end, direct=direct, governance_changed=True)
+        outputs.extend(self._read_experiments(row))
+        return outputs
+
+    def _read_experiments(self, row: BucketRow) -> Outputs:
+        """Read out every experiment of the initiative; a changed recommendation is an `experiment_decision`
+        event, and its memo goes into the plan."""
+        experiments = dict(self._experiments.get(row.initiative) or {})
+        outputs = Outputs()
+        plan = self._plans.get(row.initiative)
+        for experiment, state in sorted(experiments.items()):
+            spec = self.settings.experiment_spec(experiment, row.initiative)
+            if spec is None or state.evaluated_until >= row.end:
+                continue  # no plan to read it against; or read before a crash
+            readout = read_experiment(spec, state.totals, previous=state.readout)
+            recommendation = recommend(spec, readout, self._investigation_flags(row.initiative, experiment))
+            change = decision_change(state.recommendation, recommendation, readout,
+                                     window_start=_utc(min(state.started, row.start)), window_end=_utc(row.end))
+            memo = build_memo(spec, readout, recommendation)
+            experiments[experiment] = replace(state, readout=readout, recommendation=recommendation, memo=memo,
+                                              evaluated_until=row.end)
+            if change.event is not None:
+                event = change.event
+                log.info("experiment %s: %s -> %s", experiment, change.previous_state, recommendation.state)
+                self._incidents[event.incident_id] = (event, event)
+                outputs.incidents.append(event)
+                if plan is not None:
+                    plan = with_experiment_memo(plan, memo.summary, at=_utc(row.end))
+        if experiments:
+            self._experiments[row.initiative] = experiments
+        if plan is not None and plan is not self._plans.get(row.initiative):
+            self._plans[row.initiative] = plan
+            outputs.plans.append(plan)
+        return outputs
+
+    def _investigation_flags(self, initiative: str, experiment: str) -> list[InvestigationFlag]:
+        """What the monitor knows that makes a readout untrustworthy: suppressed variants, integrity breaches
+        from rule changes, variants unbalanced in consent or fallbacks."""
+        flags = []
+        suppressed = self._groups.get(f"{initiative}|variant_suppression")
+        if suppressed is not None and suppressed.incident is not None:
+            flags.append(InvestigationFlag(
+                kind="variant_suppression", incident_id=suppressed.incident,
+                summary=f"variant suppressed on {', '.join(suppressed.members)}"))
+        governance = self._governance.get(initiative) or GovernanceState()
+        for key, finding in sorted(governance.audit.open.items()):
+            kind, rule = key.split("|", 1)
+            if kind == "experiment_integrity" and experiment in governance.live.get(rule, {}):
+                flags.append(InvestigationFlag(kind="integrity_breach", incident_id=finding.incident,
+                                               summary=f"rule {rule}, which serves the experiment, changed"))
+        for measure in ("consent", "fallback"):
+            breach = governance.balance.get(f"{experiment}|{measure}")
+            if breach is not None and breach.status == "firing":
+                flags.append(InvestigationFlag(kind="variant_imbalance", incident_id=breach.incident,
+                                               summary=f"variants differ in {measure} rate beyond chance"))
+        return flags
 
     def _drop_expired(self, initiative: str) -> None:
         """Series without an event for the retention leave the tables, and a variant group with them."""

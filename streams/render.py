@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Console, Group
+from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.table import Table
 
+from experiments.memo import render_memo
 from plans.document import ChecklistItem
 from streams.report import DashboardRow, Report
 
@@ -107,6 +109,9 @@ def render_report(report: Report, console: Console | None = None) -> None:
     for change in report.pending_approvals:
         console.print(f"Pending approval: {change['action']} of {change['rule_id']} by {change['author']} "
                       f"at {change['at'][:16]} (ticket {change['ticket'] or 'none'})")
+    for memo in report.experiments:
+        console.print(Panel(Markdown(render_memo(memo, detail=report.detail)),
+                            title=f"Experiment memo: {memo.summary.experiment}"))
     warming = ", ".join(report.warming_up) if report.warming_up else "none"
     console.print(f"Series still warming up (no alerts yet): {warming}")
     revision = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"

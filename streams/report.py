@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from experiments.memo import ExperimentMemo
 from governance.scan import GovernanceState
 from incidents.model import IncidentEvent
 from plans.document import ChecklistItem
@@ -99,6 +100,8 @@ class Report(BaseModel):
     governance_checklist: list[ChecklistItem] = Field(description="Pass / fail / pending, evidence and owner.")
     consent_adherence: list[AdherenceLine]
     pending_approvals: list[dict] = Field(description="Rule changes waiting for an approver.")
+    experiments: list[ExperimentMemo] = Field(description="Per experiment of the initiative, the latest readout, "
+                                                          "recommendation and memo.")
 
 
 def _rates(dimension: str, value: str, window: Counters, recent: Counters, threshold: float) -> DashboardRow:
@@ -189,5 +192,7 @@ def build_report(pipeline: MonitorPipeline, request: ReportRequest) -> Report | 
         consent_adherence=[AdherenceLine(channel=channel, personalized=n, violations=v,
                                          adherence_pct=round(100 * (1 - v / n), 4) if n else None)
                            for channel, (n, v) in sorted(governance.adherence.items())],
-        pending_approvals=[change.describe() for change in governance.audit.pending_approvals()])
+        pending_approvals=[change.describe() for change in governance.audit.pending_approvals()],
+        experiments=[state.memo for _, state in sorted((state.experiments.get(request.initiative) or {}).items())
+                     if state.memo is not None])
 

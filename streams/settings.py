@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,7 @@ from detectors.conversion_drop import ConversionDropConfig
 from incidents.breach_policy import BreachPolicyConfig
 
 if TYPE_CHECKING:
+    from experiments.spec import ExperimentSpec
     from governance.consent_ledger import ConsentPolicy
     from governance.scan import GovernanceConfig
 
@@ -79,6 +80,13 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Planned variant shares per initiative (JSON, e.g. {"PLG Onboarding": {"control": 0.5, '
                     '"treatment": 0.5}}); an initiative without one has its shares learnt from healthy buckets.')
+    experiments: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Experiment plans (JSON, by experiment id): the fields of experiments.spec.ExperimentSpec, e.g. '
+                    '{"onboarding-checklist": {"allocation": {"control": 0.5, "treatment": 0.5}, "success_metrics": '
+                    '[{"metric": "conversions_per_user"}], "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}], '
+                    '"mde": 0.05}}. An experiment not listed is read with its initiative\'s PMON_ALLOCATIONS and the '
+                    'defaults (success metric: conversion); without either, it is not read out.')
     retry_limit: int = Field(2, ge=0, le=10, description="Retries of a failed sink write before it is dead-lettered.")
 
     # Governance
@@ -116,6 +124,33 @@ class Settings(BaseSettings):
                 raise ValueError(f"PMON_ALLOCATIONS: {initiative!r} must give every variant a positive share, "
                                  f"got {shares}")
         return self
+
+    @model_validator(mode="after")
+    def _experiments_are_specs(self) -> "Settings":
+        from pydantic import ValidationError
+
+        from experiments.spec import ExperimentSpec
+
+        for experiment, fields in self.experiments.items():
+            try:
+                ExperimentSpec.model_validate({**fields, "experiment": experiment})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"PMON_EXPERIMENTS: {experiment!r}: {where}: {first['msg']}") from None
+        return self
+
+    def experiment_spec(self, experiment: str, initiative: str) -> "ExperimentSpec | None":
+        """The plan of an experiment: PMON_EXPERIMENTS, else its initiative's allocation with the defaults."""
+        from experiments.spec import ExperimentSpec
+
+        fields = self.experiments.get(experiment)
+        if fields is None:
+            allocation = self.allocations.get(initiative)
+            if allocation is None:
+                return None
+            fields = {"allocation": allocation}
+        return ExperimentSpec.model_validate({"initiative": initiative, **fields, "experiment": experiment})
 
     @model_validator(mode="after")
     def _warmup_fits_baseline(self) -> "Settings":

@@ -86,6 +86,7 @@ __all__ = [
     "SimulationSpec",
     "default_injections",
     "default_program",
+    "demo_program",
     "labels",
     "read_jsonl",
     "series_key",
@@ -194,7 +195,9 @@ class InitiativeSpec:
     factors (and, for conversions, its variant's lift). Weight and allocation
     tuples are aligned with ``profiles``, ``channels`` and ``variants`` and are
     normalised, so only their ratios matter. ``rule_ids`` holds the rule serving
-    each channel.
+    each channel. ``allocation`` is what the assignment service does;
+    ``planned_allocation`` (empty: the same) is what the experiment planned: a
+    difference is an injected sample ratio mismatch.
 
     >>> spec = default_program()[0]
     >>> spec.name, len(spec.series_keys())
@@ -212,6 +215,7 @@ class InitiativeSpec:
     profile_weights: tuple[float, ...] = ()
     channel_weights: tuple[float, ...] = ()
     allocation: tuple[float, ...] = ()
+    planned_allocation: tuple[float, ...] = ()
     profile_rate_factors: tuple[float, ...] = ()
     channel_rate_factors: tuple[float, ...] = ()
     variant_cvr_lifts: tuple[float, ...] = ()
@@ -247,6 +251,9 @@ class InitiativeSpec:
         fill("profile_weights", self.profile_weights, len(self.profiles))
         fill("channel_weights", self.channel_weights, len(self.channels))
         fill("allocation", self.allocation, len(self.variants))
+        if not self.planned_allocation:
+            object.__setattr__(self, "planned_allocation", self.allocation)
+        fill("planned_allocation", self.planned_allocation, len(self.variants))
         fill("profile_rate_factors", self.profile_rate_factors, len(self.profiles))
         fill("channel_rate_factors", self.channel_rate_factors, len(self.channels))
         fill("variant_cvr_lifts", self.variant_cvr_lifts, len(self.variants))
@@ -409,6 +416,29 @@ def default_program() -> tuple[InitiativeSpec, ...]:
             latency_median_ms=55.0,
             rule_ids=("winback-email", "winback-push"),
         ),
+    )
+
+
+def demo_program() -> tuple[InitiativeSpec, ...]:
+    """The default program and two experiments with a known outcome, for the demo's experiment memos.
+
+    Win-back's incentive wins (+15 % conversions), Checkout Upsell's bundle loses (-20 %), and Search
+    Ranking's assignment service puts 56 % of users in control where the plan says half: a sample ratio
+    mismatch. (The detection benchmark keeps to `default_program`.)
+
+    >>> [(spec.name, spec.experiment) for spec in demo_program()[3:]]
+    [('Checkout Upsell', 'upsell-bundle'), ('Search Ranking', 'ranking-v2')]
+    """
+    return (
+        *default_program(),
+        InitiativeSpec(
+            name="Checkout Upsell", profiles=("buyer",), channels=("web",), variants=("control", "treatment"),
+            experiment="upsell-bundle", exposures_per_hour=300.0, ctr=0.08, cvr=0.04, allocation=(0.5, 0.5),
+            variant_cvr_lifts=(1.0, 0.8), revenue_mean=45.0, rule_ids=("upsell-bundle-web",)),
+        InitiativeSpec(
+            name="Search Ranking", profiles=("searcher",), channels=("web",), variants=("control", "treatment"),
+            experiment="ranking-v2", exposures_per_hour=250.0, ctr=0.15, cvr=0.03, allocation=(0.56, 0.44),
+            planned_allocation=(0.5, 0.5), revenue_mean=20.0, rule_ids=("ranking-v2-web",)),
     )
 
 

@@ -167,6 +167,12 @@ class WindowKeeper:
     def _start_of(self, epoch: float) -> float:
         return math.floor(epoch / self.bucket_seconds) * self.bucket_seconds
 
+    def redelivered(self, initiative: str, source_partition: int, source_offset: int | None) -> bool:
+        """Was this source record counted before (a redelivery after a crash)? See `add`."""
+        clock = self._clock(initiative)
+        return (source_offset is not None and clock is not None
+                and source_offset <= clock.partition_offsets.get(source_partition, -1))
+
     def add(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
             source_offset: int | None = None, marks: int = 0) -> tuple[bool, list[BucketRow]]:
         """Count one event; return whether it was counted and the buckets now closed.

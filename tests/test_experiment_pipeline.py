@@ -1,0 +1,102 @@
+"""Experiment readouts through the embedded pipeline: exact per-user totals, the recommendation for a known
+winner, loser and sample ratio mismatch, decision events and the memo in report and plan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plans.plan_sink import latest
+from streams.embedded import EmbeddedDriver, EmbeddedRun
+from streams.events import EngagementEvent, encode
+from streams.report import ReportRequest, build_report
+from streams.settings import Settings
+from streams.simulator import InitiativeSpec, SimulationSpec, simulate
+
+WINNER = InitiativeSpec(name="Winner", profiles=("all",), channels=("web",), variants=("control", "treatment"),
+                        experiment="exp-winner", exposures_per_hour=300.0, ctr=0.1, cvr=0.05,
+                        variant_cvr_lifts=(1.0, 1.3), revenue_mean=30.0)
+LOSER = InitiativeSpec(name="Loser", profiles=("all",), channels=("web",), variants=("control", "treatment"),
+                       experiment="exp-loser", exposures_per_hour=300.0, ctr=0.1, cvr=0.05,
+                       variant_cvr_lifts=(1.0, 0.7), revenue_mean=30.0)
+SKEWED = InitiativeSpec(name="Skewed", profiles=("all",), channels=("web",), variants=("control", "treatment"),
+                        experiment="exp-srm", exposures_per_hour=300.0, ctr=0.1, cvr=0.05, allocation=(0.56, 0.44),
+                        planned_allocation=(0.5, 0.5), revenue_mean=30.0)
+SPEC = SimulationSpec(seed=5, days=4, users=6000, initiatives=(WINNER, LOSER, SKEWED), injections=())
+
+
+def _settings(plan_dir: Path) -> Settings:
+    experiments = {i.experiment: {"allocation": dict(zip(i.variants, i.planned_allocation)),
+                                  "success_metrics": [{"metric": "conversions_per_user"}],
+                                  "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}]}
+                   for i in SPEC.initiatives}
+    return Settings(plan_dir=plan_dir, experiments=experiments, log_level="WARNING",
+                    allocations={i.name: dict(zip(i.variants, i.planned_allocation)) for i in SPEC.initiatives})
+
+
+@pytest.fixture(scope="module")
+def records() -> list[tuple[str, bytes, bytes]]:
+    return [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(SPEC)]
+
+
+@pytest.fixture(scope="module")
+def replay(records, tmp_path_factory) -> tuple[EmbeddedDriver, EmbeddedRun]:
+    driver = EmbeddedDriver(_settings(tmp_path_factory.mktemp("plans")), replay=True)
+    return driver, asyncio.run(driver.run(records))
+
+
+def test_per_variant_totals_are_exact_per_user_sums(records, replay) -> None:
+    driver, _ = replay
+    users: dict[str, dict[str, Any]] = defaultdict(lambda: {"conversions": 0, "revenue": 0.0})
+    for topic, _, raw in records:
+        if topic != "engagement":
+            continue
+        event = EngagementEvent.model_validate_json(raw)
+        if event.experiment == "exp-loser":
+            user = users[event.user_id]
+            user["variant"] = user.get("variant", event.variant)
+            if event.event_type == "conversion":
+                user["conversions"] += 1
+                user["revenue"] += event.revenue
+    totals = driver.pipeline.state.experiments["Loser"]["exp-loser"].totals
+    for variant in ("control", "treatment"):
+        mine = [u for u in users.values() if u["variant"] == variant]
+        got = totals.variants[variant]
+        assert got.users == len(mine)
+        assert got.converting_users == sum(1 for u in mine if u["conversions"])
+        assert got.conversions == sum(u["conversions"] for u in mine)
+        assert got.conversions_sq == sum(u["conversions"] ** 2 for u in mine)
+        assert got.revenue == pytest.approx(sum(u["revenue"] for u in mine), rel=1e-9)
+        assert got.revenue_sq == pytest.approx(sum(u["revenue"] ** 2 for u in mine), rel=1e-9)
+
+
+@pytest.mark.parametrize("initiative, experiment, state", [
+    ("Winner", "exp-winner", "ship"), ("Loser", "exp-loser", "roll_back"), ("Skewed", "exp-srm", "investigate")])
+def test_the_readout_recommends_what_was_injected(replay, initiative: str, experiment: str, state: str) -> None:
+    driver, run = replay
+    memo = driver.pipeline.state.experiments[initiative][experiment].memo
+    assert memo.summary.state == state, memo.summary.reasons
+    decisions = [e for e in run.incidents if e.kind == "experiment_decision" and e.initiative == initiative]
+    assert decisions and decisions[-1].evidence.detail["state"] == state
+    assert {e.owner for e in decisions} == {"Testing Lead"}
+    if state == "investigate":
+        assert any(flag["kind"] == "sample_ratio_mismatch" for flag in decisions[-1].evidence.detail["flags"])
+    plan = latest(driver.settings.plan_dir, initiative)
+    assert [(m.experiment, m.state) for m in plan.experiment_memos] == [(experiment, state)]
+    report = build_report(driver.pipeline, ReportRequest(initiative=initiative, detail="full"))
+    assert [m.summary.state for m in report.experiments] == [state]
+
+
+def test_decision_events_are_deterministic_and_only_on_a_change(records, replay, tmp_path: Path) -> None:
+    _, first = replay
+    again = asyncio.run(EmbeddedDriver(_settings(tmp_path), replay=True).run(records))
+    ids = [e.event_id for e in first.incidents if e.kind == "experiment_decision"]
+    assert ids == [e.event_id for e in again.incidents if e.kind == "experiment_decision"]
+    for initiative in ("Winner", "Loser", "Skewed"):
+        states = [e.evidence.detail["state"] for e in first.incidents
+                  if e.kind == "experiment_decision" and e.initiative == initiative]
+        assert all(a != b for a, b in zip(states, states[1:])), f"{initiative}: an event without a change"
