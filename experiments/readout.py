@@ -238,13 +238,16 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
             return None
         p_value = stats.msprt_p_value(difference, variance, tau2, 1.0 if before is None else before.p_value)
         half = stats.confidence_sequence_halfwidth(variance, tau2, rules.alpha)
-        earlier = None if before is None else (before.difference_low, before.difference_high)
-        low, high = _intersect(difference - half, difference + half, earlier)
+        low, high = difference - half, difference + half
         if a.mean != 0:
             # The lift's always-valid interval is the difference's over the control's mean (a plug-in):
             # it excludes 0 exactly when the mSPRT rejects, so the memo never shows a "significant" lift
             # whose interval covers 0. The control mean's own error moves a margin's bound only to second order.
-            lift_low, lift_high = sorted((low / a.mean, high / a.mean))
+            # The running intersection is taken on this relative scale: per-user metrics accumulate while an
+            # experiment runs (conversions per user grow), so the absolute difference drifts and earlier
+            # intervals of it go stale, while the relative lift stays put.
+            earlier = None if before is None or before.lift_low is None else (before.lift_low, before.lift_high)
+            lift_low, lift_high = _intersect(*sorted((low / a.mean, high / a.mean)), earlier)
     has_lift = not math.isnan(lift)
     beat = _probability_to_beat(name, control, treated, difference, variance, metric.higher_is_better)
     comparison = dict(

@@ -319,13 +319,15 @@ class MonitorPipeline:
             outputs.extend(self.on_violations(initiative, [v for v in violations if v.initiative == initiative]))
         for n, event in enumerate(events):
             outputs.extend(self._check_thresholds(event.initiative, event.event_time))
-            delta = None if experiment_deltas is None else experiment_deltas[n]
+            delta = None if experiment_deltas is None or experiment_deltas[n] is None else \
+                ExperimentTotals.from_dict(experiment_deltas[n])
             offset = None if source_offsets is None else source_offsets[n]
-            if delta is not None and not self.windows.redelivered(event.initiative, source_partition, offset):
-                self._count_in_experiment(event, delta)
-            _, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition,
-                                         source_offset=None if source_offsets is None else source_offsets[n],
-                                         marks=0 if marks is None else marks[n])
+            redelivered = self.windows.redelivered(event.initiative, source_partition, offset)
+            counted, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition,
+                                               source_offset=offset, marks=0 if marks is None else marks[n],
+                                               experiment_delta=delta)
+            if delta is not None and not counted and not redelivered:
+                self._count_late_in_experiment(event, delta)  # a late conversion is still a conversion
             for row in closed:
                 outputs.extend(self._on_bucket_closed(row))
         return outputs
@@ -372,13 +374,10 @@ class MonitorPipeline:
             feed = self._feeds.get(key) or FeedState()
             self._feeds[key] = replace(feed, events_per_hour=events * 3600 / (row.end - row.start))
 
-    def _count_in_experiment(self, event: EngagementEvent, delta: dict[str, Any]) -> None:
+    def _count_late_in_experiment(self, event: EngagementEvent, delta: ExperimentTotals) -> None:
         experiments = dict(self._experiments.get(event.initiative) or {})
         state = experiments.get(event.experiment) or ExperimentState()
-        at = event.event_time.timestamp()
-        experiments[event.experiment] = replace(
-            state, totals=state.totals + ExperimentTotals.from_dict(delta),
-            started=min(state.started, at - at % self.settings.bucket_seconds))
+        experiments[event.experiment] = replace(state, totals=state.totals + delta)
         self._experiments[event.initiative] = experiments
 
     def on_violations(self, initiative: str, violations: Sequence[Violation]) -> Outputs:
@@ -466,19 +465,27 @@ class MonitorPipeline:
         """Read out every experiment of the initiative; a changed recommendation is an `experiment_decision`
         event, and its memo goes into the plan."""
         experiments = dict(self._experiments.get(row.initiative) or {})
+        for experiment in row.experiments:
+            experiments.setdefault(experiment, ExperimentState())
         outputs = Outputs()
         plan = self._plans.get(row.initiative)
         for experiment, state in sorted(experiments.items()):
+            if state.evaluated_until >= row.end:
+                continue  # read before a crash: its bucket's events are in the totals already
+            added = row.experiments.get(experiment)
+            if added is not None:
+                state = replace(state, totals=state.totals + added, started=min(state.started, row.start))
+            state = replace(state, evaluated_until=row.end)
+            experiments[experiment] = state
             spec = self.settings.experiment_spec(experiment, row.initiative)
-            if spec is None or state.evaluated_until >= row.end:
-                continue  # no plan to read it against; or read before a crash
+            if spec is None:
+                continue  # no plan to read it against: totals kept, no readout
             readout = read_experiment(spec, state.totals, previous=state.readout)
             recommendation = recommend(spec, readout, self._investigation_flags(row.initiative, experiment))
             change = decision_change(state.recommendation, recommendation, readout,
-                                     window_start=_utc(min(state.started, row.start)), window_end=_utc(row.end))
+                                     window_start=_utc(state.started), window_end=_utc(row.end))
             memo = build_memo(spec, readout, recommendation)
-            experiments[experiment] = replace(state, readout=readout, recommendation=recommendation, memo=memo,
-                                              evaluated_until=row.end)
+            experiments[experiment] = replace(state, readout=readout, recommendation=recommendation, memo=memo)
             if change.event is not None:
                 event = change.event
                 log.info("experiment %s: %s -> %s", experiment, change.previous_state, recommendation.state)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from detectors.base import BucketObservation
+from experiments.state import ExperimentTotals
 from governance.scan import CONSENTED, FIRST_FALLBACK_IN_HOUR, FIRST_IN_HOUR, GovernanceTally
 from streams.events import EngagementEvent
 
@@ -71,6 +72,7 @@ class BucketRow:
     cohorts: dict[str, Counters] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted here, per partition
     governance: GovernanceTally = field(default_factory=GovernanceTally)
+    experiments: dict[str, ExperimentTotals] = field(default_factory=dict)  # what the bucket's events added
 
     def observations(self, roster: Iterable[str] = ()) -> Iterator[BucketObservation]:
         """One observation per series of the row, and a zero one per series of `roster` it lacks."""
@@ -174,7 +176,8 @@ class WindowKeeper:
                 and source_offset <= clock.partition_offsets.get(source_partition, -1))
 
     def add(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
-            source_offset: int | None = None, marks: int = 0) -> tuple[bool, list[BucketRow]]:
+            source_offset: int | None = None, marks: int = 0,
+            experiment_delta: ExperimentTotals | None = None) -> tuple[bool, list[BucketRow]]:
         """Count one event; return whether it was counted and the buckets now closed.
 
         `source_partition` is the partition of the input topic the event was
@@ -184,7 +187,9 @@ class WindowKeeper:
         (at-least-once) has an offset already counted and is skipped, so it is
         never counted twice. `marks` are the per-user stage's findings on an
         exposure (`governance.scan.CONSENTED`, ...), counted in the row's
-        governance tally.
+        governance tally; `experiment_delta` what it adds to its experiment's
+        totals, kept in the row so that a readout at the bucket's close counts
+        exactly the events before its end, whatever the arrival order.
         """
         initiative = event.initiative
         clock = self._clock(initiative)
@@ -214,6 +219,9 @@ class WindowKeeper:
         if source_offset is None or source_offset > row.offsets.get(source_partition, -1):
             row.series.setdefault(series_key(event), Counters()).add(event)
             row.cohorts.setdefault(event.cohort, Counters()).add(event)
+            if experiment_delta is not None and event.experiment:
+                known = row.experiments.get(event.experiment)
+                row.experiments[event.experiment] = experiment_delta if known is None else known + experiment_delta
             if event.event_type == "exposure":
                 row.governance.add_exposure(
                     channel=event.channel, rule_id=event.rule_id, experiment=event.experiment,

@@ -51,12 +51,13 @@ def replay(records, tmp_path_factory) -> tuple[EmbeddedDriver, EmbeddedRun]:
 
 def test_per_variant_totals_are_exact_per_user_sums(records, replay) -> None:
     driver, _ = replay
+    closed_until = driver.pipeline.state.clocks["Loser"].closed_until  # totals hold the closed buckets' events
     users: dict[str, dict[str, Any]] = defaultdict(lambda: {"conversions": 0, "revenue": 0.0})
     for topic, _, raw in records:
         if topic != "engagement":
             continue
         event = EngagementEvent.model_validate_json(raw)
-        if event.experiment == "exp-loser":
+        if event.experiment == "exp-loser" and event.event_time.timestamp() < closed_until:
             user = users[event.user_id]
             user["variant"] = user.get("variant", event.variant)
             if event.event_type == "conversion":

@@ -291,3 +291,32 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     assert leaked == []
     assert any(opened.evidence.detail["users_listed"][0].encode() in blob for blob in blobs.values()), \
         "the pseudonyms are there instead"
+
+
+# --------------------------------------------------------------------------- experiments, on the real broker
+def test_experiment_readouts_on_the_worker_match_the_embedded_driver(isolated_settings, start_worker, tmp_path):
+    from tests.test_experiment_pipeline import SPEC, _settings as experiment_settings
+
+    plans = experiment_settings(tmp_path / "unused")
+    settings = isolated_settings(experiments=plans.experiments, allocations=plans.allocations)
+    records = _encoded(SPEC)
+    expected = asyncio.run(EmbeddedDriver(settings.model_copy(update={"plan_dir": tmp_path / "embedded"}),
+                                          replay=True).run(records)).incidents
+    decisions = [e for e in expected if e.kind == "experiment_decision"]
+    assert {e.initiative for e in decisions} == {i.name for i in SPEC.initiatives}
+
+    worker = _start_after_consent(settings, records, start_worker)
+    engagement = {i.name: 0 for i in SPEC.initiatives}
+    for topic, _, raw in records:
+        if topic == "engagement":
+            engagement[EngagementEvent.model_validate_json(raw).initiative] += 1
+    for initiative, count in engagement.items():
+        wait_for(lambda: _counted(worker, initiative) == count, timeout=240,
+                 what=f"the worker to count {initiative}'s events", on_timeout=worker.log)
+    got = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=len(expected))]
+    assert sorted(map(_essence, (e for e in got if e.kind == "experiment_decision"))) == \
+        sorted(map(_essence, decisions)), "the same decisions, with the same evidence, as the embedded driver"
+    for initiative in engagement:
+        memos = worker.report(initiative)["experiments"]
+        assert [m["summary"]["state"] for m in memos] == [
+            next(e for e in reversed(decisions) if e.initiative == initiative).evidence.detail["state"]]
