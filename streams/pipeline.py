@@ -108,7 +108,7 @@ class ExperimentState:
     """One experiment's merged per-variant totals and its last readout, recommendation and memo.
 
     The readout is passed back to the next one: the sequential test's always-valid p-value is the running
-    minimum over looks, its confidence sequence the running intersection.
+    minimum over looks, its lift interval the running intersection.
     """
 
     totals: ExperimentTotals = field(default_factory=ExperimentTotals)
@@ -473,9 +473,8 @@ class MonitorPipeline:
             if state.evaluated_until >= row.end:
                 continue  # read before a crash: its bucket's events are in the totals already
             added = row.experiments.get(experiment)
-            if added is not None:
-                state = replace(state, totals=state.totals + added, started=min(state.started, row.start))
-            state = replace(state, evaluated_until=row.end)
+            totals = state.totals if added is None else state.totals + added
+            state = replace(state, totals=totals, started=min(state.started, row.start), evaluated_until=row.end)
             experiments[experiment] = state
             spec = self.settings.experiment_spec(experiment, row.initiative)
             if spec is None:
@@ -488,7 +487,6 @@ class MonitorPipeline:
             experiments[experiment] = replace(state, readout=readout, recommendation=recommendation, memo=memo)
             if change.event is not None:
                 event = change.event
-                log.info("experiment %s: %s -> %s", experiment, change.previous_state, recommendation.state)
                 self._incidents[event.incident_id] = (event, event)
                 outputs.incidents.append(event)
                 if plan is not None:
