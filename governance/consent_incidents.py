@@ -1,9 +1,12 @@
 """Consent violations become one incident per initiative at once: no second breach, straight to the privacy lead.
 
 The incident opens with the first violation and lists, in its evidence, the
-counts so far; each later step with new violations is an `updated` transition
-with the new totals (a privacy lead wants every one). It resolves after
-`recovery_buckets` closed buckets without a violation. Its id is
+counts so far. Later violations are `updated` transitions with the new totals,
+sent when the count doubles and at the close of a bucket in which it changed:
+a privacy lead hears at once that more came, without one event per exposure
+when a backlog is replayed. A late grant that disproves every violation resolves
+it at once; otherwise it resolves after `recovery_buckets` closed buckets
+without a violation. Its id is
 deterministic: (initiative, `consent_violation`, "group", hour of the first
 violation), so a replay or a restarted worker repeats nothing.
 """
@@ -32,13 +35,14 @@ class ViolationState:
     late: int = 0
     series: tuple[str, ...] = ()
     users: tuple[str, ...] = ()        # pseudonyms, the first `_EXAMPLES`
-    last_at: float = float("-inf")     # event time of the latest violation
+    last_at: float = float("-inf")     # event time of the latest violation: transitions never go back in time
     quiet_buckets: int = 0
+    reported: int = 0                  # the count the last transition carried
 
 
 def observe_violations(state: ViolationState, violations: Sequence[Violation], *,
                        initiative: str) -> tuple[ViolationState, list[IncidentEvent]]:
-    """Fold one step's violations (one initiative's, deduplicated by the caller) into the incident.
+    """Fold one step's violations and acquittals (one initiative's, deduplicated by the caller) into the incident.
 
     >>> v = Violation("e1", 1_794_477_600.0, "I", "I|p|web|control", "p1a2", "revoked at ...")
     >>> state, out = observe_violations(ViolationState(), [v], initiative="I")
@@ -47,61 +51,60 @@ def observe_violations(state: ViolationState, violations: Sequence[Violation], *
     >>> state, out = observe_violations(state, [replace(v, event_id="e2")], initiative="I")
     >>> [(e.transition, e.evidence.observed) for e in out], state.count
     ([('updated', 2.0)], 2)
+    >>> state, out = observe_violations(state, [replace(v, event_id="e3")], initiative="I")
+    >>> out, state.count                                   # 3 < 2 x 2: told at the bucket's close
+    ([], 3)
     """
     acquitted = [v for v in violations if v.acquitted]
-    violations = [v for v in violations if not v.acquitted]
+    convicted = [v for v in violations if not v.acquitted]
+    events: list[IncidentEvent] = []
     if acquitted and state.incident is not None:
-        state, events = _acquit(state, acquitted, initiative)
-        if not violations:
-            return state, events
-        more_state, more = observe_violations(state, violations, initiative=initiative)
-        return more_state, events + more
-    if not violations:
-        return state, []
-    first = min(violations, key=lambda v: v.at)
-    if state.incident is None:
+        state = replace(state, count=max(0, state.count - len(acquitted)))
+        state = replace(state, late=min(state.late, state.count))
+        if state.count == 0 and not convicted:
+            detail = {"violations": 0, "acquitted": [v.event_id for v in acquitted][:_EXAMPLES], "kpi": "violations",
+                      "reason": "consent granted earlier (by event time) arrived after the convictions"}
+            at = _utc(state.last_at)
+            evidence = Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=at, bucket_end=at, detail=detail)
+            return ViolationState(), [_event(replace(state, sequence=state.sequence + 1), "resolved", initiative,
+                                             evidence)]
+    if not convicted:
+        return state, events
+    first = min(convicted, key=lambda v: v.at)
+    opening = state.incident is None
+    if opening:
         period = period_of(_utc(first.at).replace(minute=0, second=0, microsecond=0))
         state = ViolationState(incident_id(initiative, KIND, "group", period), period)
-        transition: Transition = "opened"
-    else:
-        transition = "updated"
-    series = list(state.series) + sorted({v.series for v in violations} - set(state.series))
-    users = list(state.users) + [u for u in dict.fromkeys(v.user for v in violations) if u not in state.users]
-    state = replace(state, sequence=state.sequence + 1, count=state.count + len(violations),
-                    late=state.late + sum(v.late for v in violations), series=tuple(series),
-                    users=tuple(users[:_EXAMPLES]), last_at=max(state.last_at, max(v.at for v in violations)),
-                    quiet_buckets=0)
+    series = list(state.series) + sorted({v.series for v in convicted} - set(state.series))
+    users = list(state.users) + [u for u in dict.fromkeys(v.user for v in convicted) if u not in state.users]
+    state = replace(state, count=state.count + len(convicted), late=state.late + sum(v.late for v in convicted),
+                    series=tuple(series), users=tuple(users[:_EXAMPLES]),
+                    last_at=max(state.last_at, max(v.at for v in convicted)), quiet_buckets=0)
+    if opening or state.count >= 2 * state.reported:
+        state, event = _report(state, "opened" if opening else "updated", initiative, convicted)
+        events.append(event)
+    return state, events
+
+
+def _report(state: ViolationState, transition: Transition, initiative: str,
+            newest: Sequence[Violation]) -> tuple[ViolationState, IncidentEvent]:
+    state = replace(state, sequence=state.sequence + 1, reported=state.count)
     detail = {
-        "violations": state.count, "late_convictions": state.late, "new_violations": len(violations),
-        "users_listed": list(state.users),
+        "violations": state.count, "late_convictions": state.late, "users_listed": list(state.users),
         "examples": [{"event_id": v.event_id, "at": _utc(v.at).isoformat(), "series": v.series, "reason": v.reason,
-                      "late": v.late} for v in sorted(violations, key=lambda v: v.at)[:_EXAMPLES]],
+                      "late": v.late} for v in sorted(newest, key=lambda v: v.at)[:_EXAMPLES]],
         "kpi": "violations",
     }
+    start = min((v.at for v in newest), default=state.last_at)
     evidence = Evidence(observed=float(state.count), expected=0.0, score=float(state.count),
-                        bucket_start=_utc(first.at), bucket_end=_utc(state.last_at), detail=detail)
-    return state, [_event(state, transition, initiative, evidence)]
-
-
-def _acquit(state: ViolationState, acquitted: Sequence[Violation],
-            initiative: str) -> tuple[ViolationState, list[IncidentEvent]]:
-    """Withdraw violations a late grant disproved: `updated` with the new total, `resolved` at zero."""
-    count = max(0, state.count - len(acquitted))
-    state = replace(state, sequence=state.sequence + 1, count=count,
-                    late=min(state.late, count))
-    detail = {"violations": count, "acquitted": [v.event_id for v in acquitted][:_EXAMPLES],
-              "reason": "consent granted earlier (by event time) arrived after the conviction", "kpi": "violations"}
-    at = _utc(max(v.at for v in acquitted))
-    evidence = Evidence(observed=float(count), expected=0.0, score=float(count), bucket_start=at, bucket_end=at,
-                        detail=detail)
-    if count == 0:
-        return ViolationState(), [_event(state, "resolved", initiative, evidence)]
-    return state, [_event(state, "updated", initiative, evidence)]
+                        bucket_start=_utc(min(start, state.last_at)), bucket_end=_utc(state.last_at), detail=detail)
+    return state, _event(state, transition, initiative, evidence)
 
 
 def observe_quiet_bucket(state: ViolationState, *, initiative: str, bucket_start: float, bucket_end: float,
                          recovery_buckets: int) -> tuple[ViolationState, list[IncidentEvent]]:
-    """A closed bucket: one without violations counts toward recovery; `recovery_buckets` of them resolve.
+    """A closed bucket: the totals if they changed since the last transition; a bucket without violations
+    counts toward recovery, and `recovery_buckets` of them resolve.
 
     >>> v = Violation("e1", 3600.0, "I", "I|p|web|control", "p1", "no record; EU is opt-in")
     >>> state, _ = observe_violations(ViolationState(), [v], initiative="I")
@@ -110,17 +113,23 @@ def observe_quiet_bucket(state: ViolationState, *, initiative: str, bucket_start
     >>> [e.transition for e in out], state.incident
     (['resolved'], None)
     """
-    if state.incident is None or bucket_start <= state.last_at:
+    if state.incident is None:
         return state, []
+    events = []
+    if state.count != state.reported:
+        state, event = _report(state, "updated", initiative, ())
+        events.append(event)
+    if bucket_start <= state.last_at:
+        return state, events
     quiet = state.quiet_buckets + 1
     if quiet < recovery_buckets:
-        return replace(state, quiet_buckets=quiet), []
+        return replace(state, quiet_buckets=quiet), events
     resolved = replace(state, sequence=state.sequence + 1)
     evidence = Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=_utc(bucket_start),
                         bucket_end=_utc(bucket_end),
                         detail={"violations": state.count, "late_convictions": state.late, "kpi": "violations",
                                 "quiet_buckets": quiet})
-    return ViolationState(), [_event(resolved, "resolved", initiative, evidence)]
+    return ViolationState(), events + [_event(resolved, "resolved", initiative, evidence)]
 
 
 def _event(state: ViolationState, transition: Transition, initiative: str, evidence: Evidence) -> IncidentEvent:

@@ -327,7 +327,8 @@ def test_later_violations_update_the_incident_with_cumulative_counts() -> None:
     assert event.incident_id == opened[0].incident_id
     assert event.event_id == transition_event_id(event.incident_id, "updated", 2)
     assert event.evidence.observed == 5.0 and state.count == 5
-    assert event.evidence.detail["new_violations"] == 3 and event.evidence.detail["late_convictions"] == 1
+    assert event.evidence.detail["late_convictions"] == 1
+    assert [e["event_id"] for e in event.evidence.detail["examples"]] == ["e3", "e4", "e5"]
     assert event.series == [f"{INITIATIVE}|new_user|web|control", f"{INITIATIVE}|new_user|app|control"]
     assert (event.owner, event.severity) == (PRIVACY_LEAD, "critical")
 
@@ -843,3 +844,16 @@ def test_a_late_grant_acquits_a_conviction_once_and_the_incident_resolves_at_zer
     assert closed[0].incident_id == opened[0].incident_id and closed[0].evidence.detail["acquitted"] == ["x1"]
     assert state.adherence["web"][1] == 0 and "x1" not in state.convicted
     assert scan.on_violations(state, [acquittal], initiative=INITIATIVE) == [], "an acquittal is applied once"
+
+
+def test_a_flood_of_violations_is_reported_when_the_count_doubles_and_at_each_bucket_close() -> None:
+    state, reported = ViolationState(), []
+    for n in range(1, 41):  # forty steps of one violation each, as a replayed backlog would deliver them
+        state, events = observe_violations(state, [violation(f"e{n}", T0 + n)], initiative=INITIATIVE)
+        reported += [(e.transition, e.evidence.observed) for e in events]
+    assert reported == [("opened", 1.0), ("updated", 2.0), ("updated", 4.0), ("updated", 8.0), ("updated", 16.0),
+                        ("updated", 32.0)]
+    state, events = observe_quiet_bucket(state, initiative=INITIATIVE, bucket_start=T0, bucket_end=T0 + H,
+                                         recovery_buckets=3)
+    assert [(e.transition, e.evidence.observed) for e in events] == [("updated", 40.0)], "the bucket's totals"
+    assert all(e.occurred_at >= utc(T0) for e in events)
