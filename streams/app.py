@@ -8,11 +8,13 @@ and emit what it returns. Concurrency is 1 everywhere (faust-streaming issue
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
 from dataclasses import asdict
 import warnings
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -76,6 +78,21 @@ class BytesTable(faust.Table):
 
     def _serializer_from_type(self, typ: Any) -> str:
         return "raw"
+
+
+async def to_the_end(step: Awaitable[None]) -> None:
+    """Run one step of an agent to its end, even when the worker stops meanwhile.
+
+    Faust acknowledges the records of a step when its agent is cancelled (`take_events` and
+    `events()` ack in a `finally`), so a step cut short by a graceful stop would be neither
+    applied nor delivered again; the stop waits for the step instead.
+    """
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -169,6 +186,42 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             return None
         return record
 
+    async def admit_batch(batch: list[faust.EventT]) -> None:
+        by_key: dict[tuple[str, int], dict[str, list[Any]]] = {}
+        users: dict[int, tuple[faust.EventT, set[str]]] = {}  # source partition -> (an event of it, users)
+        for stream_event in batch:
+            record = await admitted(stream_event, "engagement")
+            if record is not None:
+                found = pipeline.on_user_engagement(record)
+                users.setdefault(stream_event.message.partition, (stream_event, set()))[1].add(record.user_id)
+                source = (record.initiative, stream_event.message.partition)
+                lists = by_key.setdefault(source, {"events": [], "offsets": [], "marks": [], "deltas": [],
+                                                   "violations": []})
+                lists["events"].append(record.model_dump(mode="json"))
+                lists["offsets"].append(stream_event.message.offset)
+                lists["marks"].append(found.marks)
+                lists["deltas"].append(found.experiment_delta)
+                if found.violation is not None:
+                    lists["violations"].append(asdict(found.violation))
+        for (initiative, partition), lists in by_key.items():
+            for chunk in range(0, len(lists["events"]), MAX_EVENTS_PER_MESSAGE):
+                part = slice(chunk, chunk + MAX_EVENTS_PER_MESSAGE)
+                await by_initiative.send(key=initiative.encode(), value={
+                    "partition": partition, "offsets": lists["offsets"][part], "events": lists["events"][part],
+                    "marks": lists["marks"][part], "deltas": lists["deltas"][part],
+                    "violations": lists["violations"] if chunk == 0 else []})
+        # After the sends: a crash before re-judges the batch, harmlessly (violations are deduplicated).
+        # Per source partition, with one of its events current: Faust writes a table key to the
+        # changelog partition of the current event, and the ledger must follow its users' partition.
+        # Only this task's context variable is set: the stream's own `current_event` attribute is
+        # read by take_events' background buffering, which must keep seeing its own events.
+        for stream_event, partition_users in users.values():
+            token = faust.streams._current_event.set(weakref.ref(stream_event))
+            try:
+                pipeline.commit_users(partition_users)
+            finally:
+                faust.streams._current_event.reset(token)
+
     @app.agent(engagement, concurrency=1)
     async def admit_engagement(stream: faust.StreamT) -> None:
         # Batches pay here: one re-keyed message per initiative per batch, so the
@@ -176,93 +229,69 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         # Consent is judged here, where the user's ledger lives (engagement and consent
         # are partitioned alike, by user); the marks and violations travel with the events.
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_seconds):
-            by_key: dict[tuple[str, int], dict[str, list[Any]]] = {}
-            users: dict[int, tuple[faust.EventT, set[str]]] = {}  # source partition -> (an event of it, users)
-            for stream_event in batch:
-                record = await admitted(stream_event, "engagement")
-                if record is not None:
-                    found = pipeline.on_user_engagement(record)
-                    users.setdefault(stream_event.message.partition, (stream_event, set()))[1].add(record.user_id)
-                    source = (record.initiative, stream_event.message.partition)
-                    lists = by_key.setdefault(source, {"events": [], "offsets": [], "marks": [], "deltas": [],
-                                                       "violations": []})
-                    lists["events"].append(record.model_dump(mode="json"))
-                    lists["offsets"].append(stream_event.message.offset)
-                    lists["marks"].append(found.marks)
-                    lists["deltas"].append(found.experiment_delta)
-                    if found.violation is not None:
-                        lists["violations"].append(asdict(found.violation))
-            for (initiative, partition), lists in by_key.items():
-                for chunk in range(0, len(lists["events"]), MAX_EVENTS_PER_MESSAGE):
-                    part = slice(chunk, chunk + MAX_EVENTS_PER_MESSAGE)
-                    await by_initiative.send(key=initiative.encode(), value={
-                        "partition": partition, "offsets": lists["offsets"][part], "events": lists["events"][part],
-                        "marks": lists["marks"][part], "deltas": lists["deltas"][part],
-                        "violations": lists["violations"] if chunk == 0 else []})
-            # After the sends: a crash before re-judges the batch, harmlessly (violations are deduplicated).
-            # Per source partition, with one of its events current: Faust writes a table key to the
-            # changelog partition of the current event, and the ledger must follow its users' partition.
-            # Only this task's context variable is set: the stream's own `current_event` attribute is
-            # read by take_events' background buffering, which must keep seeing its own events.
-            for stream_event, partition_users in users.values():
-                token = faust.streams._current_event.set(weakref.ref(stream_event))
-                try:
-                    pipeline.commit_users(partition_users)
-                finally:
-                    faust.streams._current_event.reset(token)
+            await to_the_end(admit_batch(batch))
+
+    async def keep_one(stream_event: faust.EventT) -> None:
+        record = await admitted(stream_event, "consent")
+        if isinstance(record, ConsentEvent):
+            convicted = pipeline.on_consent(record)  # a late revocation convicts remembered exposures
+            for initiative in sorted({v.initiative for v in convicted}):
+                await by_initiative.send(key=initiative.encode(), value={
+                    "violations": [asdict(v) for v in convicted if v.initiative == initiative]})
+            pipeline.commit_users([record.user_id])
 
     @app.agent(consent, concurrency=1)
     async def keep_consent(stream: faust.StreamT) -> None:
         async for stream_event in stream.events():
-            record = await admitted(stream_event, "consent")
-            if isinstance(record, ConsentEvent):
-                convicted = pipeline.on_consent(record)  # a late revocation convicts remembered exposures
-                for initiative in sorted({v.initiative for v in convicted}):
-                    await by_initiative.send(key=initiative.encode(), value={
-                        "violations": [asdict(v) for v in convicted if v.initiative == initiative]})
-                pipeline.commit_users([record.user_id])
+            await to_the_end(keep_one(stream_event))
+
+    async def forward_one(stream_event: faust.EventT) -> None:
+        record = await admitted(stream_event, "rule-changes")
+        if isinstance(record, RuleChangeEvent):
+            await by_initiative.send(key=record.initiative.encode(),
+                                     value={"rule_change": record.model_dump(mode="json")})
 
     @app.agent(rule_changes, concurrency=1)
     async def forward_rule_changes(stream: faust.StreamT) -> None:
         # Audited where the initiative's state is: the rule log, live experiments, incidents and plan.
         async for stream_event in stream.events():
-            record = await admitted(stream_event, "rule-changes")
-            if isinstance(record, RuleChangeEvent):
-                await by_initiative.send(key=record.initiative.encode(),
-                                         value={"rule_change": record.model_dump(mode="json")})
+            await to_the_end(forward_one(stream_event))
+
+    async def monitor_one(stream_event: faust.EventT) -> None:
+        message, value = stream_event.message, stream_event.value
+        try:
+            if "tick" in value:
+                result = pipeline.on_check(value["tick"], wall_now=time.time())
+            elif "rule_change" in value:
+                result = pipeline.on_rule_change(RuleChangeEvent.model_validate(value["rule_change"]))
+            elif "events" not in value:
+                violations = violations_of(value["violations"])
+                result = pipeline.on_violations(message.key.decode(), violations)
+            else:
+                events = [EngagementEvent.model_validate(item) for item in value["events"]]
+                result = pipeline.on_engagements(events, wall_now=time.time(),
+                                                 source_partition=value["partition"],
+                                                 source_offsets=value["offsets"], marks=value["marks"],
+                                                 violations=violations_of(value["violations"]),
+                                                 experiment_deltas=value["deltas"])
+        except (KeyError, TypeError, ValueError) as exc:
+            await emitter.dead_letter(DeadLetter.of(
+                orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",
+                error=repr(exc), key=message.key, partition=message.partition, offset=message.offset,
+                stage="process"))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker; the record is kept
+            pipeline.commit()  # what was applied stays applied, in memory and changelog alike
+            log.exception("processing failed for %s[%s]@%s", message.topic, message.partition, message.offset)
+            await emitter.processing_failed(orjson.dumps(value), message.topic, exc)
+            return
+        await emitter.emit(result)
+        pipeline.commit()
 
     @app.agent(by_initiative, concurrency=1)
     async def monitor_initiative(stream: faust.StreamT) -> None:
         async for stream_event in stream.events():
-            message, value = stream_event.message, stream_event.value
-            try:
-                if "tick" in value:
-                    result = pipeline.on_check(value["tick"], wall_now=time.time())
-                elif "rule_change" in value:
-                    result = pipeline.on_rule_change(RuleChangeEvent.model_validate(value["rule_change"]))
-                elif "events" not in value:
-                    violations = violations_of(value["violations"])
-                    result = pipeline.on_violations(message.key.decode(), violations)
-                else:
-                    events = [EngagementEvent.model_validate(item) for item in value["events"]]
-                    result = pipeline.on_engagements(events, wall_now=time.time(),
-                                                     source_partition=value["partition"],
-                                                     source_offsets=value["offsets"], marks=value["marks"],
-                                                     violations=violations_of(value["violations"]),
-                                                     experiment_deltas=value["deltas"])
-            except (KeyError, TypeError, ValueError) as exc:
-                await emitter.dead_letter(DeadLetter.of(
-                    orjson.dumps(value), source_topic=message.topic, reason=f"internal record rejected: {exc}",
-                    error=repr(exc), key=message.key, partition=message.partition, offset=message.offset,
-                    stage="process"))
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker; the record is kept
-                pipeline.commit()  # what was applied stays applied, in memory and changelog alike
-                log.exception("processing failed for %s[%s]@%s", message.topic, message.partition, message.offset)
-                await emitter.processing_failed(orjson.dumps(value), message.topic, exc)
-                continue
-            await emitter.emit(result)
-            pipeline.commit()
+            await to_the_end(monitor_one(stream_event))
 
     @app.timer(interval=settings.check_interval_seconds)
     async def check_feeds() -> None:
