@@ -339,6 +339,13 @@ def sample_ratio_test(counts: Mapping[str, int], allocation: Mapping[str, float]
     return SampleRatioTest(float(result.statistic), float(result.pvalue), tuple(float(e) for e in expected))
 
 
+def _p_values(p_values: Sequence[float]) -> np.ndarray:
+    p = np.asarray(p_values, dtype=float)
+    if np.any((p < 0) | (p > 1)):
+        raise InvalidStatisticInput(f"p-values must lie in [0, 1]: {p.tolist()}")
+    return p
+
+
 def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error rate), in the input order.
 
@@ -347,11 +354,9 @@ def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
     >>> holm_adjusted([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
     [0.04, 0.09, 0.09, 0.5]
     """
-    p = np.asarray(p_values, dtype=float)
+    p = _p_values(p_values)
     if p.size == 0:
         return p
-    if np.any((p < 0) | (p > 1)):
-        raise InvalidStatisticInput(f"p-values must lie in [0, 1]: {p.tolist()}")
     order = np.argsort(p, kind="stable")
     scaled = np.minimum(1.0, np.maximum.accumulate(p[order] * np.arange(p.size, 0, -1)))
     adjusted = np.empty_like(p)
@@ -365,9 +370,7 @@ def benjamini_hochberg_adjusted(p_values: Sequence[float]) -> np.ndarray:
     >>> benjamini_hochberg_adjusted([0.01, 0.04, 0.03, 0.5]).round(4).tolist()
     [0.04, 0.0533, 0.0533, 0.5]
     """
-    p = np.asarray(p_values, dtype=float)
+    p = _p_values(p_values)
     if p.size == 0:
         return p
-    if np.any((p < 0) | (p > 1)):
-        raise InvalidStatisticInput(f"p-values must lie in [0, 1]: {p.tolist()}")
     return np.asarray(stats.false_discovery_control(p, method="bh"), dtype=float)
