@@ -10,8 +10,8 @@ For each seed (in parallel, one process per seed):
    fallback surges, latency regressions and 30-hour level shifts; per
    initiative, feed gaps and variant suppression. Latency regressions are
    applied to the aggregated buckets (the simulator has no latency kind); every
-   other incident is a `streams.simulator.Injection`.
-2. Runs the simulator (`streams.simulator.simulate`) and aggregates its events
+   other incident is a `simulation.simulator.Injection`.
+2. Runs the simulator (`simulation.simulator.simulate`) and aggregates its events
    into hourly `BucketObservation`s per series (zeros for a silent series), per
    initiative, and per (initiative, profile, channel) variant group; records
    every feed's last event time every 5 minutes of event time.
@@ -70,7 +70,7 @@ from detectors.variant_share import VariantShareDetector  # noqa: E402
 from incidents.breach_policy import BreachPolicy, BreachPolicyConfig, BreachState  # noqa: E402
 from incidents.model import Evidence  # noqa: E402
 from incidents.playbooks import PLAYBOOKS  # noqa: E402
-from streams.simulator import (DEFAULT_START, InitiativeSpec, Injection, SimulationSpec,  # noqa: E402
+from simulation.simulator import (DEFAULT_START, InitiativeSpec, Injection, SimulationSpec,  # noqa: E402
                                default_program, series_key, simulate, traffic_factor)
 
 WARMUP_DAYS = 3

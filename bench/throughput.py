@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/throughput.py [--events N] [--bootstrap HOST:PORT]
 
-1. Simulates N records (`streams.simulator`, enough days, cut at N), encodes them
-   (`streams.events.encode`) and produces them once (`streams.kafka_io.produce`)
+1. Simulates N records (`simulation.simulator`, enough days, cut at N), encodes them
+   (`monitor.events.encode`) and produces them once (`streams.kafka_io.produce`)
    to fresh `bench-<uuid8>.*` topics; the app id is `bench-<uuid8>` too.
 2. Bare consumer: plain aiokafka in its own group reads the three input topics
    from the beginning and only `orjson.loads` each value: the ceiling set by the
@@ -73,7 +73,7 @@ import orjson  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from streams.settings import Settings  # noqa: E402
+from monitor.settings import Settings  # noqa: E402
 
 PMON = Path(sys.executable).parent / "pmon"
 DEFAULT_EVENTS = 200_000
@@ -117,8 +117,8 @@ class Workload:
 
 def generate(n: int, seed: int) -> Workload:
     """The first n records of a simulated run long enough to hold them."""
-    from streams.events import encode
-    from streams.simulator import SimulationSpec, simulate
+    from monitor.events import encode
+    from simulation.simulator import SimulationSpec, simulate
 
     started = time.perf_counter()
     days = max(2, -(-n // RECORDS_PER_DAY) + 1)

@@ -36,7 +36,7 @@ CONSENTED, FIRST_IN_HOUR, FIRST_FALLBACK_IN_HOUR = 1, 2, 4
 
 
 class GovernanceConfig(BaseModel):
-    """The governance settings, built once from `streams.settings.Settings`."""
+    """The governance settings, built once from `monitor.settings.Settings`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,6 +1,6 @@
 """The incident event: one transition of an incident's lifecycle.
 
-Defined here, in the pure package that decides incidents; `streams.events`
+Defined here, in the pure package that decides incidents; `monitor.events`
 re-exports it as the value schema of the incidents topic.
 """
 

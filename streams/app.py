@@ -25,12 +25,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from governance.scan import violations_of
 from plans.plan_sink import PlanWriter
-from streams.emitter import Emitter
-from streams.events import ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
-from streams.metrics import PipelineMetrics
-from streams.pipeline import MonitorPipeline, MonitorState
-from streams.report import ReportRequest, build_report
-from streams.settings import Settings
+from monitor.emitter import Emitter
+from monitor.events import ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
+from monitor.metrics import PipelineMetrics
+from monitor.pipeline import MonitorPipeline, MonitorState
+from monitor.report import ReportRequest, build_report
+from monitor.settings import Settings
 from streams.snapshots import SnapshotMapping
 
 log = logging.getLogger(__name__)

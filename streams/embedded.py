@@ -24,11 +24,11 @@ from prometheus_client import CollectorRegistry
 
 from incidents.model import IncidentEvent
 from plans.plan_sink import PlanWriter
-from streams.emitter import Emitter
-from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
-from streams.metrics import PipelineMetrics
-from streams.pipeline import MonitorPipeline, MonitorState, Outputs
-from streams.settings import Settings
+from monitor.emitter import Emitter
+from monitor.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
+from monitor.metrics import PipelineMetrics
+from monitor.pipeline import MonitorPipeline, MonitorState, Outputs
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 

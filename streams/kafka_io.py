@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.exceptions import StreamsError
-from streams.settings import Settings
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 

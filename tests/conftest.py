@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.settings import Settings
+from monitor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PMON = Path(sys.executable).parent / "pmon"

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.events import ConsentEvent, EngagementEvent
-from streams.settings import Settings
+from monitor.events import ConsentEvent, EngagementEvent
+from monitor.settings import Settings
 
 PMON = Path(sys.executable).parent / "pmon"
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)

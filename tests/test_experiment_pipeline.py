@@ -12,10 +12,10 @@ import pytest
 
 from plans.plan_sink import latest
 from streams.embedded import EmbeddedDriver, EmbeddedRun
-from streams.events import EngagementEvent, encode
-from streams.report import ReportRequest, build_report
-from streams.settings import Settings
-from streams.simulator import InitiativeSpec, SimulationSpec, simulate
+from monitor.events import EngagementEvent, encode
+from monitor.report import ReportRequest, build_report
+from monitor.settings import Settings
+from simulation.simulator import InitiativeSpec, SimulationSpec, simulate
 
 WINNER = InitiativeSpec(name="Winner", profiles=("all",), channels=("web",), variants=("control", "treatment"),
                         experiment="exp-winner", exposures_per_hour=300.0, ctr=0.1, cvr=0.05,

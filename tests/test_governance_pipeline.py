@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from incidents.model import IncidentEvent
 from plans.plan_sink import latest
-from streams.cli import ANSWERS, _match_labels
+from cli.main import ANSWERS, _match_labels
 from streams.embedded import EmbeddedDriver, EmbeddedRun
-from streams.events import encode
-from streams.settings import Settings
-from streams.simulator import Injection, SimulationSpec, default_program, labels, simulate
+from monitor.events import encode
+from monitor.settings import Settings
+from simulation.simulator import Injection, SimulationSpec, default_program, labels, simulate
 
 GOVERNANCE_INJECTIONS = {"consent_violation", "unapproved_rule_change", "experiment_rule_change", "fallback_surge"}
 GOVERNANCE_KINDS = {"consent_violation", "unapproved_rule_change", "experiment_integrity", "rule_fallback",

@@ -11,9 +11,9 @@ import pytest
 
 from incidents.model import IncidentEvent
 from streams.embedded import EmbeddedDriver
-from streams.events import encode
-from streams.settings import Settings
-from streams.simulator import DEFAULT_START, InitiativeSpec, Injection, SimulationSpec, simulate
+from monitor.events import encode
+from monitor.settings import Settings
+from simulation.simulator import DEFAULT_START, InitiativeSpec, Injection, SimulationSpec, simulate
 
 INITIATIVE = "Checkout Recs"
 PROGRAM = (InitiativeSpec(
@@ -92,8 +92,8 @@ def test_without_an_allocation_the_shares_are_learnt_first(tmp_path: Path) -> No
 
 
 def test_a_series_without_events_for_the_retention_leaves_the_tables(tmp_path: Path) -> None:
-    from streams.events import EngagementEvent
-    from streams.pipeline import MonitorPipeline, MonitorState
+    from monitor.events import EngagementEvent
+    from monitor.pipeline import MonitorPipeline, MonitorState
 
     settings = Settings(plan_dir=tmp_path / "plans", retention_days=1, allowed_lateness_seconds=0)
     pipeline = MonitorPipeline(settings, MonitorState())

@@ -14,9 +14,9 @@ from incidents.model import incident_id
 from plans.document import post_incident_review_id
 from plans.plan_sink import latest, plan_files
 from streams.embedded import EmbeddedDriver, EmbeddedRun
-from streams.events import ConsentEvent, EngagementEvent, encode
-from streams.pseudonym import Pseudonymiser
-from streams.settings import Settings
+from monitor.events import ConsentEvent, EngagementEvent, encode
+from monitor.pseudonym import Pseudonymiser
+from monitor.settings import Settings
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 INITIATIVE = "PLG Onboarding"

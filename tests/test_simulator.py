@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.events import INPUT_MODELS, EngagementEvent
-from streams.simulator import (
+from monitor.events import INPUT_MODELS, EngagementEvent
+from simulation.simulator import (
     DEFAULT_START,
     Injection,
     JsonlFormatError,

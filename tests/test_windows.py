@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from streams.events import EngagementEvent
-from streams.windows import BucketRow, InitiativeClock, WindowKeeper, bucket_key
+from monitor.events import EngagementEvent
+from monitor.windows import BucketRow, InitiativeClock, WindowKeeper, bucket_key
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)  # hour-aligned
 E0 = T0.timestamp()

@@ -13,9 +13,9 @@ import pytest
 
 from incidents.model import IncidentEvent
 from streams.embedded import EmbeddedDriver
-from streams.events import ConsentEvent, EngagementEvent, RuleChangeEvent, encode
+from monitor.events import ConsentEvent, EngagementEvent, RuleChangeEvent, encode
 from streams.kafka_io import produce
-from streams.simulator import Injection, SimulationSpec, default_program, simulate
+from simulation.simulator import Injection, SimulationSpec, default_program, simulate
 from tests.conftest import consume, consume_raw, wait_for
 
 pytestmark = pytest.mark.kafka

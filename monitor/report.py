@@ -1,7 +1,7 @@
 """The report: dashboard snapshot, incidents with owners, warm-up status.
 
 Built from the pipeline's state by both drivers (the worker serves it as JSON
-at `/pmon/report/`); `streams.render` prints it. The window ends at the
+at `/pmon/report/`); `cli.render` prints it. The window ends at the
 initiative's watermark (event time), so a replay reports what live would.
 """
 
@@ -16,10 +16,10 @@ from experiments.memo import ExperimentMemo
 from governance.scan import GovernanceState
 from incidents.model import IncidentEvent
 from plans.document import ChecklistItem
-from streams.windows import Counters
+from monitor.windows import Counters
 
 if TYPE_CHECKING:  # the pipeline imports nothing from here; the annotation only documents the argument
-    from streams.pipeline import MonitorPipeline
+    from monitor.pipeline import MonitorPipeline
 
 WINDOWS = {"7d": 7, "14d": 14, "30d": 30}
 Dimension = Literal["profile", "channel", "variant", "cohort"]

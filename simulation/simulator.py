@@ -72,7 +72,7 @@ from typing import Any, Callable, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from streams.events import ConsentEvent, EngagementEvent, INPUT_MODELS, RuleChangeEvent
+from monitor.events import ConsentEvent, EngagementEvent, INPUT_MODELS, RuleChangeEvent
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 

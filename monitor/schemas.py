@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from plans.schema import plan_json_schema
-from streams.events import ConsentEvent, DeadLetter, EngagementEvent, IncidentEvent, RuleChangeEvent
+from monitor.events import ConsentEvent, DeadLetter, EngagementEvent, IncidentEvent, RuleChangeEvent
 
 TOPIC_MODELS = {
     "engagement": EngagementEvent,

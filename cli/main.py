@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cli.exceptions import CliError
 from streams.exceptions import StreamsError
-from streams.report import WINDOWS, ReportRequest
-from streams.settings import Settings
+from monitor.report import WINDOWS, ReportRequest
+from monitor.settings import Settings
 
 log = logging.getLogger("pmon")
 USAGE_EXIT = 2
@@ -45,7 +46,7 @@ INITIATIVE_KINDS = {"feed_stale", "unapproved_rule_change", "experiment_integrit
                     "variant_imbalance"}
 
 
-class CliError(click.ClickException):
+class UsageFailure(click.ClickException):
     """A one-line, actionable error with exit code 2, naming the command that failed."""
 
     exit_code = USAGE_EXIT
@@ -57,7 +58,7 @@ class CliError(click.ClickException):
 
 def _fail(message: str) -> NoReturn:
     context = click.get_current_context(silent=True)
-    raise CliError(message, context.command_path if context else None)
+    raise UsageFailure(message, context.command_path if context else None)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -88,7 +89,7 @@ def pmon() -> None:
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="full", show_default=True)
 def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
     """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
-    from streams.simulator import SimulationSpec, demo_program, labels, simulate
+    from simulation.simulator import SimulationSpec, demo_program, labels, simulate
 
     spec = SimulationSpec(seed=seed, days=days, initiatives=demo_program())
     # The simulated experiments' plans, as a user would configure theirs: the planned allocation, conversions per
@@ -161,7 +162,7 @@ def _print_experiments(driver: Any, spec: Any, console: Console) -> None:
 
 def _print_checklists(driver: Any, console: Console) -> None:
     """Every initiative's governance checklist, as its plan document carries it."""
-    from streams.render import checklist_table
+    from cli.render import checklist_table
 
     plans = driver.pipeline.state.plans
     items = [(initiative, item) for initiative in sorted(plans) for item in plans[initiative].governance_checklist]
@@ -175,7 +176,7 @@ def _console() -> Console:
 
 
 def _encoded(records: Any) -> Any:
-    from streams.events import encode
+    from monitor.events import encode
 
     for record in records:
         yield record.topic, record.key.encode(), encode(record.event)
@@ -198,8 +199,8 @@ def _print_found(found: dict[str, list[Any]], console: Console) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
-    from streams.render import measured
-    from streams.report import measure_of
+    from cli.render import measured
+    from monitor.report import measure_of
 
     table = Table(title=f"Injected incidents, all initiatives: {sum(1 for hits in found.values() if hits)} of "
                         f"{len(found)} found", title_justify="left")
@@ -254,8 +255,8 @@ def _where(label: dict[str, Any]) -> str:
 
 def _print_report(driver: Any, initiative: str, window: str, detail: str, dimension: str | None,
                   alert_threshold: float | None, console: Console) -> None:
-    from streams.render import render_report
-    from streams.report import build_report
+    from cli.render import render_report
+    from monitor.report import build_report
 
     request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
                             alert_threshold=alert_threshold)
@@ -280,8 +281,8 @@ def _print_report(driver: Any, initiative: str, window: str, detail: str, dimens
 def simulate(seed: int, days: int, to_file: Path | None, labels_file: Path | None, to_kafka: bool,
              rate: float) -> None:
     """Generate a deterministic simulated program with injected incidents."""
-    from streams.simulator import SimulationSpec, labels, write_jsonl
-    from streams.simulator import simulate as generate
+    from simulation.simulator import SimulationSpec, labels, write_jsonl
+    from simulation.simulator import simulate as generate
 
     if not to_file and not to_kafka:
         _fail("nothing to do — pass --to-file PATH and/or --to-kafka")
@@ -297,7 +298,7 @@ def simulate(seed: int, days: int, to_file: Path | None, labels_file: Path | Non
         settings = _settings()
         try:
             count = asyncio.run(produce(settings, _encoded(generate(spec)), rate=rate))
-        except StreamsError as exc:
+        except (StreamsError, CliError) as exc:
             _fail(str(exc))
         click.echo(f"produced {count:,} records to {settings.kafka_bootstrap}", err=True)
 
@@ -315,7 +316,7 @@ def worker() -> None:
     _configure_logging(settings)
     try:
         asyncio.run(ensure_topics(settings, changelogs=TABLES))
-    except StreamsError as exc:
+    except (StreamsError, CliError) as exc:
         _fail(str(exc))
     app = create_app(settings)
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), console_port=None)
@@ -349,8 +350,8 @@ def monitor(initiative: str, window: str, detail: str, dimension: str | None, al
         driver, _ = _run_embedded(settings, read_records(events), console, total=None)
         _print_report(driver, initiative, window, detail, dimension, alert_threshold, console)
         return
-    from streams.monitor_client import fetch_report
-    from streams.render import render_report
+    from cli.monitor_client import fetch_report
+    from cli.render import render_report
 
     settings = _settings()
     url = worker_url or f"http://{settings.web_host}:{settings.web_port}"
@@ -358,7 +359,7 @@ def monitor(initiative: str, window: str, detail: str, dimension: str | None, al
                             alert_threshold=alert_threshold)
     try:
         report = fetch_report(url, request)
-    except StreamsError as exc:
+    except (StreamsError, CliError) as exc:
         _fail(str(exc))
     render_report(report, console)
 
@@ -435,7 +436,7 @@ def _read_series(path: Path, source: Any) -> Any:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas"), show_default=True)
 def schemas(out: Path) -> None:
     """Export the JSON Schemas of every topic and of the plan document."""
-    from streams.schemas import write_schemas
+    from monitor.schemas import write_schemas
 
     for path in write_schemas(out):
         click.echo(str(path))

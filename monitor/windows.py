@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from detectors.base import BucketObservation
 from experiments.state import ExperimentTotals
 from governance.scan import CONSENTED, FIRST_FALLBACK_IN_HOUR, FIRST_IN_HOUR, GovernanceTally
-from streams.events import EngagementEvent
+from monitor.events import EngagementEvent
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from experiments.memo import render_memo
 from plans.document import ChecklistItem
-from streams.report import DashboardRow, Report
+from monitor.report import DashboardRow, Report
 
 
 def _pct(value: float | None, digits: int = 2) -> str:

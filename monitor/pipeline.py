@@ -41,11 +41,11 @@ from incidents.playbooks import owner_at
 from plans.document import (Approval, IncidentSummary, PlanDocument, new_plan, with_approval, with_checklist,
                             with_experiment_memo, with_incident, with_metric, with_thresholds)
 from plans.exceptions import PlanError
-from streams.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
-from streams.exceptions import DecodeError
-from streams.pseudonym import Pseudonymiser
-from streams.settings import Settings
-from streams.windows import BucketRow, InitiativeClock, WindowKeeper
+from monitor.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
+from monitor.exceptions import DecodeError
+from monitor.pseudonym import Pseudonymiser
+from monitor.settings import Settings
+from monitor.windows import BucketRow, InitiativeClock, WindowKeeper
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from incidents.model import Evidence, IncidentEvent  # the incidents topic's schema, defined where it is decided
-from streams.exceptions import DecodeError
+from monitor.exceptions import DecodeError
 
 __all__ = ["EngagementEvent", "ConsentEvent", "RuleChangeEvent", "IncidentEvent", "Evidence", "DeadLetter",
            "INPUT_MODELS", "encode", "decode"]

@@ -17,10 +17,10 @@ from incidents.model import Evidence, IncidentEvent, incident_id, transition_eve
 from incidents.playbooks import owner_at, playbook_for
 from plans.document import PlanDocument
 from plans.plan_sink import PlanWriter, plan_bytes
-from streams.events import DeadLetter, encode
-from streams.metrics import PipelineMetrics
-from streams.pipeline import Outputs
-from streams.settings import Settings
+from monitor.events import DeadLetter, encode
+from monitor.metrics import PipelineMetrics
+from monitor.pipeline import Outputs
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import urllib.request
 
 import orjson
 
-from streams.exceptions import StreamsError, WorkerUnreachable
-from streams.report import Report, ReportRequest
+from cli.exceptions import CliError, WorkerUnreachable
+from monitor.report import Report, ReportRequest
 
 
 def fetch_report(base_url: str, request: ReportRequest, *, timeout: float = 10.0) -> Report:
@@ -22,8 +22,8 @@ def fetch_report(base_url: str, request: ReportRequest, *, timeout: float = 10.0
         body = orjson.loads(exc.read() or b"{}")
         if exc.code == 404 and "known" in body:
             known = ", ".join(body["known"]) or "none yet"
-            raise StreamsError(f"{body['error']} — the worker knows: {known}; pass one of them with --initiative") from None
-        raise StreamsError(f"the worker at {base_url} refused the request: {body.get('error', exc.reason)}") from None
+            raise CliError(f"{body['error']} — the worker knows: {known}; pass one of them with --initiative") from None
+        raise CliError(f"the worker at {base_url} refused the request: {body.get('error', exc.reason)}") from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise WorkerUnreachable(

@@ -1,0 +1,18 @@
+"""Errors raised by the monitor core on purpose; all derive from MonitorError."""
+
+
+class MonitorError(Exception):
+    """Root of every error the monitor core raises on purpose."""
+
+
+class DecodeError(MonitorError):
+    """A record is not valid input; `reason` is one line for the dead-letter topic."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+class StageError(MonitorError):
+    """A message between the stages is malformed: a bug or a foreign writer on an internal topic."""
