@@ -144,7 +144,7 @@ def _print_experiments(driver: Any, spec: Any, console: Console) -> None:
     for initiative in spec.initiatives:
         if not initiative.experiment:
             continue
-        state = (driver.pipeline.state.experiments.get(initiative.name) or {}).get(initiative.experiment)
+        state = (driver.initiative_stage.state.experiments.get(initiative.name) or {}).get(initiative.experiment)
         memo = state.memo if state is not None else None
         lift = initiative.variant_cvr_lifts[1] / initiative.variant_cvr_lifts[0] - 1
         injected = ("sample ratio mismatch" if initiative.planned_allocation != initiative.allocation
@@ -164,7 +164,7 @@ def _print_checklists(driver: Any, console: Console) -> None:
     """Every initiative's governance checklist, as its plan document carries it."""
     from cli.render import checklist_table
 
-    plans = driver.pipeline.state.plans
+    plans = driver.initiative_stage.state.plans
     items = [(initiative, item) for initiative in sorted(plans) for item in plans[initiative].governance_checklist]
     console.print(checklist_table("Governance checklists (in each initiative's plan)", items, show_initiative=True))
 
@@ -260,9 +260,9 @@ def _print_report(driver: Any, initiative: str, window: str, detail: str, dimens
 
     request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
                             alert_threshold=alert_threshold)
-    report = build_report(driver.pipeline, request)
+    report = build_report(driver.initiative_stage, request)
     if report is None:
-        known = ", ".join(sorted(driver.pipeline.state.clocks)) or "none"
+        known = ", ".join(sorted(driver.initiative_stage.state.clocks)) or "none"
         _fail(f"unknown initiative {initiative!r} — the events name: {known}; pass one of them with --initiative")
     render_report(report, console)
 
@@ -309,13 +309,13 @@ def worker() -> None:
     """Run the Faust worker against PMON_KAFKA_BOOTSTRAP (settings from PMON_* variables)."""
     import faust
 
-    from streams.app import TABLES, create_app
+    from streams.app import create_app, internal_topics
     from streams.kafka_io import ensure_topics
 
     settings = _settings()
     _configure_logging(settings)
     try:
-        asyncio.run(ensure_topics(settings, changelogs=TABLES))
+        asyncio.run(ensure_topics(settings, internal=internal_topics(settings)))
     except (StreamsError, CliError) as exc:
         _fail(str(exc))
     app = create_app(settings)

@@ -59,6 +59,19 @@ class GovernanceTally:
     variants: dict[str, list[int]] = field(default_factory=dict)
     personalized: dict[str, int] = field(default_factory=dict)
 
+    def merge(self, other: "GovernanceTally") -> None:
+        """Add another tally of the same bucket (another batch's)."""
+        for key, (exposures, fallbacks) in other.rules.items():
+            counts = self.rules.setdefault(key, [0, 0])
+            counts[0] += exposures
+            counts[1] += fallbacks
+        for key, units in other.variants.items():
+            mine = self.variants.setdefault(key, [0, 0, 0])
+            for n, value in enumerate(units):
+                mine[n] += value
+        for channel, count in other.personalized.items():
+            self.personalized[channel] = self.personalized.get(channel, 0) + count
+
     def add_exposure(self, *, channel: str, rule_id: str | None, experiment: str | None, variant: str,
                      fallback: bool, first_in_hour: bool, consented: bool, first_fallback_in_hour: bool) -> None:
         counts = self.rules.setdefault(f"{channel}|{rule_id or 'none'}|{experiment or ''}", [0, 0])

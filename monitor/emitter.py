@@ -13,13 +13,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id
-from incidents.playbooks import owner_at, playbook_for
+from incidents.degraded import degraded_incident
 from plans.document import PlanDocument
 from plans.plan_sink import PlanWriter, plan_bytes
 from monitor.events import DeadLetter, encode
 from monitor.metrics import PipelineMetrics
-from monitor.pipeline import Outputs
+from monitor.initiative_stage import Outputs
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,17 +94,7 @@ class Emitter:
         await self._raise_degraded(sink, error)
 
     async def _raise_degraded(self, sink: str, error: Exception) -> None:
-        now = datetime.now(timezone.utc)
-        period = now.strftime("%Y-%m-%dT%H")
-        incident = incident_id("pmon", "monitoring_degraded", sink, period)
-        playbook = playbook_for("monitoring_degraded")
-        event = IncidentEvent(
-            event_id=transition_event_id(incident, "opened", 1), incident_id=incident, transition="opened",
-            kind="monitoring_degraded", severity="critical", initiative="pmon", series=[sink], period=period,
-            owner=owner_at(playbook.first_rung), rung=playbook.first_rung, playbook=playbook.text,
-            evidence=Evidence(observed=1, expected=0, score=1, bucket_start=now, bucket_end=now,
-                              detail={"sink": sink, "error": repr(error)}),
-            occurred_at=now)
+        event = degraded_incident(sink, at=datetime.now(timezone.utc), detail={"sink": sink, "error": repr(error)})
         self.metrics.incident_transitions.labels(kind=event.kind, transition=event.transition).inc()
         if sink != "incidents":
-            await self._attempt("incidents", incident.encode(), encode(event))
+            await self._attempt("incidents", event.incident_id.encode(), encode(event))

@@ -16,10 +16,10 @@ from experiments.memo import ExperimentMemo
 from governance.scan import GovernanceState
 from incidents.model import IncidentEvent
 from plans.document import ChecklistItem
-from monitor.windows import Counters
+from monitor.messages import Counters
 
-if TYPE_CHECKING:  # the pipeline imports nothing from here; the annotation only documents the argument
-    from monitor.pipeline import MonitorPipeline
+if TYPE_CHECKING:  # the stage imports nothing from here; the annotation only documents the argument
+    from monitor.initiative_stage import InitiativeStage
 
 WINDOWS = {"7d": 7, "14d": 14, "30d": 30}
 Dimension = Literal["profile", "channel", "variant", "cohort"]
@@ -129,7 +129,7 @@ def measure_of(incident: IncidentEvent) -> str:
     return "age_seconds" if "age_seconds" in detail else str(detail.get("kpi", "value"))
 
 
-def build_report(pipeline: MonitorPipeline, request: ReportRequest) -> Report | None:
+def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | None:
     """The report of one initiative, or None when the monitor has never seen it."""
     state, settings = pipeline.state, pipeline.settings
     clock = state.clocks.get(request.initiative)

@@ -11,54 +11,26 @@ observation of zero, not a missing one), and a closed bucket is judged for
 every series of the initiative's roster, with zeros for a silent series. A
 series leaves the roster after `retention_days` without events.
 
-State lives in two mappings (a Faust table in the worker, a dict in the
+State lives in two tables (a Faust table in the worker, a dict in the
 embedded driver): `clocks[initiative]` and `buckets["<initiative>|<start>"]`,
 one row per initiative and hour holding counters per series and per cohort,
-kept `retention_days` for reports. Changed values are held in a write-back
-cache until `flush()`, so a batch of events costs one table write (and one
-changelog record) per touched row instead of one per event.
+kept `retention_days` for reports. The keeper writes through the step's
+transaction (`monitor.transaction`): a partial costs one write per touched
+row, at the step's commit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from detectors.base import BucketObservation
 from experiments.state import ExperimentTotals
-from governance.scan import CONSENTED, FIRST_FALLBACK_IN_HOUR, FIRST_IN_HOUR, GovernanceTally
-from monitor.events import EngagementEvent
-
-
-@dataclass(slots=True)
-class Counters:
-    exposures: int = 0
-    clicks: int = 0
-    conversions: int = 0
-    revenue: float = 0.0
-    fallbacks: int = 0
-    latency_ms_sum: float = 0.0
-
-    def add(self, event: EngagementEvent) -> None:
-        if event.event_type == "exposure":
-            self.exposures += 1
-            self.fallbacks += event.fallback
-            self.latency_ms_sum += event.decision_latency_ms
-        elif event.event_type == "click":
-            self.clicks += 1
-        else:
-            self.conversions += 1
-            self.revenue += event.revenue
-
-    def merge(self, other: "Counters") -> None:
-        self.exposures += other.exposures
-        self.clicks += other.clicks
-        self.conversions += other.conversions
-        self.revenue += other.revenue
-        self.fallbacks += other.fallbacks
-        self.latency_ms_sum += other.latency_ms_sum
+from governance.scan import GovernanceTally
+from monitor.messages import BucketPartial, Counters, Partial
+from monitor.transaction import Staged
 
 
 @dataclass(slots=True)
@@ -70,7 +42,7 @@ class BucketRow:
     end: float
     series: dict[str, Counters] = field(default_factory=dict)
     cohorts: dict[str, Counters] = field(default_factory=dict)
-    offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted here, per partition
+    offsets: dict[int, int] = field(default_factory=dict)  # last source offset applied here, per partition
     governance: GovernanceTally = field(default_factory=GovernanceTally)
     experiments: dict[str, ExperimentTotals] = field(default_factory=dict)  # what the bucket's events added
 
@@ -85,7 +57,18 @@ class BucketRow:
                                     c.fallbacks, c.latency_ms_sum, group_exposures=initiative_exposures)
 
     def events(self) -> int:
-        return sum(c.exposures + c.clicks + c.conversions for c in self.series.values())
+        return sum(c.events() for c in self.series.values())
+
+    def merge(self, bucket: BucketPartial) -> None:
+        """Add what one batch brought to this bucket."""
+        for name, counters in bucket.series.items():
+            self.series.setdefault(name, Counters()).merge(counters)
+        for name, counters in bucket.cohorts.items():
+            self.cohorts.setdefault(name, Counters()).merge(counters)
+        self.governance.merge(bucket.governance)
+        for experiment, delta in bucket.experiments.items():
+            known = self.experiments.get(experiment)
+            self.experiments[experiment] = delta if known is None else known + delta
 
 
 @dataclass(slots=True)
@@ -99,13 +82,10 @@ class InitiativeClock:
     last_event_wall: float = 0.0
     partition_marks: dict[int, float] = field(default_factory=dict)  # greatest event time per source partition
     partition_walls: dict[int, float] = field(default_factory=dict)  # wall time of its last event
-    partition_offsets: dict[int, int] = field(default_factory=dict)  # greatest source offset counted
-    duplicates: int = 0
+    partition_offsets: dict[int, int] = field(default_factory=dict)  # last source offset applied
+    duplicates: int = 0   # partials applied before (redelivered), skipped
+    gaps: int = 0         # source offsets no partial covered (lost between the stages)
     roster: dict[str, float] = field(default_factory=dict)  # series -> end of the last closed bucket it had events in
-
-
-def series_key(event: EngagementEvent) -> str:
-    return f"{event.initiative}|{event.profile}|{event.channel}|{event.variant}"
 
 
 def bucket_key(initiative: str, start: float) -> str:
@@ -116,10 +96,22 @@ def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
+@dataclass(slots=True)
+class Applied:
+    """What applying one partial did."""
+
+    duplicate: bool = False
+    counted: int = 0                      # events counted in open buckets
+    late: int = 0                         # events of closed buckets: counted as late, dropped
+    gap: int = 0                          # source offsets skipped before this partial
+    late_experiments: dict[str, ExperimentTotals] = field(default_factory=dict)
+    closed: list["BucketRow"] = field(default_factory=list)
+
+
 class WindowKeeper:
     """Adds events to open buckets and hands back the buckets the watermark closed."""
 
-    def __init__(self, clocks: MutableMapping[str, InitiativeClock], buckets: MutableMapping[str, BucketRow], *,
+    def __init__(self, clocks: Staged, buckets: Staged, *,
                  bucket_seconds: int, allowed_lateness_seconds: int, retention_days: int,
                  source_partitions: int = 1, idle_seconds: float = 900.0) -> None:
         self.clocks = clocks
@@ -129,115 +121,82 @@ class WindowKeeper:
         self.retention = retention_days * 86_400
         self.source_partitions = source_partitions
         self.idle_seconds = idle_seconds
-        self._dirty_clocks: dict[str, InitiativeClock] = {}
-        self._dirty_rows: dict[str, BucketRow | None] = {}  # None: delete
         self._expired: list[str] = []
 
     def clock(self, initiative: str) -> InitiativeClock | None:
         """The initiative's clock as this step sees it (read only)."""
-        return self._clock(initiative)
-
-    def _clock(self, initiative: str) -> InitiativeClock | None:
-        clock = self._dirty_clocks.get(initiative)
-        return clock if clock is not None else self.clocks.get(initiative)
+        return self.clocks.get(initiative)
 
     def _row(self, key: str) -> BucketRow | None:
-        if key in self._dirty_rows:
-            return self._dirty_rows[key]
         return self.buckets.get(key)
-
-    def flush(self) -> None:
-        """Write the changed rows, then the clocks (see `flush_rows`)."""
-        self.flush_rows()
-        self.flush_clocks()
-
-    def flush_rows(self) -> None:
-        """Write the changed rows. Before the clocks: a crash between the two leaves rows that
-        know (by their offsets) what they counted, so a replay never counts twice."""
-        for key, row in self._dirty_rows.items():
-            if row is None:
-                self.buckets.pop(key, None)
-            else:
-                self.buckets[key] = row
-        self._dirty_rows.clear()
-
-    def flush_clocks(self) -> None:
-        for initiative, clock in self._dirty_clocks.items():
-            self.clocks[initiative] = clock
-        self._dirty_clocks.clear()
 
     def _start_of(self, epoch: float) -> float:
         return math.floor(epoch / self.bucket_seconds) * self.bucket_seconds
 
-    def redelivered(self, initiative: str, source_partition: int, source_offset: int | None) -> bool:
-        """Was this source record counted before (a redelivery after a crash)? See `add`."""
-        clock = self._clock(initiative)
-        return (source_offset is not None and clock is not None
-                and source_offset <= clock.partition_offsets.get(source_partition, -1))
+    def apply(self, partial: Partial, *, wall_now: float) -> Applied:
+        """Apply one batch's partial: count its buckets, move the partition's mark, close what the watermark passed.
 
-    def add(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
-            source_offset: int | None = None, marks: int = 0,
-            experiment_delta: ExperimentTotals | None = None) -> tuple[bool, list[BucketRow]]:
-        """Count one event; return whether it was counted and the buckets now closed.
-
-        `source_partition` is the partition of the input topic the event was
-        read from: partitions are consumed at different speeds, so the
-        watermark is the least of their marks (see `_watermark`).
-        `source_offset` is its offset there: a record redelivered after a crash
-        (at-least-once) has an offset already counted and is skipped, so it is
-        never counted twice. `marks` are the per-user stage's findings on an
-        exposure (`governance.scan.CONSENTED`, ...), counted in the row's
-        governance tally; `experiment_delta` what it adds to its experiment's
-        totals, kept in the row so that a readout at the bucket's close counts
-        exactly the events before its end, whatever the arrival order.
+        A partial whose offsets were applied before (a redelivery) changes
+        nothing; one that starts past the last applied offset + 1 left records
+        uncounted between the stages, a gap, which is counted and reported.
+        A bucket already closed is late: its events are counted as late and
+        dropped, its experiment deltas handed back (a late conversion is still
+        a conversion). Each row remembers the last offset it applied per
+        partition, so a replay after a crash that lost the clock's write never
+        counts a row twice.
         """
-        initiative = event.initiative
-        clock = self._clock(initiative)
+        initiative = partial.initiative
+        clock = self.clocks.get(initiative)
         if clock is None:
             clock = InitiativeClock(first_event_wall=wall_now)
-        self._dirty_clocks[initiative] = clock
-        if source_offset is not None:
-            if source_offset <= clock.partition_offsets.get(source_partition, -1):
+        source = partial.source
+        gap = 0
+        if source is not None:
+            applied = clock.partition_offsets.get(source.partition)
+            if applied is not None and source.last <= applied:
                 clock.duplicates += 1
-                return False, []
-            clock.partition_offsets[source_partition] = source_offset
-        t = event.event_time.timestamp()
-        start = self._start_of(t)
-        clock.last_event_wall = wall_now
-        clock.partition_walls[source_partition] = wall_now
-        mark = clock.partition_marks.get(source_partition)
-        clock.partition_marks[source_partition] = t if mark is None else max(mark, t)
-        if clock.closed_until is not None and start < clock.closed_until:
-            clock.late_dropped += 1
-            return False, []
-        key = bucket_key(initiative, start)
-        row = self._row(key)
-        if row is None:
-            row = BucketRow(initiative, start, start + self.bucket_seconds)
-            clock.open_starts.append(start)
-            clock.open_starts.sort()
-        if source_offset is None or source_offset > row.offsets.get(source_partition, -1):
-            row.series.setdefault(series_key(event), Counters()).add(event)
-            row.cohorts.setdefault(event.cohort, Counters()).add(event)
-            if experiment_delta is not None and event.experiment:
-                known = row.experiments.get(event.experiment)
-                row.experiments[event.experiment] = experiment_delta if known is None else known + experiment_delta
-            if event.event_type == "exposure":
-                row.governance.add_exposure(
-                    channel=event.channel, rule_id=event.rule_id, experiment=event.experiment,
-                    variant=event.variant, fallback=event.fallback, consented=bool(marks & CONSENTED),
-                    first_in_hour=bool(marks & FIRST_IN_HOUR),
-                    first_fallback_in_hour=bool(marks & FIRST_FALLBACK_IN_HOUR))
-            if source_offset is not None:
-                row.offsets[source_partition] = source_offset
-            self._dirty_rows[key] = row
-        # else: the row counted it before a crash that lost the clock's write; it is counted, once.
-        clock.counted += 1
+                self.clocks[initiative] = clock
+                return Applied(duplicate=True)
+            if applied is not None and source.first > applied + 1:
+                gap = source.first - applied - 1
+                clock.gaps += gap
+            clock.partition_offsets[source.partition] = source.last
+        self.clocks[initiative] = clock
+        late: dict[str, ExperimentTotals] = {}
+        counted = late_events = 0
+        for start, bucket in sorted(partial.buckets.items()):
+            events = bucket.events()
+            if clock.closed_until is not None and start < clock.closed_until:
+                late_events += events
+                for experiment, delta in bucket.experiments.items():
+                    late[experiment] = delta + late[experiment] if experiment in late else delta
+                continue
+            key = bucket_key(initiative, start)
+            row = self._row(key)
+            if row is None:
+                row = BucketRow(initiative, start, start + self.bucket_seconds)
+                clock.open_starts.append(start)
+                clock.open_starts.sort()
+            if source is None or source.last > row.offsets.get(source.partition, -1):
+                row.merge(bucket)
+                if source is not None:
+                    row.offsets[source.partition] = source.last
+                self.buckets[key] = row
+            counted += events  # else the row applied it before a crash that lost the clock's write: once
+        clock.counted += counted
+        clock.late_dropped += late_events
+        if partial.mark is not None:
+            mark = clock.partition_marks.get(partial.partition)
+            clock.partition_marks[partial.partition] = partial.mark if mark is None else max(mark, partial.mark)
+            clock.partition_walls[partial.partition] = wall_now
+        if counted or late_events:
+            clock.last_event_wall = wall_now
+        closed: list[BucketRow] = []
         watermark = self._watermark(clock, wall_now)
-        if watermark is None or (clock.watermark is not None and watermark <= clock.watermark):
-            return True, []
-        clock.watermark = watermark
-        return True, self._advance(initiative, clock, watermark - self.lateness)
+        if watermark is not None and (clock.watermark is None or watermark > clock.watermark):
+            clock.watermark = watermark
+            closed = self._advance(initiative, clock, watermark - self.lateness)
+        return Applied(counted=counted, late=late_events, gap=gap, late_experiments=late, closed=closed)
 
     def _watermark(self, clock: InitiativeClock, wall_now: float) -> float | None:
         """The least event-time mark over the source partitions, as in Flink.
@@ -263,15 +222,15 @@ class WindowKeeper:
         those buckets arriving afterwards is late, as it would be had traffic
         continued.
         """
-        clock = self._clock(initiative)
+        clock = self.clocks.get(initiative)
         if clock is None or not clock.open_starts or wall_now - clock.last_event_wall < idle_seconds:
             return []
-        self._dirty_clocks[initiative] = clock
+        self.clocks[initiative] = clock
         return self._advance(initiative, clock, clock.open_starts[-1] + self.bucket_seconds)
 
     def roster(self, initiative: str) -> dict[str, float]:
         """The initiative's known series: each closed bucket is judged for all of them."""
-        clock = self._clock(initiative)
+        clock = self.clocks.get(initiative)
         return {} if clock is None else clock.roster
 
     def take_expired(self) -> list[str]:
@@ -311,11 +270,11 @@ class WindowKeeper:
         for start in range(int(self._start_of(first)), int(closed_until - self.retention), self.bucket_seconds):
             key = bucket_key(initiative, start)
             if self._row(key) is not None:
-                self._dirty_rows[key] = None
+                self.buckets[key] = None
 
     def closed_rows(self, initiative: str, since: float) -> list[BucketRow]:
         """Rows of closed buckets starting at or after `since`, oldest first."""
-        clock = self._clock(initiative)
+        clock = self.clocks.get(initiative)
         if clock is None or clock.closed_until is None:
             return []
         rows = []

@@ -1,9 +1,13 @@
-"""The embedded driver: the same pipeline in one process, no broker.
+"""The embedded driver: the worker's two stages in one process, no broker.
 
-Records go through exactly the worker's path: bytes are decoded and validated
-(`admit`), engagement is re-keyed to its initiative, and the outputs go
-through the same `Emitter` (retries, dead letters, plan files). Only the
-transport (lists instead of topics) and the tables (dicts) differ.
+Records go through exactly the worker's path: engagement and consent are
+combined in batches by the per-user stage (`monitor.user_stage`), its partials
+applied by the per-initiative stage (`monitor.initiative_stage`), rule changes
+audited there, and the outputs sent through the same `Emitter` (retries, dead
+letters, plan files). Only the transport (lists instead of topics) and the
+tables (dicts) differ. The input is one ordered stream, read as one source
+partition: consent read so far is everything before the current record, so
+an exposure is judged with the consent that precedes it in the input.
 
 In a replay (`replay=True`, as `pmon demo` runs) the per-initiative stage's
 clock is the replay's: the greatest event time fed so far. Quiet feeds are
@@ -23,12 +27,14 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from incidents.model import IncidentEvent
-from plans.plan_sink import PlanWriter
 from monitor.emitter import Emitter
-from monitor.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent
+from monitor.events import INPUT_MODELS, DeadLetter, RuleChangeEvent
+from monitor.initiative_stage import InitiativeStage, InitiativeState, Outputs
+from monitor.messages import Message, Tick, encode
 from monitor.metrics import PipelineMetrics
-from monitor.pipeline import MonitorPipeline, MonitorState, Outputs
 from monitor.settings import Settings
+from monitor.user_stage import SourceRecord, UserStage
+from plans.plan_sink import PlanWriter
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +53,19 @@ class EmbeddedDriver:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
                  wall_clock: Callable[[], float] = time.time, replay: bool = False) -> None:
         self.settings = settings
-        self.pipeline = MonitorPipeline(settings, MonitorState(), stored_plan=PlanWriter(settings.plan_dir).latest)
+        self.users: dict[str, bytes] = {}
+        self.user_stage = UserStage(settings, self.users)
+        self.initiative_stage = InitiativeStage(settings, InitiativeState(),
+                                                stored_plan=PlanWriter(settings.plan_dir).latest)
         self.run_result = EmbeddedRun()
+        self.metrics = PipelineMetrics(registry or CollectorRegistry())
         self._wall_clock = wall_clock
         self._replay_now: float | None = None if not replay else float("-inf")
         self._next_check = float("-inf")
-        self.emitter = Emitter(settings, PipelineMetrics(registry or CollectorRegistry()), send=self._collect)
+        self._engagement: list[SourceRecord] = []
+        self._consent: list[SourceRecord] = []
+        self._offsets = {"engagement": 0, "consent": 0, "rule-changes": 0}
+        self.emitter = Emitter(settings, self.metrics, send=self._collect)
 
     def _collect(self, topic: str, key: bytes, value: bytes) -> None:
         if topic == "incidents":
@@ -62,48 +75,72 @@ class EmbeddedDriver:
         else:
             self.run_result.plan_updates.append(value)
 
-    async def feed(self, topic: str, raw: bytes, *, key: bytes | None = None) -> None:
-        """One input record, as the worker's agent for `topic` would handle it."""
+    async def feed(self, topic: str, raw: bytes | None, *, key: bytes | None = None) -> None:
+        """One input record, as the worker would handle it (batched with its neighbours; see `flush`)."""
         self.run_result.records += 1
-        record = self.pipeline.admit(topic, raw, wall_now=self._wall_clock(), key=key,
-                                     offset=self.run_result.records - 1)
-        if isinstance(record, DeadLetter):
-            await self.emitter.dead_letter(record)
-        elif isinstance(record, EngagementEvent):
-            if self._replay_now is not None:
-                await self._replay_until(record.event_time.timestamp())
-            found = self.pipeline.on_user_engagement(record)
-            self.pipeline.commit_users()
-            await self._step(raw, topic, lambda: self.pipeline.on_engagements(
-                [record], wall_now=self.stage_now(), source_offsets=[self.run_result.records - 1],
-                marks=[found.marks], violations=[found.violation] if found.violation else (),
-                experiment_deltas=[found.experiment_delta]))
-        elif isinstance(record, ConsentEvent):
-            convicted = self.pipeline.on_consent(record)
-            self.pipeline.commit_users()
-            for initiative in sorted({v.initiative for v in convicted}):
-                await self._step(raw, topic, lambda: self.pipeline.on_violations(
-                    initiative, [v for v in convicted if v.initiative == initiative]))
-        elif isinstance(record, RuleChangeEvent):
-            await self._step(raw, topic, lambda: self.pipeline.on_rule_change(record))
+        self.metrics.records.labels(topic=topic).inc()
+        offset = self._offsets[topic]
+        self._offsets[topic] = offset + 1
+        record = SourceRecord(offset, raw, key)
+        if topic == "rule-changes":
+            await self.flush()
+            event = self.initiative_stage.admit_rule_change(raw, wall_now=self._wall_clock(), key=key,
+                                                            partition=0, offset=offset)
+            if isinstance(event, DeadLetter):
+                await self.emitter.dead_letter(event)
+            else:
+                await self._replay_until(event.event_time.timestamp())
+                await self._step(self.initiative_stage.on_rule_change, event, raw)
+        elif topic == "consent":
+            self._consent.append(record)
+        else:
+            if self._replay_now is not None and raw is not None:
+                at = _event_time(raw)
+                if at is not None and at >= self._next_check:
+                    await self.flush()
+                    await self._replay_until(at)
+            self._engagement.append(record)
+        if len(self._engagement) + len(self._consent) >= self.settings.batch_size:
+            await self.flush()
         if self._replay_now is None and self._wall_clock() >= self._next_check:
+            await self.flush()
             await self.check_feeds()
 
-    async def _step(self, raw: bytes, topic: str, step: Callable[[], Outputs]) -> None:
+    async def flush(self) -> None:
+        """Combine the records fed since the last flush (one batch of the one source partition) and apply it."""
+        if not self._engagement and not self._consent:
+            return
+        engagement, consent = self._engagement, self._consent
+        self._engagement, self._consent = [], []
+        result = self.user_stage.process(0, engagement, consent, wall_now=self._wall_clock())
+        for letter in result.dead_letters:
+            await self.emitter.dead_letter(letter)
+        for partial in result.partials:
+            await self._step(self.initiative_stage.on_message, partial, None)
+        self.user_stage.commit(result)
+
+    async def _step(self, step: Callable[..., Outputs], message: Message | RuleChangeEvent,
+                    raw: bytes | None) -> None:
         """One per-initiative step, as the worker's agent runs it: outputs sent, then state written."""
         try:
-            outputs = step()
-        except Exception as exc:  # noqa: BLE001 - as the worker: keep the record, raise monitoring_degraded
-            log.exception("processing failed for record %d", self.run_result.records)
-            self.pipeline.commit()  # as the worker: what was applied stays applied
-            await self.emitter.processing_failed(raw, self.settings.topic(topic), exc)
+            if isinstance(message, RuleChangeEvent):
+                outputs = step(message)
+            else:
+                outputs = step(message, wall_now=self.stage_now())
+        except Exception as exc:  # noqa: BLE001 - as the worker: keep the message, raise monitoring_degraded
+            log.exception("processing failed for %s", type(message).__name__)
+            self.initiative_stage.commit()  # as the worker: what was applied stays applied
+            body = raw if raw is not None else encode(message)
+            await self.emitter.processing_failed(body, f"{self.settings.app_id}-partials", exc)
             return
         await self.emitter.emit(outputs)
-        self.pipeline.commit()
+        self.initiative_stage.commit()
 
     async def _replay_until(self, event_time: float) -> None:
         """Move the replay's clock to `event_time`, running the checks the timer would have run on the way:
         a silence in the replayed traffic is a silence to the checks, as it was live."""
+        if self._replay_now is None:
+            return
         interval = self.settings.check_interval_seconds
         if self._replay_now == float("-inf"):  # the first event: checks start on the next instant of the grid
             self._next_check = (event_time // interval + 1) * interval
@@ -122,18 +159,29 @@ class EmbeddedDriver:
         interval = self.settings.check_interval_seconds
         # On the interval grid: a replay checks at the same instants whatever its records.
         self._next_check = (now // interval + 1) * interval
-        for initiative in list(self.pipeline.state.clocks):
-            await self.emitter.emit(self.pipeline.on_check(initiative, wall_now=now))
-            self.pipeline.commit()
+        for initiative in list(self.initiative_stage.initiatives()):
+            await self._step(self.initiative_stage.on_message, Tick(initiative), None)
 
-    async def run(self, records: Iterable[tuple[str, bytes | None, bytes]],
+    async def run(self, records: Iterable[tuple[str, bytes | None, bytes | None]],
                   progress: Callable[[int], None] | None = None) -> EmbeddedRun:
         """Feed (topic, key, value) records in order; `progress(n)` is called every 1,000 records."""
         for n, (topic, key, raw) in enumerate(records, start=1):
             await self.feed(topic, raw, key=key)
             if progress is not None and n % 1000 == 0:
                 progress(1000)
+        await self.flush()
         return self.run_result
+
+
+def _event_time(raw: bytes) -> float | None:
+    """The event time of an engagement record, for the replay's clock; None if it has none readable."""
+    from datetime import datetime
+
+    try:
+        value = orjson.loads(raw).get("event_time")
+        return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else None
+    except (orjson.JSONDecodeError, AttributeError, ValueError, TypeError, OverflowError):
+        return None
 
 
 def read_records(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:

@@ -36,12 +36,13 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 
 async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS + OUTPUT_TOPICS,
-                        changelogs: Iterable[str] = ()) -> None:
+                        internal: dict[str, bool] | None = None) -> None:
     """Create the project's topics with the configured partitions, when they do not exist yet.
 
-    `changelogs` names tables whose compacted changelog topics are created too:
-    a worker that creates them itself at its first start may not see them in
-    its first metadata and refuse to write its tables (PartitionsMismatch).
+    `internal` names the worker's internal topics (full names) and whether each
+    is compacted (a changelog): a worker that creates them itself at its first
+    start may not see them in its first metadata and refuse to write its
+    tables (PartitionsMismatch).
     """
     admin = AIOKafkaAdminClient(**client_options(settings))
     try:
@@ -53,9 +54,9 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS 
         existing = set(await admin.list_topics())
         wanted = [NewTopic(settings.topic(n), settings.topic_partitions, settings.topic_replicas)
                   for n in names if settings.topic(n) not in existing]
-        wanted += [NewTopic(changelog, settings.topic_partitions, settings.topic_replicas,
-                            topic_configs={"cleanup.policy": "compact"})
-                   for table in changelogs if (changelog := f"{settings.app_id}-{table}-changelog") not in existing]
+        wanted += [NewTopic(name, settings.topic_partitions, settings.topic_replicas,
+                            topic_configs={"cleanup.policy": "compact"} if compacted else {})
+                   for name, compacted in (internal or {}).items() if name not in existing]
         if wanted:
             try:
                 await admin.create_topics(wanted)

@@ -51,7 +51,7 @@ def replay(records, tmp_path_factory) -> tuple[EmbeddedDriver, EmbeddedRun]:
 
 def test_per_variant_totals_are_exact_per_user_sums(records, replay) -> None:
     driver, _ = replay
-    closed_until = driver.pipeline.state.clocks["Loser"].closed_until  # totals hold the closed buckets' events
+    closed_until = driver.initiative_stage.state.clocks["Loser"].closed_until  # totals hold the closed buckets' events
     users: dict[str, dict[str, Any]] = defaultdict(lambda: {"conversions": 0, "revenue": 0.0})
     for topic, _, raw in records:
         if topic != "engagement":
@@ -63,7 +63,7 @@ def test_per_variant_totals_are_exact_per_user_sums(records, replay) -> None:
             if event.event_type == "conversion":
                 user["conversions"] += 1
                 user["revenue"] += event.revenue
-    totals = driver.pipeline.state.experiments["Loser"]["exp-loser"].totals
+    totals = driver.initiative_stage.state.experiments["Loser"]["exp-loser"].totals
     for variant in ("control", "treatment"):
         mine = [u for u in users.values() if u["variant"] == variant]
         got = totals.variants[variant]
@@ -79,7 +79,7 @@ def test_per_variant_totals_are_exact_per_user_sums(records, replay) -> None:
     ("Winner", "exp-winner", "ship"), ("Loser", "exp-loser", "roll_back"), ("Skewed", "exp-srm", "investigate")])
 def test_the_readout_recommends_what_was_injected(replay, initiative: str, experiment: str, state: str) -> None:
     driver, run = replay
-    memo = driver.pipeline.state.experiments[initiative][experiment].memo
+    memo = driver.initiative_stage.state.experiments[initiative][experiment].memo
     assert memo.summary.state == state, memo.summary.reasons
     decisions = [e for e in run.incidents if e.kind == "experiment_decision" and e.initiative == initiative]
     assert decisions and decisions[-1].evidence.detail["state"] == state
@@ -88,7 +88,7 @@ def test_the_readout_recommends_what_was_injected(replay, initiative: str, exper
         assert any(flag["kind"] == "sample_ratio_mismatch" for flag in decisions[-1].evidence.detail["flags"])
     plan = latest(driver.settings.plan_dir, initiative)
     assert [(m.experiment, m.state) for m in plan.experiment_memos] == [(experiment, state)]
-    report = build_report(driver.pipeline, ReportRequest(initiative=initiative, detail="full"))
+    report = build_report(driver.initiative_stage, ReportRequest(initiative=initiative, detail="full"))
     assert [m.summary.state for m in report.experiments] == [state]
 
 

@@ -116,7 +116,7 @@ def test_no_raw_user_id_reaches_any_output_state_log_or_metric(program_run) -> N
         "plan updates": b"\n".join(run.plan_updates),
         "plan files": b"\n".join(p.read_bytes() for p in settings.plan_dir.rglob("*.json")),
         "dead-letter reasons": b"\n".join((d.reason + d.error).encode() for d in run.dead_letters),
-        "state": _strings_of(pickle.dumps(driver.pipeline.state)),
+        "state": _strings_of(pickle.dumps(driver.initiative_stage.state)),
         "log": "\n".join(log_lines).encode(),
         "metrics": metrics,
     }
@@ -124,7 +124,7 @@ def test_no_raw_user_id_reaches_any_output_state_log_or_metric(program_run) -> N
     assert leaked == {}
     violation = next(i for i in run.incidents if i.kind == "consent_violation")
     assert violation.evidence.detail["users_listed"][0].encode() in outputs["incidents"]
-    assert len(driver.pipeline.state.consent_ledger) > 1000, "users are in the ledger, under pseudonyms"
+    assert len(driver.users) > 1000, "users are in the ledger, under pseudonyms"
 
 
 def test_a_kpi_incident_lists_the_unapproved_rule_change_before_it_and_starts_a_rung_higher(tmp_path: Path) -> None:

@@ -93,17 +93,15 @@ def test_without_an_allocation_the_shares_are_learnt_first(tmp_path: Path) -> No
 
 def test_a_series_without_events_for_the_retention_leaves_the_tables(tmp_path: Path) -> None:
     from monitor.events import EngagementEvent
-    from monitor.pipeline import MonitorPipeline, MonitorState
 
     settings = Settings(plan_dir=tmp_path / "plans", retention_days=1, allowed_lateness_seconds=0)
-    pipeline = MonitorPipeline(settings, MonitorState())
+    driver = EmbeddedDriver(settings)
+    pipeline = driver.initiative_stage
 
     def feed(hour: int, variant: str) -> None:
-        pipeline.on_engagement(EngagementEvent(
+        asyncio.run(driver.run([("engagement", None, encode(EngagementEvent(
             event_id=f"e{hour}{variant}", event_type="exposure", event_time=DEFAULT_START + timedelta(hours=hour),
-            user_id="p0123456789abcdef01234567", initiative=INITIATIVE, profile="member", channel="web",
-            variant=variant), wall_now=0.0)
-        pipeline.commit()
+            user_id="u1", initiative=INITIATIVE, profile="member", channel="web", variant=variant)))]))
 
     feed(0, "treatment")
     feed(0, "control")

@@ -15,7 +15,9 @@ from plans.document import post_incident_review_id
 from plans.plan_sink import latest, plan_files
 from streams.embedded import EmbeddedDriver, EmbeddedRun
 from monitor.events import ConsentEvent, EngagementEvent, encode
+from monitor.messages import Partial, decode as decode_message
 from monitor.pseudonym import Pseudonymiser
+from monitor.user_stage import decode_user
 from monitor.settings import Settings
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -119,6 +121,7 @@ async def test_bad_input_becomes_one_dead_letter_and_the_next_record_is_processe
     await embedded.feed(*_feed_args(engagement(1, GOOD_AT)))
     await embedded.feed("engagement", raw, key=b"u777000")
     await embedded.feed(*_feed_args(engagement(2, GOOD_AT + timedelta(seconds=1))))
+    await embedded.flush()
 
     letters = embedded.run_result.dead_letters
     assert len(letters) == 1, what
@@ -131,7 +134,7 @@ async def test_bad_input_becomes_one_dead_letter_and_the_next_record_is_processe
     assert "\n" not in letter.reason
     # The raw user id of the bad record is pseudonymised before validation: not in the reason nor the error.
     assert "u777" not in letter.reason and "u777" not in letter.error
-    assert embedded.pipeline.state.clocks[INITIATIVE].counted == 2  # both good records, before and after
+    assert embedded.initiative_stage.state.clocks[INITIATIVE].counted == 2  # both good records, before and after
     assert embedded.run_result.incidents == []
 
 
@@ -139,7 +142,7 @@ def _feed_args(record: Record) -> tuple[str, bytes]:
     return record[0], record[2]
 
 
-async def test_every_bad_record_in_a_stream_is_dead_lettered_once_in_order(tmp_path: Path) -> None:
+async def test_every_bad_record_in_a_stream_is_dead_lettered_once_in_order_of_its_topic(tmp_path: Path) -> None:
     embedded = driver(tmp_path)
     records: list[Record] = []
     for k, (_, raw, _) in enumerate(BAD_RECORDS):
@@ -147,9 +150,12 @@ async def test_every_bad_record_in_a_stream_is_dead_lettered_once_in_order(tmp_p
         records.append(("engagement", None, raw))
     records.append(("consent", b"u000001", b"\xff\xfe not utf-8"))
     run = await embedded.run(records)
-    assert [letter.raw() for letter in run.dead_letters] == [raw for _, raw, _ in BAD_RECORDS] + [b"\xff\xfe not utf-8"]
-    assert run.dead_letters[-1].source_topic == "pmon.consent"
-    assert embedded.pipeline.state.clocks[INITIATIVE].counted == len(BAD_RECORDS)
+    # In order within each topic (across topics Kafka promises no order).
+    by_topic = {topic: [letter.raw() for letter in run.dead_letters if letter.source_topic == topic]
+                for topic in ("pmon.engagement", "pmon.consent")}
+    assert by_topic == {"pmon.engagement": [raw for _, raw, _ in BAD_RECORDS], "pmon.consent": [b"\xff\xfe not utf-8"]}
+    assert len(run.dead_letters) == len(BAD_RECORDS) + 1
+    assert embedded.initiative_stage.state.clocks[INITIATIVE].counted == len(BAD_RECORDS)
 
 
 async def test_one_event_from_the_far_future_does_not_make_the_rest_of_the_stream_late(tmp_path: Path) -> None:
@@ -158,7 +164,8 @@ async def test_one_event_from_the_far_future_does_not_make_the_rest_of_the_strea
     await embedded.feed(*_feed_args(engagement(2, datetime(2099, 12, 31, tzinfo=timezone.utc))))
     for k in range(20):
         await embedded.feed(*_feed_args(engagement(3 + k, GOOD_AT + timedelta(minutes=5, seconds=k))))
-    clock = embedded.pipeline.state.clocks[INITIATIVE]
+    await embedded.flush()
+    clock = embedded.initiative_stage.state.clocks[INITIATIVE]
     assert clock.late_dropped == 0 and clock.counted >= 21
 
 
@@ -220,13 +227,14 @@ async def test_raw_user_ids_never_reach_the_drivers_state(tmp_path: Path, dip_re
     assert run.dead_letters == []
 
     pseudonym = Pseudonymiser(KEY.encode()).pseudonym
-    ledger = embedded.pipeline.state.consent_ledger
+    users = {key: value for key, value in embedded.users.items() if not key.startswith("#")}
     # Users with a consent record and users exposed (their exposures are remembered there), all by pseudonym.
-    assert {pseudonym(user(n)) for n in range(0, 50, 7)} <= set(ledger)
-    assert all(key.startswith("p") and len(key) == 25 for key in ledger)
-    assert ledger[pseudonym(user(7))].changes["marketing"] == [((T0 + timedelta(minutes=2)).timestamp(), True)]
+    assert {pseudonym(user(n)) for n in range(0, 50, 7)} <= set(users)
+    assert all(key.startswith("p") and len(key) == 25 for key in users)
+    assert decode_user(users[pseudonym(user(7))]).consent.changes["marketing"] == [
+        ((T0 + timedelta(minutes=2)).timestamp(), True)]
 
-    state_bytes = pickle.dumps(embedded.pipeline.state)
+    state_bytes = pickle.dumps((embedded.initiative_stage.state, embedded.users))
     raw_ids = {user(n) for n in range(USERS)}
     leaked = sorted(uid for uid in raw_ids if uid.encode() in state_bytes)
     assert leaked == []
@@ -235,13 +243,13 @@ async def test_raw_user_ids_never_reach_the_drivers_state(tmp_path: Path, dip_re
 
 async def test_a_new_run_with_another_threshold_continues_the_plan_and_logs_the_change(tmp_path: Path) -> None:
     first = EmbeddedDriver(settings(tmp_path), wall_clock=lambda: 1_800_000_000.0)
-    await first.feed(*_feed_args(engagement(1, GOOD_AT)))
+    await first.run([engagement(1, GOOD_AT)])
     written = latest(tmp_path, INITIATIVE)
     assert written is not None and written.thresholds["alert_threshold"] == first.settings.alert_threshold
 
     changed = settings(tmp_path).model_copy(update={"alert_threshold": 0.35})
     second = EmbeddedDriver(changed, wall_clock=lambda: 1_800_000_000.0)
-    await second.feed(*_feed_args(engagement(2, GOOD_AT)))
+    await second.run([engagement(2, GOOD_AT)])
     plan = latest(tmp_path, INITIATIVE)
     assert plan.revision == written.revision + 1
     entries = [e for e in plan.change_log if e.field == "thresholds.alert_threshold"]
@@ -255,15 +263,15 @@ async def test_a_processing_failure_keeps_the_record_and_raises_monitoring_degra
     def broken(row):
         raise RuntimeError("detector exploded")
 
-    monkeypatch.setattr(embedded.pipeline, "_on_bucket_closed", broken)
-    await embedded.feed(*_feed_args(engagement(1, GOOD_AT)))
-    raw = _feed_args(engagement(2, GOOD_AT + timedelta(hours=3)))[1]
-    await embedded.feed("engagement", raw)  # closes the first bucket: the detector raises
+    monkeypatch.setattr(embedded.initiative_stage, "_on_bucket_closed", broken)
+    await embedded.run([engagement(1, GOOD_AT)])
+    await embedded.run([engagement(2, GOOD_AT + timedelta(hours=3))])  # closes the first bucket: the detector raises
 
     [letter] = embedded.run_result.dead_letters
     assert letter.stage == "process" and "detector exploded" in letter.reason
-    assert letter.raw() == raw
+    failed = decode_message(letter.raw())  # the stage message it failed on, kept whole
+    assert isinstance(failed, Partial) and failed.events() == 1 and failed.initiative == INITIATIVE
     [incident] = embedded.run_result.incidents
     assert incident.kind == "monitoring_degraded" and incident.owner == "Personalization Architect"
-    await embedded.feed(*_feed_args(engagement(3, GOOD_AT + timedelta(hours=3, minutes=1))))
-    assert embedded.pipeline.state.clocks[INITIATIVE].counted == 3, "the driver goes on after the failure"
+    await embedded.run([engagement(3, GOOD_AT + timedelta(hours=3, minutes=1))])
+    assert embedded.initiative_stage.state.clocks[INITIATIVE].counted == 3, "the driver goes on after the failure"

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from monitor.events import EngagementEvent
-from monitor.windows import BucketRow, InitiativeClock, WindowKeeper, bucket_key
+from monitor.messages import BucketPartial, Counters, Partial, SourceRange
+from monitor.transaction import StepTransaction
+from monitor.windows import Applied, BucketRow, InitiativeClock, WindowKeeper, bucket_key
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)  # hour-aligned
 E0 = T0.timestamp()
@@ -30,23 +32,53 @@ def event(at: timedelta, event_type: str = "exposure", *, channel: str = "web", 
         revenue=9.5 if event_type == "conversion" else 0.0)
 
 
-def keeper(retention_days: int = 30) -> tuple[WindowKeeper, dict[str, InitiativeClock], dict[str, BucketRow]]:
+class Keeper(WindowKeeper):
+    """The keeper over plain dicts, with the step transaction a stage gives it."""
+
+    def __init__(self, clocks: dict[str, InitiativeClock], buckets: dict[str, BucketRow], **options: Any) -> None:
+        self.step = StepTransaction()
+        staged_buckets = self.step.table(buckets)
+        super().__init__(self.step.table(clocks), staged_buckets, **options)
+
+
+def keeper(retention_days: int = 30) -> tuple[Keeper, dict[str, InitiativeClock], dict[str, BucketRow]]:
     clocks: dict[str, InitiativeClock] = {}
     buckets: dict[str, BucketRow] = {}
-    return WindowKeeper(clocks, buckets, bucket_seconds=HOUR, allowed_lateness_seconds=LATENESS,
-                        retention_days=retention_days), clocks, buckets
+    return Keeper(clocks, buckets, bucket_seconds=HOUR, allowed_lateness_seconds=LATENESS,
+                  retention_days=retention_days), clocks, buckets
 
 
-def add(windows: WindowKeeper, e: EngagementEvent, *, wall_now: float) -> tuple[bool, list[BucketRow]]:
-    """One event as the pipeline handles it: count, then write the changed rows and clock to the tables."""
-    result = windows.add(e, wall_now=wall_now)
-    windows.flush()
-    return result
+def partial_of(events: list[EngagementEvent], *, width: int = HOUR, source: SourceRange | None = None) -> Partial:
+    """What the per-user stage sends for these events of one initiative (source partition 0)."""
+    buckets: dict[float, BucketPartial] = {}
+    for e in events:
+        at = e.event_time.timestamp()
+        bucket = buckets.setdefault(at - at % width, BucketPartial())
+        for counters in (bucket.series.setdefault(f"{e.initiative}|{e.profile}|{e.channel}|{e.variant}", Counters()),
+                         bucket.cohorts.setdefault(e.cohort, Counters())):
+            counters.merge(Counters(
+                exposures=e.event_type == "exposure", clicks=e.event_type == "click",
+                conversions=e.event_type == "conversion", revenue=e.revenue,
+                fallbacks=e.fallback, latency_ms_sum=e.decision_latency_ms))
+    return Partial(events[0].initiative, 0, source=source, mark=max(e.event_time.timestamp() for e in events),
+                   buckets=buckets)
 
 
-def close_idle(windows: WindowKeeper, initiative: str, *, wall_now: float, idle_seconds: float) -> list[BucketRow]:
+def apply(windows: Keeper, partial: Partial, *, wall_now: float) -> Applied:
+    applied = windows.apply(partial, wall_now=wall_now)
+    windows.step.commit()
+    return applied
+
+
+def add(windows: Keeper, e: EngagementEvent, *, wall_now: float) -> tuple[bool, list[BucketRow]]:
+    """One event in a partial of its own, applied and committed: (counted, buckets it closed)."""
+    applied = apply(windows, partial_of([e], width=windows.bucket_seconds), wall_now=wall_now)
+    return applied.counted > 0, applied.closed
+
+
+def close_idle(windows: Keeper, initiative: str, *, wall_now: float, idle_seconds: float) -> list[BucketRow]:
     rows = windows.close_idle(initiative, wall_now=wall_now, idle_seconds=idle_seconds)
-    windows.flush()
+    windows.step.commit()
     return rows
 
 
@@ -220,7 +252,7 @@ def test_retention_works_when_the_bucket_width_does_not_divide_a_day() -> None:
     # 7,000 s buckets: a day is not a whole number of buckets, so the retention cut is off the bucket grid.
     clocks: dict[str, InitiativeClock] = {}
     buckets: dict[str, BucketRow] = {}
-    windows = WindowKeeper(clocks, buckets, bucket_seconds=7000, allowed_lateness_seconds=0, retention_days=1)
+    windows = Keeper(clocks, buckets, bucket_seconds=7000, allowed_lateness_seconds=0, retention_days=1)
     for k in range(60):
         add(windows, event(timedelta(seconds=7000 * k + 1)), wall_now=0)
     closed_until = clocks[INITIATIVE].closed_until
@@ -250,8 +282,7 @@ def test_initiatives_have_their_own_clocks() -> None:
     assert clocks["A"].late_dropped == clocks["B"].late_dropped == 0
 
 
-def test_one_flush_per_batch_leaves_the_same_tables_as_one_flush_per_event() -> None:
-    # The worker flushes once per batch, the single-event path once per event: the tables must agree.
+def test_one_partial_per_ten_events_leaves_the_same_tables_as_one_per_event() -> None:
     # 70 hours, every other event 5 minutes out of order (inside the lateness), with retention expiring rows.
     stream = [event(timedelta(minutes=7 * k + (12 if k % 2 == 0 else 0)), ("exposure", "click", "conversion")[k % 3])
               for k in range(600)]
@@ -261,9 +292,31 @@ def test_one_flush_per_batch_leaves_the_same_tables_as_one_flush_per_event() -> 
     closed_a, closed_b = [], []
     for e in stream:
         closed_a += add(per_event, e, wall_now=0)[1]
-        closed_b += batched.add(e, wall_now=0)[1]
-    batched.flush()
+    for n in range(0, len(stream), 10):
+        closed_b += apply(batched, partial_of(stream[n:n + 10]), wall_now=0).closed
     assert snapshot(closed_b) == snapshot(closed_a) and len(closed_a) == 69
     assert clocks_b == clocks_a
     assert list(buckets_b) == list(buckets_a) and snapshot(list(buckets_b.values())) == snapshot(list(buckets_a.values()))
     assert len(buckets_a) == 24 + 1  # one day of closed rows and the open one
+
+
+def test_a_redelivered_partial_is_skipped_and_a_gap_in_offsets_is_counted() -> None:
+    windows, clocks, buckets = keeper()
+    first = partial_of([event(m(1)), event(m(2))], source=SourceRange(0, 0, 9))
+    assert apply(windows, first, wall_now=0).counted == 2
+    again = apply(windows, partial_of([event(m(1)), event(m(2))], source=SourceRange(0, 0, 9)), wall_now=0)
+    assert again.duplicate and again.counted == 0
+    assert exposures(buckets[key(0)]) == 2 and clocks[INITIATIVE].duplicates == 1
+    after_gap = apply(windows, partial_of([event(m(3))], source=SourceRange(0, 15, 20)), wall_now=0)
+    assert after_gap.gap == 5 and after_gap.counted == 1 and clocks[INITIATIVE].gaps == 5
+    contiguous = apply(windows, partial_of([event(m(4))], source=SourceRange(0, 21, 30)), wall_now=0)
+    assert contiguous.gap == 0 and exposures(buckets[key(0)]) == 4
+
+
+def test_a_row_written_before_a_crash_that_lost_the_clock_is_not_counted_twice() -> None:
+    windows, clocks, buckets = keeper()
+    apply(windows, partial_of([event(m(1))], source=SourceRange(0, 0, 4)), wall_now=0)
+    lost_clock = clocks.pop(INITIATIVE)  # the step's row reached the changelog, its clock did not
+    assert lost_clock.counted == 1
+    replayed = apply(windows, partial_of([event(m(1))], source=SourceRange(0, 0, 4)), wall_now=0)
+    assert exposures(buckets[key(0)]) == 1 and replayed.counted == 1  # counted once, in the row and the clock

@@ -1,23 +1,20 @@
-"""The one pipeline both drivers run: the Faust worker and the embedded driver.
+"""Stage 2, per initiative: partials in; windows, detectors, governance, readouts, incidents and the plan out.
 
-It is plain Python over mappings: the worker hands it Faust tables, the
-embedded driver dicts. Drivers decode and route records and send what it
-returns; every decision is made here or in the pure packages it calls.
-
-Two stages, matching the topic keys:
-- per user (engagement and consent, keyed by user): `admit` decodes,
-  validates and pseudonymises; consent updates the ledger;
-- per initiative (engagement re-keyed by initiative, rule changes): windows,
-  detection, the breach policy, incidents and the plan.
+Both drivers run it over the same state shapes (Faust tables in the worker,
+dicts embedded): `on_partial` applies one batch's partial aggregates
+(`monitor.messages.Partial`) idempotently by source partition and offsets,
+closes the buckets the watermark passed and judges them; `on_rule_change`
+audits a rule change; `on_check` is the wall-clock timer's check. Every step's
+writes go through one `StepTransaction`: the driver sends the step's
+`Outputs`, then calls `commit`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from detectors.base import BucketDetector, BucketObservation
 from detectors.conversion_drop import ConversionDropDetector
@@ -28,30 +25,30 @@ from detectors.variant_share import VariantShareDetector
 from experiments.decision import InvestigationFlag, Recommendation, decision_change, recommend
 from experiments.memo import ExperimentMemo, build_memo
 from experiments.readout import ExperimentReadout, read_experiment
-from experiments.state import ExperimentTotals, UserRecord, observe_event
-from governance.consent_ledger import Exposure, UserConsent, Violation
-from governance.rule_audit import RuleChange
-from governance.scan import (CONSENTED, FIRST_FALLBACK_IN_HOUR, FIRST_IN_HOUR, GovernanceScan, GovernanceState,
-                             violations_of)
-from governance.variant_balance import first_in_hour
+from experiments.state import ExperimentTotals
+from governance.consent_ledger import Violation
+from governance.rule_audit import RuleChange as AuditedChange
+from governance.scan import GovernanceScan, GovernanceState
 from incidents.breach_policy import BreachPolicy, BreachState
+from incidents.degraded import degraded_incident
 from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentEvent
 from incidents.playbooks import owner_at
+from monitor.events import DeadLetter, RuleChangeEvent, decode
+from monitor.exceptions import DecodeError
+from monitor.messages import Message, Partial, RuleChange
+from monitor.settings import Settings
+from monitor.transaction import StepTransaction
+from monitor.windows import BucketRow, InitiativeClock, WindowKeeper
 from plans.document import (Approval, IncidentSummary, PlanDocument, new_plan, with_approval, with_checklist,
                             with_experiment_memo, with_incident, with_metric, with_thresholds)
 from plans.exceptions import PlanError
-from monitor.events import INPUT_MODELS, ConsentEvent, DeadLetter, EngagementEvent, RuleChangeEvent, decode
-from monitor.exceptions import DecodeError
-from monitor.pseudonym import Pseudonymiser
-from monitor.settings import Settings
-from monitor.windows import BucketRow, InitiativeClock, WindowKeeper
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class MonitorState:
+class InitiativeState:
     """The tables. Keys are strings; values are the picklable objects named here."""
 
     clocks: MutableMapping[str, InitiativeClock] = field(default_factory=dict)
@@ -64,8 +61,6 @@ class MonitorState:
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
     governance: MutableMapping[str, GovernanceState] = field(default_factory=dict)  # per initiative
     experiments: MutableMapping[str, dict[str, "ExperimentState"]] = field(default_factory=dict)  # per initiative
-    consent_ledger: MutableMapping[str, UserConsent] = field(default_factory=dict)   # per pseudonymous user
-    experiment_users: MutableMapping[str, dict[str, UserRecord]] = field(default_factory=dict)  # per user
 
 
 @dataclass(slots=True)
@@ -119,41 +114,7 @@ class ExperimentState:
     evaluated_until: float = float("-inf")
 
 
-@dataclass(frozen=True, slots=True)
-class UserFindings:
-    """What the per-user stage found about one engagement event; it travels with the event to stage 2."""
-
-    marks: int = 0                               # governance.scan bits
-    violation: Violation | None = None
-    experiment_delta: dict[str, Any] | None = None   # experiments.state.ExperimentTotals.as_dict()
-
-
 FEED = "engagement"  # the feed checked for freshness, per initiative; consent and rule changes are sparse by nature
-
-
-class _Staged:
-    """Writes to one table held back until `commit`: outputs are sent first, then state is written."""
-
-    __slots__ = ("table", "pending")
-
-    def __init__(self, table: MutableMapping[str, Any]) -> None:
-        self.table = table
-        self.pending: dict[str, Any] = {}
-
-    def get(self, key: str) -> Any:
-        return self.pending[key] if key in self.pending else self.table.get(key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.pending[key] = value
-
-    def commit(self, keys: Iterable[str] | None = None) -> None:
-        """Write the pending values (of `keys` only, when given)."""
-        for key in list(self.pending) if keys is None else [k for k in keys if k in self.pending]:
-            value = self.pending.pop(key)
-            if value is None:
-                self.table.pop(key, None)
-            else:
-                self.table[key] = value
 
 
 @dataclass
@@ -168,17 +129,32 @@ class Outputs:
         self.plans.extend(other.plans)
 
 
-class MonitorPipeline:
-    def __init__(self, settings: Settings, state: MonitorState, *, source_partitions: int = 1,
+class InitiativeStage:
+    def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
                  stored_plan: Callable[[str], PlanDocument | None] | None = None) -> None:
-        """`source_partitions`: partitions of the engagement topic feeding the per-initiative stage.
+        """`source_partitions`: partitions of the engagement topic feeding this stage (the watermark's inputs).
 
         `stored_plan(initiative)` returns the last plan written, so a new run
         continues its revisions and logs what changed since (thresholds, cadence).
         """
         self.settings = settings
         self.state = state
-        self.windows = WindowKeeper(state.clocks, state.buckets, bucket_seconds=settings.bucket_seconds,
+        # Written in this order at commit: rows, then the states judged from them, and the clocks last — a
+        # replay from an older clock re-closes buckets, which the rows' offsets and the states'
+        # `evaluated_until` make harmless. The worker keeps them all in ONE table, so its changelog keeps
+        # this order (`streams.snapshots`).
+        self.step = StepTransaction()
+        buckets = self.step.table(state.buckets)
+        self._series = self.step.table(state.series)
+        self._shares = self.step.table(state.shares)
+        self._feeds = self.step.table(state.feeds)
+        self._governance = self.step.table(state.governance)
+        self._experiments = self.step.table(state.experiments)
+        self._groups = self.step.table(state.groups)
+        self._incidents = self.step.table(state.incidents)
+        self._plans = self.step.table(state.plans)
+        clocks = self.step.table(state.clocks)
+        self.windows = WindowKeeper(clocks, buckets, bucket_seconds=settings.bucket_seconds,
                                     allowed_lateness_seconds=settings.allowed_lateness_seconds,
                                     retention_days=settings.retention_days,
                                     source_partitions=source_partitions, idle_seconds=settings.idle_close_seconds)
@@ -188,148 +164,68 @@ class MonitorPipeline:
         self.feed_policy = BreachPolicy(settings.breach_config().model_copy(
             update={"escalate_every": settings.escalate_every * per_bucket}))
         self._detector_config = settings.detector_config()
-        self._pseudonymiser = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode())
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
         self._stored_plan = stored_plan
-        self.consent_policy = settings.consent_policy()
         self.governance = GovernanceScan(settings.governance_config(), self.breach_policy)
-        self._ledger = _Staged(state.consent_ledger)
-        self._experiment_users = _Staged(state.experiment_users)
-        self._governance = _Staged(state.governance)
-        self._experiments = _Staged(state.experiments)
-        self._series = _Staged(state.series)
-        self._shares = _Staged(state.shares)
-        self._feeds = _Staged(state.feeds)
-        self._groups = _Staged(state.groups)
-        self._incidents = _Staged(state.incidents)
-        self._plans = _Staged(state.plans)
 
     def commit(self) -> None:
-        """Write the state of the steps since the last commit; call it after their outputs were sent.
+        """Write the state of the steps since the last commit; call it after their outputs were sent."""
+        self.step.commit()
 
-        Order matters for a crash in the middle: bucket rows, then series,
-        variant-group and feed states, groups, incidents and plans (all
-        idempotent when written again), and the clocks last — a replay from an
-        older clock re-closes buckets, which the rows' offsets and the states'
-        `evaluated_until` make harmless. The worker keeps all of them in one
-        table, so its changelog keeps this order (`streams.snapshots`).
-        """
-        self.windows.flush_rows()
-        for staged in (self._series, self._shares, self._feeds, self._governance, self._experiments, self._groups,
-                       self._incidents, self._plans):
-            staged.commit()
-        self.windows.flush_clocks()
+    def initiatives(self) -> list[str]:
+        """The initiatives this stage keeps state for."""
+        return self.windows.clocks.keys()
 
-    def commit_users(self, users: Iterable[str] | None = None) -> None:
-        """Write the per-user stage's ledger entries (of `users` only, when given); call it after what they
-        caused was sent. The worker writes each source partition's users while an event of that partition is
-        current: Faust sends a table write to the changelog partition of the current event."""
-        self._ledger.commit(users)
-        self._experiment_users.commit(users)
-
-    # -- per-user stage -------------------------------------------------------------
-    def admit(self, topic: str, raw: bytes, *, wall_now: float, key: bytes | None = None,
-              partition: int | None = None, offset: int | None = None
-              ) -> EngagementEvent | ConsentEvent | RuleChangeEvent | DeadLetter:
-        """Decode and validate one input record; pseudonymise its user. Bad input becomes a dead letter.
-
-        An event time further ahead of the wall clock than `max_future_seconds`
-        is bad input too: it would move the watermark and make every on-time
-        event after it late.
-        """
+    def admit_rule_change(self, raw: bytes | None, *, wall_now: float, key: bytes | None = None,
+                          partition: int | None = None, offset: int | None = None) -> RuleChangeEvent | DeadLetter:
+        """Decode and validate one rule-change record; bad input becomes a dead letter."""
         try:
-            record = decode(INPUT_MODELS[topic], raw, pseudonymise=self._pseudonymiser.pseudonym)
-            ahead = record.event_time.timestamp() - wall_now
+            if raw is None:
+                raise DecodeError("empty value (a tombstone): input records must carry an event")
+            event = decode(RuleChangeEvent, raw)
+            ahead = event.event_time.timestamp() - wall_now
             if ahead > self.settings.max_future_seconds:
                 raise DecodeError(
-                    f"event_time {record.event_time.isoformat()} is {ahead:.0f} s ahead of the wall clock "
+                    f"event_time {event.event_time.isoformat()} is {ahead:.0f} s ahead of the wall clock "
                     f"(PMON_MAX_FUTURE_SECONDS={self.settings.max_future_seconds})")
-            return record
+            return event
         except DecodeError as exc:
-            return DeadLetter.of(raw, source_topic=self.settings.topic(topic), reason=exc.reason,
+            return DeadLetter.of(raw or b"", source_topic=self.settings.topic("rule-changes"), reason=exc.reason,
                                  error=exc.detail[:2000], key=key, partition=partition, offset=offset)
 
-    def on_consent(self, event: ConsentEvent) -> list[Violation]:
-        """Add a consent change to the user's ledger, by event time; return the exposures it now convicts
-        (a revocation that arrived after exposures it precedes)."""
-        user = self._ledger.get(event.user_id) or UserConsent()
-        convicted = self.consent_policy.record(user, event.user_id, at=event.event_time.timestamp(),
-                                               purpose=event.purpose, granted=event.status == "granted",
-                                               region=event.region)
-        self._ledger[event.user_id] = user
-        return convicted
+    def on_message(self, message: Message, *, wall_now: float) -> Outputs:
+        """One message of the internal topic, whatever its type."""
+        if isinstance(message, Partial):
+            return self.on_partial(message, wall_now=wall_now)
+        if isinstance(message, RuleChange):
+            return self.on_rule_change(message.event)
+        return self.on_check(message.initiative, wall_now=wall_now)
 
-    def on_user_engagement(self, event: EngagementEvent) -> UserFindings:
-        """Judge an exposure against the user's consent at its event time; keep the user's experiment record.
-
-        Marks (`governance.scan` bits) travel with the event to the per-initiative stage: consent, and whether it
-        is the user's first exposure (and first fallback) in its experiment this hour, the unit of the variant
-        balance tests. The experiment delta is what the event adds to its variant's totals (a new user, a
-        conversion and its revenue), exact per user.
-        """
-        delta = self._observe_experiment(event) if event.experiment else None
-        if event.event_type != "exposure":
-            return UserFindings(experiment_delta=delta)
-        user = self._ledger.get(event.user_id) or UserConsent()
-        at = event.event_time.timestamp()
-        exposure = Exposure(event.event_id, at, event.initiative, f"{event.initiative}|{event.profile}|"
-                            f"{event.channel}|{event.variant}", event.fallback, event.region)
-        judgement, violation = self.consent_policy.judge(user, event.user_id, exposure)
-        marks = CONSENTED if judgement.consented else 0
-        if event.experiment:
-            hour = at - at % self.settings.bucket_seconds
-            first, first_fallback = first_in_hour(user.hours, event.experiment, hour, fallback=event.fallback)
-            marks |= (FIRST_IN_HOUR if first else 0) | (FIRST_FALLBACK_IN_HOUR if first_fallback else 0)
-        self._ledger[event.user_id] = user
-        return UserFindings(marks, violation, delta)
-
-    def _observe_experiment(self, event: EngagementEvent) -> dict[str, Any] | None:
-        records = self._experiment_users.get(event.user_id) or {}
-        experiment = event.experiment
-        record, delta = observe_event(records.get(experiment), variant=event.variant, event_type=event.event_type,
-                                      revenue=event.revenue,
-                                      dimensions={"channel": event.channel, "profile": event.profile})
-        change = delta.variants[record.variant]
-        if not (change.users or change.conversions or change.crossover_events):
-            return None  # a further exposure or click of a known user changes no total
-        records[experiment] = record
-        self._experiment_users[event.user_id] = records
-        return delta.as_dict()
-
-    # -- per-initiative stage -------------------------------------------------------
-    def on_engagement(self, event: EngagementEvent, *, wall_now: float, source_partition: int = 0,
-                      source_offset: int | None = None) -> Outputs:
-        return self.on_engagements([event], wall_now=wall_now, source_partition=source_partition,
-                                   source_offsets=None if source_offset is None else [source_offset])
-
-    def on_engagements(self, events: Sequence[EngagementEvent], *, wall_now: float, source_partition: int = 0,
-                       source_offsets: Sequence[int] | None = None, marks: Sequence[int] | None = None,
-                       violations: Sequence[Violation] = (),
-                       experiment_deltas: Sequence[dict[str, Any] | None] | None = None) -> Outputs:
-        """Count events in order; run detection on every bucket they close. One table write per touched row.
-
-        `source_offsets` (one per event) make a redelivered record harmless: it is not counted twice.
-        `marks`, `experiment_deltas` (one per event) and `violations` are what the per-user stage found
-        (`on_user_engagement`); violations open their incident at once, before any bucket closes. An
-        experiment delta counts also for a late event (a conversion is a conversion), never for a redelivered one.
-        """
+    def on_partial(self, partial: Partial, *, wall_now: float) -> Outputs:
+        """Apply one batch's partial; judge every bucket it closes. Violations open their incident at once."""
+        initiative = partial.initiative
         outputs = Outputs()
-        for initiative in sorted({v.initiative for v in violations}):
-            outputs.extend(self.on_violations(initiative, [v for v in violations if v.initiative == initiative]))
-        for n, event in enumerate(events):
-            outputs.extend(self._check_thresholds(event.initiative, event.event_time))
-            delta = None if experiment_deltas is None or experiment_deltas[n] is None else \
-                ExperimentTotals.from_dict(experiment_deltas[n])
-            offset = None if source_offsets is None else source_offsets[n]
-            redelivered = self.windows.redelivered(event.initiative, source_partition, offset)
-            counted, closed = self.windows.add(event, wall_now=wall_now, source_partition=source_partition,
-                                               source_offset=offset, marks=0 if marks is None else marks[n],
-                                               experiment_delta=delta)
-            if delta is not None and not counted and not redelivered:
-                self._count_late_in_experiment(event, delta)  # a late conversion is still a conversion
-            for row in closed:
-                outputs.extend(self._on_bucket_closed(row))
+        if partial.violations:
+            outputs.extend(self.on_violations(initiative, partial.violations))
+        if partial.mark is not None:
+            outputs.extend(self._check_thresholds(initiative, _utc(partial.mark)))
+        applied = self.windows.apply(partial, wall_now=wall_now)
+        if applied.duplicate:
+            return outputs
+        if applied.gap:
+            source = partial.source
+            log.error("source offsets lost before %s: partition %d, %d offsets before %d", initiative,
+                      source.partition, applied.gap, source.first)
+            outputs.incidents.append(degraded_incident(
+                f"source-gap:{self.settings.topic('engagement')}[{source.partition}]",
+                at=_utc(partial.mark if partial.mark is not None else wall_now), initiative=initiative,
+                observed=applied.gap, detail={"partition": source.partition, "missing_offsets": applied.gap,
+                                              "before_offset": source.first}))
+        for experiment, delta in applied.late_experiments.items():
+            self._count_late_in_experiment(initiative, experiment, delta)  # a late conversion is a conversion
+        for row in applied.closed:
+            outputs.extend(self._on_bucket_closed(row))
         return outputs
 
     def on_check(self, initiative: str, *, wall_now: float) -> Outputs:
@@ -374,11 +270,11 @@ class MonitorPipeline:
             feed = self._feeds.get(key) or FeedState()
             self._feeds[key] = replace(feed, events_per_hour=events * 3600 / (row.end - row.start))
 
-    def _count_late_in_experiment(self, event: EngagementEvent, delta: ExperimentTotals) -> None:
-        experiments = dict(self._experiments.get(event.initiative) or {})
-        state = experiments.get(event.experiment) or ExperimentState()
-        experiments[event.experiment] = replace(state, totals=state.totals + delta)
-        self._experiments[event.initiative] = experiments
+    def _count_late_in_experiment(self, initiative: str, experiment: str, delta: ExperimentTotals) -> None:
+        experiments = dict(self._experiments.get(initiative) or {})
+        state = experiments.get(experiment) or ExperimentState()
+        experiments[experiment] = replace(state, totals=state.totals + delta)
+        self._experiments[initiative] = experiments
 
     def on_violations(self, initiative: str, violations: Sequence[Violation]) -> Outputs:
         """Consent violations of one initiative: the incident opens (or is updated) at once, for the privacy lead."""
@@ -396,7 +292,7 @@ class MonitorPipeline:
         initiative = event.initiative
         outputs = self._check_thresholds(initiative, event.event_time)
         state = self._governance.get(initiative) or GovernanceState()
-        change = RuleChange(event.event_id, event.event_time.timestamp(), event.rule_id, event.action, event.author,
+        change = AuditedChange(event.event_id, event.event_time.timestamp(), event.rule_id, event.action, event.author,
                             event.approver, event.ticket, event.experiment)
         events = self.governance.on_rule_change(state, change, initiative=initiative)
         self._governance[initiative] = state

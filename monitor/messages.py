@@ -1,0 +1,195 @@
+"""The typed messages from the per-user stage to the per-initiative stage, and their wire form.
+
+Stage 1 (`monitor.user_stage`) reads engagement and consent by user; stage 2
+(`monitor.initiative_stage`) keeps one initiative's windows, detectors,
+incidents and plan. Between them travels, per initiative and per batch of one
+source partition, a `Partial`: the batch combined into aggregates per bucket
+(counters per series and cohort, governance tallies, experiment deltas), the
+consent violations it found, the partition's event-time mark and the offsets
+it covers. Stage 2's input grows with series x buckets, not with events.
+
+Rule changes (keyed by initiative already) and the timer's ticks share the
+internal topic, so one agent owns each initiative's state. On the wire every
+message is one JSON object with a `type` tag (`encode` / `decode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from experiments.state import ExperimentTotals
+from governance.consent_ledger import Violation
+from governance.scan import GovernanceTally
+from monitor.events import RuleChangeEvent
+from monitor.exceptions import StageError
+
+__all__ = ["Counters", "BucketPartial", "SourceRange", "Partial", "Tick", "RuleChange", "Message", "encode",
+           "decode"]
+
+
+@dataclass(slots=True)
+class Counters:
+    """Engagement counters of one series (or cohort) over one bucket; they add up."""
+
+    exposures: int = 0
+    clicks: int = 0
+    conversions: int = 0
+    revenue: float = 0.0
+    fallbacks: int = 0
+    latency_ms_sum: float = 0.0
+
+    def merge(self, other: "Counters") -> None:
+        self.exposures += other.exposures
+        self.clicks += other.clicks
+        self.conversions += other.conversions
+        self.revenue += other.revenue
+        self.fallbacks += other.fallbacks
+        self.latency_ms_sum += other.latency_ms_sum
+
+    def events(self) -> int:
+        return self.exposures + self.clicks + self.conversions
+
+    def to_wire(self) -> list[float]:
+        return [self.exposures, self.clicks, self.conversions, self.revenue, self.fallbacks, self.latency_ms_sum]
+
+    @classmethod
+    def from_wire(cls, values: list[float]) -> "Counters":
+        exposures, clicks, conversions, revenue, fallbacks, latency = values
+        return cls(int(exposures), int(clicks), int(conversions), float(revenue), int(fallbacks), float(latency))
+
+
+@dataclass(slots=True)
+class BucketPartial:
+    """What one batch adds to one bucket of one initiative."""
+
+    series: dict[str, Counters] = field(default_factory=dict)
+    cohorts: dict[str, Counters] = field(default_factory=dict)
+    governance: GovernanceTally = field(default_factory=GovernanceTally)
+    experiments: dict[str, ExperimentTotals] = field(default_factory=dict)
+
+    def events(self) -> int:
+        return sum(c.events() for c in self.series.values())
+
+    def add_experiment(self, experiment: str, delta: ExperimentTotals) -> None:
+        known = self.experiments.get(experiment)
+        self.experiments[experiment] = delta if known is None else known + delta
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"series": {k: c.to_wire() for k, c in self.series.items()},
+                "cohorts": {k: c.to_wire() for k, c in self.cohorts.items()},
+                "governance": {"rules": self.governance.rules, "variants": self.governance.variants,
+                               "personalized": self.governance.personalized},
+                "experiments": {k: t.as_dict() for k, t in self.experiments.items()}}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "BucketPartial":
+        governance = data["governance"]
+        return cls(series={k: Counters.from_wire(v) for k, v in data["series"].items()},
+                   cohorts={k: Counters.from_wire(v) for k, v in data["cohorts"].items()},
+                   governance=GovernanceTally(rules=governance["rules"], variants=governance["variants"],
+                                              personalized=governance["personalized"]),
+                   experiments={k: ExperimentTotals.from_dict(v) for k, v in data["experiments"].items()})
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRange:
+    """Offsets `first..last` (inclusive) of one partition of the engagement topic that a batch covers."""
+
+    partition: int
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if self.partition < 0 or self.first < 0 or self.last < self.first:
+            raise StageError(f"bad source range {self.partition}:{self.first}..{self.last}")
+
+
+@dataclass(slots=True)
+class Partial:
+    """One batch of one source partition, combined for one initiative.
+
+    `source` is None for a batch that read no engagement (only consent, whose
+    late revocations may convict). `mark` is the greatest engagement event time
+    read on the source partition so far: the partition's contribution to the
+    watermark, also when this initiative had no event in the batch.
+    """
+
+    initiative: str
+    partition: int
+    source: SourceRange | None = None
+    mark: float | None = None
+    buckets: dict[float, BucketPartial] = field(default_factory=dict)   # by bucket start (epoch seconds)
+    violations: list[Violation] = field(default_factory=list)
+
+    def events(self) -> int:
+        return sum(b.events() for b in self.buckets.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The wall-clock timer's check of one initiative: close idle buckets, judge freshness."""
+
+    initiative: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """A rule change, forwarded to the stage that owns its initiative."""
+
+    event: RuleChangeEvent
+
+    @property
+    def initiative(self) -> str:
+        return self.event.initiative
+
+
+Message = Partial | Tick | RuleChange
+
+
+def encode(message: Message) -> bytes:
+    """The wire form of a message: one JSON object with a `type` tag."""
+    if isinstance(message, Partial):
+        source = message.source
+        return orjson.dumps({
+            "type": "partial", "initiative": message.initiative, "partition": message.partition,
+            "source": None if source is None else [source.partition, source.first, source.last],
+            "mark": message.mark,
+            "buckets": [[start, bucket.to_wire()] for start, bucket in sorted(message.buckets.items())],
+            "violations": [asdict(v) for v in message.violations]})
+    if isinstance(message, Tick):
+        return orjson.dumps({"type": "tick", "initiative": message.initiative})
+    if isinstance(message, RuleChange):
+        return orjson.dumps({"type": "rule_change", "event": message.event.model_dump(mode="json")})
+    raise StageError(f"not a stage message: {type(message).__name__}")
+
+
+def decode(raw: bytes) -> Message:
+    """A message from its wire form; StageError names what is wrong."""
+    try:
+        data = orjson.loads(raw)
+        kind = data["type"]
+        if kind == "partial":
+            source = data["source"]
+            return Partial(
+                initiative=data["initiative"], partition=data["partition"],
+                source=None if source is None else SourceRange(*source), mark=data["mark"],
+                buckets={float(start): BucketPartial.from_wire(bucket) for start, bucket in data["buckets"]},
+                violations=_violations(data["violations"]))
+        if kind == "tick":
+            return Tick(data["initiative"])
+        if kind == "rule_change":
+            return RuleChange(RuleChangeEvent.model_validate(data["event"]))
+        raise StageError(f"unknown message type {kind!r}")
+    except StageError:
+        raise
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError) as exc:
+        raise StageError(f"malformed stage message: {type(exc).__name__}: {exc}") from None
+
+
+def _violations(records: Iterable[dict[str, Any]]) -> list[Violation]:
+    return [Violation(**record) for record in records]

@@ -1,0 +1,415 @@
+"""Light input records and a validated fast path that decodes them without pydantic.
+
+Building a pydantic model per event costs about 4 us; the monitor decodes tens of
+thousands of records a second. :func:`decode_engagement` and
+:func:`decode_consent` accept a record on a fast path only when it is *certainly*
+valid under its model (:class:`~monitor.events.EngagementEvent`,
+:class:`~monitor.events.ConsentEvent`): a canonical record, the shape every
+well-behaved producer writes. Anything else — a numeric string, a bool as a
+number, a padded string, a timestamp in another ISO form, an unknown key, bad
+JSON — goes to :func:`monitor.events.decode`, which stays the source of truth
+for what is valid and for the text of every ``DecodeError``. Both paths accept
+and reject the same inputs and give equal records (``tests/test_records.py``
+checks it with property tests).
+
+The canonical shape is narrower than what the models accept, never wider:
+
+* a JSON object whose keys are all fields of the model, the required ones present;
+* names are ``str`` of 1..128 characters with no leading or trailing whitespace
+  (``str.isspace`` strips a superset of what pydantic's ``str_strip_whitespace``
+  does: ``\\x1c``..``\\x1f`` are not stripped by pydantic, so such strings take
+  the model path);
+* literals in their sets, ``fallback`` a real bool, numbers real ``int`` or
+  ``float`` (not bool) within the model's bounds, ints converted to float;
+* ``event_time`` matching ``YYYY-MM-DDTHH:MM:SS(.d{1,6})?(Z|+HH:MM|-HH:MM)`` with
+  hours 00-23 and minutes and seconds 00-59 (``datetime.fromisoformat`` accepts
+  an offset ``+05:75``, pydantic does not), in the model's bounds;
+* no revenue on an exposure or a click.
+
+The bounds, literal sets and defaults are read from the models at import, so
+they cannot drift apart from the schema.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields, make_dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar, get_args
+
+import orjson
+from pydantic import BaseModel
+
+from monitor.events import ConsentEvent, EngagementEvent
+from monitor.events import decode as _decode  # the source of truth; a module global so tests can spy on it
+from monitor.exceptions import DecodeError
+
+__all__ = ["Consent", "Engagement", "decode_consent", "decode_engagement"]
+
+_RecordT = TypeVar("_RecordT", "Engagement", "Consent")
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+_fromisoformat = datetime.fromisoformat
+_UTC = timezone.utc
+
+# Strict ISO 8601 with an offset: the one form the fast path parses itself. ASCII digits only
+# (`\d` would match other scripts' digits), ranges checked here because fromisoformat is laxer
+# than pydantic on offsets (it reads `+05:75` as 6 h 15 min).
+_CANONICAL_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+).fullmatch
+
+
+def _constraint(model: type[BaseModel], name: str, kind: str) -> Any:
+    """The value of constraint `kind` (``ge``, ``max_length``...) of a field, read from its metadata."""
+    for item in model.model_fields[name].metadata:
+        if hasattr(item, kind):
+            return getattr(item, kind)
+    raise LookupError(f"{model.__name__}.{name} has no {kind} constraint")  # the schema changed: update this module
+
+
+def _default(model: type[BaseModel], name: str) -> Any:
+    """A field's default value."""
+    return model.model_fields[name].default
+
+
+_MIN_NAME = _constraint(EngagementEvent, "event_id", "min_length")
+_MAX_NAME = _constraint(EngagementEvent, "event_id", "max_length")
+assert _MIN_NAME == 1, "the fast path tests a name's length as `0 < len(name)`"
+# Epoch seconds of the bounds. A float compare is exact enough: between 2000 and 2100 a
+# double's spacing (< 0.5 us) is finer than a microsecond, so no time within a
+# microsecond of a bound rounds onto it.
+_EARLIEST = _constraint(EngagementEvent, "event_time", "ge").timestamp()
+_LATEST = _constraint(EngagementEvent, "event_time", "lt").timestamp()
+assert (_EARLIEST, _LATEST) == (_constraint(ConsentEvent, "event_time", "ge").timestamp(),
+                                _constraint(ConsentEvent, "event_time", "lt").timestamp())
+_MAX_LATENCY = float(_constraint(EngagementEvent, "decision_latency_ms", "le"))
+_MAX_REVENUE = float(_constraint(EngagementEvent, "revenue", "le"))
+assert _constraint(EngagementEvent, "decision_latency_ms", "ge") == 0 == _constraint(EngagementEvent, "revenue", "ge")
+
+# Tuples, not sets: `in` on a tuple compares with ==, so an unhashable value (a JSON list) is
+# simply not found instead of raising.
+_EVENT_TYPES = get_args(EngagementEvent.model_fields["event_type"].annotation)
+_PURPOSES = get_args(ConsentEvent.model_fields["purpose"].annotation)
+_STATUSES = get_args(ConsentEvent.model_fields["status"].annotation)
+
+_ENGAGEMENT_ORDER = tuple(EngagementEvent.model_fields)
+_CONSENT_ORDER = tuple(ConsentEvent.model_fields)
+_ENGAGEMENT_KEYS = frozenset(_ENGAGEMENT_ORDER)
+_CONSENT_KEYS = frozenset(_CONSENT_ORDER)
+_COHORT = _default(EngagementEvent, "cohort")
+_VARIANT = _default(EngagementEvent, "variant")
+_FALLBACK = _default(EngagementEvent, "fallback")
+_LATENCY = float(_default(EngagementEvent, "decision_latency_ms"))
+_REVENUE = float(_default(EngagementEvent, "revenue"))
+_SOURCE = _default(ConsentEvent, "source")
+_CONSENT_REGION = _default(ConsentEvent, "region")
+assert _default(EngagementEvent, "experiment") is _default(EngagementEvent, "rule_id") is None
+assert _default(EngagementEvent, "region") is None
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """An exposure, click or conversion: :class:`~monitor.events.EngagementEvent` with ``at`` in epoch seconds.
+
+    >>> record = decode_engagement(b'{"event_id": "e1", "event_type": "click", '
+    ...     b'"event_time": "2026-11-01T00:00:00Z", "user_id": "u1", "initiative": "i", '
+    ...     b'"profile": "p", "channel": "web"}')
+    >>> record.at, record.cohort, record.fallback, record.revenue
+    (1793491200.0, 'all', False, 0.0)
+    """
+
+    event_id: str
+    event_type: str
+    at: float
+    user_id: str
+    initiative: str
+    profile: str
+    channel: str
+    cohort: str
+    experiment: str | None
+    variant: str
+    rule_id: str | None
+    fallback: bool
+    decision_latency_ms: float
+    revenue: float
+    region: str | None
+
+    @classmethod
+    def from_model(cls, model: EngagementEvent) -> Engagement:
+        """The record of a validated model.
+
+        >>> from monitor.events import EngagementEvent
+        >>> event = EngagementEvent(event_id="e1", event_type="conversion", event_time="2026-11-01T01:00:00+01:00",
+        ...                         user_id="u1", initiative="i", profile="p", channel="web", revenue=5)
+        >>> record = Engagement.from_model(event)
+        >>> record.at, record.revenue
+        (1793491200.0, 5.0)
+        """
+        return _from_model(cls, model)
+
+    def to_model(self) -> EngagementEvent:
+        """The pydantic model of this record (validated), ``event_time`` an aware UTC datetime.
+
+        >>> record = decode_engagement(b'{"event_id": "e1", "event_type": "click", '
+        ...     b'"event_time": "2026-11-01T01:00:00.25+01:00", "user_id": "u1", "initiative": "i", '
+        ...     b'"profile": "p", "channel": "web"}')
+        >>> record.to_model().event_time
+        datetime.datetime(2026, 11, 1, 0, 0, 0, 250000, tzinfo=datetime.timezone.utc)
+        >>> Engagement.from_model(record.to_model()) == record
+        True
+        """
+        return _to_model(self, EngagementEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """A consent granted or revoked: :class:`~monitor.events.ConsentEvent` with ``at`` in epoch seconds.
+
+    >>> record = decode_consent(b'{"event_id": "c1", "event_time": "2026-11-01T00:00:00Z", "user_id": "u1", '
+    ...                         b'"purpose": "personalization", "status": "granted"}')
+    >>> record.at, record.status, record.source, record.region
+    (1793491200.0, 'granted', 'unknown', 'unknown')
+    """
+
+    event_id: str
+    at: float
+    user_id: str
+    purpose: str
+    status: str
+    source: str
+    region: str
+
+    @classmethod
+    def from_model(cls, model: ConsentEvent) -> Consent:
+        """The record of a validated model.
+
+        >>> from monitor.events import ConsentEvent
+        >>> event = ConsentEvent(event_id="c1", event_time="2026-11-01T00:00:00Z", user_id="u1",
+        ...                      purpose="analytics", status="revoked")
+        >>> Consent.from_model(event).at
+        1793491200.0
+        """
+        return _from_model(cls, model)
+
+    def to_model(self) -> ConsentEvent:
+        """The pydantic model of this record (validated), ``event_time`` an aware UTC datetime.
+
+        >>> record = decode_consent(b'{"event_id": "c1", "event_time": "2026-11-01T00:00:00Z", "user_id": "u1", '
+        ...                         b'"purpose": "personalization", "status": "granted"}')
+        >>> record.to_model().event_time.isoformat()
+        '2026-11-01T00:00:00+00:00'
+        """
+        return _to_model(self, ConsentEvent)
+
+
+def _from_model(cls: type[_RecordT], model: BaseModel) -> _RecordT:
+    """A record of `cls` with the model's fields, ``event_time`` as epoch seconds."""
+    values = {name: getattr(model, name) for name in cls.__slots__ if name != "at"}
+    return cls(at=model.event_time.timestamp(), **values)  # type: ignore[attr-defined]
+
+
+def _to_model(record: Engagement | Consent, model: type[BaseModel]) -> Any:
+    """The model of a record, validated, ``at`` back to an aware UTC datetime."""
+    values = {name: getattr(record, name) for name in record.__slots__ if name != "at"}
+    return model(event_time=datetime.fromtimestamp(record.at, _UTC), **values)
+
+
+def _draft_class(cls: type[_RecordT]) -> type:
+    """A mutable twin of a frozen record class, for building records fast.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``:
+    1.7 us for the 15 fields of an engagement, more than all the checks of the fast
+    path. The twin has the same slots and a plain ``__init__`` (0.3 us); a built twin
+    then becomes a record by assigning its ``__class__``, which CPython allows
+    between classes of the same slot layout. If that ever fails (checked on a sample
+    at import), the record class itself is returned: slower, same records.
+    """
+    twin = make_dataclass(f"_{cls.__name__}Draft", [(f.name, f.type) for f in fields(cls)], slots=True, eq=False,
+                          repr=False, match_args=False)
+    sample = tuple(f"v{i}" for i in range(len(fields(cls))))
+    try:
+        draft = twin(*sample)
+        draft.__class__ = cls
+        if type(draft) is cls and draft == cls(*sample) and not hasattr(draft, "__dict__"):
+            return twin
+    except TypeError:
+        pass
+    return cls
+
+
+_EngagementDraft = _draft_class(Engagement)
+_ConsentDraft = _draft_class(Consent)
+_retype = object.__setattr__   # works on a twin and, if the twin is the class itself, on a frozen record
+
+
+def _model_path(model: type[BaseModel], raw: bytes, pseudonymise: Callable[[str], str] | None,
+                pseudonym: tuple[str, str] | None) -> Any:
+    """Decode with the model (``monitor.events.decode``), without pseudonymising the same id twice.
+
+    `pseudonym` is ``(raw user id, its pseudonym)`` when the fast path already called
+    `pseudonymise`: ``decode`` parses the same raw id again and gets the same pseudonym.
+    """
+    if pseudonymise is not None and pseudonym is not None:
+        raw_user_id, known = pseudonym
+        again = pseudonymise
+
+        def pseudonymise(user_id: str) -> str:
+            return known if user_id == raw_user_id else again(user_id)
+
+    return _decode(model, raw, pseudonymise=pseudonymise)
+
+
+def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = None) -> Engagement:
+    """Decode one engagement record, or raise DecodeError as ``decode(EngagementEvent, raw)`` would.
+
+    `pseudonymise` replaces a non-empty string ``user_id`` before validation.
+
+    >>> record = decode_engagement(b'{"event_id": "e1", "event_type": "conversion", '
+    ...     b'"event_time": "2026-11-01T00:00:00Z", "user_id": "u1", "initiative": "i", "profile": "p", '
+    ...     b'"channel": "web", "revenue": 12}', pseudonymise=str.upper)
+    >>> record.user_id, record.revenue
+    ('U1', 12.0)
+    >>> decode_engagement(b'{"event_id": "e1", "event_type": "click", '
+    ...     b'"event_time": "2026-11-01T00:00:00Z", "user_id": "u1", "initiative": "i", "profile": "p", '
+    ...     b'"channel": "web", "revenue": 12}')
+    Traceback (most recent call last):
+    ...
+    monitor.exceptions.DecodeError: invalid EngagementEvent: EngagementEvent: Value error, revenue 12.0 on a click; only conversions carry revenue
+    >>> decode_engagement(b'[1, 2]')
+    Traceback (most recent call last):
+    ...
+    monitor.exceptions.DecodeError: not a JSON object
+    """
+    try:
+        data = _loads(raw)
+    except _JSONDecodeError:
+        data = None
+    pseudonym = None
+    if False:
+        if tuple(data) == _ENGAGEMENT_ORDER:   # every field, in the schema's order: what the monitor's producers write
+            (event_id, event_type, event_time, user_id, initiative, profile, channel, cohort, experiment, variant,
+             rule_id, fallback, latency, revenue, region) = data.values()
+        elif data.keys() <= _ENGAGEMENT_KEYS:
+            get = data.get
+            event_id = get("event_id")
+            event_type = get("event_type")
+            event_time = get("event_time")
+            user_id = get("user_id")
+            initiative = get("initiative")
+            profile = get("profile")
+            channel = get("channel")
+            cohort = get("cohort", _COHORT)
+            experiment = get("experiment")
+            variant = get("variant", _VARIANT)
+            rule_id = get("rule_id")
+            fallback = get("fallback", _FALLBACK)
+            latency = get("decision_latency_ms", _LATENCY)
+            revenue = get("revenue", _REVENUE)
+            region = get("region")
+        else:
+            return _from_model(Engagement, _model_path(EngagementEvent, raw, pseudonymise, None))
+        if pseudonymise is not None and type(user_id) is str and user_id:
+            pseudonym = (user_id, pseudonymise(user_id))
+            user_id = pseudonym[1]
+        # A name: `s.strip() == s and s and len(s) <= _MAX_NAME` after `type(s) is str`; this order is the
+        # cheapest (a chained `0 < len(s) <= n` costs more than a truth test and one compare).
+        if (
+            type(event_id) is str and event_id.strip() == event_id and event_id and len(event_id) <= _MAX_NAME
+            and event_type in _EVENT_TYPES
+            and type(user_id) is str and user_id.strip() == user_id and user_id and len(user_id) <= _MAX_NAME
+            and type(initiative) is str and initiative.strip() == initiative and initiative
+            and len(initiative) <= _MAX_NAME
+            and type(profile) is str and profile.strip() == profile and profile and len(profile) <= _MAX_NAME
+            and type(channel) is str and channel.strip() == channel and channel and len(channel) <= _MAX_NAME
+            and type(cohort) is str and cohort.strip() == cohort and cohort and len(cohort) <= _MAX_NAME
+            and (experiment is None or type(experiment) is str and experiment.strip() == experiment and experiment
+                 and len(experiment) <= _MAX_NAME)
+            and type(variant) is str and variant.strip() == variant and variant and len(variant) <= _MAX_NAME
+            and (rule_id is None or type(rule_id) is str and rule_id.strip() == rule_id and rule_id
+                 and len(rule_id) <= _MAX_NAME)
+            and (fallback is True or fallback is False)
+            and (type(latency) is float or type(latency) is int) and 0.0 <= latency <= _MAX_LATENCY
+            and (type(revenue) is float or type(revenue) is int) and 0.0 <= revenue <= _MAX_REVENUE
+            and (not revenue or event_type == "conversion")
+            and (region is None or type(region) is str and region.strip() == region and region
+                 and len(region) <= _MAX_NAME)
+            and type(event_time) is str and _CANONICAL_TIME(event_time) is not None
+        ):
+            try:
+                at = _fromisoformat(event_time).timestamp()
+            except (ValueError, OverflowError):   # a day or month out of range: the model says which
+                at = _LATEST
+            if _EARLIEST <= at < _LATEST:
+                if type(latency) is int:
+                    latency = float(latency)
+                if type(revenue) is int:
+                    revenue = float(revenue)
+                record = _EngagementDraft(event_id, event_type, at, user_id, initiative, profile, channel, cohort,
+                                          experiment, variant, rule_id, fallback, latency, revenue, region)
+                _retype(record, "__class__", Engagement)
+                return record
+    return _from_model(Engagement, _model_path(EngagementEvent, raw, pseudonymise, pseudonym))
+
+
+def decode_consent(raw: bytes, pseudonymise: Callable[[str], str] | None = None) -> Consent:
+    """Decode one consent record, or raise DecodeError as ``decode(ConsentEvent, raw)`` would.
+
+    `pseudonymise` replaces a non-empty string ``user_id`` before validation.
+
+    >>> decode_consent(b'{"event_id": "c1", "event_time": "2026-11-01T00:00:00+01:00", "user_id": "u1", '
+    ...                b'"purpose": "marketing", "status": "revoked", "region": "EU"}')
+    Consent(event_id='c1', at=1793487600.0, user_id='u1', purpose='marketing', status='revoked', source='unknown', region='EU')
+    >>> decode_consent(b'{"event_id": "c1", "event_time": "2026-11-01T00:00:00", "user_id": "u1", '
+    ...                b'"purpose": "marketing", "status": "revoked"}')
+    Traceback (most recent call last):
+    ...
+    monitor.exceptions.DecodeError: invalid ConsentEvent: event_time: Input should have timezone info
+    >>> decode_consent(b'')
+    Traceback (most recent call last):
+    ...
+    monitor.exceptions.DecodeError: not JSON
+    """
+    try:
+        data = _loads(raw)
+    except _JSONDecodeError:
+        data = None
+    pseudonym = None
+    if type(data) is dict:
+        if tuple(data) == _CONSENT_ORDER:
+            event_id, event_time, user_id, purpose, status, source, region = data.values()
+        elif data.keys() <= _CONSENT_KEYS:
+            get = data.get
+            event_id = get("event_id")
+            event_time = get("event_time")
+            user_id = get("user_id")
+            purpose = get("purpose")
+            status = get("status")
+            source = get("source", _SOURCE)
+            region = get("region", _CONSENT_REGION)
+        else:
+            return _from_model(Consent, _model_path(ConsentEvent, raw, pseudonymise, None))
+        if pseudonymise is not None and type(user_id) is str and user_id:
+            pseudonym = (user_id, pseudonymise(user_id))
+            user_id = pseudonym[1]
+        if (
+            type(event_id) is str and event_id.strip() == event_id and event_id and len(event_id) <= _MAX_NAME
+            and type(user_id) is str and user_id.strip() == user_id and user_id and len(user_id) <= _MAX_NAME
+            and purpose in _PURPOSES
+            and status in _STATUSES
+            and type(source) is str and source.strip() == source and source and len(source) <= _MAX_NAME
+            and type(region) is str and region.strip() == region and region and len(region) <= _MAX_NAME
+            and type(event_time) is str and _CANONICAL_TIME(event_time) is not None
+        ):
+            try:
+                at = _fromisoformat(event_time).timestamp()
+            except (ValueError, OverflowError):
+                at = _LATEST
+            if _EARLIEST <= at < _LATEST:
+                record = _ConsentDraft(event_id, at, user_id, purpose, status, source, region)
+                _retype(record, "__class__", Consent)
+                return record
+    return _from_model(Consent, _model_path(ConsentEvent, raw, pseudonymise, pseudonym))

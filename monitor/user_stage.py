@@ -1,0 +1,340 @@
+"""Stage 1, per user: a batch of one source partition in, one `Partial` per initiative out.
+
+Engagement and consent are keyed and partitioned alike (by user), so a
+user's consent ledger and experiment records live with the partition that
+reads their events. Per batch the stage
+
+1. applies the consent records (the ledger is kept by event time; a late
+   revocation convicts remembered exposures, a late grant acquits them);
+2. decodes, validates and pseudonymises each engagement record, in offset
+   order; judges each exposure against the ledger at its event time, keeps
+   the user's experiment record and adds the event to the batch's partial
+   aggregates (`monitor.messages.Partial`) of its initiative and bucket;
+3. stops before the first exposure whose event time the consent partition has
+   not been read past (`consent_read_until`): that exposure and the records
+   after it wait for the next batch, so a verdict never depends on which
+   topic happened to arrive first.
+
+State is a mapping of bytes (`users`): each user's `UserState` and each
+partition's `Progress`, encoded compactly. A batch reads what it needs, and
+`BatchResult.writes` holds every changed value, encoded once per batch; the
+driver delivers the batch's outputs, then writes them (`commit`). Nothing
+is written to `users` before that, so a failed delivery leaves the stage as
+it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from experiments.state import UserRecord, observe_event
+from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Violation
+from governance.variant_balance import first_in_hour
+from monitor.events import DeadLetter
+from monitor.exceptions import DecodeError
+from monitor.messages import BucketPartial, Counters, Partial, SourceRange
+from monitor.pseudonym import Pseudonymiser
+from monitor.records import Consent, Engagement, decode_consent, decode_engagement
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROGRESS_KEY = "#progress/{}"   # a partition's progress, beside the users (pseudonyms start with "p")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One record as read from a topic partition."""
+
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+@dataclass(slots=True)
+class UserState:
+    """One user's state: the consent ledger entry and the experiment records (experiment -> record)."""
+
+    consent: UserConsent = field(default_factory=UserConsent)
+    experiments: dict[str, UserRecord] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Progress:
+    """What stage 1 sent for one source partition: the last offset covered, the event-time mark, and the
+    initiatives it has seen there (each batch reports to all of them, so their ranges stay contiguous)."""
+
+    last_offset: int | None = None
+    mark: float | None = None
+    initiatives: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch produced, for the driver to deliver, and the state to write after it."""
+
+    partials: list[Partial] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    consumed_until: int | None = None      # last engagement offset this batch covered
+    deferred: list[SourceRecord] = field(default_factory=list)   # engagement waiting for consent
+    writes: dict[str, bytes] = field(default_factory=dict)
+    engagement: int = 0                    # valid engagement events combined
+    consent: int = 0                       # valid consent records applied
+
+
+# -- compact encodings of the state (orjson over tuples: small and quick) ------------------
+def encode_user(state: UserState) -> bytes:
+    consent = state.consent
+    return orjson.dumps([
+        consent.changes, consent.region, None if consent.region_at == -math.inf else consent.region_at,
+        [[e.event_id, e.at, e.initiative, e.series, e.fallback, e.region, convicted]
+         for e, convicted in consent.remembered],
+        {experiment: [a if a != -math.inf else None, b if b != -math.inf else None]
+         for experiment, (a, b) in consent.hours.items()},
+        {experiment: [r.variant, r.conversions, r.revenue] for experiment, r in state.experiments.items()}])
+
+
+def decode_user(raw: bytes) -> UserState:
+    changes, region, region_at, remembered, hours, experiments = orjson.loads(raw)
+    consent = UserConsent(
+        changes={purpose: [(at, granted) for at, granted in items] for purpose, items in changes.items()},
+        region=region, region_at=-math.inf if region_at is None else region_at,
+        remembered=[(Exposure(e, at, initiative, series, fallback, reg), convicted)
+                    for e, at, initiative, series, fallback, reg, convicted in remembered],
+        hours={experiment: (-math.inf if a is None else a, -math.inf if b is None else b)
+               for experiment, (a, b) in hours.items()})
+    return UserState(consent, {experiment: UserRecord(variant, conversions, revenue)
+                               for experiment, (variant, conversions, revenue) in experiments.items()})
+
+
+def encode_progress(progress: Progress) -> bytes:
+    return orjson.dumps([progress.last_offset, progress.mark, progress.initiatives])
+
+
+def decode_progress(raw: bytes) -> Progress:
+    last_offset, mark, initiatives = orjson.loads(raw)
+    return Progress(last_offset, mark, list(initiatives))
+
+
+class UserStage:
+    """Stage 1 over one mapping of state; both drivers run it (see the module docstring)."""
+
+    def __init__(self, settings: Settings, users: MutableMapping[str, bytes]) -> None:
+        self.settings = settings
+        self.users = users
+        self.consent_policy: ConsentPolicy = settings.consent_policy()
+        self._pseudonym = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode()).pseudonym
+        self._bucket = settings.bucket_seconds
+        self._max_future = settings.max_future_seconds
+        self._topics = {name: settings.topic(name) for name in ("engagement", "consent")}
+        self._consent_marks: dict[int, float] = {}   # greatest consent event time read, per partition
+
+    def commit(self, result: BatchResult) -> None:
+        """Write a batch's state; call it once what the batch caused was delivered."""
+        for key, value in result.writes.items():
+            self.users[key] = value
+        result.writes = {}
+
+    def progress(self, partition: int) -> Progress:
+        raw = self.users.get(PROGRESS_KEY.format(partition))
+        return Progress() if raw is None else decode_progress(raw)
+
+    def process(self, partition: int, engagement: Sequence[SourceRecord], consent: Sequence[SourceRecord] = (),
+                *, wall_now: float, consent_read_until: float = math.inf) -> BatchResult:
+        """One batch of one source partition (engagement and consent records of the same partition number).
+
+        `consent_read_until`: the event time up to which the driver knows the consent partition was read
+        beyond the records it passes (the wall time of a fetch that found no more; infinity where the
+        input is one ordered stream); the consent event times read count as well.
+        """
+        batch = _Batch(self, partition, wall_now)
+        for record in consent:
+            batch.consent(record)
+        consent_read_until = max(consent_read_until, self._consent_marks.get(partition, -math.inf))
+        covered = batch.progress.last_offset
+        for n, record in enumerate(engagement):
+            if covered is not None and record.offset <= covered:
+                continue  # sent before: read again after a restart whose offset commit was lost
+            if not batch.engagement(record, consent_read_until):
+                batch.result.deferred = list(engagement[n:])
+                break
+        return batch.finish()
+
+    def _dead_letter(self, topic: str, record: SourceRecord, partition: int, exc: DecodeError) -> DeadLetter:
+        return DeadLetter.of(record.value or b"", source_topic=self._topics[topic], reason=exc.reason,
+                             error=exc.detail[:2000], key=record.key, partition=partition, offset=record.offset)
+
+    def _admit_time(self, at: float, wall_now: float) -> None:
+        # A time far ahead of the wall clock would move the watermark and make every on-time event late.
+        ahead = at - wall_now
+        if ahead > self._max_future:
+            raise DecodeError(f"event_time {_iso(at)} is {ahead:.0f} s ahead of the wall clock "
+                              f"(PMON_MAX_FUTURE_SECONDS={self._max_future})")
+
+
+class _Batch:
+    """The working set of one batch: decoded user states, partials by initiative, progress."""
+
+    __slots__ = ("stage", "partition", "wall_now", "result", "states", "partials", "progress", "first",
+                 "last", "violations")
+
+    def __init__(self, stage: UserStage, partition: int, wall_now: float) -> None:
+        self.stage = stage
+        self.partition = partition
+        self.wall_now = wall_now
+        self.result = BatchResult()
+        self.states: dict[str, UserState] = {}
+        self.partials: dict[str, dict[float, BucketPartial]] = {}
+        self.violations: dict[str, list[Violation]] = {}
+        self.progress = stage.progress(partition)
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def user(self, pseudonym: str) -> UserState:
+        state = self.states.get(pseudonym)
+        if state is None:
+            raw = self.stage.users.get(pseudonym)
+            state = UserState() if raw is None else decode_user(raw)
+            self.states[pseudonym] = state
+        return state
+
+    def consent(self, record: SourceRecord) -> None:
+        stage = self.stage
+        try:
+            event: Consent = decode_consent(_value(record), stage._pseudonym)
+            stage._admit_time(event.at, self.wall_now)
+        except DecodeError as exc:
+            self.result.dead_letters.append(stage._dead_letter("consent", record, self.partition, exc))
+            return
+        self.result.consent += 1
+        marks = stage._consent_marks
+        if event.at > marks.get(self.partition, -math.inf):
+            marks[self.partition] = event.at
+        state = self.user(event.user_id)
+        for violation in stage.consent_policy.record(state.consent, event.user_id, at=event.at,
+                                                     purpose=event.purpose, granted=event.status == "granted",
+                                                     region=event.region):
+            self.violations.setdefault(violation.initiative, []).append(violation)
+
+    def engagement(self, record: SourceRecord, consent_read_until: float) -> bool:
+        """Combine one record; False (and nothing done) when it must wait for the consent partition."""
+        stage = self.stage
+        try:
+            event: Engagement = decode_engagement(_value(record), stage._pseudonym)
+            stage._admit_time(event.at, self.wall_now)
+        except DecodeError as exc:
+            self.result.dead_letters.append(stage._dead_letter("engagement", record, self.partition, exc))
+            self.cover(record.offset)
+            return True
+        exposure = event.event_type == "exposure"
+        if exposure and event.at > consent_read_until:
+            return False
+        self.cover(record.offset)
+        self.result.engagement += 1
+        at = event.at
+        mark = self.progress.mark
+        self.progress.mark = at if mark is None or at > mark else mark
+        start = at - at % stage._bucket
+        buckets = self.partials.get(event.initiative)
+        if buckets is None:
+            buckets = self.partials[event.initiative] = {}
+        bucket = buckets.get(start)
+        if bucket is None:
+            bucket = buckets[start] = BucketPartial()
+        series = f"{event.initiative}|{event.profile}|{event.channel}|{event.variant}"
+        counters = bucket.series.get(series)
+        if counters is None:
+            counters = bucket.series[series] = Counters()
+        cohort = bucket.cohorts.get(event.cohort)
+        if cohort is None:
+            cohort = bucket.cohorts[event.cohort] = Counters()
+        if exposure:
+            for c in (counters, cohort):
+                c.exposures += 1
+                c.fallbacks += event.fallback
+                c.latency_ms_sum += event.decision_latency_ms
+        elif event.event_type == "click":
+            counters.clicks += 1
+            cohort.clicks += 1
+        else:
+            for c in (counters, cohort):
+                c.conversions += 1
+                c.revenue += event.revenue
+        if exposure or event.experiment:
+            state = self.user(event.user_id)
+            if event.experiment:
+                self.observe_experiment(state, event, bucket)
+            if exposure:
+                self.judge(state, event, series, bucket, start)
+        return True
+
+    def observe_experiment(self, state: UserState, event: Engagement, bucket: BucketPartial) -> None:
+        experiment = event.experiment
+        record, delta = observe_event(state.experiments.get(experiment), variant=event.variant,
+                                      event_type=event.event_type, revenue=event.revenue,
+                                      dimensions={"channel": event.channel, "profile": event.profile})
+        change = delta.variants[record.variant]
+        if change.users or change.conversions or change.crossover_events:
+            state.experiments[experiment] = record
+            bucket.add_experiment(experiment, delta)
+
+    def judge(self, state: UserState, event: Engagement, series: str, bucket: BucketPartial, start: float) -> None:
+        exposure = Exposure(event.event_id, event.at, event.initiative, series, event.fallback, event.region)
+        judgement, violation = self.stage.consent_policy.judge(state.consent, event.user_id, exposure)
+        if violation is not None:
+            self.violations.setdefault(event.initiative, []).append(violation)
+        first = first_fallback = False
+        if event.experiment:
+            first, first_fallback = first_in_hour(state.consent.hours, event.experiment, start,
+                                                  fallback=event.fallback)
+        bucket.governance.add_exposure(
+            channel=event.channel, rule_id=event.rule_id, experiment=event.experiment, variant=event.variant,
+            fallback=event.fallback, consented=judgement.consented, first_in_hour=first,
+            first_fallback_in_hour=first_fallback)
+
+    def cover(self, offset: int) -> None:
+        if self.first is None:
+            self.first = offset
+        self.last = offset
+
+    def finish(self) -> BatchResult:
+        result, progress = self.result, self.progress
+        source = None
+        if self.last is not None:
+            # Contiguous with what this partition sent before, whatever offsets Kafka skipped in between.
+            first = self.first if progress.last_offset is None else progress.last_offset + 1
+            source = SourceRange(self.partition, first, self.last)
+            progress.last_offset = self.last
+            result.consumed_until = self.last
+            for initiative in self.partials:
+                if initiative not in progress.initiatives:
+                    progress.initiatives.append(initiative)
+        told = progress.initiatives if source is not None else []
+        for initiative in dict.fromkeys([*told, *self.violations]):
+            result.partials.append(Partial(
+                initiative=initiative, partition=self.partition,
+                source=source if initiative in told else None, mark=progress.mark,
+                buckets=self.partials.get(initiative, {}), violations=self.violations.get(initiative, [])))
+        result.writes = {pseudonym: encode_user(state) for pseudonym, state in self.states.items()}
+        if source is not None:
+            result.writes[PROGRESS_KEY.format(self.partition)] = encode_progress(progress)
+        return result
+
+
+def _value(record: SourceRecord) -> bytes:
+    if record.value is None:
+        raise DecodeError("empty value (a tombstone): input records must carry an event",
+                          "the record's value is null")
+    return record.value
+
+
+def _iso(epoch: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
