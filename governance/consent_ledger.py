@@ -184,11 +184,12 @@ class ConsentPolicy:
         if exposure.fallback:
             return judgement, None
         violation = None if judgement.consented else _violation(exposure, pseudonym, judgement, late=False)
-        if self.max_remembered and not any(e.event_id == exposure.event_id for e, _ in user.remembered):
-            bisect.insort(user.remembered, (exposure, violation is not None), key=lambda item: item[0].at)
-            newest = user.remembered[-1][0].at
-            user.remembered[:] = [item for item in user.remembered[-self.max_remembered:]
-                                  if item[0].at >= newest - self.lookback_seconds]
+        remembered = user.remembered
+        if self.max_remembered and not any(e.event_id == exposure.event_id for e, _ in remembered):
+            bisect.insort(remembered, (exposure, violation is not None), key=lambda item: item[0].at)
+            horizon = remembered[-1][0].at - self.lookback_seconds
+            if len(remembered) > self.max_remembered or remembered[0][0].at < horizon:
+                remembered[:] = [item for item in remembered[-self.max_remembered:] if item[0].at >= horizon]
         return judgement, violation
 
 

@@ -16,11 +16,12 @@ reads their events. Per batch the stage
    topic happened to arrive first.
 
 State is a mapping of bytes (`users`): each user's `UserState` and each
-partition's `Progress`, encoded compactly. A batch reads what it needs, and
-`BatchResult.writes` holds every changed value, encoded once per batch; the
-driver delivers the batch's outputs, then writes them (`commit`). Nothing
-is written to `users` before that, so a failed delivery leaves the stage as
-it was.
+partition's `Progress`, encoded compactly (tens of bytes a user). The stage
+keeps the states it works on decoded (at most `user_cache_size`), and
+`pending_writes()` encodes those changed since the last commit, once however
+many batches changed them; the driver delivers what the batches caused, then
+writes them (`commit`). Nothing reaches `users` before that; after a failed
+delivery `reset()` returns the stage to what was written.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class BatchResult:
     partials: list[Partial] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     consumed_until: int | None = None      # last engagement offset this batch covered
-    deferred: list[SourceRecord] = field(default_factory=list)   # engagement waiting for consent
-    writes: dict[str, bytes] = field(default_factory=dict)
+    deferred: list[SourceRecord] = field(default_factory=list)   # engagement waiting for consent or `stop_at`
+    stopped_at: float | None = None        # event time of the record that met `stop_at`
     engagement: int = 0                    # valid engagement events combined
     consent: int = 0                       # valid consent records applied
 
@@ -133,24 +134,65 @@ class UserStage:
         self._max_future = settings.max_future_seconds
         self._topics = {name: settings.topic(name) for name in ("engagement", "consent")}
         self._consent_marks: dict[int, float] = {}   # greatest consent event time read, per partition
+        self._cache_size = settings.user_cache_size
+        self._live: dict[str, UserState] = {}          # decoded states, oldest first
+        self._progress: dict[int, Progress] = {}
+        self._dirty: set[str] = set()
+        self._dirty_progress: set[int] = set()
 
-    def commit(self, result: BatchResult) -> None:
-        """Write a batch's state; call it once what the batch caused was delivered."""
-        for key, value in result.writes.items():
-            self.users[key] = value
-        result.writes = {}
+    def user(self, pseudonym: str) -> UserState:
+        """A user's state for a batch to change (it is written at the next commit)."""
+        state = self._live.get(pseudonym)
+        if state is None:
+            raw = self.users.get(pseudonym)
+            state = self._live[pseudonym] = UserState() if raw is None else decode_user(raw)
+        self._dirty.add(pseudonym)
+        return state
 
     def progress(self, partition: int) -> Progress:
-        raw = self.users.get(PROGRESS_KEY.format(partition))
-        return Progress() if raw is None else decode_progress(raw)
+        progress = self._progress.get(partition)
+        if progress is None:
+            raw = self.users.get(PROGRESS_KEY.format(partition))
+            progress = self._progress[partition] = Progress() if raw is None else decode_progress(raw)
+        return progress
+
+    @property
+    def uncommitted(self) -> int:
+        """Users changed since the last commit."""
+        return len(self._dirty)
+
+    def pending_writes(self) -> dict[str, bytes]:
+        """Every value changed since the last commit, encoded: what the driver writes (and changelogs)."""
+        writes = {pseudonym: encode_user(self._live[pseudonym]) for pseudonym in self._dirty}
+        for partition in self._dirty_progress:
+            writes[PROGRESS_KEY.format(partition)] = encode_progress(self._progress[partition])
+        return writes
+
+    def commit(self, writes: dict[str, bytes]) -> None:
+        """Write `pending_writes()`; call it once what the batches since the last commit caused was delivered."""
+        self.users.update(writes)
+        self._dirty.clear()
+        self._dirty_progress.clear()
+        if len(self._live) > self._cache_size:  # all clean now: drop the oldest
+            for pseudonym in list(self._live)[:len(self._live) - self._cache_size * 9 // 10]:
+                del self._live[pseudonym]
+
+    def reset(self) -> None:
+        """Forget everything not committed (after a failed delivery): state is what `users` holds."""
+        self._live.clear()
+        self._progress.clear()
+        self._dirty.clear()
+        self._dirty_progress.clear()
+        self._consent_marks.clear()
 
     def process(self, partition: int, engagement: Sequence[SourceRecord], consent: Sequence[SourceRecord] = (),
-                *, wall_now: float, consent_read_until: float = math.inf) -> BatchResult:
+                *, wall_now: float, consent_read_until: float = math.inf, stop_at: float = math.inf) -> BatchResult:
         """One batch of one source partition (engagement and consent records of the same partition number).
 
         `consent_read_until`: the event time up to which the driver knows the consent partition was read
         beyond the records it passes (the wall time of a fetch that found no more; infinity where the
-        input is one ordered stream); the consent event times read count as well.
+        input is one ordered stream); the consent event times read count as well. `stop_at`: an event
+        time at which the batch stops (the replay's next timer check); `BatchResult.stopped_at` says where.
         """
         batch = _Batch(self, partition, wall_now)
         for record in consent:
@@ -160,7 +202,7 @@ class UserStage:
         for n, record in enumerate(engagement):
             if covered is not None and record.offset <= covered:
                 continue  # sent before: read again after a restart whose offset commit was lost
-            if not batch.engagement(record, consent_read_until):
+            if not batch.engagement(record, consent_read_until, stop_at):
                 batch.result.deferred = list(engagement[n:])
                 break
         return batch.finish()
@@ -180,28 +222,20 @@ class UserStage:
 class _Batch:
     """The working set of one batch: decoded user states, partials by initiative, progress."""
 
-    __slots__ = ("stage", "partition", "wall_now", "result", "states", "partials", "progress", "first",
-                 "last", "violations")
+    __slots__ = ("stage", "partition", "wall_now", "result", "partials", "progress", "first", "last",
+                 "violations", "user")
 
     def __init__(self, stage: UserStage, partition: int, wall_now: float) -> None:
         self.stage = stage
         self.partition = partition
         self.wall_now = wall_now
         self.result = BatchResult()
-        self.states: dict[str, UserState] = {}
+        self.user = stage.user
         self.partials: dict[str, dict[float, BucketPartial]] = {}
         self.violations: dict[str, list[Violation]] = {}
         self.progress = stage.progress(partition)
         self.first: int | None = None
         self.last: int | None = None
-
-    def user(self, pseudonym: str) -> UserState:
-        state = self.states.get(pseudonym)
-        if state is None:
-            raw = self.stage.users.get(pseudonym)
-            state = UserState() if raw is None else decode_user(raw)
-            self.states[pseudonym] = state
-        return state
 
     def consent(self, record: SourceRecord) -> None:
         stage = self.stage
@@ -221,8 +255,9 @@ class _Batch:
                                                      region=event.region):
             self.violations.setdefault(violation.initiative, []).append(violation)
 
-    def engagement(self, record: SourceRecord, consent_read_until: float) -> bool:
-        """Combine one record; False (and nothing done) when it must wait for the consent partition."""
+    def engagement(self, record: SourceRecord, consent_read_until: float, stop_at: float) -> bool:
+        """Combine one record; False (and nothing done) when it must wait for the consent partition or is
+        at or past `stop_at`."""
         stage = self.stage
         try:
             event: Engagement = decode_engagement(_value(record), stage._pseudonym)
@@ -232,6 +267,9 @@ class _Batch:
             self.cover(record.offset)
             return True
         exposure = event.event_type == "exposure"
+        if event.at >= stop_at:
+            self.result.stopped_at = event.at
+            return False
         if exposure and event.at > consent_read_until:
             return False
         self.cover(record.offset)
@@ -275,7 +313,10 @@ class _Batch:
 
     def observe_experiment(self, state: UserState, event: Engagement, bucket: BucketPartial) -> None:
         experiment = event.experiment
-        record, delta = observe_event(state.experiments.get(experiment), variant=event.variant,
+        known = state.experiments.get(experiment)
+        if known is not None and event.event_type != "conversion" and known.variant == event.variant:
+            return  # a further exposure or click of a known user in their variant changes no total
+        record, delta = observe_event(known, variant=event.variant,
                                       event_type=event.event_type, revenue=event.revenue,
                                       dimensions={"channel": event.channel, "profile": event.profile})
         change = delta.variants[record.variant]
@@ -320,9 +361,8 @@ class _Batch:
                 initiative=initiative, partition=self.partition,
                 source=source if initiative in told else None, mark=progress.mark,
                 buckets=self.partials.get(initiative, {}), violations=self.violations.get(initiative, [])))
-        result.writes = {pseudonym: encode_user(state) for pseudonym, state in self.states.items()}
         if source is not None:
-            result.writes[PROGRESS_KEY.format(self.partition)] = encode_progress(progress)
+            self.stage._dirty_progress.add(self.partition)
         return result
 
 

@@ -18,6 +18,7 @@ admission still checks event times against the real wall clock.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class EmbeddedDriver:
         self._consent: list[SourceRecord] = []
         self._offsets = {"engagement": 0, "consent": 0, "rule-changes": 0}
         self.emitter = Emitter(settings, self.metrics, send=self._collect)
+        self._counted = {topic: self.metrics.records.labels(topic=topic) for topic in INPUT_MODELS}
 
     def _collect(self, topic: str, key: bytes, value: bytes) -> None:
         if topic == "incidents":
@@ -78,7 +80,7 @@ class EmbeddedDriver:
     async def feed(self, topic: str, raw: bytes | None, *, key: bytes | None = None) -> None:
         """One input record, as the worker would handle it (batched with its neighbours; see `flush`)."""
         self.run_result.records += 1
-        self.metrics.records.labels(topic=topic).inc()
+        self._counted[topic].inc()
         offset = self._offsets[topic]
         self._offsets[topic] = offset + 1
         record = SourceRecord(offset, raw, key)
@@ -94,11 +96,6 @@ class EmbeddedDriver:
         elif topic == "consent":
             self._consent.append(record)
         else:
-            if self._replay_now is not None and raw is not None:
-                at = _event_time(raw)
-                if at is not None and at >= self._next_check:
-                    await self.flush()
-                    await self._replay_until(at)
             self._engagement.append(record)
         if len(self._engagement) + len(self._consent) >= self.settings.batch_size:
             await self.flush()
@@ -107,17 +104,33 @@ class EmbeddedDriver:
             await self.check_feeds()
 
     async def flush(self) -> None:
-        """Combine the records fed since the last flush (one batch of the one source partition) and apply it."""
-        if not self._engagement and not self._consent:
-            return
+        """Combine the records fed since the last flush (batches of the one source partition) and apply them.
+
+        In a replay a batch stops at the timer's next check instant: the checks run there, between the
+        events before and after it, as they would have live.
+        """
         engagement, consent = self._engagement, self._consent
         self._engagement, self._consent = [], []
-        result = self.user_stage.process(0, engagement, consent, wall_now=self._wall_clock())
-        for letter in result.dead_letters:
-            await self.emitter.dead_letter(letter)
-        for partial in result.partials:
-            await self._step(self.initiative_stage.on_message, partial, None)
-        self.user_stage.commit(result)
+        while engagement or consent:
+            # The replay's clock starts at the first event (-inf stops there at once); live, never stop.
+            stop_at = math.inf if self._replay_now is None else self._next_check
+            result = self.user_stage.process(0, engagement, consent, wall_now=self._wall_clock(), stop_at=stop_at)
+            for letter in result.dead_letters:
+                await self.emitter.dead_letter(letter)
+            if self._replay_now is not None and result.partials and result.partials[0].mark is not None:
+                self._replay_now = max(self._replay_now, result.partials[0].mark)
+            for partial in result.partials:
+                await self._step(self.initiative_stage.on_message, partial, None)
+            engagement, consent = result.deferred, []
+            if result.stopped_at is not None:
+                await self._replay_until(result.stopped_at)
+        # No changelog here: state is written when the decoded users would outgrow the cache.
+        if self.user_stage.uncommitted >= self.settings.user_cache_size // 2:
+            self.commit_users()
+
+    def commit_users(self) -> None:
+        """Write the per-user state changed since the last commit (the worker: once per transaction)."""
+        self.user_stage.commit(self.user_stage.pending_writes())
 
     async def _step(self, step: Callable[..., Outputs], message: Message | RuleChangeEvent,
                     raw: bytes | None) -> None:
@@ -170,18 +183,8 @@ class EmbeddedDriver:
             if progress is not None and n % 1000 == 0:
                 progress(1000)
         await self.flush()
+        self.commit_users()
         return self.run_result
-
-
-def _event_time(raw: bytes) -> float | None:
-    """The event time of an engagement record, for the replay's clock; None if it has none readable."""
-    from datetime import datetime
-
-    try:
-        value = orjson.loads(raw).get("event_time")
-        return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else None
-    except (orjson.JSONDecodeError, AttributeError, ValueError, TypeError, OverflowError):
-        return None
 
 
 def read_records(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:

@@ -128,8 +128,13 @@ class UserIngest(ConsumerRebalanceListener):
             offsets[TopicPartition(self.engagement_topic, p)] = result.consumed_until + 1
         if consent:
             offsets[TopicPartition(self.consent_topic, p)] = consent[-1].offset + 1
-        await self._deliver(p, partition.producer, result, offsets)
-        partition.stage.commit(result)
+        writes = partition.stage.pending_writes()
+        try:
+            await self._deliver(p, partition.producer, result, writes, offsets)
+        except StreamsError:
+            partition.stage.reset()
+            raise
+        partition.stage.commit(writes)
         partition.deferred = result.deferred
         for letter in result.dead_letters:
             self.metrics.dead_letters.labels(topic=letter.source_topic, stage=letter.stage).inc()
@@ -155,7 +160,7 @@ class UserIngest(ConsumerRebalanceListener):
             self._consumer.resume(tp)
             partition.paused = False
 
-    async def _deliver(self, p: int, producer: AIOKafkaProducer, result: BatchResult,
+    async def _deliver(self, p: int, producer: AIOKafkaProducer, result: BatchResult, writes: dict[str, bytes],
                        offsets: dict[TopicPartition, int]) -> None:
         """Send the batch's outputs, state and offsets in one transaction; retried `retry_limit` times."""
         dead_letters = self.settings.topic("dead-letters")
@@ -168,7 +173,7 @@ class UserIngest(ConsumerRebalanceListener):
                                             value=messages.encode(partial))
                     for letter in result.dead_letters:
                         await producer.send(dead_letters, key=letter.source_topic.encode(), value=encode(letter))
-                    for key, value in result.writes.items():
+                    for key, value in writes.items():
                         await producer.send(self.changelog_topic, key=key.encode(), value=value, partition=p)
                     if offsets:
                         await producer.send_offsets_to_transaction(offsets, self.group_id)

@@ -101,7 +101,8 @@ def test_planted_dip_gives_one_incident_and_the_same_incidents_as_the_embedded_d
         "the plan's backlog carries the incident's post-incident review"
 
 
-def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(isolated_settings, start_worker):
+def test_malformed_records_and_a_tombstone_are_dead_lettered_alone_and_the_worker_goes_on(isolated_settings,
+                                                                                          start_worker):
     settings = isolated_settings()
     spec = SimulationSpec(days=1, injections=())
 
@@ -113,19 +114,22 @@ def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(isolated_set
     bad = [b"not json {", b'{"event_id": "x", "event_type": "exposure"}']
     records = [("engagement", b"u000001", exposure(n)) for n in range(5)]
     records += [("engagement", b"u000001", raw) for raw in bad]  # same key: same partition, in order
-    records += [("engagement", b"u000001", exposure(n)) for n in range(5, 12)]
+    records += [("engagement", b"u000001", exposure(5)), ("engagement", b"u000001", None)]  # a tombstone
+    records += [("engagement", b"u000001", exposure(n)) for n in range(6, 12)]
     asyncio.run(produce(settings, records))
 
     worker = start_worker(settings)
     wait_for(lambda: _counted(worker, PLG) == 12, timeout=120,
              what="the 12 valid records around the malformed ones to be counted", on_timeout=worker.log)
 
-    letters = [orjson.loads(m.value) for m in consume(settings, "dead-letters", want=2, timeout=60)]
-    assert [base64.b64decode(letter["value_b64"]) for letter in letters] == bad
+    letters = [orjson.loads(m.value) for m in consume(settings, "dead-letters", want=3, timeout=60)]
+    assert [base64.b64decode(letter["value_b64"]) for letter in letters] == bad + [b""]
     assert letters[0]["reason"] == "not JSON"
     assert letters[1]["reason"].startswith("invalid EngagementEvent")
+    assert letters[2]["reason"].startswith("empty value (a tombstone)")
+    assert [letter["offset"] for letter in letters] == [5, 6, 8]
     assert {letter["source_topic"] for letter in letters} == {settings.topic("engagement")}
-    assert 'pmon_dead_letters_total{stage="decode",topic="%s"} 2.0' % settings.topic("engagement") \
+    assert 'pmon_dead_letters_total{stage="decode",topic="%s"} 3.0' % settings.topic("engagement") \
         in worker.metrics_text()
 
 
