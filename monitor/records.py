@@ -1,6 +1,6 @@
 """Light input records and a validated fast path that decodes them without pydantic.
 
-Building a pydantic model per event costs about 4 us; the monitor decodes tens of
+Validating a pydantic model per event costs about 4 us; the monitor decodes tens of
 thousands of records a second. :func:`decode_engagement` and
 :func:`decode_consent` accept a record on a fast path only when it is *certainly*
 valid under its model (:class:`~monitor.events.EngagementEvent`,
@@ -26,8 +26,14 @@ The canonical shape is narrower than what the models accept, never wider:
   an offset ``+05:75``, pydantic does not), in the model's bounds;
 * no revenue on an exposure or a click.
 
-The bounds, literal sets and defaults are read from the models at import, so
-they cannot drift apart from the schema.
+The bounds, literal sets and defaults are read from the models at import, and
+the import fails if a model's fields, config or validators change shape, so the
+fast path cannot silently drift apart from the schema.
+
+Cost (``bench/decode.py``, simulated engagement records, CPU time): about 4.7 us a
+record through the model, 3.5 us on the fast path, of which 0.9 us is
+``orjson.loads`` (paid by both); the rest is ~1.1 us of checks, ~0.5 us for the
+time (regex, ``fromisoformat``, ``timestamp``) and ~0.3 us to build the record.
 """
 
 from __future__ import annotations
@@ -343,7 +349,7 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
             region = get("region")
         else:
             return _from_model(Engagement, _model_path(EngagementEvent, raw, pseudonymise, None))
-        if pseudonymise is not None and type(user_id) is str and user_id and False:
+        if pseudonymise is not None and type(user_id) is str and user_id:
             pseudonym = (user_id, pseudonymise(user_id))
             user_id = pseudonym[1]
         # A name: `s.strip() == s and s and len(s) <= _MAX_NAME` after `type(s) is str`; this order is the
