@@ -32,7 +32,14 @@ kafka-down:
 schemas: setup
 	$(BIN)/pmon schemas --out schemas
 
-bench: setup kafka-up
+# The bench's peers (Quix Streams) and py-spy: bench-only dependencies, installed on first use.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP) kafka-up
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/throughput.py
 
 clean:

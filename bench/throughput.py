@@ -16,7 +16,13 @@
    Memory is that process's peak RSS during the run minus its RSS before it
    (Linux: VmHWM reset through /proc/self/clear_refs; elsewhere the getrusage
    maxrss delta). The output names the method used.
-5. A table, then one JSON line with every figure (the last line on stdout).
+5. Peers (`bench/peers.py`, `--peers`): other stream processors on the same
+   engagement topic, each in a subprocess and a consumer group of its own, from the
+   beginning: `faust-count` (a count-only Faust agent), `faust-aggregate` (a Faust
+   agent and table doing the hourly per-series counters), `quix-count` (Quix
+   Streams, a stateful count per key) and `quix-window` (Quix Streams, the hourly
+   tumbling-window aggregation per series, on event time).
+6. A table, then one JSON line with every figure (the last line on stdout).
 
 How the rates are measured:
 - bare consumer: every record, from the moment the group assigned its partitions
@@ -25,14 +31,17 @@ How the rates are measured:
   count at that moment is left out) to the poll that sees the goal; worker
   start-up and group join are not included; the polling interval (0.1 s for
   /metrics, 0.2 s for the reports once stage 1 is done) is the resolution;
-- embedded: every record, wall time of `run()`.
+- embedded: every record, wall time of `run()`;
+- peers: from the first engagement record the peer's code handles to the last
+  (N - 1 records); their start-up (group join, topic creation) is not included.
 "CPU µs/record" is the CPU time (user + system, all threads) of the process
 doing the work over the same interval: less sensitive than the rate to other
 load on the machine. The worker's includes answering the bench's polls.
 
 The bench topics are deleted at the end (best effort; consumer groups are left
-to the broker's offset retention). Exit codes: 0 done, 1 a stage failed or
-timed out, 2 bad usage or no broker.
+to the broker's offset retention). A stage after the bare consumer that fails
+(worker, embedded driver, a peer) is reported and the others still run. Exit
+codes: 0 done, 1 a stage failed or timed out, 2 bad usage or no broker.
 """
 
 from __future__ import annotations
@@ -80,6 +89,14 @@ DEFAULT_EVENTS = 200_000
 INPUT_TOPICS = ("engagement", "consent", "rule-changes")
 RECORDS_PER_DAY = 50_000  # a little under what the default simulated program makes a day
 CHILD_FLAG = "--embedded-child"
+PEERS_SCRIPT = Path(__file__).resolve().with_name("peers.py")
+PEERS = ("faust-count", "faust-aggregate", "quix-count", "quix-window")  # bench/peers.py PEERS, in run order
+PEER_ROWS = {
+    "faust-count": "faust-count (count-only agent)",
+    "faust-aggregate": "faust-aggregate (group_by + table, hourly)",
+    "quix-count": "quix-count (stateful count per key)",
+    "quix-window": "quix-window (group_by + 1 h tumbling, final)",
+}
 POLL_SECONDS = 0.1  # /metrics: cheap to serve
 STAGE1_REPORT_SECONDS = 2.0  # reports cost the worker more: rarely while stage 1 runs,
 FINAL_REPORT_SECONDS = 0.2  # then often enough to time the end
@@ -88,6 +105,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 LOG_PROBLEM = re.compile(r"\b(WARNING|WARN|ERROR|CRITICAL)\b|^Traceback")
 LOG_PREFIX = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+\]?\s*(\[\d+\]\s*)?")
 NUMBER = re.compile(r"\d+(\.\d+)?")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x08]")  # a peer's stderr may hold terminal controls
 
 console = Console(stderr=True, soft_wrap=True)  # progress and errors; the table and JSON go to stdout
 out = Console() if sys.stdout.isatty() else Console(width=170)  # a log file gets the whole table
@@ -211,13 +229,17 @@ async def produce_all(settings: Settings, workload: Workload) -> float:
 
 
 async def delete_topics(settings: Settings, prefix: str) -> list[str]:
-    """Every topic of this run: inputs, outputs, the app's re-keyed and changelog topics."""
+    """Every topic of this run: inputs, outputs, the apps' re-keyed and changelog topics.
+
+    Quix Streams names its internal topics `repartition__<group>--...` and
+    `changelog__<group>--...`: the run id is inside the name, not at its start.
+    """
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=20_000)
     try:
         await asyncio.wait_for(admin.start(), 20)
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        names = [t for t in await admin.list_topics() if prefix in t]
         if names:
             await admin.delete_topics(names, timeout_ms=20_000)
         return names
@@ -571,7 +593,7 @@ def embedded_child(records_path: str) -> NoReturn:
     peak = _proc_status_kib("VmHWM") if method.startswith("peak") else None
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    clocks = [c for c in driver.pipeline.state.clocks.values() if c is not None]
+    clocks = [c for c in driver.initiative_stage.state.clocks.values() if c is not None]
     sys.stdout.write(orjson.dumps({
         "records": run.records, "seconds": seconds, "cpu_seconds": cpu_seconds,
         "rss_before_kib": before, "rss_peak_kib": peak, "memory_method": f"{method}, child process",
@@ -581,6 +603,77 @@ def embedded_child(records_path: str) -> NoReturn:
     sys.exit(0)
 
 
+# --------------------------------------------------------------------------- peers
+@dataclass
+class PeerResult:
+    name: str
+    rate: Rate
+    startup_seconds: float  # the peer's start to its first record: not in the rate
+    extra: dict[str, Any]  # what the peer reports besides the rate (rows, late, windows closed, ...)
+
+
+def quix_grace_seconds(value: str | None, workload: Workload) -> int:
+    """quix-window's grace: `run` (the default) is the whole simulated span, so that no record is late."""
+    return workload.days * 86_400 if value in (None, "run") else int(value)
+
+
+def run_peer(name: str, settings: Settings, workload: Workload, workdir: Path, *, timeout: float,
+             startup_timeout: float, quix_grace: str | None = None) -> PeerResult:
+    """`bench/peers.py NAME` in a subprocess on the engagement topic; it must see every engagement record."""
+    expect = workload.engagement
+    if not expect:
+        raise BenchError(f"{name}: the run has no engagement record")
+    peer_dir = workdir / f"peer-{name}"
+    peer_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(PEERS_SCRIPT), name, "--bootstrap", settings.kafka_bootstrap,
+               "--topic", settings.topic("engagement"), "--expect", str(expect),
+               "--group", f"{settings.app_id}-{name}", "--partitions", str(settings.topic_partitions),
+               "--workdir", str(peer_dir), "--bucket-seconds", str(settings.bucket_seconds),
+               "--grace-seconds", str(quix_grace_seconds(quix_grace, workload)),
+               "--timeout", str(timeout), "--startup-timeout", str(startup_timeout)]
+    try:
+        result = subprocess.run(command, cwd=peer_dir, capture_output=True, stdin=subprocess.DEVNULL,
+                                timeout=timeout + startup_timeout + 60, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{name} did not finish within {timeout + startup_timeout + 60:.0f} s") from None
+    data: dict[str, Any] | None = None
+    for line in reversed(result.stdout.decode(errors="replace").splitlines()):
+        try:
+            candidate = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(candidate, dict) and candidate.get("peer") == name:
+            data = candidate
+            break
+    stderr = ANSI_ESCAPE.sub("", result.stderr.decode(errors="replace")).strip()
+    if data is None or "error" in data or result.returncode != 0:
+        why = data.get("error") if data else f"no result line (exit {result.returncode})"
+        raise BenchError(f"{name} failed: {why}; the end of its stderr:\n{stderr[-2000:] or '(empty)'}")
+    if data["seen"] != expect:
+        raise BenchError(f"{name} saw {data['seen']:,} of {expect:,} engagement records")
+    extra = {k: v for k, v in data.items()
+             if k not in ("peer", "expect", "seen", "records", "seconds", "cpu_seconds", "startup_s")}
+    return PeerResult(name, Rate(data["records"], data["seconds"], data["seconds"] + data["startup_s"],
+                                 data["cpu_seconds"]), data["startup_s"], extra)
+
+
+def parse_peers(value: str) -> list[str]:
+    if value.strip().lower() in ("all", ""):
+        return list(PEERS)
+    if value.strip().lower() == "none":
+        return []
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}, "
+                                         "all or none")
+    return [p for p in PEERS if p in names]  # run order
+
+
+def peer_key(name: str) -> str:
+    return name.replace("-", "_")
+
+
 # --------------------------------------------------------------------------- output
 def ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if a and b else None
@@ -588,6 +681,27 @@ def ratio(a: float, b: float) -> float | None:
 
 def rounded(value: float | None, digits: int = 1) -> float | None:
     return round(value, digits) if value is not None else None
+
+
+def _error_summary(text: str, width: int | None = None) -> str:
+    """The first and the last line of an error (its whole text is on stderr and in the JSON line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    summary = (lines[0] + (f" … {lines[-1]}" if len(lines) > 1 else "")) if lines else "?"
+    return summary if width is None or len(summary) <= width else summary[:width - 1] + "…"
+
+
+def _peer_note(name: str, summary: dict[str, Any]) -> str:
+    key = peer_key(name)
+    note = f"engagement only; start-up {summary[f'{key}_startup_s']:.1f} s not included"
+    if name == "faust-aggregate":
+        note += (f"; {summary[f'{key}_rows']:,} table rows, {summary[f'{key}_aggregated']:,} events in them; "
+                 f"changelog flush after the last record {summary[f'{key}_flush_s']:.2f} s")
+    elif name == "quix-window":
+        late = summary[f"{key}_late_dropped"]
+        note += (f"; grace {summary[f'{key}_grace_s']:,} s, closing by {summary[f'{key}_closing_strategy']}: "
+                 f"{'[red]' if late else ''}{late:,} late dropped{'[/]' if late else ''}, "
+                 f"{summary[f'{key}_windows_closed']:,} windows closed")
+    return note
 
 
 def print_results(summary: dict[str, Any]) -> None:
@@ -618,6 +732,16 @@ def print_results(summary: dict[str, Any]) -> None:
                       f"[bold]{summary['embedded_vs_bare'] or 0:.3f}[/]", f"{summary['embedded_s']:.1f}",
                       cpu("embedded_cpu_us"),
                       f"peak memory +{summary['embedded_peak_mib']:.0f} MiB ({summary['memory_method']})")
+    for stage, label in (("worker", "faust worker"), ("embedded", "embedded driver")):
+        if f"{stage}_error" in summary:
+            table.add_row(f"{label}: [red]FAILED[/]", "-", "-", "-", "-", _error_summary(summary[f"{stage}_error"], 160))
+    for name in summary.get("peers", []):
+        key = peer_key(name)
+        if f"{key}_error" in summary:
+            table.add_row(f"peer {name}: [red]FAILED[/]", "-", "-", "-", "-", _error_summary(summary[f"{key}_error"], 160))
+            continue
+        table.add_row(f"peer {PEER_ROWS[name]}", f"{summary[f'{key}_rps']:,}", f"{summary[f'{key}_vs_bare'] or 0:.3f}",
+                      f"{summary[f'{key}_s']:.1f}", cpu(f"{key}_cpu_us"), _peer_note(name, summary))
     out.print(table)
     if "worker_rps" in summary:
         stopped = "killed" if summary["worker_stop_s"] is None else f"stopped {summary['worker_stop_s']} s"
@@ -630,6 +754,9 @@ def print_results(summary: dict[str, Any]) -> None:
         out.print(f"embedded: counted {summary['embedded_counted']:,} + late {summary['embedded_late_dropped']:,}, "
                   f"{summary['embedded_dead_letters']} dead letters, "
                   f"{summary['embedded_incident_transitions']} incident transitions", highlight=False)
+    for stage in ("worker", "embedded", *(peer_key(n) for n in summary.get("peers", []))):
+        if f"{stage}_error" in summary:  # in full on stderr when it happened, and in the JSON line
+            out.print(f"{stage} failed: {_error_summary(summary[f'{stage}_error'])}", highlight=False, markup=False)
     out.print(f"load average before/after: {summary['loadavg_before']} / {summary['loadavg_after']} "
               "(other work on the machine skews the rates; CPU µs/record much less)", highlight=False)
     out.print(orjson.dumps(summary).decode(), soft_wrap=True, highlight=False, markup=False)
@@ -657,12 +784,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "anything else collapsed stacks")
     parser.add_argument("--samples", type=Path, default=None, metavar="FILE",
                         help="write the worker's progress as polled (JSON lines) to FILE")
+    parser.add_argument("--peers", type=parse_peers, default=list(PEERS), metavar="LIST",
+                        help=f"peers to run on the engagement topic: all (default), none, or a comma list of "
+                             f"{', '.join(PEERS)}")
+    parser.add_argument("--quix-grace", default="run", metavar="SECONDS",
+                        help="grace of quix-window's windows: `run` (default: the whole simulated span, no record "
+                             "late) or seconds, e.g. 600, the monitor's allowed lateness")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the bench topics")
     args = parser.parse_args(argv)
     if args.events < 1:
         parser.error("--events must be at least 1")
     if args.partitions is not None and args.partitions < 1:
         parser.error("--partitions must be at least 1")
+    if args.quix_grace != "run" and not (args.quix_grace.isdigit()):
+        parser.error("--quix-grace must be `run` or a number of seconds")
     return args
 
 
@@ -687,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": settings.batch_size, "cpus": os.cpu_count(), "python": platform.python_version(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     produced = finished = False
+    failures: list[str] = []  # stages after the bare consumer that failed; the others still ran
     try:
         asyncio.run(check_broker(settings))
         summary["kafka_version"] = kafka_version(args.bootstrap)
@@ -710,11 +846,18 @@ def main(argv: list[str] | None = None) -> int:
                        bare_consumer_cpu_us=rounded(bare.cpu_us_per_record))
         console.print(f"bare consumer: {bare.per_second:,.0f} records/s")
 
+        worker: WorkerResult | None = None
         if not args.skip_worker:
             command = shlex.split(args.worker_command) if args.worker_command else [str(PMON), "worker"]
-            with console.status(f"faust worker ({' '.join(command)})"):
-                worker = run_worker(settings, workload, workdir, command=command, timeout=args.timeout,
-                                    startup_timeout=args.startup_timeout, profile=args.profile_worker)
+            try:
+                with console.status(f"faust worker ({' '.join(command)})"):
+                    worker = run_worker(settings, workload, workdir, command=command, timeout=args.timeout,
+                                        startup_timeout=args.startup_timeout, profile=args.profile_worker)
+            except BenchError as exc:  # the other stages still run; the exit code says a stage failed
+                failures.append("worker")
+                summary.update(worker_command=" ".join(command), worker_error=str(exc))
+                console.print(f"[red]bench: the worker failed:[/] {exc}", highlight=False)
+        if worker is not None:
             summary.update(
                 worker_command=" ".join(command),
                 worker_rps=round(worker.end_to_end.per_second), worker_s=round(worker.end_to_end.seconds, 3),
@@ -737,9 +880,16 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"worker: {worker.end_to_end.per_second:,.0f} records/s end to end "
                           f"(stage 1 {worker.stage1.per_second:,.0f}/s)")
 
+        embedded: EmbeddedResult | None = None
         if not args.skip_embedded:
-            with console.status("embedded driver"):
-                embedded = run_embedded(settings, workload, workdir, args.timeout)
+            try:
+                with console.status("embedded driver"):
+                    embedded = run_embedded(settings, workload, workdir, args.timeout)
+            except BenchError as exc:
+                failures.append("embedded")
+                summary["embedded_error"] = str(exc)
+                console.print(f"[red]bench: the embedded driver failed:[/] {exc}", highlight=False)
+        if embedded is not None:
             summary.update(
                 embedded_rps=round(embedded.rate.per_second), embedded_s=round(embedded.rate.seconds, 3),
                 embedded_cpu_us=rounded(embedded.rate.cpu_us_per_record),
@@ -749,6 +899,26 @@ def main(argv: list[str] | None = None) -> int:
                 embedded_counted=embedded.counted, embedded_late_dropped=embedded.late_dropped,
                 embedded_incident_transitions=embedded.incidents, embedded_dead_letters=embedded.dead_letters)
             console.print(f"embedded: {embedded.rate.per_second:,.0f} records/s")
+
+        summary["peers"] = args.peers
+        for name in args.peers:
+            key = peer_key(name)
+            try:
+                with console.status(f"peer {name}"):
+                    peer = run_peer(name, settings, workload, workdir, timeout=args.timeout,
+                                    startup_timeout=args.startup_timeout, quix_grace=args.quix_grace)
+            except BenchError as exc:
+                failures.append(name)
+                summary[f"{key}_error"] = str(exc)
+                console.print(f"[red]bench: peer {name} failed:[/] {exc}", highlight=False)
+                continue
+            summary.update({
+                f"{key}_rps": round(peer.rate.per_second), f"{key}_s": round(peer.rate.seconds, 3),
+                f"{key}_cpu_us": rounded(peer.rate.cpu_us_per_record),
+                f"{key}_vs_bare": ratio(peer.rate.per_second, bare.per_second),
+                f"{key}_startup_s": round(peer.startup_seconds, 3),
+                **{f"{key}_{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in peer.extra.items()}})
+            console.print(f"peer {name}: {peer.rate.per_second:,.0f} records/s", highlight=False)
         finished = True
     except BrokerUnreachable as exc:
         console.print(f"[red]bench: error:[/] {exc}", highlight=False)
@@ -766,13 +936,15 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"deleted {len(deleted)} bench topics ({run}*)")
             except Exception as exc:  # noqa: BLE001 - best effort
                 console.print(f"[yellow]could not delete the bench topics {run}*: {exc!r}[/]")
-        if finished or not (workdir / "worker.log").exists():
+        if (finished and "worker" not in failures) or not (workdir / "worker.log").exists():
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             console.print(f"kept {workdir} (worker.log, plans) for inspection")
     summary["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    if failures:
+        summary["failed"] = failures
     print_results(summary)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
