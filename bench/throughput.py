@@ -154,6 +154,36 @@ def generate(n: int, seed: int) -> Workload:
         days *= 2
 
 
+async def stage2_input_bytes(settings: Settings, timeout: float = 60.0) -> tuple[int, int]:
+    """(messages, bytes of their values) on the worker's internal topic: what stage 2 read, committed only."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.ingest import PARTIALS_TOPIC
+
+    topic = PARTIALS_TOPIC.format(app_id=settings.app_id)
+    consumer = AIOKafkaConsumer(**kafka_options(settings), group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+                      ] or [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        messages = size = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in partitions]
+            if all(position >= ends[tp] for position, tp in zip(positions, partitions)):
+                break
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                messages += len(records)
+                size += sum(len(r.value or b"") for r in records)
+        return messages, size
+    finally:
+        await consumer.stop()
+
+
 # --------------------------------------------------------------------------- broker
 def kafka_options(settings: Settings) -> dict[str, Any]:
     from streams.kafka_io import client_options
@@ -879,6 +909,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.samples.write_bytes(b"".join(orjson.dumps(sample) + b"\n" for sample in worker.samples))
             console.print(f"worker: {worker.end_to_end.per_second:,.0f} records/s end to end "
                           f"(stage 1 {worker.stage1.per_second:,.0f}/s)")
+            messages, size = asyncio.run(stage2_input_bytes(settings))
+            input_bytes = sum(len(value) for _, _, value in workload.records)
+            summary.update(stage2_messages=messages, stage2_bytes=size, input_bytes=input_bytes,
+                           stage2_input_pct=round(100.0 * size / input_bytes, 3) if input_bytes else None)
+            console.print(f"stage 2 input: {messages:,} messages, {size:,} bytes for {input_bytes:,} bytes of "
+                          f"input records ({100.0 * size / input_bytes:.2f} %; target <= 1 %)", highlight=False)
 
         embedded: EmbeddedResult | None = None
         if not args.skip_embedded:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class PipelineMetrics:
-    """Counters only: rates and ratios are the Prometheus server's job. No user ids as labels."""
+    """Counters, and gauges of what a worker holds: rates and ratios are the Prometheus server's job.
+    No user ids as labels."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.records = Counter("pmon_records", "Input records received, per topic.", ["topic"], registry=registry)
@@ -17,3 +18,6 @@ class PipelineMetrics:
         self.sink_retries = Counter("pmon_sink_retries", "Failed sink writes that were retried.", ["sink"],
                                     registry=registry)
         self.plan_writes = Counter("pmon_plan_writes", "Plan documents written.", registry=registry)
+        self.stage1_partitions = Gauge("pmon_stage1_partitions",
+                                       "Source partitions (engagement and consent) this worker's stage 1 holds.",
+                                       registry=registry)

@@ -93,8 +93,9 @@ def encode_user(state: UserState) -> bytes:
     consent = state.consent
     return orjson.dumps([
         consent.changes, consent.region, None if consent.region_at == -math.inf else consent.region_at,
-        [[e.event_id, e.at, e.initiative, e.series, e.fallback, e.region, convicted]
-         for e, convicted in consent.remembered],
+        # Only personalized exposures are remembered (no fallback flag), and the series begins with the
+        # initiative: neither is stored twice.
+        [[e.event_id, e.at, e.series, e.region, convicted] for e, convicted in consent.remembered],
         {experiment: [a if a != -math.inf else None, b if b != -math.inf else None]
          for experiment, (a, b) in consent.hours.items()},
         {experiment: [r.variant, r.conversions, r.revenue] for experiment, r in state.experiments.items()}])
@@ -105,8 +106,8 @@ def decode_user(raw: bytes) -> UserState:
     consent = UserConsent(
         changes={purpose: [(at, granted) for at, granted in items] for purpose, items in changes.items()},
         region=region, region_at=-math.inf if region_at is None else region_at,
-        remembered=[(Exposure(e, at, initiative, series, fallback, reg), convicted)
-                    for e, at, initiative, series, fallback, reg, convicted in remembered],
+        remembered=[(Exposure(e, at, series.partition("|")[0], series, False, reg), convicted)
+                    for e, at, series, reg, convicted in remembered],
         hours={experiment: (-math.inf if a is None else a, -math.inf if b is None else b)
                for experiment, (a, b) in hours.items()})
     return UserState(consent, {experiment: UserRecord(variant, conversions, revenue)

@@ -150,7 +150,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         processing_guarantee="at_least_once",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replicas,
-        topic_allow_declare=False,   # every topic is created beforehand (`ensure_topics`)
         autodiscover=False,
         web_enabled=True,
         web_bind=settings.web_host,
@@ -186,7 +185,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     state = InitiativeState(**{name: SnapshotMapping(initiative_state, prefix=f"{name}/")
                                for name in INITIATIVE_STATE})
     stage = InitiativeStage(settings, state, source_partitions=settings.topic_partitions,
-                            stored_plan=PlanWriter(settings.plan_dir).latest)
+                            stored_plan=PlanWriter(settings.plan_dir).latest, rewinds=settings.gap_rewinds)
     ingest = UserIngest(settings, metrics)
 
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
@@ -231,6 +230,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             return
         await emitter.emit(result)
         stage.commit()
+        if result.rewind:
+            # Faust handed a message over ahead of earlier ones (around a rebalance): the earlier ones
+            # are not acked, so the committed offsets precede them; read from there again.
+            await app.consumer.perform_seek()
 
     @app.agent(partials, concurrency=1)
     async def monitor_initiative(stream: faust.StreamT) -> None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
 from monitor import messages
@@ -86,6 +87,8 @@ class UserIngest(ConsumerRebalanceListener):
         consumer = self._consumer = AIOKafkaConsumer(
             **client_options(self.settings), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed",
+            # Range, not aiokafka's default round robin: partition p of both topics to the same worker.
+            partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=4 * 1_048_576, fetch_max_wait_ms=100)
         consumer.subscribe([self.engagement_topic, self.consent_topic], listener=self)
         await consumer.start()
@@ -193,6 +196,7 @@ class UserIngest(ConsumerRebalanceListener):
                 partition = self.partitions.pop(p, None)
                 if partition is not None:
                     await partition.producer.stop()
+            self.metrics.stage1_partitions.set(len(self.partitions))
             self.ready.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -208,6 +212,7 @@ class UserIngest(ConsumerRebalanceListener):
                 store = await self._recover(p)
                 self.partitions[p] = _Partition(UserStage(self.settings, store), producer)
                 log.info("stage 1: partition %d assigned, %d state records recovered", p, len(store))
+            self.metrics.stage1_partitions.set(len(self.partitions))
             self.ready.set()
 
     async def _recover(self, p: int) -> dict[str, bytes]:

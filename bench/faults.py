@@ -1,0 +1,393 @@
+"""Fault harness: nothing lost, nothing counted twice, whatever happens to the workers.
+
+    .venv/bin/python bench/faults.py [--runs 10] [--faults restart,kill,join-term,join-kill] [--bootstrap H:P]
+
+Each run simulates a program with a planted conversion dip, produces ALL of it
+to fresh uuid-named topics (4 partitions) before any worker starts (a backlog:
+consent is not read before the engagement it governs), computes the answer
+with the embedded driver on the same records, then runs `pmon worker`
+processes on the local broker and injects one fault once the first worker has
+counted ~30 % of the engagement events:
+
+- `restart`: SIGTERM, then a new worker;
+- `kill`: SIGKILL, then a new worker;
+- `join-term`: a second worker joins the group (a rebalance), then leaves by SIGTERM;
+- `join-kill`: the same, the second worker leaves by SIGKILL;
+- `two-workers`: no fault: two workers share the partitions to the end (the
+  report comes from the one that owns the initiative).
+
+It then waits for the surviving worker to account for every engagement event
+and compares with the embedded driver: events counted (lost = fewer,
+double-counted = more), late, the report's dashboard and experiment memos,
+and the incident transitions (by event id: a transition re-sent after a
+fault carries the same id). It prints one line per run and a tally per fault;
+the exit code is 1 if any run lost, double-counted or disagreed.
+`tests/test_faults.py` runs one of each in `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/faults.py` puts bench/ first on the path, not the repo
+    sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+from incidents.model import IncidentEvent  # noqa: E402
+from monitor.events import encode  # noqa: E402
+from monitor.report import ReportRequest, build_report  # noqa: E402
+from monitor.settings import Settings  # noqa: E402
+from simulation.simulator import Injection, SimulationSpec, default_program, simulate  # noqa: E402
+
+PMON = Path(sys.executable).parent / "pmon"
+FAULTS = ("restart", "kill", "join-term", "join-kill", "two-workers")
+PLG = "PLG Onboarding"
+# Fields of the report that describe how the work was delivered, not its result.
+DELIVERY_FIELDS = ("duplicates_skipped", "plan_revision", "plan_dir")
+
+
+def dip_spec(seed: int = 11) -> SimulationSpec:
+    plg = next(spec for spec in default_program() if spec.name == PLG)
+    start = SimulationSpec(days=1, injections=()).start
+    dip = Injection("conversion_drop", PLG, start + timedelta(days=2, hours=11), 6, 0.5,
+                    profile="new_user", channel="web", variant="treatment")
+    return SimulationSpec(seed=seed, days=3, users=4000, initiatives=(plg,), injections=(dip,))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_settings(bootstrap: str, workdir: Path, **overrides: Any) -> Settings:
+    run = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "topic_prefix": f"f{run}", "app_id": f"pmon-fault-{run}",
+                              "topic_partitions": 4, "plan_dir": workdir / f"plans-{run}",
+                              "log_level": os.environ.get("PMON_FAULTS_LOG_LEVEL", "WARNING"),
+                              "warmup_buckets": 12, "min_exposures": 150}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Worker:
+    """One `pmon worker` subprocess with its own web port; same group and topics as its peers."""
+
+    settings: Settings
+    log_path: Path
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = self.settings.model_copy(update={"web_port": free_port()})
+        env = self.settings.as_environment(dict(os.environ))
+        self.process = subprocess.Popen([str(PMON), "worker"], env=env, stdout=self.log_path.open("wb"),
+                                        stderr=subprocess.STDOUT, cwd=self.log_path.parent)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def get(self, path: str, **query: str) -> Any:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(query)}" if query else f"{self.url}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read()
+
+    def report(self, initiative: str) -> dict[str, Any] | None:
+        try:
+            return orjson.loads(self.get("/pmon/report/", initiative=initiative, window="30d", detail="full"))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        except OSError:
+            return None
+
+    def records_seen(self, topic: str) -> float:
+        try:
+            text = self.get("/metrics").decode()
+        except OSError:
+            return 0.0
+        line = f'pmon_records_total{{topic="{topic}"}} '
+        return next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+    def metric(self, name: str) -> float:
+        try:
+            text = self.get("/metrics").decode()
+        except OSError:
+            return 0.0
+        return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(f"{name} ")), 0.0)
+
+    def accounted(self, initiative: str) -> int:
+        report = self.report(initiative)
+        return 0 if report is None else report["counted_events"] + report["late_dropped"]
+
+    def log(self, tail: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+class Timeout(Exception):
+    pass
+
+
+def wait_for(condition: Any, *, timeout: float, what: str, progress: Any = lambda: "") -> Any:
+    """Poll `condition` until truthy; raise Timeout naming `what` and the progress made."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise Timeout(f"timed out after {timeout:.0f} s waiting for {what}; {progress()}")
+        time.sleep(0.5)  # polling interval, not synchronisation
+
+
+@dataclass
+class Expected:
+    """The embedded driver's answer on the same records."""
+
+    engagement: int
+    report: dict[str, Any]
+    incidents: list[IncidentEvent]
+
+
+def expected_of(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> Expected:
+    from streams.embedded import EmbeddedDriver
+
+    driver = EmbeddedDriver(settings.model_copy(update={"plan_dir": settings.plan_dir / "embedded"}))
+    run = asyncio.run(driver.run(records))
+    report = build_report(driver.initiative_stage, ReportRequest(initiative=PLG, window="30d", detail="full"))
+    return Expected(sum(1 for topic, _, _ in records if topic == "engagement"),
+                    report.model_dump(mode="json"), run.incidents)
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 9 significant digits: sums over partitions add in another order than over one stream."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items() if k not in DELIVERY_FIELDS}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def report_differences(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    got, want = _rounded(got), _rounded(want)
+    return [f"{name}: worker {str(got.get(name))[:300]} != embedded {str(want.get(name))[:300]}"
+            for name in sorted(set(got) | set(want)) if got.get(name) != want.get(name)]
+
+
+def _essence(incident: IncidentEvent) -> tuple[Any, ...]:
+    return (incident.event_id, incident.incident_id, incident.transition, incident.owner, tuple(incident.series),
+            incident.evidence.bucket_start, round(incident.evidence.observed, 9), round(incident.evidence.expected, 9))
+
+
+async def _read_topic(settings: Settings, topic: str, timeout: float) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while time.monotonic() < deadline and quiet < 4:
+            batch = await consumer.getmany(timeout_ms=500)
+            records = [r for part in batch.values() for r in part]
+            found += records
+            quiet = 0 if records else quiet + 1
+    finally:
+        await consumer.stop()
+    return found
+
+
+@dataclass
+class RunResult:
+    fault: str
+    expected: int
+    counted: int
+    seconds: float
+    differences: list[str]
+    duplicate_transitions: int
+    at_fault: int = 0                # events the first worker had accounted for when the fault came
+    error: str | None = None
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.expected - self.counted)
+
+    @property
+    def double(self) -> int:
+        return max(0, self.counted - self.expected)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.lost == 0 and self.double == 0 and not self.differences
+
+
+def run_fault(fault: str, bootstrap: str, workdir: Path, *, seed: int = 11,
+              records: list[tuple[str, bytes, bytes]] | None = None) -> RunResult:
+    """One run of one fault on fresh topics; see the module docstring."""
+    from streams.kafka_io import produce
+
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; use one of {', '.join(FAULTS)}")
+    settings = isolated_settings(bootstrap, workdir)
+    records = records if records is not None else [(r.topic, r.key.encode(), encode(r.event))
+                                                   for r in simulate(dip_spec(seed))]
+    expected = expected_of(settings, records)
+    # Most of it before any worker starts (a backlog), the rest once the fault came (live traffic), so
+    # that every worker of the run has records left to read.
+    split = int(len(records) * 0.6)
+    asyncio.run(produce(settings, records[:split]))
+    started = time.monotonic()
+    logs = workdir / f"{settings.app_id}"
+    logs.mkdir(parents=True, exist_ok=True)
+    workers: list[Worker] = []
+
+    def start() -> Worker:
+        worker = Worker(settings, logs / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    def progress() -> str:
+        return "; ".join(f"worker {n} {'up' if w.alive() else f'exit {w.process.returncode}'}: accounted "
+                         f"{w.accounted(PLG) if w.alive() else '-'} of {expected.engagement}\n{w.log(1500)}"
+                         for n, w in enumerate(workers))
+
+    try:
+        first = start()
+        at_fault = wait_for(lambda: (n := first.accounted(PLG)) >= 0.3 * expected.engagement and n, timeout=300,
+                            what="the first worker to be 30 % into the backlog", progress=progress)
+        if fault in ("restart", "kill"):
+            first.stop(signal.SIGTERM if fault == "restart" else signal.SIGKILL)
+            survivor = start()
+            asyncio.run(produce(settings, records[split:]))
+        elif fault == "two-workers":
+            second = start()
+            wait_for(lambda: second.metric("pmon_stage1_partitions") > 0, timeout=300,
+                     what="the second worker to join stage 1's group", progress=progress)
+            asyncio.run(produce(settings, records[split:]))
+            survivor = wait_for(lambda: next((w for w in workers if w.accounted(PLG) >= expected.engagement), None),
+                                timeout=420, what="one of the two workers to account for every event",
+                                progress=progress)
+        else:
+            second = start()
+            wait_for(lambda: second.metric("pmon_stage1_partitions") > 0, timeout=300,
+                     what="the second worker to join stage 1's group", progress=progress)
+            asyncio.run(produce(settings, records[split:]))
+            wait_for(lambda: second.records_seen("engagement") > 0, timeout=300,
+                     what="the second worker to read records of its partitions", progress=progress)
+            second.stop(signal.SIGTERM if fault == "join-term" else signal.SIGKILL)
+            survivor = first
+        wait_for(lambda: survivor.accounted(PLG) >= expected.engagement, timeout=420,
+                 what="the surviving worker to account for every engagement event", progress=progress)
+        # Whatever is still on its way is counted too: wait until the figure stops moving.
+        counted, stable_since = survivor.accounted(PLG), time.monotonic()
+        while time.monotonic() - stable_since < 3:
+            now = survivor.accounted(PLG)
+            if now != counted:
+                counted, stable_since = now, time.monotonic()
+            time.sleep(0.5)  # polling interval
+        report = survivor.report(PLG) or {}
+        differences = report_differences(report, expected.report)
+        transitions = [IncidentEvent.model_validate_json(m.value)
+                       for m in asyncio.run(_read_topic(settings, "incidents", timeout=30))]
+        seen = Counter(i.event_id for i in transitions)
+        if sorted(set(map(_essence, transitions))) != sorted(map(_essence, expected.incidents)):
+            differences.append(f"incidents: worker {sorted(seen)} != embedded "
+                               f"{sorted(i.event_id for i in expected.incidents)}")
+        return RunResult(fault, expected.engagement, counted, time.monotonic() - started, differences,
+                         sum(n - 1 for n in seen.values()), at_fault)
+    except Timeout as exc:
+        counted = max((w.accounted(PLG) for w in workers if w.alive()), default=0)
+        return RunResult(fault, expected.engagement, counted, time.monotonic() - started, [], 0, error=str(exc))
+    finally:
+        for worker in workers:
+            worker.stop()
+        asyncio.run(_delete_topics(settings))
+
+
+async def _delete_topics(settings: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics()
+                 if t.startswith(f"{settings.topic_prefix}.") or t.startswith(settings.app_id)]
+        if names:
+            await admin.delete_topics(names)
+    except Exception as exc:  # noqa: BLE001 - best effort: the broker's retention removes what is left
+        print(f"  (could not delete the run's topics: {exc!r})", file=sys.stderr)
+    finally:
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="runs of each fault (default 10)")
+    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
+    parser.add_argument("--bootstrap", default=os.environ.get("PMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    args = parser.parse_args(argv)
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown or args.runs < 1:
+        parser.error(f"unknown faults {unknown}; use {', '.join(FAULTS)}" if unknown else "--runs must be >= 1")
+    records = [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(dip_spec())]
+    tally: dict[str, Counter[str]] = {fault: Counter() for fault in faults}
+    with tempfile.TemporaryDirectory(prefix="pmon-faults-") as tmp:
+        for n in range(args.runs):
+            for fault in faults:
+                result = run_fault(fault, args.bootstrap, Path(tmp), records=records)
+                tally[fault].update(runs=1, lost=result.lost, double=result.double, failed=not result.ok,
+                                    resent=result.duplicate_transitions)
+                print(f"{fault:<10} run {n + 1:>2}: fault at {result.at_fault:,}, "
+                      f"{result.counted:,} of {result.expected:,} counted, "
+                      f"lost {result.lost}, double {result.double}, re-sent transitions "
+                      f"{result.duplicate_transitions}, {result.seconds:.0f} s"
+                      + (f" — ERROR {result.error}" if result.error else "")
+                      + "".join(f"\n    differs: {d}" for d in result.differences), flush=True)
+    print("\nfault       runs  lost  double-counted  disagreeing  re-sent transitions")
+    for fault, counts in tally.items():
+        print(f"{fault:<10} {counts['runs']:>5} {counts['lost']:>5} {counts['double']:>15} {counts['failed']:>12} "
+              f"{counts['resent']:>20}")
+    return 1 if any(counts["failed"] for counts in tally.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
