@@ -79,6 +79,10 @@ class BucketPartial:
         known = self.experiments.get(experiment)
         self.experiments[experiment] = delta if known is None else known + delta
 
+    def merge(self, other: "BucketPartial") -> None:
+        """Add another batch's partial of the same bucket."""
+        merge_bucket(self, other)
+
     def to_wire(self) -> dict[str, Any]:
         return {"series": {k: c.to_wire() for k, c in self.series.items()},
                 "cohorts": {k: c.to_wire() for k, c in self.cohorts.items()},
@@ -94,6 +98,18 @@ class BucketPartial:
                    governance=GovernanceTally(rules=governance["rules"], variants=governance["variants"],
                                               personalized=governance["personalized"]),
                    experiments={k: ExperimentTotals.from_dict(v) for k, v in data["experiments"].items()})
+
+
+def merge_bucket(target: Any, bucket: BucketPartial) -> None:
+    """Add a bucket's partial to anything holding the same four aggregates (a partial, a window's row)."""
+    for name, counters in bucket.series.items():
+        target.series.setdefault(name, Counters()).merge(counters)
+    for name, counters in bucket.cohorts.items():
+        target.cohorts.setdefault(name, Counters()).merge(counters)
+    target.governance.merge(bucket.governance)
+    for experiment, delta in bucket.experiments.items():
+        known = target.experiments.get(experiment)
+        target.experiments[experiment] = delta if known is None else known + delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +144,24 @@ class Partial:
 
     def events(self) -> int:
         return sum(b.events() for b in self.buckets.values())
+
+    def merge(self, later: "Partial") -> None:
+        """Fold in the next batch's partial of the same initiative and source partition: one message for both."""
+        if (later.initiative, later.partition) != (self.initiative, self.partition):
+            raise StageError(f"cannot merge {later.initiative}/{later.partition} into "
+                             f"{self.initiative}/{self.partition}")
+        if later.source is not None:
+            self.source = later.source if self.source is None else \
+                SourceRange(self.partition, self.source.first, later.source.last)
+        if later.mark is not None:
+            self.mark = later.mark if self.mark is None else max(self.mark, later.mark)
+        for start, bucket in later.buckets.items():
+            known = self.buckets.get(start)
+            if known is None:
+                self.buckets[start] = bucket
+            else:
+                known.merge(bucket)
+        self.violations.extend(later.violations)
 
 
 @dataclass(frozen=True, slots=True)

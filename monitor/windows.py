@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from detectors.base import BucketObservation
 from experiments.state import ExperimentTotals
 from governance.scan import GovernanceTally
-from monitor.messages import BucketPartial, Counters, Partial
+from monitor.messages import BucketPartial, Counters, Partial, merge_bucket
 from monitor.transaction import Staged
 
 
@@ -61,14 +61,7 @@ class BucketRow:
 
     def merge(self, bucket: BucketPartial) -> None:
         """Add what one batch brought to this bucket."""
-        for name, counters in bucket.series.items():
-            self.series.setdefault(name, Counters()).merge(counters)
-        for name, counters in bucket.cohorts.items():
-            self.cohorts.setdefault(name, Counters()).merge(counters)
-        self.governance.merge(bucket.governance)
-        for experiment, delta in bucket.experiments.items():
-            known = self.experiments.get(experiment)
-            self.experiments[experiment] = delta if known is None else known + delta
+        merge_bucket(self, bucket)
 
 
 @dataclass(slots=True)

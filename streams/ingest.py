@@ -1,21 +1,21 @@
-"""Stage 1 on the worker: engagement and consent in batches from aiokafka, one Kafka transaction per batch.
+"""Stage 1 on the worker: engagement and consent in batches from aiokafka, in Kafka transactions.
 
 Why not a Faust agent: Faust's per-message stream costs ~150 µs of CPU per
 record here, a ceiling of ~0.03x a bare consumer (see bench/README.md); stage 1
 sees every record. So the worker reads engagement and consent with its own
 aiokafka consumer (group `<app id>-users`, range assignment: partition p of
 both topics goes to the same worker, the consent join stays local), runs the
-pure `monitor.user_stage.UserStage` on each partition's batch, and delivers in
-ONE transaction per partition and batch:
+pure `monitor.user_stage.UserStage` on each partition's batches, and delivers
+in ONE transaction per partition and commit interval (`PMON_COMMIT_INTERVAL_SECONDS`):
 
-- the batch's partials to the internal topic (stage 2, a Faust agent, reads it
-  read-committed), its dead letters,
-- the changed per-user state to its changelog (`<app id>-users-changelog`,
-  compacted, partition p),
+- the batches' partials to the internal topic (stage 2, a Faust agent, reads it
+  read-committed), their dead letters,
+- the per-user state changed in the interval, once, to its changelog
+  (`<app id>-users-changelog`, compacted, partition p),
 - the consumed offsets (`send_offsets_to_transaction`).
 
 Either all of it is visible or none: a crash or a SIGKILL anywhere replays the
-batch from the last committed offsets over the last committed state, so no
+interval from the last committed offsets over the last committed state, so no
 record is lost or counted twice. Each source partition has its own
 transactional producer (`<app id>-users-<p>`): a worker that takes the
 partition over fences the previous owner and aborts its open transaction.
@@ -42,10 +42,11 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
 from monitor import messages
+from monitor.messages import Partial
 from monitor.events import encode
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
-from monitor.user_stage import BatchResult, SourceRecord, UserStage
+from monitor.user_stage import SourceRecord, UserStage
 from streams.exceptions import StreamsError
 from streams.kafka_io import client_options
 
@@ -62,12 +63,22 @@ class _Partition:
 
     stage: UserStage
     producer: AIOKafkaProducer
+    committed: dict[TopicPartition, int]        # where a failed transaction reads again from
     deferred: list[SourceRecord] = field(default_factory=list)
     paused: bool = False
+    opened: float | None = None                 # monotonic time the open transaction began
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)   # to commit with it
+    partials: dict[str, Partial] = field(default_factory=dict)   # the interval's, merged, by initiative
 
 
 class UserIngest(ConsumerRebalanceListener):
-    """The stage-1 loop of one worker; `run()` until cancelled (the step under way runs to its end)."""
+    """The stage-1 loop of one worker; `run()` until cancelled (the step under way runs to its end).
+
+    A partition's transaction stays open for `commit_interval_seconds` over as many batches as arrive:
+    dead letters are sent as each batch is combined, its partials merged per initiative; at the commit
+    the merged partials and the users changed in the interval are written once, with the offsets. Stage 2 sees the interval's partials at the
+    commit, so the interval bounds what it adds to the produce-to-incident latency.
+    """
 
     def __init__(self, settings: Settings, metrics: PipelineMetrics) -> None:
         self.settings = settings
@@ -76,10 +87,12 @@ class UserIngest(ConsumerRebalanceListener):
         self.consent_topic = settings.topic("consent")
         self.partials_topic = PARTIALS_TOPIC.format(app_id=settings.app_id)
         self.changelog_topic = USERS_CHANGELOG.format(app_id=settings.app_id)
+        self.dead_letter_topic = settings.topic("dead-letters")
         self.group_id = f"{settings.app_id}-users"
         self.partitions: dict[int, _Partition] = {}
         self._lock = asyncio.Lock()   # one step, or one rebalance, at a time
         self._consumer: AIOKafkaConsumer | None = None
+        self._failures = 0            # transactions failed in a row
         self.ready = asyncio.Event()  # set once partitions were assigned and recovered
 
     # -- the loop ----------------------------------------------------------------
@@ -94,19 +107,29 @@ class UserIngest(ConsumerRebalanceListener):
         await consumer.start()
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=int(self.settings.batch_within_seconds * 1000),
-                                                 max_records=self.settings.batch_size)
+                batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=self.settings.batch_size)
                 step = asyncio.ensure_future(self._steps(batches))
                 try:
                     await asyncio.shield(step)
                 except asyncio.CancelledError:
-                    await step  # a graceful stop waits for the step under way: it commits whole or not at all
+                    await step  # a graceful stop waits for the step under way...
+                    async with self._lock:
+                        for p, partition in self.partitions.items():
+                            await self._commit(p, partition)  # ...and commits what is open
                     raise
         finally:
             await consumer.stop()
             for partition in self.partitions.values():
                 await partition.producer.stop()
             self.partitions.clear()
+
+    def _wait_ms(self) -> int:
+        """How long the next fetch may wait: the batch wait, or less when a commit is due sooner."""
+        wait = self.settings.batch_within_seconds
+        opened = [p.opened for p in self.partitions.values() if p.opened is not None]
+        if opened:
+            wait = min(wait, max(0.0, min(opened) + self.settings.commit_interval_seconds - time.monotonic()))
+        return int(wait * 1000)
 
     async def _steps(self, batches: dict[TopicPartition, list[Any]]) -> None:
         by_partition: dict[int, tuple[list[Any], list[Any]]] = {}
@@ -116,32 +139,85 @@ class UserIngest(ConsumerRebalanceListener):
             self.metrics.records.labels(topic="engagement" if tp.topic == self.engagement_topic
                                         else "consent").inc(len(records))
         async with self._lock:
-            for p, partition in self.partitions.items():
+            for p, partition in list(self.partitions.items()):
                 engagement, consent = by_partition.get(p, ([], []))
-                if engagement or consent or partition.deferred:
-                    await self._step(p, partition, engagement, consent)
+                try:
+                    if engagement or consent or partition.deferred:
+                        await self._step(p, partition, engagement, consent)
+                    if partition.opened is not None and \
+                            time.monotonic() - partition.opened >= self.settings.commit_interval_seconds:
+                        await self._commit(p, partition)
+                except KafkaError as exc:
+                    await self._failed(p, partition, exc)
 
     async def _step(self, p: int, partition: _Partition, fetched: list[Any], consent_fetched: list[Any]) -> None:
         engagement = partition.deferred + [SourceRecord(r.offset, r.value, r.key) for r in fetched]
         consent = [SourceRecord(r.offset, r.value, r.key) for r in consent_fetched]
         result = partition.stage.process(p, engagement, consent, wall_now=time.time(),
                                          consent_read_until=await self._consent_caught_up(p))
-        offsets = {}
-        if result.consumed_until is not None:
-            offsets[TopicPartition(self.engagement_topic, p)] = result.consumed_until + 1
-        if consent:
-            offsets[TopicPartition(self.consent_topic, p)] = consent[-1].offset + 1
-        writes = partition.stage.pending_writes()
-        try:
-            await self._deliver(p, partition.producer, result, writes, offsets)
-        except StreamsError:
-            partition.stage.reset()
-            raise
-        partition.stage.commit(writes)
         partition.deferred = result.deferred
+        if result.consumed_until is not None:
+            partition.offsets[TopicPartition(self.engagement_topic, p)] = result.consumed_until + 1
+        if consent:
+            partition.offsets[TopicPartition(self.consent_topic, p)] = consent[-1].offset + 1
+        if result.partials or result.dead_letters or partition.offsets:
+            await self._begin(partition)
+        for partial in result.partials:  # one message per initiative and interval: stage 2's input stays small
+            known = partition.partials.get(partial.initiative)
+            if known is None:
+                partition.partials[partial.initiative] = partial
+            else:
+                known.merge(partial)
         for letter in result.dead_letters:
+            await partition.producer.send(self.dead_letter_topic, key=letter.source_topic.encode(),
+                                          value=encode(letter))
             self.metrics.dead_letters.labels(topic=letter.source_topic, stage=letter.stage).inc()
         self._flow_control(p, partition)
+
+    async def _begin(self, partition: _Partition) -> None:
+        if partition.opened is None:
+            await partition.producer.begin_transaction()
+            partition.opened = time.monotonic()
+
+    async def _commit(self, p: int, partition: _Partition) -> None:
+        """Write the interval's users and offsets, and commit: all of it visible, or none."""
+        if partition.opened is None:
+            return
+        writes = partition.stage.pending_writes()
+        producer = partition.producer
+        for initiative, partial in partition.partials.items():
+            await producer.send(self.partials_topic, key=initiative.encode(), value=messages.encode(partial))
+        for key, value in writes.items():
+            await producer.send(self.changelog_topic, key=key.encode(), value=value, partition=p)
+        if partition.offsets:
+            await producer.send_offsets_to_transaction(partition.offsets, self.group_id)
+        await producer.commit_transaction()
+        partition.stage.commit(writes)
+        partition.committed.update(partition.offsets)
+        partition.offsets, partition.opened, partition.partials = {}, None, {}
+        self._failures = 0
+
+    async def _failed(self, p: int, partition: _Partition, error: Exception) -> None:
+        """Abort, forget what was not committed, and read again from the last commit; give up after
+        `retry_limit` failures in a row (the worker stops; a restart resumes from the last commit)."""
+        self._failures += 1
+        self.metrics.sink_retries.labels(sink="users-transaction").inc()
+        log.warning("stage-1 transaction of partition %d failed (%d in a row): %r", p, self._failures, error)
+        if partition.opened is not None:
+            try:
+                await partition.producer.abort_transaction()
+            except KafkaError as exc:
+                log.warning("abort of partition %d's transaction failed too: %r", p, exc)
+        partition.stage.reset()
+        partition.deferred, partition.offsets, partition.opened, partition.partials = [], {}, None, {}
+        for tp in (TopicPartition(self.engagement_topic, p), TopicPartition(self.consent_topic, p)):
+            if tp in partition.committed:
+                self._consumer.seek(tp, partition.committed[tp])
+            else:
+                await self._consumer.seek_to_beginning(tp)
+        if self._failures > self.settings.retry_limit:
+            raise StreamsError(f"stage 1 could not commit partition {p} after {self.settings.retry_limit} "
+                               f"retries: {error!r}")
 
     async def _consent_caught_up(self, p: int) -> float:
         """The wall time of the last fetch that found partition p of the consent topic read to its end."""
@@ -163,38 +239,16 @@ class UserIngest(ConsumerRebalanceListener):
             self._consumer.resume(tp)
             partition.paused = False
 
-    async def _deliver(self, p: int, producer: AIOKafkaProducer, result: BatchResult, writes: dict[str, bytes],
-                       offsets: dict[TopicPartition, int]) -> None:
-        """Send the batch's outputs, state and offsets in one transaction; retried `retry_limit` times."""
-        dead_letters = self.settings.topic("dead-letters")
-        error: Exception | None = None
-        for attempt in range(self.settings.retry_limit + 1):
-            try:
-                async with producer.transaction():
-                    for partial in result.partials:
-                        await producer.send(self.partials_topic, key=partial.initiative.encode(),
-                                            value=messages.encode(partial))
-                    for letter in result.dead_letters:
-                        await producer.send(dead_letters, key=letter.source_topic.encode(), value=encode(letter))
-                    for key, value in writes.items():
-                        await producer.send(self.changelog_topic, key=key.encode(), value=value, partition=p)
-                    if offsets:
-                        await producer.send_offsets_to_transaction(offsets, self.group_id)
-                return
-            except KafkaError as exc:
-                error = exc
-                self.metrics.sink_retries.labels(sink="users-transaction").inc()
-                log.warning("stage-1 transaction of partition %d failed (attempt %d): %r", p, attempt + 1, exc)
-        # Nothing of the batch is visible and nothing was committed: stop, and restart from the last commit.
-        raise StreamsError(f"stage 1 could not commit a batch of partition {p} after "
-                           f"{self.settings.retry_limit} retries: {error!r}")
-
     # -- rebalancing ---------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:  # after the step under way has committed
             for p in sorted({tp.partition for tp in revoked}):
                 partition = self.partitions.pop(p, None)
                 if partition is not None:
+                    try:
+                        await self._commit(p, partition)  # before the partition's next owner reads its state
+                    except KafkaError as exc:  # the next owner fences this producer and aborts the transaction
+                        log.warning("partition %d revoked with its transaction uncommitted: %r", p, exc)
                     await partition.producer.stop()
             self.metrics.stage1_partitions.set(len(self.partitions))
             self.ready.clear()
@@ -210,7 +264,12 @@ class UserIngest(ConsumerRebalanceListener):
                                             max_batch_size=1_048_576, transaction_timeout_ms=30_000)
                 await producer.start()
                 store = await self._recover(p)
-                self.partitions[p] = _Partition(UserStage(self.settings, store), producer)
+                committed = {}
+                for tp in (TopicPartition(self.engagement_topic, p), TopicPartition(self.consent_topic, p)):
+                    offset = await self._consumer.committed(tp)
+                    if offset is not None:
+                        committed[tp] = offset
+                self.partitions[p] = _Partition(UserStage(self.settings, store), producer, committed)
                 log.info("stage 1: partition %d assigned, %d state records recovered", p, len(store))
             self.metrics.stage1_partitions.set(len(self.partitions))
             self.ready.set()
