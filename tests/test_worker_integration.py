@@ -37,18 +37,11 @@ def _encoded(spec: SimulationSpec) -> list[tuple[str, bytes, bytes]]:
     return [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(spec)]
 
 
-def _start_after_consent(settings: Any, records: list[tuple[str, bytes, bytes]], start_worker: Any,
-                         then: list[tuple[str, bytes, bytes]] | None = None) -> Any:
-    """Consent first, as in production (users consent before they are personalized): a replay of a backlog
-    would otherwise judge early exposures before their grants arrive, and convict them until the grants acquit
-    them, which the embedded driver, reading in event-time order, never does."""
-    consent = [r for r in records if r[0] == "consent"]
-    asyncio.run(produce(settings, consent))
-    worker = start_worker(settings)
-    wait_for(lambda: _records_seen(worker, "consent") == len(consent), timeout=120,
-             what="the consent records to reach the ledger", on_timeout=worker.log)
-    asyncio.run(produce(settings, [r for r in (records if then is None else then) if r[0] != "consent"]))
-    return worker
+def _start_on_backlog(settings: Any, records: list[tuple[str, bytes, bytes]], start_worker: Any) -> Any:
+    """Every record on its topic before the worker starts: a backlog, in which Kafka delivers the topics in no
+    particular order (consent is not read before the engagement it governs); the verdicts must not depend on it."""
+    asyncio.run(produce(settings, records))
+    return start_worker(settings)
 
 
 def _essence(incident: IncidentEvent) -> tuple[Any, ...]:
@@ -81,7 +74,7 @@ def test_planted_dip_gives_one_incident_and_the_same_incidents_as_the_embedded_d
     drops = [e for e in expected if e.kind == "conversion_drop"]
     assert [e.transition for e in drops] == ["opened", "resolved"], "the planted dip must open and resolve once"
 
-    worker = _start_after_consent(settings, records, start_worker)
+    worker = _start_on_backlog(settings, records, start_worker)
     wait_for(lambda: _counted(worker, PLG) == engagement, timeout=240,
              what=f"the worker to count all {engagement} engagement events", on_timeout=worker.log)
 
@@ -147,13 +140,13 @@ def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_s
     def engagement_count(part: list[tuple[str, bytes, bytes]]) -> int:
         return sum(1 for topic, _, _ in part if topic == "engagement")
 
-    first = _start_after_consent(settings, records, start_worker, then=halves[0])
+    first = _start_on_backlog(settings, halves[0], start_worker)
     wait_for(lambda: _counted(first, PLG) == engagement_count(halves[0]), timeout=240,
              what="the first worker to count the first half", on_timeout=first.log)
     first.stop()
     assert first.process.returncode == 0, first.log()
 
-    asyncio.run(produce(settings, [r for r in halves[1] if r[0] != "consent"]))
+    asyncio.run(produce(settings, halves[1]))
     second = start_worker(settings)
     wait_for(lambda: _counted(second, PLG) == len([r for r in records if r[0] == "engagement"]), timeout=240,
              what="the restarted worker to count everything, once", on_timeout=lambda: _progress(second))
@@ -174,7 +167,7 @@ def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_
     engagement = sum(1 for topic, _, _ in records if topic == "engagement")
     expected = asyncio.run(EmbeddedDriver(
         settings.model_copy(update={"plan_dir": tmp_path / "embedded-plans"})).run(records)).incidents
-    first = _start_after_consent(settings, records, start_worker)
+    first = _start_on_backlog(settings, records, start_worker)
     wait_for(lambda: _counted(first, PLG) >= engagement * 0.6, timeout=240,
              what="the first worker to be well into the stream", on_timeout=first.log)
     warming_before = first.report(PLG)["warming_up"]
@@ -317,7 +310,7 @@ def test_experiment_readouts_on_the_worker_match_the_embedded_driver(isolated_se
     decisions = [e for e in expected if e.kind == "experiment_decision"]
     assert {e.initiative for e in decisions} == {i.name for i in SPEC.initiatives}
 
-    worker = _start_after_consent(settings, records, start_worker)
+    worker = _start_on_backlog(settings, records, start_worker)
     engagement = {i.name: 0 for i in SPEC.initiatives}
     for topic, _, raw in records:
         if topic == "engagement":
