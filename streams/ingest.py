@@ -97,12 +97,14 @@ class UserIngest(ConsumerRebalanceListener):
 
     # -- the loop ----------------------------------------------------------------
     async def run(self) -> None:
+        session_ms = int(self.settings.session_timeout_seconds * 1000)
         consumer = self._consumer = AIOKafkaConsumer(
             **client_options(self.settings), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed",
             # Range, not aiokafka's default round robin: partition p of both topics to the same worker.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=4 * 1_048_576, fetch_max_wait_ms=100)
+            max_partition_fetch_bytes=4 * 1_048_576, fetch_max_wait_ms=100,
+            session_timeout_ms=session_ms, heartbeat_interval_ms=session_ms // 6)
         consumer.subscribe([self.engagement_topic, self.consent_topic], listener=self)
         await consumer.start()
         try:
