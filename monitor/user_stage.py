@@ -30,6 +30,7 @@ import logging
 import math
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -48,9 +49,8 @@ log = logging.getLogger(__name__)
 PROGRESS_KEY = "#progress/{}"   # a partition's progress, beside the users (pseudonyms start with "p")
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One record as read from a topic partition."""
+class SourceRecord(NamedTuple):
+    """One record as read from a topic partition (a Kafka client's record with these three fields will do)."""
 
     offset: int
     value: bytes | None
@@ -82,7 +82,7 @@ class BatchResult:
     partials: list[Partial] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     consumed_until: int | None = None      # last engagement offset this batch covered
-    deferred: list[SourceRecord] = field(default_factory=list)   # engagement waiting for consent or `stop_at`
+    deferred: list[Any] = field(default_factory=list)   # SourceRecords waiting for consent or `stop_at`
     stopped_at: float | None = None        # event time of the record that met `stop_at`
     engagement: int = 0                    # valid engagement events combined
     consent: int = 0                       # valid consent records applied

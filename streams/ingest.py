@@ -46,7 +46,7 @@ from monitor.messages import Partial
 from monitor.events import encode
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
-from monitor.user_stage import SourceRecord, UserStage
+from monitor.user_stage import UserStage
 from streams.exceptions import StreamsError
 from streams.kafka_io import client_options
 
@@ -64,7 +64,7 @@ class _Partition:
     stage: UserStage
     producer: AIOKafkaProducer
     committed: dict[TopicPartition, int]        # where a failed transaction reads again from
-    deferred: list[SourceRecord] = field(default_factory=list)
+    deferred: list[Any] = field(default_factory=list)   # records waiting for consent to be read
     paused: bool = False
     opened: float | None = None                 # monotonic time the open transaction began
     offsets: dict[TopicPartition, int] = field(default_factory=dict)   # to commit with it
@@ -153,8 +153,9 @@ class UserIngest(ConsumerRebalanceListener):
                     await self._failed(p, partition, exc)
 
     async def _step(self, p: int, partition: _Partition, fetched: list[Any], consent_fetched: list[Any]) -> None:
-        engagement = partition.deferred + [SourceRecord(r.offset, r.value, r.key) for r in fetched]
-        consent = [SourceRecord(r.offset, r.value, r.key) for r in consent_fetched]
+        # aiokafka's records have the fields of a SourceRecord: no copy per record.
+        engagement = partition.deferred + fetched if partition.deferred else fetched
+        consent = consent_fetched
         result = partition.stage.process(p, engagement, consent, wall_now=time.time(),
                                          consent_read_until=await self._consent_caught_up(p))
         partition.deferred = result.deferred
