@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PMON_KAFKA_PORT ?= 9092
 
-.PHONY: demo test setup kafka-up kafka-down schemas bench clean
+.PHONY: demo test setup kafka-up kafka-down schemas bench faults clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 bench: setup $(BENCH_STAMP) kafka-up
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/throughput.py
+	$(BIN)/python bench/state_size.py --days 3
+
+# Ten runs of each fault on the local broker (about an hour on 2 cores); `make test` runs one of each.
+faults: setup kafka-up
+	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/faults.py --runs 10
 
 clean:
 	rm -rf $(VENV) pmon-plans .pytest_cache
