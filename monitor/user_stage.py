@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from experiments.state import UserRecord, observe_event
+from experiments.state import ExperimentTotals, UserRecord, observe_event
 from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Violation
 from governance.variant_balance import first_in_hour
 from monitor.events import DeadLetter
@@ -224,7 +224,7 @@ class _Batch:
     """The working set of one batch: decoded user states, partials by initiative, progress."""
 
     __slots__ = ("stage", "partition", "wall_now", "result", "partials", "progress", "first", "last",
-                 "violations", "user")
+                 "violations", "user", "deltas")
 
     def __init__(self, stage: UserStage, partition: int, wall_now: float) -> None:
         self.stage = stage
@@ -232,6 +232,7 @@ class _Batch:
         self.wall_now = wall_now
         self.result = BatchResult()
         self.user = stage.user
+        self.deltas: dict[tuple[str, float, str], list[ExperimentTotals]] = {}   # summed once, at the end
         self.partials: dict[str, dict[float, BucketPartial]] = {}
         self.violations: dict[str, list[Violation]] = {}
         self.progress = stage.progress(partition)
@@ -307,12 +308,12 @@ class _Batch:
         if exposure or event.experiment:
             state = self.user(event.user_id)
             if event.experiment:
-                self.observe_experiment(state, event, bucket)
+                self.observe_experiment(state, event, start)
             if exposure:
                 self.judge(state, event, series, bucket, start)
         return True
 
-    def observe_experiment(self, state: UserState, event: Engagement, bucket: BucketPartial) -> None:
+    def observe_experiment(self, state: UserState, event: Engagement, start: float) -> None:
         experiment = event.experiment
         known = state.experiments.get(experiment)
         if known is not None and event.event_type != "conversion" and known.variant == event.variant:
@@ -323,7 +324,7 @@ class _Batch:
         change = delta.variants[record.variant]
         if change.users or change.conversions or change.crossover_events:
             state.experiments[experiment] = record
-            bucket.add_experiment(experiment, delta)
+            self.deltas.setdefault((event.initiative, start, experiment), []).append(delta)
 
     def judge(self, state: UserState, event: Engagement, series: str, bucket: BucketPartial, start: float) -> None:
         exposure = Exposure(event.event_id, event.at, event.initiative, series, event.fallback, event.region)
@@ -346,6 +347,8 @@ class _Batch:
 
     def finish(self) -> BatchResult:
         result, progress = self.result, self.progress
+        for (initiative, start, experiment), deltas in self.deltas.items():
+            self.partials[initiative][start].experiments[experiment] = ExperimentTotals.total(deltas)
         source = None
         if self.last is not None:
             # Contiguous with what this partition sent before, whatever offsets Kafka skipped in between.
