@@ -186,6 +186,23 @@ class InitiativeStage:
         """The initiatives this stage keeps state for."""
         return self.windows.clocks.keys()
 
+    def checks_quiet_until(self) -> float:
+        """Until when a timer check (`on_check`) of any initiative would change nothing, as state stands.
+
+        A check closes idle buckets only after `idle_close_seconds` without events and judges a feed stale
+        only after `freshness_objective_seconds` or more; while every feed is healthy (its breach state `ok`)
+        neither can happen before the earliest last event plus the shorter of the two. Events applied
+        meanwhile only move it later, so a replay may skip the checks before it: they would be no-ops.
+        """
+        silence = min(self.settings.idle_close_seconds, self.settings.freshness_objective_seconds)
+        until = float("inf")
+        for initiative in self.initiatives():
+            feed = self._feeds.get(f"{initiative}|{FEED}")
+            if feed is not None and feed.breach.status != "ok":
+                return float("-inf")
+            until = min(until, self.windows.clock(initiative).last_event_wall + silence)
+        return until
+
     def admit_rule_change(self, raw: bytes | None, *, wall_now: float, key: bytes | None = None,
                           partition: int | None = None, offset: int | None = None) -> RuleChangeEvent | DeadLetter:
         """Decode and validate one rule-change record; bad input becomes a dead letter."""

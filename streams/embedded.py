@@ -113,7 +113,7 @@ class EmbeddedDriver:
         self._engagement, self._consent = [], []
         while engagement or consent:
             # The replay's clock starts at the first event (-inf stops there at once); live, never stop.
-            stop_at = math.inf if self._replay_now is None else self._next_check
+            stop_at = math.inf if self._replay_now is None else self._next_stop()
             result = self.user_stage.process(0, engagement, consent, wall_now=self._wall_clock(), stop_at=stop_at)
             for letter in result.dead_letters:
                 await self.emitter.dead_letter(letter)
@@ -158,9 +158,25 @@ class EmbeddedDriver:
         if self._replay_now == float("-inf"):  # the first event: checks start on the next instant of the grid
             self._next_check = (event_time // interval + 1) * interval
         while self._next_check <= event_time:
+            quiet = self.initiative_stage.checks_quiet_until()
+            if self._next_check < quiet < math.inf:  # checks before it would change nothing: skip them
+                self._next_check = self._on_grid_from(min(quiet, event_time + interval))
+                continue
             self._replay_now = max(self._replay_now, self._next_check)
             await self.check_feeds()
         self._replay_now = max(self._replay_now, event_time)
+
+    def _on_grid_from(self, t: float) -> float:
+        """The first check instant at or after `t`."""
+        interval = self.settings.check_interval_seconds
+        return math.ceil(t / interval) * interval
+
+    def _next_stop(self) -> float:
+        """Where a replay's batch must stop: the next check instant that could change something."""
+        quiet = self.initiative_stage.checks_quiet_until()
+        if not math.isfinite(quiet):  # no initiative known yet (one may start in this batch), or a feed in breach
+            return self._next_check
+        return max(self._next_check, self._on_grid_from(quiet))
 
     def stage_now(self) -> float:
         """The per-initiative stage's clock: the replay's in a replay, else the wall clock."""
