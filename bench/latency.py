@@ -1,0 +1,136 @@
+"""Produce-to-incident latency of a worker under load.
+
+    .venv/bin/python bench/latency.py [--rate 10000] [--seconds 60] [--probes-per-second 2] [--bootstrap H:P]
+
+Starts `pmon worker` on fresh topics of the local broker, then for `--seconds`
+produces simulated traffic at `--rate` records/s (about half the worker's
+maximum measured by `bench/throughput.py` here) and, besides it, probes: each
+probe is one personalized exposure of a new user without consent (region EU,
+opt-in) in an initiative of its own, so it opens one `consent_violation`
+incident at once. A plain consumer reads the incidents topic; a probe's
+latency is from just before its record was produced to the moment its
+incident's `opened` transition was read. Prints the count, p50, p90, p99 and
+max, and the target (p99 <= 2 s). The path measured is the whole one: stage
+1's fetch, its consent read mark and commit interval, the internal topic, stage
+2's agent and the incident's delivery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import orjson  # noqa: E402
+
+import faults  # noqa: E402
+from monitor.events import EngagementEvent, encode  # noqa: E402
+from simulation.simulator import SimulationSpec, simulate  # noqa: E402
+
+TARGET_P99_SECONDS = 2.0
+
+
+def probe(n: int) -> tuple[str, bytes]:
+    initiative = f"Latency probe {n}"
+    return initiative, encode(EngagementEvent(
+        event_id=f"probe-{n}", event_type="exposure", event_time=datetime.now(timezone.utc),
+        user_id=f"probe-user-{n}", initiative=initiative, profile="probe", channel="web", region="EU"))
+
+
+async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: float, workdir: Path) -> int:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    settings = faults.isolated_settings(bootstrap, workdir)
+    worker = faults.Worker(settings, workdir / "worker.log")
+    try:
+        faults.wait_for(lambda: worker.metric("pmon_stage1_partitions") > 0, timeout=120,
+                        what="the worker's stage 1 to hold its partitions", progress=worker.log)
+        background = ((r.topic, r.key.encode(), encode(r.event)) for r in simulate(SimulationSpec(seed=5, days=30)))
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+        consumer = AIOKafkaConsumer(settings.topic("incidents"), bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="latest", enable_auto_commit=False)
+        await producer.start()
+        await consumer.start()
+        sent_at: dict[str, float] = {}
+        latencies: list[float] = []
+        produced = 0
+
+        async def read_incidents(end: float, until: float) -> None:
+            # To `end` of the traffic, then until every probe is answered or `until`.
+            while time.monotonic() < until and (time.monotonic() < end or len(latencies) < len(sent_at)):
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    now = time.monotonic()
+                    for record in records:
+                        incident = orjson.loads(record.value)
+                        start = sent_at.get(incident["initiative"])
+                        if incident["kind"] == "consent_violation" and incident["transition"] == "opened" \
+                                and start is not None:
+                            latencies.append(now - start)
+
+        try:
+            await consumer.getmany(timeout_ms=1000)  # joined, at the end of the topic
+            end = time.monotonic() + seconds
+            reader = asyncio.ensure_future(read_incidents(end, end + 15))
+            started, next_probe, n = time.monotonic(), time.monotonic(), 0
+            while time.monotonic() < end:
+                topic, key, value = next(background)
+                await producer.send(settings.topic(topic), key=key, value=value)
+                produced += 1
+                if time.monotonic() >= next_probe:
+                    initiative, value = probe(n)
+                    sent_at[initiative] = time.monotonic()
+                    await producer.send(settings.topic("engagement"), key=f"probe-user-{n}".encode(), value=value)
+                    n += 1
+                    next_probe += 1 / probes_per_second
+                ahead = produced / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await producer.flush()
+                    await asyncio.sleep(ahead)  # pacing, not synchronisation
+            await producer.flush()
+            await reader
+        finally:
+            await producer.stop()
+            await consumer.stop()
+    finally:
+        worker.stop()
+        await faults._delete_topics(settings)
+    achieved = produced / seconds
+    if not latencies:
+        print(f"no probe's incident was read ({len(sent_at)} probes sent); worker log:\n{worker.log()}")
+        return 1
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    print(f"background {achieved:,.0f} records/s for {seconds:.0f} s; {len(latencies)} of {len(sent_at)} probes' "
+          f"incidents read")
+    print(f"produce-to-incident latency: p50 {pct(0.5):.2f} s, p90 {pct(0.9):.2f} s, p99 {pct(0.99):.2f} s, "
+          f"max {latencies[-1]:.2f} s (target p99 <= {TARGET_P99_SECONDS:.0f} s: "
+          f"{'met' if pct(0.99) <= TARGET_P99_SECONDS else 'missed'})")
+    return 0 if len(latencies) == len(sent_at) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--probes-per-second", type=float, default=2)
+    parser.add_argument("--bootstrap", default=os.environ.get("PMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="pmon-latency-") as tmp:
+        return asyncio.run(run(args.bootstrap, args.rate, args.seconds, args.probes_per_second, Path(tmp)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
