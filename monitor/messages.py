@@ -75,10 +75,6 @@ class BucketPartial:
     def events(self) -> int:
         return sum(c.events() for c in self.series.values())
 
-    def add_experiment(self, experiment: str, delta: ExperimentTotals) -> None:
-        known = self.experiments.get(experiment)
-        self.experiments[experiment] = delta if known is None else known + delta
-
     def merge(self, other: "BucketPartial") -> None:
         """Add another batch's partial of the same bucket."""
         merge_bucket(self, other)

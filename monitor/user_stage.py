@@ -26,7 +26,6 @@ delivery `reset()` returns the stage to what was written.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from monitor.pseudonym import Pseudonymiser
 from monitor.records import Consent, Engagement, decode_consent, decode_engagement
 from monitor.settings import Settings
 
-log = logging.getLogger(__name__)
 
 PROGRESS_KEY = "#progress/{}"   # a partition's progress, beside the users (pseudonyms start with "p")
 
@@ -84,8 +82,6 @@ class BatchResult:
     consumed_until: int | None = None      # last engagement offset this batch covered
     deferred: list[Any] = field(default_factory=list)   # SourceRecords waiting for consent or `stop_at`
     stopped_at: float | None = None        # event time of the record that met `stop_at`
-    engagement: int = 0                    # valid engagement events combined
-    consent: int = 0                       # valid consent records applied
 
 
 # -- compact encodings of the state (orjson over tuples: small and quick) ------------------
@@ -247,7 +243,6 @@ class _Batch:
         except DecodeError as exc:
             self.result.dead_letters.append(stage._dead_letter("consent", record, self.partition, exc))
             return
-        self.result.consent += 1
         marks = stage._consent_marks
         if event.at > marks.get(self.partition, -math.inf):
             marks[self.partition] = event.at
@@ -275,7 +270,6 @@ class _Batch:
         if exposure and event.at > consent_read_until:
             return False
         self.cover(record.offset)
-        self.result.engagement += 1
         at = event.at
         mark = self.progress.mark
         self.progress.mark = at if mark is None or at > mark else mark

@@ -93,7 +93,6 @@ class UserIngest(ConsumerRebalanceListener):
         self._lock = asyncio.Lock()   # one step, or one rebalance, at a time
         self._consumer: AIOKafkaConsumer | None = None
         self._failures = 0            # transactions failed in a row
-        self.ready = asyncio.Event()  # set once partitions were assigned and recovered
 
     # -- the loop ----------------------------------------------------------------
     async def run(self) -> None:
@@ -254,7 +253,6 @@ class UserIngest(ConsumerRebalanceListener):
                         log.warning("partition %d revoked with its transaction uncommitted: %r", p, exc)
                     await partition.producer.stop()
             self.metrics.stage1_partitions.set(len(self.partitions))
-            self.ready.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self._lock:
@@ -275,7 +273,6 @@ class UserIngest(ConsumerRebalanceListener):
                 self.partitions[p] = _Partition(UserStage(self.settings, store), producer, committed)
                 log.info("stage 1: partition %d assigned, %d state records recovered", p, len(store))
             self.metrics.stage1_partitions.set(len(self.partitions))
-            self.ready.set()
 
     async def _recover(self, p: int) -> dict[str, bytes]:
         tp = TopicPartition(self.changelog_topic, p)

@@ -13,7 +13,7 @@ import pytest
 
 from incidents.model import IncidentEvent
 from streams.embedded import EmbeddedDriver
-from monitor.events import ConsentEvent, EngagementEvent, RuleChangeEvent, encode
+from monitor.events import ConsentEvent, EngagementEvent, encode
 from streams.kafka_io import produce
 from simulation.simulator import Injection, SimulationSpec, default_program, simulate
 from tests.conftest import consume, consume_raw, wait_for
