@@ -16,7 +16,7 @@ message is one JSON object with a `type` tag (`encode` / `decode`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -79,17 +79,17 @@ class BucketPartial:
         """Add another batch's partial of the same bucket."""
         merge_bucket(self, other)
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"series": {k: c.to_wire() for k, c in self.series.items()},
+    def to_wire(self, initiative: str) -> dict[str, Any]:
+        return {"series": {_short(initiative, k): c.to_wire() for k, c in self.series.items()},
                 "cohorts": {k: c.to_wire() for k, c in self.cohorts.items()},
                 "governance": {"rules": self.governance.rules, "variants": self.governance.variants,
                                "personalized": self.governance.personalized},
                 "experiments": {k: t.as_dict() for k, t in self.experiments.items()}}
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "BucketPartial":
+    def from_wire(cls, data: dict[str, Any], initiative: str) -> "BucketPartial":
         governance = data["governance"]
-        return cls(series={k: Counters.from_wire(v) for k, v in data["series"].items()},
+        return cls(series={_long(initiative, k): Counters.from_wire(v) for k, v in data["series"].items()},
                    cohorts={k: Counters.from_wire(v) for k, v in data["cohorts"].items()},
                    governance=GovernanceTally(rules=governance["rules"], variants=governance["variants"],
                                               personalized=governance["personalized"]),
@@ -189,8 +189,9 @@ def encode(message: Message) -> bytes:
             "type": "partial", "initiative": message.initiative, "partition": message.partition,
             "source": None if source is None else [source.partition, source.first, source.last],
             "mark": message.mark,
-            "buckets": [[start, bucket.to_wire()] for start, bucket in sorted(message.buckets.items())],
-            "violations": [asdict(v) for v in message.violations]})
+            "buckets": [[start, bucket.to_wire(message.initiative)]
+                        for start, bucket in sorted(message.buckets.items())],
+            "violations": _violations_to_wire(message.initiative, message.violations)})
     if isinstance(message, Tick):
         return orjson.dumps({"type": "tick", "initiative": message.initiative})
     if isinstance(message, RuleChange):
@@ -208,8 +209,9 @@ def decode(raw: bytes) -> Message:
             return Partial(
                 initiative=data["initiative"], partition=data["partition"],
                 source=None if source is None else SourceRange(*source), mark=data["mark"],
-                buckets={float(start): BucketPartial.from_wire(bucket) for start, bucket in data["buckets"]},
-                violations=_violations(data["violations"]))
+                buckets={float(start): BucketPartial.from_wire(bucket, data["initiative"])
+                         for start, bucket in data["buckets"]},
+                violations=_violations_from_wire(data["initiative"], data["violations"]))
         if kind == "tick":
             return Tick(data["initiative"])
         if kind == "rule_change":
@@ -221,5 +223,25 @@ def decode(raw: bytes) -> Message:
         raise StageError(f"malformed stage message: {type(exc).__name__}: {exc}") from None
 
 
-def _violations(records: Iterable[dict[str, Any]]) -> list[Violation]:
-    return [Violation(**record) for record in records]
+# Series keys start with their initiative, which the partial names already: on the wire they start with "|"
+# instead (an initiative's name is never empty). Violations are arrays, their reasons listed once.
+def _short(initiative: str, series: str) -> str:
+    return series[len(initiative):] if series.startswith(initiative + "|") else series
+
+
+def _long(initiative: str, series: str) -> str:
+    return initiative + series if series.startswith("|") else series
+
+
+def _violations_to_wire(initiative: str, violations: Iterable[Violation]) -> dict[str, Any]:
+    reasons: dict[str, int] = {}
+    items = [[v.event_id, v.at, _short(initiative, v.series), v.user, reasons.setdefault(v.reason, len(reasons)),
+              v.late, v.acquitted, v.initiative if v.initiative != initiative else None] for v in violations]
+    return {"reasons": list(reasons), "items": items}
+
+
+def _violations_from_wire(initiative: str, data: dict[str, Any]) -> list[Violation]:
+    reasons = data["reasons"]
+    return [Violation(event_id, at, own or initiative, _long(own or initiative, series), user, reasons[reason],
+                      late, acquitted)
+            for event_id, at, series, user, reason, late, acquitted, own in data["items"]]

@@ -101,6 +101,7 @@ def test_an_exposure_waits_until_consent_is_read_past_it_so_arrival_order_does_n
                                 consent_read_until=(T0 + timedelta(hours=1)).timestamp())
     assert [v.event_id for v in caught_up.partials[0].violations] == \
         [v.event_id for v in expected.partials[0].violations]
+    assert decode(encode_message(caught_up.partials[0])) == caught_up.partials[0]  # violations on the wire too
 
 
 def test_user_state_survives_its_encoding() -> None:
