@@ -4,7 +4,8 @@
 
 Starts `pmon worker` on fresh topics of the local broker, then for `--seconds`
 produces simulated traffic at `--rate` records/s (about half the worker's
-maximum measured by `bench/throughput.py` here) and, besides it, probes: each
+maximum measured by `bench/throughput.py` here), stamped with the wall clock as
+it is produced so that it is live traffic, and, besides it, probes: each
 probe is one personalized exposure of a new user without consent (region EU,
 opt-in) in an initiative of its own, so it opens one `consent_violation`
 incident at once. A plain consumer reads the incidents topic; a probe's
@@ -55,7 +56,9 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
     try:
         faults.wait_for(lambda: worker.metric("pmon_stage1_partitions") > 0, timeout=120,
                         what="the worker's stage 1 to hold its partitions", progress=worker.log)
-        background = ((r.topic, r.key.encode(), encode(r.event)) for r in simulate(SimulationSpec(seed=5, days=30)))
+        # Live traffic: the simulated events, stamped with the wall clock as they are produced (replayed
+        # history would close an hour of buckets every fraction of a second, which live traffic never does).
+        background = ((r.topic, r.key.encode(), r.event) for r in simulate(SimulationSpec(seed=5, days=30)))
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
         consumer = AIOKafkaConsumer(settings.topic("incidents"), bootstrap_servers=bootstrap, group_id=None,
                                     auto_offset_reset="latest", enable_auto_commit=False)
@@ -83,7 +86,8 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
             reader = asyncio.ensure_future(read_incidents(end, end + 15))
             started, next_probe, n = time.monotonic(), time.monotonic(), 0
             while time.monotonic() < end:
-                topic, key, value = next(background)
+                topic, key, event = next(background)
+                value = encode(event.model_copy(update={"event_time": datetime.now(timezone.utc)}))
                 await producer.send(settings.topic(topic), key=key, value=value)
                 produced += 1
                 if time.monotonic() >= next_probe:
