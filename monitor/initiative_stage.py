@@ -123,23 +123,16 @@ class Outputs:
 
     incidents: list[IncidentEvent] = field(default_factory=list)
     plans: list[PlanDocument] = field(default_factory=list)
-    rewind: bool = False   # a partial came ahead of others of its source: read the input again from its commit
 
     def extend(self, other: "Outputs") -> None:
         self.incidents.extend(other.incidents)
         self.plans.extend(other.plans)
-        self.rewind = self.rewind or other.rewind
 
 
 class InitiativeStage:
     def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
-                 stored_plan: Callable[[str], PlanDocument | None] | None = None, rewinds: int = 0) -> None:
+                 stored_plan: Callable[[str], PlanDocument | None] | None = None) -> None:
         """`source_partitions`: partitions of the engagement topic feeding this stage (the watermark's inputs).
-
-        `rewinds`: how often a partial that comes ahead of a gap is refused, asking the driver to read its
-        input again from the last commit (`Outputs.rewind`), before the gap is taken as loss. A transport
-        may hand a record over early around a rebalance (faust-streaming issues 216, 221); the embedded
-        driver's input has no gaps (0).
 
         `stored_plan(initiative)` returns the last plan written, so a new run
         continues its revisions and logs what changed since (thresholds, cadence).
@@ -175,8 +168,6 @@ class InitiativeStage:
         self._thresholds_checked: set[str] = set()
         self._stored_plan = stored_plan
         self.governance = GovernanceScan(settings.governance_config(), self.breach_policy)
-        self._rewinds = rewinds
-        self._refused: dict[tuple[str, int, int], int] = {}   # (initiative, source partition, first) -> times
 
     def commit(self) -> None:
         """Write the state of the steps since the last commit; call it after their outputs were sent."""
@@ -231,14 +222,6 @@ class InitiativeStage:
     def on_partial(self, partial: Partial, *, wall_now: float) -> Outputs:
         """Apply one batch's partial; judge every bucket it closes. Violations open their incident at once."""
         initiative = partial.initiative
-        gap = self.windows.gap_before(partial)
-        if gap and self._rewinds:
-            key = (initiative, partial.source.partition, partial.source.first)
-            refused = self._refused[key] = self._refused.get(key, 0) + 1
-            if refused <= self._rewinds:
-                log.warning("partial of %s from source partition %d came %d offsets early; reading again (%d/%d)",
-                            initiative, partial.source.partition, gap, refused, self._rewinds)
-                return Outputs(rewind=True)
         outputs = Outputs()
         if partial.violations:
             outputs.extend(self.on_violations(initiative, partial.violations))

@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Address of the worker's web server (report view, /metrics).")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server.")
     batch_size: int = Field(5000, ge=1, le=100_000, description="Records stage 1 takes at once: one batch, one transaction.")
-    gap_rewinds: int = Field(3, ge=0, le=100, description="How often stage 2 reads its input again when a partial comes ahead of a gap in its source's offsets, before it takes the gap as loss (monitoring_degraded).")
     user_cache_size: int = Field(200_000, ge=1_000, description="Users whose state stage 1 keeps decoded in memory (the rest is kept encoded).")
     session_timeout_seconds: float = Field(20, ge=6, le=300, description="How long the group waits for a silent worker before it hands the worker's partitions to the others.")
     commit_interval_seconds: float = Field(0.5, gt=0, le=60, description="How long stage 1 keeps a partition's transaction open: users changed in it are written once per interval; stage 2 sees its partials at the commit.")

@@ -126,15 +126,6 @@ class WindowKeeper:
     def _start_of(self, epoch: float) -> float:
         return math.floor(epoch / self.bucket_seconds) * self.bucket_seconds
 
-    def gap_before(self, partial: Partial) -> int:
-        """Source offsets between the last partial applied from the partial's source partition and it."""
-        clock = self.clocks.get(partial.initiative)
-        source = partial.source
-        if clock is None or source is None:
-            return 0
-        applied = clock.partition_offsets.get(source.partition)
-        return 0 if applied is None or source.first <= applied + 1 else source.first - applied - 1
-
     def apply(self, partial: Partial, *, wall_now: float) -> Applied:
         """Apply one batch's partial: count its buckets, move the partition's mark, close what the watermark passed.
 

@@ -187,7 +187,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     state = InitiativeState(**{name: SnapshotMapping(initiative_state, prefix=f"{name}/")
                                for name in INITIATIVE_STATE})
     stage = InitiativeStage(settings, state, source_partitions=settings.topic_partitions,
-                            stored_plan=PlanWriter(settings.plan_dir).latest, rewinds=settings.gap_rewinds)
+                            stored_plan=PlanWriter(settings.plan_dir).latest)
     ingest = UserIngest(settings, metrics)
 
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
@@ -232,10 +232,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             return
         await emitter.emit(result)
         stage.commit()
-        if result.rewind:
-            # Faust handed a message over ahead of earlier ones (around a rebalance): the earlier ones
-            # are not acked, so the committed offsets precede them; read from there again.
-            await app.consumer.perform_seek()
 
     @app.agent(partials, concurrency=1)
     async def monitor_initiative(stream: faust.StreamT) -> None:
