@@ -2,7 +2,7 @@
 
 `create_app(settings)` builds a fresh app; nothing happens at import time.
 - Stage 1 (`streams.ingest.UserIngest`) reads engagement and consent in
-  batches and sends each batch's partials, state and offsets in one Kafka
+  batches and sends their partials, state and offsets in one Kafka
   transaction; it runs as a task of the app.
 - Stage 2 is a Faust agent on the internal partials topic, read committed
   (`ReadCommittedTransport`): it applies partials, rule changes and the
