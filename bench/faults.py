@@ -62,7 +62,7 @@ PMON = Path(sys.executable).parent / "pmon"
 FAULTS = ("restart", "kill", "join-term", "join-kill", "two-workers")
 PLG = "PLG Onboarding"
 # Fields of the report that describe how the work was delivered, not its result.
-DELIVERY_FIELDS = ("duplicates_skipped", "plan_revision", "plan_dir")
+DELIVERY_FIELDS = ("duplicates_skipped", "plan_revision", "plan_dir", "source_offsets_lost")
 
 
 def dip_spec(seed: int = 11) -> SimulationSpec:
@@ -140,9 +140,12 @@ class Worker:
             return 0.0
         return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(f"{name} ")), 0.0)
 
-    def accounted(self, initiative: str) -> int:
+    def accounted(self, initiative: str, *, with_lost: bool = False) -> int:
+        """Events counted (and late); `with_lost`: plus the source offsets the worker reported lost."""
         report = self.report(initiative)
-        return 0 if report is None else report["counted_events"] + report["late_dropped"]
+        if report is None:
+            return 0
+        return report["counted_events"] + report["late_dropped"] + (report["source_offsets_lost"] if with_lost else 0)
 
     def log(self, tail: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]
@@ -245,6 +248,7 @@ class RunResult:
     duplicate_transitions: int
     at_fault: int = 0                # events the first worker had accounted for when the fault came
     error: str | None = None
+    reported_lost: int = 0           # source offsets the worker itself reported lost (monitoring_degraded)
 
     @property
     def lost(self) -> int:
@@ -314,7 +318,8 @@ def run_fault(fault: str, bootstrap: str, workdir: Path, *, seed: int = 11,
                      what="the second worker to read records of its partitions", progress=progress)
             second.stop(signal.SIGTERM if fault == "join-term" else signal.SIGKILL)
             survivor = first
-        wait_for(lambda: survivor.accounted(PLG) >= expected.engagement, timeout=420,
+        # Every event counted, or reported lost (a gap between the stages raises monitoring_degraded).
+        wait_for(lambda: survivor.accounted(PLG, with_lost=True) >= expected.engagement, timeout=420,
                  what="the surviving worker to account for every engagement event", progress=progress)
         # Whatever is still on its way is counted too: wait until the figure stops moving.
         counted, stable_since = survivor.accounted(PLG), time.monotonic()
@@ -324,6 +329,7 @@ def run_fault(fault: str, bootstrap: str, workdir: Path, *, seed: int = 11,
                 counted, stable_since = now, time.monotonic()
             time.sleep(0.5)  # polling interval
         report = survivor.report(PLG) or {}
+        reported_lost = report.get("source_offsets_lost", 0)
         differences = report_differences(report, expected.report)
         transitions = [IncidentEvent.model_validate_json(m.value)
                        for m in asyncio.run(_read_topic(settings, "incidents", timeout=30))]
@@ -332,7 +338,7 @@ def run_fault(fault: str, bootstrap: str, workdir: Path, *, seed: int = 11,
             differences.append(f"incidents: worker {sorted(seen)} != embedded "
                                f"{sorted(i.event_id for i in expected.incidents)}")
         return RunResult(fault, expected.engagement, counted, time.monotonic() - started, differences,
-                         sum(n - 1 for n in seen.values()), at_fault)
+                         sum(n - 1 for n in seen.values()), at_fault, reported_lost=reported_lost)
     except Timeout as exc:
         counted = max((w.accounted(PLG) for w in workers if w.alive()), default=0)
         return RunResult(fault, expected.engagement, counted, time.monotonic() - started, [], 0, error=str(exc))
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 tally[fault].update(runs=1, lost=result.lost, double=result.double, failed=not result.ok,
                                     resent=result.duplicate_transitions)
                 print(f"{fault:<10} run {n + 1:>2}: fault at {result.at_fault:,}, "
-                      f"{result.counted:,} of {result.expected:,} counted, "
+                      f"{result.counted:,} of {result.expected:,} counted ({result.reported_lost:,} reported lost), "
                       f"lost {result.lost}, double {result.double}, re-sent transitions "
                       f"{result.duplicate_transitions}, {result.seconds:.0f} s"
                       + (f" — ERROR {result.error}" if result.error else "")

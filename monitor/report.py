@@ -95,6 +95,8 @@ class Report(BaseModel):
     counted_events: int
     late_dropped: int
     duplicates_skipped: int = Field(0, description="Redelivered records not counted twice.")
+    source_offsets_lost: int = Field(0, description="Source offsets no partial covered: lost between the stages, "
+                                                    "each gap also a monitoring_degraded incident.")
     plan_revision: int | None
     plan_dir: str
     governance_checklist: list[ChecklistItem] = Field(description="Pass / fail / pending, evidence and owner.")
@@ -185,7 +187,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         if request.detail == "full" else [],
         incidents=[_incident_line(*pair) for pair in incidents],
         warming_up=warming,
-        counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates,
+        counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates, source_offsets_lost=clock.gaps,
         plan_revision=plan.revision if plan is not None else None,
         plan_dir=str(settings.plan_dir),
         governance_checklist=list(pipeline.governance.checklist(governance)),
