@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     max_future_seconds: int = Field(3600, ge=0, description="How far ahead of the wall clock an event time may be; later ones are dead-lettered.")
     idle_close_seconds: float = Field(900, gt=0, description="Wall-clock quiet time after which a feed's open buckets are closed.")
     check_interval_seconds: float = Field(60, gt=0, le=3600, description="How often every feed is checked for freshness and idle buckets (wall clock; replay time in a replay).")
-    freshness_objective_seconds: int = Field(900, ge=1, description="Least silence of a feed (engagement x initiative) that makes it stale; longer for a quiet feed, see README.")
+    freshness_objective_seconds: int = Field(900, ge=1, description="Least silence of a feed (engagement x initiative) that makes it stale; longer for a quiet feed, see docs/semantics.md.")
 
     # Detection and breach policy
     alert_threshold: float = Field(0.2, gt=0, lt=1, description="conversion_drop: relative drop against the baseline that counts as a breach; also the report's flag.")

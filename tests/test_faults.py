@@ -2,7 +2,7 @@
 
 The harness is `bench/faults.py` (which runs each fault many times and prints the strict tally: 0 lost); here
 each fault runs once, on input produced mostly before the first worker starts (a backlog), the rest after the
-fault. Known open defect (README, Known limitations): around a restart Faust can skip partials and count them
+fault. Known open defect (docs/development.md, Known limitations): around a restart Faust can skip partials and count them
 as acked; stage 2 then reports the missing source offsets (monitoring_degraded). Such a run must account for
 every lost event in that report; the bench counts it as a failed run, and the issue stays open for it.
 """
