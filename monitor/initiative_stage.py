@@ -129,6 +129,24 @@ class Outputs:
         self.plans.extend(other.plans)
 
 
+def admit_rule_change(settings: Settings, raw: bytes | None, *, wall_now: float, key: bytes | None = None,
+                      partition: int | None = None, offset: int | None = None) -> RuleChangeEvent | DeadLetter:
+    """Decode and validate one rule-change record; bad input becomes a dead letter."""
+    try:
+        if raw is None:
+            raise DecodeError("empty value (a tombstone): input records must carry an event")
+        event = decode(RuleChangeEvent, raw)
+        ahead = event.event_time.timestamp() - wall_now
+        if ahead > settings.max_future_seconds:
+            raise DecodeError(
+                f"event_time {event.event_time.isoformat()} is {ahead:.0f} s ahead of the wall clock "
+                f"(PMON_MAX_FUTURE_SECONDS={settings.max_future_seconds})")
+        return event
+    except DecodeError as exc:
+        return DeadLetter.of(raw or b"", source_topic=settings.topic("rule-changes"), reason=exc.reason,
+                             error=exc.detail[:2000], key=key, partition=partition, offset=offset)
+
+
 class InitiativeStage:
     def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
                  stored_plan: Callable[[str], PlanDocument | None] | None = None) -> None:
@@ -141,8 +159,8 @@ class InitiativeStage:
         self.state = state
         # Written in this order at commit: rows, then the states judged from them, and the clocks last — a
         # replay from an older clock re-closes buckets, which the rows' offsets and the states'
-        # `evaluated_until` make harmless. The worker keeps them all in ONE table, so its changelog keeps
-        # this order (`streams.snapshots`).
+        # `evaluated_until` make harmless. (The worker commits a partition's writes in one Kafka
+        # transaction: `streams.initiatives`.)
         self.step = StepTransaction()
         buckets = self.step.table(state.buckets)
         self._series = self.step.table(state.series)
@@ -193,23 +211,6 @@ class InitiativeStage:
                 return float("-inf")
             until = min(until, self.windows.clock(initiative).last_event_wall + silence)
         return until
-
-    def admit_rule_change(self, raw: bytes | None, *, wall_now: float, key: bytes | None = None,
-                          partition: int | None = None, offset: int | None = None) -> RuleChangeEvent | DeadLetter:
-        """Decode and validate one rule-change record; bad input becomes a dead letter."""
-        try:
-            if raw is None:
-                raise DecodeError("empty value (a tombstone): input records must carry an event")
-            event = decode(RuleChangeEvent, raw)
-            ahead = event.event_time.timestamp() - wall_now
-            if ahead > self.settings.max_future_seconds:
-                raise DecodeError(
-                    f"event_time {event.event_time.isoformat()} is {ahead:.0f} s ahead of the wall clock "
-                    f"(PMON_MAX_FUTURE_SECONDS={self.settings.max_future_seconds})")
-            return event
-        except DecodeError as exc:
-            return DeadLetter.of(raw or b"", source_topic=self.settings.topic("rule-changes"), reason=exc.reason,
-                                 error=exc.detail[:2000], key=key, partition=partition, offset=offset)
 
     def on_message(self, message: Message, *, wall_now: float) -> Outputs:
         """One message of the internal topic, whatever its type."""

@@ -21,3 +21,6 @@ class PipelineMetrics:
         self.stage1_partitions = Gauge("pmon_stage1_partitions",
                                        "Source partitions (engagement and consent) this worker's stage 1 holds.",
                                        registry=registry)
+        self.stage2_partitions = Gauge("pmon_stage2_partitions",
+                                       "Partitions of the partials topic (initiatives) this worker's stage 2 holds.",
+                                       registry=registry)

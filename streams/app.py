@@ -1,17 +1,16 @@
-"""The Faust worker: stage 1 as an aiokafka service, stage 2 as a Faust agent with its table, timer, web views.
+"""The worker: both stages as aiokafka services of a Faust app, the rule-change agent, the web views.
 
 `create_app(settings)` builds a fresh app; nothing happens at import time.
 - Stage 1 (`streams.ingest.UserIngest`) reads engagement and consent in
-  batches and sends their partials, state and offsets in one Kafka
-  transaction; it runs as a task of the app.
-- Stage 2 is a Faust agent on the internal partials topic, read committed
-  (`ReadCommittedTransport`): it applies partials, rule changes and the
-  timer's ticks through `monitor.initiative_stage.InitiativeStage`, whose
-  state is one Faust table, and emits what it returns. Concurrency is 1
-  (faust-streaming issue 606: with more, an offset can be committed past a
-  message still in flight).
-- Rule changes are forwarded to the partials topic by a thin agent, so one
-  agent owns each initiative's state.
+  batches; stage 2 (`streams.initiatives.InitiativeService`) reads the
+  partials stage 1 writes. Each commits per partition and interval one Kafka
+  transaction (outputs, state changelog, offsets), and runs as a task of
+  the app. Why not Faust agents and tables: see those modules.
+- Rule changes come in through a thin Faust agent (decode, validate, forward
+  to the partials topic, keyed by initiative), so one stage owns each
+  initiative's state. Concurrency is 1 (faust-streaming issue 606: with more,
+  an offset can be committed past a message still in flight).
+- Faust serves `/pmon/report/` and `/metrics`.
 """
 
 from __future__ import annotations
@@ -33,24 +32,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from monitor import messages
 from monitor.emitter import Emitter
 from monitor.events import DeadLetter
-from monitor.exceptions import StageError
-from monitor.initiative_stage import InitiativeStage, InitiativeState
+from monitor.initiative_stage import admit_rule_change
 from monitor.metrics import PipelineMetrics
 from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
-from plans.plan_sink import PlanWriter
 from streams.ingest import PARTIALS_TOPIC, USERS_CHANGELOG, UserIngest
-from streams.snapshots import SnapshotMapping
+from streams.initiatives import INITIATIVES_CHANGELOG, InitiativeService
 
 log = logging.getLogger(__name__)
-# Faust warns about its pickle codec wherever it is registered; this app does
-# not use it (its tables hold bytes: see BytesTable).
+# Faust warns about its pickle codec wherever it is registered; this app does not use it.
 warnings.filterwarnings("ignore", message="The pickle codec calls pickle.loads", category=Warning)
-
-# Table writes wait in Faust's producer buffer; past its size (100 by default) Faust pauses the
-# streams until it drains and logs "producer buffer full". Closing an hour writes one state
-# record per series and detector (a few hundred), so the default made every hour a pause.
-PRODUCER_BUFFER_MESSAGES = 5000
 
 
 class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -78,32 +69,11 @@ class MonitorApp(faust.App):
         return ReadCommittedTransport(self.conf.broker_consumer, self)
 
 
-# The per-initiative stage keeps all its state in ONE table, each logical table
-# under a key prefix: a step's writes then go to one changelog partition, in
-# order (see `streams.snapshots`).
-INITIATIVE_STATE = ("clocks", "buckets", "series", "shares", "feeds", "governance", "experiments", "groups",
-                    "incidents", "plans")
-TABLES = ("initiative_state",)
-
-
 def internal_topics(settings: Settings) -> dict[str, bool]:
     """Internal topics the worker needs before it starts: name -> compacted."""
     return {PARTIALS_TOPIC.format(app_id=settings.app_id): False,
             USERS_CHANGELOG.format(app_id=settings.app_id): True,
-            **{f"{settings.app_id}-{table}-changelog": True for table in TABLES}}
-
-
-class BytesTable(faust.Table):
-    """A table of str keys and bytes values (pickled snapshots, see `streams.snapshots`).
-
-    Faust picks serializers from the key and value types (JSON for anything
-    but a faust Record) when the table is built, and the store and changelog
-    use them from then on; raw keeps the bytes as they are. Only this app
-    writes its changelogs, so unpickling them is safe.
-    """
-
-    def _serializer_from_type(self, typ: Any) -> str:
-        return "raw"
+            INITIATIVES_CHANGELOG.format(app_id=settings.app_id): True}
 
 
 async def to_the_end(step: Awaitable[None]) -> None:
@@ -168,7 +138,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         producer_max_batch_size=1_048_576,
         logging_config=None,
     )
-    app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
     registry = registry or CollectorRegistry()
     metrics = PipelineMetrics(registry)
 
@@ -182,16 +151,11 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     partials = raw_topic(PARTIALS_TOPIC.format(app_id=settings.app_id))
     outputs = {name: raw_topic(settings.topic(name)) for name in ("incidents", "plan-updates", "dead-letters")}
 
-    initiative_state = app.tables.add(BytesTable(app, name="initiative_state", default=None, key_type=str,
-                                                 partitions=settings.topic_partitions, beacon=app.tables.beacon))
-    state = InitiativeState(**{name: SnapshotMapping(initiative_state, prefix=f"{name}/")
-                               for name in INITIATIVE_STATE})
-    stage = InitiativeStage(settings, state, source_partitions=settings.topic_partitions,
-                            stored_plan=PlanWriter(settings.plan_dir).latest)
     ingest = UserIngest(settings, metrics)
+    initiatives = InitiativeService(settings, metrics)
 
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
-        # Wait for the broker's ack: state is committed only after what it caused was delivered.
+        # Wait for the broker's ack: the rule change's offset is acked only after its dead letter was delivered.
         delivery = await outputs[topic].send(key=key, value=value)
         await delivery
 
@@ -200,7 +164,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     async def forward_one(stream_event: faust.EventT) -> None:
         message = stream_event.message
         metrics.records.labels(topic="rule-changes").inc()
-        event = stage.admit_rule_change(message.value, wall_now=time.time(), key=message.key,
+        event = admit_rule_change(settings, message.value, wall_now=time.time(), key=message.key,
                                         partition=message.partition, offset=message.offset)
         if isinstance(event, DeadLetter):
             log.warning("dead letter from rule-changes[%s]@%s: %s", message.partition, message.offset, event.reason)
@@ -214,59 +178,30 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         async for stream_event in stream.events():
             await to_the_end(forward_one(stream_event))
 
-    async def apply_one(stream_event: faust.EventT) -> None:
-        message = stream_event.message
-        try:
-            decoded = messages.decode(message.value)
-        except StageError as exc:
-            await emitter.dead_letter(DeadLetter.of(
-                message.value or b"", source_topic=message.topic, reason=str(exc), error=repr(exc),
-                key=message.key, partition=message.partition, offset=message.offset, stage="process"))
-            return
-        try:
-            result = stage.on_message(decoded, wall_now=time.time())
-        except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker; the message is kept
-            stage.commit()  # what was applied stays applied, in memory and changelog alike
-            log.exception("processing failed for %s[%s]@%s", message.topic, message.partition, message.offset)
-            await emitter.processing_failed(message.value, message.topic, exc)
-            return
-        await emitter.emit(result)
-        stage.commit()
-
-    @app.agent(partials, concurrency=1)
-    async def monitor_initiative(stream: faust.StreamT) -> None:
-        async for stream_event in stream.events():
-            await to_the_end(apply_one(stream_event))
-
     @app.task
     async def user_stage() -> None:
         await ingest.run()
 
-    @app.timer(interval=settings.check_interval_seconds)
-    async def check_feeds() -> None:
-        # Idle buckets and feed freshness, also when no event arrives. Tables can only be
-        # written while processing an event of their partition, so the timer asks the
-        # owning agent through its topic.
-        for initiative in list(state.clocks.keys()):
-            await partials.send(key=initiative.encode(), value=messages.encode(messages.Tick(initiative)))
+    @app.task
+    async def initiative_stage() -> None:
+        await initiatives.run()
 
     @app.page("/pmon/report/")
     async def report_view(web: Any, request: Any) -> Any:
         try:
             report_request = ReportRequest.from_query(dict(request.query))
-            report = build_report(stage, report_request)
         except ValueError as exc:
             return web.json({"error": str(exc)}, status=400)
+        stage = initiatives.stage_of(report_request.initiative)
+        report = build_report(stage, report_request) if stage is not None else None
         if report is None:
-            known = sorted(k for k in state.plans.keys())
-            return web.json({"error": f"unknown initiative {report_request.initiative!r}", "known": known},
-                            status=404)
+            return web.json({"error": f"unknown initiative {report_request.initiative!r}",
+                             "known": initiatives.initiatives()}, status=404)
         return web.bytes(orjson.dumps(report.model_dump(mode="json")), content_type="application/json")
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         return Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app.pmon_stage = stage  # for in-process inspection in tests and benchmarks
-    app.pmon_ingest = ingest
+    app.pmon_ingest, app.pmon_initiatives = ingest, initiatives  # for in-process inspection in tests and benchmarks
     return app

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from incidents.model import IncidentEvent
 from monitor.emitter import Emitter
 from monitor.events import INPUT_MODELS, DeadLetter, RuleChangeEvent
-from monitor.initiative_stage import InitiativeStage, InitiativeState, Outputs
+from monitor.initiative_stage import InitiativeStage, InitiativeState, Outputs, admit_rule_change
 from monitor.messages import Message, Tick, encode
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
@@ -86,7 +86,7 @@ class EmbeddedDriver:
         record = SourceRecord(offset, raw, key)
         if topic == "rule-changes":
             await self.flush()
-            event = self.initiative_stage.admit_rule_change(raw, wall_now=self._wall_clock(), key=key,
+            event = admit_rule_change(self.settings, raw, wall_now=self._wall_clock(), key=key,
                                                             partition=0, offset=offset)
             if isinstance(event, DeadLetter):
                 await self.emitter.dead_letter(event)

@@ -2,9 +2,7 @@
 
 The harness is `bench/faults.py` (which runs each fault many times and prints the strict tally: 0 lost); here
 each fault runs once, on input produced mostly before the first worker starts (a backlog), the rest after the
-fault. Known open defect (docs/development.md, Known limitations): around a restart Faust can skip partials and count them
-as acked; stage 2 then reports the missing source offsets (monitoring_degraded). Such a run must account for
-every lost event in that report; the bench counts it as a failed run, and the issue stays open for it.
+fault.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ def test_a_fault_neither_loses_nor_double_counts_and_matches_the_embedded_driver
     result = faults.run_fault(fault, kafka_bootstrap, tmp_path)
     assert result.error is None, result.error
     assert result.double == 0, f"{result.counted:,} counted of {result.expected:,}"
-    assert result.lost <= result.reported_lost, \
-        f"{result.lost:,} events lost, {result.reported_lost:,} reported lost: a loss passed silently"
+    assert result.lost == 0, f"{result.lost:,} events lost ({result.reported_lost:,} reported lost by stage 2)"
     assert 0 < result.at_fault < result.expected, "the fault came while the worker was in the stream"
-    if result.lost == 0:
-        assert result.differences == []
+    assert result.differences == []

@@ -12,11 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from incidents.model import IncidentEvent
 from plans.plan_sink import latest
 from cli.main import ANSWERS, _match_labels
 from streams.embedded import EmbeddedDriver, EmbeddedRun

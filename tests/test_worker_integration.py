@@ -283,8 +283,7 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     worker.stop()
     outputs = {topic: consume(settings, topic, want=10**6, timeout=3, settle=0)
                for topic in ("incidents", "plan-updates")}
-    internal = [f"{settings.app_id}-{name}-changelog" for name in ("initiative_state", "consent_ledger")]
-    internal.append(f"{settings.app_id}-engagement-by-initiative")
+    internal = [f"{settings.app_id}-{name}-changelog" for name in ("initiatives", "users")]
     blobs = {f"{topic}@{m.offset}": (m.key or b"") + m.value for topic, messages in outputs.items() for m in messages}
     blobs |= {f"{topic}@{m.offset}": (m.key or b"") + (m.value or b"")
               for topic in internal for m in consume_raw(settings, topic)}

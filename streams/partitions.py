@@ -1,0 +1,257 @@
+"""A consumer group whose partitions each commit in one Kafka transaction: both stages run on it.
+
+`PartitionedService` reads its topics with one aiokafka consumer (range
+assignment: partition p of every topic goes to the same worker) and keeps,
+for each partition number p it owns, a transactional producer
+(`<group>-<p>`) and a store rebuilt from partition p of a compacted changelog.
+A subclass decides what a batch does (`step`) and what a commit writes besides
+the offsets (`flush`); this class opens the transaction with the first write
+of an interval and commits it after `commit_interval_seconds`:
+
+- what the steps sent (outputs, dead letters, messages to the next stage),
+- what `flush` sends (state changed in the interval, to the changelog),
+- the consumed offsets (`send_offsets_to_transaction`).
+
+Either all of it is visible or none. A failed transaction is aborted and the
+partition read again from its last commit, over its last committed state
+(`forget`); a crash or SIGKILL does the same on the next start. A worker that
+takes a partition over fences the previous owner (same transactional id) and
+aborts its open transaction before it reads the changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
+
+from monitor.metrics import PipelineMetrics
+from monitor.settings import Settings
+from streams.exceptions import StreamsError
+from streams.kafka_io import client_options
+
+log = logging.getLogger(__name__)
+
+RECOVERY_TIMEOUT_SECONDS = 300.0
+W = TypeVar("W")
+
+
+@dataclass
+class Owned(Generic[W]):
+    """What the worker holds for one partition number while it is assigned."""
+
+    work: W                                     # the subclass's state for the partition
+    producer: AIOKafkaProducer
+    committed: dict[TopicPartition, int]        # where a failed transaction reads again from
+    opened: float | None = None                 # monotonic time the open transaction began
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)   # to commit with it
+
+
+class PartitionedService(ConsumerRebalanceListener, Generic[W]):
+    """`run()` until cancelled; the step under way runs to its end and what is open is committed."""
+
+    def __init__(self, settings: Settings, metrics: PipelineMetrics, *, group_id: str, topics: list[str],
+                 changelog_topic: str, owned_gauge: Gauge) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.group_id = group_id
+        self.topics = topics
+        self.changelog_topic = changelog_topic
+        self.partitions: dict[int, Owned[W]] = {}
+        self._owned_gauge = owned_gauge
+        self._lock = asyncio.Lock()   # one step, or one rebalance, at a time
+        self._consumer: AIOKafkaConsumer | None = None
+        self._failures = 0            # transactions failed in a row
+
+    # -- what a subclass decides -------------------------------------------------------
+    def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> W:
+        """The partition's work state over its recovered store; `producer` sends into its transactions."""
+        raise NotImplementedError
+
+    async def step(self, p: int, owned: Owned[W], records: dict[str, list[Any]]) -> None:
+        """Process one fetch of partition p (`records` by topic; may be empty when `due`)."""
+        raise NotImplementedError
+
+    def due(self, owned: Owned[W]) -> bool:
+        """Whether `step` must run although nothing was fetched (waiting records, timers)."""
+        return False
+
+    def deadline(self, owned: Owned[W]) -> float | None:
+        """Monotonic time by which `step` must run again, if any."""
+        return None
+
+    async def flush(self, p: int, owned: Owned[W]) -> dict[str, bytes | None]:
+        """Send what the commit adds to the transaction; return the state writes to apply after it."""
+        return {}
+
+    def committed(self, owned: Owned[W], writes: dict[str, bytes | None]) -> None:
+        """The transaction committed: `writes` are now durable."""
+
+    def forget(self, p: int, owned: Owned[W]) -> None:
+        """The transaction was aborted: drop what it held; state is the last committed one."""
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        session_ms = int(self.settings.session_timeout_seconds * 1000)
+        consumer = self._consumer = AIOKafkaConsumer(
+            **client_options(self.settings), group_id=self.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed",
+            # Range, not aiokafka's default round robin: partition p of every topic to the same worker.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=4 * 1_048_576, fetch_max_wait_ms=100,
+            session_timeout_ms=session_ms, heartbeat_interval_ms=session_ms // 6)
+        consumer.subscribe(self.topics, listener=self)
+        await consumer.start()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=self.settings.batch_size)
+                step = asyncio.ensure_future(self._steps(batches))
+                try:
+                    await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    await step  # a graceful stop waits for the step under way...
+                    async with self._lock:
+                        for p, owned in self.partitions.items():
+                            await self._commit(p, owned)  # ...and commits what is open
+                    raise
+        finally:
+            await consumer.stop()
+            for owned in self.partitions.values():
+                await owned.producer.stop()
+            self.partitions.clear()
+
+    def _wait_ms(self) -> int:
+        """How long the next fetch may wait: the batch wait, or less when a commit or a step is due sooner."""
+        now = time.monotonic()
+        wait = self.settings.batch_within_seconds
+        for owned in self.partitions.values():
+            if owned.opened is not None:
+                wait = min(wait, owned.opened + self.settings.commit_interval_seconds - now)
+            deadline = self.deadline(owned)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+        return int(max(0.0, wait) * 1000)
+
+    async def _steps(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        by_partition: dict[int, dict[str, list[Any]]] = {}
+        for tp, records in batches.items():
+            by_partition.setdefault(tp.partition, {}).setdefault(tp.topic, []).extend(records)
+        async with self._lock:
+            for p, owned in list(self.partitions.items()):
+                records = by_partition.get(p, {})
+                try:
+                    if records or self.due(owned):
+                        await self.step(p, owned, records)
+                    if owned.opened is not None and \
+                            time.monotonic() - owned.opened >= self.settings.commit_interval_seconds:
+                        await self._commit(p, owned)
+                except KafkaError as exc:
+                    await self._failed(p, owned, exc)
+
+    async def begin(self, owned: Owned[W]) -> None:
+        """Open the partition's transaction, unless it is open: call it before the first send of a step."""
+        if owned.opened is None:
+            await owned.producer.begin_transaction()
+            owned.opened = time.monotonic()
+
+    async def _commit(self, p: int, owned: Owned[W]) -> None:
+        """Write what `flush` adds and the offsets, and commit: all of it visible, or none."""
+        if owned.opened is None:
+            return
+        writes = await self.flush(p, owned)
+        for key, value in writes.items():
+            await owned.producer.send(self.changelog_topic, key=key.encode(), value=value, partition=p)
+        if owned.offsets:
+            await owned.producer.send_offsets_to_transaction(owned.offsets, self.group_id)
+        await owned.producer.commit_transaction()
+        self.committed(owned, writes)
+        owned.committed.update(owned.offsets)
+        owned.offsets, owned.opened = {}, None
+        self._failures = 0
+
+    async def _failed(self, p: int, owned: Owned[W], error: Exception) -> None:
+        """Abort, forget what was not committed, and read again from the last commit; give up after
+        `retry_limit` failures in a row (the worker stops; a restart resumes from the last commit)."""
+        self._failures += 1
+        self.metrics.sink_retries.labels(sink=f"{self.group_id}-transaction").inc()
+        log.warning("%s: transaction of partition %d failed (%d in a row): %r", self.group_id, p,
+                    self._failures, error)
+        if owned.opened is not None:
+            try:
+                await owned.producer.abort_transaction()
+            except KafkaError as exc:
+                log.warning("abort of partition %d's transaction failed too: %r", p, exc)
+        self.forget(p, owned)
+        owned.offsets, owned.opened = {}, None
+        for tp in (TopicPartition(topic, p) for topic in self.topics):
+            if tp in owned.committed:
+                self._consumer.seek(tp, owned.committed[tp])
+            else:
+                await self._consumer.seek_to_beginning(tp)
+        if self._failures > self.settings.retry_limit:
+            raise StreamsError(f"{self.group_id} could not commit partition {p} after "
+                               f"{self.settings.retry_limit} retries: {error!r}")
+
+    # -- rebalancing -------------------------------------------------------------------
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._lock:  # after the step under way has committed
+            for p in sorted({tp.partition for tp in revoked}):
+                owned = self.partitions.pop(p, None)
+                if owned is not None:
+                    try:
+                        await self._commit(p, owned)  # before the partition's next owner reads its state
+                    except KafkaError as exc:  # the next owner fences this producer and aborts the transaction
+                        log.warning("partition %d revoked with its transaction uncommitted: %r", p, exc)
+                    await owned.producer.stop()
+            self._owned_gauge.set(len(self.partitions))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self._lock:
+            for p in sorted({tp.partition for tp in assigned} - set(self.partitions)):
+                # The producer first: starting it fences the previous owner and aborts its open
+                # transaction, so the changelog read next ends at committed state.
+                producer = AIOKafkaProducer(**client_options(self.settings),
+                                            transactional_id=f"{self.group_id}-{p}",
+                                            enable_idempotence=True, acks="all", linger_ms=5,
+                                            max_batch_size=1_048_576, transaction_timeout_ms=30_000)
+                await producer.start()
+                store = await self._recover(p)
+                committed = {}
+                for tp in (TopicPartition(topic, p) for topic in self.topics):
+                    offset = await self._consumer.committed(tp)
+                    if offset is not None:
+                        committed[tp] = offset
+                self.partitions[p] = Owned(self.open(p, store, producer), producer, committed)
+                log.info("%s: partition %d assigned, %d state records recovered", self.group_id, p, len(store))
+            self._owned_gauge.set(len(self.partitions))
+
+    async def _recover(self, p: int) -> dict[str, bytes]:
+        tp = TopicPartition(self.changelog_topic, p)
+        reader = AIOKafkaConsumer(**client_options(self.settings), group_id=None, enable_auto_commit=False,
+                                  isolation_level="read_committed")
+        await reader.start()
+        store: dict[str, bytes] = {}
+        try:
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            end = (await reader.end_offsets([tp]))[tp]
+            deadline = time.monotonic() + RECOVERY_TIMEOUT_SECONDS
+            while await reader.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise StreamsError(f"recovering {self.changelog_topic}[{p}] took over "
+                                       f"{RECOVERY_TIMEOUT_SECONDS:.0f} s (at {await reader.position(tp)} of {end})")
+                for record in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
+                    if record.value is None:
+                        store.pop(record.key.decode(), None)
+                    else:
+                        store[record.key.decode()] = record.value
+        finally:
+            await reader.stop()
+        return store
