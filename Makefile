@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PMON_KAFKA_PORT ?= 9092
 
-.PHONY: demo test setup kafka-up kafka-down schemas bench faults clean
+.PHONY: demo test setup kafka-up kafka-down schemas docs bench faults clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ kafka-down:
 
 schemas: setup
 	$(BIN)/pmon schemas --out schemas
+
+# The configuration reference is generated from monitor.settings.Settings (a test fails when it is stale).
+docs: setup
+	$(BIN)/python -m monitor.settings_reference docs/configuration.md
 
 # The bench's peers (Quix Streams) and py-spy: bench-only dependencies, installed on first use.
 BENCH_STAMP := $(VENV)/.bench-installed

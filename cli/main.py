@@ -30,8 +30,8 @@ USAGE_EXIT = 2
 # variant is also a volume drop of the series it silences; a fallback surge on one variant is
 # also a rule falling back and an imbalance between the experiment's variants.
 ANSWERS: dict[str, set[str]] = {
-    "conversion_drop": {"conversion_drop", "level_shift"},
-    "ctr_drop": {"ctr_drop", "level_shift"},
+    "conversion_drop": {"conversion_drop", "level_shift", "kpi_threshold"},
+    "ctr_drop": {"ctr_drop", "level_shift", "kpi_threshold"},
     "spike": {"kpi_spike"},
     "volume_drop": {"volume_drop"},
     "fallback_surge": {"fallback_surge", "rule_fallback", "variant_imbalance"},
@@ -87,7 +87,9 @@ def pmon() -> None:
 @click.option("--plan-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the plan is written (default PMON_PLAN_DIR).")
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="full", show_default=True)
-def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
+@click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="KPI threshold: a relative drop breached twice opens a kpi_threshold incident.")
+def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_threshold: float) -> None:
     """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
     from simulation.simulator import SimulationSpec, demo_program, labels, simulate
 
@@ -99,12 +101,13 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str) -> None:
                                   "success_metrics": [{"metric": "conversions_per_user"}],
                                   "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}]}
                    for i in spec.initiatives if i.experiment}
-    settings = _settings(plan_dir=plan_dir, log_level="WARNING", allocations=planned, experiments=experiments)
+    settings = _settings(plan_dir=plan_dir, log_level="WARNING", allocations=planned, experiments=experiments,
+                         alert_threshold=alert_threshold)
     _configure_logging(settings)
     console = _console()
     driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
     truth = labels(spec)
-    _print_report(driver, "PLG Onboarding", "14d", detail, None, None, console)
+    _print_report(driver, "PLG Onboarding", "14d", detail, None, alert_threshold, console)
     monitored = [label for label in truth if label["kind"] in ANSWERS]
     found, unexplained = _match_labels(driver.run_result.incidents, monitored)
     _print_found(found, console)
@@ -185,7 +188,10 @@ def _encoded(records: Any) -> Any:
 def _run_embedded(settings: Settings, records: Any, console: Console, total: int | None) -> tuple[Any, float]:
     from streams.embedded import EmbeddedDriver
 
-    driver = EmbeddedDriver(settings, replay=True)  # history: the stage's clock is the replay's
+    context = click.get_current_context(silent=True)
+    actor = f"`{context.command_path}` options and PMON_* settings" if context else "pmon embedded run"
+    # History: the stage's clock is the replay's.
+    driver = EmbeddedDriver(settings, replay=True, settings_actor=actor)
     started = time.perf_counter()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -251,6 +257,23 @@ def _where(label: dict[str, Any]) -> str:
     parts = [s.split("|") for s in series]
     shared = [p[0] if all(q[i] == p[0] for q in parts) else "*" for i, p in enumerate(zip(*parts))]
     return f"{'|'.join(shared)} ({len(series)} series)"
+
+
+def _resolve_initiative(name: str, known: set[str], where: str) -> str:
+    """`name` as `known` spells it (case and surrounding spaces do not matter); else a one-line error."""
+    import difflib
+
+    by_folded = {k.strip().casefold(): k for k in known}
+    match = by_folded.get(name.strip().casefold())
+    if match is not None:
+        return match
+    if not known:
+        _fail(f"{where} names no initiative (no valid engagement or rule-change record) — "
+              f"check the file, e.g. with `pmon simulate --to-file`")
+    close = difflib.get_close_matches(name.casefold(), list(by_folded), n=1, cutoff=0.6)
+    hint = f"did you mean {by_folded[close[0]]!r}? " if close else ""
+    _fail(f"unknown initiative {name!r} — {hint}{where} names: {', '.join(sorted(known))}; "
+          f"pass one of them with --initiative")
 
 
 def _print_report(driver: Any, initiative: str, window: str, detail: str, dimension: str | None,
@@ -332,21 +355,25 @@ def worker() -> None:
 @click.option("--dimension", type=click.Choice(["profile", "channel", "cohort"]), default=None,
               help="Break the dashboard down by one dimension (default: profile, channel and variant).")
 @click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Relative drop that flags a row; with --events it also tunes conversion_drop, if run.")
+              help="KPI threshold: with --events, a relative drop of --alert-kpi breached twice opens a "
+                   "kpi_threshold incident (the worker uses PMON_ALERT_THRESHOLD); also flags dashboard rows.")
+@click.option("--alert-kpi", type=click.Choice(["cvr", "ctr"]), default=None,
+              help="The KPI the threshold watches with --events (default PMON_ALERT_KPI, cvr).")
 @click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run the embedded driver over this JSONL file instead of asking a worker.")
 @click.option("--worker-url", default=None, help="Worker web address (default http://PMON_WEB_HOST:PMON_WEB_PORT).")
 def monitor(initiative: str, window: str, detail: str, dimension: str | None, alert_threshold: float | None,
-            events: Path | None, worker_url: str | None) -> None:
+            alert_kpi: str | None, events: Path | None, worker_url: str | None) -> None:
     """Print the report of one initiative, from a running worker or from an events file."""
     console = _console()
     if events is not None:
         if not events.is_file():
             _fail(f"events file {events} does not exist — write one with `pmon simulate --to-file {events}`")
-        from streams.embedded import read_records
+        from streams.embedded import initiatives_in, read_records
 
-        settings = _settings(alert_threshold=alert_threshold, log_level="WARNING")
+        settings = _settings(alert_threshold=alert_threshold, alert_kpi=alert_kpi, log_level="WARNING")
         _configure_logging(settings)
+        initiative = _resolve_initiative(initiative, initiatives_in(events), f"the events file {events}")
         driver, _ = _run_embedded(settings, read_records(events), console, total=None)
         _print_report(driver, initiative, window, detail, dimension, alert_threshold, console)
         return

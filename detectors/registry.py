@@ -113,7 +113,8 @@ from collections.abc import Callable
 from functools import partial
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
-from detectors.conversion_drop import ConversionDropConfig, ConversionDropDetector
+from detectors.conversion_drop import ConversionDropDetector
+from detectors.kpi_threshold import KpiThresholdConfig, KpiThresholdDetector
 from detectors.cusum import (CtrCusumDetector, CvrCusumDetector, CvrSmallDropCusumDetector, JointSpikeCusumDetector,
                              RateSpikeCusumDetector, VolumeCusumDetector, VolumeShareCusumDetector)
 from detectors.kpis import KPI_NAMES, validate
@@ -125,25 +126,38 @@ from detectors.seasonal import (LatencyRegressionDetector, RevenueShiftDetector,
                                 VolumeDropDetector)
 
 
-class CheckedConversionDrop(ConversionDropDetector):
-    """`ConversionDropDetector` (unchanged; the pipeline uses it directly) refusing invalid buckets like the others."""
+class _Checked:
+    """A threshold detector (the pipeline uses them directly) refusing invalid buckets like the others."""
 
     def learn_one(self, observation: BucketObservation) -> None:
         validate(observation)
-        super().learn_one(observation)
+        super().learn_one(observation)  # type: ignore[misc]
 
     def score_one(self, observation: BucketObservation) -> Verdict:
         validate(observation)
-        return super().score_one(observation)
+        return super().score_one(observation)  # type: ignore[misc]
+
+
+class CheckedConversionDrop(_Checked, ConversionDropDetector):
+    pass
+
+
+class CheckedKpiThreshold(_Checked, KpiThresholdDetector):
+    pass
 
 
 def _conversion_drop(**config: object) -> ConversionDropDetector:
-    return CheckedConversionDrop(ConversionDropConfig(**config))  # type: ignore[arg-type]
+    return CheckedConversionDrop(KpiThresholdConfig(**config))  # type: ignore[arg-type]
+
+
+def _kpi_threshold(**config: object) -> KpiThresholdDetector:
+    return CheckedKpiThreshold(KpiThresholdConfig(**config))  # type: ignore[arg-type]
 
 
 DETECTORS: dict[str, Callable[..., BucketDetector]] = {
     # rates against their baseline: binomial tail + relative change
     "conversion_drop": _conversion_drop,
+    "kpi_threshold": _kpi_threshold,   # PMON_ALERT_THRESHOLD on PMON_ALERT_KPI: runs on every series, always
     "cvr_drop": CvrDropDetector,
     "ctr_drop": CtrDropDetector,
     "ctr_spike": partial(RateSpikeDetector, kpi="ctr"),

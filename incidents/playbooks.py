@@ -27,6 +27,12 @@ PLAYBOOKS: dict[str, Playbook] = {
             "and sibling channels to tell a product issue from a traffic mix change. 3) If a rule change is "
             "the probable cause, roll it back or switch the series to the fallback experience."),
         Playbook(
+            "kpi_threshold", 0, "warning",
+            "The series' KPI (PMON_ALERT_KPI) fell by the alert threshold or more below its baseline, "
+            "significantly, twice. 1) Check rule changes and deployments on the initiative in the preceding "
+            "hours. 2) Compare with its control and sibling channels to tell a product issue from a traffic mix "
+            "change. 3) Roll back the probable cause or switch the series to the fallback experience."),
+        Playbook(
             "ctr_drop", 0, "warning",
             "Click-through rate of the series fell below its baseline twice. 1) Check what the series now shows "
             "(rule changes, content, layout) in the preceding hours. 2) Compare with its control and sibling "

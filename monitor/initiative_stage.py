@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from detectors.base import BucketDetector, BucketObservation
 from detectors.conversion_drop import ConversionDropDetector
+from detectors.kpi_threshold import KpiThresholdDetector
 from detectors.evaluation import evaluate_bucket, evidence_of
 from detectors.freshness import check_freshness, objective_for_rate
 from detectors.registry import DETECTORS
@@ -149,11 +150,13 @@ def admit_rule_change(settings: Settings, raw: bytes | None, *, wall_now: float,
 
 class InitiativeStage:
     def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
-                 stored_plan: Callable[[str], PlanDocument | None] | None = None) -> None:
+                 stored_plan: Callable[[str], PlanDocument | None] | None = None,
+                 settings_actor: str = "pmon worker settings") -> None:
         """`source_partitions`: partitions of the engagement topic feeding this stage (the watermark's inputs).
 
         `stored_plan(initiative)` returns the last plan written, so a new run
-        continues its revisions and logs what changed since (thresholds, cadence).
+        continues its revisions and logs what changed since (thresholds, cadence), by `settings_actor`
+        (who set the settings: the worker's environment, a command's options).
         """
         self.settings = settings
         self.state = state
@@ -182,9 +185,13 @@ class InitiativeStage:
         self.feed_policy = BreachPolicy(settings.breach_config().model_copy(
             update={"escalate_every": settings.escalate_every * per_bucket}))
         self._detector_config = settings.detector_config()
+        # The user's alert threshold, when set, runs on every series, whatever else is chosen.
+        threshold = (KpiThresholdDetector.kind,) if settings.alert_threshold is not None else ()
+        self._detector_names = tuple(dict.fromkeys((*settings.series_detectors, *threshold)))
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
         self._stored_plan = stored_plan
+        self._settings_actor = settings_actor
         self.governance = GovernanceScan(settings.governance_config(), self.breach_policy)
 
     def commit(self) -> None:
@@ -332,14 +339,17 @@ class InitiativeStage:
             updated = new_plan(initiative, thresholds=self._thresholds, at=at,
                                feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
         else:
-            updated = with_thresholds(plan, self._thresholds, at=at, actor="pmon worker settings",
+            updated = with_thresholds(plan, self._thresholds, at=at, actor=self._settings_actor,
                                       reason="thresholds or cadence differ from the previous run's")
         self._plans[initiative] = updated
         return Outputs(plans=[updated] if updated is not plan else [])
 
     def _new_detector(self, name: str) -> BucketDetector:
+        # The threshold tests are the ones tuned by PMON_* settings.
+        if name == KpiThresholdDetector.kind:
+            return KpiThresholdDetector(self._detector_config)
         if name == ConversionDropDetector.kind:
-            return ConversionDropDetector(self._detector_config)  # the one tuned by PMON_* settings
+            return ConversionDropDetector(self._detector_config)
         return DETECTORS[name]()
 
     def _on_bucket_closed(self, row: BucketRow) -> Outputs:
@@ -348,7 +358,7 @@ class InitiativeStage:
         by_kind: dict[str, list[IncidentEvent]] = {}
         observations = list(row.observations(self.windows.roster(row.initiative)))
         for observation in observations:
-            for name in self.settings.series_detectors:
+            for name in self._detector_names:
                 key = f"{observation.series}|{name}"
                 series = self._series.get(key) or SeriesState(self._new_detector(name), BreachState())
                 if series.evaluated_until < row.end:
@@ -438,7 +448,7 @@ class InitiativeStage:
         """Series without an event for the retention leave the tables, and a variant group with them."""
         roster = self.windows.roster(initiative)
         for series in self.windows.take_expired():
-            for name in self.settings.series_detectors:
+            for name in self._detector_names:
                 self._series[f"{series}|{name}"] = None
             group = series.rpartition("|")[0]
             if not any(known.startswith(f"{group}|") for known in roster):

@@ -137,7 +137,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
     clock = state.clocks.get(request.initiative)
     if clock is None:
         return None
-    threshold = request.alert_threshold or settings.alert_threshold
+    threshold = request.alert_threshold or settings.effective_alert_threshold
     end = clock.closed_until
     rows = pipeline.windows.closed_rows(request.initiative, end - WINDOWS[request.window] * 86_400) if end else []
     recent_since = (end or 0) - 86_400

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from detectors.conversion_drop import ConversionDropConfig
+from detectors.kpi_threshold import KpiThresholdConfig
 from incidents.breach_policy import BreachPolicyConfig
 
 if TYPE_CHECKING:
@@ -27,6 +27,9 @@ def _monitored() -> tuple[str, ...]:
     from detectors.registry import monitored
 
     return monitored()
+
+
+DEFAULT_ALERT_THRESHOLD = 0.2
 
 
 class Settings(BaseSettings):
@@ -52,6 +55,7 @@ class Settings(BaseSettings):
     user_cache_size: int = Field(200_000, ge=1_000, description="Users whose state stage 1 keeps decoded in memory (the rest is kept encoded).")
     session_timeout_seconds: float = Field(20, ge=6, le=300, description="How long the group waits for a silent worker before it hands the worker's partitions to the others.")
     commit_interval_seconds: float = Field(0.5, gt=0, le=60, description="How long stage 1 keeps a partition's transaction open: users changed in it are written once per interval; stage 2 sees its partials at the commit.")
+    consent_skew_seconds: float = Field(0.5, ge=0, le=60, description="How much later than an exposure a consent record produced before it may reach its partition: stage 1 judges an exposure once the consent partition was read to its end this long after the exposure was produced (it adds this much to the latency of everything behind an exposure).")
     batch_within_seconds: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a batch.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -65,20 +69,21 @@ class Settings(BaseSettings):
     freshness_objective_seconds: int = Field(900, ge=1, description="Least silence of a feed (engagement x initiative) that makes it stale; longer for a quiet feed, see docs/semantics.md.")
 
     # Detection and breach policy
-    alert_threshold: float = Field(0.2, gt=0, lt=1, description="conversion_drop: relative drop against the baseline that counts as a breach; also the report's flag.")
-    baseline_buckets: int = Field(72, ge=2, le=10_000, description="conversion_drop: trailing closed buckets that form a series' baseline.")
-    warmup_buckets: int = Field(24, ge=1, le=10_000, description="conversion_drop: closed buckets with traffic a series needs before it can alert.")
-    min_exposures: int = Field(200, ge=1, description="conversion_drop: exposures a bucket needs to be scored.")
-    significance: float = Field(0.001, gt=0, lt=0.5, description="conversion_drop: one-sided binomial p-value a drop must reach to be a breach.")
+    alert_threshold: float | None = Field(None, gt=0, lt=1, description="The KPI threshold, optional: when set, a relative drop of PMON_ALERT_KPI against a series' baseline by this much or more, significant at PMON_SIGNIFICANCE, is a breach on every series (the kpi_threshold detector), and a second breach within PMON_BREACH_SPAN_BUCKETS opens a kpi_threshold incident. Also conversion_drop's threshold and the report's flag, 0.2 when unset.")
+    alert_kpi: Literal["cvr", "ctr"] = Field("cvr", description="The KPI PMON_ALERT_THRESHOLD watches: cvr (conversions per exposure) or ctr (clicks per exposure).")
+    baseline_buckets: int = Field(72, ge=2, le=10_000, description="kpi_threshold and conversion_drop: trailing closed buckets that form a series' baseline.")
+    warmup_buckets: int = Field(24, ge=1, le=10_000, description="kpi_threshold and conversion_drop: closed buckets with traffic a series needs before it can alert.")
+    min_exposures: int = Field(200, ge=1, description="kpi_threshold and conversion_drop: exposures a bucket needs to be scored.")
+    significance: float = Field(0.001, gt=0, lt=0.5, description="kpi_threshold and conversion_drop: one-sided binomial p-value a drop must reach to be a breach.")
     breach_span_buckets: int = Field(3, ge=1, description="A second breach within this many buckets opens an incident.")
     recovery_span_buckets: int = Field(3, ge=1, description="Consecutive healthy buckets that resolve an incident.")
     escalate_every: int = Field(6, ge=1, description="Further breaches of a firing incident that climb one rung of the ladder.")
     series_detectors: tuple[str, ...] = Field(
         default_factory=lambda: _monitored(),
         description="Detectors run on every series (JSON list; names from detectors/registry.py). Default: the "
-                    "registry's choice per KPI, measured by bench/detection.py. conversion_drop, the exact "
-                    "binomial test, is the one tuned by PMON_ALERT_THRESHOLD, PMON_BASELINE_BUCKETS, "
-                    "PMON_WARMUP_BUCKETS, PMON_MIN_EXPOSURES and PMON_SIGNIFICANCE.")
+                    "registry's choice per KPI, measured by bench/detection.py. kpi_threshold (the exact "
+                    "binomial test tuned by PMON_ALERT_THRESHOLD, PMON_ALERT_KPI, PMON_BASELINE_BUCKETS, "
+                    "PMON_WARMUP_BUCKETS, PMON_MIN_EXPOSURES and PMON_SIGNIFICANCE) runs besides, always.")
     allocations: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description='Planned variant shares per initiative (JSON, e.g. {"PLG Onboarding": {"control": 0.5, '
@@ -193,9 +198,14 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
 
-    def detector_config(self) -> ConversionDropConfig:
-        return ConversionDropConfig(
-            alert_threshold=self.alert_threshold, baseline_buckets=self.baseline_buckets,
+    @property
+    def effective_alert_threshold(self) -> float:
+        """The threshold in force: the one set, or the default of conversion_drop and the report's flag."""
+        return self.alert_threshold if self.alert_threshold is not None else DEFAULT_ALERT_THRESHOLD
+
+    def detector_config(self) -> KpiThresholdConfig:
+        return KpiThresholdConfig(
+            alert_threshold=self.effective_alert_threshold, kpi=self.alert_kpi, baseline_buckets=self.baseline_buckets,
             warmup_buckets=self.warmup_buckets, min_exposures=self.min_exposures,
             significance=self.significance)
 
@@ -205,10 +215,11 @@ class Settings(BaseSettings):
             recovery_span_buckets=self.recovery_span_buckets,
             escalate_every=self.escalate_every)
 
-    def monitored_thresholds(self) -> dict[str, float | int]:
+    def monitored_thresholds(self) -> dict[str, float | int | str]:
         """The thresholds and cadence the plan's change log watches."""
         return {
-            "alert_threshold": self.alert_threshold,
+            "alert_threshold": self.effective_alert_threshold,
+            "alert_kpi": self.alert_kpi if self.alert_threshold is not None else "off",
             "baseline_buckets": self.baseline_buckets,
             "warmup_buckets": self.warmup_buckets,
             "min_exposures": self.min_exposures,

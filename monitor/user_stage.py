@@ -10,10 +10,10 @@ reads their events. Per batch the stage
    order; judges each exposure against the ledger at its event time, keeps
    the user's experiment record and adds the event to the batch's partial
    aggregates (`monitor.messages.Partial`) of its initiative and bucket;
-3. stops before the first exposure whose event time the consent partition has
-   not been read past (`consent_read_until`): that exposure and the records
-   after it wait for the next batch, so a verdict never depends on which
-   topic happened to arrive first.
+3. stops before the first exposure the consent partition may not have been
+   read past: that exposure and the records after it wait for the next
+   batch, so a verdict does not depend on which topic happened to arrive
+   first (see `process`).
 
 State is a mapping of bytes (`users`): each user's `UserState` and each
 partition's `Progress`, encoded compactly (tens of bytes a user). The stage
@@ -48,11 +48,12 @@ PROGRESS_KEY = "#progress/{}"   # a partition's progress, beside the users (pseu
 
 
 class SourceRecord(NamedTuple):
-    """One record as read from a topic partition (a Kafka client's record with these three fields will do)."""
+    """One record as read from a topic partition (a Kafka client's record with these fields will do)."""
 
     offset: int
     value: bytes | None
     key: bytes | None = None
+    timestamp: int | None = None   # ms since the epoch: when it was produced (Kafka's CreateTime)
 
 
 @dataclass(slots=True)
@@ -132,6 +133,7 @@ class UserStage:
         self._topics = {name: settings.topic(name) for name in ("engagement", "consent")}
         self._consent_marks: dict[int, float] = {}   # greatest consent event time read, per partition
         self._cache_size = settings.user_cache_size
+        self._consent_skew = settings.consent_skew_seconds
         self._live: dict[str, UserState] = {}          # decoded states, oldest first
         self._progress: dict[int, Progress] = {}
         self._dirty: set[str] = set()
@@ -186,20 +188,24 @@ class UserStage:
                 *, wall_now: float, consent_read_until: float = math.inf, stop_at: float = math.inf) -> BatchResult:
         """One batch of one source partition (engagement and consent records of the same partition number).
 
-        `consent_read_until`: the event time up to which the driver knows the consent partition was read
-        beyond the records it passes (the wall time of a fetch that found no more; infinity where the
-        input is one ordered stream); the consent event times read count as well. `stop_at`: an event
+        An exposure is judged once the consent produced before it was read: when its event time is at
+        most the greatest consent event time read, or when `consent_read_until` — the wall time at which
+        a fetch began that found the consent partition at its end (infinity where the input is one
+        ordered stream) — is at least `consent_skew_seconds` after the exposure was produced (its
+        record's timestamp; its event time when it has none). The skew is how much later than an
+        exposure a consent record produced before it may reach its partition. `stop_at`: an event
         time at which the batch stops (the replay's next timer check); `BatchResult.stopped_at` says where.
         """
         batch = _Batch(self, partition, wall_now)
         for record in consent:
             batch.consent(record)
-        consent_read_until = max(consent_read_until, self._consent_marks.get(partition, -math.inf))
+        consent_mark = self._consent_marks.get(partition, -math.inf)
+        produced_by = consent_read_until - self._consent_skew   # produced before it: its consent was read
         covered = batch.progress.last_offset
         for n, record in enumerate(engagement):
             if covered is not None and record.offset <= covered:
                 continue  # sent before: read again after a restart whose offset commit was lost
-            if not batch.engagement(record, consent_read_until, stop_at):
+            if not batch.engagement(record, consent_mark, produced_by, stop_at):
                 batch.result.deferred = list(engagement[n:])
                 break
         return batch.finish()
@@ -252,7 +258,7 @@ class _Batch:
                                                      region=event.region):
             self.violations.setdefault(violation.initiative, []).append(violation)
 
-    def engagement(self, record: SourceRecord, consent_read_until: float, stop_at: float) -> bool:
+    def engagement(self, record: SourceRecord, consent_mark: float, produced_by: float, stop_at: float) -> bool:
         """Combine one record; False (and nothing done) when it must wait for the consent partition or is
         at or past `stop_at`."""
         stage = self.stage
@@ -267,7 +273,8 @@ class _Batch:
         if event.at >= stop_at:
             self.result.stopped_at = event.at
             return False
-        if exposure and event.at > consent_read_until:
+        if exposure and event.at > consent_mark and \
+                (event.at if record.timestamp is None else record.timestamp / 1000.0) > produced_by:
             return False
         self.cover(record.offset)
         at = event.at

@@ -287,7 +287,7 @@ class PlanDocument(_PlanModel):
     feeds: tuple[DataFeed, ...]
     dependency_graph: DependencyGraph
     error_handling: ErrorHandling
-    thresholds: dict[str, Number]
+    thresholds: dict[str, Number | str]   # a number, or a choice such as alert_kpi
     cadence: Cadence
     success_metrics: tuple[SuccessMetric, ...]
     open_incidents: tuple[IncidentSummary, ...]
@@ -478,7 +478,7 @@ def _freshness_objective(topic: str) -> float:
 def new_plan(
     initiative: str,
     *,
-    thresholds: Mapping[str, Number],
+    thresholds: Mapping[str, Number | str],
     at: datetime,
     owners: Mapping[str, str] | None = None,
     feeds: Iterable[str] = DEFAULT_INPUT_TOPICS,
@@ -549,7 +549,7 @@ def new_plan(
 # --------------------------------------------------------------------------- updates
 
 def with_thresholds(
-    plan: PlanDocument, thresholds: Mapping[str, Number], *, at: datetime, actor: str, reason: str,
+    plan: PlanDocument, thresholds: Mapping[str, Number | str], *, at: datetime, actor: str, reason: str,
 ) -> PlanDocument:
     """`plan` with `thresholds` merged in, one change-log entry per key whose value changed.
 

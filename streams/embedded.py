@@ -52,12 +52,14 @@ class EmbeddedRun:
 
 class EmbeddedDriver:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
-                 wall_clock: Callable[[], float] = time.time, replay: bool = False) -> None:
+                 wall_clock: Callable[[], float] = time.time, replay: bool = False,
+                 settings_actor: str = "pmon embedded run") -> None:
         self.settings = settings
         self.users: dict[str, bytes] = {}
         self.user_stage = UserStage(settings, self.users)
         self.initiative_stage = InitiativeStage(settings, InitiativeState(),
-                                                stored_plan=PlanWriter(settings.plan_dir).latest)
+                                                stored_plan=PlanWriter(settings.plan_dir).latest,
+                                                settings_actor=settings_actor)
         self.run_result = EmbeddedRun()
         self.metrics = PipelineMetrics(registry or CollectorRegistry())
         self._wall_clock = wall_clock
@@ -201,6 +203,19 @@ class EmbeddedDriver:
         await self.flush()
         self.commit_users()
         return self.run_result
+
+
+def initiatives_in(path: Path) -> set[str]:
+    """The initiatives a JSONL events file names (engagement and rule changes), read without replaying it."""
+    found: set[str] = set()
+    for _, _, value in read_records(path):
+        try:
+            initiative = orjson.loads(value).get("initiative")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(initiative, str):
+            found.add(initiative)
+    return found
 
 
 def read_records(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:

@@ -17,10 +17,11 @@ transaction holding:
 - the consumed offsets.
 
 Consent verdicts do not depend on which topic arrived first: an exposure is
-combined only once the consent partition has been read past its event time
-(caught up to the broker's end counts as read up to the fetch's wall time);
-until then it and the records after it wait, and the engagement partition is
-paused while too many wait.
+combined only once a fetch that began `PMON_CONSENT_SKEW_SECONDS` after the
+exposure was produced found the consent partition at its end (or consent
+with a later event time was read; see `UserStage.process`); until then it
+and the records after it wait, and the engagement partition is paused while
+too many wait.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from monitor.messages import Partial
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
 from monitor.user_stage import UserStage
-from streams.partitions import Owned, PartitionedService
+from streams.partitions import FETCH_MAX_WAIT_MS, Owned, PartitionedService
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,14 @@ class UserIngest(PartitionedService[_Users]):
         owned.work.deferred, owned.work.partials = [], {}
 
     async def _consent_caught_up(self, p: int) -> float:
-        """The wall time of the last fetch that found partition p of the consent topic read to its end."""
+        """When the last fetch that found partition p of the consent topic read to its end began."""
         tp = TopicPartition(self.consent_topic, p)
         end = self._consumer.last_stable_offset(tp)
         if end is None or await self._consumer.position(tp) < end:
             return -math.inf   # not fetched yet, or behind: only the consent event times read count
         polled = self._consumer.last_poll_timestamp(tp)
-        return polled / 1000.0 if polled else -math.inf
+        # The broker holds a fetch at most FETCH_MAX_WAIT_MS: it began no later than that before its answer.
+        return (polled - FETCH_MAX_WAIT_MS) / 1000.0 if polled else -math.inf
 
     def _flow_control(self, p: int, work: _Users) -> None:
         tp = TopicPartition(self.engagement_topic, p)

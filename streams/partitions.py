@@ -40,6 +40,7 @@ from streams.kafka_io import client_options
 log = logging.getLogger(__name__)
 
 RECOVERY_TIMEOUT_SECONDS = 300.0
+FETCH_MAX_WAIT_MS = 100   # the broker answers a fetch within this, data or not
 W = TypeVar("W")
 
 
@@ -105,7 +106,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
             auto_offset_reset="earliest", isolation_level="read_committed",
             # Range, not aiokafka's default round robin: partition p of every topic to the same worker.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=4 * 1_048_576, fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 1_048_576, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             session_timeout_ms=session_ms, heartbeat_interval_ms=session_ms // 6)
         consumer.subscribe(self.topics, listener=self)
         await consumer.start()

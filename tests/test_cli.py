@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from monitor.events import ConsentEvent, EngagementEvent
+from monitor import settings_reference
 from monitor.settings import Settings
 
 PMON = Path(sys.executable).parent / "pmon"
@@ -83,6 +85,22 @@ def test_monitor_with_an_unknown_initiative_exits_2_naming_the_known_ones(tmp_pa
     line = one_line(result.stderr)
     assert "Nope" in line and "PLG Onboarding" in line and "Pricing Page Recs" in line
     assert "--initiative" in line
+    assert not (tmp_path / "pmon-plans").exists(), "rejected before the replay: nothing was written"
+
+
+def test_monitor_takes_the_initiative_in_any_case_and_suggests_a_near_miss(tmp_path: Path, events_file: Path) -> None:
+    typo = run_pmon("monitor", "--initiative", "PLG Onbording", "--events", str(events_file), cwd=tmp_path)
+    assert typo.returncode == 2 and "did you mean 'PLG Onboarding'?" in one_line(typo.stderr)
+    folded = run_pmon("monitor", "--initiative", "plg onboarding", "--events", str(events_file), cwd=tmp_path)
+    assert folded.returncode == 0, folded.stderr
+    assert "PLG Onboarding" in folded.stdout
+
+
+def test_monitor_over_a_file_without_any_valid_record_says_so(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("not json\n{\"topic\": \"engagement\"}\n")
+    result = run_pmon("monitor", "--initiative", "PLG Onboarding", "--events", str(garbage), cwd=tmp_path)
+    assert result.returncode == 2 and "names no initiative" in one_line(result.stderr)
 
 
 def test_monitor_without_a_reachable_worker_exits_2_saying_how_to_fix(tmp_path: Path) -> None:
@@ -158,7 +176,9 @@ def test_detect_with_a_rate_detector_exits_2_listing_the_usable_ones(tmp_path: P
     assert "seasonal_profile" in one_line(result.stderr)
 
 
-def test_every_setting_is_in_the_configuration_docs() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
-    missing = [name for name in Settings.model_fields if f"| `PMON_{name.upper()}` |" not in readme]
-    assert missing == [], f"docs/configuration.md's table lacks {missing}"
+def test_the_configuration_reference_is_generated_from_the_settings() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    table = doc.split(settings_reference.BEGIN, 1)[1].split(settings_reference.END, 1)[0].strip()
+    assert table == settings_reference.settings_table(), "docs/configuration.md is stale: run `make docs`"
+    assert all(f"| `PMON_{name.upper()}` |" in table for name in Settings.model_fields)
+    assert doctest.testmod(settings_reference).failed == 0

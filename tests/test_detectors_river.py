@@ -373,7 +373,8 @@ def test_every_kpi_has_a_registered_choice() -> None:
 
 # ------------------------------------------------------------------------------------------- doctests
 @pytest.mark.parametrize("module", ["stats", "kpis", "forecasters", "rate_change", "seasonal", "level_shift",
-                                    "multi_metric", "variant_share", "freshness", "backtest"])
+                                    "multi_metric", "variant_share", "freshness", "backtest",
+                                    "kpi_threshold", "conversion_drop"])
 def test_the_seeded_examples_in_the_docstrings_hold(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"detectors.{module}"))
     assert result.attempted > 0 and result.failed == 0

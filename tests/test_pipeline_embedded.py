@@ -35,7 +35,7 @@ Record = tuple[str, bytes | None, bytes]
 def settings(plan_dir: Path) -> Settings:
     # Every setting the assertions depend on is explicit, whatever PMON_* the environment holds.
     return Settings(plan_dir=plan_dir, pseudonym_key=KEY, bucket_seconds=3600, allowed_lateness_seconds=600,
-                    retention_days=30, alert_threshold=0.2, baseline_buckets=72, warmup_buckets=24,
+                    retention_days=30, baseline_buckets=72, warmup_buckets=24,
                     min_exposures=200, significance=0.001, breach_span_buckets=3, recovery_span_buckets=3,
                     escalate_every=6, retry_limit=2, idle_close_seconds=900, topic_prefix="pmon",
                     series_detectors=("conversion_drop",),  # the exact binomial test these settings tune
@@ -245,7 +245,7 @@ async def test_a_new_run_with_another_threshold_continues_the_plan_and_logs_the_
     first = EmbeddedDriver(settings(tmp_path), wall_clock=lambda: 1_800_000_000.0)
     await first.run([engagement(1, GOOD_AT)])
     written = latest(tmp_path, INITIATIVE)
-    assert written is not None and written.thresholds["alert_threshold"] == first.settings.alert_threshold
+    assert written is not None and written.thresholds["alert_threshold"] == first.settings.effective_alert_threshold
 
     changed = settings(tmp_path).model_copy(update={"alert_threshold": 0.35})
     second = EmbeddedDriver(changed, wall_clock=lambda: 1_800_000_000.0)
@@ -253,7 +253,7 @@ async def test_a_new_run_with_another_threshold_continues_the_plan_and_logs_the_
     plan = latest(tmp_path, INITIATIVE)
     assert plan.revision == written.revision + 1
     entries = [e for e in plan.change_log if e.field == "thresholds.alert_threshold"]
-    assert [(e.old, e.new) for e in entries] == [(first.settings.alert_threshold, 0.35)]
+    assert [(e.old, e.new) for e in entries] == [(first.settings.effective_alert_threshold, 0.35)]
 
 
 async def test_a_processing_failure_keeps_the_record_and_raises_monitoring_degraded(tmp_path: Path,

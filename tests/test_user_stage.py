@@ -104,6 +104,22 @@ def test_an_exposure_waits_until_consent_is_read_past_it_so_arrival_order_does_n
     assert decode(encode_message(caught_up.partials[0])) == caught_up.partials[0]  # violations on the wire too
 
 
+def test_an_exposure_produced_in_a_burst_waits_for_the_consent_produced_before_it() -> None:
+    """A backlog's event times are long past; what orders it is when it was produced (the record timestamp)."""
+    produced = WALL - 1.0
+    revoke = records(consent(1, timedelta(minutes=1), "revoked"))
+    burst = [SourceRecord(0, exposure(1, timedelta(minutes=10)), b"u1", timestamp=int(produced * 1000))]
+    users = stage()
+    users.process(0, [], records(consent(0, timedelta(0), "granted")), wall_now=WALL)
+    skew = users.settings.consent_skew_seconds
+    # Consent read to its end, but only just after the exposure was produced: the revocation sent before it
+    # may not have reached its partition yet.
+    early = users.process(0, burst, wall_now=WALL, consent_read_until=produced + skew / 2)
+    assert early.deferred == burst and early.partials == []
+    judged = users.process(0, early.deferred, revoke, wall_now=WALL, consent_read_until=produced + skew)
+    assert judged.deferred == [] and len(judged.partials[0].violations) == 1
+
+
 def test_user_state_survives_its_encoding() -> None:
     users = stage()
     users.process(0, records(exposure(1, timedelta(0), experiment="x", variant="t"),

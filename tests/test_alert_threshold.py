@@ -1,0 +1,91 @@
+"""`--alert-threshold` / PMON_ALERT_THRESHOLD is a real KPI threshold: breached twice, it opens an incident."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from incidents.model import IncidentEvent
+from monitor.events import EngagementEvent, encode
+from monitor.settings import Settings
+from streams.embedded import EmbeddedDriver
+from streams.kafka_io import produce
+from tests.conftest import consume, wait_for
+
+INITIATIVE = "Threshold Test"
+# Hourly buckets of 2,000 exposures at 20 % conversion; then two hours 15 % lower (340 instead of 400
+# conversions: binomial p ~ 1e-3.6, significant at 0.001), then healthy hours again.
+EXPOSURES, CONVERSIONS, DROPPED = 2000, 400, 340
+CLEAN, DROP, AFTER = 6, 2, 4
+DETECTION = dict(warmup_buckets=4, baseline_buckets=6, min_exposures=200, significance=0.001,
+                 breach_span_buckets=3, series_detectors=("volume_cusum",),
+                 consent_default_policy="opt-out", consent_policies={})
+
+
+def _series(t0: datetime) -> list[tuple[str, bytes, bytes]]:
+    records = []
+    n = 0
+    for hour in range(CLEAN + DROP + AFTER):
+        conversions = DROPPED if CLEAN <= hour < CLEAN + DROP else CONVERSIONS
+        for i in range(EXPOSURES + conversions):
+            user = f"u{n % 5000}"
+            event = EngagementEvent(event_id=f"e{n}", event_type="exposure" if i < EXPOSURES else "conversion",
+                                    event_time=t0 + timedelta(hours=hour, seconds=i), user_id=user,
+                                    initiative=INITIATIVE, profile="p", channel="web", variant="control")
+            records.append(("engagement", user.encode(), encode(event)))
+            n += 1
+    closing = EngagementEvent(event_id="close", event_type="exposure", user_id="u0", initiative=INITIATIVE,
+                              event_time=t0 + timedelta(hours=CLEAN + DROP + AFTER + 1), profile="p",
+                              channel="web", variant="control")
+    return records + [("engagement", b"u0", encode(closing))]
+
+
+def _t0() -> datetime:
+    """Two days ago on the hour: inside the retention, behind the wall clock."""
+    now = datetime.now(timezone.utc) - timedelta(days=2)
+    return now.replace(minute=0, second=0, microsecond=0)
+
+
+def _threshold_incidents(incidents: list[IncidentEvent]) -> list[tuple[str, tuple[str, ...]]]:
+    return [(e.transition, tuple(e.series)) for e in incidents if e.kind == "kpi_threshold"]
+
+
+@pytest.mark.parametrize(("threshold", "opens"), [(0.1, True), (0.2, False)])
+def test_a_fifteen_percent_drop_for_two_buckets_opens_an_incident_at_ten_percent_not_at_twenty(
+        tmp_path: Path, threshold: float, opens: bool) -> None:
+    settings = Settings(plan_dir=tmp_path, alert_threshold=threshold, **DETECTION)
+    run = asyncio.run(EmbeddedDriver(settings).run(_series(_t0())))
+    found = _threshold_incidents(run.incidents)
+    if opens:
+        assert ("opened", (f"{INITIATIVE}|p|web|control",)) in found
+        opened = next(e for e in run.incidents if e.kind == "kpi_threshold" and e.transition == "opened")
+        assert opened.evidence.observed == pytest.approx(DROPPED / EXPOSURES)
+        assert opened.evidence.expected == pytest.approx(CONVERSIONS / EXPOSURES)
+    else:
+        assert found == []
+
+
+def test_without_a_threshold_no_threshold_detector_runs(tmp_path: Path) -> None:
+    run = asyncio.run(EmbeddedDriver(Settings(plan_dir=tmp_path, **DETECTION)).run(_series(_t0())))
+    assert _threshold_incidents(run.incidents) == []
+
+
+@pytest.mark.kafka
+def test_the_worker_opens_the_same_threshold_incident(isolated_settings: Any, start_worker: Any) -> None:
+    settings = isolated_settings(alert_threshold=0.1, **DETECTION)
+    asyncio.run(produce(settings, _series(_t0())))
+    worker = start_worker(settings)
+
+    def opened() -> list[IncidentEvent]:
+        incidents = [IncidentEvent.model_validate_json(m.value)
+                     for m in consume(settings, "incidents", want=10**6, timeout=3, settle=0)]
+        return [e for e in incidents if e.kind == "kpi_threshold" and e.transition == "opened"]
+
+    [incident] = wait_for(opened, timeout=240, what="the worker to open the kpi_threshold incident",
+                          on_timeout=worker.log)
+    assert incident.series == [f"{INITIATIVE}|p|web|control"]
+    assert incident.evidence.observed == pytest.approx(DROPPED / EXPOSURES)
