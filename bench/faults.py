@@ -19,9 +19,10 @@ counted ~30 % of the engagement events:
 It then waits for the surviving worker to account for every engagement event
 and compares with the embedded driver: events counted (lost = fewer,
 double-counted = more), late, the report's dashboard and experiment memos,
-and the incident transitions (by event id: a transition re-sent after a
-fault carries the same id). It prints one line per run and a tally per fault;
-the exit code is 1 if any run lost, double-counted or disagreed.
+and the incident transitions, read committed (by event id; the outputs are
+transactional, so a transition sent twice is a defect, counted as re-sent).
+It prints one line per run and a tally per fault; the exit code is 1 if any
+run lost, double-counted or disagreed.
 `tests/test_faults.py` runs one of each in `make test`.
 """
 
@@ -222,7 +223,9 @@ async def _read_topic(settings: Settings, topic: str, timeout: float) -> list[An
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+                                # The worker's outputs are transactional: what an aborted transaction sent is not output.
+                                isolation_level="read_committed")
     await consumer.start()
     found: list[Any] = []
     try:

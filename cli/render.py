@@ -68,6 +68,13 @@ def checklist_table(title: str, items: list[tuple[str, ChecklistItem]], *, show_
     return table
 
 
+def _dead_letters(report: Report) -> str:
+    if not report.dead_letters:
+        return "\ninput: no dead letters"
+    reasons = " · ".join(f"{kind} {n:,}" for kind, n in report.dead_letters.items())
+    return f"\n[bold red]input: {sum(report.dead_letters.values()):,} records dead-lettered[/] ({reasons})"
+
+
 def render_report(report: Report, console: Console | None = None) -> None:
     console = console or Console()
     span = (f"{report.window_start:%Y-%m-%d %H:%M} → {report.window_end:%Y-%m-%d %H:%M} UTC"
@@ -76,7 +83,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
         f"[bold]{report.initiative}[/] · window {report.window} ({span}) · detail {report.detail}\n"
         f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
         f"redelivered and skipped {report.duplicates_skipped:,} · "
-        f"alert threshold {report.alert_threshold * 100:.0f} % relative drop",
+        f"alert threshold {report.alert_threshold * 100:.0f} % relative drop" + _dead_letters(report),
         title="Personalization Monitor"))
     console.print(_dashboard_table("Total", [report.totals], report.alert_threshold))
     for dimension in dict.fromkeys(row.dimension for row in report.dashboard):
@@ -109,6 +116,16 @@ def render_report(report: Report, console: Console | None = None) -> None:
     for change in report.pending_approvals:
         console.print(f"Pending approval: {change['action']} of {change['rule_id']} by {change['author']} "
                       f"at {change['at'][:16]} (ticket {change['ticket'] or 'none'})")
+    if report.backlog:
+        open_items = [item for item in report.backlog if item.status == "open"]
+        backlog = Table(title=f"Backlog ({len(open_items)} open of {len(report.backlog)})", title_justify="left")
+        for column in ("item", "owner", "priority", "due", "status"):
+            backlog.add_column(column)
+        # Summary: the open items only; full: all of them.
+        for item in report.backlog if report.detail == "full" else open_items:
+            backlog.add_row(item.title, item.owner, item.priority,
+                            f"{item.due_at:%m-%d %H:%M}" if item.due_at else "", item.status)
+        console.print(backlog)
     for memo in report.experiments:
         console.print(Panel(Markdown(render_memo(memo, detail=report.detail)),
                             title=f"Experiment memo: {memo.summary.experiment}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from incidents.exceptions import UnknownIncidentKind
@@ -116,6 +117,20 @@ def playbook_for(kind: str) -> Playbook:
         return PLAYBOOKS[kind]
     except KeyError:
         raise UnknownIncidentKind(f"no playbook for incident kind {kind!r}; known kinds: {sorted(PLAYBOOKS)}") from None
+
+
+def playbook_steps(kind: str) -> tuple[str, ...]:
+    """A playbook's numbered steps ("1) ... 2) ..."), or its whole text as one step.
+
+    >>> playbook_steps("ctr_drop")[0]
+    'Check what the series now shows (rule changes, content, layout) in the preceding hours.'
+    >>> len(playbook_steps("volume_drop"))
+    1
+    """
+    text = playbook_for(kind).text
+    parts = re.split(r"\s*\d\) ", text)
+    steps = tuple(part.strip() for part in parts[1:] if part.strip())
+    return steps or (text,)
 
 
 def owner_at(rung: int) -> str:

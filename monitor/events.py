@@ -120,6 +120,21 @@ class DeadLetter(_Record):
         return base64.b64decode(self.value_b64)
 
 
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason without its particulars (values, times): a bounded set to count by.
+
+    >>> reason_kind("invalid EngagementEvent: revenue: Input should be greater than or equal to 0")
+    'invalid EngagementEvent: revenue'
+    >>> reason_kind("event_time 2026-11-02T10:00:00+00:00 is 7200 s ahead of the wall clock (PMON_MAX_FUTURE_SECONDS=3600)")
+    'event_time ahead of the wall clock'
+    >>> reason_kind("empty value (a tombstone): input records must carry an event")
+    'empty value (a tombstone)'
+    """
+    if reason.startswith("event_time ") and "ahead of the wall clock" in reason:
+        return "event_time ahead of the wall clock"
+    return ": ".join(reason.split(": ")[:2 if reason.startswith("invalid ") else 1])
+
+
 INPUT_MODELS: dict[str, type[_Record]] = {
     "engagement": EngagementEvent,
     "consent": ConsentEvent,

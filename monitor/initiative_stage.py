@@ -34,7 +34,7 @@ from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.degraded import degraded_incident
 from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentEvent
-from incidents.playbooks import owner_at
+from incidents.playbooks import owner_at, playbook_steps
 from monitor.events import DeadLetter, RuleChangeEvent, decode
 from monitor.exceptions import DecodeError
 from monitor.messages import Message, Partial, RuleChange
@@ -520,7 +520,8 @@ class InitiativeStage:
             self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
             outputs.incidents.append(incident)
             if plan is not None:
-                plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at)
+                plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at,
+                                     steps=playbook_steps(incident.kind))
         if incidents:
             self._governance[initiative] = governance
         if plan is not None and (incidents or governance_changed):

@@ -137,6 +137,9 @@ class Partial:
     mark: float | None = None
     buckets: dict[float, BucketPartial] = field(default_factory=dict)   # by bucket start (epoch seconds)
     violations: list[Violation] = field(default_factory=list)
+    # Dead letters of the source partition's batch, by reason kind (`monitor.events.reason_kind`); sent with
+    # the offset range, so a redelivery is not counted twice.
+    dead_letters: dict[str, int] = field(default_factory=dict)
 
     def events(self) -> int:
         return sum(b.events() for b in self.buckets.values())
@@ -158,6 +161,8 @@ class Partial:
             else:
                 known.merge(bucket)
         self.violations.extend(later.violations)
+        for kind, n in later.dead_letters.items():
+            self.dead_letters[kind] = self.dead_letters.get(kind, 0) + n
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +196,8 @@ def encode(message: Message) -> bytes:
             "mark": message.mark,
             "buckets": [[start, bucket.to_wire(message.initiative)]
                         for start, bucket in sorted(message.buckets.items())],
-            "violations": _violations_to_wire(message.initiative, message.violations)})
+            "violations": _violations_to_wire(message.initiative, message.violations),
+            **({"dead": message.dead_letters} if message.dead_letters else {})})
     if isinstance(message, Tick):
         return orjson.dumps({"type": "tick", "initiative": message.initiative})
     if isinstance(message, RuleChange):
@@ -211,7 +217,8 @@ def decode(raw: bytes) -> Message:
                 source=None if source is None else SourceRange(*source), mark=data["mark"],
                 buckets={float(start): BucketPartial.from_wire(bucket, data["initiative"])
                          for start, bucket in data["buckets"]},
-                violations=_violations_from_wire(data["initiative"], data["violations"]))
+                violations=_violations_from_wire(data["initiative"], data["violations"]),
+                dead_letters=data.get("dead", {}))
         if kind == "tick":
             return Tick(data["initiative"])
         if kind == "rule_change":

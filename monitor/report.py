@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from experiments.memo import ExperimentMemo
 from governance.scan import GovernanceState
 from incidents.model import IncidentEvent
-from plans.document import ChecklistItem
+from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
 
 if TYPE_CHECKING:  # the stage imports nothing from here; the annotation only documents the argument
@@ -95,6 +95,9 @@ class Report(BaseModel):
     counted_events: int
     late_dropped: int
     duplicates_skipped: int = Field(0, description="Redelivered records not counted twice.")
+    dead_letters: dict[str, int] = Field(default_factory=dict, description=(
+        "Input records sent to the dead-letter topic since the initiative was first seen, by reason (values "
+        "left out); counted with the engagement batches they arrived in."))
     source_offsets_lost: int = Field(0, description="Source offsets no partial covered: lost between the stages, "
                                                     "each gap also a monitoring_degraded incident.")
     plan_revision: int | None
@@ -104,6 +107,9 @@ class Report(BaseModel):
     pending_approvals: list[dict] = Field(description="Rule changes waiting for an approver.")
     experiments: list[ExperimentMemo] = Field(description="Per experiment of the initiative, the latest readout, "
                                                           "recommendation and memo.")
+    backlog: list[BacklogItem] = Field(default_factory=list, description=(
+        "The plan's backlog: each incident's remediation steps and post-incident review, with owner and due "
+        "time; open items first, soonest due first."))
 
 
 def _rates(dimension: str, value: str, window: Counters, recent: Counters, threshold: float) -> DashboardRow:
@@ -188,7 +194,10 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         incidents=[_incident_line(*pair) for pair in incidents],
         warming_up=warming,
         counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates, source_offsets_lost=clock.gaps,
+        dead_letters=dict(sorted(clock.dead_letters.items(), key=lambda kv: -kv[1])),
         plan_revision=plan.revision if plan is not None else None,
+        backlog=sorted(plan.backlog if plan is not None else (),
+                       key=lambda b: (b.status != "open", b.due_at or b.created_at, b.id)),
         plan_dir=str(settings.plan_dir),
         governance_checklist=list(pipeline.governance.checklist(governance)),
         consent_adherence=[AdherenceLine(channel=channel, personalized=n, violations=v,

@@ -36,7 +36,7 @@ import orjson
 from experiments.state import ExperimentTotals, UserRecord, observe_event
 from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Violation
 from governance.variant_balance import first_in_hour
-from monitor.events import DeadLetter
+from monitor.events import DeadLetter, reason_kind
 from monitor.exceptions import DecodeError
 from monitor.messages import BucketPartial, Counters, Partial, SourceRange
 from monitor.pseudonym import Pseudonymiser
@@ -226,7 +226,7 @@ class _Batch:
     """The working set of one batch: decoded user states, partials by initiative, progress."""
 
     __slots__ = ("stage", "partition", "wall_now", "result", "partials", "progress", "first", "last",
-                 "violations", "user", "deltas")
+                 "violations", "user", "deltas", "dead")
 
     def __init__(self, stage: UserStage, partition: int, wall_now: float) -> None:
         self.stage = stage
@@ -237,6 +237,7 @@ class _Batch:
         self.deltas: dict[tuple[str, float, str], list[ExperimentTotals]] = {}   # summed once, at the end
         self.partials: dict[str, dict[float, BucketPartial]] = {}
         self.violations: dict[str, list[Violation]] = {}
+        self.dead: dict[str, int] = {}   # dead letters by reason kind, told to every initiative with the range
         self.progress = stage.progress(partition)
         self.first: int | None = None
         self.last: int | None = None
@@ -247,7 +248,7 @@ class _Batch:
             event: Consent = decode_consent(_value(record), stage._pseudonym)
             stage._admit_time(event.at, self.wall_now)
         except DecodeError as exc:
-            self.result.dead_letters.append(stage._dead_letter("consent", record, self.partition, exc))
+            self.dead_letter("consent", record, exc)
             return
         marks = stage._consent_marks
         if event.at > marks.get(self.partition, -math.inf):
@@ -266,7 +267,7 @@ class _Batch:
             event: Engagement = decode_engagement(_value(record), stage._pseudonym)
             stage._admit_time(event.at, self.wall_now)
         except DecodeError as exc:
-            self.result.dead_letters.append(stage._dead_letter("engagement", record, self.partition, exc))
+            self.dead_letter("engagement", record, exc)
             self.cover(record.offset)
             return True
         exposure = event.event_type == "exposure"
@@ -341,6 +342,11 @@ class _Batch:
             fallback=event.fallback, consented=judgement.consented, first_in_hour=first,
             first_fallback_in_hour=first_fallback)
 
+    def dead_letter(self, topic: str, record: SourceRecord, exc: DecodeError) -> None:
+        self.result.dead_letters.append(self.stage._dead_letter(topic, record, self.partition, exc))
+        kind = reason_kind(exc.reason)
+        self.dead[kind] = self.dead.get(kind, 0) + 1
+
     def cover(self, offset: int) -> None:
         if self.first is None:
             self.first = offset
@@ -365,7 +371,8 @@ class _Batch:
             result.partials.append(Partial(
                 initiative=initiative, partition=self.partition,
                 source=source if initiative in told else None, mark=progress.mark,
-                buckets=self.partials.get(initiative, {}), violations=self.violations.get(initiative, [])))
+                buckets=self.partials.get(initiative, {}), violations=self.violations.get(initiative, []),
+                dead_letters=dict(self.dead) if initiative in told else {}))
         if source is not None:
             self.stage._dirty_progress.add(self.partition)
         return result

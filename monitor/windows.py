@@ -78,6 +78,7 @@ class InitiativeClock:
     partition_offsets: dict[int, int] = field(default_factory=dict)  # last source offset applied
     duplicates: int = 0   # partials applied before (redelivered), skipped
     gaps: int = 0         # source offsets no partial covered (lost between the stages)
+    dead_letters: dict[str, int] = field(default_factory=dict)  # by reason kind, since the initiative was first seen
     roster: dict[str, float] = field(default_factory=dict)  # series -> end of the last closed bucket it had events in
 
 
@@ -154,6 +155,8 @@ class WindowKeeper:
                 gap = source.first - applied - 1
                 clock.gaps += gap
             clock.partition_offsets[source.partition] = source.last
+            for kind, n in partial.dead_letters.items():
+                clock.dead_letters[kind] = clock.dead_letters.get(kind, 0) + n
         self.clocks[initiative] = clock
         late: dict[str, ExperimentTotals] = {}
         counted = late_events = 0

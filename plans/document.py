@@ -238,6 +238,7 @@ class BacklogItem(_PlanModel):
     source: str | None = None
     status: BacklogStatus = "open"
     created_at: UtcDatetime
+    due_at: UtcDatetime | None = None
 
 
 class Approval(_PlanModel):
@@ -612,27 +613,36 @@ def with_metric(
                    change_log=plan.change_log + entries)
 
 
-def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime) -> PlanDocument:
+# How soon backlog work is due after it was created, by what it is and the incident's severity:
+# remediation steps first, the review once the incident is understood.
+DUE_WITHIN: dict[tuple[str, str], timedelta] = {
+    ("step", "critical"): timedelta(hours=4), ("step", "warning"): timedelta(days=1),
+    ("review", "critical"): timedelta(days=2), ("review", "warning"): timedelta(days=5)}
+
+
+def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
+                  steps: Iterable[str] = ()) -> PlanDocument:
     """`plan` with the incident upserted among the open ones, or removed once resolved.
 
-    The first time an incident id reaches the plan, a "post-incident review"
-    backlog item owned by the incident's owner is added; its id is derived from
-    the incident id, so a replayed or repeated incident never adds a second one.
+    The first time an incident id reaches the plan, its remediation `steps` (the
+    playbook's) and a "post-incident review" become backlog items owned by the
+    incident's owner, due per `DUE_WITHIN`; their ids are derived from the
+    incident id, so a replayed or repeated incident never adds them twice.
 
     >>> from datetime import datetime, timezone
     >>> t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
     >>> plan = new_plan("Demo", thresholds={}, at=t0)
     >>> incident = IncidentSummary(incident_id="inc-1", kind="conversion_drop", severity="warning",
     ...                            owner="Testing Lead", opened_at=t0, last_transition=t0)
-    >>> opened = with_incident(plan, incident, at=t0)
-    >>> [i.incident_id for i in opened.open_incidents], [b.id for b in opened.backlog]
-    (['inc-1'], ['review-inc-1'])
+    >>> opened = with_incident(plan, incident, at=t0, steps=["Check rule changes."])
+    >>> [i.incident_id for i in opened.open_incidents], [(b.id, b.due_at.day) for b in opened.backlog]
+    (['inc-1'], [('inc-1-step-1', 2), ('review-inc-1', 6)])
     >>> with_incident(opened, incident, at=t0) is opened
     True
     >>> resolved = incident.model_copy(update={"status": "resolved"})
     >>> closed = with_incident(opened, resolved, at=t0)
     >>> closed.open_incidents, [b.id for b in closed.backlog]
-    ((), ['review-inc-1'])
+    ((), ['inc-1-step-1', 'review-inc-1'])
     """
     updates: dict[str, Any] = {}
     current = plan.incident(summary.incident_id)
@@ -646,11 +656,15 @@ def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime)
     # Also for an incident first seen resolved (e.g. the plan was lost and rebuilt):
     # it still deserves a review.
     if all(item.id != review_id for item in plan.backlog):
-        review = {
-            "id": review_id, "title": f"{POST_INCIDENT_REVIEW}: {summary.kind}", "owner": summary.owner,
-            "priority": "P1" if summary.severity == "critical" else "P2",
-            "source": summary.incident_id, "created_at": max(_aware(at), plan.updated_at)}
-        updates["backlog"] = (*plan.backlog, review)
+        created = max(_aware(at), plan.updated_at)
+        severity = "critical" if summary.severity == "critical" else "warning"
+        common = {"owner": summary.owner, "priority": "P1" if severity == "critical" else "P2",
+                  "source": summary.incident_id, "created_at": created}
+        items = [{**common, "id": f"{summary.incident_id}-step-{n}", "title": f"{summary.kind}: {step}"[:200],
+                  "due_at": created + DUE_WITHIN["step", severity]} for n, step in enumerate(steps, start=1)]
+        items.append({**common, "id": review_id, "title": f"{POST_INCIDENT_REVIEW}: {summary.kind}",
+                      "due_at": created + DUE_WITHIN["review", severity]})
+        updates["backlog"] = (*plan.backlog, *items)
     if not updates:
         return plan
     return _revise(plan, at=at, **updates)

@@ -69,7 +69,8 @@ class UserIngest(PartitionedService[_Users]):
         super().__init__(settings, metrics, group_id=f"{settings.app_id}-users",
                          topics=[self.engagement_topic, self.consent_topic],
                          changelog_topic=USERS_CHANGELOG.format(app_id=settings.app_id),
-                         owned_gauge=metrics.stage1_partitions)
+                         owned_gauge=metrics.stage1_partitions,
+                         counted={self.engagement_topic: "engagement", self.consent_topic: "consent"})
 
     def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> _Users:
         return _Users(UserStage(self.settings, store))
@@ -81,8 +82,6 @@ class UserIngest(PartitionedService[_Users]):
         work = owned.work
         fetched = records.get(self.engagement_topic, [])
         consent = records.get(self.consent_topic, [])
-        self.metrics.records.labels(topic="engagement").inc(len(fetched))
-        self.metrics.records.labels(topic="consent").inc(len(consent))
         # aiokafka's records have the fields of a SourceRecord: no copy per record.
         engagement = work.deferred + fetched if work.deferred else fetched
         result = work.stage.process(p, engagement, consent, wall_now=time.time(),

@@ -53,13 +53,15 @@ class Owned(Generic[W]):
     committed: dict[TopicPartition, int]        # where a failed transaction reads again from
     opened: float | None = None                 # monotonic time the open transaction began
     offsets: dict[TopicPartition, int] = field(default_factory=dict)   # to commit with it
+    received: dict[str, int] = field(default_factory=dict)   # records read in it, by metric label
 
 
 class PartitionedService(ConsumerRebalanceListener, Generic[W]):
     """`run()` until cancelled; the step under way runs to its end and what is open is committed."""
 
     def __init__(self, settings: Settings, metrics: PipelineMetrics, *, group_id: str, topics: list[str],
-                 changelog_topic: str, owned_gauge: Gauge) -> None:
+                 changelog_topic: str, owned_gauge: Gauge, counted: dict[str, str] | None = None) -> None:
+        """`counted`: input topics whose records `pmon_records_total` counts, by the label it gives them."""
         self.settings = settings
         self.metrics = metrics
         self.group_id = group_id
@@ -67,6 +69,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         self.changelog_topic = changelog_topic
         self.partitions: dict[int, Owned[W]] = {}
         self._owned_gauge = owned_gauge
+        self._counted = counted or {}
         self._lock = asyncio.Lock()   # one step, or one rebalance, at a time
         self._consumer: AIOKafkaConsumer | None = None
         self._failures = 0            # transactions failed in a row
@@ -147,6 +150,9 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         async with self._lock:
             for p, owned in list(self.partitions.items()):
                 records = by_partition.get(p, {})
+                for topic, label in self._counted.items():
+                    if records.get(topic):
+                        owned.received[label] = owned.received.get(label, 0) + len(records[topic])
                 try:
                     if records or self.due(owned):
                         await self.step(p, owned, records)
@@ -174,7 +180,10 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         await owned.producer.commit_transaction()
         self.committed(owned, writes)
         owned.committed.update(owned.offsets)
-        owned.offsets, owned.opened = {}, None
+        # Counted once committed: records read again after a failed transaction are not counted twice.
+        for label, n in owned.received.items():
+            self.metrics.records.labels(topic=label).inc(n)
+        owned.offsets, owned.opened, owned.received = {}, None, {}
         self._failures = 0
 
     async def _failed(self, p: int, owned: Owned[W], error: Exception) -> None:
@@ -190,7 +199,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
             except KafkaError as exc:
                 log.warning("abort of partition %d's transaction failed too: %r", p, exc)
         self.forget(p, owned)
-        owned.offsets, owned.opened = {}, None
+        owned.offsets, owned.opened, owned.received = {}, None, {}
         for tp in (TopicPartition(topic, p) for topic in self.topics):
             if tp in owned.committed:
                 self._consumer.seek(tp, owned.committed[tp])

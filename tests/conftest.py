@@ -169,7 +169,7 @@ async def _consume(settings: Settings, topic: str, *, want: int, timeout: float,
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
                                 group_id=f"reader-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     messages: list[Any] = []
     try:

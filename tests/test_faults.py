@@ -27,3 +27,4 @@ def test_a_fault_neither_loses_nor_double_counts_and_matches_the_embedded_driver
     assert result.lost == 0, f"{result.lost:,} events lost ({result.reported_lost:,} reported lost by stage 2)"
     assert 0 < result.at_fault < result.expected, "the fault came while the worker was in the stream"
     assert result.differences == []
+    assert result.duplicate_transitions == 0, "outputs commit exactly once: no transition may be sent twice"

@@ -11,12 +11,14 @@ import pytest
 
 from incidents.breach_policy import period_of
 from incidents.model import incident_id
+from incidents.playbooks import playbook_steps
 from plans.document import post_incident_review_id
 from plans.plan_sink import latest, plan_files
 from streams.embedded import EmbeddedDriver, EmbeddedRun
-from monitor.events import ConsentEvent, EngagementEvent, encode
+from monitor.events import ConsentEvent, EngagementEvent, encode, reason_kind
 from monitor.messages import Partial, decode as decode_message
 from monitor.pseudonym import Pseudonymiser
+from monitor.report import ReportRequest, build_report
 from monitor.user_stage import decode_user
 from monitor.settings import Settings
 
@@ -156,6 +158,13 @@ async def test_every_bad_record_in_a_stream_is_dead_lettered_once_in_order_of_it
     assert by_topic == {"pmon.engagement": [raw for _, raw, _ in BAD_RECORDS], "pmon.consent": [b"\xff\xfe not utf-8"]}
     assert len(run.dead_letters) == len(BAD_RECORDS) + 1
     assert embedded.initiative_stage.state.clocks[INITIATIVE].counted == len(BAD_RECORDS)
+    # The report says so, by reason, without the records' particulars.
+    report = build_report(embedded.initiative_stage, ReportRequest(initiative=INITIATIVE))
+    expected: dict[str, int] = {}
+    for letter in run.dead_letters:
+        expected[reason_kind(letter.reason)] = expected.get(reason_kind(letter.reason), 0) + 1
+    assert report.dead_letters == expected and sum(expected.values()) == len(BAD_RECORDS) + 1
+    assert "not JSON" in report.dead_letters and not any("1970" in kind for kind in report.dead_letters)
 
 
 async def test_one_event_from_the_far_future_does_not_make_the_rest_of_the_stream_late(tmp_path: Path) -> None:
@@ -199,7 +208,10 @@ async def test_a_planted_dip_opens_one_incident_and_resolves_it(tmp_path: Path, 
 
     plan = latest(tmp_path, INITIATIVE)
     assert plan is not None and plan.open_incidents == ()
-    assert [b.id for b in plan.backlog] == [post_incident_review_id(expected_id)]
+    steps = [b for b in plan.backlog if b.id != post_incident_review_id(expected_id)]
+    assert [b.id for b in plan.backlog][-1] == post_incident_review_id(expected_id)
+    assert [b.title for b in steps] == [f"conversion_drop: {step}" for step in playbook_steps("conversion_drop")]
+    assert all(b.owner == "Testing Lead" and b.due_at > b.created_at for b in plan.backlog)
     files = plan_files(tmp_path, INITIATIVE)
     assert len(files) >= 3  # at least: created, incident opened, incident resolved
     assert all(path.is_relative_to(tmp_path) for path in files)

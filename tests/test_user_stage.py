@@ -120,6 +120,15 @@ def test_an_exposure_produced_in_a_burst_waits_for_the_consent_produced_before_i
     assert judged.deferred == [] and len(judged.partials[0].violations) == 1
 
 
+def test_a_batch_tells_its_dead_letters_by_reason_to_every_initiative_with_its_range() -> None:
+    users = stage()
+    users.process(0, records(exposure(1, timedelta(0), initiative="B")), wall_now=WALL)
+    result = users.process(0, records(b"{not json", exposure(2, timedelta(0)), None, first=5), wall_now=WALL)
+    assert {p.initiative: p.dead_letters for p in result.partials} == {
+        "A": {"not JSON": 1, "empty value (a tombstone)": 1}, "B": {"not JSON": 1, "empty value (a tombstone)": 1}}
+    assert decode(encode_message(result.partials[0])).dead_letters == result.partials[0].dead_letters
+
+
 def test_user_state_survives_its_encoding() -> None:
     users = stage()
     users.process(0, records(exposure(1, timedelta(0), experiment="x", variant="t"),
