@@ -336,13 +336,26 @@ class InitiativeStage:
             except PlanError as exc:
                 log.warning("starting a new plan for %s: the stored one is unusable: %s", initiative, exc)
         if plan is None:
-            updated = new_plan(initiative, thresholds=self._thresholds, at=at,
-                               feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
-        else:
-            updated = with_thresholds(plan, self._thresholds, at=at, actor=self._settings_actor,
-                                      reason="thresholds or cadence differ from the previous run's")
-        self._plans[initiative] = updated
-        return Outputs(plans=[updated] if updated is not plan else [])
+            self._plans[initiative] = created = new_plan(
+                initiative, thresholds=self._thresholds, at=at,
+                feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
+            return Outputs(plans=[created])
+        self._plans[initiative] = plan
+        return self._publish(initiative, with_thresholds(plan, self._thresholds, at=at, actor=self._settings_actor,
+                                                         reason="thresholds or cadence differ from the previous run's"))
+
+    def _publish(self, initiative: str, plan: PlanDocument) -> Outputs:
+        """Keep `plan` as the initiative's and write it, if it changed: ONE revision after the last one written,
+        however many changes the step made (each `with_*` counts one)."""
+        previous = self._plans.get(initiative)
+        if previous is not None:
+            # Unchanged keeps its revision (`with_*` returns the plan itself); compared by number, not identity,
+            # because the worker's tables hand out a fresh copy at every read.
+            if plan.revision == previous.revision:
+                return Outputs()
+            plan = plan.model_copy(update={"revision": previous.revision + 1})
+        self._plans[initiative] = plan
+        return Outputs(plans=[plan])
 
     def _new_detector(self, name: str) -> BucketDetector:
         # The threshold tests are the ones tuned by PMON_* settings.
@@ -417,9 +430,8 @@ class InitiativeStage:
                     plan = with_experiment_memo(plan, memo.summary, at=_utc(row.end))
         if experiments:
             self._experiments[row.initiative] = experiments
-        if plan is not None and plan is not self._plans.get(row.initiative):
-            self._plans[row.initiative] = plan
-            outputs.plans.append(plan)
+        if plan is not None:
+            outputs.extend(self._publish(row.initiative, plan))
         return outputs
 
     def _investigation_flags(self, initiative: str, experiment: str) -> list[InvestigationFlag]:
@@ -528,9 +540,8 @@ class InitiativeStage:
             stamps = [i.occurred_at for i in incidents] + ([_utc(until)] if until > float("-inf") else [])
             at = max(stamps, default=plan.updated_at)
             plan = self._govern_plan(plan, governance, at)
-        if plan is not None and plan is not self._plans.get(initiative):
-            self._plans[initiative] = plan
-            outputs.plans.append(plan)
+        if plan is not None:
+            outputs.extend(self._publish(initiative, plan))
         return outputs
 
     def _govern_plan(self, plan: PlanDocument, governance: GovernanceState, at: datetime) -> PlanDocument:

@@ -12,7 +12,7 @@ import pytest
 from incidents.breach_policy import period_of
 from incidents.model import incident_id
 from incidents.playbooks import playbook_steps
-from plans.document import post_incident_review_id
+from plans.document import PlanDocument, post_incident_review_id
 from plans.plan_sink import latest, plan_files
 from streams.embedded import EmbeddedDriver, EmbeddedRun
 from monitor.events import ConsentEvent, EngagementEvent, encode, reason_kind
@@ -214,6 +214,9 @@ async def test_a_planted_dip_opens_one_incident_and_resolves_it(tmp_path: Path, 
     assert all(b.owner == "Testing Lead" and b.due_at > b.created_at for b in plan.backlog)
     files = plan_files(tmp_path, INITIATIVE)
     assert len(files) >= 3  # at least: created, incident opened, incident resolved
+    # One file per revision, none skipped: a step's several changes are one revision.
+    assert [PlanDocument.model_validate_json(path.read_bytes()).revision for path in files] == \
+        list(range(1, len(files) + 1))
     assert all(path.is_relative_to(tmp_path) for path in files)
 
 
