@@ -1,4 +1,4 @@
-"""`pmon`: demo, simulate, worker, monitor, schemas.
+"""`pmon`: demo, simulate, worker, monitor, detect, plan, schemas.
 
 Misuse prints one line, `pmon <command>: error: <what> — <how to fix>`, and
 exits with code 2.
@@ -456,6 +456,104 @@ def _read_series(path: Path, source: Any) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"{path}:{line}: value {row['value']!r} is not a number") from None
         yield (when if when.tzinfo else when.replace(tzinfo=timezone.utc)), value
+
+
+# --------------------------------------------------------------------------- plan
+@pmon.group()
+def plan() -> None:
+    """Read a plan's history: its latest revision, its revision log, and what changed between two."""
+
+
+_initiative_option = click.option("--initiative", required=True, help='Initiative name, e.g. "PLG Onboarding".')
+_plan_dir_option = click.option("--plan-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                                help="Where the plans are (default PMON_PLAN_DIR).")
+
+
+def _revisions(initiative: str, plan_dir: Path | None) -> list[Any]:
+    from plans.exceptions import PlanError
+    from plans.history import revisions
+
+    directory = plan_dir or _settings().plan_dir
+    try:
+        documents = revisions(directory, initiative)
+    except PlanError as exc:
+        _fail(f"{exc} — fix or remove that file")
+    if not documents:
+        stored = sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
+        _fail(f"no plan of {initiative!r} in {directory} — the plans there: {', '.join(stored) or 'none'}; "
+              f"pass --plan-dir or run the monitor first")
+    return documents
+
+
+def _revision(documents: list[Any], number: int | None) -> Any:
+    if number is None:
+        return documents[-1]
+    found = next((d for d in documents if d.revision == number), None)
+    if found is None:
+        _fail(f"no revision {number} — the stored ones are {documents[0].revision} to {documents[-1].revision}")
+    return found
+
+
+@plan.command("show")
+@_initiative_option
+@_plan_dir_option
+@click.option("--revision", type=click.IntRange(min=1), default=None, help="A stored revision (default the latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan document itself.")
+def plan_show(initiative: str, plan_dir: Path | None, revision: int | None, as_json: bool) -> None:
+    """The plan as of a revision: stages, feeds, metrics, open incidents, backlog."""
+    document = _revision(_revisions(initiative, plan_dir), revision)
+    if as_json:
+        click.echo(document.model_dump_json(indent=2))
+        return
+    from cli.render import render_plan
+
+    render_plan(document, _console())
+
+
+@plan.command("log")
+@_initiative_option
+@_plan_dir_option
+def plan_log(initiative: str, plan_dir: Path | None) -> None:
+    """Every stored revision, when it was written and what it changed; then the audited change log."""
+    from plans.history import diff
+
+    documents = _revisions(initiative, plan_dir)
+    for previous, document in zip([None, *documents], documents):
+        if previous is None:
+            what = "created"
+        else:
+            fields = sorted({path.split(".")[0].split("[")[0] for path, _, _ in diff(previous, document)}
+                            - {"revision", "updated_at"})
+            what = ", ".join(fields) or "no field changed"
+        click.echo(f"r{document.revision:<5} {document.updated_at:%Y-%m-%d %H:%M} UTC  {what}")
+    entries = documents[-1].change_log
+    click.echo(f"change log ({len(entries)} entries):")
+    for entry in entries:
+        click.echo(f"  {entry.at:%Y-%m-%d %H:%M} {entry.actor}: {entry.field} {entry.old!r} -> {entry.new!r}"
+                   + (f" ({entry.reason})" if entry.reason else ""))
+
+
+@plan.command("diff")
+@_initiative_option
+@_plan_dir_option
+@click.option("--from", "first", type=click.IntRange(min=1), default=None, help="Default: the one before --to.")
+@click.option("--to", "last", type=click.IntRange(min=1), default=None, help="Default: the latest revision.")
+def plan_diff(initiative: str, plan_dir: Path | None, first: int | None, last: int | None) -> None:
+    """What changed between two revisions, one line per field."""
+    from plans.history import diff
+
+    documents = _revisions(initiative, plan_dir)
+    new = _revision(documents, last)
+    if first is None:
+        older = [d for d in documents if d.revision < new.revision]
+        if not older:
+            _fail(f"revision {new.revision} is the first — pass --to a later one")
+        old = older[-1]
+    else:
+        old = _revision(documents, first)
+    click.echo(f"r{old.revision} -> r{new.revision}")
+    for path, before, after in diff(old, new):
+        click.echo(f"  {path}: {before!r} -> {after!r}")
 
 
 # --------------------------------------------------------------------------- schemas

@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from experiments.memo import render_memo
-from plans.document import ChecklistItem
+from plans.document import ChecklistItem, PlanDocument
 from monitor.report import DashboardRow, Report
 
 
@@ -133,3 +133,30 @@ def render_report(report: Report, console: Console | None = None) -> None:
     console.print(f"Series still warming up (no alerts yet): {warming}")
     revision = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"
     console.print(f"Plan: {revision}, in {report.plan_dir}/")
+
+
+def render_plan(plan: PlanDocument, console: Console) -> None:
+    """One plan revision: header, stages, feeds, success metrics, open incidents, backlog."""
+    console.print(Panel(f"[bold]{plan.initiative}[/] · revision {plan.revision} · written "
+                        f"{plan.updated_at:%Y-%m-%d %H:%M} UTC · pattern {plan.pattern} · "
+                        f"{len(plan.change_log)} change-log entries", title="Plan"))
+    tables = [
+        ("Stages", ("stage", "status", "owner"), [(s.name, s.status, s.owner_role) for s in plan.stages]),
+        ("Feeds", ("feed", "status", "last event"),
+         [(f.name, f.status, f"{f.last_event_time:%m-%d %H:%M}" if f.last_event_time else "") for f in plan.feeds]),
+        ("Success metrics", ("metric", "current", "target", "unit"),
+         [(m.name, "" if m.current is None else f"{m.current:g}", f"{m.direction} {m.target:g}", m.unit)
+          for m in plan.success_metrics]),
+        ("Open incidents", ("incident", "kind", "severity", "owner", "opened"),
+         [(i.incident_id, i.kind, i.severity, i.owner, f"{i.opened_at:%m-%d %H:%M}") for i in plan.open_incidents]),
+        ("Backlog", ("item", "owner", "priority", "due", "status"),
+         [(b.title, b.owner, b.priority, f"{b.due_at:%m-%d %H:%M}" if b.due_at else "", b.status)
+          for b in plan.backlog]),
+    ]
+    for title, columns, rows in tables:
+        table = Table(title=f"{title} ({len(rows)})", title_justify="left")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)

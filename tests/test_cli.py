@@ -85,7 +85,7 @@ def test_monitor_with_an_unknown_initiative_exits_2_naming_the_known_ones(tmp_pa
     line = one_line(result.stderr)
     assert "Nope" in line and "PLG Onboarding" in line and "Pricing Page Recs" in line
     assert "--initiative" in line
-    assert not (tmp_path / "pmon-plans").exists(), "rejected before the replay: nothing was written"
+    assert not (tmp_path / "plans").exists(), "rejected before the replay: nothing was written"
 
 
 def test_monitor_takes_the_initiative_in_any_case_and_suggests_a_near_miss(tmp_path: Path, events_file: Path) -> None:
@@ -101,6 +101,26 @@ def test_monitor_over_a_file_without_any_valid_record_says_so(tmp_path: Path) ->
     garbage.write_text("not json\n{\"topic\": \"engagement\"}\n")
     result = run_pmon("monitor", "--initiative", "PLG Onboarding", "--events", str(garbage), cwd=tmp_path)
     assert result.returncode == 2 and "names no initiative" in one_line(result.stderr)
+
+
+def test_plan_log_diff_and_show_read_the_history_a_threshold_change_left(tmp_path: Path, events_file: Path) -> None:
+    for threshold in ("0.3", "0.25"):
+        ran = run_pmon("monitor", "--initiative", "PLG Onboarding", "--events", str(events_file),
+                       "--alert-threshold", threshold, cwd=tmp_path)
+        assert ran.returncode == 0, ran.stderr
+    log = run_pmon("plan", "log", "--initiative", "plg onboarding", cwd=tmp_path)
+    assert log.returncode == 0, log.stderr
+    assert log.stdout.startswith("r1 ") and "created" in log.stdout
+    [entry] = [line for line in log.stdout.splitlines() if "thresholds.alert_threshold" in line]
+    assert "0.3 -> 0.25" in entry and "`pmon monitor` options" in entry
+    diff = run_pmon("plan", "diff", "--initiative", "PLG Onboarding", cwd=tmp_path)
+    assert diff.returncode == 0 and "thresholds.alert_threshold: 0.3 -> 0.25" in diff.stdout
+    shown = run_pmon("plan", "show", "--initiative", "PLG Onboarding", "--json", cwd=tmp_path)
+    latest = orjson.loads(shown.stdout)
+    assert latest["thresholds"]["alert_threshold"] == 0.25 and diff.stdout.startswith(
+        f"r{latest['revision'] - 1} -> r{latest['revision']}")
+    missing = run_pmon("plan", "show", "--initiative", "Nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "plg-onboarding" in one_line(missing.stderr)
 
 
 def test_monitor_without_a_reachable_worker_exits_2_saying_how_to_fix(tmp_path: Path) -> None:
