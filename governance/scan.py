@@ -8,6 +8,7 @@ checklist (`checklist`) is built from that state for the report and the plan.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +35,18 @@ LIVE_SECONDS = 86_400  # a rule serves a live experiment if its exposures carrie
 # What the per-user stage found about an exposure, as bits sent along with it to the per-initiative stage.
 CONSENTED, FIRST_IN_HOUR, FIRST_FALLBACK_IN_HOUR = 1, 2, 4
 
+
+
+def adherence_pct(personalized: int, violations: int) -> float | None:
+    """Share of personalized exposures that had consent, in %, rounded DOWN to 4 decimals, so that a
+    failed consent checklist never sits beside 100 %; None before any personalized exposure.
+
+    >>> adherence_pct(500_000, 19), adherence_pct(10, 0), adherence_pct(0, 0)
+    (99.9962, 100.0, None)
+    """
+    if not personalized:
+        return None
+    return math.floor(1e6 * (1.0 - violations / personalized)) / 1e4
 
 class GovernanceConfig(BaseModel):
     """The governance settings, built once from `monitor.settings.Settings`."""

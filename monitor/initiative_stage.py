@@ -29,7 +29,7 @@ from experiments.readout import ExperimentReadout, read_experiment
 from experiments.state import ExperimentTotals
 from governance.consent_ledger import Violation
 from governance.rule_audit import RuleChange as AuditedChange
-from governance.scan import GovernanceScan, GovernanceState
+from governance.scan import GovernanceScan, GovernanceState, adherence_pct
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.degraded import degraded_incident
 from incidents.grouping import GroupState, fold_group
@@ -41,8 +41,9 @@ from monitor.messages import Message, Partial, RuleChange
 from monitor.settings import Settings
 from monitor.transaction import StepTransaction
 from monitor.windows import BucketRow, InitiativeClock, WindowKeeper
-from plans.document import (Approval, IncidentSummary, PlanDocument, new_plan, with_approval, with_checklist,
-                            with_experiment_memo, with_incident, with_metric, with_thresholds)
+from plans.document import (Approval, DataFeed, IncidentSummary, PlanDocument, new_plan, with_approval,
+                            with_checklist, with_experiment_memo, with_feed, with_incident, with_metric,
+                            with_stage, with_thresholds)
 from plans.exceptions import PlanError
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,23 @@ class InitiativeStage:
             feed.breach, initiative=initiative, kind="feed_stale", series=f"{initiative}|{FEED}",
             breached=verdict.breached, evidence=evidence)
         self._feeds[key] = replace(feed, breach=breach, checked_until=now)
-        return self._fold(initiative, {"feed_stale": transitions} if transitions else {}, until=now)
+        outputs = self._fold(initiative, {"feed_stale": transitions} if transitions else {}, until=now)
+        outputs.extend(self._note_feed_in_plan(initiative, clock, "stale" if verdict.breached else "fresh",
+                                               objective.total_seconds(), now))
+        return outputs
+
+    def _note_feed_in_plan(self, initiative: str, clock: InitiativeClock, status: str, objective: float,
+                           now: float) -> Outputs:
+        """The plan's engagement feed with its status and last event, when its status changed (not at every
+        check: the plan is rewritten for what changed, not for time passing)."""
+        plan = self._plans.get(initiative)
+        topic = self.settings.topic(FEED)
+        if plan is None or all(f.name != topic for f in plan.feeds) or plan.feed(topic).status == status:
+            return Outputs()
+        feed = DataFeed(name=topic, status=status, freshness_objective_seconds=objective,
+                        last_event_time=_utc(max(clock.partition_marks.values())) if clock.partition_marks else None,
+                        last_seen_at=_utc(clock.last_event_wall) if clock.last_event_wall else None)
+        return self._publish(initiative, with_feed(plan, feed, at=_utc(now)))
 
     def _note_feed_rate(self, row: BucketRow) -> None:
         events = row.events()
@@ -396,6 +413,29 @@ class InitiativeStage:
         self._drop_expired(row.initiative)
         outputs = self._fold(row.initiative, by_kind, until=row.end, direct=direct, governance_changed=True)
         outputs.extend(self._read_experiments(row))
+        outputs.extend(self._note_stages(row))
+        return outputs
+
+    def _note_stages(self, row: BucketRow) -> Outputs:
+        """The plan's stages as far as the pipeline got: a closed bucket was ingested, windowed, scored and
+        scanned; experiments once one has a readout; reporting once there is something to report."""
+        plan = self._plans.get(row.initiative)
+        if plan is None:
+            return Outputs()
+        at = _utc(row.end)
+        reached = ["ingest", "windowing", "detection", "governance", "reporting"]
+        if any(state.readout is not None for state in (self._experiments.get(row.initiative) or {}).values()):
+            reached.append("experiments")
+        for name in reached:
+            if any(stage.name == name for stage in plan.stages):
+                plan = with_stage(plan, name, "active", at=at)
+        outputs = self._publish(row.initiative, plan)
+        feed = self._feeds.get(f"{row.initiative}|{FEED}")
+        clock = self.windows.clock(row.initiative)
+        if row.events() and clock is not None and (feed is None or feed.breach.status == "ok"):
+            # A bucket closed with events and no freshness breach: the feed is known to be delivering.
+            outputs.extend(self._note_feed_in_plan(row.initiative, clock, "fresh",
+                                                   self.settings.freshness_objective_seconds, row.end))
         return outputs
 
     def _read_experiments(self, row: BucketRow) -> Outputs:
@@ -428,6 +468,11 @@ class InitiativeStage:
                 outputs.incidents.append(event)
                 if plan is not None:
                     plan = with_experiment_memo(plan, memo.summary, at=_utc(row.end))
+                    if memo.summary.primary_lift is not None:
+                        plan = with_metric(plan, "lift_pct", at=_utc(row.end), actor="pmon experiments",
+                                           reason=f"{experiment}: {memo.summary.primary_metric} lift of "
+                                                  f"{memo.summary.variant or 'the treatment'} at the readout",
+                                           current=round(100.0 * memo.summary.primary_lift, 2))
         if experiments:
             self._experiments[row.initiative] = experiments
         if plan is not None:
@@ -560,12 +605,11 @@ class InitiativeStage:
             else:
                 continue
             plan = with_approval(plan, approval, at=at)
-        personalized = sum(c[0] for c in governance.adherence.values())
-        if personalized:
-            violations = sum(c[1] for c in governance.adherence.values())
+        adherence = adherence_pct(sum(c[0] for c in governance.adherence.values()),
+                                  sum(c[1] for c in governance.adherence.values()))
+        if adherence is not None:
             plan = with_metric(plan, "consent_adherence_pct", at=at, actor="pmon governance",
-                               reason="consent adherence of personalized exposures",
-                               current=round(100.0 * (1 - violations / personalized), 2))
+                               reason="consent adherence of personalized exposures", current=adherence)
         return plan
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from experiments.memo import ExperimentMemo
-from governance.scan import GovernanceState
+from governance.scan import GovernanceState, adherence_pct
 from incidents.model import IncidentEvent
 from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
@@ -201,7 +201,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         plan_dir=str(settings.plan_dir),
         governance_checklist=list(pipeline.governance.checklist(governance)),
         consent_adherence=[AdherenceLine(channel=channel, personalized=n, violations=v,
-                                         adherence_pct=round(100 * (1 - v / n), 4) if n else None)
+                                         adherence_pct=adherence_pct(n, v))
                            for channel, (n, v) in sorted(governance.adherence.items())],
         pending_approvals=[change.describe() for change in governance.audit.pending_approvals()],
         experiments=[state.memo for _, state in sorted((state.experiments.get(request.initiative) or {}).items())

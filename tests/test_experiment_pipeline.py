@@ -88,6 +88,10 @@ def test_the_readout_recommends_what_was_injected(replay, initiative: str, exper
         assert any(flag["kind"] == "sample_ratio_mismatch" for flag in decisions[-1].evidence.detail["flags"])
     plan = latest(driver.settings.plan_dir, initiative)
     assert [(m.experiment, m.state) for m in plan.experiment_memos] == [(experiment, state)]
+    # The plan's success metric is the memo's primary lift; the stages say how far the pipeline got.
+    assert plan.metric("lift_pct").current == pytest.approx(100 * plan.experiment_memos[0].primary_lift, abs=0.01)
+    assert {stage.name: stage.status for stage in plan.stages}["experiments"] == "active"
+    assert all(stage.status == "active" for stage in plan.stages)
     report = build_report(driver.initiative_stage, ReportRequest(initiative=initiative, detail="full"))
     assert [m.summary.state for m in report.experiments] == [state]
 

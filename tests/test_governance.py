@@ -15,7 +15,8 @@ from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Viol
 from governance.exceptions import GovernanceError, InvalidPolicy
 from governance.rule_audit import INTEGRITY, UNAPPROVED, RuleAudit, RuleChange
 from governance.rule_fallback import FallbackRatePolicy, RuleFallbackState
-from governance.scan import (LIVE_SECONDS, GovernanceConfig, GovernanceScan, GovernanceState, GovernanceTally)
+from governance.scan import (LIVE_SECONDS, GovernanceConfig, GovernanceScan, GovernanceState, GovernanceTally,
+                             adherence_pct)
 from governance.variant_balance import balance_test, first_in_hour
 from incidents.breach_policy import BreachPolicy, BreachPolicyConfig, BreachState, period_of
 from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id
@@ -857,3 +858,13 @@ def test_a_flood_of_violations_is_reported_when_the_count_doubles_and_at_each_bu
                                          recovery_buckets=3)
     assert [(e.transition, e.evidence.observed) for e in events] == [("updated", 40.0)], "the bucket's totals"
     assert all(e.occurred_at >= utc(T0) for e in events)
+
+
+def test_adherence_never_rounds_a_violation_up_to_a_hundred_percent() -> None:
+    import doctest
+
+    import governance.scan
+
+    assert doctest.testmod(governance.scan).failed == 0
+    assert adherence_pct(10**9, 1) < 100.0
+    assert adherence_pct(3, 1) == pytest.approx(200 / 3, abs=1e-4)

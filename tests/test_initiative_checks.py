@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from incidents.model import IncidentEvent
+from plans.history import revisions
 from streams.embedded import EmbeddedDriver
 from monitor.events import encode
 from monitor.settings import Settings
@@ -41,8 +42,13 @@ def opened(incidents: list[IncidentEvent], kind: str) -> list[IncidentEvent]:
 
 
 @pytest.fixture(scope="module")
-def injected(tmp_path_factory: pytest.TempPathFactory) -> list[IncidentEvent]:
-    return replay(tmp_path_factory.mktemp("injected"), (
+def injected_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("injected")
+
+
+@pytest.fixture(scope="module")
+def injected(injected_dir: Path) -> list[IncidentEvent]:
+    return replay(injected_dir, (
         Injection("feed_gap", INITIATIVE, GAP_START, 3, 1.0),
         Injection("variant_suppression", INITIATIVE, SUPPRESSED_START, 3, 1.0, variant="treatment")))
 
@@ -58,6 +64,18 @@ def test_a_silent_feed_is_stale_within_its_objective_and_recovers_when_events_re
     [resolved] = [e for e in injected if e.kind == "feed_stale" and e.transition == "resolved"]
     assert resolved.incident_id == stale.incident_id
     assert GAP_START + timedelta(hours=3) < resolved.evidence.bucket_end <= GAP_START + timedelta(hours=3, minutes=5)
+
+
+def test_the_plan_records_the_feed_going_stale_and_fresh_again(injected: list[IncidentEvent],
+                                                              injected_dir: Path) -> None:
+    statuses = []
+    for plan in revisions(injected_dir / "plans", INITIATIVE):
+        feed = plan.feed("pmon.engagement")
+        if not statuses or statuses[-1][0] != feed.status:
+            statuses.append((feed.status, feed.last_event_time))
+    assert [status for status, _ in statuses] == ["unknown", "fresh", "stale", "fresh"]
+    stale_since = statuses[2][1]
+    assert GAP_START - timedelta(minutes=5) <= stale_since <= GAP_START  # the last event before the gap
 
 
 def test_the_gap_hours_are_observed_as_zero_volume(injected: list[IncidentEvent]) -> None:
