@@ -46,6 +46,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 bench: setup $(BENCH_STAMP) kafka-up
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/throughput.py
 	$(BIN)/python bench/state_size.py --days 3
+	$(BIN)/python bench/stored_report.py --days 14
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/latency.py
 
 # Ten runs of each fault on the local broker (about an hour on 2 cores); `make test` runs one of each.

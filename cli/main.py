@@ -107,7 +107,7 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_thresho
     console = _console()
     driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
     truth = labels(spec)
-    _print_report(driver, "PLG Onboarding", "14d", detail, None, alert_threshold, console)
+    _print_report(driver.initiative_stage, "PLG Onboarding", "14d", detail, None, alert_threshold, console)
     monitored = [label for label in truth if label["kind"] in ANSWERS]
     found, unexplained = _match_labels(driver.run_result.incidents, monitored)
     _print_found(found, console)
@@ -259,6 +259,37 @@ def _where(label: dict[str, Any]) -> str:
     return f"{'|'.join(shared)} ({len(series)} series)"
 
 
+def _embedded_stage(settings: Settings, initiative: str, events: Path | None, state_dir: Path | None,
+                    console: Console) -> tuple[Any, str]:
+    """The per-initiative stage to report from: the stored state when it was built from `events` under these
+    settings (or `--state` alone), else a replay of `events`, stored when `state_dir` is given."""
+    from monitor.initiative_stage import InitiativeStage
+    from monitor.stored_state import StoredStateError, fingerprint, load, save
+    from plans.plan_sink import PlanWriter
+    from streams.embedded import initiatives_in, read_records
+
+    if events is not None and not events.is_file():
+        _fail(f"events file {events} does not exist — write one with `pmon simulate --to-file {events}`")
+    try:
+        stored = load(state_dir) if state_dir is not None else None
+    except StoredStateError as exc:
+        _fail(f"{exc} — or pass another --state directory")
+    built_from = fingerprint(events, settings) if events is not None else None
+    if stored is not None and (events is None or stored.fingerprint == built_from):
+        initiative = _resolve_initiative(initiative, set(stored.state.clocks), f"the state in {state_dir}")
+        return InitiativeStage(settings, stored.state, stored_plan=PlanWriter(settings.plan_dir).latest), initiative
+    if events is None:
+        _fail(f"no stored state in {state_dir} — build it once with --events FILE --state {state_dir}")
+    initiative = _resolve_initiative(initiative, initiatives_in(events), f"the events file {events}")
+    driver, _ = _run_embedded(settings, read_records(events), console, total=None)
+    if state_dir is not None:
+        try:
+            save(state_dir, built_from, driver.initiative_stage.state, driver.run_result.dead_letters)
+        except StoredStateError as exc:
+            _fail(f"{exc} — pass a writable --state directory")
+    return driver.initiative_stage, initiative
+
+
 def _resolve_initiative(name: str, known: set[str], where: str) -> str:
     """`name` as `known` spells it (case and surrounding spaces do not matter); else a one-line error."""
     import difflib
@@ -276,16 +307,16 @@ def _resolve_initiative(name: str, known: set[str], where: str) -> str:
           f"pass one of them with --initiative")
 
 
-def _print_report(driver: Any, initiative: str, window: str, detail: str, dimension: str | None,
+def _print_report(stage: Any, initiative: str, window: str, detail: str, dimension: str | None,
                   alert_threshold: float | None, console: Console) -> None:
     from cli.render import render_report
     from monitor.report import build_report
 
     request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
                             alert_threshold=alert_threshold)
-    report = build_report(driver.initiative_stage, request)
+    report = build_report(stage, request)
     if report is None:
-        known = ", ".join(sorted(driver.initiative_stage.state.clocks)) or "none"
+        known = ", ".join(sorted(stage.state.clocks)) or "none"
         _fail(f"unknown initiative {initiative!r} — the events name: {known}; pass one of them with --initiative")
     render_report(report, console)
 
@@ -361,21 +392,19 @@ def worker() -> None:
               help="The KPI the threshold watches with --events (default PMON_ALERT_KPI, cvr).")
 @click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run the embedded driver over this JSONL file instead of asking a worker.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the replay's state in this directory: a later report with the same --events and "
+                   "settings, or with --state alone, reads it instead of replaying.")
 @click.option("--worker-url", default=None, help="Worker web address (default http://PMON_WEB_HOST:PMON_WEB_PORT).")
 def monitor(initiative: str, window: str, detail: str, dimension: str | None, alert_threshold: float | None,
-            alert_kpi: str | None, events: Path | None, worker_url: str | None) -> None:
-    """Print the report of one initiative, from a running worker or from an events file."""
+            alert_kpi: str | None, events: Path | None, state_dir: Path | None, worker_url: str | None) -> None:
+    """Print the report of one initiative, from a running worker, an events file or a stored state."""
     console = _console()
-    if events is not None:
-        if not events.is_file():
-            _fail(f"events file {events} does not exist — write one with `pmon simulate --to-file {events}`")
-        from streams.embedded import initiatives_in, read_records
-
+    if events is not None or state_dir is not None:
         settings = _settings(alert_threshold=alert_threshold, alert_kpi=alert_kpi, log_level="WARNING")
         _configure_logging(settings)
-        initiative = _resolve_initiative(initiative, initiatives_in(events), f"the events file {events}")
-        driver, _ = _run_embedded(settings, read_records(events), console, total=None)
-        _print_report(driver, initiative, window, detail, dimension, alert_threshold, console)
+        stage, initiative = _embedded_stage(settings, initiative, events, state_dir, console)
+        _print_report(stage, initiative, window, detail, dimension, alert_threshold, console)
         return
     from cli.monitor_client import fetch_report
     from cli.render import render_report

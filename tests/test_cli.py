@@ -123,6 +123,24 @@ def test_plan_log_diff_and_show_read_the_history_a_threshold_change_left(tmp_pat
     assert missing.returncode == 2 and "plg-onboarding" in one_line(missing.stderr)
 
 
+def test_a_stored_state_answers_later_reports_without_a_replay(tmp_path: Path, events_file: Path) -> None:
+    state = tmp_path / "state"
+    args = ("monitor", "--initiative", "PLG Onboarding", "--window", "14d", "--detail", "full")
+    first = run_pmon(*args, "--events", str(events_file), "--state", str(state), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    stored = (state / "state.pickle").stat().st_mtime_ns
+    again = run_pmon(*args, "--events", str(events_file), "--state", str(state), cwd=tmp_path)
+    alone = run_pmon(*args, "--state", str(state), cwd=tmp_path)
+    assert again.stdout.strip() == first.stdout.strip() == alone.stdout.strip()
+    assert (state / "state.pickle").stat().st_mtime_ns == stored, "read, not replayed"
+    other = run_pmon(*args, "--state", str(state), "--alert-threshold", "0.1", "--events", str(events_file),
+                     cwd=tmp_path)
+    assert other.returncode == 0 and (state / "state.pickle").stat().st_mtime_ns != stored, \
+        "other settings: replayed and stored again"
+    empty = run_pmon(*args, "--state", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert empty.returncode == 2 and "--events FILE --state" in one_line(empty.stderr)
+
+
 def test_monitor_without_a_reachable_worker_exits_2_saying_how_to_fix(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port that was free a moment ago, now closed: nothing listens there
         probe.bind(("127.0.0.1", 0))
