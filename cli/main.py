@@ -487,6 +487,98 @@ def _read_series(path: Path, source: Any) -> Any:
         yield (when if when.tzinfo else when.replace(tzinfo=timezone.utc)), value
 
 
+# --------------------------------------------------------------------------- incidents
+@pmon.group()
+def incidents() -> None:
+    """Record what a person did about an incident: it lands in the plan's change log."""
+
+
+def _incident_action(action: str, incident_id: str, by: str, text: str, state_dir: Path | None,
+                     initiative: str | None) -> None:
+    import uuid
+    from datetime import datetime, timezone
+
+    from incidents.model import IncidentAction
+
+    if not by.strip():
+        _fail("--by is empty — name the person who acts")
+    at = datetime.now(timezone.utc)
+    if state_dir is not None:
+        _record_in_state(action, incident_id, by, text, state_dir, initiative, at)
+        return
+    if initiative is None:
+        _fail("--initiative is required for a worker (it routes the action to the initiative's stage) — or pass "
+              "--state DIR for a stored state")
+    from streams.kafka_io import produce
+
+    settings = _settings()
+    record = IncidentAction(event_id=f"act-{uuid.uuid4().hex[:16]}", incident_id=incident_id, initiative=initiative,
+                            action=action, by=by, text=text, at=at)
+    try:
+        asyncio.run(produce(settings, [("incident-actions", incident_id.encode(), record.model_dump_json().encode())]))
+    except (StreamsError, CliError) as exc:
+        _fail(str(exc))
+    click.echo(f"{action} {incident_id} ({initiative}) by {by}: sent to {settings.topic('incident-actions')}")
+
+
+def _record_in_state(action: str, incident_id: str, by: str, text: str, state_dir: Path, initiative: str | None,
+                     at: Any) -> None:
+    """An action on a stored state: applied to its plan (a new revision), kept with the state, logged beside it."""
+    import uuid
+
+    from incidents.model import IncidentAction
+    from monitor.initiative_stage import InitiativeStage
+    from monitor.stored_state import StoredStateError, load, save
+    from plans.plan_sink import PlanWriter
+
+    settings = _settings()
+    try:
+        stored = load(state_dir)
+    except StoredStateError as exc:
+        _fail(f"{exc} — or pass another --state directory")
+    if stored is None:
+        _fail(f"no stored state in {state_dir} — build it with `pmon monitor --events FILE --state {state_dir}`")
+    known = stored.state.incidents.get(incident_id)
+    if known is None:
+        _fail(f"no incident {incident_id!r} in the state in {state_dir} — the report lists the incident ids")
+    owner = known[0].initiative
+    if initiative is not None and initiative.casefold() != owner.casefold():
+        _fail(f"incident {incident_id} belongs to {owner!r}, not {initiative!r} — drop --initiative or fix it")
+    stage = InitiativeStage(settings, stored.state)
+    record = IncidentAction(event_id=f"act-{uuid.uuid4().hex[:16]}", incident_id=incident_id, initiative=owner,
+                            action=action, by=by, text=text, at=at)
+    outputs = stage.on_action(record)
+    stage.commit()
+    writer = PlanWriter(settings.plan_dir)
+    for plan in outputs.plans:
+        writer.write(plan)
+    try:
+        save(state_dir, stored.fingerprint, stage.state, None)
+        with (state_dir / "incident-actions.jsonl").open("a") as log_file:
+            log_file.write(record.model_dump_json() + "\n")
+    except (StoredStateError, OSError) as exc:
+        _fail(f"cannot record the action in {state_dir}: {exc} — pass a writable --state directory")
+    revision = f"plan revision {outputs.plans[-1].revision}" if outputs.plans else "plan unchanged"
+    click.echo(f"{action} {incident_id} ({owner}) by {by}; {revision} in {settings.plan_dir}")
+
+
+def _action_command(action: str, doc: str) -> None:
+    @incidents.command({"acknowledged": "ack", "resolved": "resolve"}.get(action, action), help=doc)
+    @click.argument("incident_id")
+    @click.option("--by", required=True, help="Who acts: a person's name.")
+    @click.option("--text", default="", help="What was done or found.")
+    @click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="A stored state (pmon monitor --events FILE --state DIR) instead of a worker.")
+    @click.option("--initiative", default=None, help="The incident's initiative (required for a worker).")
+    def command(incident_id: str, by: str, text: str, state_dir: Path | None, initiative: str | None) -> None:
+        _incident_action(action, incident_id, by, text, state_dir, initiative)
+
+
+_action_command("acknowledged", "Acknowledge an incident: its response time is measured from its opening.")
+_action_command("resolved", "Resolve an incident by hand (the detectors may open it again if it persists).")
+_action_command("note", "Note a remediation step taken for an incident.")
+
+
 # --------------------------------------------------------------------------- plan
 @pmon.group()
 def plan() -> None:

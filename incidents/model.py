@@ -62,3 +62,20 @@ def incident_id(initiative: str, kind: str, series: str, period: str) -> str:
 def transition_event_id(incident: str, transition: Transition, sequence: int) -> str:
     """Deterministic id of one transition: the same replay emits the same ids."""
     return f"{incident}:{transition}:{sequence}"
+
+
+class IncidentAction(BaseModel):
+    """What a person did about an incident: acknowledged it, resolved it, or noted a remediation step.
+
+    The Kafka key of the incident-actions topic is `incident_id`; `event_id` makes a repeated action harmless.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=200)
+    incident_id: str = Field(min_length=1, max_length=200)
+    initiative: str = Field(min_length=1, max_length=200)
+    action: Literal["acknowledged", "resolved", "note"]
+    by: str = Field(min_length=1, max_length=200, description="Who did it: a person, not a role.")
+    text: str = Field("", max_length=2000)
+    at: datetime

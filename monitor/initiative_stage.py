@@ -12,6 +12,7 @@ writes go through one `StepTransaction`: the driver sends the step's
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -33,17 +34,17 @@ from governance.scan import GovernanceScan, GovernanceState, adherence_pct
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.degraded import degraded_incident
 from incidents.grouping import GroupState, fold_group
-from incidents.model import IncidentEvent
+from incidents.model import IncidentAction, IncidentEvent
 from incidents.playbooks import owner_at, playbook_steps
 from monitor.events import DeadLetter, RuleChangeEvent, decode
 from monitor.exceptions import DecodeError
-from monitor.messages import Message, Partial, RuleChange
+from monitor.messages import Action, Message, Partial, RuleChange
 from monitor.settings import Settings
 from monitor.transaction import StepTransaction
 from monitor.windows import BucketRow, InitiativeClock, WindowKeeper
 from plans.document import (Approval, DataFeed, IncidentSummary, PlanDocument, new_plan, with_approval,
-                            with_checklist, with_experiment_memo, with_feed, with_incident, with_metric,
-                            with_stage, with_thresholds)
+                            with_checklist, with_experiment_memo, with_feed, with_incident, with_incident_action,
+                            with_metric, with_stage, with_thresholds)
 from plans.exceptions import PlanError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class InitiativeState:
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
     governance: MutableMapping[str, GovernanceState] = field(default_factory=dict)  # per initiative
     experiments: MutableMapping[str, dict[str, "ExperimentState"]] = field(default_factory=dict)  # per initiative
+    # Per initiative: minutes from each incident's opening to its first response (acknowledgement, else resolution).
+    responses: MutableMapping[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -149,6 +152,18 @@ def admit_rule_change(settings: Settings, raw: bytes | None, *, wall_now: float,
                              error=exc.detail[:2000], key=key, partition=partition, offset=offset)
 
 
+def admit_incident_action(settings: Settings, raw: bytes | None, *, key: bytes | None = None,
+                          partition: int | None = None, offset: int | None = None) -> IncidentAction | DeadLetter:
+    """Decode and validate one record of the incident-actions topic; bad input becomes a dead letter."""
+    try:
+        if raw is None:
+            raise DecodeError("empty value (a tombstone): input records must carry an action")
+        return decode(IncidentAction, raw)
+    except DecodeError as exc:
+        return DeadLetter.of(raw or b"", source_topic=settings.topic("incident-actions"), reason=exc.reason,
+                             error=exc.detail[:2000], key=key, partition=partition, offset=offset)
+
+
 class InitiativeStage:
     def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
                  stored_plan: Callable[[str], PlanDocument | None] | None = None,
@@ -175,6 +190,7 @@ class InitiativeStage:
         self._groups = self.step.table(state.groups)
         self._incidents = self.step.table(state.incidents)
         self._plans = self.step.table(state.plans)
+        self._responses = self.step.table(state.responses)
         clocks = self.step.table(state.clocks)
         self.windows = WindowKeeper(clocks, buckets, bucket_seconds=settings.bucket_seconds,
                                     allowed_lateness_seconds=settings.allowed_lateness_seconds,
@@ -226,6 +242,8 @@ class InitiativeStage:
             return self.on_partial(message, wall_now=wall_now)
         if isinstance(message, RuleChange):
             return self.on_rule_change(message.event)
+        if isinstance(message, Action):
+            return self.on_action(message.action)
         return self.on_check(message.initiative, wall_now=wall_now)
 
     def on_partial(self, partial: Partial, *, wall_now: float) -> Outputs:
@@ -576,11 +594,15 @@ class InitiativeStage:
             known = self._incidents.get(incident.incident_id)
             self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
             outputs.incidents.append(incident)
+            if incident.transition == "resolved" and known is not None:
+                self._note_response(initiative, incident.incident_id, known[0].occurred_at, incident.occurred_at)
             if plan is not None:
                 plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at,
                                      steps=playbook_steps(incident.kind))
         if incidents:
             self._governance[initiative] = governance
+        if plan is not None and any(i.transition == "resolved" for i in incidents):
+            plan = self._with_response_time(plan, initiative)
         if plan is not None and (incidents or governance_changed):
             stamps = [i.occurred_at for i in incidents] + ([_utc(until)] if until > float("-inf") else [])
             at = max(stamps, default=plan.updated_at)
@@ -588,6 +610,41 @@ class InitiativeStage:
         if plan is not None:
             outputs.extend(self._publish(initiative, plan))
         return outputs
+
+    def on_action(self, action: IncidentAction) -> Outputs:
+        """A person acknowledged or resolved an incident, or noted a remediation step: into the plan's change log,
+        the acknowledgement also into the response time. An action on an unknown incident is logged and dropped."""
+        plan = self._plans.get(action.initiative)
+        if plan is None:
+            log.warning("incident action %s names initiative %r, which has no plan", action.event_id, action.initiative)
+            return Outputs()
+        try:
+            known = plan.incident(action.incident_id)
+            updated = with_incident_action(plan, action.incident_id, action.action, by=action.by, text=action.text,
+                                           at=action.at, action_id=action.event_id)
+        except PlanError as exc:
+            log.warning("incident action %s dropped: %s", action.event_id, exc)
+            return Outputs()
+        if action.action == "acknowledged" and known is not None:
+            self._note_response(action.initiative, action.incident_id, known.opened_at.timestamp(), action.at)
+            updated = self._with_response_time(updated, action.initiative)
+        return self._publish(action.initiative, updated)
+
+    def _note_response(self, initiative: str, incident_id: str, opened: float | datetime, responded: datetime) -> None:
+        """The first response counts: an acknowledgement, or the resolution of an incident nobody acknowledged."""
+        opened_at = opened if isinstance(opened, datetime) else _utc(opened)
+        responses = dict(self._responses.get(initiative) or {})
+        if incident_id not in responses:
+            responses[incident_id] = max(0.0, (responded - opened_at).total_seconds() / 60)
+            self._responses[initiative] = responses
+
+    def _with_response_time(self, plan: PlanDocument, initiative: str) -> PlanDocument:
+        responses = self._responses.get(initiative) or {}
+        if not responses:
+            return plan
+        return with_metric(plan, "incident_response_minutes", at=plan.updated_at, actor="pmon incidents",
+                           reason=f"median over {len(responses)} incident(s)",
+                           current=round(statistics.median(responses.values()), 1))
 
     def _govern_plan(self, plan: PlanDocument, governance: GovernanceState, at: datetime) -> PlanDocument:
         """The plan with the governance checklist, the approvals rule changes wait for, and consent adherence."""
@@ -627,4 +684,6 @@ def _summary(plan: PlanDocument, incident: IncidentEvent) -> IncidentSummary:
         series=tuple(incident.series), owner=incident.owner,
         opened_at=known.opened_at if known is not None else incident.occurred_at,
         last_transition=incident.occurred_at, status=_STATUS[incident.transition],
-        escalation_level=incident.rung, playbook=incident.playbook)
+        escalation_level=incident.rung, playbook=incident.playbook,
+        acknowledged_at=known.acknowledged_at if known is not None else None,
+        acknowledged_by=known.acknowledged_by if known is not None else None)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from experiments.state import ExperimentTotals
 from governance.consent_ledger import Violation
 from governance.scan import GovernanceTally
+from incidents.model import IncidentAction
 from monitor.events import RuleChangeEvent
 from monitor.exceptions import StageError
 
@@ -183,7 +184,18 @@ class RuleChange:
         return self.event.initiative
 
 
-Message = Partial | Tick | RuleChange
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A person's action on an incident, forwarded to the stage that owns its initiative."""
+
+    action: IncidentAction
+
+    @property
+    def initiative(self) -> str:
+        return self.action.initiative
+
+
+Message = Partial | Tick | RuleChange | Action
 
 
 def encode(message: Message) -> bytes:
@@ -202,6 +214,8 @@ def encode(message: Message) -> bytes:
         return orjson.dumps({"type": "tick", "initiative": message.initiative})
     if isinstance(message, RuleChange):
         return orjson.dumps({"type": "rule_change", "event": message.event.model_dump(mode="json")})
+    if isinstance(message, Action):
+        return orjson.dumps({"type": "action", "action": message.action.model_dump(mode="json")})
     raise StageError(f"not a stage message: {type(message).__name__}")
 
 
@@ -223,6 +237,8 @@ def decode(raw: bytes) -> Message:
             return Tick(data["initiative"])
         if kind == "rule_change":
             return RuleChange(RuleChangeEvent.model_validate(data["event"]))
+        if kind == "action":
+            return Action(IncidentAction.model_validate(data["action"]))
         raise StageError(f"unknown message type {kind!r}")
     except StageError:
         raise

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from incidents.model import IncidentAction
 from plans.schema import plan_json_schema
 from monitor.events import ConsentEvent, DeadLetter, EngagementEvent, IncidentEvent, RuleChangeEvent
 
@@ -15,6 +16,7 @@ TOPIC_MODELS = {
     "consent": ConsentEvent,
     "rule-changes": RuleChangeEvent,
     "incidents": IncidentEvent,
+    "incident-actions": IncidentAction,
     "dead-letters": DeadLetter,
 }
 

@@ -66,15 +66,19 @@ def fingerprint(events: Path, settings: Settings) -> str:
     return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def save(directory: Path, built_from: str, state: InitiativeState, dead_letters: list[DeadLetter]) -> None:
-    """Write the state and the dead letters atomically (temporary file, fsync, rename)."""
+def save(directory: Path, built_from: str, state: InitiativeState, dead_letters: list[DeadLetter] | None) -> None:
+    """Write the state and the dead letters atomically (temporary file, fsync, rename); `None` keeps the dead
+    letters already there (the state changed after its replay: an incident action)."""
     tables = {f.name: dict(getattr(state, f.name)) for f in fields(InitiativeState)}
     body = pickle.dumps({"version": FORMAT_VERSION, "fingerprint": built_from, "tables": tables},
                         protocol=pickle.HIGHEST_PROTOCOL)
-    letters = b"".join(orjson.dumps(letter.model_dump(mode="json")) + b"\n" for letter in dead_letters)
+    files = [(STATE_FILE, body)]
+    if dead_letters is not None:   # the state last: it vouches for the dead letters
+        files.insert(0, (DEAD_LETTERS_FILE,
+                         b"".join(orjson.dumps(letter.model_dump(mode="json")) + b"\n" for letter in dead_letters)))
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for name, content in ((DEAD_LETTERS_FILE, letters), (STATE_FILE, body)):  # the state last: it vouches
+        for name, content in files:
             descriptor, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(content)

@@ -218,6 +218,8 @@ class IncidentSummary(_PlanModel):
     status: IncidentStatus = "open"
     escalation_level: int = Field(default=0, ge=0)
     playbook: str | None = None
+    acknowledged_at: UtcDatetime | None = None
+    acknowledged_by: str | None = None
 
     @model_validator(mode="after")
     def _transition_not_before_opening(self) -> "IncidentSummary":
@@ -463,7 +465,8 @@ def _default_success_metrics() -> tuple[SuccessMetric, ...]:
         SuccessMetric(name="lift_pct", target=5.0, unit="%", direction="at_least",
                       description="Relative conversion lift of the personalized variant over control."),
         SuccessMetric(name="incident_response_minutes", target=30.0, unit="min", direction="at_most",
-                      description="Median minutes from an incident opening to its resolution."),
+                      description="Median minutes from an incident opening to its acknowledgement by a person "
+                                  "(or to its resolution, for one resolved unacknowledged)."),
         SuccessMetric(name="consent_adherence_pct", target=100.0, unit="%", direction="at_least",
                       description="Share of personalized exposures that reached a user with personalization consent."),
     )
@@ -668,6 +671,43 @@ def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
     if not updates:
         return plan
     return _revise(plan, at=at, **updates)
+
+
+def with_incident_action(plan: PlanDocument, incident_id: str, action: str, *, by: str, text: str,
+                         at: datetime, action_id: str = "") -> PlanDocument:
+    """`plan` with a person's action on an incident: one change-log entry each; an acknowledgement is kept on
+    the open incident, a resolution closes it. UnknownPlanItemError for an incident the plan never had.
+    An action whose `action_id` the change log already holds changes nothing (a redelivery).
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    >>> incident = IncidentSummary(incident_id="inc-1", kind="ctr_drop", severity="warning", owner="Testing Lead",
+    ...                            opened_at=t0, last_transition=t0)
+    >>> plan = with_incident(new_plan("Demo", thresholds={}, at=t0), incident, at=t0)
+    >>> acked = with_incident_action(plan, "inc-1", "acknowledged", by="ana", text="", at=t0 + timedelta(minutes=12))
+    >>> acked.incident("inc-1").acknowledged_by, acked.change_log[-1].field, acked.change_log[-1].reason
+    ('ana', 'open_incidents.inc-1.acknowledged', 'response 12 min')
+    """
+    tag = f"[{action_id}]" if action_id else ""
+    if tag and any(entry.reason.endswith(tag) for entry in plan.change_log):
+        return plan
+    known = plan.incident(incident_id)
+    review = next((b for b in plan.backlog if b.id == post_incident_review_id(incident_id)), None)
+    if known is None and review is None:
+        raise UnknownPlanItemError(f"plan of {plan.initiative!r} has no incident {incident_id!r}")
+    stamp = max(_aware(at), plan.updated_at)
+    updates: dict[str, Any] = {}
+    reason = text
+    if action == "acknowledged" and known is not None:
+        minutes = max(0.0, (_aware(at) - known.opened_at).total_seconds() / 60)
+        reason = f"response {minutes:.0f} min" + (f"; {text}" if text else "")
+        updates["open_incidents"] = _upsert(plan.open_incidents, known.model_copy(
+            update={"acknowledged_at": stamp, "acknowledged_by": by}), incident_id, lambda i: i.incident_id)
+    elif action == "resolved" and known is not None:
+        updates["open_incidents"] = tuple(i for i in plan.open_incidents if i.incident_id != incident_id)
+    entry = {"at": stamp, "actor": by, "field": f"open_incidents.{incident_id}.{action}", "old": None,
+             "new": text or action, "reason": f"{reason} {tag}".strip()}
+    return _revise(plan, at=at, change_log=plan.change_log + (entry,), **updates)
 
 
 def post_incident_review_id(incident_id: str) -> str:

@@ -6,9 +6,10 @@
   partials stage 1 writes. Each commits per partition and interval one Kafka
   transaction (outputs, state changelog, offsets), and runs as a task of
   the app. Why not Faust agents and tables: see those modules.
-- Rule changes come in through a thin Faust agent (decode, validate, forward
-  to the partials topic, keyed by initiative), so one stage owns each
-  initiative's state. Concurrency is 1 (faust-streaming issue 606: with more,
+- Rule changes and incident actions (acknowledgements, resolutions, notes)
+  come in through thin Faust agents (decode, validate, forward to the
+  partials topic, keyed by initiative), so one stage owns each initiative's
+  state. Concurrency is 1 (faust-streaming issue 606: with more,
   an offset can be committed past a message still in flight).
 - Faust serves `/pmon/report/` and `/metrics`.
 """
@@ -32,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from monitor import messages
 from monitor.emitter import Emitter
 from monitor.events import DeadLetter
-from monitor.initiative_stage import admit_rule_change
+from monitor.initiative_stage import admit_incident_action, admit_rule_change
 from monitor.metrics import PipelineMetrics
 from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
@@ -177,6 +178,23 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     async def forward_rule_changes(stream: faust.StreamT) -> None:
         async for stream_event in stream.events():
             await to_the_end(forward_one(stream_event))
+
+    async def forward_action(stream_event: faust.EventT) -> None:
+        message = stream_event.message
+        metrics.records.labels(topic="incident-actions").inc()
+        action = admit_incident_action(settings, message.value, key=message.key, partition=message.partition,
+                                       offset=message.offset)
+        if isinstance(action, DeadLetter):
+            log.warning("dead letter from incident-actions[%s]@%s: %s", message.partition, message.offset,
+                        action.reason)
+            await emitter.dead_letter(action)
+        else:
+            await (await partials.send(key=action.initiative.encode(), value=messages.encode(messages.Action(action))))
+
+    @app.agent(raw_topic(settings.topic("incident-actions")), concurrency=1)
+    async def forward_incident_actions(stream: faust.StreamT) -> None:
+        async for stream_event in stream.events():
+            await to_the_end(forward_action(stream_event))
 
     @app.task
     async def user_stage() -> None:

@@ -17,7 +17,7 @@ from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INPUT_TOPICS = ("engagement", "consent", "rule-changes")
+INPUT_TOPICS = ("engagement", "consent", "rule-changes", "incident-actions")
 OUTPUT_TOPICS = ("incidents", "plan-updates", "dead-letters")
 
 

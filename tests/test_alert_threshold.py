@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ import pytest
 from incidents.model import IncidentEvent
 from monitor.events import EngagementEvent, encode
 from monitor.settings import Settings
+from plans.plan_sink import latest
 from streams.embedded import EmbeddedDriver
 from streams.kafka_io import produce
-from tests.conftest import consume, wait_for
+from tests.conftest import consume, settings_env, wait_for
+from tests.test_cli import PMON
 
 INITIATIVE = "Threshold Test"
 # Hourly buckets of 2,000 exposures at 20 % conversion; then two hours 15 % lower (340 instead of 400
@@ -26,10 +29,11 @@ DETECTION = dict(warmup_buckets=4, baseline_buckets=6, min_exposures=200, signif
                  consent_default_policy="opt-out", consent_policies={})
 
 
-def _series(t0: datetime) -> list[tuple[str, bytes, bytes]]:
+def _series(t0: datetime, after: int = AFTER) -> list[tuple[str, bytes, bytes]]:
+    """The hours, then events an hour later that close them (`after` healthy hours end the drop)."""
     records = []
     n = 0
-    for hour in range(CLEAN + DROP + AFTER):
+    for hour in range(CLEAN + DROP + after):
         conversions = DROPPED if CLEAN <= hour < CLEAN + DROP else CONVERSIONS
         for i in range(EXPOSURES + conversions):
             user = f"u{n % 5000}"
@@ -38,10 +42,11 @@ def _series(t0: datetime) -> list[tuple[str, bytes, bytes]]:
                                     initiative=INITIATIVE, profile="p", channel="web", variant="control")
             records.append(("engagement", user.encode(), encode(event)))
             n += 1
-    closing = EngagementEvent(event_id="close", event_type="exposure", user_id="u0", initiative=INITIATIVE,
-                              event_time=t0 + timedelta(hours=CLEAN + DROP + AFTER + 1), profile="p",
-                              channel="web", variant="control")
-    return records + [("engagement", b"u0", encode(closing))]
+    # One closing event per user of ten: every source partition's mark passes the last bucket.
+    closing = [EngagementEvent(event_id=f"close-{u}", event_type="exposure", user_id=f"u{u}", initiative=INITIATIVE,
+                               event_time=t0 + timedelta(hours=CLEAN + DROP + after + 1), profile="p",
+                               channel="web", variant="control") for u in range(10)]
+    return records + [("engagement", event.user_id.encode(), encode(event)) for event in closing]
 
 
 def _t0() -> datetime:
@@ -77,7 +82,7 @@ def test_without_a_threshold_no_threshold_detector_runs(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_the_worker_opens_the_same_threshold_incident(isolated_settings: Any, start_worker: Any) -> None:
     settings = isolated_settings(alert_threshold=0.1, **DETECTION)
-    asyncio.run(produce(settings, _series(_t0())))
+    asyncio.run(produce(settings, _series(_t0(), after=0)))  # the drop lasts: the incident stays open
     worker = start_worker(settings)
 
     def opened() -> list[IncidentEvent]:
@@ -89,3 +94,17 @@ def test_the_worker_opens_the_same_threshold_incident(isolated_settings: Any, st
                           on_timeout=worker.log)
     assert incident.series == [f"{INITIATIVE}|p|web|control"]
     assert incident.evidence.observed == pytest.approx(DROPPED / EXPOSURES)
+
+    # A person acknowledges it through the incident-actions topic; the worker's plan records it.
+    acked = subprocess.run([str(PMON), "incidents", "ack", incident.incident_id, "--by", "Ana Ortiz",
+                            "--initiative", INITIATIVE], env=settings_env(settings), capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert acked.returncode == 0, acked.stderr
+
+    def acknowledged() -> Any:
+        plan = latest(settings.plan_dir, INITIATIVE)
+        summary = plan.incident(incident.incident_id) if plan is not None else None
+        return summary if summary is not None and summary.acknowledged_by == "Ana Ortiz" else None
+
+    wait_for(acknowledged, timeout=120, what="the worker's plan to record the acknowledgement", on_timeout=worker.log)
+    assert latest(settings.plan_dir, INITIATIVE).metric("incident_response_minutes").current is not None
