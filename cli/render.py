@@ -81,6 +81,7 @@ def render_report(report: Report, console: Console | None = None) -> None:
             if report.window_start and report.window_end else "no closed bucket yet")
     console.print(Panel(
         f"[bold]{report.initiative}[/] · window {report.window} ({span}) · detail {report.detail}\n"
+        + (f"[yellow]{report.window_note}[/]\n" if report.window_note else "") +
         f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
         f"redelivered and skipped {report.duplicates_skipped:,} · "
         f"alert threshold {report.alert_threshold * 100:.0f} % relative drop" + _dead_letters(report),

@@ -85,12 +85,13 @@ class Report(BaseModel):
     window: str
     window_start: datetime | None
     window_end: datetime | None
+    window_note: str | None = Field(None, description="Set when the window is longer than the data: what it covers.")
     detail: str
     alert_threshold: float
     totals: DashboardRow
     dashboard: list[DashboardRow]
     series: list[DashboardRow]
-    incidents: list[IncidentLine]
+    incidents: list[IncidentLine] = Field(description="Opened in the window, or open or resolved during it.")
     warming_up: list[str]
     counted_events: int
     late_dropped: int
@@ -145,7 +146,9 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         return None
     threshold = request.alert_threshold or settings.effective_alert_threshold
     end = clock.closed_until
-    rows = pipeline.windows.closed_rows(request.initiative, end - WINDOWS[request.window] * 86_400) if end else []
+    since = end - WINDOWS[request.window] * 86_400 if end else None
+    kept = pipeline.windows.closed_rows(request.initiative, end - settings.retention_days * 86_400) if end else []
+    rows = [row for row in kept if row.start >= since] if since is not None else []
     recent_since = (end or 0) - 86_400
     dimensions: tuple[Dimension, ...] = (request.dimension,) if request.dimension else SUMMARY_DIMENSIONS
     window_totals, recent_totals = Counters(), Counters()
@@ -175,9 +178,16 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
                 if recent:
                     cell[1].merge(counters)
     prefix = request.initiative + "|"
+    # The window's incidents: opened in it, or open (or resolved) during it.
     incidents = sorted((pair for pair in state.incidents.values()
-                        if pair is not None and pair[0].initiative == request.initiative),
+                        if pair is not None and pair[0].initiative == request.initiative
+                        and (since is None or pair[1].transition != "resolved" or pair[1].occurred_at.timestamp() >= since)),
                        key=lambda pair: (pair[0].occurred_at, pair[0].incident_id))
+    note = None
+    if kept and since is not None and kept[0].start > since:
+        days = (end - kept[0].start) / 86_400
+        note = (f"the window asks for {WINDOWS[request.window]} days; the data hold {days:.1f} days of closed "
+                f"buckets, from {datetime.fromtimestamp(kept[0].start, tz=timezone.utc):%Y-%m-%d %H:%M} UTC")
     warming = sorted(key.rsplit("|", 1)[0] for key, series in state.series.items()
                      if key.startswith(prefix) and series is not None and series.detector.warming_up)
     plan = state.plans.get(request.initiative)
@@ -185,7 +195,8 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
     utc = lambda epoch: datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch is not None else None  # noqa: E731
     return Report(
         initiative=request.initiative, window=request.window,
-        window_start=utc(rows[0].start) if rows else None, window_end=utc(end), detail=request.detail,
+        window_start=utc(rows[0].start) if rows else None, window_end=utc(end), window_note=note,
+        detail=request.detail,
         alert_threshold=threshold,
         totals=_rates("total", "all", window_totals, recent_totals, threshold),
         dashboard=[_rates(d, v, *by_value[(d, v)], threshold) for d, v in sorted(by_value)],

@@ -108,3 +108,21 @@ def test_the_worker_opens_the_same_threshold_incident(isolated_settings: Any, st
 
     wait_for(acknowledged, timeout=120, what="the worker's plan to record the acknowledgement", on_timeout=worker.log)
     assert latest(settings.plan_dir, INITIATIVE).metric("incident_response_minutes").current is not None
+
+
+def test_the_window_scopes_the_incidents_and_says_when_it_is_longer_than_the_data(tmp_path: Path) -> None:
+    from monitor.report import ReportRequest, build_report
+
+    t0 = _t0() - timedelta(days=9)
+    later = EngagementEvent(event_id="later", event_type="exposure", user_id="u1", initiative=INITIATIVE,
+                            event_time=t0 + timedelta(days=9), profile="p", channel="web", variant="control")
+    driver = EmbeddedDriver(Settings(plan_dir=tmp_path, alert_threshold=0.1, **DETECTION))
+    asyncio.run(driver.run(_series(t0) + [("engagement", b"u1", encode(later))]))
+    reports = {window: build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE, window=window))
+               for window in ("7d", "14d")}
+    # The incident opened and resolved on the first day, nine days before the end: in 14 days, not in 7.
+    kinds = {window: [line.kind for line in report.incidents] for window, report in reports.items()}
+    assert "kpi_threshold" in kinds["14d"] and "kpi_threshold" not in kinds["7d"]
+    assert reports["14d"].totals.exposures > reports["7d"].totals.exposures
+    assert reports["7d"].window_note is None
+    assert reports["14d"].window_note.startswith("the window asks for 14 days; the data hold 9.")
