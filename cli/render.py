@@ -127,6 +127,8 @@ def render_report(report: Report, console: Console | None = None) -> None:
             backlog.add_row(item.title, item.owner, item.priority,
                             f"{item.due_at:%m-%d %H:%M}" if item.due_at else "", item.status)
         console.print(backlog)
+    if not report.experiments:
+        console.print("Experiments: no experiment traffic seen for this initiative (events name none).")
     for memo in report.experiments:
         console.print(Panel(Markdown(render_memo(memo, detail=report.detail)),
                             title=f"Experiment memo: {memo.summary.experiment}"))

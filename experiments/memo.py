@@ -54,6 +54,7 @@ class MemoSummary(_MemoModel):
     primary_lift_high: float | None
     users: dict[str, int]
     reasons: tuple[str, ...]
+    assumptions: tuple[str, ...] = ()
 
 
 class ExperimentMemo(_MemoModel):
@@ -76,7 +77,8 @@ def build_memo(spec: ExperimentSpec, readout: ExperimentReadout, recommendation:
         variant=recommendation.variant, headline=f"{readout.experiment}: {action} — {evidence} ({method})",
         primary_metric=primary_metric, primary_lift=primary.relative_lift if primary else None,
         primary_lift_low=primary.lift_low if primary else None, primary_lift_high=primary.lift_high if primary else None,
-        users={v.variant: v.users for v in readout.variants}, reasons=recommendation.reasons)
+        users={v.variant: v.users for v in readout.variants}, reasons=recommendation.reasons,
+        assumptions=spec.assumptions)
     return ExperimentMemo(summary=summary, readout=readout, recommendation=recommendation)
 
 
@@ -86,6 +88,8 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     title = s.state.replace("_", " ").upper() + (f" {s.variant}" if s.variant else "")
     lines = [f"## Experiment {s.experiment}: {title}", "", s.headline, "", "**Why**", ""]
     lines += [f"- {reason}" for reason in s.reasons] or ["- (no reason recorded)"]
+    if s.assumptions:
+        lines += ["", "**Assumed**", ""] + [f"- {assumption}" for assumption in s.assumptions]
     lines += ["", "**Next**", ""] + [f"{i}. {step}" for i, step in enumerate(rec.rollout, 1)]
     if detail == "summary":
         return "\n".join(lines) + "\n"

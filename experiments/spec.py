@@ -89,6 +89,8 @@ class ExperimentSpec(_SpecModel):
     mde: float = Field(0.05, gt=0, description="Relative minimum detectable effect on the first success metric.")
     srm_dimensions: tuple[str, ...] = ("channel", "profile")
     rules: DecisionRules = DecisionRules()
+    assumptions: tuple[str, ...] = Field((), description="What was assumed for want of a configured plan; the "
+                                                         "memo states it.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentSpec:

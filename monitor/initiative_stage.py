@@ -471,7 +471,7 @@ class InitiativeStage:
             totals = state.totals if added is None else state.totals + added
             state = replace(state, totals=totals, started=min(state.started, row.start), evaluated_until=row.end)
             experiments[experiment] = state
-            spec = self.settings.experiment_spec(experiment, row.initiative)
+            spec = self.settings.experiment_spec(experiment, row.initiative, variants_seen=totals.variants)
             if spec is None:
                 continue  # no plan to read it against: totals kept, no readout
             readout = read_experiment(spec, state.totals, previous=state.readout)

@@ -6,6 +6,7 @@ Nothing reads the environment anywhere else; tests build their own `Settings`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -148,16 +149,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"PMON_EXPERIMENTS: {experiment!r}: {where}: {first['msg']}") from None
         return self
 
-    def experiment_spec(self, experiment: str, initiative: str) -> "ExperimentSpec | None":
-        """The plan of an experiment: PMON_EXPERIMENTS, else its initiative's allocation with the defaults."""
+    def experiment_spec(self, experiment: str, initiative: str,
+                        variants_seen: Iterable[str] = ()) -> "ExperimentSpec | None":
+        """The plan of an experiment: PMON_EXPERIMENTS, else its initiative's allocation with the defaults, else
+        an equal split over the variants seen (one of them `control`), said so in the memo; else None."""
         from experiments.spec import ExperimentSpec
 
         fields = self.experiments.get(experiment)
         if fields is None:
             allocation = self.allocations.get(initiative)
-            if allocation is None:
-                return None
-            fields = {"allocation": allocation}
+            if allocation is not None:
+                fields = {"allocation": allocation}
+            else:
+                seen = sorted(set(variants_seen))
+                if len(seen) < 2 or "control" not in seen:
+                    return None
+                fields = {"allocation": {variant: 1.0 / len(seen) for variant in seen}, "assumptions": (
+                    f"no plan configured (PMON_EXPERIMENTS or PMON_ALLOCATIONS): an equal split over the variants "
+                    f"seen ({', '.join(seen)}) and the default metrics are assumed",)}
         return ExperimentSpec.model_validate({"initiative": initiative, **fields, "experiment": experiment})
 
     @model_validator(mode="after")

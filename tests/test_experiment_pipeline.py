@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from experiments.memo import render_memo
 from plans.plan_sink import latest
 from streams.embedded import EmbeddedDriver, EmbeddedRun
 from monitor.events import EngagementEvent, encode
@@ -105,3 +106,16 @@ def test_decision_events_are_deterministic_and_only_on_a_change(records, replay,
         states = [e.evidence.detail["state"] for e in first.incidents
                   if e.kind == "experiment_decision" and e.initiative == initiative]
         assert all(a != b for a, b in zip(states, states[1:])), f"{initiative}: an event without a change"
+
+
+def test_an_experiment_without_a_plan_is_read_against_an_equal_split_and_the_memo_says_so(tmp_path: Path) -> None:
+    short = SimulationSpec(seed=5, days=1, users=2000, initiatives=(WINNER,), injections=())
+    records = [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(short)]
+    driver = EmbeddedDriver(Settings(plan_dir=tmp_path, log_level="WARNING"))  # no PMON_EXPERIMENTS, no allocation
+    asyncio.run(driver.run(records))
+    memo = driver.initiative_stage.state.experiments["Winner"]["exp-winner"].memo
+    assert memo is not None and {v.variant: v.planned_share for v in memo.readout.variants} == \
+        {"control": 0.5, "treatment": 0.5}
+    [assumption] = memo.summary.assumptions
+    assert "equal split" in assumption and "PMON_EXPERIMENTS" in assumption
+    assert "**Assumed**" in render_memo(memo, detail="summary")
