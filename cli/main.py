@@ -277,7 +277,7 @@ def _embedded_stage(settings: Settings, initiative: str, events: Path | None, st
     built_from = fingerprint(events, settings) if events is not None else None
     if stored is not None and (events is None or stored.fingerprint == built_from):
         initiative = _resolve_initiative(initiative, set(stored.state.clocks), f"the state in {state_dir}")
-        return InitiativeStage(settings, stored.state, stored_plan=PlanWriter(settings.plan_dir).latest), initiative
+        return InitiativeStage(settings, stored.state, plan_history=PlanWriter(settings.plan_dir).history), initiative
     if events is None:
         _fail(f"no stored state in {state_dir} — build it once with --events FILE --state {state_dir}")
     initiative = _resolve_initiative(initiative, initiatives_in(events), f"the events file {events}")

@@ -166,12 +166,12 @@ def admit_incident_action(settings: Settings, raw: bytes | None, *, key: bytes |
 
 class InitiativeStage:
     def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
-                 stored_plan: Callable[[str], PlanDocument | None] | None = None,
+                 plan_history: Callable[[str], list[PlanDocument]] | None = None,
                  settings_actor: str = "pmon worker settings") -> None:
         """`source_partitions`: partitions of the engagement topic feeding this stage (the watermark's inputs).
 
-        `stored_plan(initiative)` returns the last plan written, so a new run
-        continues its revisions and logs what changed since (thresholds, cadence), by `settings_actor`
+        `plan_history(initiative)` returns the revisions written, oldest first, so a new run
+        continues them (see `_resume_plan`) and logs what changed since (thresholds, cadence), by `settings_actor`
         (who set the settings: the worker's environment, a command's options).
         """
         self.settings = settings
@@ -207,7 +207,11 @@ class InitiativeStage:
         self._detector_names = tuple(dict.fromkeys((*settings.series_detectors, *threshold)))
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
-        self._stored_plan = stored_plan
+        self._plan_history = plan_history
+        # Per initiative, while a run re-derives revisions an earlier run wrote: those still ahead, by number, and
+        # the last number written. A run over the same input writes nothing new; one that differs continues after.
+        self._history_ahead: dict[str, dict[int, PlanDocument]] = {}
+        self._history_last: dict[str, int] = {}
         self._settings_actor = settings_actor
         self.governance = GovernanceScan(settings.governance_config(), self.breach_policy)
 
@@ -365,11 +369,8 @@ class InitiativeStage:
             return Outputs()
         self._thresholds_checked.add(initiative)
         plan = self._plans.get(initiative)
-        if plan is None and self._stored_plan is not None:
-            try:
-                plan = self._stored_plan(initiative)
-            except PlanError as exc:
-                log.warning("starting a new plan for %s: the stored one is unusable: %s", initiative, exc)
+        if plan is None and self._plan_history is not None:
+            plan = self._resume_plan(initiative, at)
         if plan is None:
             self._plans[initiative] = created = new_plan(
                 initiative, thresholds=self._thresholds, at=at,
@@ -378,6 +379,22 @@ class InitiativeStage:
         self._plans[initiative] = plan
         return self._publish(initiative, with_thresholds(plan, self._thresholds, at=at, actor=self._settings_actor,
                                                          reason="thresholds or cadence differ from the previous run's"))
+
+    def _resume_plan(self, initiative: str, at: datetime) -> PlanDocument | None:
+        """The stored revision current at event time `at` (the latest if the history starts later), so a run
+        over input an earlier run saw re-derives that run's revisions instead of appending copies of them."""
+        try:
+            history = self._plan_history(initiative)
+        except PlanError as exc:
+            log.warning("starting a new plan for %s: the stored one is unusable: %s", initiative, exc)
+            return None
+        if not history:
+            return None
+        current = [plan for plan in history if plan.updated_at <= at]
+        start = current[-1] if current else history[-1]
+        self._history_ahead[initiative] = {p.revision: p for p in history if p.revision > start.revision}
+        self._history_last[initiative] = history[-1].revision
+        return start
 
     def _publish(self, initiative: str, plan: PlanDocument) -> Outputs:
         """Keep `plan` as the initiative's and write it, if it changed: ONE revision after the last one written,
@@ -388,7 +405,16 @@ class InitiativeStage:
             # because the worker's tables hand out a fresh copy at every read.
             if plan.revision == previous.revision:
                 return Outputs()
-            plan = plan.model_copy(update={"revision": previous.revision + 1})
+            number = previous.revision + 1
+            ahead = self._history_ahead.get(initiative)
+            if ahead:
+                stored, candidate = ahead.pop(number, None), plan.model_copy(update={"revision": number})
+                if candidate == stored:
+                    self._plans[initiative] = stored
+                    return Outputs()   # written by an earlier run of the same input
+                ahead.clear()          # this run differs from there on: number after all that is stored
+                number = max(number, self._history_last[initiative] + 1)
+            plan = plan.model_copy(update={"revision": number})
         self._plans[initiative] = plan
         return Outputs(plans=[plan])
 

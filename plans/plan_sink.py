@@ -104,6 +104,12 @@ class PlanWriter:
                     os.unlink(temp_name)
         return target
 
+    def history(self, initiative: str) -> list[PlanDocument]:
+        """Every stored revision of `initiative`, oldest first; see `plans.history.revisions`."""
+        from plans.history import revisions
+
+        return revisions(self.directory, initiative)
+
     def latest(self, initiative: str) -> PlanDocument | None:
         """The newest stored plan of `initiative`, or None; see `latest`."""
         return latest(self.directory, initiative)

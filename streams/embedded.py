@@ -58,7 +58,7 @@ class EmbeddedDriver:
         self.users: dict[str, bytes] = {}
         self.user_stage = UserStage(settings, self.users)
         self.initiative_stage = InitiativeStage(settings, InitiativeState(),
-                                                stored_plan=PlanWriter(settings.plan_dir).latest,
+                                                plan_history=PlanWriter(settings.plan_dir).history,
                                                 settings_actor=settings_actor)
         self.run_result = EmbeddedRun()
         self.metrics = PipelineMetrics(registry or CollectorRegistry())

@@ -96,7 +96,7 @@ class InitiativeService(PartitionedService[_Initiatives]):
         state = InitiativeState(**{f.name: SnapshotMapping(store, prefix=f"{f.name}/")
                                    for f in fields(InitiativeState)})
         return InitiativeStage(self.settings, state, source_partitions=self.settings.topic_partitions,
-                               stored_plan=self._plans.latest)
+                               plan_history=self._plans.history)
 
     def due(self, owned: Owned[_Initiatives]) -> bool:
         return time.monotonic() >= owned.work.next_check

@@ -113,12 +113,13 @@ def test_plan_log_diff_and_show_read_the_history_a_threshold_change_left(tmp_pat
     assert log.stdout.startswith("r1 ") and "created" in log.stdout
     [entry] = [line for line in log.stdout.splitlines() if "thresholds.alert_threshold" in line]
     assert "0.3 -> 0.25" in entry and "`pmon monitor` options" in entry
-    diff = run_pmon("plan", "diff", "--initiative", "PLG Onboarding", cwd=tmp_path)
+    diff = run_pmon("plan", "diff", "--initiative", "PLG Onboarding", "--from", "1", cwd=tmp_path)
     assert diff.returncode == 0 and "thresholds.alert_threshold: 0.3 -> 0.25" in diff.stdout
     shown = run_pmon("plan", "show", "--initiative", "PLG Onboarding", "--json", cwd=tmp_path)
     latest = orjson.loads(shown.stdout)
-    assert latest["thresholds"]["alert_threshold"] == 0.25 and diff.stdout.startswith(
-        f"r{latest['revision'] - 1} -> r{latest['revision']}")
+    assert latest["thresholds"]["alert_threshold"] == 0.25 and diff.stdout.startswith(f"r1 -> r{latest['revision']}")
+    default = run_pmon("plan", "diff", "--initiative", "PLG Onboarding", cwd=tmp_path)
+    assert default.stdout.startswith(f"r{latest['revision'] - 1} -> r{latest['revision']}")
     missing = run_pmon("plan", "show", "--initiative", "Nope", cwd=tmp_path)
     assert missing.returncode == 2 and "plg-onboarding" in one_line(missing.stderr)
 

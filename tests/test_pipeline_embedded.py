@@ -266,7 +266,7 @@ async def test_a_new_run_with_another_threshold_continues_the_plan_and_logs_the_
     second = EmbeddedDriver(changed, wall_clock=lambda: 1_800_000_000.0)
     await second.run([engagement(2, GOOD_AT)])
     plan = latest(tmp_path, INITIATIVE)
-    assert plan.revision == written.revision + 1
+    assert plan.revision > written.revision  # after every revision the first run wrote
     entries = [e for e in plan.change_log if e.field == "thresholds.alert_threshold"]
     assert [(e.old, e.new) for e in entries] == [(first.settings.effective_alert_threshold, 0.35)]
 
@@ -290,3 +290,24 @@ async def test_a_processing_failure_keeps_the_record_and_raises_monitoring_degra
     assert incident.kind == "monitoring_degraded" and incident.owner == "Personalization Architect"
     await embedded.run([engagement(3, GOOD_AT + timedelta(hours=3, minutes=1))])
     assert embedded.initiative_stage.state.clocks[INITIATIVE].counted == 3, "the driver goes on after the failure"
+
+
+async def test_a_run_over_the_same_input_into_the_same_plan_folder_writes_nothing_new(
+        tmp_path: Path, dip_records: list[Record]) -> None:
+    def folder() -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in plan_files(tmp_path, INITIATIVE)}
+
+    await driver(tmp_path).run(dip_records)
+    first = folder()
+    assert len(first) >= 3
+    rerun = driver(tmp_path)
+    await rerun.run(dip_records)
+    assert folder() == first and rerun.run_result.plan_updates == []
+    # Other settings diverge: their revisions come after every stored one, which stay as they were.
+    other = EmbeddedDriver(settings(tmp_path).model_copy(update={"recovery_span_buckets": 4}),
+                           wall_clock=lambda: 1_800_000_000.0)
+    await other.run(dip_records)
+    after = folder()
+    assert {name: after[name] for name in first} == first and len(after) > len(first)
+    revisions = [PlanDocument.model_validate_json(body).revision for _, body in sorted(after.items())]
+    assert sorted(revisions) == list(range(1, len(after) + 1))
