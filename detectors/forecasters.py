@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from river import time_series
 
 ForecasterName = Literal["profile", "holt_winters", "snarimax"]
 FORECASTERS: tuple[str, ...] = ("profile", "holt_winters", "snarimax")
@@ -108,6 +107,10 @@ class RiverForecaster:
     """
 
     def __init__(self, name: ForecasterName, season: int = 24, offset: float = 1.0) -> None:
+        # Here, not at import: River's time_series loads scipy.stats (about a second), which the default
+        # detectors never need.
+        from river import time_series
+
         if name == "holt_winters":
             # Multiplicative: traffic scales its daily curve. Weights measured on the simulator's series.
             # River's HoltWinters reads its initial trend from the first season's steps, which for a daily

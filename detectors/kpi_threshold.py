@@ -18,7 +18,6 @@ from collections import deque
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.stats import binom
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
 
@@ -92,6 +91,8 @@ class KpiThresholdDetector(BucketDetector):
         if n < self.config.min_exposures:
             return Verdict(False, False, observed, expected, 0.0, detail={**detail, "reason": "too few exposures"})
         relative_drop = 1.0 - observed / expected
+        from scipy.stats import binom  # here, not at import: see experiments.stats._lazy
+
         p_value = float(binom.cdf(events, n, expected))
         breached = relative_drop >= self.config.alert_threshold and p_value < self.config.significance
         return Verdict(True, breached, observed, expected, relative_drop,

@@ -29,7 +29,6 @@ import math
 from collections import deque
 from typing import ClassVar, Literal
 
-from river import drift
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.kpis import Reading, check_kpi, read
@@ -126,6 +125,8 @@ class LevelShiftDetector(BucketDetector):
         self.ph_delta = ph_delta
         self.ph_threshold = ph_threshold
         self.adwin_delta = adwin_delta
+        from river import drift  # here, not at import: River's drift package loads scipy.stats (about a second)
+
         # ADWIN looks for a cut every `clock` values, and only cuts off windows of `min_window_length`:
         # with hourly buckets that must be every bucket, and a new level two buckets long may be cut off.
         self._drift = (drift.PageHinkley(delta=ph_delta, threshold=ph_threshold, mode=_PH_MODE[direction])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from river import anomaly, preprocessing, stats
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.forecasters import SeasonalProfile
@@ -82,6 +81,8 @@ class MultiMetricDetector(BucketDetector):
         self.season = season
         self.seed = seed
         self._volume = SeasonalProfile(season=season)
+        from river import anomaly, preprocessing, stats  # here, not at import: River's anomaly loads scipy.stats
+
         self._scaler = preprocessing.MinMaxScaler()
         self._trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
         self._threshold = stats.Quantile(q)

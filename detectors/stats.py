@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 from scipy.special import bdtr, bdtrc, betainc, ndtr, pdtr, pdtrc
-from scipy.stats import betabinom
 
 
 def binom_lower_tail(k: int, n: int, p: float) -> float:
@@ -53,6 +52,8 @@ def rate_lower_tail(k: int, n: int, p: float, rho: float = 0.0) -> float:
     if rho <= 0.0 or k < 0 or k >= n or not 0.0 < p < 1.0:
         return binom_lower_tail(k, n, p)
     a, b = p * (1.0 / rho - 1.0), (1.0 - p) * (1.0 / rho - 1.0)
+    from scipy.stats import betabinom  # here, not at import: scipy.stats takes about a second to load
+
     return float(betabinom.cdf(k, n, a, b))
 
 
@@ -61,6 +62,8 @@ def rate_upper_tail(k: int, n: int, p: float, rho: float = 0.0) -> float:
     if rho <= 0.0 or k <= 0 or k > n or not 0.0 < p < 1.0:
         return binom_upper_tail(k, n, p)
     a, b = p * (1.0 / rho - 1.0), (1.0 - p) * (1.0 / rho - 1.0)
+    from scipy.stats import betabinom
+
     return float(betabinom.sf(k - 1, n, a, b))
 
 

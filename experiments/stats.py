@@ -27,8 +27,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import importlib.util
+import sys
+
 import numpy as np
-from scipy import integrate, optimize, special, stats
+
+
+def _lazy(name: str) -> Any:
+    """The standard library's lazy-import recipe: scipy (about a second to import) loads at the first
+    statistic computed, not when a command that needs none (`--help`, a stored report) starts."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+integrate, optimize, special, stats = (_lazy(f"scipy.{name}") for name in ("integrate", "optimize", "special",
+                                                                            "stats"))
 
 from experiments.exceptions import InvalidStatisticInput
 

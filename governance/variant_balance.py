@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import chi2_contingency, fisher_exact
 
 MEASURES = ("consent", "fallback")
 
@@ -55,6 +54,8 @@ def balance_test(measure: str, counts: Mapping[str, tuple[int, int]]) -> Balance
     table = np.array([[counts[v][1], counts[v][0] - counts[v][1]] for v in variants], dtype=float)
     if len(variants) < 2 or (table.sum(axis=0) == 0).any():
         return BalanceVerdict(measure, False, 1.0, rates, units, "none: one variant, or the outcome never varies")
+    from scipy.stats import chi2_contingency, fisher_exact  # here, not at import: see experiments.stats._lazy
+
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
     if table.shape == (2, 2) and expected.min() < 5:
         return BalanceVerdict(measure, True, float(fisher_exact(table).pvalue), rates, units, "fisher-exact")

@@ -211,7 +211,7 @@ class InitiativeStage:
         # Per initiative, while a run re-derives revisions an earlier run wrote: those still ahead, by number, and
         # the last number written. A run over the same input writes nothing new; one that differs continues after.
         self._history_ahead: dict[str, dict[int, PlanDocument]] = {}
-        self._history_last: dict[str, int] = {}
+        self._history_latest: dict[str, PlanDocument] = {}
         self._settings_actor = settings_actor
         self.governance = GovernanceScan(settings.governance_config(), self.breach_policy)
 
@@ -372,17 +372,26 @@ class InitiativeStage:
         if plan is None and self._plan_history is not None:
             plan = self._resume_plan(initiative, at)
         if plan is None:
-            self._plans[initiative] = created = new_plan(
-                initiative, thresholds=self._thresholds, at=at,
-                feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
-            return Outputs(plans=[created])
+            created = new_plan(initiative, thresholds=self._thresholds, at=at,
+                               feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
+            ahead = self._history_ahead.get(initiative)
+            if not ahead:
+                self._plans[initiative] = created
+                return Outputs(plans=[created])
+            if ahead.pop(created.revision, None) == created:
+                self._plans[initiative] = created   # as the stored history began: re-derive it
+                return Outputs()
+            ahead.clear()   # other settings than the stored history's: continue its latest revision
+            plan = self._history_latest[initiative]
         self._plans[initiative] = plan
         return self._publish(initiative, with_thresholds(plan, self._thresholds, at=at, actor=self._settings_actor,
                                                          reason="thresholds or cadence differ from the previous run's"))
 
     def _resume_plan(self, initiative: str, at: datetime) -> PlanDocument | None:
-        """The stored revision current at event time `at` (the latest if the history starts later), so a run
-        over input an earlier run saw re-derives that run's revisions instead of appending copies of them."""
+        """The stored revision this run continues from, so a run over input an earlier run saw re-derives that
+        run's revisions instead of appending copies of them: the last one written before event time `at`; None
+        when the history starts at `at` or later (the run re-derives it from its first revision, see
+        `_check_thresholds`)."""
         try:
             history = self._plan_history(initiative)
         except PlanError as exc:
@@ -390,10 +399,11 @@ class InitiativeStage:
             return None
         if not history:
             return None
-        current = [plan for plan in history if plan.updated_at <= at]
-        start = current[-1] if current else history[-1]
-        self._history_ahead[initiative] = {p.revision: p for p in history if p.revision > start.revision}
-        self._history_last[initiative] = history[-1].revision
+        before = [plan for plan in history if plan.updated_at < at]
+        start = before[-1] if before else None
+        self._history_ahead[initiative] = {p.revision: p for p in history
+                                           if start is None or p.revision > start.revision}
+        self._history_latest[initiative] = history[-1]
         return start
 
     def _publish(self, initiative: str, plan: PlanDocument) -> Outputs:
@@ -413,7 +423,7 @@ class InitiativeStage:
                     self._plans[initiative] = stored
                     return Outputs()   # written by an earlier run of the same input
                 ahead.clear()          # this run differs from there on: number after all that is stored
-                number = max(number, self._history_last[initiative] + 1)
+                number = max(number, self._history_latest[initiative].revision + 1)
             plan = plan.model_copy(update={"revision": number})
         self._plans[initiative] = plan
         return Outputs(plans=[plan])
