@@ -4,6 +4,8 @@
 `poisson.cdf` and `norm.cdf` (the tests check that) at a fiftieth of the cost:
 the benchmark calls them a few hundred thousand times. The wrappers also fix
 the edges where the ufuncs return nan (a count above n, a negative count).
+scipy is imported at each function's first call, not with the module: loading
+it is most of a command's start-up, and `pmon --help` or a stored report needs none.
 
 >>> round(binom_lower_tail(61, 800, 0.1), 6), round(binom_upper_tail(3, 10, 0.02), 6)
 (0.012322, 0.000864)
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-from scipy.special import bdtr, bdtrc, betainc, ndtr, pdtr, pdtrc
 
 
 def binom_lower_tail(k: int, n: int, p: float) -> float:
@@ -28,6 +29,8 @@ def binom_lower_tail(k: int, n: int, p: float) -> float:
         return 1.0
     if p >= 1.0:
         return 0.0
+    from scipy.special import bdtr  # at first use (module docstring)
+
     return float(bdtr(k, n, p))
 
 
@@ -39,6 +42,8 @@ def binom_upper_tail(k: int, n: int, p: float) -> float:
         return 0.0
     if p >= 1.0:
         return 1.0
+    from scipy.special import bdtrc  # at first use (module docstring)
+
     return float(bdtrc(k - 1, n, p))
 
 
@@ -52,7 +57,7 @@ def rate_lower_tail(k: int, n: int, p: float, rho: float = 0.0) -> float:
     if rho <= 0.0 or k < 0 or k >= n or not 0.0 < p < 1.0:
         return binom_lower_tail(k, n, p)
     a, b = p * (1.0 / rho - 1.0), (1.0 - p) * (1.0 / rho - 1.0)
-    from scipy.stats import betabinom  # here, not at import: scipy.stats takes about a second to load
+    from scipy.stats import betabinom  # at first use (module docstring)
 
     return float(betabinom.cdf(k, n, a, b))
 
@@ -62,7 +67,7 @@ def rate_upper_tail(k: int, n: int, p: float, rho: float = 0.0) -> float:
     if rho <= 0.0 or k <= 0 or k > n or not 0.0 < p < 1.0:
         return binom_upper_tail(k, n, p)
     a, b = p * (1.0 / rho - 1.0), (1.0 - p) * (1.0 / rho - 1.0)
-    from scipy.stats import betabinom
+    from scipy.stats import betabinom  # at first use (module docstring)
 
     return float(betabinom.sf(k - 1, n, a, b))
 
@@ -73,6 +78,8 @@ def poisson_lower_tail(k: int, mu: float) -> float:
         return 0.0
     if mu <= 0.0:
         return 1.0
+    from scipy.special import pdtr  # at first use (module docstring)
+
     return float(pdtr(k, mu))
 
 
@@ -82,6 +89,8 @@ def poisson_upper_tail(k: int, mu: float) -> float:
         return 1.0
     if mu <= 0.0:
         return 0.0
+    from scipy.special import pdtrc  # at first use (module docstring)
+
     return float(pdtrc(k - 1, mu))
 
 
@@ -98,6 +107,8 @@ def count_lower_tail(k: int, mean: float, dispersion: float = 1.0) -> float:
         return 0.0
     if mean <= 0.0:
         return 1.0
+    from scipy.special import betainc  # at first use (module docstring)
+
     return float(betainc(mean / (dispersion - 1.0), k + 1, 1.0 / dispersion))
 
 
@@ -109,16 +120,22 @@ def count_upper_tail(k: int, mean: float, dispersion: float = 1.0) -> float:
         return 1.0
     if mean <= 0.0:
         return 0.0
+    from scipy.special import betainc  # at first use (module docstring)
+
     return float(betainc(k, mean / (dispersion - 1.0), 1.0 - 1.0 / dispersion))
 
 
 def normal_lower_tail(z: float) -> float:
     """P(Z <= z) for a standard normal Z."""
+    from scipy.special import ndtr  # at first use (module docstring)
+
     return float(ndtr(z))
 
 
 def normal_upper_tail(z: float) -> float:
     """P(Z >= z) for a standard normal Z."""
+    from scipy.special import ndtr  # at first use (module docstring)
+
     return float(ndtr(-z))
 
 
