@@ -67,7 +67,9 @@ def _settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
-        _fail(f"invalid setting PMON_{field.upper()}: {first['msg']} — fix the variable or the option")
+        entry = ".".join(str(part) for part in first["loc"][1:])
+        _fail(f"invalid setting PMON_{field.upper()}{f' (entry {entry})' if entry else ''}: {first['msg']} — "
+              f"fix the variable or the option")
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -99,7 +99,9 @@ def render_report(report: Report, console: Console | None = None) -> None:
         incidents.add_column(column)
     for line in report.incidents:
         status = line.status if line.status == "opened" else f"{line.status} {line.updated_at:%m-%d %H:%M}"
-        incidents.add_row(line.incident_id, line.kind, status, line.severity, line.owner,
+        owner = line.owner if line.assignee is None else f"{line.owner}: {line.assignee}" + (
+            f" ({line.assignee_reason})" if line.assignee_reason else "")
+        incidents.add_row(line.incident_id, line.kind, status, line.severity, owner,
                           "\n".join(line.series), line.period, f"{line.opened_at:%m-%d %H:%M}",
                           measured(line.observed, line.measure), measured(line.expected, line.measure))
     console.print(incidents)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
@@ -36,6 +37,7 @@ from incidents.degraded import degraded_incident
 from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentAction, IncidentEvent
 from incidents.playbooks import owner_at, playbook_steps
+from incidents.roster import on_duty
 from monitor.events import DeadLetter, RuleChangeEvent, decode
 from monitor.exceptions import DecodeError
 from monitor.messages import Action, Message, Partial, RuleChange
@@ -633,7 +635,7 @@ class InitiativeStage:
             if incident.transition == "resolved" and known is not None:
                 self._note_response(initiative, incident.incident_id, known[0].occurred_at, incident.occurred_at)
             if plan is not None:
-                plan = with_incident(plan, _summary(plan, incident), at=incident.occurred_at,
+                plan = with_incident(plan, _summary(plan, incident, self.settings.roster), at=incident.occurred_at,
                                      steps=playbook_steps(incident.kind))
         if incidents:
             self._governance[initiative] = governance
@@ -713,8 +715,13 @@ def _utc(epoch: float) -> datetime:
 _STATUS = {"opened": "open", "updated": "open", "escalated": "escalated", "resolved": "resolved"}
 
 
-def _summary(plan: PlanDocument, incident: IncidentEvent) -> IncidentSummary:
+def _summary(plan: PlanDocument, incident: IncidentEvent, roster: Mapping[str, Any]) -> IncidentSummary:
     known = plan.incident(incident.incident_id)
+    assignee = reason = None
+    role = roster.get(incident.owner)
+    if role is not None:
+        # Who is on duty the day the incident took its current owner (event time).
+        assignee, reason = on_duty(role.people, role.unavailable, incident.occurred_at.date())
     return IncidentSummary(
         incident_id=incident.incident_id, kind=incident.kind, severity=incident.severity,
         series=tuple(incident.series), owner=incident.owner,
@@ -722,4 +729,5 @@ def _summary(plan: PlanDocument, incident: IncidentEvent) -> IncidentSummary:
         last_transition=incident.occurred_at, status=_STATUS[incident.transition],
         escalation_level=incident.rung, playbook=incident.playbook,
         acknowledged_at=known.acknowledged_at if known is not None else None,
-        acknowledged_by=known.acknowledged_by if known is not None else None)
+        acknowledged_by=known.acknowledged_by if known is not None else None,
+        assignee=assignee, assignee_reason=reason)

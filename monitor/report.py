@@ -8,13 +8,15 @@ initiative's watermark (event time), so a replay reports what live would.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from experiments.memo import ExperimentMemo
 from governance.scan import GovernanceState, adherence_pct
 from incidents.model import IncidentEvent
+from incidents.roster import on_duty
 from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
 
@@ -71,6 +73,8 @@ class IncidentLine(BaseModel):
     opened_at: datetime
     updated_at: datetime
     playbook: str
+    assignee: str | None = Field(None, description="The person on duty for the owner role (PMON_ROSTER).")
+    assignee_reason: str | None = Field(None, description="Why the assignee is not the role's lead.")
 
 
 class AdherenceLine(BaseModel):
@@ -125,8 +129,11 @@ def _rates(dimension: str, value: str, window: Counters, recent: Counters, thres
         recent_cvr=recent_cvr, change=change, flagged=change is not None and change <= -threshold)
 
 
-def _incident_line(opened: IncidentEvent, latest: IncidentEvent) -> IncidentLine:
+def _incident_line(opened: IncidentEvent, latest: IncidentEvent, roster: Mapping[str, Any]) -> IncidentLine:
+    role = roster.get(latest.owner)
+    assignee, reason = on_duty(role.people, role.unavailable, latest.occurred_at.date()) if role else (None, None)
     return IncidentLine(
+        assignee=assignee, assignee_reason=reason,
         incident_id=latest.incident_id, kind=latest.kind, status=latest.transition, severity=latest.severity,
         owner=latest.owner, series=latest.series, period=latest.period, observed=opened.evidence.observed,
         expected=opened.evidence.expected, measure=measure_of(opened), opened_at=opened.occurred_at,
@@ -202,7 +209,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         dashboard=[_rates(d, v, *by_value[(d, v)], threshold) for d, v in sorted(by_value)],
         series=[_rates("series", s, *by_series[s], threshold) for s in sorted(by_series)]
         if request.detail == "full" else [],
-        incidents=[_incident_line(*pair) for pair in incidents],
+        incidents=[_incident_line(*pair, settings.roster) for pair in incidents],
         warming_up=warming,
         counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates, source_offsets_lost=clock.gaps,
         dead_letters=dict(sorted(clock.dead_letters.items(), key=lambda kv: -kv[1])),

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detectors.kpi_threshold import KpiThresholdConfig
@@ -28,6 +29,27 @@ def _monitored() -> tuple[str, ...]:
     from detectors.registry import monitored
 
     return monitored()
+
+
+class RosterRole(BaseModel):
+    """The people of one role: the first is the lead, the others stand in, in this order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    people: list[str] = Field(min_length=1)
+    unavailable: dict[str, list[tuple[date, date]]] = Field(default_factory=dict, description=(
+        "Person -> the date ranges (first and last day, inclusive) they are away."))
+
+    @model_validator(mode="after")
+    def _known_people_and_ranges(self) -> "RosterRole":
+        strangers = sorted(set(self.unavailable) - set(self.people))
+        if strangers:
+            raise ValueError(f"unavailable names {strangers}, who are not among the people {self.people}")
+        for person, ranges in self.unavailable.items():
+            for start, end in ranges:
+                if end < start:
+                    raise ValueError(f"{person}'s range {start} .. {end} ends before it starts")
+        return self
 
 
 DEFAULT_ALERT_THRESHOLD = 0.2
@@ -111,6 +133,12 @@ class Settings(BaseSettings):
     balance_significance: float = Field(0.001, gt=0, lt=0.5, description="p-value under which variants' consent or fallback rates differ beyond chance (chi-square).")
     probable_cause_hours: float = Field(6, ge=0, le=720, description="Rule changes this many hours before a KPI incident are listed as its probable causes.")
 
+    roster: dict[str, RosterRole] = Field(default_factory=dict, description=(
+        'People per role (JSON), e.g. {"Testing Lead": {"people": ["Ana", "Ben"], "unavailable": {"Ana": '
+        '[["2026-11-10", "2026-11-12"]]}}}: the first is the lead, the others stand in, in order. An incident is '
+        "assigned to its owner role's lead, or to the first substitute available on its day; the plan records who "
+        "and why. A role without an entry is assigned to nobody by name."))
+
     # Outputs and privacy
     plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
     pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description="Key of the keyed hash that pseudonymises user ids.")
@@ -180,13 +208,14 @@ class Settings(BaseSettings):
     def as_environment(self, base: dict[str, str]) -> dict[str, str]:
         """`base` with these settings as its only PMON_* variables: the environment of a child worker."""
         env = {k: v for k, v in base.items() if not k.startswith("PMON_")}
+        as_json = self.model_dump(mode="json")
         for name, value in self.model_dump().items():
             if value is None:
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             elif isinstance(value, (list, tuple, dict)):
-                value = json.dumps(value)  # pydantic-settings reads complex values as JSON
+                value = json.dumps(as_json[name])  # pydantic-settings reads complex values as JSON
             env[f"PMON_{name.upper()}"] = str(value)
         return env
 

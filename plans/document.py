@@ -220,6 +220,8 @@ class IncidentSummary(_PlanModel):
     playbook: str | None = None
     acknowledged_at: UtcDatetime | None = None
     acknowledged_by: str | None = None
+    assignee: str | None = Field(None, description="The person on duty for the owner role (the roster's).")
+    assignee_reason: str | None = Field(None, description="Why the assignee is not the role's lead.")
 
     @model_validator(mode="after")
     def _transition_not_before_opening(self) -> "IncidentSummary":

@@ -126,3 +126,29 @@ def test_the_window_scopes_the_incidents_and_says_when_it_is_longer_than_the_dat
     assert reports["14d"].totals.exposures > reports["7d"].totals.exposures
     assert reports["7d"].window_note is None
     assert reports["14d"].window_note.startswith("the window asks for 14 days; the data hold 9.")
+
+
+def test_an_incident_goes_to_the_substitute_when_the_lead_is_away_and_the_plan_says_why(tmp_path: Path) -> None:
+    from monitor.report import ReportRequest, build_report
+
+    t0 = _t0()
+    away = t0.date()
+    roster = {"Testing Lead": {"people": ["Ana Ortiz", "Ben Li"], "unavailable": {"Ana Ortiz": [[away, away]]}}}
+    driver = EmbeddedDriver(Settings(plan_dir=tmp_path, alert_threshold=0.1, roster=roster, **DETECTION))
+    asyncio.run(driver.run(_series(t0, after=0)))
+    plan = latest(tmp_path, INITIATIVE)
+    [summary] = [i for i in plan.open_incidents if i.kind == "kpi_threshold"]
+    assert (summary.owner, summary.assignee) == ("Testing Lead", "Ben Li")
+    assert summary.assignee_reason == f"Ana Ortiz unavailable on {away.isoformat()}"
+    report = build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE))
+    assert [line.assignee for line in report.incidents if line.kind == "kpi_threshold"] == ["Ben Li"]
+
+
+def test_a_roster_entry_that_names_a_stranger_is_refused_naming_the_entry(tmp_path: Path) -> None:
+    from tests.test_cli import one_line, run_pmon
+
+    bad = '{"Testing Lead": {"people": ["Ana"], "unavailable": {"Zed": [["2026-11-01", "2026-11-02"]]}}}'
+    result = run_pmon("monitor", "--initiative", INITIATIVE, "--state", str(tmp_path), cwd=tmp_path,
+                      env={"PMON_ROSTER": bad})
+    line = one_line(result.stderr)
+    assert result.returncode == 2 and "PMON_ROSTER (entry Testing Lead)" in line and "'Zed'" in line
