@@ -191,7 +191,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
                         and (since is None or pair[1].transition != "resolved" or pair[1].occurred_at.timestamp() >= since)),
                        key=lambda pair: (pair[0].occurred_at, pair[0].incident_id))
     note = None
-    if kept and since is not None and kept[0].start > since:
+    if kept and since is not None and kept[0].start - since > settings.bucket_seconds:  # not for the edge bucket
         days = (end - kept[0].start) / 86_400
         note = (f"the window asks for {WINDOWS[request.window]} days; the data hold {days:.1f} days of closed "
                 f"buckets, from {datetime.fromtimestamp(kept[0].start, tz=timezone.utc):%Y-%m-%d %H:%M} UTC")

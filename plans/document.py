@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, TypeVar
@@ -665,7 +666,7 @@ def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
         severity = "critical" if summary.severity == "critical" else "warning"
         common = {"owner": summary.owner, "priority": "P1" if severity == "critical" else "P2",
                   "source": summary.incident_id, "created_at": created}
-        items = [{**common, "id": f"{summary.incident_id}-step-{n}", "title": f"{summary.kind}: {step}"[:200],
+        items = [{**common, "id": f"{summary.incident_id}-step-{n}", "title": textwrap.shorten(f"{summary.kind}: {step}", width=200, placeholder=" …"),
                   "due_at": created + DUE_WITHIN["step", severity]} for n, step in enumerate(steps, start=1)]
         items.append({**common, "id": review_id, "title": f"{POST_INCIDENT_REVIEW}: {summary.kind}",
                       "due_at": created + DUE_WITHIN["review", severity]})
