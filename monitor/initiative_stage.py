@@ -1,10 +1,11 @@
 """Stage 2, per initiative: partials in; windows, detectors, governance, readouts, incidents and the plan out.
 
-Both drivers run it over the same state shapes (Faust tables in the worker,
-dicts embedded): `on_partial` applies one batch's partial aggregates
+Both drivers run it over the same state shapes (changelog-backed stores in the
+worker, dicts embedded): `on_partial` applies one batch's partial aggregates
 (`monitor.messages.Partial`) idempotently by source partition and offsets,
 closes the buckets the watermark passed and judges them; `on_rule_change`
-audits a rule change; `on_check` is the wall-clock timer's check. Every step's
+audits a rule change; `on_action` records a person's action on an incident;
+`on_check` is the wall-clock timer's check. Every step's
 writes go through one `StepTransaction`: the driver sends the step's
 `Outputs`, then calls `commit`.
 """

@@ -11,8 +11,8 @@ observation of zero, not a missing one), and a closed bucket is judged for
 every series of the initiative's roster, with zeros for a silent series. A
 series leaves the roster after `retention_days` without events.
 
-State lives in two tables (a Faust table in the worker, a dict in the
-embedded driver): `clocks[initiative]` and `buckets["<initiative>|<start>"]`,
+State lives in two tables (a changelog-backed store in the worker, a dict in
+the embedded driver): `clocks[initiative]` and `buckets["<initiative>|<start>"]`,
 one row per initiative and hour holding counters per series and per cohort,
 kept `retention_days` for reports. The keeper writes through the step's
 transaction (`monitor.transaction`): a partial costs one write per touched
