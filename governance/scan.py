@@ -102,7 +102,7 @@ class GovernanceTally:
 @dataclass(slots=True)
 class GovernanceState:
     violations: ViolationState = field(default_factory=ViolationState)
-    convicted: dict[str, float] = field(default_factory=dict)            # violation event id -> event time
+    convicted: dict[str, tuple[float, str]] = field(default_factory=dict)  # violation event id -> (event time, channel)
     adherence: dict[str, list[int]] = field(default_factory=dict)        # channel -> [personalized, violations]
     rules: dict[str, RuleFallbackState] = field(default_factory=dict)    # "channel|rule"
     rule_rates: dict[str, tuple[int, int]] = field(default_factory=dict) # last closed bucket: (fallbacks, exposures)
@@ -142,11 +142,11 @@ class GovernanceScan:
             elif violation.event_id in state.convicted:
                 continue  # redelivered after a crash, or convicted twice
             else:
-                state.convicted[violation.event_id] = violation.at
+                state.convicted[violation.event_id] = (violation.at, channel)
                 state.adherence.setdefault(channel, [0, 0])[1] += 1
             new.append(violation)
         if len(state.convicted) > CONVICTED_KEPT:
-            keep = sorted(state.convicted.items(), key=lambda item: item[1])[-CONVICTED_KEPT:]
+            keep = sorted(state.convicted.items(), key=lambda item: item[1][0])[-CONVICTED_KEPT:]
             state.convicted = dict(keep)
         state.violations, events = observe_violations(state.violations, new, initiative=initiative)
         return events

@@ -19,6 +19,7 @@ from incidents.model import IncidentEvent
 from incidents.roster import on_duty
 from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
+from monitor.windows import BucketRow
 
 if TYPE_CHECKING:  # the stage imports nothing from here; the annotation only documents the argument
     from monitor.initiative_stage import InitiativeStage
@@ -79,8 +80,9 @@ class IncidentLine(BaseModel):
 
 class AdherenceLine(BaseModel):
     channel: str
-    personalized: int = Field(description="Personalized (non-fallback) exposures in closed buckets.")
-    violations: int = Field(description="Of them (or of later ones, convicted at once), to users without consent.")
+    personalized: int = Field(description="Personalized (non-fallback) exposures in the window's closed buckets.")
+    violations: int = Field(description="Of them (or of later ones, convicted at once), to users without consent: "
+                                        "violations by exposures since the window's start.")
     adherence_pct: float | None
 
 
@@ -127,6 +129,20 @@ def _rates(dimension: str, value: str, window: Counters, recent: Counters, thres
         ctr=window.clicks / window.exposures if window.exposures else None, cvr=cvr,
         fallback_rate=window.fallbacks / window.exposures if window.exposures else None,
         recent_cvr=recent_cvr, change=change, flagged=change is not None and change <= -threshold)
+
+
+def _adherence_in(rows: list[BucketRow], governance: GovernanceState, since: float | None) -> list[AdherenceLine]:
+    """Per channel: the window's personalized exposures (its closed buckets), and the violations convicted among
+    exposures since the window's start (also in buckets still open: a violation counts at once)."""
+    counts: dict[str, list[int]] = {}
+    for row in rows:
+        for channel, n in row.governance.personalized.items():
+            counts.setdefault(channel, [0, 0])[0] += n
+    for at, channel in governance.convicted.values():
+        if since is None or at >= since:
+            counts.setdefault(channel, [0, 0])[1] += 1
+    return [AdherenceLine(channel=channel, personalized=n, violations=v, adherence_pct=adherence_pct(n, v))
+            for channel, (n, v) in sorted(counts.items())]
 
 
 def _incident_line(opened: IncidentEvent, latest: IncidentEvent, roster: Mapping[str, Any]) -> IncidentLine:
@@ -218,9 +234,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
                        key=lambda b: (b.status != "open", b.due_at or b.created_at, b.id)),
         plan_dir=str(settings.plan_dir),
         governance_checklist=list(pipeline.governance.checklist(governance)),
-        consent_adherence=[AdherenceLine(channel=channel, personalized=n, violations=v,
-                                         adherence_pct=adherence_pct(n, v))
-                           for channel, (n, v) in sorted(governance.adherence.items())],
+        consent_adherence=_adherence_in(rows, governance, since),
         pending_approvals=[change.describe() for change in governance.audit.pending_approvals()],
         experiments=[state.memo for _, state in sorted((state.experiments.get(request.initiative) or {}).items())
                      if state.memo is not None])

@@ -132,14 +132,15 @@ def test_an_incident_goes_to_the_substitute_when_the_lead_is_away_and_the_plan_s
     from monitor.report import ReportRequest, build_report
 
     t0 = _t0()
-    away = t0.date()
-    roster = {"Testing Lead": {"people": ["Ana Ortiz", "Ben Li"], "unavailable": {"Ana Ortiz": [[away, away]]}}}
+    # Away the whole span: the incident opens some hours after t0, which may be the next day.
+    away, back = t0.date(), (t0 + timedelta(days=1)).date()
+    roster = {"Testing Lead": {"people": ["Ana Ortiz", "Ben Li"], "unavailable": {"Ana Ortiz": [[away, back]]}}}
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path, alert_threshold=0.1, roster=roster, **DETECTION))
     asyncio.run(driver.run(_series(t0, after=0)))
     plan = latest(tmp_path, INITIATIVE)
     [summary] = [i for i in plan.open_incidents if i.kind == "kpi_threshold"]
     assert (summary.owner, summary.assignee) == ("Testing Lead", "Ben Li")
-    assert summary.assignee_reason == f"Ana Ortiz unavailable on {away.isoformat()}"
+    assert summary.assignee_reason == f"Ana Ortiz unavailable on {summary.last_transition.date().isoformat()}"
     report = build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE))
     assert [line.assignee for line in report.incidents if line.kind == "kpi_threshold"] == ["Ben Li"]
 
@@ -152,3 +153,29 @@ def test_a_roster_entry_that_names_a_stranger_is_refused_naming_the_entry(tmp_pa
                       env={"PMON_ROSTER": bad})
     line = one_line(result.stderr)
     assert result.returncode == 2 and "PMON_ROSTER (entry Testing Lead)" in line and "'Zed'" in line
+
+
+def test_consent_adherence_is_over_the_window(tmp_path: Path) -> None:
+    from monitor.events import ConsentEvent
+    from monitor.report import ReportRequest, build_report
+
+    t0 = _t0() - timedelta(days=9)
+    revoked = ConsentEvent(event_id="c1", event_time=t0, user_id="bad", purpose="personalization",
+                           status="revoked", region="EU")
+
+    def exposure(n: int, user: str, at: datetime) -> tuple[str, bytes, bytes]:
+        return "engagement", user.encode(), encode(EngagementEvent(
+            event_id=f"x{n}", event_type="exposure", event_time=at, user_id=user, initiative=INITIATIVE,
+            profile="p", channel="web", variant="control"))
+
+    records = [("consent", b"bad", encode(revoked)), exposure(1, "bad", t0 + timedelta(minutes=10)),
+               exposure(2, "good", t0 + timedelta(minutes=20)),
+               *[exposure(10 + n, "good", t0 + timedelta(days=8, minutes=n)) for n in range(5)],
+               exposure(99, "good", t0 + timedelta(days=9))]
+    driver = EmbeddedDriver(Settings(plan_dir=tmp_path, **DETECTION))
+    asyncio.run(driver.run(records))
+    lines = {window: build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE, window=window))
+             .consent_adherence for window in ("7d", "14d")}
+    assert [(line.personalized, line.violations) for line in lines["14d"]] == [(7, 1)]
+    assert [(line.personalized, line.violations) for line in lines["7d"]] == [(5, 0)]
+    assert lines["7d"][0].adherence_pct == 100.0 and lines["14d"][0].adherence_pct < 100.0
