@@ -266,16 +266,13 @@ def _embedded_stage(settings: Settings, initiative: str, events: Path | None, st
     """The per-initiative stage to report from: the stored state when it was built from `events` under these
     settings (or `--state` alone), else a replay of `events`, stored when `state_dir` is given."""
     from monitor.initiative_stage import InitiativeStage
-    from monitor.stored_state import StoredStateError, fingerprint, load, save
+    from monitor.stored_state import StoredStateError, fingerprint, save
     from plans.plan_sink import PlanWriter
     from streams.embedded import initiatives_in, read_records
 
     if events is not None and not events.is_file():
         _fail(f"events file {events} does not exist — write one with `pmon simulate --to-file {events}`")
-    try:
-        stored = load(state_dir) if state_dir is not None else None
-    except StoredStateError as exc:
-        _fail(f"{exc} — or pass another --state directory")
+    stored = _stored_run(state_dir) if state_dir is not None else None
     built_from = fingerprint(events, settings) if events is not None else None
     if stored is not None and (events is None or stored.fingerprint == built_from):
         initiative = _resolve_initiative(initiative, set(stored.state.clocks), f"the state in {state_dir}")
@@ -290,6 +287,16 @@ def _embedded_stage(settings: Settings, initiative: str, events: Path | None, st
         except StoredStateError as exc:
             _fail(f"{exc} — pass a writable --state directory")
     return driver.initiative_stage, initiative
+
+
+def _stored_run(state_dir: Path) -> Any:
+    """The stored run in `state_dir`, None if there is none; a one-line error if it cannot be read."""
+    from monitor.stored_state import StoredStateError, load
+
+    try:
+        return load(state_dir)
+    except StoredStateError as exc:
+        _fail(f"{exc} — or pass another --state directory")
 
 
 def _resolve_initiative(name: str, known: set[str], where: str) -> str:
@@ -530,14 +537,11 @@ def _record_in_state(action: str, incident_id: str, by: str, text: str, state_di
 
     from incidents.model import IncidentAction
     from monitor.initiative_stage import InitiativeStage
-    from monitor.stored_state import StoredStateError, load, save
+    from monitor.stored_state import StoredStateError, save
     from plans.plan_sink import PlanWriter
 
     settings = _settings()
-    try:
-        stored = load(state_dir)
-    except StoredStateError as exc:
-        _fail(f"{exc} — or pass another --state directory")
+    stored = _stored_run(state_dir)
     if stored is None:
         _fail(f"no stored state in {state_dir} — build it with `pmon monitor --events FILE --state {state_dir}`")
     known = stored.state.incidents.get(incident_id)

@@ -38,7 +38,7 @@ from incidents.degraded import degraded_incident
 from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentAction, IncidentEvent
 from incidents.playbooks import owner_at, playbook_steps
-from incidents.roster import on_duty
+from incidents.roster import assignee_of
 from monitor.events import DeadLetter, RuleChangeEvent, decode
 from monitor.exceptions import DecodeError
 from monitor.messages import Action, Message, Partial, RuleChange
@@ -137,34 +137,38 @@ class Outputs:
         self.plans.extend(other.plans)
 
 
+def _admitted(settings: Settings, topic: str, raw: bytes | None, what: str, parse: Callable[[bytes], Any],
+              **where: Any) -> Any:
+    """`parse(raw)`, or the dead letter of a record it refuses (DecodeError) or of a tombstone."""
+    try:
+        if raw is None:
+            raise DecodeError(f"empty value (a tombstone): input records must carry {what}")
+        return parse(raw)
+    except DecodeError as exc:
+        return DeadLetter.of(raw or b"", source_topic=settings.topic(topic), reason=exc.reason,
+                             error=exc.detail[:2000], **where)
+
+
 def admit_rule_change(settings: Settings, raw: bytes | None, *, wall_now: float, key: bytes | None = None,
                       partition: int | None = None, offset: int | None = None) -> RuleChangeEvent | DeadLetter:
     """Decode and validate one rule-change record; bad input becomes a dead letter."""
-    try:
-        if raw is None:
-            raise DecodeError("empty value (a tombstone): input records must carry an event")
-        event = decode(RuleChangeEvent, raw)
+    def parse(value: bytes) -> RuleChangeEvent:
+        event = decode(RuleChangeEvent, value)
         ahead = event.event_time.timestamp() - wall_now
         if ahead > settings.max_future_seconds:
             raise DecodeError(
                 f"event_time {event.event_time.isoformat()} is {ahead:.0f} s ahead of the wall clock "
                 f"(PMON_MAX_FUTURE_SECONDS={settings.max_future_seconds})")
         return event
-    except DecodeError as exc:
-        return DeadLetter.of(raw or b"", source_topic=settings.topic("rule-changes"), reason=exc.reason,
-                             error=exc.detail[:2000], key=key, partition=partition, offset=offset)
+
+    return _admitted(settings, "rule-changes", raw, "an event", parse, key=key, partition=partition, offset=offset)
 
 
 def admit_incident_action(settings: Settings, raw: bytes | None, *, key: bytes | None = None,
                           partition: int | None = None, offset: int | None = None) -> IncidentAction | DeadLetter:
     """Decode and validate one record of the incident-actions topic; bad input becomes a dead letter."""
-    try:
-        if raw is None:
-            raise DecodeError("empty value (a tombstone): input records must carry an action")
-        return decode(IncidentAction, raw)
-    except DecodeError as exc:
-        return DeadLetter.of(raw or b"", source_topic=settings.topic("incident-actions"), reason=exc.reason,
-                             error=exc.detail[:2000], key=key, partition=partition, offset=offset)
+    return _admitted(settings, "incident-actions", raw, "an action", lambda value: decode(IncidentAction, value),
+                     key=key, partition=partition, offset=offset)
 
 
 class InitiativeStage:
@@ -665,16 +669,15 @@ class InitiativeStage:
             log.warning("incident action %s dropped: %s", action.event_id, exc)
             return Outputs()
         if action.action == "acknowledged" and known is not None:
-            self._note_response(action.initiative, action.incident_id, known.opened_at.timestamp(), action.at)
+            self._note_response(action.initiative, action.incident_id, known.opened_at, action.at)
             updated = self._with_response_time(updated, action.initiative)
         return self._publish(action.initiative, updated)
 
-    def _note_response(self, initiative: str, incident_id: str, opened: float | datetime, responded: datetime) -> None:
+    def _note_response(self, initiative: str, incident_id: str, opened: datetime, responded: datetime) -> None:
         """The first response counts: an acknowledgement, or the resolution of an incident nobody acknowledged."""
-        opened_at = opened if isinstance(opened, datetime) else _utc(opened)
         responses = dict(self._responses.get(initiative) or {})
         if incident_id not in responses:
-            responses[incident_id] = max(0.0, (responded - opened_at).total_seconds() / 60)
+            responses[incident_id] = max(0.0, (responded - opened).total_seconds() / 60)
             self._responses[initiative] = responses
 
     def _with_response_time(self, plan: PlanDocument, initiative: str) -> PlanDocument:
@@ -718,11 +721,8 @@ _STATUS = {"opened": "open", "updated": "open", "escalated": "escalated", "resol
 
 def _summary(plan: PlanDocument, incident: IncidentEvent, roster: Mapping[str, Any]) -> IncidentSummary:
     known = plan.incident(incident.incident_id)
-    assignee = reason = None
-    role = roster.get(incident.owner)
-    if role is not None:
-        # Who is on duty the day the incident took its current owner (event time).
-        assignee, reason = on_duty(role.people, role.unavailable, incident.occurred_at.date())
+    # Who is on duty the day the incident took its current owner (event time).
+    assignee, reason = assignee_of(roster, incident.owner, incident.occurred_at.date())
     return IncidentSummary(
         incident_id=incident.incident_id, kind=incident.kind, severity=incident.severity,
         series=tuple(incident.series), owner=incident.owner,

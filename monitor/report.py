@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from experiments.memo import ExperimentMemo
 from governance.scan import GovernanceState, adherence_pct
 from incidents.model import IncidentEvent
-from incidents.roster import on_duty
+from incidents.roster import assignee_of
 from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
 from monitor.windows import BucketRow
@@ -146,8 +146,7 @@ def _adherence_in(rows: list[BucketRow], governance: GovernanceState, since: flo
 
 
 def _incident_line(opened: IncidentEvent, latest: IncidentEvent, roster: Mapping[str, Any]) -> IncidentLine:
-    role = roster.get(latest.owner)
-    assignee, reason = on_duty(role.people, role.unavailable, latest.occurred_at.date()) if role else (None, None)
+    assignee, reason = assignee_of(roster, latest.owner, latest.occurred_at.date())
     return IncidentLine(
         assignee=assignee, assignee_reason=reason,
         incident_id=latest.incident_id, kind=latest.kind, status=latest.transition, severity=latest.severity,

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import warnings
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -148,7 +148,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         return app.topic(name, key_type=bytes, key_serializer="raw", value_serializer="raw",
                          internal=True, partitions=settings.topic_partitions)
 
-    rule_changes = raw_topic(settings.topic("rule-changes"))
     partials = raw_topic(PARTIALS_TOPIC.format(app_id=settings.app_id))
     outputs = {name: raw_topic(settings.topic(name)) for name in ("incidents", "plan-updates", "dead-letters")}
 
@@ -162,39 +161,32 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     emitter = Emitter(settings, metrics, send=send_acked)
 
-    async def forward_one(stream_event: faust.EventT) -> None:
-        message = stream_event.message
-        metrics.records.labels(topic="rule-changes").inc()
-        event = admit_rule_change(settings, message.value, wall_now=time.time(), key=message.key,
-                                        partition=message.partition, offset=message.offset)
-        if isinstance(event, DeadLetter):
-            log.warning("dead letter from rule-changes[%s]@%s: %s", message.partition, message.offset, event.reason)
-            await emitter.dead_letter(event)
-        else:
-            await (await partials.send(key=event.initiative.encode(),
-                                       value=messages.encode(messages.RuleChange(event))))
+    def forwarder(name: str, admit: Callable[[Any], Any], wrap: Callable[[Any], messages.Message]) -> Any:
+        """A thin agent: admit each record of input topic `name` (or dead-letter it) and forward it, keyed by
+        its initiative, to the partials topic, where the initiative's stage picks it up."""
+        async def forward_one(stream_event: faust.EventT) -> None:
+            message = stream_event.message
+            metrics.records.labels(topic=name).inc()
+            admitted = admit(message)
+            if isinstance(admitted, DeadLetter):
+                log.warning("dead letter from %s[%s]@%s: %s", name, message.partition, message.offset,
+                            admitted.reason)
+                await emitter.dead_letter(admitted)
+            else:
+                await (await partials.send(key=admitted.initiative.encode(), value=messages.encode(wrap(admitted))))
 
-    @app.agent(rule_changes, concurrency=1)
-    async def forward_rule_changes(stream: faust.StreamT) -> None:
-        async for stream_event in stream.events():
-            await to_the_end(forward_one(stream_event))
+        async def forward(stream: faust.StreamT) -> None:
+            async for stream_event in stream.events():
+                await to_the_end(forward_one(stream_event))
 
-    async def forward_action(stream_event: faust.EventT) -> None:
-        message = stream_event.message
-        metrics.records.labels(topic="incident-actions").inc()
-        action = admit_incident_action(settings, message.value, key=message.key, partition=message.partition,
-                                       offset=message.offset)
-        if isinstance(action, DeadLetter):
-            log.warning("dead letter from incident-actions[%s]@%s: %s", message.partition, message.offset,
-                        action.reason)
-            await emitter.dead_letter(action)
-        else:
-            await (await partials.send(key=action.initiative.encode(), value=messages.encode(messages.Action(action))))
+        return app.agent(raw_topic(settings.topic(name)), name=f"forward-{name}", concurrency=1)(forward)
 
-    @app.agent(raw_topic(settings.topic("incident-actions")), concurrency=1)
-    async def forward_incident_actions(stream: faust.StreamT) -> None:
-        async for stream_event in stream.events():
-            await to_the_end(forward_action(stream_event))
+    forwarder("rule-changes", lambda m: admit_rule_change(settings, m.value, wall_now=time.time(), key=m.key,
+                                                          partition=m.partition, offset=m.offset),
+              messages.RuleChange)
+    forwarder("incident-actions", lambda m: admit_incident_action(settings, m.value, key=m.key,
+                                                                  partition=m.partition, offset=m.offset),
+              messages.Action)
 
     @app.task
     async def user_stage() -> None:

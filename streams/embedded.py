@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -208,11 +209,8 @@ class EmbeddedDriver:
 def initiatives_in(path: Path) -> set[str]:
     """The initiatives a JSONL events file names (engagement and rule changes), read without replaying it."""
     found: set[str] = set()
-    for _, _, value in read_records(path):
-        try:
-            initiative = orjson.loads(value).get("initiative")
-        except (orjson.JSONDecodeError, AttributeError):
-            continue
+    for _, _, value in _envelopes(path):
+        initiative = value.get("initiative") if isinstance(value, dict) else None
         if isinstance(initiative, str):
             found.add(initiative)
     return found
@@ -224,6 +222,12 @@ def read_records(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
     A line that is not such an envelope is passed on to the engagement stage
     as it is, so it is dead-lettered with its reason instead of stopping the run.
     """
+    for topic, key, value in _envelopes(path):
+        yield topic, key, value if isinstance(value, bytes) else orjson.dumps(value)
+
+
+def _envelopes(path: Path) -> Iterator[tuple[str, bytes | None, Any]]:
+    """(topic, key, parsed value) per envelope line; ("engagement", None, the line's bytes) for any other line."""
     with path.open("rb") as lines:
         for line in lines:
             line = line.strip()
@@ -237,4 +241,4 @@ def read_records(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 yield "engagement", None, line
                 continue
-            yield topic, key.encode() if isinstance(key, str) else None, orjson.dumps(value)
+            yield topic, key.encode() if isinstance(key, str) else None, value
