@@ -9,7 +9,7 @@ checklist (`checklist`) is built from that state for the report and the plan.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -250,27 +250,40 @@ class GovernanceScan:
         return events
 
     # -- checklist ----------------------------------------------------------------
-    def checklist(self, state: GovernanceState) -> tuple[ChecklistItem, ...]:
-        items = (self._consent_item(state), self._fallback_item(state), self._approval_item(state),
+    def checklist(self, state: GovernanceState, *, adherence: Mapping[str, Sequence[int]] | None = None,
+                  opened: Mapping[str, list[str]] | None = None) -> tuple[ChecklistItem, ...]:
+        """The checklist over the monitored period, or over a report's window when `adherence` (channel ->
+        personalized, violations) and `opened` (governance kind -> incidents) describe that window: the other
+        items' status is the state at the window's end, their history the incidents in the window."""
+        period = "period" if opened is None else "window"
+        opened = state.opened if opened is None else opened
+        items = (self._consent_item(state, state.adherence if adherence is None else adherence),
+                 self._fallback_item(state), self._approval_item(state),
                  self._integrity_item(state), self._balance_item(state))
-        return tuple(_with_history(item, state.opened.get(_ITEM_KINDS[item.item], [])) for item in items)
+        return tuple(_with_history(item, opened.get(_ITEM_KINDS[item.item], []), period) for item in items)
 
-    def _consent_item(self, state: GovernanceState) -> ChecklistItem:
-        personalized = sum(c[0] for c in state.adherence.values())
-        violations = sum(c[1] for c in state.adherence.values())
+    def _consent_item(self, state: GovernanceState, adherence: Mapping[str, Sequence[int]]) -> ChecklistItem:
+        personalized = sum(c[0] for c in adherence.values())
+        violations = sum(c[1] for c in adherence.values())
         # Only what decides the status: the plan is rewritten when its checklist changes, not every hour.
-        by_channel = {ch: c[1] for ch, c in sorted(state.adherence.items()) if c[1]}
+        by_channel = {ch: c[1] for ch, c in sorted(adherence.items()) if c[1]}
         owner = owner_at(PLAYBOOKS["consent_violation"].first_rung)
         if violations:
             return ChecklistItem(item="consent_adherence", status="fail", owner=owner,
                                  summary=f"{violations} personalized exposure(s) reached users without consent",
                                  evidence={"violations_by_channel": by_channel,
                                            "open_incident": state.violations.incident})
+        # A window after the violations can pass while their incident is still open: say so.
+        still_open = ({"summary": f"; incident {state.violations.incident} from before is still open",
+                       "evidence": {"open_incident": state.violations.incident}}
+                      if state.violations.incident else {"summary": "", "evidence": {}})
         if not personalized:
             return ChecklistItem(item="consent_adherence", status="pending", owner=owner,
-                                 summary="no personalized exposure judged yet")
+                                 summary="no personalized exposure judged yet" + still_open["summary"],
+                                 evidence=still_open["evidence"])
         return ChecklistItem(item="consent_adherence", status="pass", owner=owner,
-                             summary="every personalized exposure had consent")
+                             summary="every personalized exposure had consent" + still_open["summary"],
+                             evidence=still_open["evidence"])
 
     def _fallback_item(self, state: GovernanceState) -> ChecklistItem:
         owner = owner_at(PLAYBOOKS["rule_fallback"].first_rung)
@@ -336,13 +349,13 @@ _ITEM_KINDS = {"consent_adherence": "consent_violation", "fallback_rates": "rule
                "variant_balance": "variant_imbalance"}
 
 
-def _with_history(item: ChecklistItem, opened: list[str]) -> ChecklistItem:
-    """A passing item says when it did not always pass: the incidents of its kind in the monitored period."""
+def _with_history(item: ChecklistItem, opened: list[str], period: str) -> ChecklistItem:
+    """A passing item says when it did not always pass: the incidents of its kind in the period (or window)."""
     if not opened:
         return item
-    update: dict[str, object] = {"evidence": {**item.evidence, "incidents_in_period": list(opened)}}
+    update: dict[str, object] = {"evidence": {**item.evidence, f"incidents_in_{period}": list(opened)}}
     if item.status == "pass":
-        update["summary"] = f"{item.summary} now; {len(opened)} incident(s) earlier in the period, resolved"
+        update["summary"] = f"{item.summary} now; {len(opened)} incident(s) earlier in the {period}, resolved"
     return item.model_copy(update=update)
 
 

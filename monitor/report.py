@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from experiments.memo import ExperimentMemo
-from governance.scan import GovernanceState, adherence_pct
+from governance.scan import GOVERNANCE_KINDS, GovernanceState, adherence_pct
 from incidents.model import IncidentEvent
 from incidents.roster import assignee_of
 from plans.document import BacklogItem, ChecklistItem
@@ -109,7 +109,9 @@ class Report(BaseModel):
                                                     "each gap also a monitoring_degraded incident.")
     plan_revision: int | None
     plan_dir: str
-    governance_checklist: list[ChecklistItem] = Field(description="Pass / fail / pending, evidence and owner.")
+    governance_checklist: list[ChecklistItem] = Field(description=(
+        "Pass / fail / pending, evidence and owner, over the window: consent from the window's adherence, the other "
+        "items' status at the window's end with the incidents of their kind in the window."))
     consent_adherence: list[AdherenceLine]
     pending_approvals: list[dict] = Field(description="Rule changes waiting for an approver.")
     experiments: list[ExperimentMemo] = Field(description="Per experiment of the initiative, the latest readout, "
@@ -214,6 +216,11 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
                      if key.startswith(prefix) and series is not None and series.detector.warming_up)
     plan = state.plans.get(request.initiative)
     governance = state.governance.get(request.initiative) or GovernanceState()
+    adherence = _adherence_in(rows, governance, since)
+    opened_in_window: dict[str, list[str]] = {}
+    for opened, _ in incidents:
+        if opened.kind in GOVERNANCE_KINDS and (since is None or opened.occurred_at.timestamp() >= since):
+            opened_in_window.setdefault(opened.kind, []).append(opened.incident_id)
     utc = lambda epoch: datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch is not None else None  # noqa: E731
     return Report(
         initiative=request.initiative, window=request.window,
@@ -232,8 +239,10 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         backlog=sorted(plan.backlog if plan is not None else (),
                        key=lambda b: (b.status != "open", b.due_at or b.created_at, b.id)),
         plan_dir=str(settings.plan_dir),
-        governance_checklist=list(pipeline.governance.checklist(governance)),
-        consent_adherence=_adherence_in(rows, governance, since),
+        governance_checklist=list(pipeline.governance.checklist(
+            governance, adherence={line.channel: (line.personalized, line.violations) for line in adherence},
+            opened=opened_in_window)),
+        consent_adherence=adherence,
         pending_approvals=[change.describe() for change in governance.audit.pending_approvals()],
         experiments=[state.memo for _, state in sorted((state.experiments.get(request.initiative) or {}).items())
                      if state.memo is not None])

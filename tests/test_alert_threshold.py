@@ -155,7 +155,7 @@ def test_a_roster_entry_that_names_a_stranger_is_refused_naming_the_entry(tmp_pa
     assert result.returncode == 2 and "PMON_ROSTER (entry Testing Lead)" in line and "'Zed'" in line
 
 
-def test_consent_adherence_is_over_the_window(tmp_path: Path) -> None:
+def test_consent_adherence_and_checklist_are_over_the_window(tmp_path: Path) -> None:
     from monitor.events import ConsentEvent
     from monitor.report import ReportRequest, build_report
 
@@ -174,8 +174,19 @@ def test_consent_adherence_is_over_the_window(tmp_path: Path) -> None:
                exposure(99, "good", t0 + timedelta(days=9))]
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path, **DETECTION))
     asyncio.run(driver.run(records))
-    lines = {window: build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE, window=window))
-             .consent_adherence for window in ("7d", "14d")}
+    reports = {window: build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE, window=window))
+               for window in ("7d", "14d")}
+    lines = {window: report.consent_adherence for window, report in reports.items()}
     assert [(line.personalized, line.violations) for line in lines["14d"]] == [(7, 1)]
     assert [(line.personalized, line.violations) for line in lines["7d"]] == [(5, 0)]
     assert lines["7d"][0].adherence_pct == 100.0 and lines["14d"][0].adherence_pct < 100.0
+    consent = {window: next(item for item in report.governance_checklist if item.item == "consent_adherence")
+               for window, report in reports.items()}
+    assert consent["14d"].status == "fail" and consent["14d"].evidence["violations_by_channel"] == {"web": 1}
+    assert consent["7d"].status == "pass", consent["7d"]
+    # The violation's incident opened 9 days ago: the 14-day window lists it, the 7-day window does not.
+    assert consent["14d"].evidence["incidents_in_window"]
+    assert "incidents_in_window" not in consent["7d"].evidence
+    # ... but its incident is still open, and the 7-day checklist says so rather than calling it resolved.
+    assert consent["7d"].evidence["open_incident"] == consent["14d"].evidence["incidents_in_window"][0]
+    assert "still open" in consent["7d"].summary
