@@ -1,6 +1,7 @@
 """One frozen settings object, read once from `PMON_*` variables and passed down.
 
 Nothing reads the environment anywhere else; tests build their own `Settings`.
+The commands add the config file under the variables (`monitor.config_file`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detectors.kpi_threshold import KpiThresholdConfig
@@ -143,39 +144,40 @@ class Settings(BaseSettings):
     plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
     pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description="Key of the keyed hash that pseudonymises user ids.")
 
-    @model_validator(mode="after")
-    def _known_series_detectors(self) -> "Settings":
+    @field_validator("series_detectors")
+    @classmethod
+    def _known_series_detectors(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         from detectors.registry import DETECTORS, PER_INITIATIVE
 
-        unknown = [n for n in self.series_detectors if n not in DETECTORS or n in PER_INITIATIVE]
-        if unknown or not self.series_detectors:
+        unknown = [n for n in names if n not in DETECTORS or n in PER_INITIATIVE]
+        if unknown or not names:
             usable = sorted(set(DETECTORS) - PER_INITIATIVE)
-            raise ValueError(f"PMON_SERIES_DETECTORS: unknown or per-initiative {unknown or 'empty list'}; "
-                             f"use names from {usable}")
-        return self
+            raise ValueError(f"unknown or per-initiative {unknown or 'empty list'}; use names from {usable}")
+        return names
 
-    @model_validator(mode="after")
-    def _allocations_are_shares(self) -> "Settings":
-        for initiative, shares in self.allocations.items():
+    @field_validator("allocations")
+    @classmethod
+    def _allocations_are_shares(cls, allocations: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for initiative, shares in allocations.items():
             if not shares or any(not share > 0 for share in shares.values()):
-                raise ValueError(f"PMON_ALLOCATIONS: {initiative!r} must give every variant a positive share, "
-                                 f"got {shares}")
-        return self
+                raise ValueError(f"{initiative!r} must give every variant a positive share, got {shares}")
+        return allocations
 
-    @model_validator(mode="after")
-    def _experiments_are_specs(self) -> "Settings":
+    @field_validator("experiments")
+    @classmethod
+    def _experiments_are_specs(cls, experiments: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         from pydantic import ValidationError
 
         from experiments.spec import ExperimentSpec
 
-        for experiment, fields in self.experiments.items():
+        for experiment, fields in experiments.items():
             try:
                 ExperimentSpec.model_validate({**fields, "experiment": experiment})
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"PMON_EXPERIMENTS: {experiment!r}: {where}: {first['msg']}") from None
-        return self
+                raise ValueError(f"{experiment!r}: {where}: {first['msg']}") from None
+        return experiments
 
     def experiment_spec(self, experiment: str, initiative: str,
                         variants_seen: Iterable[str] = ()) -> "ExperimentSpec | None":
@@ -201,7 +203,7 @@ class Settings(BaseSettings):
     def _warmup_fits_baseline(self) -> "Settings":
         if self.warmup_buckets > self.baseline_buckets:
             raise ValueError(
-                f"PMON_WARMUP_BUCKETS={self.warmup_buckets} exceeds PMON_BASELINE_BUCKETS={self.baseline_buckets}: "
+                f"warmup_buckets={self.warmup_buckets} exceeds baseline_buckets={self.baseline_buckets}: "
                 "a series could never warm up; raise the baseline or lower the warm-up")
         return self
 
