@@ -1,7 +1,15 @@
-"""Prints a report in the terminal with rich tables."""
+"""Prints a report in the terminal with rich tables, fitted to the terminal's width.
+
+At 80 columns nothing is cut: numbers never wrap, tables that would not fit
+stack (a block per series or incident), series names are printed whole on their
+own line. The summary is one screen (at most 40 lines at 80 columns); `--detail
+full` prints every table and the glossary. Cells and the glossary are shared
+with the Markdown view (`cli.markdown`).
+"""
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console, Group
 from rich.markdown import Markdown
 from rich.panel import Panel
@@ -9,11 +17,30 @@ from rich.table import Table
 
 from experiments.memo import render_memo
 from plans.document import ChecklistItem, PlanDocument
-from monitor.report import DashboardRow, Report
+from monitor.report import DashboardRow, IncidentLine, Report
+
+WIDE = 120  # from this width the dashboard shows every column in one table and series in place
+
+# One name per definition, in every view and the docs (docs/cli.md quotes this list).
+GLOSSARY = {
+    "exposures": "personalized or fallback impressions counted in the window's closed buckets",
+    "CTR": "clicks / exposures",
+    "CVR": "conversions / exposures (per exposure, not per user)",
+    "fallback": "share of exposures served by the fallback rule instead of a personalized one",
+    "CVR 24 h": "CVR over the last 24 closed hours of the window",
+    "change": "CVR 24 h / CVR - 1; `!` marks a drop of at least the alert threshold",
+    "users converting": "in an experiment memo: share of a variant's users with at least one conversion",
+    "conversions_per_user": "in an experiment memo: conversions / users of the variant",
+    "consent adherence": "1 - violations / personalized exposures, over the window",
+    "observed / expected": "an incident's value and its expectation when it opened, in the unit of its measure",
+}
 
 
-def _pct(value: float | None, digits: int = 2) -> str:
+def pct(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value * 100:.{digits}f} %"
+
+
+_pct = pct
 
 
 RATES = {"ctr", "cvr", "fallback_rate", "exposure_share", "consent_rate"}
@@ -39,105 +66,254 @@ def measured(value: float, measure: str) -> str:
     return f"{value:,.2f}"
 
 
-def _dashboard_table(title: str, rows: list[DashboardRow], threshold: float) -> Table:
-    table = Table(title=title, title_justify="left", expand=False)
-    for column in ("value", "exposures", "clicks", "conversions", "revenue", "CTR", "CVR", "fallback",
-                   "CVR 24 h", "change"):
-        table.add_column(column, justify="left" if column == "value" else "right")
-    for row in rows:
-        change = "–" if row.change is None else f"{row.change * 100:+.1f} %"
-        if row.flagged:
-            change = f"[bold red]{change} ≥{threshold * 100:.0f} % drop[/]"
-        table.add_row(row.value, f"{row.exposures:,}", f"{row.clicks:,}", f"{row.conversions:,}",
-                      f"{row.revenue:,.2f}", _pct(row.ctr), _pct(row.cvr), _pct(row.fallback_rate),
-                      _pct(row.recent_cvr), change)
-    return table
-
-
 _STATUS_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "pending": "[yellow]pending[/]"}
 
 
-def checklist_table(title: str, items: list[tuple[str, ChecklistItem]], *, show_initiative: bool = False) -> Table:
-    """The governance checklist: one row per (initiative, item), its status, owner and summary."""
+def status_word(status: str) -> str:
+    """A checklist status as the terminal shows it (FAIL stands out)."""
+    return _STATUS_STYLE[status]
+
+
+def checklist_table(title: str, items: list[ChecklistItem]) -> Table:
+    """The governance checklist: one row per item, its status, owner and summary."""
     table = Table(title=title, title_justify="left")
-    for column in (("initiative",) if show_initiative else ()) + ("item", "status", "owner", "summary"):
+    for column in ("item", "status", "owner", "summary"):
         table.add_column(column)
-    for initiative, item in items:
-        cells = (item.item, _STATUS_STYLE[item.status], item.owner, item.summary)
-        table.add_row(*(((initiative,) if show_initiative else ()) + cells))
+    for item in items:
+        table.add_row(item.item, _STATUS_STYLE[item.status], item.owner, item.summary)
     return table
 
 
 def _dead_letters(report: Report) -> str:
     if not report.dead_letters:
-        return "\ninput: no dead letters"
+        return " · no dead letters"
     reasons = " · ".join(f"{kind} {n:,}" for kind, n in report.dead_letters.items())
     return f"\n[bold red]input: {sum(report.dead_letters.values()):,} records dead-lettered[/] ({reasons})"
+
+
+DASHBOARD_COLUMNS = ("value", "exposures", "clicks", "conversions", "revenue", "CTR", "CVR", "fallback",
+                     "CVR 24 h", "change")
+_RATE_COLUMNS = ("value", "exposures", "CTR", "CVR", "fallback", "CVR 24 h", "change")
+_COUNT_COLUMNS = ("value", "exposures", "clicks", "conversions", "revenue")
+INCIDENT_COLUMNS = ("incident", "kind", "status", "severity", "owner", "series", "period", "opened",
+                    "observed", "expected")
+
+
+def _change(row: DashboardRow) -> str:
+    return "–" if row.change is None else f"{row.change * 100:+.1f} %" + ("!" if row.flagged else "")
+
+
+def dashboard_cells(row: DashboardRow) -> list[str]:
+    """The cells of DASHBOARD_COLUMNS for one row."""
+    return [row.value, f"{row.exposures:,}", f"{row.clicks:,}", f"{row.conversions:,}", f"{row.revenue:,.2f}",
+            pct(row.ctr), pct(row.cvr), pct(row.fallback_rate), pct(row.recent_cvr), _change(row)]
+
+
+def _owner(line: IncidentLine) -> str:
+    if line.assignee is None:
+        return line.owner
+    return f"{line.owner}: {line.assignee}" + (f" ({line.assignee_reason})" if line.assignee_reason else "")
+
+
+def _status(line: IncidentLine) -> str:
+    return line.status if line.status == "opened" else f"{line.status} {line.updated_at:%m-%d %H:%M}"
+
+
+def incident_cells(line: IncidentLine) -> list[str]:
+    """The cells of INCIDENT_COLUMNS for one incident; series one per line."""
+    return [line.incident_id, line.kind, _status(line), line.severity, _owner(line), "\n".join(line.series),
+            line.period, f"{line.opened_at:%m-%d %H:%M}", measured(line.observed, line.measure),
+            measured(line.expected, line.measure)]
+
+
+def warming_summary(report: Report) -> str:
+    """Series still warming up, counted per detector: `none`, or `cvr_cusum 3 · volume_cusum 2`."""
+    return " · ".join(f"{detector} {len(series)}" for detector, series in sorted(report.warming_up.items())) or "none"
+
+
+def _table(title: str | None, columns: tuple[str, ...], *, text: tuple[str, ...] = ()) -> Table:
+    # Numbers never wrap (a cut number is a wrong number); text columns fold instead.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  show_edge=False)
+    for column in columns:
+        if column in text or column == "value":
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    return table
+
+
+def _pick(cells: list[str], columns: tuple[str, ...]) -> list[str]:
+    return [cells[DASHBOARD_COLUMNS.index(column)] for column in columns]
+
+
+def _dashboard(report: Report, console: Console) -> None:
+    """Total and every dimension's values in one table (labelled `dimension value`); narrow: rates only here."""
+    columns = DASHBOARD_COLUMNS if console.width >= WIDE else _RATE_COLUMNS
+    table = _table(f"Dashboard ({report.window})", columns)
+    rows = [report.totals, *report.dashboard]
+    for row in rows:
+        cells = dashboard_cells(row)
+        cells[0] = "total" if row.dimension == "total" else f"{row.dimension} {row.value}"
+        table.add_row(*_pick(cells, columns))
+    console.print(table)
+    if report.detail == "full" and columns != DASHBOARD_COLUMNS:
+        counts = _table("Dashboard counts", _COUNT_COLUMNS)
+        for row in rows:
+            cells = dashboard_cells(row)
+            cells[0] = "total" if row.dimension == "total" else f"{row.dimension} {row.value}"
+            counts.add_row(*_pick(cells, _COUNT_COLUMNS))
+        console.print(counts)
+
+
+def _series(report: Report, console: Console) -> None:
+    if console.width >= WIDE:
+        table = _table("By series (initiative | profile | channel | variant)", DASHBOARD_COLUMNS)
+        for row in report.series:
+            table.add_row(*dashboard_cells(row))
+        console.print(table)
+        return
+    console.print("[bold]By series[/] (initiative | profile | channel | variant)")
+    for row in report.series:
+        cells = dict(zip(DASHBOARD_COLUMNS, dashboard_cells(row)))
+        console.print(row.value, overflow="ignore", crop=False, soft_wrap=True)
+        console.print("  " + " · ".join(f"{c} {cells[c]}" for c in ("exposures", "clicks", "conversions", "revenue")))
+        console.print("  " + " · ".join(f"{c} {cells[c]}" for c in ("CTR", "CVR", "fallback", "CVR 24 h", "change")))
+
+
+def _incidents(report: Report, console: Console) -> None:
+    """A block per incident: the series whole on their own lines. The summary shows the three latest."""
+    shown = report.incidents if report.detail == "full" else report.incidents[-3:]
+    still_open = sum(1 for line in report.incidents if line.status != "resolved")
+    more = f" (latest {len(shown)}; all with --detail full)" if len(shown) < len(report.incidents) else ""
+    console.print(f"[bold]Incidents[/]: {len(report.incidents)} in the window, {still_open} not resolved{more}")
+    for line in shown:
+        console.print(f"  {line.incident_id} {line.kind} · {_status(line)}")
+        if report.detail != "full":
+            extra = f" (+{len(line.series) - 1} more)" if len(line.series) > 1 else ""
+            console.print(f"    {line.severity} → {_owner(line)}")
+            console.print(f"    {line.series[0] if line.series else ''}{extra}", overflow="ignore", crop=False,
+                          soft_wrap=True)
+            continue
+        console.print(f"    {line.severity} → {_owner(line)} · opened {line.opened_at:%m-%d %H:%M}")
+        console.print(f"    observed {measured(line.observed, line.measure)} · expected "
+                      f"{measured(line.expected, line.measure)} ({line.measure}) · period {line.period} · series:")
+        for series in line.series:
+            console.print(f"      {series}", overflow="ignore", crop=False, soft_wrap=True)
+    if report.detail == "full":
+        playbooks = {line.kind: line.playbook for line in report.incidents}
+        if playbooks:
+            console.print(Panel(Group(*(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items()))),
+                                title="Playbooks"))
+
+
+def _checklist(report: Report, console: Console) -> None:
+    if report.detail == "full" and console.width >= WIDE:
+        console.print(checklist_table(f"Governance checklist ({report.window})", report.governance_checklist))
+    elif report.detail == "full":
+        console.print(f"[bold]Governance checklist ({report.window})[/]")
+        for item in report.governance_checklist:
+            console.print(f"  {_STATUS_STYLE[item.status]} {item.item} → {item.owner}")
+            console.print(f"    {item.summary}")
+    else:
+        console.print("[bold]Governance[/]: " + " · ".join(
+            f"{item.item} {_STATUS_STYLE[item.status]}" for item in report.governance_checklist))
+        for item in report.governance_checklist:
+            if item.status == "fail":
+                console.print(f"  {item.item}: {item.summary} → {item.owner}")
+    lines = [line for line in report.consent_adherence if line.adherence_pct is not None]
+    if lines:
+        console.print("Consent adherence: " + " · ".join(
+            f"{line.channel} {line.adherence_pct:.3f} % ({line.violations:,} of {line.personalized:,})"
+            for line in lines))
+    for change in report.pending_approvals:
+        console.print(f"Pending approval: {change['action']} of {change['rule_id']} by {change['author']} "
+                      f"at {change['at'][:16]} (ticket {change['ticket'] or 'none'})")
+
+
+def _backlog(report: Report, console: Console) -> None:
+    open_items = [item for item in report.backlog if item.status == "open"]
+    if report.detail != "full":
+        if open_items:
+            first = open_items[0]
+            due = f"due {first.due_at:%m-%d %H:%M} " if first.due_at else ""
+            console.print(f"[bold]Backlog[/]: {len(open_items)} open of {len(report.backlog)}; next {due}"
+                          f"{first.owner}: {first.title}", no_wrap=True, overflow="ellipsis")
+        else:
+            console.print(f"[bold]Backlog[/]: nothing open ({len(report.backlog)} done)")
+        return
+    console.print(f"[bold]Backlog[/] ({len(open_items)} open of {len(report.backlog)})")
+    for item in report.backlog:
+        due = f" · due {item.due_at:%m-%d %H:%M}" if item.due_at else ""
+        console.print(f"  {item.priority} {item.status}{due} · {item.owner}")
+        console.print(f"    {item.title}")
+
+
+def _experiments(report: Report, console: Console) -> None:
+    if not report.experiments:
+        console.print("Experiments: no experiment traffic seen for this initiative (events name none).")
+    for memo in report.experiments:
+        if report.detail == "full":
+            text = render_memo(memo, detail="full")
+            console.print(Panel(Markdown(text if console.width >= WIDE else stack_tables(text)),
+                                title=f"Experiment memo: {memo.summary.experiment}"))
+        else:
+            state = memo.summary.state.replace("_", " ").upper()
+            variant = f" {memo.summary.variant}" if memo.summary.variant else ""
+            console.print(f"[bold]Experiment {memo.summary.experiment}[/]: {state}{variant} — {memo.summary.headline}")
+
+
+def stack_tables(markdown: str) -> str:
+    """Markdown with each table turned into a list, one item per row (`column value · ...`): a narrow terminal
+    wraps a list but must cut a wide table.
+
+    >>> print(stack_tables("x\\n\\n| a | b |\\n|---|---:|\\n| 1 | 2 |\\n| 3 | 4 |\\n\\ny"))
+    x
+    <BLANKLINE>
+    - a 1 · b 2
+    - a 3 · b 4
+    <BLANKLINE>
+    y
+    """
+    out: list[str] = []
+    header: list[str] | None = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            header = None
+            out.append(line)
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not all(set(cell) <= set("-:") for cell in cells):
+            out.append("- " + " · ".join(f"{name} {value}" for name, value in zip(header, cells) if value))
+    return "\n".join(out)
 
 
 def render_report(report: Report, console: Console | None = None) -> None:
     console = console or Console()
     span = (f"{report.window_start:%Y-%m-%d %H:%M} → {report.window_end:%Y-%m-%d %H:%M} UTC"
             if report.window_start and report.window_end else "no closed bucket yet")
-    console.print(Panel(
-        f"[bold]{report.initiative}[/] · window {report.window} ({span}) · detail {report.detail}\n"
-        + (f"[yellow]{report.window_note}[/]\n" if report.window_note else "") +
-        f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
-        f"redelivered and skipped {report.duplicates_skipped:,} · "
-        f"alert threshold {report.alert_threshold * 100:.0f} % relative drop" + _dead_letters(report),
-        title="Personalization Monitor"))
-    console.print(_dashboard_table("Total", [report.totals], report.alert_threshold))
-    for dimension in dict.fromkeys(row.dimension for row in report.dashboard):
-        rows = [row for row in report.dashboard if row.dimension == dimension]
-        console.print(_dashboard_table(f"By {dimension}", rows, report.alert_threshold))
+    console.print(f"[bold]{report.initiative}[/] · {report.window} window · {span}")
+    if report.window_note:
+        console.print(f"[yellow]{report.window_note}[/]")
+    console.print(f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
+                  f"redelivered and skipped {report.duplicates_skipped:,}")
+    console.print(f"alert threshold {report.alert_threshold * 100:.0f} % relative drop · detail {report.detail}"
+                  + _dead_letters(report))
+    _dashboard(report, console)
     if report.series:
-        console.print(_dashboard_table("By series (initiative | profile | channel | variant)", report.series,
-                                       report.alert_threshold))
-    incidents = Table(title=f"Incidents ({len(report.incidents)})", title_justify="left")
-    for column in ("incident", "kind", "status", "severity", "owner", "series", "period", "opened",
-                   "observed", "expected"):
-        incidents.add_column(column)
-    for line in report.incidents:
-        status = line.status if line.status == "opened" else f"{line.status} {line.updated_at:%m-%d %H:%M}"
-        owner = line.owner if line.assignee is None else f"{line.owner}: {line.assignee}" + (
-            f" ({line.assignee_reason})" if line.assignee_reason else "")
-        incidents.add_row(line.incident_id, line.kind, status, line.severity, owner,
-                          "\n".join(line.series), line.period, f"{line.opened_at:%m-%d %H:%M}",
-                          measured(line.observed, line.measure), measured(line.expected, line.measure))
-    console.print(incidents)
-    if report.detail == "full":
-        playbooks = {line.kind: line.playbook for line in report.incidents}
-        if playbooks:
-            console.print(Panel(Group(*(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items()))),
-                                title="Playbooks"))
-    console.print(checklist_table(f"Governance checklist: {report.initiative}",
-                                  [(report.initiative, item) for item in report.governance_checklist]))
-    if report.consent_adherence:
-        console.print("Consent adherence: " + " · ".join(
-            f"{line.channel} {line.adherence_pct:.3f} % ({line.violations:,} of {line.personalized:,})"
-            for line in report.consent_adherence if line.adherence_pct is not None))
-    for change in report.pending_approvals:
-        console.print(f"Pending approval: {change['action']} of {change['rule_id']} by {change['author']} "
-                      f"at {change['at'][:16]} (ticket {change['ticket'] or 'none'})")
-    if report.backlog:
-        open_items = [item for item in report.backlog if item.status == "open"]
-        backlog = Table(title=f"Backlog ({len(open_items)} open of {len(report.backlog)})", title_justify="left")
-        for column in ("item", "owner", "priority", "due", "status"):
-            backlog.add_column(column)
-        # Summary: the open items only; full: all of them.
-        for item in report.backlog if report.detail == "full" else open_items:
-            backlog.add_row(item.title, item.owner, item.priority,
-                            f"{item.due_at:%m-%d %H:%M}" if item.due_at else "", item.status)
-        console.print(backlog)
-    if not report.experiments:
-        console.print("Experiments: no experiment traffic seen for this initiative (events name none).")
-    for memo in report.experiments:
-        console.print(Panel(Markdown(render_memo(memo, detail=report.detail)),
-                            title=f"Experiment memo: {memo.summary.experiment}"))
-    warming = ", ".join(report.warming_up) if report.warming_up else "none"
-    console.print(f"Series still warming up (no alerts yet): {warming}")
+        _series(report, console)
+    _incidents(report, console)
+    _checklist(report, console)
+    _backlog(report, console)
+    _experiments(report, console)
+    console.print(f"Warming up (series per detector, no alerts yet): {warming_summary(report)}")
     revision = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"
     console.print(f"Plan: {revision}, in {report.plan_dir}/")
+    if report.detail == "full":
+        console.print(Panel("\n".join(f"[bold]{name}[/]: {meaning}" for name, meaning in GLOSSARY.items()),
+                            title="Glossary"))
 
 
 def render_plan(plan: PlanDocument, console: Console) -> None:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from experiments.readout import Comparison, ExperimentReadout
+from experiments.readout import Comparison, ExperimentReadout, per_variant
 from experiments.spec import ExperimentSpec
 from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id
 from incidents.playbooks import ESCALATION_LADDER
@@ -116,7 +116,8 @@ def recommend(spec: ExperimentSpec, readout: ExperimentReadout,
     if spec.rules.stop_at_planned_sample and readout.planned is not None and readout.planned.reached:
         return Recommendation(
             **base, state="roll_back", variant=None,
-            reasons=(f"planned sample reached ({readout.planned.required_users_per_variant}) with no significant "
+            reasons=(f"planned sample reached ({per_variant(readout.planned.required_users_per_variant)} users) with no "
+                     f"significant "
                      f"improvement of {readout.planned.metric} at the planned effect of {spec.mde:.1%}",),
             rollout=(f"end the experiment and keep {spec.control}",))
     improved = [f"{c.metric} of {c.variant} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"

@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from experiments.decision import Recommendation, State
-from experiments.readout import Comparison, ExperimentReadout
+from experiments.readout import Comparison, ExperimentReadout, per_variant
 from experiments.spec import ExperimentSpec
 
 _CORRECTION_NAMES = {"holm": "Holm", "benjamini_hochberg": "Benjamini–Hochberg"}
@@ -96,7 +96,7 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     lines += ["", f"Method: {_METHOD_TEXT[r.method]}; correction across the success comparisons: "
                   f"{_CORRECTION_NAMES[r.correction]}; guardrails by their interval against the margin "
                   f"(all must pass, no correction needed). Look {r.look}.", "",
-              "| variant | users | planned share | observed share | conversion | revenue / user | crossovers |",
+              "| variant | users | planned share | observed share | users converting | revenue / user | crossovers |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for v in r.variants:
         lines.append(f"| {v.variant} | {v.users} | {v.planned_share:.1%} | {_pct(v.observed_share)} | "
@@ -110,12 +110,13 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     if not r.comparisons:
         lines.append("| — | — | — | | | not computable yet | | | | | |")
     lines += ["", "Sample ratio (chi-square against the planned allocation; mismatch below p = 0.001):", ""]
-    lines += [f"- {check.scope}: {check.users}, p = {check.p_value:.3g}{' — MISMATCH' if check.mismatch else ''}"
+    lines += [f"- {check.scope}: {per_variant(check.users)} users, "
+              f"p = {check.p_value:.3g}{' — MISMATCH' if check.mismatch else ''}"
               for check in r.sample_ratio] or ["- not enough users to test yet"]
     if r.planned is not None:
         lines += ["", f"Planned sample for {r.planned.power:.0%} power at a {r.planned.mde:.1%} lift of "
-                      f"{r.planned.metric}: {r.planned.required_users_per_variant} users; still needed: "
-                      f"{r.planned.remaining_users_per_variant}."]
+                      f"{r.planned.metric}: {per_variant(r.planned.required_users_per_variant)} users; still needed: "
+                      f"{per_variant(r.planned.remaining_users_per_variant)}."]
     if not r.sample.sufficient:
         lines += ["", "Minimum sample not reached: " + "; ".join(r.sample.missing) + "."]
     return "\n".join(lines) + "\n"

@@ -147,6 +147,15 @@ class ExperimentReadout(_ReadoutModel):
         return tuple(check for check in self.sample_ratio if check.mismatch)
 
 
+def per_variant(counts: dict[str, int]) -> str:
+    """Counts per variant as people read them.
+
+    >>> per_variant({"control": 6977, "treatment": 7001})
+    'control 6,977 · treatment 7,001'
+    """
+    return " · ".join(f"{variant} {n:,}" for variant, n in counts.items())
+
+
 def read_experiment(spec: ExperimentSpec, totals: ExperimentTotals,
                     previous: ExperimentReadout | None = None) -> ExperimentReadout:
     """Read out an experiment from its merged totals; `previous` is the last readout of the same experiment."""

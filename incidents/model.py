@@ -49,6 +49,12 @@ class IncidentEvent(BaseModel):
     occurred_at: datetime
 
 
+def measure_of(incident: IncidentEvent) -> str:
+    """What an incident's observed and expected values measure: a KPI name, `age_seconds` for a feed, or `value`."""
+    detail = incident.evidence.detail
+    return "age_seconds" if "age_seconds" in detail else str(detail.get("kpi", "value"))
+
+
 def incident_id(initiative: str, kind: str, series: str, period: str) -> str:
     """Deterministic id, so a replay or a restarted worker never doubles an incident.
 

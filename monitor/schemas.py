@@ -1,4 +1,4 @@
-"""JSON Schemas of every topic's value and of the plan document, exported under `schemas/`."""
+"""JSON Schemas of every topic's value, of the plan document and of the report, exported under `schemas/`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,16 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     """File name → schema. The plan-updates topic carries the plan document."""
     schemas = {f"{topic}.schema.json": model.model_json_schema() for topic, model in TOPIC_MODELS.items()}
     schemas["plan.schema.json"] = plan_json_schema()
+    schemas["report.schema.json"] = report_json_schema()
     return schemas
+
+
+def report_json_schema() -> dict[str, Any]:
+    """The report document of `--format json` and the worker's `/pmon/report/` view."""
+    from monitor.report import Report
+
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Report.model_json_schema(mode="serialization"), "title": "Personalization Monitor report"}
 
 
 def schema_bytes(schema: dict[str, Any]) -> bytes:

@@ -1,23 +1,19 @@
 """The configuration reference, generated from `Settings`: docs/configuration.md's table is this output.
 
-`make docs` rewrites the table between its markers; a test fails when it is stale, so the
-reference cannot drift from the code.
+`make docs` (`cli.docs`) rewrites the table between its markers; a test fails when it is
+stale, so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
 
 import json
 import typing
-from pathlib import Path
 from typing import Any
 
 import annotated_types
 from pydantic import SecretStr
 
 from monitor.settings import Settings
-
-BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
-
 
 def _number(value: float) -> str:
     # 86 400 rather than 86400: thin groups read faster in a table.
@@ -68,21 +64,3 @@ def settings_table() -> str:
         rows.append(f"| `PMON_{name.upper()}` | {_default(field)} | {_allowed(field)} | "
                     f"{(field.description or '').replace('|', '/')} |")
     return "\n".join(rows)
-
-
-def rewrite(path: Path) -> bool:
-    """Put the current table between the markers of `path`; True when the file changed."""
-    text = path.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    updated = f"{head}{BEGIN}\n{settings_table()}\n{END}{tail}"
-    if updated != text:
-        path.write_text(updated)
-    return updated != text
-
-
-if __name__ == "__main__":
-    import sys
-
-    for target in sys.argv[1:]:
-        print(f"{target}: {'rewritten' if rewrite(Path(target)) else 'up to date'}")
