@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PMON_KAFKA_PORT ?= 9092
 
-.PHONY: demo test setup kafka-up kafka-down schemas docs bench faults clean
+.PHONY: demo test setup kafka-up kafka-down schemas docs bench faults clean screenshots
 
 setup: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/pmon demo
 
+# Debian's chromium renders the HTML dashboard in its test and for `make screenshots` (we run as root here).
+CHROMIUM_STAMP := $(VENV)/.chromium
+
+$(CHROMIUM_STAMP): $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	touch $(CHROMIUM_STAMP)
+
 # The broker is stopped whatever the tests' outcome; the tests' exit code is kept.
-test: setup kafka-up
+test: setup $(CHROMIUM_STAMP) kafka-up
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python -m pytest; \
 	  status=$$?; bash scripts/kafka-local.sh down; exit $$status
 
@@ -29,12 +36,16 @@ kafka-up:
 kafka-down:
 	bash scripts/kafka-local.sh down
 
+# The README's dashboard pictures: 14 simulated days replayed in one process (about 2 min), then headless chromium.
+screenshots: setup $(CHROMIUM_STAMP)
+	$(BIN)/python scripts/screenshots.py --days 14 --out docs/screenshots
+
 schemas: setup
 	$(BIN)/pmon schemas --out schemas
 
-# The configuration reference is generated from monitor.settings.Settings (a test fails when it is stale).
+# Generated parts of the docs: the configuration table (from Settings) and the glossary (a test fails when stale).
 docs: setup
-	$(BIN)/python -m monitor.settings_reference docs/configuration.md
+	$(BIN)/python -m cli.docs docs/configuration.md docs/cli.md
 
 # The bench's peers (Quix Streams) and py-spy: bench-only dependencies, installed on first use.
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -47,6 +58,7 @@ bench: setup $(BENCH_STAMP) kafka-up
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/throughput.py
 	$(BIN)/python bench/state_size.py --days 3
 	$(BIN)/python bench/stored_report.py --days 14
+	$(BIN)/python bench/cli_start.py
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/latency.py
 
 # Ten runs of each fault on the local broker (about an hour on 2 cores); `make test` runs one of each.

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any
-from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 
 from detectors.base import BucketDetector, BucketObservation
@@ -120,6 +120,30 @@ class ExperimentState:
     recommendation: Recommendation | None = None
     memo: ExperimentMemo | None = None
     evaluated_until: float = float("-inf")
+    history: tuple["LiftLook", ...] = ()          # the last LIFT_HISTORY looks, oldest first
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # Pickle's state of a slotted object is (None, {slot: value}). A worker's snapshot pickled before a field
+        # was added lacks it: the field's default fills in, so an upgrade keeps the state instead of failing.
+        values = state[1]
+        for spec in fields(ExperimentState):
+            if spec.name in values:
+                setattr(self, spec.name, values[spec.name])
+            else:
+                setattr(self, spec.name, spec.default_factory() if spec.default is MISSING else spec.default)
+
+
+class LiftLook(NamedTuple):
+    """One readout's primary lift and its interval, at the end of the bucket it read (for the dashboard)."""
+
+    at: float
+    lift: float | None
+    low: float | None
+    high: float | None
+
+
+# Looks kept per experiment: an hourly look over the longest report window (30 days); oldest dropped.
+LIFT_HISTORY = 720
 
 
 FEED = "engagement"  # the feed checked for freshness, per initiative; consent and rule changes are sparse by nature
@@ -522,7 +546,10 @@ class InitiativeStage:
             change = decision_change(state.recommendation, recommendation, readout,
                                      window_start=_utc(state.started), window_end=_utc(row.end))
             memo = build_memo(spec, readout, recommendation)
-            experiments[experiment] = replace(state, readout=readout, recommendation=recommendation, memo=memo)
+            look = LiftLook(row.end, memo.summary.primary_lift, memo.summary.primary_lift_low,
+                            memo.summary.primary_lift_high)
+            experiments[experiment] = replace(state, readout=readout, recommendation=recommendation, memo=memo,
+                                              history=(*state.history, look)[-LIFT_HISTORY:])
             if change.event is not None:
                 event = change.event
                 self._incidents[event.incident_id] = (event, event)

@@ -11,37 +11,23 @@ from datetime import datetime, timezone
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from experiments.memo import ExperimentMemo
 from governance.scan import GOVERNANCE_KINDS, GovernanceState, adherence_pct
-from incidents.model import IncidentEvent
+from incidents.model import IncidentEvent, measure_of
 from incidents.roster import assignee_of
 from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
+from monitor.report_request import WINDOWS, ReportRequest
 from monitor.windows import BucketRow
 
 if TYPE_CHECKING:  # the stage imports nothing from here; the annotation only documents the argument
     from monitor.initiative_stage import InitiativeStage
 
-WINDOWS = {"7d": 7, "14d": 14, "30d": 30}
 Dimension = Literal["profile", "channel", "variant", "cohort"]
 SUMMARY_DIMENSIONS: tuple[Dimension, ...] = ("profile", "channel", "variant")
 _SERIES_PARTS = {"profile": 1, "channel": 2, "variant": 3}
-
-
-class ReportRequest(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    initiative: str = Field(min_length=1)
-    window: Literal["7d", "14d", "30d"] = "7d"
-    detail: Literal["summary", "full"] = "summary"
-    dimension: Literal["profile", "channel", "cohort"] | None = None
-    alert_threshold: float | None = Field(None, gt=0, lt=1)
-
-    @classmethod
-    def from_query(cls, query: dict[str, str]) -> "ReportRequest":
-        return cls.model_validate({k: v for k, v in query.items() if v != ""})
 
 
 class DashboardRow(BaseModel):
@@ -86,6 +72,50 @@ class AdherenceLine(BaseModel):
     adherence_pct: float | None
 
 
+class TrendPoint(BaseModel):
+    start: datetime = Field(description="The closed bucket's start.")
+    exposures: int = Field(description="Exposures of the series in the bucket.")
+    clicks: int = Field(description="Clicks of the series in the bucket.")
+    conversions: int = Field(description="Conversions of the series in the bucket.")
+    ctr: float | None = Field(description="Clicks per exposure; None without exposures.")
+    cvr: float | None = Field(description="Conversions per exposure; None without exposures.")
+    anomalies: list[str] = Field(default_factory=list, description=(
+        "Incidents whose opening judged this bucket of this series (their ids): the anomalies to mark."))
+
+
+class SeriesTrend(BaseModel):
+    series: str = Field(description="initiative|profile|channel|variant.")
+    points: list[TrendPoint] = Field(description="One per closed bucket of the window, oldest first; zeros for an "
+                                                 "hour the series was silent in.")
+
+
+class RuleChangeLine(BaseModel):
+    at: datetime = Field(description="The change's event time.")
+    rule_id: str = Field(description="The rule changed.")
+    action: str = Field(description="What was done to it (created, updated, rolled_out, ...).")
+    author: str = Field(description="Who made the change.")
+    approver: str | None = Field(description="Who approved it; None when nobody did.")
+    ticket: str | None = Field(description="The change ticket; None without one.")
+    experiment: str | None = Field(description="The experiment the change names, if any.")
+    approved: bool = Field(description="Approved with a ticket: change control satisfied.")
+
+
+class LiftPoint(BaseModel):
+    at: datetime = Field(description="The end of the bucket the look read.")
+    lift: float | None = Field(description="Relative lift of the primary metric; None while it cannot be computed.")
+    lift_low: float | None = Field(description="Lower bound of the lift's interval (always-valid for the "
+                                               "sequential method).")
+    lift_high: float | None = Field(description="Upper bound of the lift's interval.")
+
+
+class LiftHistory(BaseModel):
+    experiment: str = Field(description="The experiment.")
+    variant: str | None = Field(description="The variant compared with the control, as the latest memo names it.")
+    metric: str = Field(description="The primary success metric the lift is of.")
+    points: list[LiftPoint] = Field(description="One per readout look in the window, oldest first (the stage keeps "
+                                                "the last 720 looks).")
+
+
 class Report(BaseModel):
     initiative: str
     window: str
@@ -98,7 +128,8 @@ class Report(BaseModel):
     dashboard: list[DashboardRow]
     series: list[DashboardRow]
     incidents: list[IncidentLine] = Field(description="Opened in the window, or open or resolved during it.")
-    warming_up: list[str]
+    warming_up: dict[str, list[str]] = Field(description="Detector -> the series it watches that are still warming "
+                                                        "up (no alert from it yet).")
     counted_events: int
     late_dropped: int
     duplicates_skipped: int = Field(0, description="Redelivered records not counted twice.")
@@ -119,6 +150,12 @@ class Report(BaseModel):
     backlog: list[BacklogItem] = Field(default_factory=list, description=(
         "The plan's backlog: each incident's remediation steps and post-incident review, with owner and due "
         "time; open items first, soonest due first."))
+    rule_changes: list[RuleChangeLine] = Field(default_factory=list, description=(
+        "The audit log's rule changes since the window's start, oldest first (the log keeps the last 200)."))
+    trends: list[SeriesTrend] = Field(default_factory=list, description=(
+        "With `trends`: per series of the window, its counts and rates per closed bucket."))
+    lift_history: list[LiftHistory] = Field(default_factory=list, description=(
+        "With `trends`: per experiment with a readout, its primary lift and interval per look in the window."))
 
 
 def _rates(dimension: str, value: str, window: Counters, recent: Counters, threshold: float) -> DashboardRow:
@@ -157,9 +194,30 @@ def _incident_line(opened: IncidentEvent, latest: IncidentEvent, roster: Mapping
         updated_at=latest.occurred_at, playbook=latest.playbook)
 
 
-def measure_of(incident: IncidentEvent) -> str:
-    detail = incident.evidence.detail
-    return "age_seconds" if "age_seconds" in detail else str(detail.get("kpi", "value"))
+def _trends(rows: list[BucketRow], series: list[str], anomalies: dict[tuple[str, float], list[str]]
+            ) -> list[SeriesTrend]:
+    """Per series, one point per row: every series on the same time axis."""
+    silent = Counters()
+    trends = []
+    for name in series:
+        points = []
+        for row in rows:
+            c = row.series.get(name, silent)
+            points.append(TrendPoint(
+                start=datetime.fromtimestamp(row.start, tz=timezone.utc), exposures=c.exposures, clicks=c.clicks,
+                conversions=c.conversions, ctr=c.clicks / c.exposures if c.exposures else None,
+                cvr=c.conversions / c.exposures if c.exposures else None,
+                anomalies=anomalies.get((name, row.start), [])))
+        trends.append(SeriesTrend(series=name, points=points))
+    return trends
+
+
+def _lift_history(experiments: Mapping[str, Any], since: float | None) -> list[LiftHistory]:
+    return [LiftHistory(experiment=name, variant=state.memo.summary.variant, metric=state.memo.summary.primary_metric,
+                        points=[LiftPoint(at=datetime.fromtimestamp(look.at, tz=timezone.utc), lift=look.lift,
+                                          lift_low=look.low, lift_high=look.high)
+                                for look in state.history if since is None or look.at > since])
+            for name, state in sorted(experiments.items()) if state.memo is not None]
 
 
 def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | None:
@@ -212,8 +270,11 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         days = (end - kept[0].start) / 86_400
         note = (f"the window asks for {WINDOWS[request.window]} days; the data hold {days:.1f} days of closed "
                 f"buckets, from {datetime.fromtimestamp(kept[0].start, tz=timezone.utc):%Y-%m-%d %H:%M} UTC")
-    warming = sorted(key.rsplit("|", 1)[0] for key, series in state.series.items()
-                     if key.startswith(prefix) and series is not None and series.detector.warming_up)
+    warming: dict[str, list[str]] = {}
+    for key, series in sorted(state.series.items()):
+        if key.startswith(prefix) and series is not None and series.detector.warming_up:
+            name, detector = key.rsplit("|", 1)
+            warming.setdefault(detector, []).append(name)
     plan = state.plans.get(request.initiative)
     governance = state.governance.get(request.initiative) or GovernanceState()
     adherence = _adherence_in(rows, governance, since)
@@ -222,6 +283,11 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         if opened.kind in GOVERNANCE_KINDS and (since is None or opened.occurred_at.timestamp() >= since):
             opened_in_window.setdefault(opened.kind, []).append(opened.incident_id)
     utc = lambda epoch: datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch is not None else None  # noqa: E731
+    anomalies: dict[tuple[str, float], list[str]] = {}
+    for opened, _ in incidents:
+        for name in opened.series:
+            anomalies.setdefault((name, opened.evidence.bucket_start.timestamp()), []).append(opened.incident_id)
+    experiments = state.experiments.get(request.initiative) or {}
     return Report(
         initiative=request.initiative, window=request.window,
         window_start=utc(rows[0].start) if rows else None, window_end=utc(end), window_note=note,
@@ -244,6 +310,11 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
             opened=opened_in_window)),
         consent_adherence=adherence,
         pending_approvals=[change.describe() for change in governance.audit.pending_approvals()],
-        experiments=[state.memo for _, state in sorted((state.experiments.get(request.initiative) or {}).items())
-                     if state.memo is not None])
+        experiments=[state.memo for _, state in sorted(experiments.items()) if state.memo is not None],
+        rule_changes=[RuleChangeLine(at=utc(c.at), rule_id=c.rule_id, action=c.action, author=c.author,
+                                     approver=c.approver, ticket=c.ticket, experiment=c.experiment,
+                                     approved=c.approved)
+                      for c in governance.audit.log if since is None or c.at >= since],
+        trends=_trends(rows, sorted(by_series), anomalies) if request.trends else [],
+        lift_history=_lift_history(experiments, since) if request.trends else [])
 

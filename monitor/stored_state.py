@@ -39,7 +39,7 @@ from monitor.settings import Settings
 
 STATE_FILE = "state.pickle"
 DEAD_LETTERS_FILE = "dead-letters.jsonl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: experiments keep a history of looks (an older state lacks it: replay)
 # Settings that do not change what a replay decides.
 _NOT_DECIDING = {"plan_dir", "log_level", "web_host", "web_port", "kafka_bootstrap", "security_protocol",
                  "sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile", "topic_partitions",

@@ -119,3 +119,19 @@ def test_an_experiment_without_a_plan_is_read_against_an_equal_split_and_the_mem
     [assumption] = memo.summary.assumptions
     assert "equal split" in assumption and "PMON_EXPERIMENTS" in assumption
     assert "**Assumed**" in render_memo(memo, detail="summary")
+
+
+def test_a_snapshot_pickled_before_the_lift_history_existed_still_loads() -> None:
+    """A worker's stage-2 snapshot from before `history` was added: the upgrade keeps it, history empty."""
+    import pickle
+
+    from monitor.initiative_stage import ExperimentState
+
+    current = ExperimentState(started=7200.0, evaluated_until=10_800.0, history=((1.0, 0.1, 0.0, 0.2),))
+    dict_state, slots = current.__reduce_ex__(pickle.HIGHEST_PROTOCOL)[2]   # what pickle stores
+    older = {name: value for name, value in slots.items() if name != "history"}
+    restored = pickle.loads(pickle.dumps(current))
+    upgraded = ExperimentState.__new__(ExperimentState)
+    upgraded.__setstate__((dict_state, older))
+    assert restored == current
+    assert upgraded.history == () and upgraded.started == 7200.0 and upgraded.totals == current.totals
