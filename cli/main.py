@@ -6,23 +6,25 @@ exits with code 2.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from typing import TYPE_CHECKING
+
 import click
 import orjson
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.exceptions import CliError
 from streams.exceptions import StreamsError
-from monitor.report import WINDOWS, ReportRequest
-from monitor.settings import Settings
+from monitor.report_request import WINDOWS, ReportRequest
+
+if TYPE_CHECKING:  # heavy: imported where used, so that --help and usage errors answer at once
+    from rich.console import Console
+
+    from monitor.settings import Settings
 
 log = logging.getLogger("pmon")
 USAGE_EXIT = 2
@@ -56,20 +58,45 @@ class UsageFailure(click.ClickException):
         self.command_path = command_path
 
 
+def _run_async(awaitable: Any) -> Any:
+    import asyncio  # not at module level: --help does not need it
+
+    return asyncio.run(awaitable)
+
+
 def _fail(message: str) -> NoReturn:
     context = click.get_current_context(silent=True)
     raise UsageFailure(message, context.command_path if context else None)
 
 
 def _settings(**overrides: Any) -> Settings:
+    """Options over PMON_* variables over the config file over defaults; a bad value is one line, exit 2."""
+    return _loaded(**overrides).settings
+
+
+def _loaded(**overrides: Any) -> Any:
+    from monitor.config_file import ConfigError, load_settings
+
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
-        entry = ".".join(str(part) for part in first["loc"][1:])
-        _fail(f"invalid setting PMON_{field.upper()}{f' (entry {entry})' if entry else ''}: {first['msg']} — "
-              f"fix the variable or the option")
+        return load_settings(_config_option(), overrides=overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _config_option() -> Path | None:
+    """The --config of the command or of `pmon` before it."""
+    context = click.get_current_context(silent=True)
+    while context is not None:
+        if context.params.get("config") is not None:
+            return context.params["config"]
+        context = context.parent
+    return None
+
+
+_config_file_option = click.option(
+    "--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Config file (TOML, keys as in docs/configuration.md); default PMON_CONFIG, else ./pmon.toml if present. "
+         "PMON_* variables and options override it.")
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -77,9 +104,44 @@ def _configure_logging(settings: Settings) -> None:
                         stream=sys.stderr)
 
 
+FORMATS = ("terminal", "markdown", "json", "html")
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="terminal", show_default=True,
+    help="terminal: tables fitted to the terminal (plain text when piped); markdown: for a ticket or wiki; json: "
+         "the report document (schemas/report.schema.json); html: a self-contained dashboard file.")
+_out_option = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                           help="Write the report to this file instead of standard output.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def pmon() -> None:
+@_config_file_option
+def pmon(config: Path | None) -> None:
     """Personalization Monitor: streaming monitor for personalization programs."""
+
+
+# --------------------------------------------------------------------------- config
+@pmon.group("config")
+def config_group() -> None:
+    """The effective settings and where each came from."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: setting -> {value, source}.")
+def config_show(as_json: bool) -> None:
+    """Print every setting's value and its source: option, env (PMON_*), file, or default. Secrets are masked."""
+    loaded = _loaded()
+    values = loaded.settings.model_dump(mode="json")   # secrets dump as asterisks
+    where = {"file": str(loaded.file), "env": "env", "default": "default", "option": "option"}
+    if as_json:
+        click.echo(orjson.dumps({name: {"value": value, "source": where[loaded.sources[name]]}
+                                 for name, value in values.items()}, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"# config file: {loaded.file or 'none'}")
+    width = max(map(len, values))
+    for name, value in values.items():
+        source = loaded.sources[name]
+        label = f"PMON_{name.upper()}" if source == "env" else where[source]
+        click.echo(f"{name:<{width}} = {orjson.dumps(value).decode()}  # {label}")
 
 
 # --------------------------------------------------------------------------- demo
@@ -91,7 +153,10 @@ def pmon() -> None:
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="full", show_default=True)
 @click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="KPI threshold: a relative drop breached twice opens a kpi_threshold incident.")
-def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_threshold: float) -> None:
+@_format_option
+@_out_option
+def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_threshold: float, fmt: str,
+         out: Path | None) -> None:
     """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
     from simulation.simulator import SimulationSpec, demo_program, labels, simulate
 
@@ -109,7 +174,10 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_thresho
     console = _console()
     driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
     truth = labels(spec)
-    _print_report(driver.initiative_stage, "PLG Onboarding", "14d", detail, None, alert_threshold, console)
+    _print_report(driver.initiative_stage, "PLG Onboarding", "14d", detail, None, alert_threshold, console,
+                  (fmt, out))
+    if fmt != "terminal" and out is None:
+        return  # stdout holds the report document alone
     monitored = [label for label in truth if label["kind"] in ANSWERS]
     found, unexplained = _match_labels(driver.run_result.incidents, monitored)
     _print_found(found, console)
@@ -141,11 +209,7 @@ def _expected_decision(initiative: Any, spec: Any) -> str:
 
 def _print_experiments(driver: Any, spec: Any, console: Console) -> None:
     """Each experiment's recommendation next to what was injected, with the memo's headline."""
-    from rich.table import Table
-
-    table = Table(title="Experiment readouts (memos in each initiative's report and plan)", title_justify="left")
-    for column in ("experiment", "injected", "recommendation", "as expected", "headline"):
-        table.add_column(column)
+    console.print("[bold]Experiment readouts[/] (memos in each initiative's report and plan)")
     for initiative in spec.initiatives:
         if not initiative.experiment:
             continue
@@ -158,26 +222,37 @@ def _print_experiments(driver: Any, spec: Any, console: Console) -> None:
             injected += ", then a rule serving it changed"
         got = memo.summary.state if memo else "no readout"
         expected = _expected_decision(initiative, spec)
-        table.add_row(initiative.experiment, injected,
-                      got + (f" {memo.summary.variant}" if memo and memo.summary.variant else ""),
-                      "[green]yes[/]" if got == expected else f"[bold red]no[/] (expected {expected})",
-                      memo.summary.headline if memo else "")
-    console.print(table)
+        verdict = "[green]as expected[/]" if got == expected else f"[bold red]expected {expected}[/]"
+        console.print(f"  {initiative.experiment} (injected: {injected}): "
+                      f"{got}{f' {memo.summary.variant}' if memo and memo.summary.variant else ''}, {verdict}")
+        if memo:
+            console.print(f"    {memo.summary.headline}")
 
 
 def _print_checklists(driver: Any, console: Console) -> None:
-    """Every initiative's governance checklist, as its plan document carries it."""
-    from cli.render import checklist_table
+    """Every initiative's governance checklist, as its plan document carries it: one line each."""
+    from cli.render import status_word
 
     plans = driver.initiative_stage.state.plans
-    items = [(initiative, item) for initiative in sorted(plans) for item in plans[initiative].governance_checklist]
-    console.print(checklist_table("Governance checklists (in each initiative's plan)", items, show_initiative=True))
+    console.print("[bold]Governance checklists[/] (in each initiative's plan)")
+    for initiative in sorted(plans):
+        console.print(f"  {initiative}: " + " · ".join(f"{item.item} {status_word(item.status)}"
+                                                      for item in plans[initiative].governance_checklist))
 
 
 def _console() -> Console:
-    # Reports are wide tables: keep them readable when piped or in CI logs.
+    """The terminal as it is; when piped, plain text COLUMNS wide (default: wide enough for every column)."""
+    import os
+
+    from rich.console import Console
+
+    from cli.render import WIDE
+
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    if console.is_terminal:
+        return console
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else WIDE, color_system=None)
 
 
 def _encoded(records: Any) -> Any:
@@ -191,44 +266,49 @@ def _run_embedded(settings: Settings, records: Any, console: Console, total: int
     from streams.embedded import EmbeddedDriver
 
     context = click.get_current_context(silent=True)
-    actor = f"`{context.command_path}` options and PMON_* settings" if context else "pmon embedded run"
+    actor = f"`{context.command_path}` options, PMON_* variables and config file" if context else "pmon embedded run"
     # History: the stage's clock is the replay's.
     driver = EmbeddedDriver(settings, replay=True, settings_actor=actor)
     started = time.perf_counter()
+    if not console.is_terminal:   # piped: a line on stderr every 10 s instead of a progress bar
+        seen, last = [0], [started]
+
+        def report_progress(n: int) -> None:
+            seen[0] += n
+            now = time.perf_counter()
+            if now - last[0] >= 10:
+                last[0] = now
+                click.echo(f"replaying events: {seen[0]:,} records in {now - started:.0f} s", err=True)
+
+        _run_async(driver.run(records, progress=report_progress))
+        return driver, time.perf_counter() - started
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("replaying events", total=total)
-        asyncio.run(driver.run(records, progress=lambda n: progress.advance(task, n)))
+        _run_async(driver.run(records, progress=lambda n: progress.advance(task, n)))
     return driver, time.perf_counter() - started
 
 
 def _print_found(found: dict[str, list[Any]], console: Console) -> None:
-    """The injected incidents of every initiative, each with the incidents that found it, their owners and playbooks."""
-    from rich.panel import Panel
-    from rich.table import Table
-
+    """The injected incidents of every initiative, each with the incidents that found it and their owners."""
     from cli.render import measured
-    from monitor.report import measure_of
+    from incidents.model import measure_of
 
-    table = Table(title=f"Injected incidents, all initiatives: {sum(1 for hits in found.values() if hits)} of "
-                        f"{len(found)} found", title_justify="left")
-    for column in ("injected", "from", "found as", "opened", "observed", "expected", "owner"):
-        table.add_column(column)
-    playbooks: dict[str, str] = {}
+    console.print(f"[bold]Injected incidents, all initiatives[/]: {sum(1 for hits in found.values() if hits)} of "
+                  f"{len(found)} found")
     for label, hits in found.items():
         what, start = label.split(" from ")
+        console.print(f"  {what} from {start[5:16].replace('T', ' ')}", overflow="ignore", crop=False,
+                      soft_wrap=True)
         if not hits:
-            table.add_row(what, start[5:16].replace("T", " "), "[bold red]MISSED[/]", "", "", "", "")
-        for n, hit in enumerate(hits):
+            console.print("    [bold red]MISSED[/]")
+        for hit in hits:
             measure = measure_of(hit)
-            table.add_row(what if n == 0 else "", start[5:16].replace("T", " ") if n == 0 else "",
-                          f"{hit.kind} ({len(hit.series)} series)", f"{hit.evidence.bucket_end:%m-%d %H:%M}",
-                          measured(hit.evidence.observed, measure), measured(hit.evidence.expected, measure),
-                          hit.owner)
-            playbooks[hit.kind] = hit.playbook
-    console.print(table)
-    console.print(Panel("\n".join(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items())),
-                        title="Playbooks of the incidents that found them"))
+            console.print(f"    found as {hit.kind} ({len(hit.series)} series) at {hit.evidence.bucket_end:%m-%d %H:%M}"
+                          f" · {measured(hit.evidence.observed, measure)} vs "
+                          f"{measured(hit.evidence.expected, measure)} → {hit.owner}")
 
 
 def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
@@ -317,17 +397,58 @@ def _resolve_initiative(name: str, known: set[str], where: str) -> str:
 
 
 def _print_report(stage: Any, initiative: str, window: str, detail: str, dimension: str | None,
-                  alert_threshold: float | None, console: Console) -> None:
-    from cli.render import render_report
+                  alert_threshold: float | None, console: Console, output: tuple[str, Path | None]) -> None:
     from monitor.report import build_report
 
+    fmt, _ = output
     request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
-                            alert_threshold=alert_threshold)
+                            alert_threshold=alert_threshold, trends=fmt == "html")
     report = build_report(stage, request)
     if report is None:
         known = ", ".join(sorted(stage.state.clocks)) or "none"
         _fail(f"unknown initiative {initiative!r} — the events name: {known}; pass one of them with --initiative")
-    render_report(report, console)
+    _emit(report, console, output)
+
+
+def _emit(report: Any, console: Console, output: tuple[str, Path | None]) -> None:
+    """The report in `fmt`, to `out` (written whole, then renamed: never half a file) or to stdout."""
+    import io
+    import os
+
+    fmt, out = output
+    if fmt == "terminal":
+        from rich.console import Console
+
+        from cli.render import render_report
+
+        if out is None:
+            render_report(report, console)
+            return
+        buffer = io.StringIO()
+        render_report(report, Console(file=buffer, width=console.width, color_system=None, force_terminal=False))
+        text = buffer.getvalue()
+    elif fmt == "markdown":
+        from cli.markdown import render_markdown
+
+        text = render_markdown(report)
+    elif fmt == "json":
+        text = report.model_dump_json(indent=2) + "\n"
+    else:
+        from cli.dashboard import render_html
+
+        text = render_html(report)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    temporary = out.with_name(f".{out.name}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, out)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        _fail(f"cannot write {out}: {exc.strerror} — pass a writable --out path")
+    log.info("wrote the %s report to %s", fmt, out)
+    click.echo(f"wrote the {fmt} report of {report.initiative} to {out}", err=True)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -360,7 +481,7 @@ def simulate(seed: int, days: int, to_file: Path | None, labels_file: Path | Non
 
         settings = _settings()
         try:
-            count = asyncio.run(produce(settings, _encoded(generate(spec)), rate=rate))
+            count = _run_async(produce(settings, _encoded(generate(spec)), rate=rate))
         except (StreamsError, CliError) as exc:
             _fail(str(exc))
         click.echo(f"produced {count:,} records to {settings.kafka_bootstrap}", err=True)
@@ -378,7 +499,7 @@ def worker() -> None:
     settings = _settings()
     _configure_logging(settings)
     try:
-        asyncio.run(ensure_topics(settings, internal=internal_topics(settings)))
+        _run_async(ensure_topics(settings, internal=internal_topics(settings)))
     except (StreamsError, CliError) as exc:
         _fail(str(exc))
     app = create_app(settings)
@@ -405,28 +526,31 @@ def worker() -> None:
               help="Keep the replay's state in this directory: a later report with the same --events and "
                    "settings, or with --state alone, reads it instead of replaying.")
 @click.option("--worker-url", default=None, help="Worker web address (default http://PMON_WEB_HOST:PMON_WEB_PORT).")
+@_format_option
+@_out_option
+@_config_file_option
 def monitor(initiative: str, window: str, detail: str, dimension: str | None, alert_threshold: float | None,
-            alert_kpi: str | None, events: Path | None, state_dir: Path | None, worker_url: str | None) -> None:
+            alert_kpi: str | None, events: Path | None, state_dir: Path | None, worker_url: str | None,
+            fmt: str, out: Path | None, config: Path | None) -> None:
     """Print the report of one initiative, from a running worker, an events file or a stored state."""
     console = _console()
     if events is not None or state_dir is not None:
         settings = _settings(alert_threshold=alert_threshold, alert_kpi=alert_kpi, log_level="WARNING")
         _configure_logging(settings)
         stage, initiative = _embedded_stage(settings, initiative, events, state_dir, console)
-        _print_report(stage, initiative, window, detail, dimension, alert_threshold, console)
+        _print_report(stage, initiative, window, detail, dimension, alert_threshold, console, (fmt, out))
         return
     from cli.monitor_client import fetch_report
-    from cli.render import render_report
 
     settings = _settings()
     url = worker_url or f"http://{settings.web_host}:{settings.web_port}"
     request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
-                            alert_threshold=alert_threshold)
+                            alert_threshold=alert_threshold, trends=fmt == "html")
     try:
         report = fetch_report(url, request)
     except (StreamsError, CliError) as exc:
         _fail(str(exc))
-    render_report(report, console)
+    _emit(report, console, (fmt, out))
 
 
 # --------------------------------------------------------------------------- detect
@@ -499,7 +623,13 @@ def _read_series(path: Path, source: Any) -> Any:
 # --------------------------------------------------------------------------- incidents
 @pmon.group()
 def incidents() -> None:
-    """Record what a person did about an incident: it lands in the plan's change log."""
+    """On-call: follow incidents live, list where they stand, record what a person did.
+
+    `tail` follows the incidents topic and prints a line per transition; `list`
+    shows each incident's current state, from the topic or a stored state;
+    `ack`, `resolve` and `note` record an action, which lands in the plan's
+    change log.
+    """
 
 
 def _incident_action(action: str, incident_id: str, by: str, text: str, state_dir: Path | None,
@@ -524,7 +654,7 @@ def _incident_action(action: str, incident_id: str, by: str, text: str, state_di
     record = IncidentAction(event_id=f"act-{uuid.uuid4().hex[:16]}", incident_id=incident_id, initiative=initiative,
                             action=action, by=by, text=text, at=at)
     try:
-        asyncio.run(produce(settings, [("incident-actions", incident_id.encode(), record.model_dump_json().encode())]))
+        _run_async(produce(settings, [("incident-actions", incident_id.encode(), record.model_dump_json().encode())]))
     except (StreamsError, CliError) as exc:
         _fail(str(exc))
     click.echo(f"{action} {incident_id} ({initiative}) by {by}: sent to {settings.topic('incident-actions')}")
@@ -583,6 +713,117 @@ def _action_command(action: str, doc: str) -> None:
 _action_command("acknowledged", "Acknowledge an incident: its response time is measured from its opening.")
 _action_command("resolved", "Resolve an incident by hand (the detectors may open it again if it persists).")
 _action_command("note", "Note a remediation step taken for an incident.")
+
+
+def _severities() -> list[str]:
+    from cli.oncall import SEVERITIES
+
+    return list(SEVERITIES)
+
+
+def _say(line: str) -> None:
+    """A line of command output; click.echo flushes, so a reader on a pipe gets each line as it is printed.
+    A reader that went away (`| head`) ends the command quietly."""
+    import os
+
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        # Python would complain again at exit while flushing: point stdout at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+@incidents.command("tail")
+@click.option("--initiative", default=None, help="Only this initiative's incidents (any case).")
+@click.option("--severity", type=click.Choice(_severities()), default=None,
+              help="Only incidents at or above this severity.")
+@click.option("--since", default=None, metavar="DURATION",
+              help="Start with what was written in the last DURATION (15m, 2h, 7d); default: what comes next.")
+@click.option("--from-beginning", is_flag=True, help="Start with the first transition on the topic.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON incident event per line, as the topic carries it.")
+@click.option("--group", default=None, metavar="NAME",
+              help="Commit the offsets read under this consumer group and resume from them next time "
+                   "(default: no group, nothing committed).")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
+def incidents_tail(initiative: str | None, severity: str | None, since: str | None, from_beginning: bool,
+                   as_json: bool, group: str | None, state_dir: Path | None) -> None:
+    """Follow the incidents topic live, a line per transition, until Ctrl-C."""
+    from datetime import datetime, timezone
+
+    from cli import oncall
+
+    if state_dir is not None:
+        _fail(f"a stored state does not change, so there is nothing to follow — use "
+              f"`pmon incidents list --state {state_dir}`")
+    if since is not None and from_beginning:
+        _fail("--since and --from-beginning both say where to start — pass one of them")
+    start = None
+    if since is not None:
+        try:
+            start = datetime.now(timezone.utc) - oncall.parse_duration(since)
+        except ValueError as exc:
+            _fail(f"{exc} — {oncall.DURATION_HINT}")
+    if group is not None and not group.strip():
+        _fail("--group is empty — name the consumer group, or leave it out to commit nothing")
+    # WARNING, as for the other commands that are not the worker: the client's INFO lines are noise here.
+    settings = _settings(log_level="WARNING")
+    _configure_logging(settings)  # a long run: the client's warnings (a lost broker) get a time and a source
+    command = click.get_current_context().command_path
+    from streams.kafka_io import follow_incidents
+
+    async def follow() -> None:
+        async for event in follow_incidents(
+                settings, since=start, from_beginning=from_beginning, group=group,
+                on_undecodable=lambda line: click.echo(f"{command}: {line}", err=True),
+                on_start=lambda line: click.echo(f"{command}: {line}; Ctrl-C stops", err=True)):
+            if oncall.matches(event, initiative=initiative, severity=severity):
+                _say(oncall.event_json(event) if as_json else oncall.transition_line(event, settings.roster))
+
+    try:
+        _run_async(follow())
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how tail ends: exit 0, no traceback
+    except (StreamsError, CliError) as exc:
+        _fail(str(exc))
+
+
+@incidents.command("list")
+@click.option("--open", "only_open", is_flag=True, help="Only incidents not resolved.")
+@click.option("--initiative", default=None, help="Only this initiative's incidents (any case).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per incident: status, assignee, opening and latest transition.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A stored state (pmon monitor --events FILE --state DIR) instead of the incidents topic.")
+def incidents_list(only_open: bool, initiative: str | None, as_json: bool, state_dir: Path | None) -> None:
+    """Where each incident stands now, from the incidents topic (read to its end) or a stored state."""
+    from cli import oncall
+
+    settings = _settings()
+    if state_dir is not None:
+        stored = _stored_run(state_dir)
+        if stored is None:
+            _fail(f"no stored state in {state_dir} — build it with `pmon monitor --events FILE --state {state_dir}`")
+        found = oncall.from_pairs(stored.state.incidents.values(), settings.roster)
+        where = f"the state in {state_dir}"
+    else:
+        from streams.kafka_io import read_incidents
+
+        command = click.get_current_context().command_path
+        try:
+            events = _run_async(read_incidents(
+                settings, on_undecodable=lambda line: click.echo(f"{command}: {line}", err=True)))
+        except (StreamsError, CliError) as exc:
+            _fail(str(exc))
+        found = oncall.fold(events, settings.roster)
+        where = settings.topic("incidents")
+    shown = [c for c in found if (c.is_open or not only_open) and oncall.matches(c.latest, initiative=initiative)]
+    for incident in shown:
+        _say(oncall.state_json(incident) if as_json else oncall.state_line(incident))
+    if not shown and not as_json:
+        # Say why the list is empty, on stderr: stdout stays the list.
+        which = " ".join(filter(None, ["open" if only_open else "", f"{initiative!r}" if initiative else ""]))
+        click.echo(f"no {which + ' ' if which else ''}incidents in {where} ({len(found)} in all)", err=True)
 
 
 # --------------------------------------------------------------------------- plan
@@ -711,9 +952,17 @@ def _run(command: click.Command, prog_name: str, argv: list[str] | None) -> NoRe
     sys.exit(0)
 
 
+def _quiet_clients() -> None:
+    # Without a configured handler Python prints a library's warnings on stderr: the Kafka client's "Unable
+    # connect" lines would precede the one-line error. Commands that configure logging (worker, tail) show them.
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
+    _quiet_clients()
     _run(pmon, "pmon", argv)
 
 
 def monitor_main(argv: list[str] | None = None) -> NoReturn:
+    _quiet_clients()
     _run(monitor, "monitor-personalization", argv)

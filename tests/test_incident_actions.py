@@ -18,13 +18,19 @@ def _events(path: Path) -> Path:
     return path
 
 
-def test_an_acknowledgement_and_a_note_land_in_the_plan_with_the_response_time(tmp_path: Path) -> None:
+def stored_threshold_state(tmp_path: Path) -> Path:
+    """A stored state (`pmon monitor --events --state`) holding one kpi_threshold incident."""
     state = tmp_path / "state"
     built = run_pmon("monitor", "--initiative", INITIATIVE, "--events", str(_events(tmp_path / "events.jsonl")),
                      "--state", str(state), "--alert-threshold", "0.1", cwd=tmp_path,
                      env={"PMON_WARMUP_BUCKETS": "4", "PMON_BASELINE_BUCKETS": "6",
                           "PMON_CONSENT_DEFAULT_POLICY": "opt-out", "PMON_CONSENT_POLICIES": "{}"})
     assert built.returncode == 0, built.stderr
+    return state
+
+
+def test_an_acknowledgement_and_a_note_land_in_the_plan_with_the_response_time(tmp_path: Path) -> None:
+    state = stored_threshold_state(tmp_path)
     [incident_id] = [i for i, (opened, _) in load(state).state.incidents.items() if opened.kind == "kpi_threshold"]
 
     acked = run_pmon("incidents", "ack", incident_id, "--by", "Ana Ortiz", "--state", str(state), cwd=tmp_path)
