@@ -891,9 +891,10 @@ def plan_log(initiative: str, plan_dir: Path | None) -> None:
             what = "created"
         else:
             fields = sorted({path.split(".")[0].split("[")[0] for path, _, _ in diff(previous, document)}
-                            - {"revision", "updated_at"})
+                            - {"revision", "updated_at", "watermark"})
             what = ", ".join(fields) or "no field changed"
-        click.echo(f"r{document.revision:<5} {document.updated_at:%Y-%m-%d %H:%M} UTC  {what}")
+        events = f" (events to {document.watermark:%m-%d %H:%M})" if document.watermark else ""
+        click.echo(f"r{document.revision:<5} {document.updated_at:%Y-%m-%d %H:%M} UTC{events}  {what}")
     entries = documents[-1].change_log
     click.echo(f"change log ({len(entries)} entries):")
     for entry in entries:

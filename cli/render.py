@@ -29,7 +29,8 @@ GLOSSARY = {
     "fallback": "share of exposures served by the fallback rule instead of a personalized one",
     "CVR 24 h": "CVR over the last 24 closed hours of the window",
     "change": "CVR 24 h / CVR - 1; `!` marks a drop of at least the alert threshold",
-    "users converting": "in an experiment memo: share of a variant's users with at least one conversion",
+    "users converting": "in an experiment memo (its metric `conversion`): share of a variant's users with at "
+                        "least one conversion",
     "conversions_per_user": "in an experiment memo: conversions / users of the variant",
     "consent adherence": "1 - violations / personalized exposures, over the window",
     "observed / expected": "an incident's value and its expectation when it opened, in the unit of its measure",
@@ -319,7 +320,9 @@ def render_report(report: Report, console: Console | None = None) -> None:
 def render_plan(plan: PlanDocument, console: Console) -> None:
     """One plan revision: header, stages, feeds, success metrics, open incidents, backlog."""
     console.print(Panel(f"[bold]{plan.initiative}[/] · revision {plan.revision} · written "
-                        f"{plan.updated_at:%Y-%m-%d %H:%M} UTC · pattern {plan.pattern} · "
+                        f"{plan.updated_at:%Y-%m-%d %H:%M} UTC"
+                        + (f" (events to {plan.watermark:%Y-%m-%d %H:%M})" if plan.watermark else "") +
+                        f" · pattern {plan.pattern} · "
                         f"{len(plan.change_log)} change-log entries", title="Plan"))
     tables = [
         ("Stages", ("stage", "status", "owner"), [(s.name, s.status, s.owner_role) for s in plan.stages]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -195,17 +196,25 @@ def admit_incident_action(settings: Settings, raw: bytes | None, *, key: bytes |
                      key=key, partition=partition, offset=offset)
 
 
+def _same_revision(stored: PlanDocument | None, candidate: PlanDocument) -> bool:
+    """`candidate` holds what `stored` holds: only when each was written may differ."""
+    return stored is not None and candidate.model_copy(update={"updated_at": stored.updated_at}) == stored
+
+
 class InitiativeStage:
     def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
                  plan_history: Callable[[str], list[PlanDocument]] | None = None,
-                 settings_actor: str = "pmon worker settings") -> None:
+                 settings_actor: str = "pmon worker settings",
+                 wall_clock: Callable[[], float] = time.time) -> None:
         """`source_partitions`: partitions of the engagement topic feeding this stage (the watermark's inputs).
 
         `plan_history(initiative)` returns the revisions written, oldest first, so a new run
         continues them (see `_resume_plan`) and logs what changed since (thresholds, cadence), by `settings_actor`
-        (who set the settings: the worker's environment, a command's options).
+        (who set the settings: the worker's environment, a command's options). `wall_clock` stamps each
+        revision's `updated_at` (when it was written; its `watermark` is the event time it reflects).
         """
         self.settings = settings
+        self._wall_clock = wall_clock
         self.state = state
         # Written in this order at commit: rows, then the states judged from them, and the clocks last — a
         # replay from an older clock re-closes buckets, which the rows' offsets and the states'
@@ -407,9 +416,10 @@ class InitiativeStage:
                                feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
             ahead = self._history_ahead.get(initiative)
             if not ahead:
+                created = self._stamped(created)
                 self._plans[initiative] = created
                 return Outputs(plans=[created])
-            if ahead.pop(created.revision, None) == created:
+            if _same_revision(ahead.pop(created.revision, None), self._stamped(created)):
                 self._plans[initiative] = created   # as the stored history began: re-derive it
                 return Outputs()
             ahead.clear()   # other settings than the stored history's: continue its latest revision
@@ -430,7 +440,7 @@ class InitiativeStage:
             return None
         if not history:
             return None
-        before = [plan for plan in history if plan.updated_at < at]
+        before = [plan for plan in history if (plan.watermark or plan.updated_at) < at]
         start = before[-1] if before else None
         self._history_ahead[initiative] = {p.revision: p for p in history
                                            if start is None or p.revision > start.revision}
@@ -449,15 +459,24 @@ class InitiativeStage:
             number = previous.revision + 1
             ahead = self._history_ahead.get(initiative)
             if ahead:
-                stored, candidate = ahead.pop(number, None), plan.model_copy(update={"revision": number})
-                if candidate == stored:
+                stored, candidate = ahead.pop(number, None), self._stamped(plan.model_copy(update={"revision": number}))
+                if _same_revision(stored, candidate):
                     self._plans[initiative] = stored
                     return Outputs()   # written by an earlier run of the same input
                 ahead.clear()          # this run differs from there on: number after all that is stored
                 number = max(number, self._history_latest[initiative].revision + 1)
             plan = plan.model_copy(update={"revision": number})
+        plan = self._stamped(plan)
         self._plans[initiative] = plan
         return Outputs(plans=[plan])
+
+    def _stamped(self, plan: PlanDocument) -> PlanDocument:
+        """`plan` stamped with when it is written (never before the revision it follows) and the initiative's
+        event-time watermark it reflects."""
+        clock = self.windows.clocks.get(plan.initiative)
+        watermark = _utc(clock.watermark) if clock is not None and clock.watermark is not None else plan.watermark
+        return plan.model_copy(update={"updated_at": max(_utc(self._wall_clock()), plan.updated_at),
+                                       "watermark": watermark})
 
     def _new_detector(self, name: str) -> BucketDetector:
         # The threshold tests are the ones tuned by PMON_* settings.
@@ -675,7 +694,7 @@ class InitiativeStage:
             plan = self._with_response_time(plan, initiative)
         if plan is not None and (incidents or governance_changed):
             stamps = [i.occurred_at for i in incidents] + ([_utc(until)] if until > float("-inf") else [])
-            at = max(stamps, default=plan.updated_at)
+            at = max(stamps, default=plan.watermark or plan.updated_at)
             plan = self._govern_plan(plan, governance, at)
         if plan is not None:
             outputs.extend(self._publish(initiative, plan))
@@ -711,7 +730,8 @@ class InitiativeStage:
         responses = self._responses.get(initiative) or {}
         if not responses:
             return plan
-        return with_metric(plan, "incident_response_minutes", at=plan.updated_at, actor="pmon incidents",
+        return with_metric(plan, "incident_response_minutes", at=plan.watermark or plan.updated_at,
+                           actor="pmon incidents",
                            reason=f"median over {len(responses)} incident(s)",
                            current=round(statistics.median(responses.values()), 1))
 

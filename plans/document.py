@@ -285,7 +285,10 @@ class PlanDocument(_PlanModel):
     initiative: Name
     revision: int = Field(ge=1)
     created_at: UtcDatetime
-    updated_at: UtcDatetime
+    updated_at: UtcDatetime = Field(description="When this revision was written (the writer's clock; the `with_*` "
+                                                "functions set the event time, the monitor's stage restamps it).")
+    watermark: UtcDatetime | None = Field(description=(
+        "The event-time watermark this revision reflects (the monitor's: every source partition read up to it)."))
     pattern: Literal["pipeline", "diamond"]
     merge_gate: MergeGate | None
     owners: dict[str, str] = Field(description="Role -> the person or team who holds it.")
@@ -523,6 +526,7 @@ def new_plan(
         "initiative": initiative,
         "revision": 1,
         "created_at": created,
+        "watermark": None,
         "updated_at": created,
         "pattern": "diamond",
         "merge_gate": MergeGate(

@@ -60,7 +60,7 @@ class EmbeddedDriver:
         self.user_stage = UserStage(settings, self.users)
         self.initiative_stage = InitiativeStage(settings, InitiativeState(),
                                                 plan_history=PlanWriter(settings.plan_dir).history,
-                                                settings_actor=settings_actor)
+                                                settings_actor=settings_actor, wall_clock=wall_clock)
         self.run_result = EmbeddedRun()
         self.metrics = PipelineMetrics(registry or CollectorRegistry())
         self._wall_clock = wall_clock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import pickle
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -222,11 +223,22 @@ async def test_a_planted_dip_opens_one_incident_and_resolves_it(tmp_path: Path, 
 
 async def test_two_runs_of_the_same_records_emit_the_same_incidents(tmp_path: Path,
                                                                     dip_records: list[Record]) -> None:
+    started = datetime.now(timezone.utc)
     first = await driver(tmp_path / "a").run(dip_records)
     second = await driver(tmp_path / "b").run(dip_records)
     assert [e.transition for e in first.incidents] == ["opened", "resolved"]
     assert [e.model_dump() for e in second.incidents] == [e.model_dump() for e in first.incidents]
-    assert first.plan_updates == second.plan_updates  # the plan bytes too
+
+    def plans(run: Any) -> list[PlanDocument]:
+        return [PlanDocument.model_validate_json(update) for update in run.plan_updates]
+
+    # The same documents; only when each was written differs: `updated_at` is the writer's clock, beside the
+    # event-time watermark the revision reflects.
+    written = [plan.updated_at for plan in plans(first) + plans(second)]
+    assert all(at >= started.replace(microsecond=0) for at in written)
+    assert [p.model_copy(update={"updated_at": started}) for p in plans(first)] == \
+        [p.model_copy(update={"updated_at": started}) for p in plans(second)]
+    assert all(p.watermark is not None and p.watermark < started for p in plans(first)[1:])
 
 
 # ------------------------------------------------------------------------ privacy
