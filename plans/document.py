@@ -401,6 +401,13 @@ def _revise(plan: PlanDocument, *, at: datetime, **changes: Any) -> PlanDocument
         raise InvalidPlanError(f"update of plan {plan.initiative!r} is invalid: {exc}") from exc
 
 
+def _stamp(plan: PlanDocument, at: datetime) -> datetime:
+    """When a change happened, for its log entry or item: `at`, never before the plan's last logged change.
+    (Not `updated_at`: that is when a revision was written, the writer's clock, not the change's time.)"""
+    last = plan.change_log[-1].at if plan.change_log else plan.created_at
+    return max(_aware(at), last)
+
+
 def _aware(at: datetime) -> datetime:
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidPlanError(f"timestamp {at.isoformat()} has no time zone; plans use aware UTC times")
@@ -582,7 +589,7 @@ def with_thresholds(
                if key not in plan.thresholds or plan.thresholds[key] != value}
     if not changed:
         return plan
-    stamp = max(_aware(at), plan.updated_at)
+    stamp = _stamp(plan, at)
     # Plain dicts: _revise validates them with the document, so a bad value is an InvalidPlanError.
     entries = tuple(
         {"at": stamp, "actor": actor, "field": f"thresholds.{key}",
@@ -612,7 +619,7 @@ def with_metric(
                if value is not None and getattr(metric, field) != value}
     if not changed:
         return plan
-    stamp = max(_aware(at), plan.updated_at)
+    stamp = _stamp(plan, at)
     entries = tuple(
         {"at": stamp, "actor": actor, "field": f"success_metrics.{name}.{field}",
          "old": getattr(metric, field), "new": value, "reason": reason}
@@ -666,7 +673,7 @@ def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
     # Also for an incident first seen resolved (e.g. the plan was lost and rebuilt):
     # it still deserves a review.
     if all(item.id != review_id for item in plan.backlog):
-        created = max(_aware(at), plan.updated_at)
+        created = _stamp(plan, at)
         severity = "critical" if summary.severity == "critical" else "warning"
         common = {"owner": summary.owner, "priority": "P1" if severity == "critical" else "P2",
                   "source": summary.incident_id, "created_at": created}
@@ -702,7 +709,7 @@ def with_incident_action(plan: PlanDocument, incident_id: str, action: str, *, b
     review = next((b for b in plan.backlog if b.id == post_incident_review_id(incident_id)), None)
     if known is None and review is None:
         raise UnknownPlanItemError(f"plan of {plan.initiative!r} has no incident {incident_id!r}")
-    stamp = max(_aware(at), plan.updated_at)
+    stamp = _stamp(plan, at)
     updates: dict[str, Any] = {}
     reason = text
     if action == "acknowledged" and known is not None:
@@ -738,7 +745,7 @@ def with_stage(plan: PlanDocument, name: str, status: StageStatus, *, at: dateti
     stage = plan.stage(name)
     if stage.status == status:
         return plan
-    stamp = max(_aware(at), plan.updated_at)
+    stamp = _stamp(plan, at)
     updated = {**stage.model_dump(), "status": status, "updated_at": stamp}
     return _revise(plan, at=at, stages=_upsert(plan.stages, updated, name, lambda s: s.name))
 
