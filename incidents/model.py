@@ -7,10 +7,10 @@ re-exports it as the value schema of the incidents topic.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 # "updated": more series joined an open (grouped) incident.
 Transition = Literal["opened", "updated", "escalated", "resolved"]
@@ -84,4 +84,7 @@ class IncidentAction(BaseModel):
     action: Literal["acknowledged", "resolved", "note"]
     by: str = Field(min_length=1, max_length=200, description="Who did it: a person, not a role.")
     text: str = Field("", max_length=2000)
-    at: datetime
+    # Aware and plausible, as the input events' times: a naive time cannot be compared with an incident's,
+    # and one in 1970 or 2100 would skew the response time.
+    at: Annotated[AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=timezone.utc),
+                                       lt=datetime(2100, 1, 1, tzinfo=timezone.utc))]

@@ -8,6 +8,7 @@ with a precise reason instead of skewing a window.
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -94,29 +95,65 @@ class RuleChangeEvent(_Record):
     experiment: Name | None = None
 
 
+# A dead letter must fit in one Kafka record whatever it carries. The smallest limit on its way is Faust's
+# producer_max_request_size (1,000,000 bytes; aiokafka's max_request_size and the broker's message.max.bytes
+# are ~1 MiB). A value up to DEAD_LETTER_MAX_VALUE_BYTES is kept whole (base64: 4/3 of it, ~700 KB); a larger
+# one keeps its first DEAD_LETTER_PREFIX_BYTES with its length and SHA-256. A key is kept whole up to
+# DEAD_LETTER_PREFIX_BYTES, the texts up to their own bounds, so a letter's JSON stays under ~740 KB
+# (tests/test_poison_pills.py encodes the worst case).
+DEAD_LETTER_MAX_VALUE_BYTES = 512 * 1024
+DEAD_LETTER_PREFIX_BYTES = 4 * 1024
+DEAD_LETTER_MAX_REASON_CHARS = 500
+DEAD_LETTER_MAX_ERROR_CHARS = 4000
+
+
+def _bounded_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 class DeadLetter(_Record):
-    """A record that could not be decoded, validated or processed, kept whole."""
+    """A record that could not be decoded, validated or processed: kept whole up to 512 KiB; a larger value
+    keeps its first 4 KiB (`truncated`), its length and its SHA-256, so that the letter always fits a Kafka
+    record."""
 
     source_topic: str
     partition: int | None = None
     offset: int | None = None
     key_b64: str | None = None
-    value_b64: str
+    value_b64: str = Field(description="The original value (base64), or its first 4 KiB when `truncated`.")
     reason: str
     error: str
     stage: Literal["decode", "process", "sink"] = "decode"
+    truncated: bool = Field(False, description="`value_b64` holds only the first 4 KiB of the value.")
+    original_length: int | None = Field(None, description="Bytes of the original value (null in letters "
+                                                          "written before this field existed).")
+    sha256: str | None = Field(None, description="Hex SHA-256 of the whole original value.")
+    key_truncated: bool = Field(False, description="`key_b64` holds only the first 4 KiB of the key.")
+    key_length: int | None = Field(None, description="Bytes of the original key, when it was truncated.")
+    key_sha256: str | None = Field(None, description="Hex SHA-256 of the whole key, when it was truncated.")
 
     @classmethod
     def of(cls, raw: bytes, *, source_topic: str, reason: str, error: str, key: bytes | None = None,
            partition: int | None = None, offset: int | None = None,
            stage: Literal["decode", "process", "sink"] = "decode") -> "DeadLetter":
+        truncated = len(raw) > DEAD_LETTER_MAX_VALUE_BYTES
+        kept = raw[:DEAD_LETTER_PREFIX_BYTES] if truncated else raw
+        key_fields: dict[str, Any] = {}
+        if key is not None:
+            if len(key) > DEAD_LETTER_PREFIX_BYTES:
+                key_fields = {"key_truncated": True, "key_length": len(key),
+                              "key_sha256": hashlib.sha256(key).hexdigest()}
+                key = key[:DEAD_LETTER_PREFIX_BYTES]
+            key_fields["key_b64"] = base64.b64encode(key).decode()
         return cls(
-            source_topic=source_topic, partition=partition, offset=offset,
-            key_b64=base64.b64encode(key).decode() if key is not None else None,
-            value_b64=base64.b64encode(raw).decode(), reason=reason, error=error, stage=stage,
+            source_topic=source_topic, partition=partition, offset=offset, **key_fields,
+            value_b64=base64.b64encode(kept).decode(), reason=_bounded_text(reason, DEAD_LETTER_MAX_REASON_CHARS),
+            error=_bounded_text(error, DEAD_LETTER_MAX_ERROR_CHARS), stage=stage, truncated=truncated,
+            original_length=len(raw), sha256=hashlib.sha256(raw).hexdigest(),
         )
 
     def raw(self) -> bytes:
+        """The bytes kept: the original value, or its prefix when `truncated`."""
         return base64.b64decode(self.value_b64)
 
 
@@ -153,6 +190,9 @@ def decode(model: type[_Record], raw: bytes, *, pseudonymise: Callable[[str], st
     `pseudonymise` replaces a string `user_id` before validation, so the raw
     id never reaches a model (nor an error message).
     """
+    if not raw:
+        raise DecodeError("empty value (zero bytes): input records must carry a JSON object",
+                          "the record's value has no bytes")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -165,5 +205,10 @@ def decode(model: type[_Record], raw: bytes, *, pseudonymise: Callable[[str], st
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] == "extra_forbidden":
+            # The name is the producer's, of any length: out of the reason's kind (a bounded set to count by).
+            name = repr(str(first["loc"][-1]))
+            name = name if len(name) <= 60 else name[:57] + "..."
+            raise DecodeError(f"invalid {model.__name__}: unknown field: {first['msg']} ({name})", str(exc)) from None
         where = ".".join(str(p) for p in first["loc"]) or model.__name__
         raise DecodeError(f"invalid {model.__name__}: {where}: {first['msg']}", str(exc)) from None

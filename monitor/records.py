@@ -418,7 +418,7 @@ def decode_consent(raw: bytes, pseudonymise: Callable[[str], str] | None = None)
     >>> decode_consent(b'')
     Traceback (most recent call last):
     ...
-    monitor.exceptions.DecodeError: not JSON
+    monitor.exceptions.DecodeError: empty value (zero bytes): input records must carry a JSON object
     """
     try:
         data = _loads(raw)

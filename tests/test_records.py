@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from monitor import records
-from monitor.events import ConsentEvent, EngagementEvent, decode, encode
+from incidents.model import IncidentAction
+from monitor.events import ConsentEvent, EngagementEvent, RuleChangeEvent, decode, encode
 from monitor.exceptions import DecodeError
 from monitor.records import Consent, Engagement, decode_consent, decode_engagement
 
@@ -359,6 +360,67 @@ def test_canonical_consent_takes_the_fast_path_and_equals_the_model(record: dict
         assert assert_same("consent", raw, pseudonymise)
     assert calls == [], "a canonical record took the model path"
     assert decode_consent(raw, pseudonymise).to_model() == decode(ConsentEvent, raw, pseudonymise=pseudonymise)
+
+
+# Arbitrary input, not near-valid: any bytes, any JSON document, any object over the fields' names. Every
+# decoder of an input topic raises DecodeError and nothing else, and the fast path agrees with the model.
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+)
+json_documents = st.recursive(_json_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+_FIELD_NAMES = sorted({*EngagementEvent.model_fields, *ConsentEvent.model_fields, *RuleChangeEvent.model_fields,
+                       *IncidentAction.model_fields})
+_BASES = [{}, {"event_id": "e1", "event_type": "click", "event_time": "2026-11-01T00:00:00Z", "user_id": "u1",
+               "initiative": "i", "profile": "p", "channel": "web"},
+          {"event_id": "c1", "event_time": "2026-11-01T00:00:00Z", "user_id": "u1", "purpose": "analytics",
+           "status": "granted"}]
+
+
+def _as_json(document: Any) -> bytes:
+    """JSON of `document` as a producer might write it: orjson, or the standard library (big ints, NaN)."""
+    import json
+
+    try:
+        return orjson.dumps(document)
+    except TypeError:   # an int beyond 64 bits: the standard library writes it, orjson reads it as a float
+        return json.dumps(document).encode()
+
+
+def assert_only_decode_errors(raw: bytes) -> None:
+    """The fast paths agree with their models on `raw`; the other input topics' decoders raise only DecodeError."""
+    for kind in PAIRS:
+        assert_same(kind, raw)
+        assert_same(kind, raw, _hash_pseudonym)
+    for model in (RuleChangeEvent, IncidentAction):
+        try:
+            decode(model, raw)
+        except DecodeError as exc:
+            assert exc.reason and "\n" not in exc.reason and len(exc.reason) < 400
+
+
+@settings(SETTINGS, max_examples=400)
+@given(raw=st.one_of(st.binary(max_size=64), st.binary(max_size=8).map(lambda b: b'{"event_id": "' + b + b'"}')))
+def test_any_bytes_raise_only_decode_errors_and_both_paths_agree(raw: bytes) -> None:
+    assert_only_decode_errors(raw)
+
+
+@settings(SETTINGS, max_examples=400)
+@given(document=json_documents)
+def test_any_json_document_raises_only_decode_errors_and_both_paths_agree(document: Any) -> None:
+    assert_only_decode_errors(_as_json(document))
+
+
+@settings(SETTINGS, max_examples=400)
+@given(document=st.dictionaries(st.sampled_from(_FIELD_NAMES), json_documents, max_size=12),
+       base=st.sampled_from(_BASES))
+def test_any_object_over_the_fields_raises_only_decode_errors_and_both_paths_agree(
+        document: dict[str, Any], base: dict[str, Any]) -> None:
+    raw = _as_json({**base, **document})
+    with model_path_calls() as calls:
+        assert_only_decode_errors(raw)
+    event(f"model path {len(calls)} of {2 * len(PAIRS)}")
 
 
 # ---------------------------------------------------------------------------------------------
