@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/pmon demo
 
-# Debian's chromium renders the HTML dashboard in its test and for `make screenshots` (we run as root here).
-CHROMIUM_STAMP := $(VENV)/.chromium
+# Debian packages the tests run for real: chromium renders the HTML dashboard (also for `make screenshots`),
+# prometheus (with promtool) and prometheus-alertmanager check the alert rules and their delivery.
+DEBIAN_TOOLS := chromium prometheus prometheus-alertmanager
+CHROMIUM_STAMP := $(VENV)/.debian-tools
 
 $(CHROMIUM_STAMP): $(STAMP)
-	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	missing=$$(for p in $(DEBIAN_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  [ -z "$$missing" ] || (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)
 	touch $(CHROMIUM_STAMP)
 
 # The broker is stopped whatever the tests' outcome; the tests' exit code is kept.
@@ -43,9 +46,9 @@ screenshots: setup $(CHROMIUM_STAMP)
 schemas: setup
 	$(BIN)/pmon schemas --out schemas
 
-# Generated parts of the docs: the configuration table (from Settings) and the glossary (a test fails when stale).
+# Generated parts of the docs: settings, glossary, metrics and alert rules, from the code (a test fails when stale).
 docs: setup
-	$(BIN)/python -m cli.docs docs/configuration.md docs/cli.md
+	$(BIN)/python -m cli.docs docs/configuration.md docs/cli.md docs/operations.md
 
 # The bench's peers (Quix Streams) and py-spy: bench-only dependencies, installed on first use.
 BENCH_STAMP := $(VENV)/.bench-installed

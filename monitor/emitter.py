@@ -2,7 +2,9 @@
 
 A failed write is retried `retry_limit` times; then the record goes to the
 dead-letter topic and a `monitoring_degraded` incident is raised, so nothing is
-dropped without a trace. Both drivers use it with their own `send`.
+dropped without a trace. Both drivers use it with their own `send`. The worker
+also passes `alerts`, its Alertmanager push (`monitor.alertmanager`): the same
+retries, dead letters and monitoring_degraded, under the sink name `alertmanager`.
 """
 
 from __future__ import annotations
@@ -10,40 +12,92 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from incidents.degraded import degraded_incident
+from incidents.model import IncidentEvent
 from plans.document import PlanDocument
 from plans.plan_sink import PlanWriter, plan_bytes
+from monitor.alertmanager import LEASE_CHECKS, SINK as ALERTMANAGER, Known, alert_body, alerts_of, firing_alerts
 from monitor.events import DeadLetter, encode
-from monitor.metrics import PipelineMetrics
+from monitor.metrics import PipelineMetrics, count_dead_letter
 from monitor.initiative_stage import Outputs
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, bytes, bytes], Awaitable[Any] | Any]
+PushAlerts = Callable[[bytes], Awaitable[Any]]   # the body of POST /api/v2/alerts
 
 
 class Emitter:
     def __init__(self, settings: Settings, metrics: PipelineMetrics, send: Send,
-                 plan_writer: PlanWriter | None = None) -> None:
+                 plan_writer: PlanWriter | None = None,
+                 count_dead_letter: Callable[[DeadLetter], None] | None = None,
+                 alerts: PushAlerts | None = None, known: Callable[[str], Known | None] | None = None) -> None:
+        """`count_dead_letter` counts a letter once sent; a driver whose sends commit later (a Kafka
+        transaction) passes one that counts at the commit, so an aborted letter is not counted.
+
+        `alerts` pushes alerts to Alertmanager; `known(incident_id)` is the incident's (opened, latest)
+        transitions as committed before the step being emitted, so a transition ends the label set that fired.
+        """
         self.settings = settings
         self.metrics = metrics
         self._send = send
+        self._count_dead_letter = count_dead_letter or self.count_dead_letter
+        self._alerts = alerts
+        self._known = known or (lambda _incident: None)
         self.plan_writer = plan_writer or PlanWriter(settings.plan_dir)
 
     async def emit(self, outputs: Outputs) -> None:
         for incident in outputs.incidents:
             self.metrics.incident_transitions.labels(kind=incident.kind, transition=incident.transition).inc()
             await self._deliver("incidents", incident.incident_id.encode(), encode(incident))
+        await self._push(outputs.incidents)
         for plan in outputs.plans:
             await self._write_plan(plan)
 
+    @property
+    def pushes_alerts(self) -> bool:
+        return self._alerts is not None
+
+    async def refresh_alerts(self, open_incidents: list[Known]) -> None:
+        """Re-send the open incidents as firing (the worker's timer): Alertmanager ends an alert not re-sent."""
+        alerts = firing_alerts(open_incidents, now=datetime.now(timezone.utc), lease=self._lease())
+        if self._alerts is not None and alerts:
+            await self._deliver(ALERTMANAGER, b"", alert_body(alerts))
+
+    async def _push(self, incidents: list[IncidentEvent]) -> None:
+        """The step's transitions to Alertmanager, in one request (one wait at most, within the transaction)."""
+        if self._alerts is None or not incidents:
+            return
+        now, lease = datetime.now(timezone.utc), self._lease()
+        seen: dict[str, Known] = {}
+        alerts = []
+        for incident in incidents:
+            known = seen.get(incident.incident_id) or self._known(incident.incident_id)
+            alerts += alerts_of(incident, known=known, now=now, lease=lease)
+            seen[incident.incident_id] = (known[0] if known is not None else incident, incident)
+        await self._deliver(ALERTMANAGER, b"", alert_body(alerts))
+
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=LEASE_CHECKS * self.settings.check_interval_seconds)
+
     async def dead_letter(self, letter: DeadLetter) -> None:
-        self.metrics.dead_letters.labels(topic=letter.source_topic, stage=letter.stage).inc()
-        await self._attempt("dead-letters", b"", encode(letter))
+        """Send a dead letter; counted once it was sent. One that cannot be sent after its retries raises
+        monitoring_degraded (the letter itself is logged without its bytes)."""
+        error = await self._attempt("dead-letters", b"", encode(letter))
+        if error is None:
+            self._count_dead_letter(letter)
+            return
+        log.error("dead letter of %s[%s]@%s (%s, %s bytes) not written: %r", letter.source_topic, letter.partition,
+                  letter.offset, letter.reason, letter.original_length, error)
+        await self._raise_degraded("dead-letters", error)
+
+    def count_dead_letter(self, letter: DeadLetter) -> None:
+        """`pmon_dead_letters_total` for a letter sent (or committed)."""
+        count_dead_letter(self.metrics, letter)
 
     async def _write_plan(self, plan: PlanDocument) -> None:
         body = plan_bytes(plan)
@@ -69,7 +123,10 @@ class Emitter:
         error: Exception | None = None
         for attempt in range(self.settings.retry_limit + 1):
             try:
-                result = self._send(topic, key, value)
+                if topic == ALERTMANAGER and self._alerts is not None:
+                    result = self._alerts(value)
+                else:
+                    result = self._send(topic, key, value)
                 if inspect.isawaitable(result):
                     await result
                 return None
@@ -98,3 +155,6 @@ class Emitter:
         self.metrics.incident_transitions.labels(kind=event.kind, transition=event.transition).inc()
         if sink != "incidents":
             await self._attempt("incidents", event.incident_id.encode(), encode(event))
+        if self._alerts is not None and sink != ALERTMANAGER:  # not through the sink that just failed
+            body = alert_body(alerts_of(event, known=None, now=event.occurred_at, lease=self._lease()))
+            await self._attempt(ALERTMANAGER, b"", body)

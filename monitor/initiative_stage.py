@@ -197,8 +197,10 @@ def admit_incident_action(settings: Settings, raw: bytes | None, *, key: bytes |
 
 
 def _same_revision(stored: PlanDocument | None, candidate: PlanDocument) -> bool:
-    """`candidate` holds what `stored` holds: only when each was written may differ."""
-    return stored is not None and candidate.model_copy(update={"updated_at": stored.updated_at}) == stored
+    """`candidate` holds what `stored` holds: only when each was written, and the watermark then (which moves
+    with how the records were batched), may differ."""
+    return stored is not None and candidate.model_copy(
+        update={"updated_at": stored.updated_at, "watermark": stored.watermark}) == stored
 
 
 class InitiativeStage:

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     consent_skew_seconds: float = Field(0.5, ge=0, le=60, description="How much later than an exposure a consent record produced before it may reach its partition: stage 1 judges an exposure once the consent partition was read to its end this long after the exposure was produced (it adds this much to the latency of everything behind an exposure).")
     batch_within_seconds: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a batch.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    ready_fetch_seconds: float = Field(10, ge=1, le=600, description="`/ready` fails when the broker answered none of a stage's fetches for this long (with partitions held).")
+    ready_max_lag: int = Field(100_000, ge=0, description="`/ready` fails when a stage is more records than this behind the last stable offsets of the partitions it holds.")
 
     # Windows and event time
     bucket_seconds: int = Field(3600, ge=60, le=86_400, description="Width of a tumbling window bucket.")
@@ -143,6 +145,24 @@ class Settings(BaseSettings):
     # Outputs and privacy
     plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
     pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description="Key of the keyed hash that pseudonymises user ids.")
+    alertmanager_url: str | None = Field(None, description=(
+        "Alertmanager the worker pushes incidents to, e.g. `http://alertmanager:9093` (unset: off). Every incident "
+        "transition is POSTed to `<url>/api/v2/alerts` with the labels alertname=PmonIncident, incident_id, kind, "
+        "severity, initiative and owner_role, so your routes page as for any alert; a resolution sets endsAt. Open "
+        "incidents are re-sent at every check (PMON_CHECK_INTERVAL_SECONDS) with endsAt four checks ahead, so an "
+        "incident the worker stops vouching for ends on its own. A push still failing after PMON_RETRY_LIMIT "
+        "retries is dead-lettered and raises monitoring_degraded. Replays in one process (pmon demo, pmon monitor "
+        "--events) do not push."))
+    alertmanager_timeout_seconds: float = Field(2, gt=0, le=5, description=(
+        "Timeout of one push to Alertmanager. Stage 2 waits for the push inside its partition's transaction "
+        "(30 s timeout), up to PMON_RETRY_LIMIT + 1 times this per step while Alertmanager does not answer."))
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _alertmanager_is_http(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL, e.g. http://alertmanager:9093")
+        return url.rstrip("/") if url is not None else None
 
     @field_validator("series_detectors")
     @classmethod

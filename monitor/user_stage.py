@@ -139,6 +139,11 @@ class UserStage:
         self._dirty: set[str] = set()
         self._dirty_progress: set[int] = set()
 
+
+    def user_count(self) -> int:
+        """Users held (the store also keeps one progress entry per source partition)."""
+        return sum(1 for key in self.users if not key.startswith("#"))
+
     def user(self, pseudonym: str) -> UserState:
         """A user's state for a batch to change (it is written at the next commit)."""
         state = self._live.get(pseudonym)

@@ -34,7 +34,8 @@ from monitor import messages
 from monitor.emitter import Emitter
 from monitor.events import DeadLetter
 from monitor.initiative_stage import admit_incident_action, admit_rule_change
-from monitor.metrics import PipelineMetrics
+from monitor.health import readiness
+from monitor.metrics import PipelineMetrics, StageCollector
 from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
 from streams.ingest import PARTIALS_TOPIC, USERS_CHANGELOG, UserIngest
@@ -153,6 +154,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     ingest = UserIngest(settings, metrics)
     initiatives = InitiativeService(settings, metrics)
+    registry.register(StageCollector(lambda: [owned.work.stage for owned in initiatives.partitions.values()],
+                                     lambda: sum(owned.work.stage.user_count() for owned in ingest.partitions.values())))
 
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
         # Wait for the broker's ack: the rule change's offset is acked only after its dead letter was delivered.
@@ -212,6 +215,21 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         return Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/health")
+    async def health_view(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive"})   # the event loop answers: nothing more is claimed
+
+    def ready_now() -> tuple[bool, list[str]]:
+        return readiness([ingest.facts(), initiatives.facts()], max_fetch_age=settings.ready_fetch_seconds,
+                         max_lag=settings.ready_max_lag)
+
+    metrics.ready.set_function(lambda: float(ready_now()[0]))
+
+    @app.page("/ready")
+    async def ready_view(web: Any, request: Any) -> Any:
+        ready, reasons = ready_now()
+        return web.json({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
 
     app.pmon_ingest, app.pmon_initiatives = ingest, initiatives  # for in-process inspection in tests and benchmarks
     return app

@@ -35,9 +35,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from monitor import messages
-from monitor.events import encode
+from monitor.events import DeadLetter, encode
 from monitor.messages import Partial
-from monitor.metrics import PipelineMetrics
+from monitor.metrics import PipelineMetrics, count_dead_letter
 from monitor.settings import Settings
 from monitor.user_stage import UserStage
 from streams.partitions import FETCH_MAX_WAIT_MS, Owned, PartitionedService
@@ -56,6 +56,8 @@ class _Users:
     deferred: list[Any] = field(default_factory=list)   # records waiting for consent to be read
     paused: bool = False
     partials: dict[str, Partial] = field(default_factory=dict)   # the interval's, merged, by initiative
+    dead_letters: list[DeadLetter] = field(default_factory=list)   # the interval's, counted once committed
+    appended: int | None = None   # ms: broker time of the interval's earliest engagement record (latency metric)
 
 
 class UserIngest(PartitionedService[_Users]):
@@ -84,6 +86,9 @@ class UserIngest(PartitionedService[_Users]):
         consent = records.get(self.consent_topic, [])
         # aiokafka's records have the fields of a SourceRecord: no copy per record.
         engagement = work.deferred + fetched if work.deferred else fetched
+        if fetched:
+            first = min(record.timestamp for record in fetched)
+            work.appended = first if work.appended is None else min(work.appended, first)
         result = work.stage.process(p, engagement, consent, wall_now=time.time(),
                                     consent_read_until=await self._consent_caught_up(p))
         work.deferred = result.deferred
@@ -102,21 +107,28 @@ class UserIngest(PartitionedService[_Users]):
         for letter in result.dead_letters:
             await owned.producer.send(self.dead_letter_topic, key=letter.source_topic.encode(),
                                       value=encode(letter))
-            self.metrics.dead_letters.labels(topic=letter.source_topic, stage=letter.stage).inc()
+        work.dead_letters.extend(result.dead_letters)
         self._flow_control(p, work)
 
     async def flush(self, p: int, owned: Owned[_Users]) -> dict[str, bytes | None]:
         for initiative, partial in owned.work.partials.items():
-            await owned.producer.send(self.partials_topic, key=initiative.encode(), value=messages.encode(partial))
+            # Stamped with its earliest source record's time, so stage 2 measures latency from the source.
+            await owned.producer.send(self.partials_topic, key=initiative.encode(), value=messages.encode(partial),
+                                      timestamp_ms=owned.work.appended)
         return owned.work.stage.pending_writes()
 
     def committed(self, owned: Owned[_Users], writes: dict[str, bytes | None]) -> None:
         owned.work.stage.commit(writes)
-        owned.work.partials = {}
+        # Counted once committed: an aborted transaction's letters are sent and counted again on the replay.
+        for letter in owned.work.dead_letters:
+            count_dead_letter(self.metrics, letter)
+        owned.work.dead_letters = []
+        owned.work.partials, owned.work.appended = {}, None
 
     def forget(self, p: int, owned: Owned[_Users]) -> None:
         owned.work.stage.reset()
-        owned.work.deferred, owned.work.partials = [], {}
+        owned.work.dead_letters = []
+        owned.work.deferred, owned.work.partials, owned.work.appended = [], {}, None
 
     async def _consent_caught_up(self, p: int) -> float:
         """When the last fetch that found partition p of the consent topic read to its end began."""

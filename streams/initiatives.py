@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from monitor import messages
+from monitor.alertmanager import open_incidents
 from monitor.emitter import Emitter
 from monitor.events import DeadLetter
 from monitor.exceptions import StageError
@@ -41,6 +42,7 @@ from monitor.messages import Tick
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
 from plans.plan_sink import PlanWriter
+from streams.alertmanager import AlertmanagerClient
 from streams.ingest import PARTIALS_TOPIC
 from streams.partitions import Owned, PartitionedService
 from streams.snapshots import ChangeStore, SnapshotMapping
@@ -58,6 +60,9 @@ class _Initiatives:
     stage: InitiativeStage
     emitter: Emitter
     next_check: float               # monotonic
+    appended: list[int] = field(default_factory=list)          # ms: the open transaction's partials' source time
+    incident_steps: list[float] = field(default_factory=list)  # monotonic starts of its steps that raised incidents
+    dead_letters: list[DeadLetter] = field(default_factory=list)   # sent in the open transaction: counted at commit
 
 
 class InitiativeService(PartitionedService[_Initiatives]):
@@ -66,6 +71,9 @@ class InitiativeService(PartitionedService[_Initiatives]):
     def __init__(self, settings: Settings, metrics: PipelineMetrics) -> None:
         self.partials_topic = PARTIALS_TOPIC.format(app_id=settings.app_id)
         self._plans = PlanWriter(settings.plan_dir)
+        self._alerts = (AlertmanagerClient(settings.alertmanager_url,
+                                           timeout_seconds=settings.alertmanager_timeout_seconds)
+                        if settings.alertmanager_url else None)
         super().__init__(settings, metrics, group_id=f"{settings.app_id}-initiatives", topics=[self.partials_topic],
                          changelog_topic=INITIATIVES_CHANGELOG.format(app_id=settings.app_id),
                          owned_gauge=metrics.stage2_partitions)
@@ -88,15 +96,27 @@ class InitiativeService(PartitionedService[_Initiatives]):
             await producer.send(self.settings.topic(topic), key=key, value=value)
 
         changes = ChangeStore(store)
-        return _Initiatives(changes, self._stage(changes),
-                            Emitter(self.settings, self.metrics, send=send, plan_writer=self._plans),
-                            next_check=time.monotonic() + self.settings.check_interval_seconds)
+        letters: list[DeadLetter] = []
+        # `known` reads the committed state: the emitter asks before the step it emits commits.
+        work = _Initiatives(changes, self._stage(changes),
+                            Emitter(self.settings, self.metrics, send=send, plan_writer=self._plans,
+                                    count_dead_letter=letters.append, alerts=self._alerts,
+                                    known=lambda incident: work.stage.state.incidents.get(incident)),
+                            next_check=time.monotonic() + self.settings.check_interval_seconds, dead_letters=letters)
+        return work
 
     def _stage(self, store: ChangeStore) -> InitiativeStage:
         state = InitiativeState(**{f.name: SnapshotMapping(store, prefix=f"{f.name}/")
                                    for f in fields(InitiativeState)})
         return InitiativeStage(self.settings, state, source_partitions=self.settings.topic_partitions,
                                plan_history=self._plans.history)
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self._alerts is not None:
+                await self._alerts.close()
 
     def due(self, owned: Owned[_Initiatives]) -> bool:
         return time.monotonic() >= owned.work.next_check
@@ -117,9 +137,14 @@ class InitiativeService(PartitionedService[_Initiatives]):
         await self.begin(owned)
         for record in partials:
             await self._apply(work, record)
+            work.appended.append(record.timestamp)
             owned.offsets[TopicPartition(record.topic, p)] = record.offset + 1
         for initiative in checks:
             await self._run(work, Tick(initiative), b"", self.partials_topic)
+        if checks and work.emitter.pushes_alerts:
+            # Alertmanager ends an alert nobody re-sends: the open incidents again, firing a lease ahead.
+            state = work.stage.state
+            await work.emitter.refresh_alerts(open_incidents(state.plans, state.incidents, checks))
 
     async def _apply(self, work: _Initiatives, record: Any) -> None:
         try:
@@ -132,6 +157,7 @@ class InitiativeService(PartitionedService[_Initiatives]):
         await self._run(work, decoded, record.value, record.topic)
 
     async def _run(self, work: _Initiatives, message: messages.Message, raw: bytes, topic: str) -> None:
+        started = time.monotonic()
         try:
             result = work.stage.on_message(message, wall_now=time.time())
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker; the message is kept
@@ -141,13 +167,26 @@ class InitiativeService(PartitionedService[_Initiatives]):
             return
         await work.emitter.emit(result)
         work.stage.commit()
+        if result.incidents:
+            work.incident_steps.append(started)
 
     async def flush(self, p: int, owned: Owned[_Initiatives]) -> dict[str, bytes | None]:
         return owned.work.store.changes()
 
     def committed(self, owned: Owned[_Initiatives], writes: dict[str, bytes | None]) -> None:
         owned.work.store.committed()
+        for letter in owned.work.dead_letters:
+            owned.work.emitter.count_dead_letter(letter)
+        owned.work.dead_letters.clear()   # the emitter appends to this very list
+        work, now, wall = owned.work, time.monotonic(), time.time()
+        for appended in work.appended:
+            self.metrics.latency.labels("counted").observe(max(0.0, wall - appended / 1000.0))
+        for started in work.incident_steps:
+            self.metrics.latency.labels("incident").observe(now - started)
+        work.appended, work.incident_steps = [], []
 
     def forget(self, p: int, owned: Owned[_Initiatives]) -> None:
         owned.work.store.rollback()
+        owned.work.dead_letters.clear()
+        owned.work.appended, owned.work.incident_steps = [], []
         owned.work.stage = self._stage(owned.work.store)   # nothing of the aborted steps stays in memory

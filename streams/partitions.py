@@ -32,6 +32,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
+from monitor.health import ServiceFacts
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
 from streams.exceptions import StreamsError
@@ -73,6 +74,10 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         self._lock = asyncio.Lock()   # one step, or one rebalance, at a time
         self._consumer: AIOKafkaConsumer | None = None
         self._failures = 0            # transactions failed in a row
+        self._assigned_once = False   # the group gave this worker its share (perhaps none) at least once
+        self._recovering = False      # a partition's state is being read back from its changelog
+        self._lag: dict[TopicPartition, int] = {}
+        self._lag_measured = 0.0      # monotonic
 
     # -- what a subclass decides -------------------------------------------------------
     def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> W:
@@ -116,6 +121,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=self.settings.batch_size)
+                await self._measure_lag()
                 step = asyncio.ensure_future(self._steps(batches))
                 try:
                     await asyncio.shield(step)
@@ -130,6 +136,35 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
             for owned in self.partitions.values():
                 await owned.producer.stop()
             self.partitions.clear()
+
+    async def _measure_lag(self) -> None:
+        """Records behind the last stable offset per partition held, into `pmon_consumer_lag` (once a second)."""
+        now = time.monotonic()
+        if now - self._lag_measured < 1.0:
+            return
+        self._lag_measured = now
+        consumer = self._consumer
+        held = consumer.assignment()
+        for tp in set(self._lag) - held:   # revoked: its series goes, so no stale value stays on /metrics
+            self.metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
+            del self._lag[tp]
+        for tp in held:
+            end = consumer.last_stable_offset(tp)
+            if end is None:
+                continue
+            lag = max(0, end - await consumer.position(tp))
+            self._lag[tp] = lag
+            self.metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
+
+    def facts(self) -> ServiceFacts:
+        """What readiness is judged on (`monitor.health`)."""
+        consumer = self._consumer
+        polled = [consumer.last_poll_timestamp(tp) for tp in consumer.assignment()] if consumer else []
+        answered = max((t for t in polled if t), default=None)
+        return ServiceFacts(
+            name=self.group_id, assigned=self._assigned_once, recovering=self._recovering,
+            partitions=len(self.partitions), lag=sum(self._lag.values()) if self._lag else None,
+            fetch_age=None if answered is None else max(0.0, time.time() - answered / 1000.0))
 
     def _wait_ms(self) -> int:
         """How long the next fetch may wait: the batch wait, or less when a commit or a step is due sooner."""
@@ -224,23 +259,32 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self._lock:
-            for p in sorted({tp.partition for tp in assigned} - set(self.partitions)):
-                # The producer first: starting it fences the previous owner and aborts its open
-                # transaction, so the changelog read next ends at committed state.
-                producer = AIOKafkaProducer(**client_options(self.settings),
-                                            transactional_id=f"{self.group_id}-{p}",
-                                            enable_idempotence=True, acks="all", linger_ms=5,
-                                            max_batch_size=1_048_576, transaction_timeout_ms=30_000)
-                await producer.start()
-                store = await self._recover(p)
-                committed = {}
-                for tp in (TopicPartition(topic, p) for topic in self.topics):
-                    offset = await self._consumer.committed(tp)
-                    if offset is not None:
-                        committed[tp] = offset
-                self.partitions[p] = Owned(self.open(p, store, producer), producer, committed)
-                log.info("%s: partition %d assigned, %d state records recovered", self.group_id, p, len(store))
+            self._recovering = True
+            try:
+                await self._take(assigned)
+            finally:
+                self._recovering = False
+            self._assigned_once = True
             self._owned_gauge.set(len(self.partitions))
+
+    async def _take(self, assigned: list[TopicPartition]) -> None:
+        """Open the newly assigned partitions: fence the previous owner, then recover their state."""
+        for p in sorted({tp.partition for tp in assigned} - set(self.partitions)):
+            # The producer first: starting it fences the previous owner and aborts its open
+            # transaction, so the changelog read next ends at committed state.
+            producer = AIOKafkaProducer(**client_options(self.settings),
+                                        transactional_id=f"{self.group_id}-{p}",
+                                        enable_idempotence=True, acks="all", linger_ms=5,
+                                        max_batch_size=1_048_576, transaction_timeout_ms=30_000)
+            await producer.start()
+            store = await self._recover(p)
+            committed = {}
+            for tp in (TopicPartition(topic, p) for topic in self.topics):
+                offset = await self._consumer.committed(tp)
+                if offset is not None:
+                    committed[tp] = offset
+            self.partitions[p] = Owned(self.open(p, store, producer), producer, committed)
+            log.info("%s: partition %d assigned, %d state records recovered", self.group_id, p, len(store))
 
     async def _recover(self, p: int) -> dict[str, bytes]:
         tp = TopicPartition(self.changelog_topic, p)

@@ -217,7 +217,7 @@ def test_detect_with_a_rate_detector_exits_2_listing_the_usable_ones(tmp_path: P
     assert "seasonal_profile" in one_line(result.stderr)
 
 
-@pytest.mark.parametrize("name", ["configuration.md", "cli.md"])
+@pytest.mark.parametrize("name", ["configuration.md", "cli.md", "operations.md"])
 def test_the_generated_parts_of_the_docs_are_current(name: str) -> None:
     from cli import docs
 
