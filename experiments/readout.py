@@ -8,9 +8,13 @@ probability to beat control and expected loss; and, per experiment, the
 sample-ratio tests, the minimum-sample check and the sample still needed for
 the planned effect. It decides nothing: `experiments.decision.recommend` does.
 
-The sequential test's p-values are running minima and its intervals running
-intersections over the looks, so the stream passes the previous readout back
-in; without it (a restart) the readout is still valid, only less powerful.
+One procedure per readout: in fixed-horizon mode the Wald test of the relative
+lift with its delta-method standard error; in sequential mode the normal-mixture
+SPRT of the difference at this look and its confidence sequence, divided by the
+control's mean. Each mode's p-value decides and its own interval is shown, on
+the relative scale, centred on the estimate shown: a decision never sits beside
+an interval that contradicts it, and an estimate never outside its interval.
+The previous readout is passed back only to number the looks.
 
 >>> from experiments.spec import ExperimentSpec
 >>> from experiments.state import ExperimentTotals, VariantTotals
@@ -171,7 +175,7 @@ def read_experiment(spec: ExperimentSpec, totals: ExperimentTotals,
         logger.warning("experiment %s has users in variants it does not plan: %s", spec.experiment, unexpected)
     all_users = sum(t.users for t in by_variant.values())
 
-    comparisons = _comparisons(spec, by_variant, previous)
+    comparisons = _comparisons(spec, by_variant)
     return ExperimentReadout(
         experiment=spec.experiment, initiative=spec.initiative, control=spec.control, method=rules.method,
         correction=rules.correction, alpha=rules.alpha, look=1 if previous is None else previous.look + 1,
@@ -193,14 +197,12 @@ def _summary(name: str, totals: VariantTotals, share: float, all_users: int) -> 
         conversions_per_user=mean("conversions_per_user"), crossover_events=totals.crossover_events)
 
 
-def _comparisons(spec: ExperimentSpec, by_variant: dict[str, VariantTotals],
-                 previous: ExperimentReadout | None) -> tuple[Comparison, ...]:
+def _comparisons(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> tuple[Comparison, ...]:
     declared: list[SuccessMetric | Guardrail] = [*spec.success_metrics, *spec.guardrails]
     raw: list[dict] = []
     for variant in spec.treatments:
         for metric in declared:
-            before = previous.comparison(variant, metric.metric) if previous is not None else None
-            computed = _compare(spec, by_variant[spec.control], by_variant[variant], variant, metric, before)
+            computed = _compare(spec, by_variant[spec.control], by_variant[variant], variant, metric)
             if computed is not None:
                 raw.append(computed)
     success = [i for i, c in enumerate(raw) if c["role"] == "success"]
@@ -224,7 +226,7 @@ def _mixture_variance(spec: ExperimentSpec, a: MetricMoments, b: MetricMoments) 
 
 
 def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotals, variant: str,
-             metric: SuccessMetric | Guardrail, before: Comparison | None) -> dict | None:
+             metric: SuccessMetric | Guardrail) -> dict | None:
     """The numbers of one comparison (a dict, so the correction can be filled in), or None while not computable."""
     rules, name = spec.rules, metric.metric
     a, b = control.moments(name), treated.moments(name)
@@ -232,62 +234,43 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
     if a.users < 2 or b.users < 2 or not variance > 0:
         return None
     difference = b.mean - a.mean
-    lift, lift_low, lift_high = stats.relative_lift(a.mean, a.variance, a.users, b.mean, b.variance, b.users,
-                                                    rules.alpha)
+    if a.mean == 0:
+        return None   # no relative lift, the scale every readout is shown and decided on
     if rules.method == "fixed_horizon":
-        if name == "conversion":
-            test = stats.two_proportion_ztest(control.converting_users, a.users, treated.converting_users, b.users)
-        else:
-            test = stats.welch_ttest(a.mean, a.variance, a.users, b.mean, b.variance, b.users)
-        p_value = test.p_value
-        low, high = stats.difference_interval(test, rules.alpha)
+        # One test: its p-value decides and its interval is the one shown, so a decision never contradicts
+        # the interval beside it.
+        lift, lift_low, lift_high, p_value = stats.relative_lift_test(a.mean, a.variance, a.users, b.mean,
+                                                                      b.variance, b.users, rules.alpha)
     else:
+        # The mSPRT at this look and its confidence sequence (the same likelihood ratio): the interval excludes
+        # 0 exactly when p <= alpha. Both are valid at any look (Ville's inequality), so the current look's are
+        # shown, centred on the current estimate, rather than a running minimum and intersection that can sit
+        # beside an estimate outside them.
         tau2 = _mixture_variance(spec, a, b)
         if not tau2 > 0:
             return None
-        p_value = stats.msprt_p_value(difference, variance, tau2, 1.0 if before is None else before.p_value)
-        half = stats.confidence_sequence_halfwidth(variance, tau2, rules.alpha)
-        low, high = difference - half, difference + half
-        if a.mean != 0:
-            # The lift's always-valid interval is the difference's over the control's mean (a plug-in):
-            # it excludes 0 exactly when the mSPRT rejects, so the memo never shows a "significant" lift
-            # whose interval covers 0. The control mean's own error moves a margin's bound only to second order.
-            # The running intersection is taken on this relative scale: per-user metrics accumulate while an
-            # experiment runs (conversions per user grow), so the absolute difference drifts and earlier
-            # intervals of it go stale, while the relative lift stays put.
-            earlier = None if before is None or before.lift_low is None else (before.lift_low, before.lift_high)
-            lift_low, lift_high = _intersect(*sorted((low / a.mean, high / a.mean)), earlier)
-    has_lift = not math.isnan(lift)
+        p_value = stats.msprt_p_value(difference, variance, tau2)
+        lift = difference / a.mean
+        half_lift = stats.confidence_sequence_halfwidth(variance, tau2, rules.alpha) / abs(a.mean)
+        lift_low, lift_high = lift - half_lift, lift + half_lift
+    if not (lift_low <= lift <= lift_high and math.isfinite(p_value)):
+        return None   # a degenerate variance: nothing to read yet
+    low, high = sorted((lift_low * a.mean, lift_high * a.mean))
     beat = _probability_to_beat(name, control, treated, difference, variance, metric.higher_is_better)
     comparison = dict(
         variant=variant, metric=name, role="success" if isinstance(metric, SuccessMetric) else "guardrail",
         higher_is_better=metric.higher_is_better, method=rules.method, control_mean=a.mean, variant_mean=b.mean,
         difference=difference, difference_low=low, difference_high=high,
-        relative_lift=lift if has_lift else None, lift_low=lift_low if has_lift else None,
-        lift_high=lift_high if has_lift else None, p_value=min(1.0, max(0.0, p_value)),
+        relative_lift=lift, lift_low=lift_low, lift_high=lift_high, p_value=min(1.0, max(0.0, p_value)),
         probability_to_beat_control=beat[0], expected_loss=beat[1])
-    if isinstance(metric, Guardrail) and has_lift:
+    if isinstance(metric, Guardrail):
         margin = metric.margin
         if metric.higher_is_better:
             non_inferior, beyond = lift_low > -margin, lift_high < -margin
         else:
             non_inferior, beyond = lift_high < margin, lift_low > margin
         comparison.update(margin=margin, non_inferior=bool(non_inferior), inferior_beyond_margin=bool(beyond))
-    elif isinstance(metric, Guardrail):
-        comparison.update(margin=metric.margin)
     return comparison
-
-
-def _intersect(low: float, high: float, before: tuple[float, float] | None) -> tuple[float, float]:
-    """The running intersection of confidence sequences; a fresh interval when the two do not overlap
-    (the model is off, e.g. the mean drifted: better an honest current interval than an empty one)."""
-    if before is None:
-        return float(low), float(high)
-    new_low, new_high = max(low, before[0]), min(high, before[1])
-    if new_low > new_high:
-        logger.warning("confidence sequence intervals stopped overlapping; restarting from the current look")
-        return float(low), float(high)
-    return float(new_low), float(new_high)
 
 
 def _probability_to_beat(name: str, control: VariantTotals, treated: VariantTotals, difference: float,

@@ -167,6 +167,23 @@ def relative_lift(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean
     return _out(lift), _out(lift - z * se), _out(lift + z * se)
 
 
+def relative_lift_test(mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float, n_b: int,
+                       alpha: float) -> tuple[float, float, float, float]:
+    """The fixed-horizon readout's one test: (lift, low, high, p) of the Wald test of the relative lift
+    mean_b / mean_a - 1 with its delta-method standard error (`relative_lift_variance`). The interval is the
+    test's own, so p < alpha exactly when it excludes 0.
+
+    >>> lift, low, high, p = relative_lift_test(0.10, 0.09, 1000, 0.13, 0.1131, 1000, 0.05)
+    >>> round(lift, 3), round(low, 4), round(high, 4), round(p, 4)
+    (0.3, -0.0192, 0.6192, 0.0654)
+    """
+    lift, low, high = relative_lift(mean_a, variance_a, n_a, mean_b, variance_b, n_b, alpha)
+    se = math.sqrt(relative_lift_variance(mean_a, variance_a, n_a, mean_b, variance_b, n_b))
+    # No spread to test against (e.g. a variant with no conversion at all yet): no p-value, nan.
+    p = float(2 * stats.norm.sf(abs(lift) / se)) if se > 0 else math.nan
+    return float(lift), float(low), float(high), p
+
+
 # --------------------------------------------------------------------------- always-valid (mSPRT)
 
 def msprt_log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, mixture_variance: ArrayLike) -> Any:

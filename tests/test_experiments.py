@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy import integrate, stats as sps
 from scipy.special import betaln
 
@@ -84,13 +85,19 @@ def test_welch_from_streamed_sums_matches_scipy_ttest_on_the_raw_users() -> None
         assert test.p_value == pytest.approx(reference.pvalue, abs=1e-6)
         interval = reference.confidence_interval(1 - ALPHA)
         assert stats.difference_interval(test, ALPHA) == pytest.approx((interval.low, interval.high), abs=1e-6)
-    # The fixed-horizon readout reports the same p-value.
+    # The fixed-horizon readout tests the relative lift it shows: the Wald test with the delta-method standard
+    # error on the raw users, its p-value and its interval one procedure.
     spec = ExperimentSpec(experiment="e", allocation={"control": 1, "treatment": 1},
                           success_metrics=(SuccessMetric(metric="revenue_per_user"),),
                           rules=DecisionRules(method="fixed_horizon"))
     comparison = read_experiment(spec, totals).comparison("treatment", "revenue_per_user")
-    reference = sps.ttest_ind(users["treatment"][1], users["control"][1], equal_var=False)
-    assert comparison.p_value == pytest.approx(reference.pvalue, abs=1e-6)
+    ra, rb = users["control"][1], users["treatment"][1]
+    lift = rb.mean() / ra.mean() - 1
+    se = math.sqrt(rb.var(ddof=1) / rb.size / ra.mean() ** 2 + rb.mean() ** 2 * ra.var(ddof=1) / ra.size / ra.mean() ** 4)
+    assert comparison.relative_lift == pytest.approx(lift, abs=1e-9)
+    assert comparison.p_value == pytest.approx(2 * sps.norm.sf(abs(lift) / se), abs=1e-9)
+    z = sps.norm.isf(ALPHA / 2)
+    assert (comparison.lift_low, comparison.lift_high) == pytest.approx((lift - z * se, lift + z * se), abs=1e-9)
 
 
 def test_relative_lift_interval_is_the_delta_method_on_the_raw_users() -> None:
@@ -180,19 +187,26 @@ def test_msprt_statistic_is_the_normal_mixture_of_likelihood_ratios() -> None:
     assert stats.msprt_log_likelihood_ratio(half, v, tau2) == pytest.approx(math.log(1 / ALPHA), abs=1e-9)
 
 
-def test_sequential_readouts_chain_the_running_minimum_like_the_vectorised_kernel() -> None:
+def test_sequential_readouts_are_the_msprt_at_each_look_and_its_confidence_sequence() -> None:
     rng = np.random.default_rng(2)
     spec = ExperimentSpec(experiment="e", allocation={"control": 0.5, "treatment": 0.5})
     x = np.cumsum(rng.binomial(300, [[0.10, 0.108]] * 12, size=(12, 2)), axis=0)
     n = 300 * np.arange(1, 13)
-    readout, expected = None, 1.0
+    readout = None
     for look in range(12):
         readout = read_experiment(spec, rates((n[look], x[look, 0]), (n[look], x[look, 1])), previous=readout)
         mean_a, mean_b = x[look] / n[look]
         var = (n[look] / (n[look] - 1)) * (mean_a * (1 - mean_a) + mean_b * (1 - mean_b)) / n[look]
         tau2 = (spec.mde * (mean_a + mean_b) / 2) ** 2
-        expected = stats.msprt_p_value(mean_b - mean_a, var, tau2, expected)
-        assert readout.comparison("treatment", "conversion").p_value == pytest.approx(expected, abs=1e-12)
+        expected = stats.msprt_p_value(mean_b - mean_a, var, tau2)
+        comparison = readout.comparison("treatment", "conversion")
+        assert comparison.p_value == pytest.approx(expected, abs=1e-12)
+        half = stats.confidence_sequence_halfwidth(var, tau2, spec.rules.alpha) / mean_a
+        lift = mean_b / mean_a - 1
+        assert (comparison.lift_low, comparison.relative_lift, comparison.lift_high) == \
+            pytest.approx((lift - half, lift, lift + half), abs=1e-12)
+        # One procedure: the interval excludes zero exactly when the p-value is below alpha.
+        assert (comparison.lift_low > 0 or comparison.lift_high < 0) == (comparison.p_value < spec.rules.alpha)
     assert readout.look == 12
 
 
@@ -478,3 +492,33 @@ def test_the_memo_embeds_summary_and_detail_and_renders_markdown() -> None:
     summary, full = render_memo(memo, detail="summary"), render_memo(memo)
     assert summary.startswith("## Experiment checkout-v2: SHIP treatment") and "| variant |" not in summary
     assert "Holm" in full and "revenue_per_user" in full and "Sample ratio" in full and full.startswith(summary[:40])
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["fixed_horizon", "sequential"]),
+       n_a=st.integers(2, 50_000), n_b=st.integers(2, 50_000),
+       rate_a=st.floats(0.001, 0.999), rate_b=st.floats(0.001, 0.999), mde=st.floats(0.01, 0.5))
+def test_one_procedure_per_readout_decision_interval_and_estimate_agree(method, n_a, n_b, rate_a, rate_b,
+                                                                         mde) -> None:
+    """For any totals, in every mode: the estimate lies inside its interval; the interval excludes zero exactly
+    when the p-value is below alpha; ship or roll back only with an interval on the side claimed."""
+    x_a, x_b = max(1, round(n_a * rate_a)), round(n_b * rate_b)
+    spec = ExperimentSpec(experiment="e", allocation={"control": 0.5, "treatment": 0.5}, mde=mde,
+                          rules=DecisionRules(method=method, min_users_per_variant=2))
+    readout = read_experiment(spec, rates((n_a, min(x_a, n_a)), (n_b, min(x_b, n_b))))
+    comparison = readout.comparison("treatment", "conversion")
+    if comparison is None:
+        return   # not computable (a variance of zero): nothing is shown or decided
+    assert comparison.lift_low <= comparison.relative_lift <= comparison.lift_high
+    excludes_zero = comparison.lift_low > 0 or comparison.lift_high < 0
+    assert excludes_zero == (comparison.p_value < spec.rules.alpha) or \
+        math.isclose(comparison.p_value, spec.rules.alpha, rel_tol=1e-9)
+    assert comparison.difference_low <= comparison.difference <= comparison.difference_high
+    recommendation = recommend(spec, readout)
+    if recommendation.state == "ship":
+        assert comparison.lift_low > 0, (recommendation, comparison)
+    if recommendation.state == "roll_back" and comparison.worsened:
+        assert comparison.lift_high < 0, (recommendation, comparison)
+    memo = build_memo(spec, readout, recommendation)
+    if memo.summary.primary_lift is not None:
+        assert memo.summary.primary_lift_low <= memo.summary.primary_lift <= memo.summary.primary_lift_high
