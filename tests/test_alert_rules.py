@@ -4,6 +4,7 @@ or a Grafana panel names is one the worker exports, and the compose file holds t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,6 +32,14 @@ def _promtool(*args: str) -> str:
 def test_promtool_checks_the_rules_and_the_prometheus_config() -> None:
     assert "SUCCESS" in _promtool("check", "rules", "alert-rules.yml")
     assert "SUCCESS" in _promtool("check", "config", "prometheus.yml")
+
+
+def test_amtool_checks_the_alertmanager_config() -> None:
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool is missing: `make test` installs Debian's prometheus-alertmanager, which has it"
+    done = subprocess.run([amtool, "check-config", "alertmanager.yml"], cwd=DEPLOY, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and "SUCCESS" in done.stdout, f"{done.stdout}\n{done.stderr}"
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
@@ -82,7 +91,8 @@ def test_every_grafana_panel_queries_an_exported_metric() -> None:
 def test_the_compose_file_mounts_files_that_exist_and_publishes_on_loopback_only() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "worker", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "worker", "prometheus", "alertmanager", "grafana"} <= set(services)
+    assert services["worker"]["environment"]["PMON_ALERTMANAGER_URL"] == "http://alertmanager:9093"
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
@@ -95,8 +105,10 @@ def test_the_compose_file_mounts_files_that_exist_and_publishes_on_loopback_only
     # Where Docker Compose exists, its own check too (this machine has no compose plugin: the checks above stand).
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
                                                  timeout=60, check=False).returncode == 0:
+        # The file requires a pseudonym key (no default); any value checks the rest.
+        env = {**os.environ, "PMON_PSEUDONYM_KEY": os.environ.get("PMON_PSEUDONYM_KEY") or "compose-config-check"}
         done = subprocess.run(["docker", "compose", "config", "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120, check=False)
+                              timeout=120, check=False, env=env)
         assert done.returncode == 0, done.stderr
 
 
