@@ -34,7 +34,7 @@ from experiments.spec import ExperimentSpec
 _CORRECTION_NAMES = {"holm": "Holm", "benjamini_hochberg": "Benjamini–Hochberg"}
 _METHOD_TEXT = {
     "sequential": "always-valid normal-mixture SPRT (Johari et al.); p-values valid at every look",
-    "fixed_horizon": "fixed-horizon two-proportion z-test / Welch t-test; valid only at the planned sample",
+    "fixed_horizon": "fixed-horizon Wald test of the relative lift (delta method); valid only at the planned sample",
 }
 
 

@@ -63,8 +63,8 @@ class VariantSummary(_ReadoutModel):
 class Comparison(_ReadoutModel):
     """One variant against the control on one metric ("variant minus control").
 
-    `p_value` tests "no difference": always-valid for the sequential method (a running minimum
-    over the looks), fixed-horizon otherwise; `adjusted_p_value` is corrected across the
+    `p_value` tests "no difference": always-valid for the sequential method (the mSPRT at this
+    look), the relative lift's Wald test for the fixed-horizon one; `adjusted_p_value` is corrected across the
     experiment's success comparisons (None for a guardrail: guardrails are judged by their
     interval against the margin, all of them at once, which needs no correction).
     Intervals are at 1 - alpha; the lift's is by the delta method for the fixed-horizon
