@@ -88,17 +88,29 @@ class VariantTotals:
     users_by_dimension: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if min(self.users, self.converting_users, self.conversions, self.conversions_sq,
-               self.crossover_events) < 0 or self.revenue < 0 or self.revenue_sq < 0:
-            raise InvalidTotals(f"negative totals: {self}")
+        for name in ("users", "converting_users", "conversions", "conversions_sq", "crossover_events", "revenue",
+                     "revenue_sq"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InvalidTotals(f"{name} must be finite and >= 0, got {value!r}")
         # converting users <= users holds for merged totals, not for a delta (a returning user's first
         # conversion adds a converting user and no user): `check_consistent` is for the former.
 
     def check_consistent(self, variant: str) -> None:
-        """Raise InvalidTotals unless these could be the totals of real users (not of a delta)."""
+        """Raise InvalidTotals unless these could be the totals of real users (not of a delta): counts in order,
+        and no sum of squares below what its sum allows (Cauchy–Schwarz: sum x^2 >= (sum x)^2 / n; for whole
+        conversion counts also sum c^2 >= sum c), which would be a negative variance."""
         if self.converting_users > self.users or self.conversions < self.converting_users:
             raise InvalidTotals(f"{variant}: {self.converting_users} converting users with {self.users} users "
                                 f"and {self.conversions} conversions")
+        if self.users and (self.conversions_sq < self.conversions
+                           or self.conversions_sq * self.users < self.conversions ** 2):
+            raise InvalidTotals(f"{variant}: conversions_sq {self.conversions_sq} is impossible for {self.conversions} "
+                                f"conversions over {self.users} users")
+        # Rounding in a float sum of squares may undershoot by a few ulps: a relative tolerance.
+        if self.users and self.revenue_sq * self.users < self.revenue * self.revenue * (1 - 1e-9):
+            raise InvalidTotals(f"{variant}: revenue_sq {self.revenue_sq!r} is impossible for revenue {self.revenue!r} "
+                                f"over {self.users} users (a negative variance)")
 
     def __add__(self, other: VariantTotals) -> VariantTotals:
         dimensions = {name: dict(values) for name, values in self.users_by_dimension.items()}

@@ -73,6 +73,17 @@ class FixedHorizonTest:
     degrees_of_freedom: Any = math.inf
 
 
+def _finite(function: str, **values: ArrayLike) -> list[np.ndarray]:
+    """The arguments as float arrays; InvalidStatisticInput naming the first that holds a NaN or an infinity."""
+    arrays = []
+    for name, value in values.items():
+        array = np.asarray(value, dtype=float)
+        if not np.all(np.isfinite(array)):
+            raise InvalidStatisticInput(f"{function}: {name} must be finite, got {value!r}")
+        arrays.append(array)
+    return arrays
+
+
 def two_proportion_ztest(successes_a: ArrayLike, n_a: ArrayLike, successes_b: ArrayLike,
                          n_b: ArrayLike) -> FixedHorizonTest:
     """The two-sided two-proportion z-test with the pooled variance under the null.
@@ -84,7 +95,8 @@ def two_proportion_ztest(successes_a: ArrayLike, n_a: ArrayLike, successes_b: Ar
     >>> round(test.difference, 3), round(test.statistic, 4), round(test.p_value, 6)
     (0.03, 2.1027, 0.035488)
     """
-    x_a, n_a, x_b, n_b = (np.asarray(v, dtype=float) for v in (successes_a, n_a, successes_b, n_b))
+    x_a, n_a, x_b, n_b = _finite("two_proportion_ztest", successes_a=successes_a, n_a=n_a, successes_b=successes_b,
+                                 n_b=n_b)
     if np.any(n_a <= 0) or np.any(n_b <= 0) or np.any((x_a < 0) | (x_a > n_a) | (x_b < 0) | (x_b > n_b)):
         raise InvalidStatisticInput("two_proportion_ztest needs 0 <= successes <= n and n > 0 in both arms")
     p_a, p_b = x_a / n_a, x_b / n_b
@@ -109,8 +121,8 @@ def welch_ttest(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b
     >>> round(test.statistic, 4), round(test.degrees_of_freedom, 1), round(test.p_value, 6)
     (2.7735, 695.2, 0.005694)
     """
-    m_a, v_a, n_a, m_b, v_b, n_b = (np.asarray(v, dtype=float)
-                                    for v in (mean_a, variance_a, n_a, mean_b, variance_b, n_b))
+    m_a, v_a, n_a, m_b, v_b, n_b = _finite("welch_ttest", mean_a=mean_a, variance_a=variance_a, n_a=n_a,
+                                           mean_b=mean_b, variance_b=variance_b, n_b=n_b)
     if np.any(n_a < 2) or np.any(n_b < 2) or np.any(v_a < 0) or np.any(v_b < 0):
         raise InvalidStatisticInput("welch_ttest needs at least 2 users per arm and non-negative variances")
     share_a, share_b = v_a / n_a, v_b / n_b
@@ -145,8 +157,10 @@ def relative_lift_variance(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayL
     >>> round(relative_lift_variance(0.10, 0.09, 1000, 0.13, 0.1131, 1000), 5)
     0.02652
     """
-    m_a, v_a, n_a, m_b, v_b, n_b = (np.asarray(v, dtype=float)
-                                    for v in (mean_a, variance_a, n_a, mean_b, variance_b, n_b))
+    m_a, v_a, n_a, m_b, v_b, n_b = _finite("relative_lift", mean_a=mean_a, variance_a=variance_a, n_a=n_a,
+                                           mean_b=mean_b, variance_b=variance_b, n_b=n_b)
+    if np.any(v_a < 0) or np.any(v_b < 0) or np.any(n_a < 1) or np.any(n_b < 1):
+        raise InvalidStatisticInput("relative_lift needs non-negative variances and at least one user per arm")
     safe = np.where(m_a != 0, m_a, 1.0)
     return _out(np.where(m_a != 0, v_b / (n_b * safe ** 2) + m_b ** 2 * v_a / (n_a * safe ** 4), np.nan))
 
@@ -197,7 +211,7 @@ def msprt_log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, mixtu
     >>> round(msprt_log_likelihood_ratio(0.03, 0.0002, 0.0004), 6)
     0.950694
     """
-    d, v, tau2 = (np.asarray(x, dtype=float) for x in (difference, variance, mixture_variance))
+    d, v, tau2 = _finite("msprt", difference=difference, variance=variance, mixture_variance=mixture_variance)
     if np.any(v <= 0) or np.any(tau2 <= 0):
         raise InvalidStatisticInput("the mSPRT needs a positive variance and mixture variance")
     return _out(0.5 * np.log(v / (v + tau2)) + tau2 * d ** 2 / (2 * v * (v + tau2)))
@@ -226,7 +240,7 @@ def confidence_sequence_halfwidth(variance: ArrayLike, mixture_variance: ArrayLi
     >>> round(confidence_sequence_halfwidth(0.0002, 0.0004, 0.05), 5)
     0.04612
     """
-    v, tau2 = np.asarray(variance, dtype=float), np.asarray(mixture_variance, dtype=float)
+    v, tau2 = _finite("confidence_sequence_halfwidth", variance=variance, mixture_variance=mixture_variance)
     if np.any(v <= 0) or np.any(tau2 <= 0) or not 0 < alpha < 1:
         raise InvalidStatisticInput("the confidence sequence needs V > 0, tau^2 > 0 and 0 < alpha < 1")
     return _out(np.sqrt(v * (v + tau2) / tau2 * (2 * math.log(1 / alpha) + np.log((v + tau2) / v))))
@@ -367,8 +381,12 @@ def sample_ratio_test(counts: Mapping[str, int], allocation: Mapping[str, float]
         raise InvalidStatisticInput(f"counts {sorted(counts)} and allocation {sorted(allocation)} must name "
                                     "the same two or more variants")
     names = sorted(counts)
+    negative = [name for name in names if not counts[name] >= 0]
+    if negative:
+        raise InvalidStatisticInput(f"sample_ratio_test: users of {negative[0]!r} must be a count >= 0, "
+                                    f"got {counts[negative[0]]!r}")
     shares = np.array([allocation[name] for name in names], dtype=float)
-    if np.any(shares <= 0):
+    if np.any(~np.isfinite(shares)) or np.any(shares <= 0):
         raise InvalidStatisticInput(f"allocation shares must be positive: {dict(allocation)}")
     observed = np.array([counts[name] for name in names], dtype=float)
     expected = observed.sum() * shares / shares.sum()

@@ -522,3 +522,51 @@ def test_one_procedure_per_readout_decision_interval_and_estimate_agree(method, 
     memo = build_memo(spec, readout, recommendation)
     if memo.summary.primary_lift is not None:
         assert memo.summary.primary_lift_low <= memo.summary.primary_lift <= memo.summary.primary_lift_high
+
+
+_any_float = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mean_a=_any_float, variance_a=_any_float, n_a=st.integers(-3, 10_000), mean_b=_any_float,
+       variance_b=_any_float, n_b=st.integers(-3, 10_000))
+def test_statistics_refuse_bad_inputs_with_their_own_error_or_give_valid_numbers(
+        mean_a, variance_a, n_a, mean_b, variance_b, n_b) -> None:
+    for function in (stats.welch_ttest, stats.relative_lift_variance):
+        try:
+            result = function(mean_a, variance_a, n_a, mean_b, variance_b, n_b)
+        except InvalidStatisticInput as exc:
+            assert str(exc)   # names what was wrong
+            continue
+        if function is stats.welch_ttest:
+            assert 0.0 <= result.p_value <= 1.0 or math.isnan(result.p_value), result
+
+
+@settings(max_examples=300, deadline=None)
+@given(users=st.integers(-2, 1000), converting=st.integers(-2, 1000), conversions=st.integers(-2, 3000),
+       conversions_sq=st.integers(-2, 10_000), revenue=_any_float, revenue_sq=_any_float)
+def test_totals_are_refused_with_the_field_named_unless_real_users_could_have_them(
+        users, converting, conversions, conversions_sq, revenue, revenue_sq) -> None:
+    try:
+        totals = VariantTotals(users=users, converting_users=converting, conversions=conversions,
+                               conversions_sq=conversions_sq, revenue=revenue, revenue_sq=revenue_sq)
+        totals.check_consistent("control")
+    except InvalidTotals as exc:
+        assert any(name in str(exc) for name in ("users", "conversions", "revenue", "crossover")), exc
+        return
+    for metric in ("conversion", "conversions_per_user", "revenue_per_user"):
+        moments = totals.moments(metric)
+        if users >= 2:
+            assert math.isfinite(moments.mean) and moments.variance >= 0.0, (metric, moments)
+
+
+def test_an_impossible_variance_and_nan_revenue_are_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidTotals, match="revenue_sq .* is impossible"):
+        VariantTotals(users=10, converting_users=5, conversions=5, conversions_sq=5, revenue=100.0,
+                      revenue_sq=500.0).check_consistent("control")   # sum^2 / n = 1000 > 500
+    with pytest.raises(InvalidTotals, match="revenue must be finite"):
+        VariantTotals(users=10, revenue=math.nan)
+    with pytest.raises(InvalidStatisticInput, match="users of 'treatment' must be a count"):
+        stats.sample_ratio_test({"control": 10, "treatment": -1}, {"control": 0.5, "treatment": 0.5})
+    with pytest.raises(InvalidStatisticInput, match="mean_b must be finite"):
+        stats.welch_ttest(1.0, 1.0, 10, math.nan, 1.0, 10)
