@@ -39,6 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from experiments.readout import Comparison, ExperimentReadout, per_variant
+from experiments.state import metric_name
 from experiments.spec import ExperimentSpec
 from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id
 from incidents.playbooks import ESCALATION_LADDER
@@ -118,9 +119,9 @@ def recommend(spec: ExperimentSpec, readout: ExperimentReadout,
             **base, state="roll_back", variant=None,
             reasons=(f"planned sample reached ({per_variant(readout.planned.required_users_per_variant)} users) with no "
                      f"significant "
-                     f"improvement of {readout.planned.metric} at the planned effect of {spec.mde:.1%}",),
+                     f"improvement of {metric_name(readout.planned.metric)} at the planned effect of {spec.mde:.1%}",),
             rollout=(f"end the experiment and keep {spec.control}",))
-    improved = [f"{c.metric} of {c.variant} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
+    improved = [f"{metric_name(c.metric)} of {c.variant} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
                 for c in readout.comparisons if c.role == "success" and c.improved]
     reasons = improved or ["no success metric improves significantly yet"]
     for variant, comparisons in by_variant.items():
@@ -151,25 +152,25 @@ def _ship_verdict(spec: ExperimentSpec, variant: str, comparisons: list[Comparis
     improved = [c for c in comparisons if c.role == "success" and c.improved]
     worsened = [c for c in comparisons if c.role == "success" and c.worsened]
     guarded = {c.metric: c for c in comparisons if c.role == "guardrail"}
-    reasons = [f"{c.metric} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})" for c in improved]
+    reasons = [f"{metric_name(c.metric)} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})" for c in improved]
     failing = []
     for guardrail in spec.guardrails:
         c = guarded.get(guardrail.metric)
         if c is None or c.non_inferior is None:
-            failing.append(f"guardrail {guardrail.metric} of {variant} cannot be judged yet")
+            failing.append(f"guardrail {metric_name(guardrail.metric)} of {variant} cannot be judged yet")
         elif c.non_inferior:
-            reasons.append(f"guardrail {c.metric} non-inferior: lift {_lift_text(c)}, margin {guardrail.margin:.1%}")
+            reasons.append(f"guardrail {metric_name(c.metric)} non-inferior: lift {_lift_text(c)}, margin {guardrail.margin:.1%}")
         else:
-            failing.append(f"guardrail {c.metric} of {variant} not yet non-inferior: lift {_lift_text(c)}, "
+            failing.append(f"guardrail {metric_name(c.metric)} of {variant} not yet non-inferior: lift {_lift_text(c)}, "
                            f"margin {guardrail.margin:.1%}")
     ok = bool(improved) and not worsened and not failing
     return ok, tuple(reasons if ok else failing)
 
 
 def _harms(comparisons: list[Comparison]) -> list[str]:
-    harms = [f"{c.metric} of {c.variant} worsens by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
+    harms = [f"{metric_name(c.metric)} of {c.variant} worsens by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
              for c in comparisons if c.role == "success" and c.worsened]
-    harms += [f"guardrail {c.metric} of {c.variant} is inferior beyond its margin of {c.margin:.1%}: "
+    harms += [f"guardrail {metric_name(c.metric)} of {c.variant} is inferior beyond its margin of {c.margin:.1%}: "
               f"lift {_lift_text(c)}" for c in comparisons if c.role == "guardrail" and c.inferior_beyond_margin]
     return harms
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from experiments.decision import Recommendation, State
 from experiments.readout import Comparison, ExperimentReadout, per_variant
 from experiments.spec import ExperimentSpec
+from experiments.state import metric_name
 
 _CORRECTION_NAMES = {"holm": "Holm", "benjamini_hochberg": "Benjamini–Hochberg"}
 _METHOD_TEXT = {
@@ -69,7 +70,7 @@ def build_memo(spec: ExperimentSpec, readout: ExperimentReadout, recommendation:
     variant = recommendation.variant or (spec.treatments[0] if len(spec.treatments) == 1 else None)
     primary = readout.comparison(variant, primary_metric) if variant else None
     action = recommendation.state.replace("_", " ") + (f" {recommendation.variant}" if recommendation.variant else "")
-    evidence = (f"{primary_metric} {_lift(primary)}" if primary is not None
+    evidence = (f"{metric_name(primary_metric)} {_lift(primary)}" if primary is not None
                 else recommendation.reasons[0] if recommendation.reasons else "")
     method = f"{readout.method.replace('_', '-')}, {_CORRECTION_NAMES[readout.correction]}, alpha {readout.alpha:g}"
     summary = MemoSummary(
@@ -104,7 +105,7 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     lines += ["", "| variant | metric | role | control | variant | lift [interval] | p | adjusted p | "
                   "P(beat) | expected loss | verdict |", "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for c in r.comparisons:
-        lines.append(f"| {c.variant} | {c.metric} | {c.role} | {c.control_mean:.4g} | {c.variant_mean:.4g} | "
+        lines.append(f"| {c.variant} | {metric_name(c.metric)} | {c.role} | {c.control_mean:.4g} | {c.variant_mean:.4g} | "
                      f"{_lift(c)} | {c.p_value:.3g} | {_num(c.adjusted_p_value, '.3g')} | "
                      f"{c.probability_to_beat_control:.3f} | {c.expected_loss:.3g} | {_verdict(c)} |")
     if not r.comparisons:
@@ -115,7 +116,7 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
               for check in r.sample_ratio] or ["- not enough users to test yet"]
     if r.planned is not None:
         lines += ["", f"Planned sample for {r.planned.power:.0%} power at a {r.planned.mde:.1%} lift of "
-                      f"{r.planned.metric}: {per_variant(r.planned.required_users_per_variant)} users; still needed: "
+                      f"{metric_name(r.planned.metric)}: {per_variant(r.planned.required_users_per_variant)} users; still needed: "
                       f"{per_variant(r.planned.remaining_users_per_variant)}."]
     if not r.sample.sufficient:
         lines += ["", "Minimum sample not reached: " + "; ".join(r.sample.missing) + "."]

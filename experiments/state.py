@@ -45,6 +45,18 @@ EventType = Literal["exposure", "click", "conversion"]
 _EVENT_TYPES = frozenset(("exposure", "click", "conversion"))
 MetricName = Literal["conversion", "revenue_per_user", "conversions_per_user"]
 METRICS: tuple[str, ...] = ("conversion", "revenue_per_user", "conversions_per_user")
+# How memos and reasons name each metric: one name per definition (the dashboard's CVR is per exposure).
+METRIC_NAMES = {"conversion": "users converting", "revenue_per_user": "revenue per user",
+                "conversions_per_user": "conversions per user"}
+
+
+def metric_name(metric: str) -> str:
+    """The metric as a memo names it.
+
+    >>> metric_name("conversion")
+    'users converting'
+    """
+    return METRIC_NAMES.get(metric, metric)
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,7 +387,7 @@ def test_ship_needs_a_significant_success_metric_and_non_inferior_guardrails() -
     readout, rec = decide(with_revenue(20000, 2000, 50.0), with_revenue(20000, 2400, 50.0))
     assert rec.state == "ship" and rec.variant == "treatment"
     assert rec.rollout[0].startswith("ramp treatment to 5% of traffic") and "100%" in rec.rollout[-1]
-    assert any("revenue_per_user non-inferior" in reason for reason in rec.reasons)
+    assert any("revenue per user non-inferior" in reason for reason in rec.reasons)
     # The same conversion lift with revenue per converter down 30 %: the guardrail fails beyond its margin.
     readout, rec = decide(with_revenue(20000, 2000, 50.0), with_revenue(20000, 2400, 29.0))
     guardrail = readout.comparison("treatment", "revenue_per_user")
@@ -398,7 +398,7 @@ def test_a_guardrail_that_cannot_yet_be_shown_non_inferior_keeps_the_experiment_
     readout, rec = decide(with_revenue(5000, 500, 50.0, spread=60.0), with_revenue(5000, 650, 50.0, spread=60.0))
     assert readout.comparison("treatment", "conversion").improved
     assert rec.state == "keep_running"
-    assert any(r.startswith("conversion of treatment improves") for r in rec.reasons)
+    assert any(r.startswith("users converting of treatment improves") for r in rec.reasons)
     assert any("not yet non-inferior" in r for r in rec.reasons)
 
 
