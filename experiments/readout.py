@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from experiments import stats
 from experiments.exceptions import InvalidSpec
 from experiments.spec import ExperimentSpec, Guardrail, Method, SuccessMetric
-from experiments.state import ExperimentTotals, MetricMoments, VariantTotals
+from experiments.state import ExperimentTotals, VariantTotals
 
 logger = logging.getLogger(__name__)
 
@@ -218,11 +218,16 @@ def _comparisons(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> 
     return tuple(Comparison(**c) for c in raw)
 
 
-def _mixture_variance(spec: ExperimentSpec, a: MetricMoments, b: MetricMoments) -> float:
-    """tau^2 of the mSPRT: (scale x the pooled mean)^2, the pooled mean being the same under H0 in both arms."""
-    scale = spec.rules.mixture_scale or spec.mde
-    pooled = (a.users * a.mean + b.users * b.mean) / (a.users + b.users)
-    return (scale * pooled) ** 2
+def _mixture_variance(spec: ExperimentSpec, mean: float) -> float:
+    """tau^2 of the mSPRT for a metric whose mean (under H0, the same in both arms) is `mean`: tuned to the
+    plan (`stats.tuned_mixture_variance` for the planned relative `mde`, `power` and the alpha of the
+    planned sample), or (mixture_scale x mean)^2 when the rules set a scale."""
+    rules = spec.rules
+    if rules.mixture_scale is not None:
+        return (rules.mixture_scale * mean) ** 2
+    family = len(spec.treatments) * len(spec.success_metrics)
+    effect = abs(spec.mde * mean)
+    return stats.tuned_mixture_variance(effect, rules.power, rules.alpha / family) if effect > 0 else 0.0
 
 
 def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotals, variant: str,
@@ -246,7 +251,7 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
         # 0 exactly when p <= alpha. Both are valid at any look (Ville's inequality), so the current look's are
         # shown, centred on the current estimate, rather than a running minimum and intersection that can sit
         # beside an estimate outside them.
-        tau2 = _mixture_variance(spec, a, b)
+        tau2 = _mixture_variance(spec, (a.users * a.mean + b.users * b.mean) / (a.users + b.users))
         if not tau2 > 0:
             return None
         p_value = stats.msprt_p_value(difference, variance, tau2)
@@ -346,10 +351,9 @@ def _planned_sample(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) 
         else:
             var_a = control.variance
             var_b = treated.variance if treated.users >= 2 and treated.variance > 0 else control.variance
-        scale = rules.mixture_scale or spec.mde
         target = stats.required_variance(effect, rules.power, rules.alpha / family,
                                          sequential=rules.method == "sequential",
-                                         mixture_variance=(scale * control.mean) ** 2)
+                                         mixture_variance=_mixture_variance(spec, control.mean))
         needed = (var_a / spec.share(spec.control) + var_b / spec.share(variant)) / target
         required_total = max(required_total, needed)
     required = {name: int(math.ceil(required_total * spec.share(name))) for name in spec.allocation}

@@ -50,9 +50,10 @@ class Guardrail(_SpecModel):
 class DecisionRules(_SpecModel):
     """How a readout is tested and decided.
 
-    `mixture_scale` tunes the sequential test: the mSPRT's mixing prior on the difference is
-    N(0, tau^2) with tau = mixture_scale x the control's mean (None: the experiment's `mde`),
-    so the test is most powerful around the effect the experiment was planned for.
+    `mixture_scale` sets the sequential test's mixing prior on the difference, N(0, tau^2) with
+    tau = mixture_scale x the metric's mean. None (the default) tunes tau^2 to the plan instead: the
+    confidence sequence is narrowest at the planned sample, where the planned `mde` is found with
+    `power` (`experiments.stats.tuned_mixture_variance`).
     `stop_at_planned_sample`: with no significant improvement once the planned sample is
     reached, recommend rolling back (keep control) rather than running on.
     """

@@ -271,6 +271,40 @@ def power_sequential_at(effect: ArrayLike, variance: ArrayLike, mixture_variance
     return _out(stats.norm.cdf((np.asarray(effect) - half) / np.sqrt(variance)))
 
 
+def optimal_mixture_ratio(alpha: float) -> float:
+    """r* = tau^2 / V minimising the confidence sequence's half-width at variance V: the half-width is
+    sqrt(V) c(r) with c(r)^2 = (1 + 1/r) (2 log(1/alpha) + log(1 + r)) (`confidence_sequence_halfwidth`),
+    so r* depends on alpha alone (about 8 at alpha 0.05).
+
+    >>> round(optimal_mixture_ratio(0.05), 3)
+    8.212
+    """
+    if not 0 < alpha < 1:
+        raise InvalidStatisticInput(f"optimal_mixture_ratio needs 0 < alpha < 1, got {alpha}")
+    width = lambda log_r: (1 + math.exp(-log_r)) * (2 * math.log(1 / alpha) + math.log1p(math.exp(log_r)))  # noqa: E731
+    return math.exp(optimize.minimize_scalar(width, bounds=(-10.0, 10.0), method="bounded",
+                                             options={"xatol": 1e-10}).x)
+
+
+def tuned_mixture_variance(effect: float, power: float, alpha: float) -> float:
+    """The mSPRT's mixing variance tau^2 tuned to the planned sample: the confidence sequence is narrowest
+    (ratio `optimal_mixture_ratio`) at the variance V* at which a true `effect` is found with `power`.
+
+    With tau^2 = r* V, the sequential power Phi((effect - c(r*) sqrt(V)) / sqrt(V)) equals `power` at
+    sqrt(V*) = effect / (c(r*) + z_power), in closed form; so tau^2 = r* V*. The same idea as tuning the
+    mixture to an expected sample size (Howard et al. 2021, "Time-uniform, nonparametric, nonasymptotic
+    confidence sequences", section 3.5; GrowthBook's `sequential_tuning_parameter`), here from the plan.
+
+    >>> round(tuned_mixture_variance(0.01, 0.8, 0.05) / 0.01 ** 2, 4)
+    0.5464
+    """
+    if not effect > 0 or not 0 < power < 1:
+        raise InvalidStatisticInput(f"tuned_mixture_variance needs effect > 0 and 0 < power < 1, got {effect}, {power}")
+    ratio = optimal_mixture_ratio(alpha)
+    c = math.sqrt((1 + 1 / ratio) * (2 * math.log(1 / alpha) + math.log1p(ratio)))
+    return ratio * (effect / (c + float(stats.norm.ppf(power)))) ** 2
+
+
 def required_variance(effect: float, power: float, alpha: float, *, sequential: bool,
                       mixture_variance: float | None = None) -> float:
     """The variance V of the estimate at which the test reaches `power` for a true `effect` (> 0).

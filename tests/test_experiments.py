@@ -26,6 +26,10 @@ ALPHA = 0.05
 T0, T1 = datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 8, tzinfo=timezone.utc)
 
 
+# The readout's mixing variance for a planned absolute effect d is TUNED x d^2 (power 0.8, alpha 0.05, one
+# comparison): `stats.tuned_mixture_variance` is quadratic in the effect.
+TUNED = stats.tuned_mixture_variance(1.0, 0.8, 0.05)
+
 def rates(control: tuple[int, int], treatment: tuple[int, int], dims: dict | None = None) -> ExperimentTotals:
     """Totals of a conversion-only experiment: (users, converting users) per variant, one conversion each;
     `dims`: variant -> users by dimension."""
@@ -197,7 +201,7 @@ def test_sequential_readouts_are_the_msprt_at_each_look_and_its_confidence_seque
         readout = read_experiment(spec, rates((n[look], x[look, 0]), (n[look], x[look, 1])), previous=readout)
         mean_a, mean_b = x[look] / n[look]
         var = (n[look] / (n[look] - 1)) * (mean_a * (1 - mean_a) + mean_b * (1 - mean_b)) / n[look]
-        tau2 = (spec.mde * (mean_a + mean_b) / 2) ** 2
+        tau2 = TUNED * (spec.mde * (mean_a + mean_b) / 2) ** 2
         expected = stats.msprt_p_value(mean_b - mean_a, var, tau2)
         comparison = readout.comparison("treatment", "conversion")
         assert comparison.p_value == pytest.approx(expected, abs=1e-12)
@@ -218,7 +222,7 @@ def _aa_rejections(seed: int, runs: int, looks: int, batch: int, rate: float, md
     x_a, x_b = x[:, 0], x[:, 1]
     p_a, p_b = x_a / n, x_b / n
     variance = (n / (n - 1)) * (p_a * (1 - p_a) + p_b * (1 - p_b)) / n
-    tau2 = (mde * (p_a + p_b) / 2) ** 2
+    tau2 = TUNED * (mde * (p_a + p_b) / 2) ** 2
     always_valid = np.ones(runs)
     for look in range(looks):   # the running minimum is the readout's `previous` chaining
         always_valid = stats.msprt_p_value(p_b[look] - p_a[look], variance[look], tau2[look], always_valid)
@@ -250,7 +254,7 @@ def test_continuous_monitoring_of_a_skewed_revenue_per_user_keeps_the_sequential
         n = batch * (look + 1)
         mean = sums / n
         variance = (squares - n * mean ** 2) / (n - 1)
-        tau2 = (0.05 * mean.mean(axis=0)) ** 2
+        tau2 = TUNED * (0.05 * mean.mean(axis=0)) ** 2
         always_valid = stats.msprt_p_value(mean[1] - mean[0], (variance[0] + variance[1]) / n, tau2, always_valid)
         fixed |= stats.welch_ttest(mean[0], variance[0], n, mean[1], variance[1], n).p_value < ALPHA
     upper = sps.binom.ppf(0.995, runs, ALPHA) / runs
@@ -277,7 +281,7 @@ def test_a_known_lift_ships_at_the_expected_power_and_a_null_at_most_alpha(metho
     spec = ExperimentSpec(experiment="e", allocation={"control": 0.5, "treatment": 0.5}, mde=0.10,
                           rules=DecisionRules(method=method, stop_at_planned_sample=False))
     variance = (rate_a * (1 - rate_a) + rate_b * (1 - rate_b)) / n
-    tau2 = (spec.mde * (rate_a + rate_b) / 2) ** 2
+    tau2 = TUNED * (spec.mde * (rate_a + rate_b) / 2) ** 2
     if method == "sequential":
         power = stats.power_sequential_at(rate_b - rate_a, variance, tau2, ALPHA)
     else:
@@ -300,11 +304,11 @@ def test_reading_every_batch_sequentially_reaches_at_least_the_single_look_power
     variance = (n / (n - 1)) * (p_a * (1 - p_a) + p_b * (1 - p_b)) / n
     p_value = np.ones(runs)
     for look in range(looks):
-        p_value = stats.msprt_p_value(p_b[look] - p_a[look], variance[look], (mde * (p_a[look] + p_b[look]) / 2) ** 2,
-                                      p_value)
+        p_value = stats.msprt_p_value(p_b[look] - p_a[look], variance[look],
+                                      TUNED * (mde * (p_a[look] + p_b[look]) / 2) ** 2, p_value)
     final_n = batch * looks
     single_look = stats.power_sequential_at(rate_b - rate_a, (rate_a * (1 - rate_a) + rate_b * (1 - rate_b)) / final_n,
-                                            (mde * (rate_a + rate_b) / 2) ** 2, ALPHA)
+                                            TUNED * (mde * (rate_a + rate_b) / 2) ** 2, ALPHA)
     assert ((p_value < ALPHA) & (p_b[-1] > p_a[-1])).mean() >= _binomial_band(runs, single_look)[0]
 
 
@@ -422,7 +426,8 @@ def test_keep_running_estimates_the_remaining_sample_and_stops_at_the_planned_on
     assert rec.remaining_users_per_variant == {"control": required - 5000, "treatment": required - 5000}
     # Closed form of the per-variant sample for the sequential test at the planned 5 % lift.
     p_a, p_b = 0.1, 0.105
-    v = stats.required_variance(p_a * SPEC.mde, 0.8, ALPHA, sequential=True, mixture_variance=(SPEC.mde * 0.1) ** 2)
+    v = stats.required_variance(p_a * SPEC.mde, 0.8, ALPHA, sequential=True,
+                                mixture_variance=TUNED * (SPEC.mde * 0.1) ** 2)
     assert required == math.ceil((p_a * (1 - p_a) + p_b * (1 - p_b)) / v)
     reached = required + 1000   # past the plan, both arms at 10 %: nothing to ship
     readout, rec = decide(with_revenue(reached, reached // 10, 50.0), with_revenue(reached, reached // 10, 50.0))
@@ -570,3 +575,16 @@ def test_an_impossible_variance_and_nan_revenue_are_refused_naming_the_field() -
         stats.sample_ratio_test({"control": 10, "treatment": -1}, {"control": 0.5, "treatment": 0.5})
     with pytest.raises(InvalidStatisticInput, match="mean_b must be finite"):
         stats.welch_ttest(1.0, 1.0, 10, math.nan, 1.0, 10)
+
+
+def test_the_mixture_is_tuned_so_the_sequential_test_has_its_power_at_the_planned_sample() -> None:
+    """tau^2 = r* V*: at V* the planned effect is found with the planned power (closed form), and r* is where the
+    confidence sequence's half-width is least (checked on a grid against the closed-form half-width)."""
+    effect, power = 0.004, 0.8
+    tau2 = stats.tuned_mixture_variance(effect, power, ALPHA)
+    v_star = stats.required_variance(effect, power, ALPHA, sequential=True, mixture_variance=tau2)
+    assert float(stats.power_sequential_at(effect, v_star, tau2, ALPHA)) == pytest.approx(power, abs=1e-6)
+    ratio = stats.optimal_mixture_ratio(ALPHA)
+    assert tau2 / v_star == pytest.approx(ratio, rel=1e-6)
+    widths = {r: float(stats.confidence_sequence_halfwidth(1.0, r, ALPHA)) for r in np.geomspace(0.5, 100, 400)}
+    assert min(widths, key=widths.get) == pytest.approx(ratio, rel=0.02)
