@@ -25,7 +25,7 @@ How a stream uses it, event by event, then at each evaluation:
 >>> recommendation.state, recommendation.variant, change.changed, change.event.kind
 ('ship', 'treatment', True, 'experiment_decision')
 >>> print(render_memo(build_memo(spec, readout, recommendation), detail="summary").splitlines()[2])
-checkout-v2: ship treatment — conversion +21.4% [+12.0%, +30.8%] (sequential, Holm, alpha 0.05)
+checkout-v2: ship treatment — users converting +21.4% [+11.4%, +31.3%] (sequential, Holm, alpha 0.05)
 """
 
 from experiments.decision import (

@@ -16,7 +16,7 @@ behind it, so a report can show the summary and link the detail.
 >>> readout = read_experiment(spec, totals)
 >>> memo = build_memo(spec, readout, recommend(spec, readout))
 >>> memo.summary.headline
-'checkout-v2: ship treatment — conversion +30.0% [+5.6%, +54.4%] (sequential, Holm, alpha 0.05)'
+'checkout-v2: ship treatment — users converting +30.0% [+1.0%, +59.0%] (sequential, Holm, alpha 0.05)'
 >>> print(render_memo(memo, detail="summary").splitlines()[0])
 ## Experiment checkout-v2: SHIP treatment
 """

@@ -24,7 +24,7 @@ The previous readout is passed back only to number the looks.
 ...     "treatment": VariantTotals(users=5000, converting_users=650, conversions=650, conversions_sq=650)})
 >>> readout = read_experiment(spec, totals)
 >>> c = readout.comparison("treatment", "conversion")
->>> round(c.relative_lift, 3), c.p_value < 0.01, c.improved, readout.sample.sufficient
+>>> round(c.relative_lift, 3), c.p_value < 0.05, c.improved, readout.sample.sufficient
 (0.3, True, True, True)
 """
 
