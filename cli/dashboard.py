@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from html import escape
 
-from cli.render import measured
+from cli.render import measured, pct
 from monitor.report import IncidentLine, LiftHistory, Report, RuleChangeLine, SeriesTrend
 
 # (key, title, unit) of the KPI charts, in the order shown.
@@ -84,10 +84,6 @@ _NO_TRENDS = '<p class="note">No time series: build the report with trends (Repo
 
 
 # --------------------------------------------------------------------------- small formatting helpers
-def _pct(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value * 100:.{digits}f} %"
-
-
 def _when(at: datetime | None) -> str:
     return "" if at is None else f"{at:%Y-%m-%d %H:%M}"
 
@@ -237,8 +233,8 @@ def _header(report: Report) -> str:
             if report.window_start and report.window_end else "no closed bucket yet")
     t = report.totals
     facts = [("events counted", f"{report.counted_events:,}"), ("exposures", f"{t.exposures:,}"),
-             ("clicks", f"{t.clicks:,}"), ("conversions", f"{t.conversions:,}"), ("CTR", _pct(t.ctr)),
-             ("CVR", _pct(t.cvr)), ("CVR 24 h", _pct(t.recent_cvr)),
+             ("clicks", f"{t.clicks:,}"), ("conversions", f"{t.conversions:,}"), ("CTR", pct(t.ctr)),
+             ("CVR", pct(t.cvr)), ("CVR 24 h", pct(t.recent_cvr)),
              ("incidents", f"{len(report.incidents):,}"), ("late and dropped", f"{report.late_dropped:,}"),
              ("redelivered and skipped", f"{report.duplicates_skipped:,}"),
              ("dead letters", f"{sum(report.dead_letters.values()):,}")]
@@ -359,7 +355,7 @@ def _variants(report: Report) -> str:
     charts = (_bars("Exposures by variant", "exposures", [(n, e) for n, e, _ in rows], colours)
               + _bars("Conversions by variant", "conversions", [(n, c) for n, _, c in rows], colours))
     table = _table(("variant", "exposures", "conversions", "CVR"),
-                   [(escape(n), f"{e:,}", f"{c:,}", _pct(c / e if e else None)) for n, e, c in rows],
+                   [(escape(n), f"{e:,}", f"{c:,}", pct(c / e if e else None)) for n, e, c in rows],
                    numeric=(1, 2, 3))
     return head + f'<div class="multiples">{charts}</div>{table}</section>'
 

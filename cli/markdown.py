@@ -2,6 +2,7 @@
 
 Same sections and numbers as the terminal view (`cli.render`), in the same units.
 
+>>> from cli.render import pct
 >>> from monitor.report import DashboardRow
 >>> row = DashboardRow(dimension="profile", value="new|user", exposures=1200, clicks=60, conversions=12,
 ...                    revenue=10.0, ctr=0.05, cvr=0.01, fallback_rate=0.0, recent_cvr=None, change=None, flagged=False)
@@ -15,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from cli.render import GLOSSARY, dashboard_cells, DASHBOARD_COLUMNS, incident_cells, INCIDENT_COLUMNS, pct, \
-    warming_summary
+from cli.render import DASHBOARD_COLUMNS, GLOSSARY, INCIDENT_COLUMNS, dashboard_cells, incident_cells, warming_summary
 from experiments.memo import render_memo
 from monitor.report import Report
 
@@ -91,5 +91,3 @@ def render_markdown(report: Report) -> str:
         parts += ["", "## Glossary", ""] + [f"- **{name}**: {meaning}" for name, meaning in GLOSSARY.items()]
     return "\n".join(parts) + "\n"
 
-
-__all__ = ["render_markdown", "table", "pct"]

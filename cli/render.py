@@ -41,8 +41,6 @@ def pct(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value * 100:.{digits}f} %"
 
 
-_pct = pct
-
 
 RATES = {"ctr", "cvr", "fallback_rate", "exposure_share", "consent_rate"}
 COUNTS = {"exposures", "violations", "rule_changes"}
@@ -57,7 +55,7 @@ def measured(value: float, measure: str) -> str:
     ('19', '27.25 %')
     """
     if measure in RATES:
-        return _pct(value)
+        return pct(value)
     if measure in COUNTS:
         return f"{value:,.0f}"
     if measure == "age_seconds":
