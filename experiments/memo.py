@@ -95,8 +95,8 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     if detail == "summary":
         return "\n".join(lines) + "\n"
     lines += ["", f"Method: {_METHOD_TEXT[r.method]}; correction across the success comparisons: "
-                  f"{_CORRECTION_NAMES[r.correction]}; guardrails by their interval against the margin "
-                  f"(all must pass, no correction needed). Look {r.look}.", "",
+                  f"{_CORRECTION_NAMES[r.correction]}; guardrails by a one-sided bound at alpha {r.alpha:g} against "
+                  f"the margin (all must pass, no correction needed). Look {r.look}.", "",
               "| variant | users | planned share | observed share | users converting | revenue / user | crossovers |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for v in r.variants:
@@ -131,9 +131,14 @@ def _lift(c: Comparison | None) -> str:
 
 def _verdict(c: Comparison) -> str:
     if c.role == "guardrail":
+        bound = ""
+        if c.bounds is not None:
+            side = c.bounds[0] if c.higher_is_better else c.bounds[1]
+            bound = f"; one-sided bound {side:+.1%}"
         if c.inferior_beyond_margin:
-            return f"inferior beyond {c.margin:.1%}"
-        return f"non-inferior (margin {c.margin:.1%})" if c.non_inferior else "not yet non-inferior"
+            return f"inferior beyond {c.margin:.1%}{bound}"
+        return (f"non-inferior (margin {c.margin:.1%}{bound})" if c.non_inferior
+                else f"not yet non-inferior (margin {c.margin:.1%}{bound})")
     return "improved" if c.improved else "worsened" if c.worsened else "not significant"
 
 

@@ -93,6 +93,11 @@ class Comparison(_ReadoutModel):
     worsened: bool = False
     non_inferior: bool | None = None
     inferior_beyond_margin: bool | None = None
+    bounds: tuple[float, float] | None = Field(None, description=(
+        "A guardrail's one-sided bounds on the relative lift at level alpha each: (lower, upper). Non-inferior "
+        "when the bound on the bad side is inside the margin; inferior beyond it when the good-side bound is "
+        "beyond. Fixed horizon: lift -/+ z_(1-alpha) x its delta-method error; sequential: the two-sided "
+        "confidence sequence's ends (each side always valid at alpha, conservatively)."))
 
 
 class SampleRatioCheck(_ReadoutModel):
@@ -270,11 +275,19 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
         probability_to_beat_control=beat[0], expected_loss=beat[1])
     if isinstance(metric, Guardrail):
         margin = metric.margin
-        if metric.higher_is_better:
-            non_inferior, beyond = lift_low > -margin, lift_high < -margin
+        # Non-inferiority is one-sided: tested at the level alpha the memo names, not at the two-sided
+        # interval's alpha / 2 per side.
+        if rules.method == "fixed_horizon":
+            lower, upper = stats.one_sided_lift_bounds(a.mean, a.variance, a.users, b.mean, b.variance, b.users,
+                                                       rules.alpha)
         else:
-            non_inferior, beyond = lift_high < margin, lift_low > margin
-        comparison.update(margin=margin, non_inferior=bool(non_inferior), inferior_beyond_margin=bool(beyond))
+            lower, upper = lift_low, lift_high
+        if metric.higher_is_better:
+            non_inferior, beyond = lower > -margin, upper < -margin
+        else:
+            non_inferior, beyond = upper < margin, lower > margin
+        comparison.update(margin=margin, non_inferior=bool(non_inferior), inferior_beyond_margin=bool(beyond),
+                          bounds=(lower, upper))
     return comparison
 
 

@@ -198,6 +198,21 @@ def relative_lift_test(mean_a: float, variance_a: float, n_a: int, mean_b: float
     return float(lift), float(low), float(high), p
 
 
+def one_sided_lift_bounds(mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float, n_b: int,
+                          alpha: float) -> tuple[float, float]:
+    """(lower, upper) one-sided 1 - alpha bounds of the relative lift, each by the delta method: the bounds a
+    non-inferiority test at level alpha compares with its margin.
+
+    >>> low, high = one_sided_lift_bounds(0.10, 0.09, 1000, 0.13, 0.1131, 1000, 0.05)
+    >>> round(low, 4), round(high, 4)
+    (0.0321, 0.5679)
+    """
+    lift, _, _ = relative_lift(mean_a, variance_a, n_a, mean_b, variance_b, n_b, alpha)
+    se = math.sqrt(relative_lift_variance(mean_a, variance_a, n_a, mean_b, variance_b, n_b))
+    z = float(stats.norm.isf(alpha))
+    return float(lift - z * se), float(lift + z * se)
+
+
 # --------------------------------------------------------------------------- always-valid (mSPRT)
 
 def msprt_log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, mixture_variance: ArrayLike) -> Any:

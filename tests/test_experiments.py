@@ -588,3 +588,24 @@ def test_the_mixture_is_tuned_so_the_sequential_test_has_its_power_at_the_planne
     assert tau2 / v_star == pytest.approx(ratio, rel=1e-6)
     widths = {r: float(stats.confidence_sequence_halfwidth(1.0, r, ALPHA)) for r in np.geomspace(0.5, 100, 400)}
     assert min(widths, key=widths.get) == pytest.approx(ratio, rel=0.02)
+
+
+def test_a_guardrail_is_tested_one_sided_at_the_level_the_memo_names() -> None:
+    """Non-inferiority at alpha: the one-sided bound lift - z_(1-alpha) se (closed form), not the two-sided interval's
+    end (alpha / 2 per side). A lower bound between the two is non-inferior at 5 % one-sided."""
+    a, b = rates((4000, 2000), (4000, 1960)).variants.values()
+    ma, va, mb, vb = a.moments("conversion").mean, a.moments("conversion").variance, \
+        b.moments("conversion").mean, b.moments("conversion").variance
+    lift = mb / ma - 1
+    se = math.sqrt(stats.relative_lift_variance(ma, va, 4000, mb, vb, 4000))
+    low, high = stats.one_sided_lift_bounds(ma, va, 4000, mb, vb, 4000, ALPHA)
+    assert (low, high) == pytest.approx((lift - sps.norm.isf(ALPHA) * se, lift + sps.norm.isf(ALPHA) * se), abs=1e-12)
+    margin = -(lift - 1.8 * se)   # between the one-sided (1.645 se) and the two-sided (1.96 se) bound
+    spec = ExperimentSpec(experiment="e", allocation={"control": 0.5, "treatment": 0.5},
+                          success_metrics=(SuccessMetric(metric="conversions_per_user"),),
+                          guardrails=(Guardrail(metric="conversion", margin=margin),),
+                          rules=DecisionRules(method="fixed_horizon"))
+    readout = read_experiment(spec, rates((4000, 2000), (4000, 1960)))
+    guardrail = readout.comparison("treatment", "conversion")
+    assert guardrail.lift_low < -margin < guardrail.bounds[0] and guardrail.non_inferior
+    assert "one-sided bound" in render_memo(build_memo(spec, readout, recommend(spec, readout)))
