@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -85,7 +86,8 @@ def isolated_settings(bootstrap: str, workdir: Path, **overrides: Any) -> Settin
     values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "topic_prefix": f"f{run}", "app_id": f"pmon-fault-{run}",
                               "topic_partitions": 4, "plan_dir": workdir / f"plans-{run}",
                               "log_level": os.environ.get("PMON_FAULTS_LOG_LEVEL", "WARNING"),
-                              "warmup_buckets": 12, "min_exposures": 150}
+                              "warmup_buckets": 12, "min_exposures": 150,
+                              "pseudonym_key": secrets.token_hex(16)}   # the worker refuses the development key
     values.update(overrides)
     return Settings(**values)
 

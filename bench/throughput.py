@@ -57,6 +57,7 @@ import pickle
 import platform
 import re
 import resource
+import secrets
 import shlex
 import shutil
 import signal
@@ -843,7 +844,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"pmon-{run}-"))
     overrides: dict[str, Any] = dict(kafka_bootstrap=args.bootstrap, topic_prefix=run, app_id=run,
                                      web_host="127.0.0.1", web_port=free_port(), plan_dir=workdir / "plans",
-                                     log_level="WARNING")
+                                     log_level="WARNING",
+                                     pseudonym_key=secrets.token_hex(16))   # the worker refuses the development key
     if args.partitions is not None:
         overrides["topic_partitions"] = args.partitions
     settings = Settings(**overrides)

@@ -7,6 +7,7 @@ exits with code 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -488,24 +489,51 @@ def simulate(seed: int, days: int, to_file: Path | None, labels_file: Path | Non
 
 
 # --------------------------------------------------------------------------- worker
+def _refuse_development_key(settings: Settings) -> None:
+    """The worker publishes pseudonyms to shared topics: with the public development key they are no
+    pseudonyms (hashing candidate ids maps them back), so it takes that key only in a development run."""
+    from monitor.settings import DEV_PSEUDONYM_KEY
+
+    key = settings.pseudonym_key.get_secret_value()
+    if not key:
+        _fail("PMON_PSEUDONYM_KEY is empty — set it to a long random secret, e.g. `openssl rand -hex 32`")
+    if key == DEV_PSEUDONYM_KEY and not settings.development:
+        _fail("the pseudonym key is the built-in development key, with which anyone can map the pseudonyms on "
+              "the topics back to user ids — set PMON_PSEUDONYM_KEY to a long random secret (e.g. `openssl rand "
+              "-hex 32`), or PMON_DEVELOPMENT=true for a local try")
+
+
 @pmon.command()
 def worker() -> None:
     """Run the Faust worker against PMON_KAFKA_BOOTSTRAP (settings from PMON_* variables)."""
     import faust
 
     from streams.app import create_app, internal_topics
-    from streams.kafka_io import ensure_topics
+    from streams.kafka_io import prepare_worker_topics
 
     settings = _settings()
+    _refuse_development_key(settings)
     _configure_logging(settings)
     try:
-        _run_async(ensure_topics(settings, internal=internal_topics(settings)))
+        cluster = _run_async(prepare_worker_topics(settings, internal_topics(settings)))
     except (StreamsError, CliError) as exc:
         _fail(str(exc))
-    app = create_app(settings)
+    app = create_app(settings, cluster=cluster)
+
+    def give_up() -> None:  # the stop is overdue (the broker does not answer): end now, with the reason if any
+        if app.pmon_fatal:
+            click.echo(f"pmon worker: error: {app.pmon_fatal}", err=True)
+        os._exit(USAGE_EXIT if app.pmon_fatal else 1)
+
+    app.pmon_give_up = give_up
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), console_port=None)
     runner.spinner = None  # Faust's terminal spinner would switch the root logger to DEBUG
-    runner.execute_from_commandline()
+    try:
+        runner.execute_from_commandline()
+    except SystemExit:
+        if app.pmon_fatal:  # the broker lost the worker's topics: the reason in one line, exit 2
+            _fail(app.pmon_fatal)
+        raise
 
 
 # --------------------------------------------------------------------------- monitor

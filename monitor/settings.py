@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     ready_fetch_seconds: float = Field(10, ge=1, le=600, description="`/ready` fails when the broker answered none of a stage's fetches for this long (with partitions held).")
     ready_max_lag: int = Field(100_000, ge=0, description="`/ready` fails when a stage is more records than this behind the last stable offsets of the partitions it holds.")
+    broker_wait_seconds: float = Field(60, ge=0, le=86_400, description="How long `pmon worker` waits at its start for a broker that is not there yet (a line in the log every 10 s) before it gives up with a one-line error; 0 gives up at once. A broker that goes away later is waited for as long as it is away (`/ready` fails meanwhile).")
 
     # Windows and event time
     bucket_seconds: int = Field(3600, ge=60, le=86_400, description="Width of a tumbling window bucket.")
@@ -144,7 +145,17 @@ class Settings(BaseSettings):
 
     # Outputs and privacy
     plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
-    pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description="Key of the keyed hash that pseudonymises user ids.")
+    pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description=(
+        "Key of the keyed hash that pseudonymises user ids: a long random secret, kept stable (a new key gives "
+        "every user a new pseudonym). `pmon worker` refuses the built-in development key unless "
+        "PMON_DEVELOPMENT is true."))
+    development: bool = Field(False, description=(
+        "A development run: lets `pmon worker` start with the built-in development pseudonym key, whose "
+        "pseudonyms anyone can map back to user ids by hashing candidate ids. Off, the worker refuses that key "
+        "(set PMON_PSEUDONYM_KEY). pmon demo (simulated users) and pmon monitor --events do not need it: they "
+        "replay in one process on your machine and publish nothing, and --events reads a file that holds the raw "
+        "ids already, next to which its plan files and stored state stay. Set PMON_PSEUDONYM_KEY before you share "
+        "those (a consent incident lists pseudonyms)."))
     alertmanager_url: str | None = Field(None, description=(
         "Alertmanager the worker pushes incidents to, e.g. `http://alertmanager:9093` (unset: off). Every incident "
         "transition is POSTed to `<url>/api/v2/alerts` with the labels alertname=PmonIncident, incident_id, kind, "

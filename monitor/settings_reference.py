@@ -24,6 +24,8 @@ def _allowed(field: Any) -> str:
     annotation = field.annotation
     if typing.get_origin(annotation) is typing.Literal:
         return ", ".join(f"`{choice}`" for choice in typing.get_args(annotation))
+    if annotation is bool:
+        return "`true`, `false`"
     bounds = []
     for item in field.metadata:
         for cls, attribute, sign in ((annotated_types.Gt, "gt", ">"), (annotated_types.Ge, "ge", "≥"),
@@ -48,6 +50,8 @@ def _default(field: Any) -> str:
     value = field.get_default(call_default_factory=True)
     if value is None or isinstance(value, SecretStr):
         return "unset" if value is None else "(development key)"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"   # as PMON_* variables and TOML spell it
     if isinstance(value, (dict, tuple, list)):
         return f"`{json.dumps(value if not isinstance(value, tuple) else list(value))}`"
     return f"`{value}`"

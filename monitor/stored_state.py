@@ -43,7 +43,7 @@ FORMAT_VERSION = 2  # 2: experiments keep a history of looks (an older state lac
 # Settings that do not change what a replay decides.
 _NOT_DECIDING = {"plan_dir", "log_level", "web_host", "web_port", "kafka_bootstrap", "security_protocol",
                  "sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile", "topic_partitions",
-                 "topic_replicas", "app_id", "session_timeout_seconds"}
+                 "topic_replicas", "app_id", "session_timeout_seconds", "development"}
 
 
 class StoredStateError(MonitorError):

@@ -3,11 +3,18 @@
 # `make kafka-up` / `make kafka-down`. Jars come from Maven Central via kafka/pom.xml, so
 # neither Docker nor a Kafka tarball download is needed; only java, mvn and python3.
 #
-#   scripts/kafka-local.sh up|down|status
+#   scripts/kafka-local.sh up|down|status|stop|start
+#
+# `up` starts a fresh, empty broker; `down` stops it and deletes its run dir. `stop` and
+# `start` stop and start it again keeping its data (for tests of a broker outage).
 #
 # Env: PMON_KAFKA_PORT (9092), PMON_KAFKA_VERSION (4.4.0), PMON_KAFKA_HEAP (512m),
 #      PMON_KAFKA_CACHE (jars, outside the repo), PMON_KAFKA_RUN_DIR (config, data, logs, pid),
 #      PMON_KAFKA_START_TIMEOUT (60 s).
+# Opt-in, for tests of SASL_SSL (tests/test_security.py): PMON_KAFKA_SASL_SSL_PORT adds a listener
+#      SASL_SSL://127.0.0.1:<port> (SCRAM-SHA-512) besides PLAINTEXT, with the PKCS12 keystore
+#      PMON_KAFKA_SSL_KEYSTORE (password PMON_KAFKA_SSL_KEYSTORE_PASSWORD) and one SCRAM user,
+#      PMON_KAFKA_SCRAM_USER / PMON_KAFKA_SCRAM_PASSWORD, created at format time.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +26,7 @@ HEAP=${PMON_KAFKA_HEAP:-512m}
 PID_FILE=$RUN_DIR/kafka.pid
 START_TIMEOUT=${PMON_KAFKA_START_TIMEOUT:-60}
 STOP_TIMEOUT=30
+SASL_SSL_PORT=${PMON_KAFKA_SASL_SSL_PORT:-}
 
 log() { echo "kafka-local: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -87,9 +95,9 @@ node.id=1
 # 4.x dynamic quorum: bootstrap servers + 'format --standalone' instead of quorum.voters.
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$cport${SASL_SSL_PORT:+,SASL_SSL://127.0.0.1:$SASL_SSL_PORT}
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT${SASL_SSL_PORT:+,SASL_SSL://127.0.0.1:$SASL_SSL_PORT}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT${SASL_SSL_PORT:+,SASL_SSL:SASL_SSL}
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$RUN_DIR/data
 # Single node: every internal topic must live with one replica.
@@ -106,6 +114,26 @@ auto.create.topics.enable=true
 log.segment.bytes=16777216
 log.retention.check.interval.ms=60000
 EOF
+  [[ -z $SASL_SSL_PORT ]] && return 0
+  cat >>"$RUN_DIR/server.properties" <<EOF
+# Opt-in SASL_SSL listener (PMON_KAFKA_SASL_SSL_PORT); its SCRAM users live in the cluster metadata.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$PMON_KAFKA_SSL_KEYSTORE
+listener.name.sasl_ssl.ssl.keystore.password=$PMON_KAFKA_SSL_KEYSTORE_PASSWORD
+EOF
+}
+
+# The opt-in SASL_SSL mode's format option, its SCRAM user (nothing without the mode); dies when a setting is missing.
+scram_credential() {
+  [[ -z $SASL_SSL_PORT ]] && return 0
+  local v
+  for v in PMON_KAFKA_SSL_KEYSTORE PMON_KAFKA_SSL_KEYSTORE_PASSWORD PMON_KAFKA_SCRAM_USER PMON_KAFKA_SCRAM_PASSWORD; do
+    [[ -n ${!v:-} ]] || die "PMON_KAFKA_SASL_SSL_PORT is set, so $v must be too"
+  done
+  [[ -r $PMON_KAFKA_SSL_KEYSTORE ]] || die "keystore $PMON_KAFKA_SSL_KEYSTORE is not readable"
+  echo "SCRAM-SHA-512=[name=$PMON_KAFKA_SCRAM_USER,password=$PMON_KAFKA_SCRAM_PASSWORD]"
 }
 
 cmd_up() {
@@ -121,6 +149,8 @@ cmd_up() {
     return 0
   fi
   port_open "$PORT" && die "port $PORT is in use by another process; stop it or set PMON_KAFKA_PORT"
+  local scram
+  scram=$(scram_credential) || exit 1
 
   # Fresh state every start: stale logs/metadata from an old run only cause surprises in tests.
   rm -rf "$RUN_DIR"
@@ -135,15 +165,36 @@ while (u := base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")).start
 print(u)')
   java -cp "$cp" -Dlog4j2.configurationFile="$REPO_ROOT/kafka/log4j2.yaml" -Dkafka.logs.dir="$RUN_DIR" \
     kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$RUN_DIR/server.properties" \
+    ${scram:+--add-scram "$scram"} \
     >"$RUN_DIR/format.log" 2>&1 || { cat "$RUN_DIR/format.log" >&2; die "storage format failed"; }
 
+  launch
+}
+
+# Start the JVM on the run dir as it is (formatted, perhaps with data) and wait until it serves.
+launch() {
+  local cp="$CACHE/libs/*"
   log "starting Kafka $VERSION on 127.0.0.1:$PORT (run dir $RUN_DIR)"
   nohup java -Xmx"$HEAP" -Xms"$HEAP" -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$REPO_ROOT/kafka/log4j2.yaml" -Dkafka.logs.dir="$RUN_DIR" \
-    -cp "$cp" kafka.Kafka "$RUN_DIR/server.properties" >"$RUN_DIR/console.log" 2>&1 </dev/null &
+    -cp "$cp" kafka.Kafka "$RUN_DIR/server.properties" >>"$RUN_DIR/console.log" 2>&1 </dev/null &
   echo $! >"$PID_FILE"
   wait_ready $!
   log "ready on 127.0.0.1:$PORT (pid $(cat "$PID_FILE"))"
+}
+
+# The broker of an earlier `up` again, with its data (topics, offsets, transactions).
+cmd_start() {
+  local pid
+  if pid=$(broker_pid); then
+    wait_ready "$pid"
+    log "already running on 127.0.0.1:$PORT (pid $pid)"
+    return 0
+  fi
+  [[ -f $RUN_DIR/server.properties && -d $RUN_DIR/data ]] || die "no broker to start in $RUN_DIR; use '$0 up'"
+  port_open "$PORT" && die "port $PORT is in use by another process; stop it or set PMON_KAFKA_PORT"
+  fetch_jars
+  launch
 }
 
 wait_ready() {
@@ -166,6 +217,12 @@ wait_ready() {
 }
 
 cmd_down() {
+  cmd_stop
+  rm -rf "$RUN_DIR"
+}
+
+# Stop the broker, keeping its run dir for `start`.
+cmd_stop() {
   local pid
   if pid=$(broker_pid); then
     log "stopping pid $pid"
@@ -181,7 +238,6 @@ cmd_down() {
   else
     log "not running"
   fi
-  rm -rf "$RUN_DIR"
 }
 
 cmd_status() {
@@ -198,5 +254,7 @@ case ${1:-} in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  stop) cmd_stop ;;
+  start) cmd_start ;;
+  *) echo "usage: $0 up|down|status|stop|start" >&2; exit 2 ;;
 esac

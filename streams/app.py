@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import ssl
+import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -40,10 +44,30 @@ from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
 from streams.ingest import PARTIALS_TOPIC, USERS_CHANGELOG, UserIngest
 from streams.initiatives import INITIATIVES_CHANGELOG, InitiativeService
+from streams.kafka_io import forbid_topic_auto_creation, watch_topics
 
 log = logging.getLogger(__name__)
+STOP_DEADLINE_SECONDS = 10.0   # from a stop's start (SIGTERM) to the process's end, whatever the broker does
 # Faust warns about its pickle codec wherever it is registered; this app does not use it.
 warnings.filterwarnings("ignore", message="The pickle codec calls pickle.loads", category=Warning)
+
+
+class _OncePer(logging.Filter):
+    """Lets each distinct message through once per `seconds`. aiokafka's sender refreshes metadata in a tight loop
+    while it holds records for a topic that is gone, and its cluster logs an error at every refresh (thousands a
+    second until the worker stops, see `watch_topics`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now, message = time.monotonic(), record.getMessage()
+        if now - self._last.get(message, -self.seconds) < self.seconds:
+            return False
+        self._last[message] = now
+        return True
 
 
 class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -67,8 +91,28 @@ class ReadCommittedTransport(faust_aiokafka.Transport):
 
 
 class MonitorApp(faust.App):
+    pmon_fatal: str | None = None   # why the worker stopped itself (`watch_topics`), if it did
+
     def _new_transport(self) -> Any:
         return ReadCommittedTransport(self.conf.broker_consumer, self)
+
+    def pmon_give_up(self) -> None:
+        """The stop took longer than STOP_DEADLINE_SECONDS: end the process (`pmon worker` says why first)."""
+        os._exit(1)
+
+    async def on_stop(self) -> None:
+        # The stages stop within their own bounds whatever the broker does; Faust's consumer does not (it waits for
+        # a broker that does not answer its commit and leave-group up to its request timeout, 90 s). Leaving
+        # without them is as safe as a SIGKILL: what was not committed is read again at the next start.
+        timer = threading.Timer(STOP_DEADLINE_SECONDS, self._stop_overdue)
+        timer.daemon = True
+        timer.start()
+        await super().on_stop()
+
+    def _stop_overdue(self) -> None:
+        log.warning("the worker did not stop within %.0f s (the broker does not answer): exiting without it",
+                    STOP_DEADLINE_SECONDS)
+        self.pmon_give_up()
 
 
 def internal_topics(settings: Settings) -> dict[str, bool]:
@@ -100,9 +144,9 @@ def broker_credentials(settings: Settings) -> Any:
         return None
     ssl_context = None
     if protocol in ("SSL", "SASL_SSL"):
-        ssl_context = faust.ssl.create_default_context(
-            purpose=faust.ssl.Purpose.SERVER_AUTH,
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+        # The stdlib's (faust has no `ssl` attribute), as the stages' aiokafka clients verify the broker.
+        ssl_context = ssl.create_default_context(
+            purpose=ssl.Purpose.SERVER_AUTH, cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
         if protocol == "SSL":
             return faust.SSLCredentials(ssl_context)
     password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
@@ -113,7 +157,12 @@ def broker_credentials(settings: Settings) -> Any:
                                  ssl_context=ssl_context, mechanism=settings.sasl_mechanism)
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> faust.App:
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
+               cluster: str | None = None) -> faust.App:
+    """`cluster`: the id of the cluster `prepare_worker_topics` found; the app then stops when the broker is another
+    cluster or the worker's topics changed (`watch_topics`), with the reason in `app.pmon_fatal`."""
+    forbid_topic_auto_creation()
+    logging.getLogger("aiokafka.cluster").addFilter(_OncePer(10.0))
     app = MonitorApp(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
@@ -198,6 +247,14 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     @app.task
     async def initiative_stage() -> None:
         await initiatives.run()
+
+    if cluster is not None:
+        @app.task
+        async def topic_watch() -> None:
+            app.pmon_fatal = await watch_topics(settings, internal_topics(settings), cluster)
+            log.error("%s", app.pmon_fatal)
+            # The worker's own graceful stop, as for an operator's SIGTERM; `pmon worker` then exits with the reason.
+            signal.raise_signal(signal.SIGTERM)
 
     @app.page("/pmon/report/")
     async def report_view(web: Any, request: Any) -> Any:

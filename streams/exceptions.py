@@ -3,3 +3,7 @@
 
 class StreamsError(Exception):
     """Root of every error the streams package raises on purpose."""
+
+
+class BrokerUnavailable(StreamsError):
+    """No broker answers at the bootstrap servers (none there, or not yet)."""

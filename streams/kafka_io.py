@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
@@ -13,11 +15,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (AuthenticationFailedError, KafkaConnectionError, KafkaError, SaslAuthenticationFailed,
+                             TopicAlreadyExistsError, UnsupportedSaslMechanismError)
 from pydantic import ValidationError
 
 from incidents.model import IncidentEvent
-from streams.exceptions import StreamsError
+from streams.exceptions import BrokerUnavailable, StreamsError
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,9 +30,45 @@ INPUT_TOPICS = ("engagement", "consent", "rule-changes", "incident-actions")
 OUTPUT_TOPICS = ("incidents", "plan-updates", "dead-letters")
 
 
+# How long the diagnosis of a failed bootstrap waits for one broker's answer.
+DIAGNOSE_SECONDS = 10.0
+
+
 def _no_broker(settings: Settings, exc: Exception) -> StreamsError:
-    return StreamsError(f"no Kafka broker at {settings.kafka_bootstrap} ({exc}); start one with "
+    return BrokerUnavailable(f"no Kafka broker at {settings.kafka_bootstrap} ({exc}); start one with "
                         "`make kafka-up` or set PMON_KAFKA_BOOTSTRAP")
+
+
+async def _unreachable(settings: Settings, exc: Exception) -> StreamsError:
+    """Why the bootstrap failed, in one line. The client reports every cause as "Unable to bootstrap"; one
+    direct connection per server tells a refused login or an untrusted certificate from an absent broker."""
+    from aiokafka.conn import create_conn
+
+    options = {k: v for k, v in client_options(settings).items() if k != "bootstrap_servers"}
+    for server in settings.kafka_bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not port.isdigit():
+            continue
+        try:
+            conn = await asyncio.wait_for(create_conn(host, int(port), **options), DIAGNOSE_SECONDS)
+        except (SaslAuthenticationFailed, AuthenticationFailedError) as failure:
+            return StreamsError(
+                f"authentication failed at {server.strip()} as {settings.sasl_username!r} with "
+                f"{settings.sasl_mechanism} ({failure}) — check PMON_SASL_USERNAME and PMON_SASL_PASSWORD "
+                "(and PMON_SASL_MECHANISM)")
+        except UnsupportedSaslMechanismError as failure:
+            return StreamsError(f"{server.strip()} does not accept {settings.sasl_mechanism} ({failure}) — set "
+                                "PMON_SASL_MECHANISM to one it enables")
+        except ssl.SSLCertVerificationError as failure:
+            return StreamsError(f"TLS: the certificate of {server.strip()} is not trusted "
+                                f"({failure.verify_message}) — set PMON_SSL_CAFILE to the CA that signed it")
+        except ssl.SSLError as failure:
+            return StreamsError(f"TLS handshake with {server.strip()} failed ({failure.reason or failure}) — "
+                                "check PMON_SECURITY_PROTOCOL against the broker's listener on that port")
+        except (OSError, KafkaError, asyncio.TimeoutError):
+            continue   # this server is not there: the others may tell more
+        conn.close()
+    return _no_broker(settings, exc)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -58,7 +98,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS 
     try:
         await admin.start()
     except KafkaConnectionError as exc:
-        raise _no_broker(settings, exc) from None
+        raise await _unreachable(settings, exc) from None
     try:
         existing = set(await admin.list_topics())
         wanted = [NewTopic(settings.topic(n), settings.topic_partitions, settings.topic_replicas)
@@ -73,6 +113,133 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS 
                 pass  # another client created them meanwhile
     finally:
         await admin.close()
+
+
+# --------------------------------------------------------------------------- the worker's topics, watched
+TOPIC_CHECK_SECONDS = 5.0   # how often a running worker checks its cluster and topics (one metadata request)
+WAIT_LOG_SECONDS = 10.0     # how often a worker waiting for its broker says so
+
+
+def forbid_topic_auto_creation() -> None:
+    """Make this process's aiokafka clients never ask the broker to create a topic they look up.
+
+    aiokafka asks for it in every metadata request, and a broker with auto.create.topics.enable (Kafka's default)
+    then creates a missing topic with its default partitions, uncompacted: a worker whose broker came back empty
+    would recreate its topics wrong and go on. The worker creates its topics itself (`ensure_topics`) and stops
+    when they are gone (`watch_topics`)."""
+    import aiokafka.admin.client
+    import aiokafka.client
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    class NoAutoCreation(MetadataRequest):
+        def __init__(self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False):
+            super().__init__(topics, allow_auto_topic_creation)
+
+    aiokafka.client.MetadataRequest = NoAutoCreation
+    aiokafka.admin.client.MetadataRequest = NoAutoCreation
+
+
+async def _started_admin(settings: Settings) -> AIOKafkaAdminClient:
+    """A started admin client. A broker that is not there yet is waited for up to PMON_BROKER_WAIT_SECONDS, with a
+    log line every WAIT_LOG_SECONDS; a refused login or certificate fails at once."""
+    started = time.monotonic()
+    said = -math.inf
+    client_log = logging.getLogger("aiokafka")
+    while True:
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        level = client_log.level
+        if said > -math.inf:
+            client_log.setLevel(logging.CRITICAL)  # its "Unable connect" at every attempt: the wait's line says it
+        try:
+            await admin.start()
+            return admin
+        except KafkaConnectionError as exc:
+            await admin.close()  # an unclosed client warns on stderr at exit, after the one-line error
+            failure = await _unreachable(settings, exc)
+        except BaseException:
+            await admin.close()  # cancelled: a check that timed out on a broker that does not answer
+            raise
+        finally:
+            client_log.setLevel(level)
+        waited = time.monotonic() - started
+        if not isinstance(failure, BrokerUnavailable) or waited >= settings.broker_wait_seconds:
+            raise failure from None
+        if time.monotonic() - said >= WAIT_LOG_SECONDS:
+            said = time.monotonic()
+            log.warning("no Kafka broker at %s yet: waiting for it (%.0f s of PMON_BROKER_WAIT_SECONDS=%.0f)",
+                        settings.kafka_bootstrap, waited, settings.broker_wait_seconds)
+        await asyncio.sleep(1.0)  # pacing the attempts, not synchronisation
+
+
+async def _inspect(settings: Settings, internal: dict[str, bool]) -> tuple[str, list[str]]:
+    """The cluster's id, and what is wrong with the worker's topics there (nothing: an empty list)."""
+    admin = await _started_admin(settings)
+    try:
+        cluster = (await admin.describe_cluster())["cluster_id"]
+        # All topics, not the worker's by name: asking for a topic by name may auto-create it on the broker.
+        found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
+        # Partitions must match where the stages co-partition: the inputs stage 1 joins, the partials and the
+        # changelogs (partition p of each holds the state of partition p of its input).
+        exact = {settings.topic("engagement"), settings.topic("consent"), *internal}
+        problems = []
+        for name in [settings.topic(n) for n in INPUT_TOPICS + OUTPUT_TOPICS] + list(internal):
+            if name not in found:
+                problems.append(f"{name} is missing")
+            elif name in exact and found[name] != settings.topic_partitions:
+                problems.append(f"{name} has {found[name]} partition{'s' if found[name] != 1 else ''}, not "
+                                f"PMON_TOPIC_PARTITIONS={settings.topic_partitions}")
+        changelogs = [name for name, compacted in internal.items() if compacted and name in found]
+        if changelogs:
+            answers = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                                                   {"cleanup.policy": None}) for name in changelogs])
+            for resource in (r for answer in answers for r in answer.to_object()["resources"]):
+                policy = next((e["config_value"] for e in resource["config_entries"]
+                               if e["config_names"] == "cleanup.policy"), "")
+                if "compact" not in policy.split(","):
+                    problems.append(f"{resource['resource_name']} is not compacted (cleanup.policy={policy})")
+        return cluster, problems
+    finally:
+        await admin.close()
+
+
+async def prepare_worker_topics(settings: Settings, internal: dict[str, bool]) -> str:
+    """`pmon worker`'s start: wait for the broker, create the topics that do not exist, refuse those that do not
+    match the settings; returns the cluster's id, to which `watch_topics` holds the running worker."""
+    await (await _started_admin(settings)).close()  # there: ensure_topics would not wait for it
+    await ensure_topics(settings, internal=internal)
+    cluster, problems = await _inspect(settings, internal)
+    if problems:
+        raise StreamsError(f"the topics at {settings.kafka_bootstrap} do not match the worker's settings: "
+                           f"{'; '.join(problems)} — the worker does not change existing topics: fix or delete "
+                           "them, or set PMON_TOPIC_PARTITIONS (PMON_TOPIC_PREFIX, PMON_APP_ID) to theirs")
+    return cluster
+
+
+async def watch_topics(settings: Settings, internal: dict[str, bool], cluster: str) -> str:
+    """While the worker runs: every TOPIC_CHECK_SECONDS, the broker is still cluster `cluster` with the worker's
+    topics as `prepare_worker_topics` left them. Returns why not, once seen twice in a row (one stale answer
+    is not enough to stop a worker); a broker that does not answer is not judged (`/ready` says it is away)."""
+    seen: str | None = None
+    while True:
+        await asyncio.sleep(TOPIC_CHECK_SECONDS)  # the check's period
+        try:
+            now, problems = await asyncio.wait_for(_inspect(settings.model_copy(update={"broker_wait_seconds": 0}),
+                                                            internal), 2 * TOPIC_CHECK_SECONDS)
+        except (KafkaError, StreamsError, asyncio.TimeoutError):
+            continue
+        if now != cluster:
+            found = (f"the broker at {settings.kafka_bootstrap} is another Kafka cluster now (id {now}, was "
+                     f"{cluster}): the worker's topics, offsets and state are not there")
+        elif problems:
+            found = (f"the worker's topics at {settings.kafka_bootstrap} changed under it ({'; '.join(problems)}; "
+                     "a broker that came back empty?)")
+        else:
+            seen = None
+            continue
+        if seen is not None:
+            return (f"{found} — the worker stops rather than recreate them: restore the cluster's data, or start "
+                    "`pmon worker` again to begin afresh (it creates the missing topics)")
+        seen = found
 
 
 async def produce(settings: Settings, records: Iterable[tuple[str, bytes | None, bytes]], *,
@@ -163,7 +330,7 @@ async def _partitions_of(settings: Settings, topic: str) -> list[int]:
         await admin.start()
     except KafkaConnectionError as exc:
         await admin.close()  # an unclosed client warns on stderr at exit, after the one-line error
-        raise _no_broker(settings, exc) from None
+        raise await _unreachable(settings, exc) from None
     try:
         deadline = time.monotonic() + TOPIC_WAIT_SECONDS
         while True:

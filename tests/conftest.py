@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -63,14 +64,16 @@ def free_port() -> int:
 
 @pytest.fixture
 def isolated_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings with uuid-named topics and app id, a free web port and a temporary plan dir."""
+    """Settings with uuid-named topics and app id, a free web port, a temporary plan dir and a random pseudonym
+    key of the test (as in production: the worker refuses the development key)."""
+    key = secrets.token_hex(16)
 
     def make(**overrides: Any) -> Settings:
         run = uuid.uuid4().hex[:10]
         values: dict[str, Any] = {
             "kafka_bootstrap": kafka_bootstrap, "topic_prefix": f"t{run}", "app_id": f"pmon-test-{run}",
             "topic_partitions": 2, "web_port": free_port(), "plan_dir": tmp_path / f"plans-{run}",
-            "log_level": "WARNING",
+            "log_level": "WARNING", "pseudonym_key": key,
         }
         values.update(overrides)
         return Settings(**values)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
+import urllib.error
+import urllib.parse
+import urllib.request
 from datetime import timedelta
 from typing import Any
 
@@ -233,6 +236,15 @@ def _exposure(user: str, initiative: str, at: timedelta, *, fallback: bool = Fal
         rule_id="plg-checklist-web", fallback=fallback)))
 
 
+def _body(url: str) -> bytes:
+    """What the worker answers at `url`, whatever the status (/ready may answer 503)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.read()
+
+
 def _records_seen(worker: Any, topic: str) -> float:
     line = f'pmon_records_total{{topic="{topic}"}} '
     return next((float(row[len(line):]) for row in worker.metrics_text().splitlines() if row.startswith(line)), 0.0)
@@ -286,8 +298,13 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     assert "Consent C" not in _consent_incidents(settings)
     assert report["governance_checklist"][0]["item"] == "consent_adherence"
 
-    # Privacy by design: no raw user id in any output of the run, nor in the state's changelogs, metrics or log.
+    # Privacy by design: no raw user id in any output of the run, nor in the state's changelogs, the web views
+    # (metrics, health, readiness, reports) or the log.
     metrics = worker.metrics_text().encode()
+    views = {path: _body(f"{worker.url}{path}") for path in ("/health", "/ready")}
+    views |= {f"report {name}": _body(f"{worker.url}/pmon/report/?"
+                                      f"{urllib.parse.urlencode({'initiative': name, 'window': '30d', 'detail': 'full'})}")
+              for name in ("Consent A", "Consent B", "Consent C")}
     worker.stop()
     outputs = {topic: consume(settings, topic, want=10**6, timeout=3, settle=0)
                for topic in ("incidents", "plan-updates")}
@@ -296,8 +313,9 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     blobs |= {f"{topic}@{m.offset}": (m.key or b"") + (m.value or b"")
               for topic in internal for m in consume_raw(settings, topic)}
     blobs |= {str(path): path.read_bytes() for path in settings.plan_dir.rglob("*.json")}
-    blobs |= {"worker log": worker.log_path.read_bytes(), "metrics": metrics}
+    blobs |= {"worker log": worker.log_path.read_bytes(), "metrics": metrics, **views}
     assert outputs["incidents"] and len(blobs) > 10, "the check must look at real outputs"
+    assert all(b'"initiative"' in views[f"report Consent {c}"] for c in "ABC"), "the reports must be real ones"
     leaked = sorted({(uid, where) for uid in RAW_USERS.values() for where, blob in blobs.items()
                      if uid.encode() in blob})
     assert leaked == []
