@@ -118,6 +118,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS 
 # --------------------------------------------------------------------------- the worker's topics, watched
 TOPIC_CHECK_SECONDS = 5.0   # how often a running worker checks its cluster and topics (one metadata request)
 WAIT_LOG_SECONDS = 10.0     # how often a worker waiting for its broker says so
+CREATED_WAIT_SECONDS = 30.0   # how long topics just created may take to show in the metadata of a broker just started
 
 
 def forbid_topic_auto_creation() -> None:
@@ -207,7 +208,14 @@ async def prepare_worker_topics(settings: Settings, internal: dict[str, bool]) -
     match the settings; returns the cluster's id, to which `watch_topics` holds the running worker."""
     await (await _started_admin(settings)).close()  # there: ensure_topics would not wait for it
     await ensure_topics(settings, internal=internal)
-    cluster, problems = await _inspect(settings, internal)
+    deadline = time.monotonic() + CREATED_WAIT_SECONDS
+    while True:
+        cluster, problems = await _inspect(settings, internal)
+        # A topic created a moment ago may not be in the broker's metadata yet (a broker just started: seconds).
+        if not problems or not all(problem.endswith(" is missing") for problem in problems) \
+                or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)  # polling interval, not synchronisation
     if problems:
         raise StreamsError(f"the topics at {settings.kafka_bootstrap} do not match the worker's settings: "
                            f"{'; '.join(problems)} — the worker does not change existing topics: fix or delete "

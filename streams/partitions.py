@@ -17,6 +17,15 @@ partition read again from its last commit, over its last committed state
 (`forget`); a crash or SIGKILL does the same on the next start. A worker that
 takes a partition over fences the previous owner (same transactional id) and
 aborts its open transaction before it reads the changelog.
+
+A broker outage is waited out: a failure of the broker (unreachable, timed out,
+its coordinator moving, a transaction it aborted because it outlived the
+transaction timeout, which fences the producer) is retried for as long as it
+lasts, and the partition is then taken anew (a new producer, the state and
+offsets read back), as on assignment: the broker, not the client, knows how the
+transaction ended. Only other failures count towards `retry_limit`. A stop
+waits at most `STOP_SECONDS` for the step under way and the last commits: what
+it leaves uncommitted is read again by the partition's next owner.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalOperation, KafkaError, KafkaTimeoutError, ProducerFenced
 from prometheus_client import Gauge
 
 from monitor.health import ServiceFacts
@@ -42,6 +51,12 @@ log = logging.getLogger(__name__)
 
 RECOVERY_TIMEOUT_SECONDS = 300.0
 FETCH_MAX_WAIT_MS = 100   # the broker answers a fetch within this, data or not
+STOP_SECONDS = 3.0        # a stop waits this long for the step under way and the last commits
+CLOSE_SECONDS = 2.0       # and this long for a client to close (it flushes, leaves the group)
+RETRY_PAUSE_SECONDS = 0.5   # between attempts while the broker fails
+# Errors one of the transaction's calls may raise: aiokafka's, and IllegalOperation from a producer whose
+# sender stopped on a fatal error (it is no longer in a transaction).
+TRANSACTION_ERRORS = (KafkaError, IllegalOperation)
 W = TypeVar("W")
 
 
@@ -55,6 +70,9 @@ class Owned(Generic[W]):
     opened: float | None = None                 # monotonic time the open transaction began
     offsets: dict[TopicPartition, int] = field(default_factory=dict)   # to commit with it
     received: dict[str, int] = field(default_factory=dict)   # records read in it, by metric label
+    # The first fetch begun after the partition was taken: one begun before may hold records from before its last
+    # commit (whose partials are delivered already) or have moved the position past the last commit.
+    fresh_from: int = 0
 
 
 class PartitionedService(ConsumerRebalanceListener, Generic[W]):
@@ -78,6 +96,9 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         self._recovering = False      # a partition's state is being read back from its changelog
         self._lag: dict[TopicPartition, int] = {}
         self._lag_measured = 0.0      # monotonic
+        self._untaken: set[int] = set()   # assigned, but taking them failed: taken again from the loop
+        self._take_again_at = 0.0     # monotonic
+        self._fetches = 0             # fetches begun (`Owned.fresh_from`)
 
     # -- what a subclass decides -------------------------------------------------------
     def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> W:
@@ -120,22 +141,32 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         await consumer.start()
         try:
             while True:
+                fetch, self._fetches = self._fetches, self._fetches + 1
                 batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=self.settings.batch_size)
                 await self._measure_lag()
-                step = asyncio.ensure_future(self._steps(batches))
+                step = asyncio.ensure_future(self._steps(batches, fetch))
                 try:
                     await asyncio.shield(step)
                 except asyncio.CancelledError:
-                    await step  # a graceful stop waits for the step under way...
-                    async with self._lock:
-                        for p, owned in self.partitions.items():
-                            await self._commit(p, owned)  # ...and commits what is open
+                    try:
+                        await asyncio.wait_for(self._last_commits(step), STOP_SECONDS)
+                    except asyncio.TimeoutError:
+                        log.warning("%s: stopping with transactions uncommitted: the broker did not answer within "
+                                    "%.0f s (their records are read again by the partitions' next owner)",
+                                    self.group_id, STOP_SECONDS)
                     raise
         finally:
-            await consumer.stop()
-            for owned in self.partitions.values():
-                await owned.producer.stop()
+            await asyncio.gather(_close(consumer, f"{self.group_id}'s consumer"),
+                                 *(_close(owned.producer, f"partition {p}'s producer")
+                                   for p, owned in self.partitions.items()))
             self.partitions.clear()
+
+    async def _last_commits(self, step: asyncio.Future[None]) -> None:
+        """A graceful stop: the step under way to its end, then what is open committed."""
+        await step
+        async with self._lock:
+            for p, owned in self.partitions.items():
+                await self._commit(p, owned)
 
     async def _measure_lag(self) -> None:
         """Records behind the last stable offset per partition held, into `pmon_consumer_lag` (once a second)."""
@@ -162,7 +193,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         polled = [consumer.last_poll_timestamp(tp) for tp in consumer.assignment()] if consumer else []
         answered = max((t for t in polled if t), default=None)
         return ServiceFacts(
-            name=self.group_id, assigned=self._assigned_once, recovering=self._recovering,
+            name=self.group_id, assigned=self._assigned_once, recovering=self._recovering or bool(self._untaken),
             partitions=len(self.partitions), lag=sum(self._lag.values()) if self._lag else None,
             fetch_age=None if answered is None else max(0.0, time.time() - answered / 1000.0))
 
@@ -178,13 +209,23 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                 wait = min(wait, deadline - now)
         return int(max(0.0, wait) * 1000)
 
-    async def _steps(self, batches: dict[TopicPartition, list[Any]]) -> None:
+    async def _steps(self, batches: dict[TopicPartition, list[Any]], fetch: int) -> None:
+        if self._untaken and time.monotonic() >= self._take_again_at:
+            async with self._lock:
+                await self._take_each(self._untaken & {tp.partition for tp in self._consumer.assignment()})
         by_partition: dict[int, dict[str, list[Any]]] = {}
         for tp, records in batches.items():
             by_partition.setdefault(tp.partition, {}).setdefault(tp.topic, []).extend(records)
         async with self._lock:
             for p, owned in list(self.partitions.items()):
                 records = by_partition.get(p, {})
+                if records and fetch < owned.fresh_from:
+                    # Fetched while the partition was being taken (a rebalance): from where the consumer was
+                    # before, perhaps records its last commit covers, or from the last commit, which the fetch then
+                    # moved past. Read it from the last commit again.
+                    await self._seek_committed(p, owned.committed)
+                    owned.fresh_from = self._fetches
+                    continue
                 for topic, label in self._counted.items():
                     if records.get(topic):
                         owned.received[label] = owned.received.get(label, 0) + len(records[topic])
@@ -194,12 +235,13 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                     if owned.opened is not None and \
                             time.monotonic() - owned.opened >= self.settings.commit_interval_seconds:
                         await self._commit(p, owned)
-                except KafkaError as exc:
+                except TRANSACTION_ERRORS as exc:
                     await self._failed(p, owned, exc)
 
     async def begin(self, owned: Owned[W]) -> None:
         """Open the partition's transaction, unless it is open: call it before the first send of a step."""
         if owned.opened is None:
+            _check_usable(owned.producer)
             await owned.producer.begin_transaction()
             owned.opened = time.monotonic()
 
@@ -207,6 +249,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         """Write what `flush` adds and the offsets, and commit: all of it visible, or none."""
         if owned.opened is None:
             return
+        _check_usable(owned.producer)
         writes = await self.flush(p, owned)
         for key, value in writes.items():
             await owned.producer.send(self.changelog_topic, key=key.encode(), value=value, partition=p)
@@ -222,12 +265,34 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         self._failures = 0
 
     async def _failed(self, p: int, owned: Owned[W], error: Exception) -> None:
-        """Abort, forget what was not committed, and read again from the last commit; give up after
-        `retry_limit` failures in a row (the worker stops; a restart resumes from the last commit)."""
-        self._failures += 1
+        """Forget what was not committed and read again from the last commit. A failure of the broker is retried
+        for as long as it lasts; after `retry_limit` other failures in a row the worker gives up (it stops; a
+        restart resumes from the last commit)."""
+        broker = _broker_failure(error)
+        if not broker:
+            self._failures += 1
         self.metrics.sink_retries.labels(sink=f"{self.group_id}-transaction").inc()
-        log.warning("%s: transaction of partition %d failed (%d in a row): %r", self.group_id, p,
-                    self._failures, error)
+        log.warning("%s: transaction of partition %d failed (%s): %r", self.group_id, p,
+                    "the broker's; retried while it lasts" if broker else f"{self._failures} in a row", error)
+        if self._failures > self.settings.retry_limit:
+            raise StreamsError(f"{self.group_id} could not commit partition {p} after "
+                               f"{self.settings.retry_limit} retries: {error!r}")
+        if broker or not _usable(owned.producer):
+            # The broker decides the transaction's outcome (committed after all, or aborted because it outlived the
+            # transaction timeout, which fences the producer), or another worker took the partition (this one then
+            # loses it at the next rebalance). So the partition is taken anew: a new producer completes or aborts
+            # what the last one left and fences any other, and the state and offsets read after that are the last
+            # commit's.
+            self.forget(p, owned)
+            del self.partitions[p]
+            if not _usable(owned.producer):
+                # Its sender stopped on the error and left it on the transaction's waiter, which nobody awaits now:
+                # read, or asyncio logs it again as "never retrieved".
+                owned.producer._txn_manager.wait_for_transaction_end().exception()
+            await _close(owned.producer, f"partition {p}'s producer")
+            await self._take_each({p})
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)  # pacing the retries while the broker fails
+            return
         if owned.opened is not None:
             try:
                 await owned.producer.abort_transaction()
@@ -235,47 +300,66 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                 log.warning("abort of partition %d's transaction failed too: %r", p, exc)
         self.forget(p, owned)
         owned.offsets, owned.opened, owned.received = {}, None, {}
+        await self._seek_committed(p, owned.committed)
+
+    async def _seek_committed(self, p: int, committed: dict[TopicPartition, int]) -> None:
         for tp in (TopicPartition(topic, p) for topic in self.topics):
-            if tp in owned.committed:
-                self._consumer.seek(tp, owned.committed[tp])
+            if tp in committed:
+                self._consumer.seek(tp, committed[tp])
             else:
                 await self._consumer.seek_to_beginning(tp)
-        if self._failures > self.settings.retry_limit:
-            raise StreamsError(f"{self.group_id} could not commit partition {p} after "
-                               f"{self.settings.retry_limit} retries: {error!r}")
 
     # -- rebalancing -------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:  # after the step under way has committed
             for p in sorted({tp.partition for tp in revoked}):
                 owned = self.partitions.pop(p, None)
-                if owned is not None:
-                    try:
-                        await self._commit(p, owned)  # before the partition's next owner reads its state
-                    except KafkaError as exc:  # the next owner fences this producer and aborts the transaction
-                        log.warning("partition %d revoked with its transaction uncommitted: %r", p, exc)
-                    await owned.producer.stop()
+                if owned is None:
+                    continue
+                try:
+                    # Before the partition's next owner reads its state; bounded: a broker that does not answer
+                    # must not hold the rebalance (nor a stop), and the next owner aborts what is left open.
+                    await asyncio.wait_for(self._commit(p, owned), STOP_SECONDS)
+                except (*TRANSACTION_ERRORS, asyncio.TimeoutError) as exc:
+                    log.warning("partition %d revoked with its transaction uncommitted: %r", p, exc)
+                finally:
+                    await _close(owned.producer, f"partition {p}'s producer")
+            self._untaken -= {tp.partition for tp in revoked}
             self._owned_gauge.set(len(self.partitions))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self._lock:
             self._recovering = True
             try:
-                await self._take(assigned)
+                await self._take_each({tp.partition for tp in assigned} - set(self.partitions))
             finally:
                 self._recovering = False
             self._assigned_once = True
-            self._owned_gauge.set(len(self.partitions))
 
-    async def _take(self, assigned: list[TopicPartition]) -> None:
-        """Open the newly assigned partitions: fence the previous owner, then recover their state."""
-        for p in sorted({tp.partition for tp in assigned} - set(self.partitions)):
-            # The producer first: starting it fences the previous owner and aborts its open
-            # transaction, so the changelog read next ends at committed state.
-            producer = AIOKafkaProducer(**client_options(self.settings),
-                                        transactional_id=f"{self.group_id}-{p}",
-                                        enable_idempotence=True, acks="all", linger_ms=5,
-                                        max_batch_size=1_048_576, transaction_timeout_ms=30_000)
+    async def _take_each(self, numbers: set[int]) -> None:
+        """Take these partitions; one that fails (the broker is away) stays untaken, to be taken from the loop.
+
+        aiokafka logs and swallows what a rebalance listener raises: a partition whose take raised would stay
+        assigned and never be read."""
+        for p in sorted(numbers):
+            try:
+                await self._take(p)
+                self._untaken.discard(p)
+            except (*TRANSACTION_ERRORS, StreamsError) as exc:
+                log.warning("%s: taking partition %d failed, trying again: %r", self.group_id, p, exc)
+                self._untaken.add(p)
+                self._take_again_at = time.monotonic() + RETRY_PAUSE_SECONDS
+        self._owned_gauge.set(len(self.partitions))
+
+    async def _take(self, p: int) -> None:
+        """Open an assigned partition: fence the previous owner, recover its state, read from its last commit."""
+        # The producer first: starting it fences the previous owner and aborts its open
+        # transaction, so the changelog read next ends at committed state.
+        producer = _TransactionalProducer(**client_options(self.settings),
+                                          transactional_id=f"{self.group_id}-{p}",
+                                          enable_idempotence=True, acks="all", linger_ms=5,
+                                          max_batch_size=1_048_576, transaction_timeout_ms=30_000)
+        try:
             await producer.start()
             store = await self._recover(p)
             committed = {}
@@ -283,8 +367,15 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                 offset = await self._consumer.committed(tp)
                 if offset is not None:
                     committed[tp] = offset
-            self.partitions[p] = Owned(self.open(p, store, producer), producer, committed)
-            log.info("%s: partition %d assigned, %d state records recovered", self.group_id, p, len(store))
+                self._consumer.resume(tp)   # a partition taken anew may have been paused by its former work
+            # From the last commit: the consumer's position may be past it (a partition taken anew).
+            await self._seek_committed(p, committed)
+        except BaseException:
+            await _close(producer, f"partition {p}'s new producer")
+            raise
+        self.partitions[p] = Owned(self.open(p, store, producer), producer, committed, fresh_from=self._fetches)
+        log.info("%s: partition %d assigned, %d state records recovered, reading from %s", self.group_id, p,
+                 len(store), {f"{tp.topic}[{tp.partition}]": offset for tp, offset in committed.items()} or "the start")
 
     async def _recover(self, p: int) -> dict[str, bytes]:
         tp = TopicPartition(self.changelog_topic, p)
@@ -309,3 +400,38 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         finally:
             await reader.stop()
         return store
+
+
+class _TransactionalProducer(AIOKafkaProducer):
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        delivery = await super().send(*args, **kwargs)
+        # What counts is the transaction's outcome (its commit raises); a record's own failure (a fenced producer
+        # fails them all) is read here, or asyncio logs each one again as "never retrieved".
+        delivery.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return delivery
+
+
+def _usable(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer can still begin, commit or abort a transaction. After a fatal error (fenced) aiokafka
+    fails any of them with an AssertionError, not a KafkaError, so it is asked first (aiokafka is pinned < 0.15)."""
+    return not producer._txn_manager.is_fatal_error()
+
+
+def _check_usable(producer: AIOKafkaProducer) -> None:
+    if not _usable(producer):
+        raise IllegalOperation("the partition's producer stopped on a fatal error (fenced)")
+
+
+def _broker_failure(error: Exception) -> bool:
+    """A failure of the broker, not of the work: unreachable, timed out, a coordinator moving, or fenced (the
+    broker aborts a transaction that outlives the transaction timeout, as during an outage)."""
+    return isinstance(error, (ProducerFenced, KafkaTimeoutError)) or getattr(error, "retriable", False)
+
+
+async def _close(client: Any, what: str) -> None:
+    """Stop an aiokafka client, giving up after `CLOSE_SECONDS`: a broker that does not answer must not hold a stop
+    (a producer flushes, a consumer leaves its group)."""
+    try:
+        await asyncio.wait_for(client.stop(), CLOSE_SECONDS)
+    except asyncio.TimeoutError:
+        log.warning("%s did not stop within %.0f s: the broker does not answer", what, CLOSE_SECONDS)
