@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# GrowthBook's engine, the reference the Bayesian readout is tested against (see BENCH_STAMP for --no-deps).
+	$(BIN)/pip install --quiet --no-deps 'gbstats>=0.8,<0.9'
 	touch $(STAMP)
 
 demo: setup
@@ -53,11 +55,11 @@ docs: setup
 # The bench's peers (Quix Streams) and py-spy: bench-only dependencies, installed on first use.
 BENCH_STAMP := $(VENV)/.bench-installed
 
-# gbstats (GrowthBook's engine, for bench/experiment_readouts.py) without its dependencies: 0.8 pins
-# numpy<2 and pandas<2, which river's numpy>=2.2.5 excludes; its sequential test needs only numpy, scipy, pydantic.
+# gbstats (GrowthBook's engine, for bench/experiments.py and the tests) comes with `setup`, without its
+# dependencies: 0.8 pins numpy<2 and pandas<2, which river's numpy>=2.2.5 excludes; its sequential and Bayesian
+# tests need only numpy, scipy, pydantic.
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
-	$(BIN)/pip install --quiet --no-deps 'gbstats>=0.8,<0.9'
 	touch $(BENCH_STAMP)
 
 bench: setup $(BENCH_STAMP) kafka-up
@@ -66,7 +68,7 @@ bench: setup $(BENCH_STAMP) kafka-up
 	$(BIN)/python bench/stored_report.py --days 14
 	$(BIN)/python bench/cli_start.py
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/latency.py
-	$(BIN)/python bench/experiment_readouts.py
+	$(BIN)/python bench/experiments.py
 
 # Ten runs of each fault on the local broker (about an hour on 2 cores); `make test` runs one of each.
 faults: setup kafka-up

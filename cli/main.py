@@ -228,6 +228,9 @@ def _print_experiments(driver: Any, spec: Any, console: Console) -> None:
                       f"{got}{f' {memo.summary.variant}' if memo and memo.summary.variant else ''}, {verdict}")
         if memo:
             console.print(f"    {memo.summary.headline}")
+            if memo.summary.primary_variance_reduction is not None:
+                console.print(f"    CUPED: behaviour before exposure removed "
+                              f"{memo.summary.primary_variance_reduction:.1%} of the variance")
 
 
 def _print_checklists(driver: Any, console: Console) -> None:

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict
 
 from experiments.decision import Recommendation, State
 from experiments.readout import Comparison, ExperimentReadout, per_variant
-from experiments.spec import ExperimentSpec
-from experiments.state import metric_name
+from experiments.spec import PRIOR_NAMES, ExperimentSpec
+from experiments.state import COVARIATE_NAMES, metric_name
 
 _CORRECTION_NAMES = {"holm": "Holm", "benjamini_hochberg": "Benjamini–Hochberg"}
 _METHOD_TEXT = {
@@ -56,6 +56,7 @@ class MemoSummary(_MemoModel):
     users: dict[str, int]
     reasons: tuple[str, ...]
     assumptions: tuple[str, ...] = ()
+    primary_variance_reduction: float | None = None
 
 
 class ExperimentMemo(_MemoModel):
@@ -79,7 +80,7 @@ def build_memo(spec: ExperimentSpec, readout: ExperimentReadout, recommendation:
         primary_metric=primary_metric, primary_lift=primary.relative_lift if primary else None,
         primary_lift_low=primary.lift_low if primary else None, primary_lift_high=primary.lift_high if primary else None,
         users={v.variant: v.users for v in readout.variants}, reasons=recommendation.reasons,
-        assumptions=spec.assumptions)
+        assumptions=spec.assumptions, primary_variance_reduction=primary.variance_reduction if primary else None)
     return ExperimentMemo(summary=summary, readout=readout, recommendation=recommendation)
 
 
@@ -87,7 +88,12 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     """Markdown: the summary (state, headline, reasons, rollout), and with `full` the tables behind it."""
     s, r, rec = memo.summary, memo.readout, memo.recommendation
     title = s.state.replace("_", " ").upper() + (f" {s.variant}" if s.variant else "")
-    lines = [f"## Experiment {s.experiment}: {title}", "", s.headline, "", "**Why**", ""]
+    lines = [f"## Experiment {s.experiment}: {title}", "", s.headline, ""]
+    if s.primary_variance_reduction is not None:
+        lines += [f"CUPED: {COVARIATE_NAMES[s.primary_metric]} removed {s.primary_variance_reduction:.1%} of the "
+                  f"variance of {metric_name(s.primary_metric)}'s difference (its interval is "
+                  f"{1 - (1 - s.primary_variance_reduction) ** 0.5:.1%} narrower).", ""]
+    lines += ["**Why**", ""]
     lines += [f"- {reason}" for reason in s.reasons] or ["- (no reason recorded)"]
     if s.assumptions:
         lines += ["", "**Assumed**", ""] + [f"- {assumption}" for assumption in s.assumptions]
@@ -96,20 +102,24 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
         return "\n".join(lines) + "\n"
     lines += ["", f"Method: {_METHOD_TEXT[r.method]}; correction across the success comparisons: "
                   f"{_CORRECTION_NAMES[r.correction]}; guardrails by a one-sided bound at alpha {r.alpha:g} against "
-                  f"the margin (all must pass, no correction needed). Look {r.look}.", "",
+                  f"the margin (all must pass, no correction needed). Bayesian figures: {PRIOR_NAMES[r.prior]}. "
+                  f"CUPED column: share of the difference's variance removed by the behaviour before exposure "
+                  f"(estimates, intervals and p-values are the adjusted ones). Look {r.look}.", "",
               "| variant | users | planned share | observed share | users converting | revenue / user | crossovers |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for v in r.variants:
         lines.append(f"| {v.variant} | {v.users} | {v.planned_share:.1%} | {_pct(v.observed_share)} | "
                      f"{_pct(v.conversion_rate, 2)} | {_num(v.revenue_per_user)} | {v.crossover_events} |")
     lines += ["", "| variant | metric | role | control | variant | lift [interval] | p | adjusted p | "
-                  "P(beat) | expected loss | verdict |", "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
+                  "P(beat) | expected loss (relative) | CUPED | verdict |",
+              "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for c in r.comparisons:
         lines.append(f"| {c.variant} | {metric_name(c.metric)} | {c.role} | {c.control_mean:.4g} | {c.variant_mean:.4g} | "
                      f"{_lift(c)} | {c.p_value:.3g} | {_num(c.adjusted_p_value, '.3g')} | "
-                     f"{c.probability_to_beat_control:.3f} | {c.expected_loss:.3g} | {_verdict(c)} |")
+                     f"{c.probability_to_beat_control:.3f} | {c.expected_loss:.3g} ({c.expected_loss_relative:.2%}) | "
+                     f"{_pct(c.variance_reduction)} | {_verdict(c)} |")
     if not r.comparisons:
-        lines.append("| — | — | — | | | not computable yet | | | | | |")
+        lines.append("| — | — | — | | | not computable yet | | | | | | |")
     lines += ["", "Sample ratio (chi-square against the planned allocation; mismatch below p = 0.001):", ""]
     lines += [f"- {check.scope}: {per_variant(check.users)} users, "
               f"p = {check.p_value:.3g}{' — MISMATCH' if check.mismatch else ''}"

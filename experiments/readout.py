@@ -17,7 +17,7 @@ an interval that contradicts it, and an estimate never outside its interval.
 The previous readout is passed back only to number the looks.
 
 >>> from experiments.spec import ExperimentSpec
->>> from experiments.state import ExperimentTotals, VariantTotals
+>>> from experiments.state import ExperimentTotals, MetricMoments, VariantTotals
 >>> spec = ExperimentSpec(experiment="e", allocation={"control": 0.5, "treatment": 0.5})
 >>> totals = ExperimentTotals({
 ...     "control": VariantTotals(users=5000, converting_users=500, conversions=500, conversions_sq=500),
@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from experiments import stats
 from experiments.exceptions import InvalidSpec
-from experiments.spec import ExperimentSpec, Guardrail, Method, SuccessMetric
-from experiments.state import ExperimentTotals, VariantTotals
+from experiments.spec import ExperimentSpec, Guardrail, Method, Prior, SuccessMetric
+from experiments.state import ExperimentTotals, MetricMoments, VariantTotals
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,11 @@ class Comparison(_ReadoutModel):
     adjusted_p_value: float | None = None
     margin: float | None = None
     probability_to_beat_control: float
-    expected_loss: float
+    expected_loss: float = Field(description="Expected loss of choosing the variant, in the metric's unit.")
+    expected_loss_relative: float = Field(description="The same, relative to the control's mean.")
+    variance_reduction: float | None = Field(None, description=(
+        "CUPED's share of the difference's variance removed by the pre-exposure covariate (1 - V_cuped / V); "
+        "None when not adjusted. Means, intervals and p-values are the adjusted ones."))
     improved: bool = False
     worsened: bool = False
     non_inferior: bool | None = None
@@ -139,6 +143,7 @@ class ExperimentReadout(_ReadoutModel):
     method: Method
     correction: str
     alpha: float
+    prior: Prior = "uniform"
     look: int = Field(ge=1, description="1 for the first readout, +1 for each readout given its previous one.")
     variants: tuple[VariantSummary, ...]
     comparisons: tuple[Comparison, ...]
@@ -183,7 +188,7 @@ def read_experiment(spec: ExperimentSpec, totals: ExperimentTotals,
     comparisons = _comparisons(spec, by_variant)
     return ExperimentReadout(
         experiment=spec.experiment, initiative=spec.initiative, control=spec.control, method=rules.method,
-        correction=rules.correction, alpha=rules.alpha, look=1 if previous is None else previous.look + 1,
+        correction=rules.correction, alpha=rules.alpha, prior=rules.prior, look=1 if previous is None else previous.look + 1,
         variants=tuple(_summary(name, t, spec.share(name), all_users) for name, t in by_variant.items()),
         comparisons=comparisons, sample_ratio=_sample_ratio_checks(spec, by_variant),
         unexpected_variants=unexpected, sample=_sample_check(spec, by_variant),
@@ -235,13 +240,38 @@ def _mixture_variance(spec: ExperimentSpec, mean: float) -> float:
     return stats.tuned_mixture_variance(effect, rules.power, rules.alpha / family) if effect > 0 else 0.0
 
 
+def _adjusted(name: str, control: VariantTotals, treated: VariantTotals
+              ) -> tuple[MetricMoments, MetricMoments, float | None]:
+    """The two arms' moments of `name`, CUPED-adjusted with its pre-exposure covariate when that varies, and
+    the share of the difference's variance the adjustment removed (None when not adjusted)."""
+    a, b = control.moments(name), treated.moments(name)
+    pooled = (control + treated).covariate_moments(name)
+    if not pooled.variance > 0:
+        return a, b, None
+    theta = stats.cuped_theta(pooled.variance, pooled.covariance)
+    adjusted = []
+    for raw, totals in ((a, control), (b, treated)):
+        x = totals.covariate_moments(name)
+        mean, variance = stats.cuped_adjusted(raw.mean, raw.variance, x.mean, x.variance, x.covariance, theta,
+                                              pooled.mean)
+        adjusted.append(MetricMoments(raw.users, mean, variance))
+    before = a.variance / a.users + b.variance / b.users
+    after = adjusted[0].variance / a.users + adjusted[1].variance / b.users
+    return adjusted[0], adjusted[1], 1 - after / before if before > 0 else None
+
+
 def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotals, variant: str,
              metric: SuccessMetric | Guardrail) -> dict | None:
     """The numbers of one comparison (a dict, so the correction can be filled in), or None while not computable."""
     rules, name = spec.rules, metric.metric
-    a, b = control.moments(name), treated.moments(name)
-    variance = a.variance / max(a.users, 1) + b.variance / max(b.users, 1)
-    if a.users < 2 or b.users < 2 or not variance > 0:
+    if control.users < 2 or treated.users < 2:
+        return None
+    if rules.cuped:
+        a, b, reduction = _adjusted(name, control, treated)
+    else:
+        a, b, reduction = control.moments(name), treated.moments(name), None
+    variance = a.variance / a.users + b.variance / b.users
+    if not variance > 0:
         return None
     difference = b.mean - a.mean
     if a.mean == 0:
@@ -266,13 +296,15 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
     if not (lift_low <= lift <= lift_high and math.isfinite(p_value)):
         return None   # a degenerate variance: nothing to read yet
     low, high = sorted((lift_low * a.mean, lift_high * a.mean))
-    beat = _probability_to_beat(name, control, treated, difference, variance, metric.higher_is_better)
+    beat, loss, loss_relative = _probability_to_beat(rules.prior, name, control, treated, a, b,
+                                                     metric.higher_is_better)
     comparison = dict(
         variant=variant, metric=name, role="success" if isinstance(metric, SuccessMetric) else "guardrail",
         higher_is_better=metric.higher_is_better, method=rules.method, control_mean=a.mean, variant_mean=b.mean,
         difference=difference, difference_low=low, difference_high=high,
         relative_lift=lift, lift_low=lift_low, lift_high=lift_high, p_value=min(1.0, max(0.0, p_value)),
-        probability_to_beat_control=beat[0], expected_loss=beat[1])
+        probability_to_beat_control=beat, expected_loss=loss, expected_loss_relative=loss_relative,
+        variance_reduction=reduction)
     if isinstance(metric, Guardrail):
         margin = metric.margin
         # Non-inferiority is one-sided: tested at the level alpha the memo names, not at the two-sided
@@ -291,22 +323,36 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
     return comparison
 
 
-def _probability_to_beat(name: str, control: VariantTotals, treated: VariantTotals, difference: float,
-                         variance: float, higher_is_better: bool) -> tuple[float, float]:
-    """(P(the variant is better than the control), expected loss of choosing the variant), "better" in the
-    metric's good direction.
+def _probability_to_beat(prior: Prior, name: str, control: VariantTotals, treated: VariantTotals,
+                         a: MetricMoments, b: MetricMoments, higher_is_better: bool) -> tuple[float, float, float]:
+    """(P(the variant is better than the control), expected loss of choosing the variant in the metric's unit,
+    the same relative to the control's mean), "better" in the metric's good direction.
 
-    Rates: Beta(1 + converting, 1 + not converting) posteriors (uniform prior); means: the normal
-    approximation N(difference, V) (flat prior). The loss is in the metric's unit (rate or per-user value).
+    "uniform": a rate's Beta(1 + converting, 1 + not converting) posteriors, exact on the counts (CUPED
+    does not enter); a mean's normal approximation N(difference, V) with a flat prior on the difference.
+    "flat_relative": GrowthBook's default, the lift's delta-method normal with a flat prior on the relative
+    lift (`stats.relative_chance_to_win`), on the moments shown (CUPED-adjusted when they are).
     """
+    scale = abs(a.mean)
+    if prior == "flat_relative":
+        # GrowthBook takes a rate's variance as p (1 - p), without Bessel's correction: so does this prior.
+        a_var, b_var = ((a.variance * (a.users - 1) / a.users, b.variance * (b.users - 1) / b.users)
+                        if name == "conversion" else (a.variance, b.variance))
+        chance, loss_relative = stats.relative_chance_to_win(a.mean, a_var, a.users, b.mean, b_var, b.users,
+                                                             inverse=not higher_is_better)
+        return chance, loss_relative * scale, loss_relative
     if name == "conversion":
         posterior_a = (1 + control.converting_users, 1 + control.users - control.converting_users)
         posterior_b = (1 + treated.converting_users, 1 + treated.users - treated.converting_users)
-        worse, better = (posterior_a, posterior_b) if higher_is_better else (posterior_b, posterior_a)
-        return stats.beta_probability_to_beat(*worse, *better), stats.beta_expected_loss(*worse, *better)
+        worse_p, better_p = (posterior_a, posterior_b) if higher_is_better else (posterior_b, posterior_a)
+        chance, loss = stats.beta_probability_to_beat(*worse_p, *better_p), stats.beta_expected_loss(*worse_p,
+                                                                                                     *better_p)
+        return chance, loss, loss / scale
+    difference = b.mean - a.mean
     improvement = difference if higher_is_better else -difference
-    return (float(stats.normal_probability_to_beat(improvement, variance)),
-            float(stats.normal_expected_loss(improvement, variance)))
+    variance = a.variance / a.users + b.variance / b.users
+    loss = float(stats.normal_expected_loss(improvement, variance))
+    return float(stats.normal_probability_to_beat(improvement, variance)), loss, loss / scale
 
 
 def _sample_ratio_checks(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> tuple[SampleRatioCheck, ...]:

@@ -26,6 +26,10 @@ from experiments.state import MetricName
 
 Method = Literal["sequential", "fixed_horizon"]
 Correction = Literal["holm", "benjamini_hochberg"]
+Prior = Literal["uniform", "flat_relative"]
+# How the memo names each prior of the Bayesian figures.
+PRIOR_NAMES = {"uniform": "uniform Beta(1, 1) prior on each arm's rate (means: flat prior on the difference)",
+               "flat_relative": "flat prior on the relative lift (GrowthBook's default)"}
 
 
 class _SpecModel(BaseModel):
@@ -56,6 +60,8 @@ class DecisionRules(_SpecModel):
     `power` (`experiments.stats.tuned_mixture_variance`).
     `stop_at_planned_sample`: with no significant improvement once the planned sample is
     reached, recommend rolling back (keep control) rather than running on.
+    `cuped`: adjust every comparison with the users' behaviour before exposure (CUPED) when they have any.
+    `prior`: the prior of the probability to beat control and the expected loss (`PRIOR_NAMES`).
     """
 
     method: Method = "sequential"
@@ -68,6 +74,8 @@ class DecisionRules(_SpecModel):
     srm_min_expected_users: float = Field(5.0, gt=0)
     mixture_scale: float | None = Field(None, gt=0)
     stop_at_planned_sample: bool = True
+    cuped: bool = True
+    prior: Prior = "uniform"
     ramp_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
 
     @model_validator(mode="after")

@@ -5,10 +5,19 @@ converting user, and revenue per user is a mean over users, not over events. The
 stream keeps two things:
 
 * a `UserRecord` per (experiment, user): the variant the user was first seen in,
-  their conversions and revenue so far (a table keyed by user, so it is
-  co-partitioned with the engagement topic);
+  their conversions and revenue so far, and their conversions and revenue in the
+  period before their first exposure (CUPED's covariates; a table keyed by user,
+  so it is co-partitioned with the engagement topic);
 * `ExperimentTotals` per experiment: per variant, the users, converting users,
-  and the sums and sums of squares of conversions and revenue per user.
+  the sums and sums of squares of conversions and revenue per user, and the sums
+  of the covariates, their squares and their products with the outcomes.
+
+Every sum is an exact integer: counts are, and revenue is summed in micro-units
+(1e-6 of the currency unit; a revenue is rounded to that once, when it is
+read). Variances come from exact differences such as n sum x^2 - (sum x)^2, so
+no mean is too large for them: with float sums, a revenue per user of 1e8 and a
+spread of 1 loses every digit of the variance to cancellation. Integers too
+large for JSON's 64 bits are written as decimal strings (`as_dict`).
 
 `observe_event` turns one event into the user's new record and a *delta* of
 totals: when a user's revenue goes from R to R + r, the sum moves by r and the
@@ -35,8 +44,9 @@ the same user in another variant is counted in their variant's
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from experiments.exceptions import InvalidEvent, InvalidTotals
@@ -48,6 +58,10 @@ METRICS: tuple[str, ...] = ("conversion", "revenue_per_user", "conversions_per_u
 # How memos and reasons name each metric: one name per definition (the dashboard's CVR is per exposure).
 METRIC_NAMES = {"conversion": "users converting", "revenue_per_user": "revenue per user",
                 "conversions_per_user": "conversions per user"}
+MICROS = 1_000_000   # revenue units per currency unit in the sums
+# Each metric's covariate (the same behaviour before exposure), by the names of the memo.
+COVARIATE_NAMES = {"conversion": "conversions before exposure", "conversions_per_user": "conversions before exposure",
+                   "revenue_per_user": "revenue before exposure"}
 
 
 def metric_name(metric: str) -> str:
@@ -59,13 +73,25 @@ def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
 
 
+def micros(value: float) -> int:
+    """A revenue in the sums' exact micro-units.
+
+    >>> micros(29.99), micros(1e8)
+    (29990000, 100000000000000)
+    """
+    return round(value * MICROS)
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
-    """One user in one experiment: the variant of their first event and their outcomes so far."""
+    """One user in one experiment: the variant of their first event, their outcomes so far, and their
+    conversions and revenue before their first exposure (fixed at that event)."""
 
     variant: str
     conversions: int = 0
     revenue: float = 0.0
+    pre_conversions: int = 0
+    pre_revenue: float = 0.0
 
     @property
     def converted(self) -> bool:
@@ -82,47 +108,91 @@ class MetricMoments:
 
 
 @dataclass(frozen=True, slots=True)
-class VariantTotals:
-    """Sums over one variant's users; every field adds up across partitions.
+class CovariateMoments:
+    """A metric's pre-exposure covariate in one variant: its mean and sample variance, and its sample
+    covariance with the metric (ddof 1), for CUPED."""
 
+    users: int
+    mean: float
+    variance: float
+    covariance: float
+
+
+# Per metric: the sums of (metric, metric squared, covariate, covariate squared, metric x covariate) and the
+# scale of metric and covariate (micro-units for revenue).
+_SUMS = {"conversion": ("converting_users", "converting_users", "pre_conversions", "pre_conversions_sq",
+                        "converting_pre_conversions", 1, 1),
+         "conversions_per_user": ("conversions", "conversions_sq", "pre_conversions", "pre_conversions_sq",
+                                  "conversions_pre_conversions", 1, 1),
+         "revenue_per_user": ("revenue_micros", "revenue_sq_micros", "pre_revenue_micros", "pre_revenue_sq_micros",
+                              "revenue_pre_revenue_micros", MICROS, MICROS)}
+_JSON_INT = 2 ** 63   # orjson's limit
+
+
+@dataclass(frozen=True, slots=True)
+class VariantTotals:
+    """Sums over one variant's users, all exact integers; every field adds up across partitions.
+
+    Revenue sums are in micro-units (`revenue` and `revenue_sq` give them in currency units).
     `users_by_dimension` counts users by the dimension values of their first event
     (e.g. {"channel": {"web": 120, "app": 80}}), for the per-dimension sample-ratio test.
-    Treat it as read-only: totals are values.
+    The `pre_*` sums and the products are CUPED's. Treat it as read-only: totals are values.
     """
 
     users: int = 0
     converting_users: int = 0
     conversions: int = 0
     conversions_sq: int = 0
-    revenue: float = 0.0
-    revenue_sq: float = 0.0
+    revenue_micros: int = 0
+    revenue_sq_micros: int = 0
     crossover_events: int = 0
     users_by_dimension: dict[str, dict[str, int]] = field(default_factory=dict)
+    pre_conversions: int = 0
+    pre_conversions_sq: int = 0
+    converting_pre_conversions: int = 0
+    conversions_pre_conversions: int = 0
+    pre_revenue_micros: int = 0
+    pre_revenue_sq_micros: int = 0
+    revenue_pre_revenue_micros: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("users", "converting_users", "conversions", "conversions_sq", "crossover_events", "revenue",
-                     "revenue_sq"):
+        for name in _SUMMED:
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise InvalidTotals(f"{name} must be finite and >= 0, got {value!r}")
+            if type(value) is not int:
+                if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                    raise InvalidTotals(f"{name} must be a whole number >= 0, got {value!r}")
+                value = int(value)   # numpy's fixed-width integers would overflow in the squares
+                object.__setattr__(self, name, value)
+            if value < 0:
+                raise InvalidTotals(f"{name} must be a whole number >= 0, got {value!r}")
         # converting users <= users holds for merged totals, not for a delta (a returning user's first
         # conversion adds a converting user and no user): `check_consistent` is for the former.
 
+    @property
+    def revenue(self) -> float:
+        return self.revenue_micros / MICROS
+
+    @property
+    def revenue_sq(self) -> float:
+        return self.revenue_sq_micros / MICROS ** 2
+
     def check_consistent(self, variant: str) -> None:
         """Raise InvalidTotals unless these could be the totals of real users (not of a delta): counts in order,
-        and no sum of squares below what its sum allows (Cauchy–Schwarz: sum x^2 >= (sum x)^2 / n; for whole
+        and no sum of squares below what its sum allows (Cauchy–Schwarz: n sum x^2 >= (sum x)^2; for whole
         conversion counts also sum c^2 >= sum c), which would be a negative variance."""
         if self.converting_users > self.users or self.conversions < self.converting_users:
             raise InvalidTotals(f"{variant}: {self.converting_users} converting users with {self.users} users "
                                 f"and {self.conversions} conversions")
-        if self.users and (self.conversions_sq < self.conversions
-                           or self.conversions_sq * self.users < self.conversions ** 2):
-            raise InvalidTotals(f"{variant}: conversions_sq {self.conversions_sq} is impossible for {self.conversions} "
-                                f"conversions over {self.users} users")
-        # Rounding in a float sum of squares may undershoot by a few ulps: a relative tolerance.
-        if self.users and self.revenue_sq * self.users < self.revenue * self.revenue * (1 - 1e-9):
-            raise InvalidTotals(f"{variant}: revenue_sq {self.revenue_sq!r} is impossible for revenue {self.revenue!r} "
-                                f"over {self.users} users (a negative variance)")
+        if self.conversions_sq < self.conversions:
+            raise InvalidTotals(f"{variant}: conversions_sq {self.conversions_sq} is impossible for "
+                                f"{self.conversions} conversions over {self.users} users")
+        for total, squares in (("conversions", "conversions_sq"), ("revenue_micros", "revenue_sq_micros"),
+                               ("pre_conversions", "pre_conversions_sq"),
+                               ("pre_revenue_micros", "pre_revenue_sq_micros")):
+            if self.users * getattr(self, squares) < getattr(self, total) ** 2 or (
+                    not self.users and getattr(self, total)):
+                raise InvalidTotals(f"{variant}: {squares} {getattr(self, squares)} is impossible for {total} "
+                                    f"{getattr(self, total)} over {self.users} users (a negative variance)")
 
     def __add__(self, other: VariantTotals) -> VariantTotals:
         dimensions = {name: dict(values) for name, values in self.users_by_dimension.items()}
@@ -130,11 +200,8 @@ class VariantTotals:
             merged = dimensions.setdefault(name, {})
             for value, count in values.items():
                 merged[value] = merged.get(value, 0) + count
-        return VariantTotals(
-            users=self.users + other.users, converting_users=self.converting_users + other.converting_users,
-            conversions=self.conversions + other.conversions, conversions_sq=self.conversions_sq + other.conversions_sq,
-            revenue=self.revenue + other.revenue, revenue_sq=self.revenue_sq + other.revenue_sq,
-            crossover_events=self.crossover_events + other.crossover_events, users_by_dimension=dimensions)
+        return VariantTotals(**{name: getattr(self, name) + getattr(other, name) for name in _SUMMED},
+                             users_by_dimension=dimensions)
 
     def moments(self, metric: str) -> MetricMoments:
         """Mean and sample variance of a per-user metric, from the sums (variance 0 below 2 users).
@@ -142,33 +209,65 @@ class VariantTotals:
         >>> VariantTotals(users=4, converting_users=1, conversions=1, conversions_sq=1).moments("conversion")
         MetricMoments(users=4, mean=0.25, variance=0.25)
         """
-        n = self.users
-        if metric == "conversion":     # a 0/1 value per user: its square is itself
-            total, total_sq = float(self.converting_users), float(self.converting_users)
-        elif metric == "revenue_per_user":
-            total, total_sq = self.revenue, self.revenue_sq
-        elif metric == "conversions_per_user":
-            total, total_sq = float(self.conversions), float(self.conversions_sq)
-        else:
+        if metric not in _SUMS:
             raise KeyError(f"unknown metric {metric!r}; known: {METRICS}")
+        y, y_sq, *_, scale, _ = _SUMS[metric]
+        n = self.users
         if n == 0:
             return MetricMoments(0, math.nan, math.nan)
-        mean = total / n
-        # Sums of squares lose digits to cancellation only when the mean dwarfs the spread
-        # (not the case for rates and revenue per user); the clamp keeps rounding from going negative.
-        variance = max(0.0, (total_sq - n * mean * mean) / (n - 1)) if n > 1 else 0.0
-        return MetricMoments(n, mean, variance)
+        total = getattr(self, y)
+        # Exact integers until the one division (Python divides integers correctly rounded).
+        variance = (n * getattr(self, y_sq) - total * total) / (n * (n - 1) * scale * scale) if n > 1 else 0.0
+        return MetricMoments(n, total / (n * scale), variance)
+
+    def covariate_moments(self, metric: str) -> CovariateMoments:
+        """The pre-exposure covariate of `metric` (`COVARIATE_NAMES`): its mean, sample variance and its sample
+        covariance with the metric, from the sums (NaN below 2 users).
+
+        >>> t = VariantTotals(users=4, converting_users=2, conversions=2, conversions_sq=2, pre_conversions=3,
+        ...                   pre_conversions_sq=5, converting_pre_conversions=3)
+        >>> t.covariate_moments("conversion")
+        CovariateMoments(users=4, mean=0.75, variance=0.9166666666666666, covariance=0.5)
+        """
+        y, _, x, x_sq, xy, scale_y, scale_x = _SUMS[metric]
+        n = self.users
+        if n < 2:
+            return CovariateMoments(n, math.nan, math.nan, math.nan)
+        total_x, total_y = getattr(self, x), getattr(self, y)
+        pairs = n * (n - 1)
+        return CovariateMoments(n, total_x / (n * scale_x),
+                                (n * getattr(self, x_sq) - total_x * total_x) / (pairs * scale_x * scale_x),
+                                (n * getattr(self, xy) - total_x * total_y) / (pairs * scale_x * scale_y))
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (for a table's value serializer); `from_dict` reads it back."""
-        return {"users": self.users, "converting_users": self.converting_users, "conversions": self.conversions,
-                "conversions_sq": self.conversions_sq, "revenue": self.revenue, "revenue_sq": self.revenue_sq,
-                "crossover_events": self.crossover_events,
-                "users_by_dimension": {k: dict(v) for k, v in self.users_by_dimension.items()}}
+        """A JSON-ready dict (for a table's value serializer); `from_dict` reads it back. Zero CUPED sums are
+        left out; integers beyond 64 bits are decimal strings.
+
+        >>> VariantTotals.from_dict(VariantTotals(users=2, revenue_micros=2 * 10**14,
+        ...                                       revenue_sq_micros=2 * 10**28).as_dict()).revenue_sq
+        2e+16
+        """
+        data: dict[str, Any] = {name: _json_int(getattr(self, name)) for name in _ALWAYS}
+        data["users_by_dimension"] = {k: dict(v) for k, v in self.users_by_dimension.items()}
+        for name in _CUPED:
+            value = getattr(self, name)
+            if value:
+                data[name] = _json_int(value)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantTotals:
-        return cls(**{**data, "users_by_dimension": {k: dict(v) for k, v in data.get("users_by_dimension", {}).items()}})
+        values = {name: int(value) for name, value in data.items() if name in _SUMMED}
+        return cls(**values, users_by_dimension={k: dict(v) for k, v in data.get("users_by_dimension", {}).items()})
+
+
+_SUMMED = tuple(f.name for f in fields(VariantTotals) if f.name != "users_by_dimension")
+_CUPED = tuple(name for name in _SUMMED if "pre_" in name)
+_ALWAYS = tuple(name for name in _SUMMED if name not in _CUPED)
+
+
+def _json_int(value: int) -> int | str:
+    return value if -_JSON_INT < value < _JSON_INT else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,24 +300,21 @@ class ExperimentTotals:
         >>> total.variants["control"].users, total.variants["control"].users_by_dimension
         (3, {'channel': {'web': 3}})
         """
-        sums: dict[str, list[Any]] = {}
+        sums: dict[str, tuple[list[int], dict[str, dict[str, int]]]] = {}
         for delta in deltas:
             for name, t in delta.variants.items():
                 acc = sums.get(name)
                 if acc is None:
-                    acc = sums[name] = [0, 0, 0, 0, 0.0, 0.0, 0, {}]
-                acc[0] += t.users
-                acc[1] += t.converting_users
-                acc[2] += t.conversions
-                acc[3] += t.conversions_sq
-                acc[4] += t.revenue
-                acc[5] += t.revenue_sq
-                acc[6] += t.crossover_events
+                    acc = sums[name] = ([0] * len(_SUMMED), {})
+                totals, dimensions = acc
+                for i, field_name in enumerate(_SUMMED):
+                    totals[i] += getattr(t, field_name)
                 for dimension, values in t.users_by_dimension.items():
-                    merged = acc[7].setdefault(dimension, {})
+                    merged = dimensions.setdefault(dimension, {})
                     for value, count in values.items():
                         merged[value] = merged.get(value, 0) + count
-        return cls({name: VariantTotals(*acc) for name, acc in sums.items()})
+        return cls({name: VariantTotals(**dict(zip(_SUMMED, totals)), users_by_dimension=dimensions)
+                    for name, (totals, dimensions) in sums.items()})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> ExperimentTotals:
@@ -226,17 +322,25 @@ class ExperimentTotals:
 
 
 def observe_event(user: UserRecord | None, *, variant: str, event_type: str, revenue: float = 0.0,
-                  dimensions: Mapping[str, str] | None = None) -> tuple[UserRecord, ExperimentTotals]:
+                  dimensions: Mapping[str, str] | None = None, pre_conversions: int = 0,
+                  pre_revenue: float = 0.0) -> tuple[UserRecord, ExperimentTotals]:
     """Fold one engagement event of one user into their record; return the new record and the totals' delta.
 
     `user` is the record so far (None on the user's first event in the experiment).
-    `dimensions` (e.g. channel, profile) are recorded from the first event only.
+    `dimensions` (e.g. channel, profile) are recorded from the first event only, and so are
+    `pre_conversions` and `pre_revenue`: the user's behaviour before their first exposure, CUPED's covariates.
     A click only assigns; an exposure only assigns; a conversion adds one conversion and its revenue.
 
     >>> user, delta = observe_event(UserRecord("control", conversions=1, revenue=5.0), variant="control",
     ...                             event_type="conversion", revenue=3.0)
-    >>> user, delta.variants["control"].revenue_sq, delta.variants["control"].converting_users
-    (UserRecord(variant='control', conversions=2, revenue=8.0), 39.0, 0)
+    >>> user.conversions, user.revenue, delta.variants["control"].revenue_sq, delta.variants["control"].converting_users
+    (2, 8.0, 39.0, 0)
+    >>> user, delta = observe_event(None, variant="control", event_type="exposure", pre_conversions=2,
+    ...                             pre_revenue=40.0)
+    >>> user, delta = observe_event(user, variant="control", event_type="conversion", revenue=30.0)
+    >>> d = delta.variants["control"]
+    >>> d.converting_pre_conversions, d.conversions_pre_conversions, d.revenue_pre_revenue_micros / 10**12
+    (2, 2, 1200.0)
     """
     if event_type not in _EVENT_TYPES:
         raise InvalidEvent(f"event type {event_type!r} is not one of {sorted(_EVENT_TYPES)}")
@@ -246,20 +350,35 @@ def observe_event(user: UserRecord | None, *, variant: str, event_type: str, rev
         raise InvalidEvent(f"revenue {revenue} on a {event_type}; only conversions carry revenue")
     if not variant:
         raise InvalidEvent("an experiment event needs a variant")
+    if pre_conversions < 0 or not (math.isfinite(pre_revenue) and pre_revenue >= 0):
+        raise InvalidEvent(f"pre-exposure conversions {pre_conversions} and revenue {pre_revenue} must be "
+                           "finite and non-negative")
     new_user = user is None
-    record = UserRecord(variant) if user is None else user
+    record = UserRecord(variant, pre_conversions=pre_conversions, pre_revenue=pre_revenue) if user is None else user
     crossover = 0 if record.variant == variant else 1
     if event_type != "conversion":
         after = record
     else:
-        after = UserRecord(record.variant, record.conversions + 1, record.revenue + revenue)
+        after = UserRecord(record.variant, record.conversions + 1, record.revenue + revenue, record.pre_conversions,
+                           record.pre_revenue)
+    x_conversions, x_revenue = record.pre_conversions, micros(record.pre_revenue)
+    converted = 1 if after.converted and not record.converted else 0
+    conversions = after.conversions - record.conversions
+    before_micros, after_micros = micros(record.revenue), micros(after.revenue)
     delta = VariantTotals(
         users=1 if new_user else 0,
-        converting_users=1 if after.converted and not record.converted else 0,
-        conversions=after.conversions - record.conversions,
+        converting_users=converted,
+        conversions=conversions,
         conversions_sq=after.conversions ** 2 - record.conversions ** 2,
-        revenue=after.revenue - record.revenue,
-        revenue_sq=after.revenue ** 2 - record.revenue ** 2,
+        revenue_micros=after_micros - before_micros,
+        revenue_sq_micros=after_micros * after_micros - before_micros * before_micros,
         crossover_events=crossover,
-        users_by_dimension={name: {value: 1} for name, value in (dimensions or {}).items()} if new_user else {})
+        users_by_dimension={name: {value: 1} for name, value in (dimensions or {}).items()} if new_user else {},
+        pre_conversions=x_conversions if new_user else 0,
+        pre_conversions_sq=x_conversions * x_conversions if new_user else 0,
+        pre_revenue_micros=x_revenue if new_user else 0,
+        pre_revenue_sq_micros=x_revenue * x_revenue if new_user else 0,
+        converting_pre_conversions=converted * x_conversions,
+        conversions_pre_conversions=conversions * x_conversions,
+        revenue_pre_revenue_micros=(after_micros - before_micros) * x_revenue)
     return after, ExperimentTotals({record.variant: delta})

@@ -213,6 +213,42 @@ def one_sided_lift_bounds(mean_a: float, variance_a: float, n_a: int, mean_b: fl
     return float(lift - z * se), float(lift + z * se)
 
 
+# --------------------------------------------------------------------------- CUPED
+
+def cuped_theta(covariate_variance: float, covariance: float) -> float:
+    """CUPED's coefficient theta = Cov(Y, X) / Var(X) of Deng, Xu, Kohavi and Walker (2013), from the pooled
+    users of both arms: the regression slope of the metric on its pre-exposure covariate. 0 when the
+    covariate does not vary (nothing to adjust with).
+
+    >>> cuped_theta(2.0, 0.5)
+    0.25
+    """
+    x_var, cov = _finite("cuped_theta", covariate_variance=covariate_variance, covariance=covariance)
+    if x_var < 0:
+        raise InvalidStatisticInput(f"cuped_theta: covariate_variance must be >= 0, got {covariate_variance!r}")
+    return float(cov / x_var) if x_var > 0 else 0.0
+
+
+def cuped_adjusted(mean: float, variance: float, covariate_mean: float, covariate_variance: float,
+                   covariance: float, theta: float, pooled_covariate_mean: float) -> tuple[float, float]:
+    """One arm's CUPED-adjusted mean and per-user variance: the mean of Y - theta (X - mean of X over both
+    arms), and Var(Y) + theta^2 Var(X) - 2 theta Cov(Y, X) (clamped at 0 against rounding).
+
+    Randomisation makes X's mean the same in expectation in every arm, so the adjusted mean estimates the
+    arm's mean; its variance is smaller by the share rho^2 that X explains.
+
+    >>> cuped_adjusted(0.10, 0.09, 0.5, 1.0, 0.06, 0.06, 0.45)
+    (0.097, 0.0864)
+    """
+    m, v, x_m, x_v, cov, th, pooled = _finite("cuped_adjusted", mean=mean, variance=variance,
+                                              covariate_mean=covariate_mean, covariate_variance=covariate_variance,
+                                              covariance=covariance, theta=theta,
+                                              pooled_covariate_mean=pooled_covariate_mean)
+    if v < 0 or x_v < 0:
+        raise InvalidStatisticInput("cuped_adjusted needs non-negative variances")
+    return float(m - th * (x_m - pooled)), float(max(0.0, v + th * th * x_v - 2 * th * cov))
+
+
 # --------------------------------------------------------------------------- always-valid (mSPRT)
 
 def msprt_log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, mixture_variance: ArrayLike) -> Any:
@@ -398,6 +434,25 @@ def normal_probability_to_beat(difference: ArrayLike, variance: ArrayLike) -> An
     0.9972
     """
     return _out(stats.norm.cdf(np.asarray(difference) / np.sqrt(variance)))
+
+
+def relative_chance_to_win(mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float,
+                           n_b: int, *, inverse: bool = False) -> tuple[float, float]:
+    """GrowthBook's default Bayesian readout: a flat prior on the relative lift, so its posterior is the
+    lift's delta-method normal, N(mean_b / mean_a - 1, `relative_lift_variance`). Returns (chance to win
+    = P(lift > 0), expected relative loss of choosing b = E[max(-lift, 0)]); `inverse` for a metric meant to
+    fall: P(lift < 0) and E[max(lift, 0)].
+
+    >>> chance, loss = relative_chance_to_win(0.10, 0.09, 1000, 0.13, 0.1131, 1000)
+    >>> round(chance, 4), round(loss, 5)
+    (0.9673, 0.00209)
+    """
+    lift = mean_b / mean_a - 1 if mean_a else math.nan
+    variance = float(relative_lift_variance(mean_a, variance_a, n_a, mean_b, variance_b, n_b))
+    if not (math.isfinite(lift) and variance > 0):
+        return 0.5, 0.0   # GrowthBook's uninformative answer: nothing to read yet
+    good = -lift if inverse else lift
+    return float(normal_probability_to_beat(good, variance)), float(normal_expected_loss(good, variance))
 
 
 def normal_expected_loss(difference: ArrayLike, variance: ArrayLike) -> Any:

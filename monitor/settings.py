@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     user_cache_size: int = Field(200_000, ge=1_000, description="Users whose state stage 1 keeps decoded in memory (the rest is kept encoded).")
     session_timeout_seconds: float = Field(20, ge=6, le=300, description="How long the group waits for a silent worker before it hands the worker's partitions to the others.")
     commit_interval_seconds: float = Field(0.5, gt=0, le=60, description="How long stage 1 keeps a partition's transaction open: users changed in it are written once per interval; stage 2 sees its partials at the commit.")
+    cuped_pre_period_days: int = Field(14, ge=0, le=90, description="Days before a user's first exposure to an experiment whose conversions and revenue CUPED adjusts the readout with (whole days, counted up to the exposure; 0 keeps no per-user history and turns CUPED off). Stage 1 keeps each converting user's conversions per day for this long.")
     consent_skew_seconds: float = Field(0.5, ge=0, le=60, description="How much later than an exposure a consent record produced before it may reach its partition: stage 1 judges an exposure once the consent partition was read to its end this long after the exposure was produced (it adds this much to the latency of everything behind an exposure).")
     batch_within_seconds: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a batch.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

@@ -58,10 +58,32 @@ class SourceRecord(NamedTuple):
 
 @dataclass(slots=True)
 class UserState:
-    """One user's state: the consent ledger entry and the experiment records (experiment -> record)."""
+    """One user's state: the consent ledger entry, the experiment records (experiment -> record), and the
+    user's conversions per day of the last `cuped_pre_period_days` (day number -> [conversions, revenue]),
+    from which an experiment's record takes the user's behaviour before their first exposure (CUPED)."""
 
     consent: UserConsent = field(default_factory=UserConsent)
     experiments: dict[str, UserRecord] = field(default_factory=dict)
+    activity: dict[int, list[float]] = field(default_factory=dict)
+
+    def record_conversion(self, day: int, revenue: float, keep_days: int) -> None:
+        """Count a conversion on `day`, forgetting the days more than `keep_days` before it (bounded state)."""
+        counts = self.activity.get(day)
+        if counts is None:
+            self.activity = {d: c for d, c in self.activity.items() if d >= day - keep_days}
+            self.activity[day] = [1, revenue]
+        else:
+            counts[0] += 1
+            counts[1] += revenue
+
+    def before(self, day: int, days: int) -> tuple[int, float]:
+        """Conversions and revenue on `day` so far and the `days` days before it."""
+        conversions, revenue = 0, 0.0
+        for d, (c, r) in self.activity.items():
+            if day - days <= d <= day:
+                conversions += int(c)
+                revenue += r
+        return conversions, revenue
 
 
 @dataclass(slots=True)
@@ -95,11 +117,14 @@ def encode_user(state: UserState) -> bytes:
         [[e.event_id, e.at, e.series, e.region, convicted] for e, convicted in consent.remembered],
         {experiment: [a if a != -math.inf else None, b if b != -math.inf else None]
          for experiment, (a, b) in consent.hours.items()},
-        {experiment: [r.variant, r.conversions, r.revenue] for experiment, r in state.experiments.items()}])
+        {experiment: [r.variant, r.conversions, r.revenue] + ([r.pre_conversions, r.pre_revenue]
+                                                              if r.pre_conversions or r.pre_revenue else [])
+         for experiment, r in state.experiments.items()},
+        *([[[day, *counts] for day, counts in state.activity.items()]] if state.activity else [])])
 
 
 def decode_user(raw: bytes) -> UserState:
-    changes, region, region_at, remembered, hours, experiments = orjson.loads(raw)
+    changes, region, region_at, remembered, hours, experiments, *activity = orjson.loads(raw)
     consent = UserConsent(
         changes={purpose: [(at, granted) for at, granted in items] for purpose, items in changes.items()},
         region=region, region_at=-math.inf if region_at is None else region_at,
@@ -107,8 +132,8 @@ def decode_user(raw: bytes) -> UserState:
                     for e, at, series, reg, convicted in remembered],
         hours={experiment: (-math.inf if a is None else a, -math.inf if b is None else b)
                for experiment, (a, b) in hours.items()})
-    return UserState(consent, {experiment: UserRecord(variant, conversions, revenue)
-                               for experiment, (variant, conversions, revenue) in experiments.items()})
+    return UserState(consent, {experiment: UserRecord(*record) for experiment, record in experiments.items()},
+                     {day: [conversions, revenue] for day, conversions, revenue in activity[0]} if activity else {})
 
 
 def encode_progress(progress: Progress) -> bytes:
@@ -134,6 +159,7 @@ class UserStage:
         self._consent_marks: dict[int, float] = {}   # greatest consent event time read, per partition
         self._cache_size = settings.user_cache_size
         self._consent_skew = settings.consent_skew_seconds
+        self._pre_period_days = settings.cuped_pre_period_days
         self._live: dict[str, UserState] = {}          # decoded states, oldest first
         self._progress: dict[int, Progress] = {}
         self._dirty: set[str] = set()
@@ -312,12 +338,17 @@ class _Batch:
             for c in (counters, cohort):
                 c.conversions += 1
                 c.revenue += event.revenue
-        if exposure or event.experiment:
+        conversion = event.event_type == "conversion"
+        pre_period = stage._pre_period_days
+        if exposure or event.experiment or (conversion and pre_period):
             state = self.user(event.user_id)
             if event.experiment:
                 self.observe_experiment(state, event, start)
             if exposure:
                 self.judge(state, event, series, bucket, start)
+            if conversion and pre_period:
+                # After the experiment's record took its pre-period: a conversion is not its own covariate.
+                state.record_conversion(int(at // 86_400), event.revenue, pre_period)
         return True
 
     def observe_experiment(self, state: UserState, event: Engagement, start: float) -> None:
@@ -325,9 +356,12 @@ class _Batch:
         known = state.experiments.get(experiment)
         if known is not None and event.event_type != "conversion" and known.variant == event.variant:
             return  # a further exposure or click of a known user in their variant changes no total
+        pre_conversions, pre_revenue = (state.before(int(event.at // 86_400), self.stage._pre_period_days)
+                                        if known is None and state.activity else (0, 0.0))
         record, delta = observe_event(known, variant=event.variant,
                                       event_type=event.event_type, revenue=event.revenue,
-                                      dimensions={"channel": event.channel, "profile": event.profile})
+                                      dimensions={"channel": event.channel, "profile": event.profile},
+                                      pre_conversions=pre_conversions, pre_revenue=pre_revenue)
         change = delta.variants[record.variant]
         if change.users or change.conversions or change.crossover_events:
             state.experiments[experiment] = record

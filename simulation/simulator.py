@@ -125,6 +125,11 @@ _CONSENT_BOOTSTRAP_MS = 120_000   # the initial grants are spread over the run's
 _USER_PICK_ATTEMPTS = 40
 _QUANTILE_TABLE_SIZE = 4096
 _REVENUE_SIGMA = 0.6
+# Each user's propensity to convert (log-normal, mean 1), the same in every initiative: a user who converted
+# before an experiment converts more in it, the correlation CUPED uses. Buckets hold many users, so the
+# rates of a series stay what the initiative sets.
+_PROPENSITY_SIGMA = 0.5
+_PROPENSITY_MU = -_PROPENSITY_SIGMA ** 2 / 2
 # The schema's bounds; draws never get near them, the clamp only makes sure.
 _MAX_LATENCY_MS = 600_000.0
 _MAX_REVENUE = 1_000_000.0
@@ -616,6 +621,7 @@ class _Users:
     # the hot loop's one-comparison check, with consent_intervals for the others.
     steady_consent_from: list[int]
     ever_without_consent: list[bool]
+    propensity: list[float]   # multiplies the user's conversion probability
 
 
 @dataclass(slots=True)
@@ -711,7 +717,10 @@ def _make_users(spec: SimulationSpec, rng: random.Random) -> tuple[_Users, list[
             user_id=ids[index], purpose="personalization", status=status, source=source, region=regions[index],
         )
         records.append((ms, SimulatedRecord("consent", ids[index], event)))
-    return _Users(ids, cohorts, regions, intervals, steady_from, ever_without), records
+    # A stream of its own, so that every other draw of the run stays what it was.
+    propensity_rng = random.Random(f"{spec.seed}:propensity")
+    propensity = [propensity_rng.lognormvariate(_PROPENSITY_MU, _PROPENSITY_SIGMA) for _ in ids]
+    return _Users(ids, cohorts, regions, intervals, steady_from, ever_without, propensity), records
 
 
 def _make_rule_changes(spec: SimulationSpec, rng: random.Random) -> list[tuple[int, SimulatedRecord]]:
@@ -947,6 +956,7 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
     offenders = cell.pool_without_consent
     ids, cohorts, intervals, regions = users.ids, users.cohorts, users.consent_intervals, users.regions
     steady_from, has_consent = users.steady_consent_from, _has_consent
+    propensity = users.propensity
     latencies, latency_slots = cell.latency_table, len(cell.latency_table)
     click_delays, click_delay_slots = _CLICK_DELAYS_MS, len(_CLICK_DELAYS_MS)
     new_exposure, new_click, new_conversion = (cell.exposure_template.copy, cell.click_template.copy,
@@ -1013,11 +1023,12 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
                 values["fallback"] = fallback
                 (later if in_next else now).append((at, record("engagement", user_id, build(values))))
         draw = rand()
-        if draw < cvr_max:
+        lift = propensity[user]
+        if draw < cvr_max * lift:
             delay = int(-log(1.0 - rand()) * conversion_delay_ms)
             at = t + 1000 + (delay if delay < max_conversion_delay else max_conversion_delay)
             in_next = at >= end_ms
-            if draw < (cvr_next if in_next else cvr_now) and not (in_next and gap_next) and at < run_end_ms:
+            if draw < (cvr_next if in_next else cvr_now) * lift and not (in_next and gap_next) and at < run_end_ms:
                 values = new_conversion()
                 values["event_id"] = event_id + "-conv"
                 values["event_time"] = to_datetime(start_s + at / 1000, utc)

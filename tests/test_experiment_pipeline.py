@@ -27,7 +27,7 @@ LOSER = InitiativeSpec(name="Loser", profiles=("all",), channels=("web",), varia
 SKEWED = InitiativeSpec(name="Skewed", profiles=("all",), channels=("web",), variants=("control", "treatment"),
                         experiment="exp-srm", exposures_per_hour=300.0, ctr=0.1, cvr=0.05, allocation=(0.56, 0.44),
                         planned_allocation=(0.5, 0.5), revenue_mean=30.0)
-SPEC = SimulationSpec(seed=5, days=4, users=6000, initiatives=(WINNER, LOSER, SKEWED), injections=())
+SPEC = SimulationSpec(seed=5, days=5, users=6000, initiatives=(WINNER, LOSER, SKEWED), injections=())
 
 
 def _settings(plan_dir: Path) -> Settings:
@@ -95,6 +95,15 @@ def test_the_readout_recommends_what_was_injected(replay, initiative: str, exper
     assert all(stage.status == "active" for stage in plan.stages)
     report = build_report(driver.initiative_stage, ReportRequest(initiative=initiative, detail="full"))
     assert [m.summary.state for m in report.experiments] == [state]
+    # The same look, the same numbers: the report shows the memo of the last look; the plan keeps the memo of
+    # the look that changed the decision, whose event carries its numbers.
+    [in_plan], [in_report] = plan.experiment_memos, report.experiments
+    assert in_report.summary == memo.summary
+    detail, evidence = decisions[-1].evidence.detail, decisions[-1].evidence
+    assert [in_plan.primary_lift_low, in_plan.primary_lift_high] == detail["lift_interval"]
+    assert (in_plan.primary_lift, in_plan.users) == (evidence.score, detail["users"])
+    # Users' conversions before exposure reached the readout (here users join early, so they explain little).
+    assert memo.summary.primary_variance_reduction is not None and abs(memo.summary.primary_variance_reduction) < 0.5
 
 
 def test_decision_events_are_deterministic_and_only_on_a_change(records, replay, tmp_path: Path) -> None:

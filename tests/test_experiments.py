@@ -19,7 +19,7 @@ from experiments.exceptions import ExperimentError, InvalidEvent, InvalidStatist
 from experiments.memo import build_memo, render_memo
 from experiments.readout import read_experiment
 from experiments.spec import DecisionRules, ExperimentSpec, Guardrail, SuccessMetric
-from experiments.state import ExperimentTotals, UserRecord, VariantTotals, observe_event
+from experiments.state import MICROS, ExperimentTotals, UserRecord, VariantTotals, micros, observe_event
 from incidents.model import IncidentEvent
 
 ALPHA = 0.05
@@ -56,7 +56,8 @@ def totals_from_users(variants: dict[str, tuple[np.ndarray, np.ndarray]]) -> Exp
 
 def simulated_users(rng: np.random.Generator, n: int, rate: float, revenue_mean: float) -> tuple[np.ndarray, np.ndarray]:
     conversions = rng.binomial(1, rate, n) * (1 + rng.poisson(0.3, n))
-    revenue = np.where(conversions > 0, rng.gamma(2.0, revenue_mean / 2.0, n), 0.0)
+    # In cents, as revenue is (the sums are exact to the micro-unit).
+    revenue = np.where(conversions > 0, np.round(rng.gamma(2.0, revenue_mean / 2.0, n), 2), 0.0)
     return conversions, revenue
 
 
@@ -378,7 +379,8 @@ def with_revenue(users: int, converting: int, revenue_per_converter: float, spre
     # Converters spend revenue_per_converter on average with sd `spread`: sums and sums of squares.
     revenue = converting * revenue_per_converter
     return VariantTotals(users=users, converting_users=converting, conversions=converting, conversions_sq=converting,
-                         revenue=revenue, revenue_sq=converting * (revenue_per_converter ** 2 + spread ** 2),
+                         revenue_micros=micros(revenue),
+                         revenue_sq_micros=micros(converting * (revenue_per_converter ** 2 + spread ** 2) * MICROS),
                          users_by_dimension=dims or {})
 
 
@@ -527,6 +529,15 @@ def test_one_procedure_per_readout_decision_interval_and_estimate_agree(method, 
     memo = build_memo(spec, readout, recommendation)
     if memo.summary.primary_lift is not None:
         assert memo.summary.primary_lift_low <= memo.summary.primary_lift <= memo.summary.primary_lift_high
+        assert (memo.summary.primary_lift, memo.summary.primary_lift_low, memo.summary.primary_lift_high) == (
+            comparison.relative_lift, comparison.lift_low, comparison.lift_high)
+    # The decision event of this look carries the very numbers the memo shows.
+    change = decision_change(None, recommendation, readout, window_start=T0, window_end=T1)
+    if change.changed and change.event.evidence.detail.get("metric") == "conversion":
+        detail = change.event.evidence.detail
+        assert detail["lift_interval"] == [comparison.lift_low, comparison.lift_high]
+        assert (detail["p_value"], detail["look"]) == (comparison.p_value, readout.look)
+        assert change.event.evidence.score == comparison.relative_lift
 
 
 _any_float = st.floats(allow_nan=True, allow_infinity=True)
@@ -549,12 +560,13 @@ def test_statistics_refuse_bad_inputs_with_their_own_error_or_give_valid_numbers
 
 @settings(max_examples=300, deadline=None)
 @given(users=st.integers(-2, 1000), converting=st.integers(-2, 1000), conversions=st.integers(-2, 3000),
-       conversions_sq=st.integers(-2, 10_000), revenue=_any_float, revenue_sq=_any_float)
+       conversions_sq=st.integers(-2, 10_000), revenue=st.integers(-2, 10**12) | _any_float,
+       revenue_sq=st.integers(-2, 10**26) | _any_float)
 def test_totals_are_refused_with_the_field_named_unless_real_users_could_have_them(
         users, converting, conversions, conversions_sq, revenue, revenue_sq) -> None:
     try:
         totals = VariantTotals(users=users, converting_users=converting, conversions=conversions,
-                               conversions_sq=conversions_sq, revenue=revenue, revenue_sq=revenue_sq)
+                               conversions_sq=conversions_sq, revenue_micros=revenue, revenue_sq_micros=revenue_sq)
         totals.check_consistent("control")
     except InvalidTotals as exc:
         assert any(name in str(exc) for name in ("users", "conversions", "revenue", "crossover")), exc
@@ -566,11 +578,11 @@ def test_totals_are_refused_with_the_field_named_unless_real_users_could_have_th
 
 
 def test_an_impossible_variance_and_nan_revenue_are_refused_naming_the_field() -> None:
-    with pytest.raises(InvalidTotals, match="revenue_sq .* is impossible"):
-        VariantTotals(users=10, converting_users=5, conversions=5, conversions_sq=5, revenue=100.0,
-                      revenue_sq=500.0).check_consistent("control")   # sum^2 / n = 1000 > 500
-    with pytest.raises(InvalidTotals, match="revenue must be finite"):
-        VariantTotals(users=10, revenue=math.nan)
+    with pytest.raises(InvalidTotals, match="revenue_sq_micros .* is impossible"):
+        VariantTotals(users=10, converting_users=5, conversions=5, conversions_sq=5, revenue_micros=micros(100.0),
+                      revenue_sq_micros=micros(500.0) * MICROS).check_consistent("control")   # sum^2 / n = 1000 > 500
+    with pytest.raises(InvalidTotals, match="revenue_micros must be a whole number"):
+        VariantTotals(users=10, revenue_micros=math.nan)
     with pytest.raises(InvalidStatisticInput, match="users of 'treatment' must be a count"):
         stats.sample_ratio_test({"control": 10, "treatment": -1}, {"control": 0.5, "treatment": 0.5})
     with pytest.raises(InvalidStatisticInput, match="mean_b must be finite"):

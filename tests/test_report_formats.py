@@ -54,11 +54,14 @@ def test_the_published_schema_is_the_models(tmp_path: Path) -> None:
 
 def test_json_output_validates_against_its_schema_for_every_initiative(stage: Any) -> None:
     validator = jsonschema.Draft202012Validator(report_json_schema())
+    with_incidents = []
     for report in _reports(stage, "full"):
         document = json.loads(report.model_dump_json())
         errors = sorted(validator.iter_errors(document), key=str)
         assert not errors, f"{report.initiative}: {errors[0].message} at {list(errors[0].absolute_path)}"
-        assert document["incidents"] or document["initiative"] == "Search Ranking", document["initiative"]
+        if document["incidents"]:
+            with_incidents.append(document["initiative"])
+    assert len(with_incidents) >= 3, with_incidents   # the incident sections are validated, not only empty ones
 
 
 def test_markdown_renders_every_section_with_its_tables_and_whole_series(stage: Any) -> None:

@@ -141,3 +141,27 @@ def test_user_state_survives_its_encoding() -> None:
     assert isinstance(state, UserState) and state.experiments["x"].conversions == 1
     assert encode_user(state) == writes[pseudonym]
     assert state.consent.remembered[0][0].initiative == "A"
+
+
+def test_an_experiment_record_takes_the_users_conversions_of_the_pre_period_and_not_later_ones() -> None:
+    users = UserStage(Settings(cuped_pre_period_days=7), {})
+    grant = records(consent(1, timedelta(days=-20), "granted"))
+    before = [exposure(n, timedelta(days=-days), event_type="conversion", revenue=10.0 * n, initiative="B")
+              for n, days in ((1, 9), (2, 3), (3, 1))]          # 9 days before: outside the 7-day period
+    first = exposure(4, timedelta(0), experiment="x", variant="t")
+    after = exposure(5, timedelta(hours=1), event_type="conversion", revenue=7.0, initiative="B")
+    users.process(0, records(*before, first, after), grant, wall_now=WALL)
+    writes = users.pending_writes()
+    [pseudonym] = [k for k in writes if not k.startswith("#")]
+    state = decode_user(writes[pseudonym])
+    record = state.experiments["x"]
+    assert (record.pre_conversions, record.pre_revenue) == (2, 50.0)
+    assert encode_user(state) == writes[pseudonym]
+    # The history is bounded: days beyond the period are dropped as new days arrive.
+    assert all(day >= int((T0 + timedelta(hours=1)).timestamp() // 86_400) - 7 for day in state.activity)
+
+
+def test_no_pre_period_keeps_no_history() -> None:
+    users = UserStage(Settings(cuped_pre_period_days=0), {})
+    users.process(0, records(exposure(1, timedelta(0), event_type="conversion", revenue=3.0)), wall_now=WALL)
+    assert [key for key in users.pending_writes() if not key.startswith("#")] == []   # no user state touched

@@ -1,6 +1,6 @@
 """Our sequential readout against GrowthBook's sequential engine on the same simulated experiments.
 
-    .venv/bin/python bench/experiment_readouts.py [--runs 600] [--looks 20] [--seed 14]
+    .venv/bin/python bench/experiments.py [--runs 600] [--looks 20] [--seed 14]
 
 No broker. Simulates conversion experiments (one 0/1 outcome per user, 50/50
 allocation) whose users arrive in equal batches, and reads each one after every
@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/experiment_readouts.py` puts bench/ first on the path, not the repo
-    sys.path.insert(0, str(ROOT))
+# `python bench/experiments.py` puts bench/ first on the path, where this file would shadow the `experiments`
+# package: the repository goes first instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from experiments.readout import read_experiment  # noqa: E402
 from experiments.spec import DecisionRules, ExperimentSpec  # noqa: E402
