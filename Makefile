@@ -30,9 +30,10 @@ $(CHROMIUM_STAMP): $(STAMP)
 	  [ -z "$$missing" ] || (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)
 	touch $(CHROMIUM_STAMP)
 
-# The broker is stopped whatever the tests' outcome; the tests' exit code is kept.
+# The broker is stopped whatever the tests' outcome; the tests' exit code is kept. Two xdist workers: the broker's
+# tests run one at a time on one of them (tests/conftest.py groups them), the pure tests beside them.
 test: setup $(CHROMIUM_STAMP) kafka-up
-	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python -m pytest; \
+	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python -m pytest -n 2 --dist loadgroup; \
 	  status=$$?; bash scripts/kafka-local.sh down; exit $$status
 
 kafka-up:

@@ -41,6 +41,15 @@ def _port_answers(host: str, port: int) -> bool:
         return False
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `make test` runs two xdist workers with --dist loadgroup: every test of the broker goes to one of them, in
+    # turn (some freeze, stop or renew the session's broker), while the pure tests share the other.
+    for item in items:
+        if item.get_closest_marker("kafka") or "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("broker"))
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     bootstrap = os.environ.get("PMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
