@@ -70,6 +70,7 @@ bench: setup $(BENCH_STAMP) kafka-up
 	$(BIN)/python bench/cli_start.py
 	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python bench/latency.py
 	$(BIN)/python bench/experiments.py
+	$(BIN)/python bench/real_series.py
 
 # Ten runs of each fault on the local broker (about an hour on 2 cores); `make test` runs one of each.
 faults: setup kafka-up

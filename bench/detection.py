@@ -107,7 +107,7 @@ ORACLE_ALPHA = 0.001    # the oracle's one-sided level: the breach policy's two 
 DETECTABLE = 0.95       # a label is in the targets' scope when the oracle finds it with at least this probability
 HIGH_VOLUME = 1000      # exposures per series-hour from which a 20 % rate dip can be told from noise in 2 hours
 # Registered detectors of a univariate `value` (for `pmon detect --csv`); nothing to measure here.
-UNIVARIATE_ONLY = ("seasonal_profile", "seasonal_holt_winters")
+UNIVARIATE_ONLY = ("seasonal_profile", "seasonal_holt_winters", "robust_series")
 # Measured alternatives that are not registered: ADWIN needs more than the contract's two buckets to
 # find even a 50 % drop, and finds level shifts later and less often than Page-Hinkley (see the report).
 ALTERNATIVES: dict[str, Any] = {

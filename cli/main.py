@@ -593,33 +593,49 @@ def _univariate_detectors() -> list[str]:
 
 @pmon.command()
 @click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="A univariate series: a header with `timestamp` and `value`, then one row per bucket.")
-@click.option("--detector", default="seasonal_profile", show_default=True,
-              help="A registered detector that reads one number per bucket (see the error for the list).")
+              help="A univariate series: a header with `timestamp` and `value`, then one row per point, in any "
+                   "order (repeated timestamps are averaged, blank values skipped).")
+@click.option("--detector", default="robust_series", show_default=True,
+              help="A registered detector that reads one number per point (see the error for the list).")
+@click.option("--warmup", type=click.IntRange(3, 10_000), default=None,
+              help="Points robust_series learns before it may alert (default PMON_DETECT_WARMUP_POINTS).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result here instead of stdout.")
-def detect(csv_path: Path, detector: str, out: Path | None) -> None:
+def detect(csv_path: Path, detector: str, warmup: int | None, out: Path | None) -> None:
     """Backtest a detector on your own KPI history, point by point.
 
     Writes `timestamp,value,anomaly_score,alert`. Timestamps are ISO 8601; one
-    without an offset is read as UTC.
+    without an offset is read as UTC. What was read (points, repeated and
+    out-of-order timestamps, the sampling interval, irregular gaps, the
+    warm-up) is reported on stderr. robust_series' score is calibrated in
+    [0, 1] (the same threshold is about the same false alarm rate on any
+    series); its alert is the first point of each anomaly.
     """
     import csv
 
-    from detectors.backtest import run_series
+    from detectors.backtest import prepare_series, run_series
     from detectors.exceptions import DetectorError
 
     if detector not in _univariate_detectors():
         _fail(f"unknown or non-univariate detector {detector!r} — use one of: {', '.join(_univariate_detectors())}")
     if not csv_path.is_file():
         _fail(f"CSV file {csv_path} does not exist — export your series as `timestamp,value` with a header")
-    sink = out.open("w", newline="") if out else sys.stdout
+    warmup_points = warmup if warmup is not None else _settings().detect_warmup_points
     try:
         with csv_path.open(newline="") as source:
-            writer = csv.writer(sink)
-            writer.writerow(["timestamp", "value", "anomaly_score", "alert"])
-            for when, value, score, alert in run_series(_read_series(csv_path, source), detector):
-                writer.writerow([when.isoformat(), repr(value), f"{score:.6g}", "true" if alert else "false"])
+            points, found = prepare_series(_read_series(csv_path, source))
+    except (ValueError, DetectorError) as exc:
+        _fail(f"{exc} — fix the CSV and run again")
+    if not points:
+        _fail(f"{csv_path} holds no point with a value — export your series as `timestamp,value` with a header")
+    own_warmup = detector == "robust_series"
+    click.echo(f"{csv_path}: {found.describe(warmup_points if own_warmup else None)}", err=True)
+    sink = out.open("w", newline="") if out else sys.stdout
+    try:
+        writer = csv.writer(sink)
+        writer.writerow(["timestamp", "value", "anomaly_score", "alert"])
+        for when, value, score, alert in run_series(points, detector, warmup_points if own_warmup else None):
+            writer.writerow([when.isoformat(), repr(value), f"{score:.6g}", "true" if alert else "false"])
     except (ValueError, DetectorError) as exc:
         if out:
             sink.close()
@@ -633,6 +649,7 @@ def detect(csv_path: Path, detector: str, out: Path | None) -> None:
 def _read_series(path: Path, source: Any) -> Any:
     """(timestamp, value) rows of a `timestamp,value` CSV, with the line number in every error."""
     import csv
+    import math
     from datetime import datetime, timezone
 
     reader = csv.DictReader(source)
@@ -644,10 +661,14 @@ def _read_series(path: Path, source: Any) -> Any:
             when = datetime.fromisoformat(row["timestamp"].strip())
         except (ValueError, AttributeError):
             raise ValueError(f"{path}:{line}: timestamp {row['timestamp']!r} is not ISO 8601") from None
+        text = (row["value"] or "").strip()
         try:
-            value = float(row["value"])
-        except (TypeError, ValueError):
+            # A blank, NaN or null value is a missing point (skipped and counted), not a bad row.
+            value = None if text.lower() in ("", "nan", "null", "na") else float(text)
+        except ValueError:
             raise ValueError(f"{path}:{line}: value {row['value']!r} is not a number") from None
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{path}:{line}: value {row['value']!r} is not a finite number")
         yield (when if when.tzinfo else when.replace(tzinfo=timezone.utc)), value
 
 

@@ -7,6 +7,15 @@ A point is one bucket as wide as the gap to the next point (the last one as
 wide as the gap before it; one hour for a series of one point), so a daily or
 a 5-minute series keeps its own season of 24 buckets.
 
+`prepare_series` takes rows as they come (out of order, repeated timestamps,
+blank values) and says what it did with them: it sorts them, averages the
+values of a repeated timestamp, drops a blank or NaN value (a missing point),
+and infers the sampling interval (the median gap) and its irregular gaps.
+
+The default, `robust_series` (`detectors.robust_series`), needs no assumed
+season or scale; its alert is the first breach of an episode. The other
+detectors' alert is their breach.
+
 The value is read as a generic mean KPI (``BucketObservation.value``) by the
 detectors that test a mean; detectors that test a count (the volume
 detectors) read it as a count, which must be a non-negative integer; detectors
@@ -17,15 +26,18 @@ multi-metric detector cannot run on one number and are refused.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from detectors.base import BucketDetector, BucketObservation, step
 from detectors.exceptions import InvalidObservation
 from detectors.kpis import KPIS
 from detectors.registry import DETECTORS
+from detectors.robust_series import RobustSeriesDetector
 
-DEFAULT_DETECTOR = "seasonal_profile"
+DEFAULT_DETECTOR = "robust_series"
 
 
 def univariate_detectors() -> list[str]:
@@ -38,10 +50,12 @@ def _evidence(name: str) -> str | None:
     return KPIS[kpi].evidence if kpi in KPIS else None
 
 
-def _build(name: str) -> tuple[BucketDetector, bool]:
+def _build(name: str, warmup_points: int | None) -> tuple[BucketDetector, bool]:
     """The detector, and whether it reads the value as a count."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTORS)}")
+    if isinstance(DETECTORS[name](), RobustSeriesDetector):
+        return DETECTORS[name](**({} if warmup_points is None else {"warmup_points": warmup_points})), False
     evidence = _evidence(name)
     if evidence == "mean":
         return DETECTORS[name](kpi="value", min_count=1), False   # a value is a mean of one item
@@ -52,11 +66,13 @@ def _build(name: str) -> tuple[BucketDetector, bool]:
 
 
 def run_series(rows: Iterable[tuple[datetime, float]], detector_name: str = DEFAULT_DETECTOR,
-               ) -> Iterator[tuple[datetime, float, float, bool]]:
+               warmup_points: int | None = None) -> Iterator[tuple[datetime, float, float, bool]]:
     """Yield (timestamp, value, anomaly_score, alert) for each row, in order.
 
-    Timestamps must increase. The score is the detector's (a relative distance
-    to the expectation for most); it is 0.0 while the detector warms up.
+    Timestamps must increase (`prepare_series` makes them). The score is the
+    detector's: a calibrated score in [0, 1] for `robust_series` (whose
+    warm-up is `warmup_points`), a relative distance to the expectation for
+    most others; it is 0.0 while the detector warms up.
 
     >>> import math
     >>> from datetime import timezone
@@ -68,7 +84,7 @@ def run_series(rows: Iterable[tuple[datetime, float]], detector_name: str = DEFA
     >>> alerts
     ['2026-11-05T04:00:00+00:00']
     """
-    detector, as_count = _build(detector_name)
+    detector, as_count = _build(detector_name, warmup_points)
     points = iter(rows)
     current = next(points, None)
     previous: datetime | None = None
@@ -81,7 +97,7 @@ def run_series(rows: Iterable[tuple[datetime, float]], detector_name: str = DEFA
                  else when - previous if previous is not None else timedelta(hours=1))
         observation = _observation(detector_name, when, width, value, as_count)
         verdict = step(detector, observation)
-        yield when, value, verdict.score, verdict.breached
+        yield when, value, verdict.score, bool(verdict.detail.get("alert", verdict.breached))
         previous, current = when, following
 
 
@@ -94,3 +110,74 @@ def _observation(series: str, when: datetime, width: timedelta, value: float,
             raise InvalidObservation(f"a count detector needs non-negative whole numbers, got {value} at {when}")
         return BucketObservation(series, when, when + width, int(value))
     return BucketObservation(series, when, when + width, 0, value=float(value))
+
+
+@dataclass(frozen=True)
+class SeriesReport:
+    """What `prepare_series` found and did."""
+
+    rows: int                   # rows read
+    points: int                 # points left: one per timestamp, with a value
+    repeated: int               # rows whose timestamp an earlier row had (their values averaged)
+    out_of_order: int           # rows earlier than the row before them (sorted)
+    missing_values: int         # rows with a blank or NaN value (dropped)
+    interval: timedelta | None  # the median gap
+    irregular_gaps: int         # gaps more than 1.5 intervals or less than 0.5
+
+    def describe(self, warmup_points: int | None = None) -> str:
+        """One line for a person.
+
+        >>> SeriesReport(5, 4, 1, 1, 0, timedelta(minutes=5), 0).describe(12)
+        '5 rows, 4 points; 1 repeated timestamps (values averaged); 1 out of order (sorted); interval 0:05:00; warm-up 12 points'
+        """
+        parts = [f"{self.rows} rows, {self.points} points"]
+        if self.repeated:
+            parts.append(f"{self.repeated} repeated timestamps (values averaged)")
+        if self.out_of_order:
+            parts.append(f"{self.out_of_order} out of order (sorted)")
+        if self.missing_values:
+            parts.append(f"{self.missing_values} blank or NaN values (dropped)")
+        parts.append(f"interval {self.interval}" if self.interval else "interval unknown (one point)")
+        if self.irregular_gaps:
+            parts.append(f"{self.irregular_gaps} irregular gaps")
+        if warmup_points is not None:
+            parts.append(f"warm-up {warmup_points} points")
+        return "; ".join(parts)
+
+
+def prepare_series(rows: Iterable[tuple[datetime, float | None]]
+                   ) -> tuple[list[tuple[datetime, float]], SeriesReport]:
+    """Rows as they come, made into a series `run_series` takes, and what was done to them.
+
+    >>> from datetime import timezone
+    >>> t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    >>> rows = [(t0, 1.0), (t0 + timedelta(hours=2), 3.0), (t0 + timedelta(hours=1), 2.0),
+    ...         (t0 + timedelta(hours=1), 4.0), (t0 + timedelta(hours=3), None)]
+    >>> points, report = prepare_series(rows)
+    >>> [v for _, v in points], report.repeated, report.out_of_order, report.missing_values, report.interval
+    ([1.0, 3.0, 3.0], 1, 1, 1, datetime.timedelta(seconds=3600))
+    """
+    sums: dict[datetime, list[float]] = {}
+    count = out_of_order = missing = repeated = 0
+    previous: datetime | None = None
+    for when, value in rows:
+        count += 1
+        if previous is not None and when < previous:
+            out_of_order += 1
+        previous = when
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            missing += 1
+            continue
+        if not math.isfinite(value):
+            raise InvalidObservation(f"value at {when} is not a finite number: {value!r}")
+        if when in sums:
+            repeated += 1
+            sums[when][0] += value
+            sums[when][1] += 1
+        else:
+            sums[when] = [value, 1]
+    points = [(when, total / n) for when, (total, n) in sorted(sums.items())]
+    gaps = [(b[0] - a[0]) for a, b in zip(points, points[1:])]
+    interval = statistics.median(gaps) if gaps else None
+    irregular = sum(1 for gap in gaps if interval and not 0.5 * interval <= gap <= 1.5 * interval)
+    return points, SeriesReport(count, len(points), repeated, out_of_order, missing, interval, irregular)

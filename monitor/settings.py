@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     warmup_buckets: int = Field(24, ge=1, le=10_000, description="kpi_threshold and conversion_drop: closed buckets with traffic a series needs before it can alert.")
     min_exposures: int = Field(200, ge=1, description="kpi_threshold and conversion_drop: exposures a bucket needs to be scored.")
     significance: float = Field(0.001, gt=0, lt=0.5, description="kpi_threshold and conversion_drop: one-sided binomial p-value a drop must reach to be a breach.")
+    detect_warmup_points: int = Field(12, ge=3, le=10_000, description="`pmon detect`'s default detector (robust_series): points of a series it learns before it may alert, and points of a lasting change (a level shift) after which that is the new normal.")
     breach_span_buckets: int = Field(3, ge=1, description="A second breach within this many buckets opens an incident.")
     recovery_span_buckets: int = Field(3, ge=1, description="Consecutive healthy buckets that resolve an incident.")
     escalate_every: int = Field(6, ge=1, description="Further breaches of a firing incident that climb one rung of the ladder.")

@@ -1,0 +1,398 @@
+"""`RobustSeriesDetector`: the general-purpose detector of one univariate series (`pmon detect`'s default).
+
+Made for series as they come: any scale and sign, any sampling (even
+irregular), a season or none. Per point, online, in bounded state:
+
+1. **Forecast.** A few robust damped-trend Holt-Winters models run side by side
+   (Gelper, Fried & Croux 2010: each value is pulled to within `HUBER` scales
+   of the forecast before it is learnt, so an outlier moves nothing much): a
+   fast and a slow level, each without a season and with each calendar cycle
+   the sampling can show -- a day, a week, a year, in 4 to `MAX_BINS` bins
+   placed by the timestamp, so gaps keep the phase. The cycle is found online:
+   the model whose exponentially weighted absolute error is lowest is the one
+   scored, a seasonal one only once it has seen two cycles and beats the
+   unseasonal ones by `SEASON_MARGIN`.
+2. **Standardise.** z = residual / scale, the scale 1.4826 times a running
+   median of |residual| (a stochastic-approximation tracker), floored at half
+   the clipped exponentially weighted standard deviation.
+3. **Calibrate.** Three statistics: |z| (a spike, a dip), a two-sided CUSUM of
+   clipped z (a level shift) and the same CUSUM of the slow model's z (a ramp),
+   each turned into a tail probability by its own
+   `detectors.tail_calibration.TailCalibrator` learnt from the series' own
+   healthy points. score = 1 - min(1, 3 min(p)), Bonferroni over the three: the
+   same threshold is about the same false alarm rate on any series.
+4. **Alert once.** A point is a breach when score >= `threshold`; the first
+   breach of an episode is the alert (``detail["alert"]``), the others are
+   not, and the episode ends after `cooldown` quiet points.
+5. **A new normal.** Breaches are not learnt (an ongoing anomaly never becomes
+   the baseline) -- until an episode has lasted `relearn_points` points: then
+   every model restarts from those points (median level, Theil-Sen slope, MAD
+   scale), so a lasting shift is the new normal after a bounded time.
+6. **Missing stretches.** The sampling interval is the median of the recent
+   gaps; a gap longer than `GAP_FACTOR` intervals and half again the longest
+   gap seen is an alert of its own (``detail["missing"]``, score 1).
+
+No breach before `warmup_points` points are learnt. The evidence that chose
+this design and its defaults is in `docs/benchmarks/real_series.md`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from typing import ClassVar
+
+from detectors.base import BucketDetector, BucketObservation, Verdict
+from detectors.kpis import check_kpi, read, validate
+from detectors.tail_calibration import TailCalibrator
+
+DAY = 86_400.0
+CYCLES: tuple[tuple[str, float], ...] = (("day", DAY), ("week", 7 * DAY), ("year", 365.2425 * DAY))
+MAX_BINS = 168          # bins of one cycle at most: an hourly week; finer samplings share bins
+HUBER = 2.0             # a value is learnt at most this many scales from the forecast
+CLIP = 3.0              # |z| at most this much into the scale and the CUSUM: one spike is not a shift
+CUSUM_DRIFT = 0.5       # the CUSUM's allowance k: it finds shifts of about 2k = 1 scale
+SEASON_MARGIN = 0.85    # a seasonal model must cut the error of the unseasonal ones by 15 %
+GAP_FACTOR = 3.0        # a gap of more than 3 intervals may be a missing stretch
+LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.3), (0.5, 0.1), (0.1, 0.02))   # (alpha, beta): fast to slow
+GAMMA = 0.2             # the seasonal smoothing
+DAMPING = 0.95          # the trend's damping per step
+SCALE_WEIGHT = 0.05     # the spread's exponential weight
+MEDIAN_STEP = 0.03      # the median tracker's step in log space
+ERROR_WEIGHT = 0.05     # the model error's exponential weight (which model is scored)
+# E[min(|Z|, CLIP)] for a standard normal Z: makes the clipped mean absolute residual a standard deviation.
+_CLIPPED_MEAN_ABS = 2 * (0.3989422804014327 - math.exp(-CLIP * CLIP / 2) / math.sqrt(2 * math.pi)) \
+    + 2 * CLIP * 0.5 * math.erfc(CLIP / math.sqrt(2))
+
+
+def _huber(x: float, c: float) -> float:
+    return max(-c, min(c, x))
+
+
+class _Model:
+    """One robust damped-trend Holt-Winters model (plain floats and a list: pickles small)."""
+
+    __slots__ = ("alpha", "beta", "period", "bins", "level", "trend", "season", "visits", "scale", "spread",
+                 "mad", "error", "n", "time")
+
+    def __init__(self, alpha: float, beta: float, period: float = 0.0, bins: int = 0) -> None:
+        self.alpha, self.beta, self.period, self.bins = alpha, beta, period, bins
+        self.level = self.trend = 0.0
+        self.season = [0.0] * bins
+        self.visits = [0] * bins
+        self.scale = 0.0     # what z is in: the MAD-type scale, floored by half the spread
+        self.spread = 0.0    # clipped mean absolute residual / E[min(|Z|, CLIP)]: a standard deviation
+        self.mad = 0.0       # the median absolute residual, tracked by stochastic approximation
+        self.error = 0.0
+        self.n = 0
+        self.time = 0.0      # timestamp of the last value learnt
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self.__slots__, state):
+            setattr(self, name, value)
+
+    def bin(self, ts: float) -> int:
+        # Rounded, not floored: month starts (28 to 31 days apart) land in 12 distinct bins of a year.
+        return round((ts % self.period) / self.period * self.bins) % self.bins if self.bins else 0
+
+    def damped(self, steps: float) -> float:
+        """The trend's sum over `steps` steps ahead: phi + phi^2 + ... + phi^steps."""
+        return self.trend * DAMPING * (1 - DAMPING ** steps) / (1 - DAMPING)
+
+    def forecast(self, ts: float, steps: float) -> float:
+        return self.level + self.damped(steps) + (self.season[self.bin(ts)] if self.bins else 0.0)
+
+    def seasoned(self) -> bool:
+        """True once two cycles' worth of bins were each seen twice (or it has no season)."""
+        return not self.bins or (self.n >= 2 * self.bins and min(self.visits) >= 2)
+
+    def learn(self, ts: float, y: float, steps: float) -> None:
+        if self.n == 0:
+            self.level, self.n, self.time = y, 1, ts
+            return
+        forecast = self.forecast(ts, steps)
+        residual = y - forecast
+        if self.n >= 3 and self.scale > 0:
+            cleaned = forecast + self.scale * _huber(residual / self.scale, HUBER)
+            self.error += ERROR_WEIGHT * (min(abs(residual), CLIP * self.scale) - self.error)
+        else:
+            cleaned = y
+            self.error += (abs(residual) - self.error) / self.n
+        weight = max(SCALE_WEIGHT, 1.0 / self.n)
+        bounded = abs(residual) if self.n < 5 or self.scale == 0 else min(abs(residual), CLIP * self.scale)
+        self.spread += weight * (bounded / _CLIPPED_MEAN_ABS - self.spread)
+        if self.n < 5 or self.mad == 0:
+            self.mad = 0.6745 * self.spread      # the normal's median |Z| over its standard deviation
+        else:
+            # Robbins-Monro in log space: up when above, down when below, so it settles at the median.
+            self.mad *= math.exp(MEDIAN_STEP if abs(residual) > self.mad else -MEDIAN_STEP)
+        self.scale = max(1.4826 * self.mad, 0.5 * self.spread)
+        previous = self.level + self.damped(steps)
+        index = self.bin(ts)
+        seasonal = self.season[index] if self.bins else 0.0
+        self.level = self.alpha * (cleaned - seasonal) + (1 - self.alpha) * previous
+        # Early on the trend takes whatever the first differences say; then it settles to beta.
+        beta = max(self.beta, 1.0 / self.n) if self.n < 10 else self.beta
+        self.trend = beta * (self.level - previous + self.damped(steps)) / max(steps, 1.0) \
+            + (1 - beta) * self.trend * DAMPING ** steps
+        if self.bins:
+            self.visits[index] = min(self.visits[index] + 1, 255)
+            gamma = max(GAMMA, 1.0 / self.visits[index])
+            self.season[index] += gamma * (cleaned - self.level - self.season[index])
+        self.n = min(self.n + 1, 1_000_000)
+        self.time = ts
+
+    def restart(self, points: list[tuple[float, float]], steps_per_second: float) -> None:
+        """Start again from the last points of a lasting change: median level, Theil-Sen slope, MAD scale."""
+        deseasoned = [(ts, y - (self.season[self.bin(ts)] if self.bins else 0.0)) for ts, y in points]
+        slopes = [(b[1] - a[1]) / ((b[0] - a[0]) * steps_per_second)
+                  for i, a in enumerate(deseasoned) for b in deseasoned[i + 1:] if b[0] > a[0]]
+        slope = statistics.median(slopes) if slopes else 0.0
+        last = deseasoned[-1][0]
+        level = statistics.median(y + slope * (last - ts) * steps_per_second for ts, y in deseasoned)
+        spread = statistics.median(abs(y + slope * (last - ts) * steps_per_second - level) for ts, y in deseasoned)
+        self.level, self.trend, self.time = level, slope, last
+        self.scale = max(self.scale, 1.4826 * spread)
+        self.spread = max(self.spread, 1.4826 * spread)
+        self.mad = max(self.mad, spread)
+        self.error = max(self.error, spread)
+
+
+class RobustSeriesDetector(BucketDetector):
+    """A univariate series (a `BucketObservation.value`, or a KPI) against its robust forecast, calibrated.
+
+    Parameters
+    ----------
+    kpi
+        What to read: ``value`` (a backtested series) or a mean or count KPI.
+    warmup_points
+        Points learnt before the first may breach; also the points of a lasting change after which it is
+        the new normal, unless `relearn_points` says otherwise.
+    threshold
+        The score from which a point is a breach (score = 1 - p, p the calibrated tail probability).
+    cooldown
+        Quiet points that end an episode: a breach within them raises no new alert.
+
+    Examples
+    --------
+    >>> import math, random
+    >>> from datetime import datetime, timedelta, timezone
+    >>> from detectors.base import step
+    >>> rng = random.Random(7)
+    >>> t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    >>> def point(i, shift=0.0):       # 5-minute samples of a daily cycle, in the thousands
+    ...     t = t0 + timedelta(minutes=5 * i)
+    ...     y = 5000 + 800 * math.sin(2 * math.pi * i / 288) + rng.gauss(0, 40) + shift
+    ...     return BucketObservation("s", t, t + timedelta(minutes=5), 0, value=y)
+    >>> detector = RobustSeriesDetector()
+    >>> verdicts = [step(detector, point(i)) for i in range(600)]       # two days
+    >>> sum(v.detail.get("alert", False) for v in verdicts)             # no false alarm
+    0
+    >>> verdict = step(detector, point(600, shift=-600))                 # a dip of 15 scales
+    >>> verdict.detail["alert"], verdict.score > 0.999
+    (True, True)
+    >>> verdicts = [step(detector, point(i)) for i in range(601, 610)]
+    >>> [step(detector, point(i, shift=300)).detail["alert"] for i in range(610, 650)].count(True)
+    1
+    >>> step(detector, point(650, shift=300)).breached                  # the shift is the new normal
+    False
+    """
+
+    kind: ClassVar[str] = "kpi_spike"
+
+    def __init__(self, kpi: str = "value", warmup_points: int = 12, threshold: float = 0.999,
+                 cooldown: int = 3, relearn_points: int | None = None) -> None:
+        check_kpi(kpi, ("mean", "poisson"))
+        if warmup_points < 2 or not 0 < threshold < 1 or cooldown < 1:
+            raise ValueError("warmup_points must be >= 2, threshold in (0, 1) and cooldown >= 1")
+        relearn = warmup_points if relearn_points is None else relearn_points
+        if relearn < 3:
+            raise ValueError("relearn_points must be >= 3")
+        self.kpi = kpi
+        self.warmup_points = warmup_points
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.relearn_points = relearn
+        self._models = [_Model(alpha, beta) for alpha, beta in LEVELS]
+        self._best = 0
+        self._learnt = 0
+        self._point = TailCalibrator.for_abs_normal(2.0)
+        # Two-sided CUSUM of N(0, 1) increments with drift -k: P(S > x) ~ 2 exp(-2k (x + 0.583)) (Siegmund).
+        self._shift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))
+        self._drift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))
+        self._slow = len(LEVELS) - 1     # the slow model of the scored one's season: its residuals show a ramp
+        # Two-sided CUSUMs of the scored model's z and of the slow model's: up, down, slow up, slow down.
+        self._cusum = (0.0, 0.0, 0.0, 0.0)
+        self._gaps: deque[float] = deque(maxlen=31)
+        self._interval: float | None = None
+        self._longest = 0.0
+        self._last: float | None = None     # timestamp of the last point seen
+        self._quiet = 0                     # quiet points since the episode's last breach
+        self._episode = 0                   # points in the current episode (0: none)
+        self._recent: deque[tuple[float, float]] = deque(maxlen=relearn)
+
+    # ------------------------------------------------------------------------------------- reading
+    @property
+    def warming_up(self) -> bool:
+        return self._learnt < self.warmup_points
+
+    @property
+    def interval(self) -> float | None:
+        """The sampling interval in seconds: the median of the last 31 gaps (None before the second point)."""
+        return self._interval
+
+    @property
+    def season(self) -> str:
+        """The cycle of the model being scored: "none", "day", "week" or "year".
+
+        >>> RobustSeriesDetector().season
+        'none'
+        """
+        model = self._models[self._best]
+        return next((name for name, period in CYCLES if model.bins and period == model.period), "none")
+
+    def _value(self, observation: BucketObservation) -> float | None:
+        reading = read(observation, self.kpi)
+        return None if reading is None else reading.value
+
+    def _steps(self, model: _Model, ts: float) -> float:
+        interval = self.interval
+        return max(1.0, round((ts - model.time) / interval)) if interval else 1.0
+
+    def _z(self, ts: float, y: float, index: int | None = None) -> float:
+        model = self._models[self._best if index is None else index]
+        residual = y - model.forecast(ts, self._steps(model, ts))
+        if model.scale > 0:
+            return residual / model.scale
+        return 0.0 if residual == 0 else math.copysign(math.inf, residual)
+
+    # ------------------------------------------------------------------------------------- the API
+    def score_one(self, observation: BucketObservation) -> Verdict:
+        validate(observation)
+        y = self._value(observation)
+        ts = observation.bucket_start.timestamp()
+        if y is None or self.warming_up:
+            return Verdict(False, False, y or 0.0, 0.0, 0.0, warming_up=self.warming_up,
+                           detail={"kpi": self.kpi, "alert": False})
+        model = self._models[self._best]
+        expected = model.forecast(ts, self._steps(model, ts))
+        z, z_slow = self._z(ts, y), self._z(ts, y, self._slow)
+        cusum = self._advance(z, z_slow)
+        p_point = self._point.p_value(abs(z))
+        p_shift = self._shift.p_value(max(cusum[:2]))
+        p_drift = self._drift.p_value(max(cusum[2:]))
+        p_value = min(1.0, 3 * min(p_point, p_shift, p_drift))
+        score = 1.0 - p_value
+        breached = score >= self.threshold
+        gap = ts - self._last if self._last is not None else 0.0
+        interval = self.interval
+        missing = bool(interval) and gap > max(GAP_FACTOR * interval, 1.5 * self._longest)
+        alert = (breached and self._episode == 0) or missing
+        return Verdict(True, breached, y, expected, 1.0 if missing else score, detail={
+            "kpi": self.kpi, "z": z, "z_slow": z_slow, "p_point": p_point, "p_shift": p_shift,
+            "p_drift": p_drift, "p_value": p_value, "cusum": cusum, "alert": alert, "missing": missing, "season": self.season,
+            "interval_seconds": interval})
+
+    def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
+        """Advance what runs over every point: the clock, the CUSUM, the episode, a lasting change's restart."""
+        ts = observation.bucket_start.timestamp()
+        self._clock(ts, learnt=not verdict.breached)
+        if not verdict.scored:
+            return
+        self._cusum = verdict.detail["cusum"]
+        if verdict.breached:
+            self._episode += 1
+            self._quiet = 0
+            self._recent.append((ts, verdict.observed))
+            if self._episode >= self.relearn_points:
+                self._restart()
+        elif self._episode:
+            self._episode += 1
+            self._quiet += 1
+            self._recent.append((ts, verdict.observed))
+            if self._quiet >= self.cooldown:
+                self._episode = self._quiet = 0
+                self._recent.clear()
+
+    def learn_one(self, observation: BucketObservation) -> None:
+        validate(observation)
+        y = self._value(observation)
+        ts = observation.bucket_start.timestamp()
+        self._clock(ts, learnt=True)
+        if y is None:
+            return
+        if not self.warming_up:
+            z = self._z(ts, y)
+            if math.isfinite(z):
+                self._point.learn(abs(z))
+                self._shift.learn(max(self._cusum[:2]))
+                self._drift.learn(max(self._cusum[2:]))
+        for model in self._models:
+            if ts > model.time or model.n == 0:
+                model.learn(ts, y, self._steps(model, ts))
+        self._learnt = min(self._learnt + 1, self.warmup_points)
+        if not self.warming_up and len(self._models) == len(LEVELS) and self.interval:
+            self._add_seasons()
+        self._choose()
+
+    # ------------------------------------------------------------------------------------- internals
+    def _clock(self, ts: float, *, learnt: bool) -> None:
+        if self._last is not None and ts > self._last:
+            gap = ts - self._last
+            interval = self.interval
+            # A gap is learnt as the sampling's when it is not a missing stretch.
+            if learnt and (not interval or gap <= max(GAP_FACTOR * interval, 1.5 * self._longest)):
+                self._longest = max(self._longest, gap)
+            self._gaps.append(gap)
+            self._interval = statistics.median(self._gaps)
+        if self._last is None or ts > self._last:
+            self._last = ts
+
+    def _add_seasons(self) -> None:
+        """Once the interval is known: a candidate model per cycle the sampling can show."""
+        interval = self.interval or 0.0
+        for name, period in CYCLES:
+            samples = period / interval
+            if samples < 4 or samples > 20 * MAX_BINS:   # too coarse to show it, or too long to learn it
+                continue
+            for template in self._models[:len(LEVELS)]:
+                model = _Model(template.alpha, template.beta, period, min(MAX_BINS, round(samples)))
+                model.level, model.trend, model.scale = template.level, template.trend, template.scale
+                model.spread, model.mad = template.spread, template.mad
+                model.error, model.n, model.time = template.error, 3, template.time
+                self._models.append(model)
+
+    def _advance(self, z: float, z_slow: float) -> tuple[float, float, float, float]:
+        """The CUSUMs after this point's z (clipped: one spike is not a shift)."""
+        up, down, slow_up, slow_down = self._cusum
+        if not math.isfinite(z_slow):
+            z_slow = z
+        return (max(0.0, up + min(z, CLIP) - CUSUM_DRIFT), max(0.0, down - max(z, -CLIP) - CUSUM_DRIFT),
+                max(0.0, slow_up + min(z_slow, CLIP) - CUSUM_DRIFT),
+                max(0.0, slow_down - max(z_slow, -CLIP) - CUSUM_DRIFT))
+
+    def _choose(self) -> None:
+        plain = min(range(len(LEVELS)), key=lambda i: self._models[i].error)
+        best, best_error = plain, self._models[plain].error
+        for i, model in enumerate(self._models[len(LEVELS):], start=len(LEVELS)):
+            if model.seasoned() and model.error < SEASON_MARGIN * self._models[plain].error \
+                    and model.error < best_error:
+                best, best_error = i, model.error
+        self._best = best
+        model = self._models[best]
+        self._slow = next(i for i, m in enumerate(self._models)
+                          if m.alpha == LEVELS[-1][0] and m.bins == model.bins and m.period == model.period)
+
+    def _restart(self) -> None:
+        points = list(self._recent)
+        interval = self.interval or 1.0
+        for model in self._models:
+            model.restart(points, 1.0 / interval)
+        self._cusum = (0.0, 0.0, 0.0, 0.0)
+        self._episode = self._quiet = 0
+        self._recent.clear()
+

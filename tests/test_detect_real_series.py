@@ -1,0 +1,197 @@
+"""`pmon detect --csv` and its default detector on the real series installed packages ship (issue 15).
+
+Each shipped series gets a planted spike, dip and lasting level shift; `pmon detect` (in process) must run
+without an error and flag each. Besides: series as they come (out of order, repeated, blank values, gaps),
+scale invariance of the calibrated score, and the tail calibration against closed forms.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from bench.real_series import Series, load_series, noise_scale  # noqa: E402
+from cli.main import pmon  # noqa: E402
+from detectors.backtest import prepare_series, run_series  # noqa: E402
+from detectors.base import BucketObservation, step  # noqa: E402
+from detectors.robust_series import RobustSeriesDetector  # noqa: E402
+from detectors.tail_calibration import TailCalibrator  # noqa: E402
+
+SERIES = {s.name: s for s in load_series()}
+
+
+def _five_minute(series: Series) -> Series:
+    """The same values stamped 5 minutes apart: no package ships a 5-minute series."""
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    return Series(f"{series.name}_5min", series.source, "5-minute",
+                  [t0 + timedelta(minutes=5 * i) for i in range(len(series.values))], list(series.values),
+                  list(series.known))
+
+
+CASES = {**SERIES, "water_flow_5min": _five_minute(SERIES["water_flow"])}
+
+
+def _planted(series: Series) -> tuple[list[float], dict[str, int]]:
+    """A spike at 45 %, a 3-point dip at 65 % and a lasting level shift at 85 % of the series, clear of its
+    known events."""
+    values, n, sigma = list(series.values), len(series.values), noise_scale(series.values)
+    at: dict[str, int] = {}
+    for kind, fraction in (("spike", 0.45), ("dip", 0.65), ("level_shift", 0.85)):
+        i = int(fraction * n)
+        while any(a - 3 <= i < b + 3 for a, b in series.known):
+            i += 1
+        at[kind] = i
+    values[at["spike"]] += 10 * sigma
+    for i in range(at["dip"], at["dip"] + 3):
+        values[i] -= 10 * sigma
+    for i in range(at["level_shift"], n):
+        values[i] += 8 * sigma
+    return values, at
+
+
+def _detect(tmp_path: Path, times: list[datetime], values: list[float | str], *args: str
+            ) -> tuple[int, str, list[dict[str, str]]]:
+    path = tmp_path / "series.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["timestamp", "value"])
+        writer.writerows([t.isoformat(), v] for t, v in zip(times, values))
+    result = CliRunner().invoke(pmon, ["detect", "--csv", str(path), *args])
+    rows = list(csv.DictReader(io.StringIO(result.stdout))) if result.exit_code == 0 else []
+    return result.exit_code, result.stderr, rows
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_detect_flags_a_planted_spike_dip_and_level_shift_in_every_shipped_series(name: str, tmp_path: Path) -> None:
+    series = CASES[name]
+    values, at = _planted(series)
+    code, err, rows = _detect(tmp_path, series.times, values)
+    assert code == 0, err
+    assert len(rows) == len(values) and {row["alert"] for row in rows} <= {"true", "false"}
+    assert all(0.0 <= float(row["anomaly_score"]) <= 1.0 for row in rows)
+    alerts = [i for i, row in enumerate(rows) if row["alert"] == "true"]
+    for kind, start in at.items():
+        within = 12 if kind == "level_shift" else 4     # a shift's evidence gathers (a CUSUM)
+        assert any(start <= i < start + within for i in alerts), f"{name}: {kind} at {start} missed; alerts {alerts}"
+    assert "interval" in err and "warm-up 12 points" in err
+
+
+def test_the_sampling_is_inferred_and_reported(tmp_path: Path) -> None:
+    airline, water = SERIES["airline"], _five_minute(SERIES["water_flow"])
+    _, monthly, _ = _detect(tmp_path, airline.times, airline.values)
+    _, five, _ = _detect(tmp_path, water.times, water.values)
+    assert "interval 31 days" in monthly and "interval 0:05:00" in five
+
+
+def test_rows_as_they_come_are_sorted_averaged_and_reported_never_refused(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    times = [t0 + timedelta(hours=h) for h in range(300)]
+    values: list[float | str] = [-50 + rng.gauss(0, 1) for _ in times]       # negative values
+    values[200] = -80.0                                                       # a dip
+    rows = list(zip(times, values))
+    rows[10], rows[11] = rows[11], rows[10]                                   # out of order
+    rows.insert(50, (times[50], values[50]))                                  # repeated
+    rows[120] = (times[120], "")                                              # a blank value
+    code, err, out = _detect(tmp_path, [t for t, _ in rows], [v for _, v in rows])
+    assert code == 0, err
+    assert "1 repeated timestamps" in err and "1 out of order" in err and "1 blank or NaN values" in err
+    stamps = [datetime.fromisoformat(row["timestamp"]) for row in out]
+    assert stamps == sorted(stamps) and len(stamps) == 299
+    assert [row["timestamp"] for row in out if row["alert"] == "true"] == [times[200].isoformat()]
+
+
+def test_a_missing_stretch_is_an_alert_of_its_own_and_a_gappy_sampling_is_not() -> None:
+    rng = random.Random(5)
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    # Trading days: weekends are 3-day gaps, the sampling's own; then two missing weeks.
+    days = [t0 + timedelta(days=d) for d in range(400) if (t0 + timedelta(days=d)).weekday() < 5]
+    days = days[:200] + days[210:]
+    out = list(run_series([(d, 1.0 + rng.gauss(0, 0.01)) for d in days]))
+    assert [i for i, (*_, alert) in enumerate(out) if alert] == [200]
+
+
+def test_the_score_does_not_depend_on_the_scale_or_the_offset() -> None:
+    rng = random.Random(8)
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    base = [math.sin(i / 5) + rng.gauss(0, 0.2) for i in range(400)]
+    base[300] += 3
+    rows = lambda scale, offset: [(t0 + timedelta(hours=i), offset + scale * v) for i, v in enumerate(base)]  # noqa: E731
+    small = list(run_series(rows(1.0, 0.0)))
+    large = list(run_series(rows(1e6, -3e7)))     # revenue in the millions, all negative
+    assert [a for *_, a in small] == [a for *_, a in large]
+    assert [s for _, _, s, _ in small] == pytest.approx([s for _, _, s, _ in large], abs=1e-6)
+    assert small[300][3]
+
+
+def test_a_constant_series_that_moves_alerts_without_a_division_by_zero() -> None:
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    values = [7.0] * 50 + [8.0] + [7.0] * 10
+    out = list(run_series([(t0 + timedelta(days=i), v) for i, v in enumerate(values)]))
+    assert [i for i, (*_, alert) in enumerate(out) if alert] == [50]
+
+
+def test_warm_up_is_a_setting_and_no_point_alerts_before_it_ends() -> None:
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    detector = RobustSeriesDetector(warmup_points=30)
+    verdicts = [step(detector, BucketObservation("s", t0 + timedelta(hours=i), t0 + timedelta(hours=i + 1), 0,
+                                                 value=1000.0 if i == 20 else float(i % 3)))
+                for i in range(40)]
+    assert not any(v.breached for v in verdicts[:30]) and all(v.warming_up for v in verdicts[:30])
+    assert not verdicts[30].warming_up
+
+
+def test_prepare_series_reports_irregular_gaps() -> None:
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    points, found = prepare_series([(t0 + timedelta(minutes=m), 1.0) for m in (0, 5, 10, 15, 40, 45, 47)])
+    assert found.interval == timedelta(minutes=5) and found.irregular_gaps == 2 and len(points) == 7
+
+
+# ----------------------------------------------------------------------------------------- the calibration
+def test_the_tail_is_the_closed_form_exponential_and_the_prior_the_normals() -> None:
+    calibrator = TailCalibrator(1.5, 0.08, 0.7)
+    for x in (1.6, 2.5, 4.0, 9.0):
+        assert calibrator.p_value(x) == pytest.approx(0.08 * stats.expon.sf(x - 1.5, scale=0.7), rel=1e-12)
+    prior = TailCalibrator.for_abs_normal(2.0)
+    assert prior.p_value(2.0) == pytest.approx(2 * stats.norm.sf(2.0), rel=1e-9)
+    # The normal's mean excess above 2, E[|Z| - 2 | |Z| > 2], by numerical integration.
+    excess = stats.truncnorm(2.0, math.inf).mean() - 2.0
+    assert prior.excess == pytest.approx(excess, rel=1e-9)
+
+
+def test_a_learnt_laplace_tail_matches_the_exact_one() -> None:
+    # |Laplace(b)| is exponential: the tail model is exact, so what is learnt must be the truth.
+    rng = random.Random(11)
+    calibrator = TailCalibrator.for_abs_normal(2.0, memory=5000)
+    b = 1.3
+    for _ in range(40_000):
+        calibrator.learn(rng.expovariate(1 / b))
+    for x in (3.0, 6.0, 9.0):
+        assert calibrator.p_value(x) == pytest.approx(stats.expon.sf(x, scale=b), rel=0.2)
+
+
+def test_one_threshold_is_about_one_false_alarm_rate_on_different_noise() -> None:
+    """After learning, P(p < 0.001) is 0.001 for exponential tails, below it for the normal's (conservative),
+    and within 5x above it for a Student t of 3 degrees of freedom (a polynomial tail: the known limit)."""
+    expected = {"laplace": (25, 90), "normal": (5, 60), "t3": (100, 250)}
+    draws = {"laplace": lambda r: r.expovariate(1.0), "normal": lambda r: r.gauss(0, 1),
+             "t3": lambda r: stats.t.ppf(r.random(), 3)}
+    for name, draw in draws.items():
+        rng = random.Random(21)
+        calibrator = TailCalibrator.for_abs_normal(2.0, memory=5000)
+        for _ in range(5000):
+            calibrator.learn(abs(draw(rng)))
+        hits = sum(calibrator.p_value(abs(draw(rng))) < 0.001 for _ in range(50_000))   # 50 if exact
+        low, high = expected[name]
+        assert low <= hits <= high, (name, hits)
