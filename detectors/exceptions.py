@@ -1,7 +1,9 @@
 """Errors raised by the detectors package; all derive from DetectorError."""
 
+from pmon_errors import PmonError
 
-class DetectorError(Exception):
+
+class DetectorError(PmonError):
     """Root of every error the detectors package raises on purpose."""
 
 

@@ -1,7 +1,9 @@
 """Errors raised by the experiments package; all derive from ExperimentError."""
 
+from pmon_errors import PmonError
 
-class ExperimentError(Exception):
+
+class ExperimentError(PmonError):
     """Root of every error the experiments package raises on purpose."""
 
 

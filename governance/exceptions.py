@@ -1,7 +1,9 @@
 """Errors raised by the governance package; all derive from GovernanceError."""
 
+from pmon_errors import PmonError
 
-class GovernanceError(Exception):
+
+class GovernanceError(PmonError):
     """Root of every error the governance package raises on purpose."""
 
 

@@ -1,7 +1,9 @@
 """Errors raised by the incidents package; all derive from IncidentError."""
 
+from pmon_errors import PmonError
 
-class IncidentError(Exception):
+
+class IncidentError(PmonError):
     """Root of every error the incidents package raises on purpose."""
 
 

@@ -1,7 +1,9 @@
 """Errors raised by the monitor core on purpose; all derive from MonitorError."""
 
+from pmon_errors import PmonError
 
-class MonitorError(Exception):
+
+class MonitorError(PmonError):
     """Root of every error the monitor core raises on purpose."""
 
 

@@ -1,7 +1,9 @@
 """Errors raised by the plans package; all derive from PlanError."""
 
+from pmon_errors import PmonError
 
-class PlanError(Exception):
+
+class PlanError(PmonError):
     """Root of every error the plans package raises on purpose."""
 
 

@@ -72,6 +72,7 @@ from typing import Any, Callable, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from pmon_errors import PmonError
 from monitor.events import ConsentEvent, EngagementEvent, INPUT_MODELS, RuleChangeEvent
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
@@ -1086,7 +1087,7 @@ def simulate(spec: SimulationSpec) -> Iterator[SimulatedRecord]:
 # JSONL files
 
 
-class JsonlFormatError(ValueError):
+class JsonlFormatError(PmonError, ValueError):
     """A line of a simulation file is not a valid record; the message names the file and line."""
 
     def __init__(self, path: Path, line_number: int, reason: str) -> None:

@@ -1,7 +1,9 @@
 """Errors raised by the streams package (transport); all derive from StreamsError."""
 
+from pmon_errors import PmonError
 
-class StreamsError(Exception):
+
+class StreamsError(PmonError):
     """Root of every error the streams package raises on purpose."""
 
 

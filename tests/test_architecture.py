@@ -70,3 +70,18 @@ def test_checked_in_schemas_are_not_stale(name: str) -> None:
 def test_no_stray_schema_files() -> None:
     stray = sorted({p.name for p in (ROOT / "schemas").glob("*.json")} - set(all_schemas()))
     assert stray == [], f"schemas/ holds files no model produces: {stray} — delete them and run `make schemas`"
+
+
+def test_every_package_error_root_derives_from_the_projects_root() -> None:
+    import importlib
+
+    from pmon_errors import PmonError
+
+    roots = {}
+    for package in ("cli", "detectors", "experiments", "governance", "incidents", "monitor", "plans", "streams"):
+        module = importlib.import_module(f"{package}.exceptions")
+        errors = [value for value in vars(module).values()
+                  if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == module.__name__]
+        assert errors, f"{package}/exceptions.py defines no error"
+        roots[package] = [e.__name__ for e in errors if not issubclass(e, PmonError)]
+    assert all(not outside for outside in roots.values()), roots
