@@ -59,7 +59,6 @@ DEFAULT_ALERT_THRESHOLD = 0.2
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PMON_", frozen=True, extra="ignore")
 
-    # Kafka
     kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma separated.")
     topic_prefix: str = Field("pmon", description="Prefix of every topic name (`<prefix>.engagement`, ...).")
     app_id: str = Field("personalization-monitor", description="Faust app id: the consumer group and the prefix of internal topics.")
@@ -72,7 +71,6 @@ class Settings(BaseSettings):
     sasl_password: SecretStr | None = Field(None, description="SASL password.")
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL / SASL_SSL.")
 
-    # Worker
     web_host: str = Field("127.0.0.1", description="Address of the worker's web server (report view, /metrics).")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server.")
     batch_size: int = Field(5000, ge=1, le=100_000, description="Records stage 1 takes at once: one batch, one transaction.")
@@ -87,7 +85,6 @@ class Settings(BaseSettings):
     ready_max_lag: int = Field(100_000, ge=0, description="`/ready` fails when a stage is more records than this behind the last stable offsets of the partitions it holds.")
     broker_wait_seconds: float = Field(60, ge=0, le=86_400, description="How long `pmon worker` waits at its start for a broker that is not there yet (a line in the log every 10 s) before it gives up with a one-line error; 0 gives up at once. A broker that goes away later is waited for as long as it is away (`/ready` fails meanwhile).")
 
-    # Windows and event time
     bucket_seconds: int = Field(3600, ge=60, le=86_400, description="Width of a tumbling window bucket.")
     allowed_lateness_seconds: int = Field(600, ge=0, le=86_400, description="How far behind the watermark an event is still counted.")
     retention_days: int = Field(30, ge=1, le=400, description="How long closed buckets are kept for reports.")
@@ -96,7 +93,6 @@ class Settings(BaseSettings):
     check_interval_seconds: float = Field(60, gt=0, le=3600, description="How often every feed is checked for freshness and idle buckets (wall clock; replay time in a replay).")
     freshness_objective_seconds: int = Field(900, ge=1, description="Least silence of a feed (engagement x initiative) that makes it stale; longer for a quiet feed, see docs/semantics.md.")
 
-    # Detection and breach policy
     alert_threshold: float | None = Field(None, gt=0, lt=1, description="The KPI threshold, optional: when set, a relative drop of PMON_ALERT_KPI against a series' baseline by this much or more, significant at PMON_SIGNIFICANCE, is a breach on every series (the kpi_threshold detector), and a second breach within PMON_BREACH_SPAN_BUCKETS opens a kpi_threshold incident. Also conversion_drop's threshold and the report's flag, 0.2 when unset.")
     alert_kpi: Literal["cvr", "ctr"] = Field("cvr", description="The KPI PMON_ALERT_THRESHOLD watches: cvr (conversions per exposure) or ctr (clicks per exposure).")
     baseline_buckets: int = Field(72, ge=2, le=10_000, description="kpi_threshold and conversion_drop: trailing closed buckets that form a series' baseline.")
@@ -126,7 +122,6 @@ class Settings(BaseSettings):
                     'defaults (success metric: conversion); without either, it is not read out.')
     retry_limit: int = Field(2, ge=0, le=10, description="Retries of a failed sink write before it is dead-lettered.")
 
-    # Governance
     consent_policies: dict[str, Literal["opt-in", "opt-out"]] = Field(
         default_factory=lambda: {"EU": "opt-in", "UK": "opt-in", "US": "opt-out"},
         description='Consent policy per region (JSON): opt-in, a user without a record has not consented; opt-out, '
@@ -145,7 +140,6 @@ class Settings(BaseSettings):
         "assigned to its owner role's lead, or to the first substitute available on its day; the plan records who "
         "and why. A role without an entry is assigned to nobody by name."))
 
-    # Outputs and privacy
     plan_dir: Path = Field(Path("pmon-plans"), description="Directory of the plan documents.")
     pseudonym_key: SecretStr = Field(SecretStr(DEV_PSEUDONYM_KEY), description=(
         "Key of the keyed hash that pseudonymises user ids: a long random secret, kept stable (a new key gives "
@@ -309,3 +303,23 @@ class Settings(BaseSettings):
             "balance_significance": self.balance_significance,
             "probable_cause_hours": self.probable_cause_hours,
         }
+
+
+# The settings by concern, for the reference (docs/configuration.md); every field is in exactly one (tested).
+SETTING_GROUPS: dict[str, tuple[str, ...]] = {
+    "Broker": ("kafka_bootstrap", "topic_prefix", "app_id", "topic_partitions", "topic_replicas", "security_protocol",
+               "sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile", "broker_wait_seconds"),
+    "Worker": ("web_host", "web_port", "batch_size", "user_cache_size", "session_timeout_seconds",
+               "commit_interval_seconds", "consent_skew_seconds", "batch_within_seconds", "log_level",
+               "ready_fetch_seconds", "ready_max_lag"),
+    "Windows and event time": ("bucket_seconds", "allowed_lateness_seconds", "retention_days", "max_future_seconds",
+                               "idle_close_seconds", "check_interval_seconds", "freshness_objective_seconds"),
+    "Detection and breach policy": ("alert_threshold", "alert_kpi", "baseline_buckets", "warmup_buckets",
+                                    "min_exposures", "significance", "detect_warmup_points", "breach_span_buckets",
+                                    "recovery_span_buckets", "escalate_every", "series_detectors"),
+    "Governance": ("consent_policies", "consent_default_policy", "consent_grace_seconds", "consent_lookback_seconds",
+                   "fallback_threshold", "balance_significance", "probable_cause_hours", "roster"),
+    "Experiments": ("allocations", "experiments", "cuped_pre_period_days"),
+    "Outputs, sinks and privacy": ("plan_dir", "retry_limit", "alertmanager_url", "alertmanager_timeout_seconds",
+                                   "pseudonym_key", "development"),
+}

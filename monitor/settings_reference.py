@@ -13,7 +13,7 @@ from typing import Any
 import annotated_types
 from pydantic import SecretStr
 
-from monitor.settings import Settings
+from monitor.settings import SETTING_GROUPS, Settings
 
 def _number(value: float) -> str:
     # 86 400 rather than 86400: thin groups read faster in a table.
@@ -58,13 +58,17 @@ def _default(field: Any) -> str:
 
 
 def settings_table() -> str:
-    """One row per setting, in the order `Settings` declares them.
+    """One table per concern (`SETTING_GROUPS`), one row per setting.
 
-    >>> settings_table().splitlines()[2].startswith("| `PMON_KAFKA_BOOTSTRAP` | `localhost:9092` | text |")
+    >>> settings_table().splitlines()[4].startswith("| `PMON_KAFKA_BOOTSTRAP` | `localhost:9092` | text |")
     True
     """
-    rows = ["| Variable | Default | Allowed | Description |", "|---|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        rows.append(f"| `PMON_{name.upper()}` | {_default(field)} | {_allowed(field)} | "
-                    f"{(field.description or '').replace('|', '/')} |")
-    return "\n".join(rows)
+    rows: list[str] = []
+    for group, names in SETTING_GROUPS.items():
+        rows += [f"### {group}", "", "| Variable | Default | Allowed | Description |", "|---|---|---|---|"]
+        for name in names:
+            field = Settings.model_fields[name]
+            rows.append(f"| `PMON_{name.upper()}` | {_default(field)} | {_allowed(field)} | "
+                        f"{(field.description or '').replace('|', '/')} |")
+        rows.append("")
+    return "\n".join(rows).rstrip()

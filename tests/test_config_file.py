@@ -84,3 +84,10 @@ def test_a_missing_explicit_file_is_refused_before_anything_runs(tmp_path: Path)
         load_settings(tmp_path / "nope.toml")
     result = run_pmon("--config", "nope.toml", "config", "show", cwd=tmp_path)
     assert result.returncode == 2 and "nope.toml does not exist" in one_line(result.stderr)
+
+
+def test_every_setting_is_in_exactly_one_group_of_the_reference() -> None:
+    from monitor.settings import SETTING_GROUPS, Settings
+
+    grouped = [name for names in SETTING_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(Settings.model_fields), set(grouped) ^ set(Settings.model_fields)
