@@ -30,11 +30,16 @@ $(CHROMIUM_STAMP): $(STAMP)
 	  [ -z "$$missing" ] || (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)
 	touch $(CHROMIUM_STAMP)
 
-# The broker is stopped whatever the tests' outcome; the tests' exit code is kept. Two xdist workers: the broker's
-# tests run one at a time on one of them (tests/conftest.py groups them), the pure tests beside them.
+# The broker is stopped whatever the tests' outcome; the tests' exit codes are kept. Two processes: the tests of
+# the broker (`-m kafka`, in turn: some freeze, stop or renew it) and, beside them, the others, whose output
+# follows once both are done. Each half alone: `.venv/bin/python -m pytest -m kafka` or `-m "not kafka"`.
 test: setup $(CHROMIUM_STAMP) kafka-up
-	PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT) $(BIN)/python -m pytest -n 2 --dist loadgroup; \
-	  status=$$?; bash scripts/kafka-local.sh down; exit $$status
+	export PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT); \
+	  $(BIN)/python -m pytest -m "not kafka" -p no:cacheprovider >$(VENV)/tests-not-kafka.log 2>&1 & others=$$!; \
+	  $(BIN)/python -m pytest -m kafka; broker=$$?; \
+	  wait $$others; rest=$$?; echo "== the tests without the broker:"; cat $(VENV)/tests-not-kafka.log; \
+	  bash scripts/kafka-local.sh down; echo "tests of the broker: exit $$broker; the others: exit $$rest"; \
+	  [ $$broker -eq 0 ] && [ $$rest -eq 0 ]
 
 kafka-up:
 	bash scripts/kafka-local.sh up

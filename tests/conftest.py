@@ -41,13 +41,13 @@ def _port_answers(host: str, port: int) -> bool:
         return False
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
+@pytest.hookimpl(tryfirst=True)   # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # `make test` runs two xdist workers with --dist loadgroup: every test of the broker goes to one of them, in
-    # turn (some freeze, stop or renew the session's broker), while the pure tests share the other.
+    # Every test that reaches the broker is a `kafka` test, marked or not: `make test` runs those in one
+    # process, in turn (some freeze, stop or renew the session's broker), and the others in a second one.
     for item in items:
-        if item.get_closest_marker("kafka") or "kafka_bootstrap" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("broker"))
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("kafka"):
+            item.add_marker(pytest.mark.kafka)
 
 
 @pytest.fixture(scope="session")
