@@ -15,11 +15,13 @@ irregular), a season or none. Per point, online, in bounded state:
 2. **Standardise.** z = residual / scale, the scale 1.4826 times a running
    median of |residual| (a stochastic-approximation tracker), floored at half
    the clipped exponentially weighted standard deviation.
-3. **Calibrate.** Three statistics: |z| (a spike, a dip), a two-sided CUSUM of
-   clipped z (a level shift) and the same CUSUM of the slow model's z (a ramp),
-   each turned into a tail probability by its own
+3. **Calibrate.** Four statistics: |z| (a spike, a dip), a two-sided CUSUM of
+   clipped z (a level shift), the same CUSUM of the slow reference's z (a
+   ramp; the slow model of whichever season fits it best, chosen apart from
+   the scored one) and a CUSUM of min(z^2, 9) - `VARIANCE_DRIFT` (a burst of
+   variance), each turned into a tail probability by its own
    `detectors.tail_calibration.TailCalibrator` learnt from the series' own
-   healthy points. score = 1 - min(1, 3 min(p)), Bonferroni over the three: the
+   healthy points. score = 1 - min(1, 4 min(p)), Bonferroni over the four: the
    same threshold is about the same false alarm rate on any series.
 4. **Alert once.** A point is a breach when score >= `threshold`; the first
    breach of an episode is the alert (``detail["alert"]``), the others are
@@ -53,6 +55,8 @@ MAX_BINS = 168          # bins of one cycle at most: an hourly week; finer sampl
 HUBER = 2.0             # a value is learnt at most this many scales from the forecast
 CLIP = 3.0              # |z| at most this much into the scale and the CUSUM: one spike is not a shift
 CUSUM_DRIFT = 0.5       # the CUSUM's allowance k: it finds shifts of about 2k = 1 scale
+VARIANCE_DRIFT = 4.5    # the variance CUSUM's allowance on z^2 (clipped at CLIP^2): finds a scale about 3 times wider
+TESTS = 4               # statistics behind one score (Bonferroni)
 SEASON_MARGIN = 0.85    # a seasonal model must cut the error of the unseasonal ones by 15 %
 GAP_FACTOR = 3.0        # a gap of more than 3 intervals may be a missing stretch
 LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.3), (0.5, 0.1), (0.1, 0.02))   # (alpha, beta): fast to slow
@@ -224,9 +228,12 @@ class RobustSeriesDetector(BucketDetector):
         # Two-sided CUSUM of N(0, 1) increments with drift -k: P(S > x) ~ 2 exp(-2k (x + 0.583)) (Siegmund).
         self._shift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))
         self._drift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))
-        self._slow = len(LEVELS) - 1     # the slow model of the scored one's season: its residuals show a ramp
-        # Two-sided CUSUMs of the scored model's z and of the slow model's: up, down, slow up, slow down.
-        self._cusum = (0.0, 0.0, 0.0, 0.0)
+        self._slow = len(LEVELS) - 1     # the slow reference (best slow model of any season): shows a ramp
+        # Two-sided CUSUMs of the scored model's z and of the slow model's: up, down, slow up, slow down; then the
+        # variance CUSUM of the scored model's z^2.
+        # CUSUM of min(z^2, 9) - 4.5 of N(0, 1) z, simulated (2e6 points): P(S > 3) = 0.0069, E[S - 3 | S > 3] = 1.09.
+        self._spread = TailCalibrator(3.0, 0.0069, 1.09)
+        self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0)
         self._gaps: deque[float] = deque(maxlen=31)
         self._interval: float | None = None
         self._longest = 0.0
@@ -284,8 +291,9 @@ class RobustSeriesDetector(BucketDetector):
         cusum = self._advance(z, z_slow)
         p_point = self._point.p_value(abs(z))
         p_shift = self._shift.p_value(max(cusum[:2]))
-        p_drift = self._drift.p_value(max(cusum[2:]))
-        p_value = min(1.0, 3 * min(p_point, p_shift, p_drift))
+        p_drift = self._drift.p_value(max(cusum[2:4]))
+        p_spread = self._spread.p_value(cusum[4])
+        p_value = min(1.0, TESTS * min(p_point, p_shift, p_drift, p_spread))
         score = 1.0 - p_value
         breached = score >= self.threshold
         gap = ts - self._last if self._last is not None else 0.0
@@ -294,8 +302,8 @@ class RobustSeriesDetector(BucketDetector):
         alert = (breached and self._episode == 0) or missing
         return Verdict(True, breached, y, expected, 1.0 if missing else score, detail={
             "kpi": self.kpi, "z": z, "z_slow": z_slow, "p_point": p_point, "p_shift": p_shift,
-            "p_drift": p_drift, "p_value": p_value, "cusum": cusum, "alert": alert, "missing": missing, "season": self.season,
-            "interval_seconds": interval})
+            "p_drift": p_drift, "p_spread": p_spread, "p_value": p_value, "cusum": cusum, "alert": alert,
+            "missing": missing, "season": self.season, "interval_seconds": interval})
 
     def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
         """Advance what runs over every point: the clock, the CUSUM, the episode, a lasting change's restart."""
@@ -330,7 +338,8 @@ class RobustSeriesDetector(BucketDetector):
             if math.isfinite(z):
                 self._point.learn(abs(z))
                 self._shift.learn(max(self._cusum[:2]))
-                self._drift.learn(max(self._cusum[2:]))
+                self._drift.learn(max(self._cusum[2:4]))
+                self._spread.learn(self._cusum[4])
         for model in self._models:
             if ts > model.time or model.n == 0:
                 model.learn(ts, y, self._steps(model, ts))
@@ -366,14 +375,15 @@ class RobustSeriesDetector(BucketDetector):
                 model.error, model.n, model.time = template.error, 3, template.time
                 self._models.append(model)
 
-    def _advance(self, z: float, z_slow: float) -> tuple[float, float, float, float]:
+    def _advance(self, z: float, z_slow: float) -> tuple[float, float, float, float, float]:
         """The CUSUMs after this point's z (clipped: one spike is not a shift)."""
-        up, down, slow_up, slow_down = self._cusum
+        up, down, slow_up, slow_down, spread = self._cusum
         if not math.isfinite(z_slow):
             z_slow = z
         return (max(0.0, up + min(z, CLIP) - CUSUM_DRIFT), max(0.0, down - max(z, -CLIP) - CUSUM_DRIFT),
                 max(0.0, slow_up + min(z_slow, CLIP) - CUSUM_DRIFT),
-                max(0.0, slow_down - max(z_slow, -CLIP) - CUSUM_DRIFT))
+                max(0.0, slow_down - max(z_slow, -CLIP) - CUSUM_DRIFT),
+                max(0.0, spread + min(z * z, CLIP * CLIP) - VARIANCE_DRIFT))
 
     def _choose(self) -> None:
         plain = min(range(len(LEVELS)), key=lambda i: self._models[i].error)
@@ -383,16 +393,20 @@ class RobustSeriesDetector(BucketDetector):
                     and model.error < best_error:
                 best, best_error = i, model.error
         self._best = best
-        model = self._models[best]
-        self._slow = next(i for i, m in enumerate(self._models)
-                          if m.alpha == LEVELS[-1][0] and m.bins == model.bins and m.period == model.period)
+        # The slow reference is chosen on its own error: the scored model may be a fast unseasonal one (a smooth
+        # series) while only a seasonal slow model forecasts well enough for its CUSUM to show a ramp.
+        slow = [i for i, m in enumerate(self._models) if m.alpha == LEVELS[-1][0]]
+        plain_slow = slow[0]
+        self._slow = min((i for i in slow if i == plain_slow or (
+            self._models[i].seasoned() and self._models[i].error < SEASON_MARGIN * self._models[plain_slow].error)),
+            key=lambda i: self._models[i].error)
 
     def _restart(self) -> None:
         points = list(self._recent)
         interval = self.interval or 1.0
         for model in self._models:
             model.restart(points, 1.0 / interval)
-        self._cusum = (0.0, 0.0, 0.0, 0.0)
+        self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0)
         self._episode = self._quiet = 0
         self._recent.clear()
 

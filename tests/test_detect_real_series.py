@@ -195,3 +195,71 @@ def test_one_threshold_is_about_one_false_alarm_rate_on_different_noise() -> Non
         hits = sum(calibrator.p_value(abs(draw(rng))) < 0.001 for _ in range(50_000))   # 50 if exact
         low, high = expected[name]
         assert low <= hits <= high, (name, hits)
+
+
+# ----------------------------------------------------------------------------------------- variance, determinism
+def test_a_burst_of_variance_is_alerted_by_the_variance_cusum() -> None:
+    """30 points with three times the noise (the benchmark's variance kind, no point beyond 4 scales): one alert,
+    inside the burst, raised by the variance statistic (p_spread), none before it."""
+    rng = random.Random(12)
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    detector = RobustSeriesDetector()
+    verdicts = []
+    for i in range(400):
+        noise = rng.gauss(0, 1)
+        if 300 <= i < 330:
+            noise = max(-4.0, min(4.0, 3 * rng.gauss(0, 1)))
+        observation = BucketObservation("s", t0 + timedelta(hours=i), t0 + timedelta(hours=i + 1), 0,
+                                        value=100 + 0.01 * i + noise)
+        verdicts.append(step(detector, observation))
+    alerts = [i for i, v in enumerate(verdicts) if v.detail.get("alert")]
+    assert len(alerts) == 1 and 300 <= alerts[0] < 330, alerts
+    first = verdicts[alerts[0]].detail
+    assert first["p_spread"] == min(first["p_point"], first["p_shift"], first["p_drift"], first["p_spread"])
+
+
+def test_the_variance_cusums_prior_is_its_simulated_tail() -> None:
+    """The prior of the variance CUSUM (min(z^2, 9) - 4.5 of normal z) against a fresh simulation."""
+    rng = random.Random(4)
+    s, above, excess, n = 0.0, 0, 0.0, 300_000
+    for _ in range(n):
+        z = rng.gauss(0, 1)
+        s = max(0.0, s + min(z * z, 9.0) - 4.5)
+        if s > 3.0:
+            above, excess = above + 1, excess + s - 3.0
+    prior = RobustSeriesDetector()._spread
+    assert prior.rate == pytest.approx(above / n, rel=0.15)
+    assert prior.excess == pytest.approx(excess / above, rel=0.15)
+
+
+_DETERMINISM_PROBE = """
+import hashlib, random
+from bench.real_series import load_series, noise_scale
+from detectors.backtest import prepare_series, run_series
+out = hashlib.sha256()
+for series in load_series():
+    rng = random.Random(series.name)
+    values = list(series.values)
+    sigma = noise_scale(values)
+    for i in range(len(values) // 5, len(values), 97):
+        values[i] += rng.choice((-6, 6)) * sigma
+    points, _ = prepare_series(zip(series.times, values))
+    for when, value, score, alert in run_series(points):
+        out.update(f"{when.isoformat()} {score!r} {alert}".encode())
+print(out.hexdigest())
+"""
+
+
+def test_the_detector_does_not_depend_on_the_hash_seed() -> None:
+    """The same alerts and scores, to the last bit, on every shipped series under two PYTHONHASHSEEDs."""
+    import os
+    import subprocess
+
+    digests = []
+    for seed in ("0", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", _DETERMINISM_PROBE], cwd=ROOT, env=env, capture_output=True,
+                              check=False, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        digests.append(done.stdout.strip())
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
