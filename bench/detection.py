@@ -70,8 +70,9 @@ from detectors.variant_share import VariantShareDetector  # noqa: E402
 from incidents.breach_policy import BreachPolicy, BreachPolicyConfig, BreachState  # noqa: E402
 from incidents.model import Evidence  # noqa: E402
 from incidents.playbooks import PLAYBOOKS  # noqa: E402
+from incidents.series import SeriesKey, build_key  # noqa: E402
 from simulation.simulator import (DEFAULT_START, InitiativeSpec, Injection, SimulationSpec,  # noqa: E402
-                               default_program, series_key, simulate, traffic_factor)
+                               default_program, simulate, traffic_factor)
 
 WARMUP_DAYS = 3
 SLOT_HOURS = 12
@@ -181,7 +182,7 @@ def schedule(seed: int, days: int, program: tuple[InitiativeSpec, ...]
         return cycle.pop()
 
     def expected_volume(spec: InitiativeSpec, keys: list[str], hour: int) -> float:
-        parts = [key.split("|") for key in keys]
+        parts = [SeriesKey.parse(key) for key in keys]
         factor = traffic_factor(DEFAULT_START + timedelta(hours=hour))
         return statistics.fmean(spec.exposures_per_hour * spec.exposure_share(p, c, v) * factor
                                 for _, p, c, v in parts)
@@ -214,7 +215,7 @@ def schedule(seed: int, days: int, program: tuple[InitiativeSpec, ...]
                 family, magnitude, hours = next_kind()
                 if start + hours + GRACE > days * 24:
                     continue
-                _, profile, channel, variant = key.split("|")
+                _, profile, channel, variant = SeriesKey.parse(key)
                 if family == "latency_regression":
                     for hour in range(start, start + hours):
                         latency[(key, hour)] = 1.0 + magnitude
@@ -249,7 +250,7 @@ def aggregate(spec: SimulationSpec) -> Traffic:
     hours = spec.hours
     counters = {key: [[0, 0, 0, 0.0, 0, 0.0] for _ in range(hours)]
                 for initiative in spec.initiatives for key in initiative.series_keys()}
-    by_parts = {tuple(key.split("|")): rows for key, rows in counters.items()}
+    by_parts = {SeriesKey.parse(key): rows for key, rows in counters.items()}
     last: dict[str, float | None] = {initiative.name: None for initiative in spec.initiatives}
     ticks: list[tuple[int, dict[str, float | None]]] = []
     next_tick = TICK_SECONDS
@@ -479,7 +480,7 @@ def detect_seed(seed: int, labels: list[Label], latency: dict[tuple[str, int], f
         allocation = dict(zip(spec_.variants, spec_.allocation))
         for profile in spec_.profiles:
             for channel in spec_.channels:
-                keys = {v: series_key(spec_.name, profile, channel, v) for v in spec_.variants}
+                keys = {v: build_key(spec_.name, profile, channel, v) for v in spec_.variants}
                 detector = VariantShareDetector(allocation)
                 states = {v: BreachState() for v in keys}
                 for hour in range(traffic.hours):
@@ -513,7 +514,7 @@ def detect_seed(seed: int, labels: list[Label], latency: dict[tuple[str, int], f
                 incidents["freshness"] += [("initiative", feed, hour) for e in events if e.transition == "opened"]
 
     seconds["detectors"] = time.perf_counter() - clock
-    volume = {key: spec_.exposures_per_hour * spec_.exposure_share(*key.split("|")[1:])
+    volume = {key: spec_.exposures_per_hour * spec_.exposure_share(*SeriesKey.parse(key)[1:])
               for spec_ in program for key in spec_.series_keys()}
     # The oracle's baselines: each series' rates over the clean warm-up days.
     power = []

@@ -121,7 +121,7 @@ class Clock:
 
 # --------------------------------------------------------------------------- the aggregation
 def series_of(event: dict[str, Any]) -> str:
-    """The monitor's series key (`monitor.windows.series_key`)."""
+    """The monitor's series key (`incidents.series.build_key`), spelt out: the peers import nothing of the monitor."""
     return f"{event['initiative']}|{event['profile']}|{event['channel']}|{event['variant']}"
 
 

@@ -84,10 +84,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from monitor.settings import Settings  # noqa: E402
+from monitor.topics import EVENT_TOPICS  # noqa: E402
 
 PMON = Path(sys.executable).parent / "pmon"
 DEFAULT_EVENTS = 200_000
-INPUT_TOPICS = ("engagement", "consent", "rule-changes")
 RECORDS_PER_DAY = 50_000  # a little under what the default simulated program makes a day
 CHILD_FLAG = "--embedded-child"
 PEERS_SCRIPT = Path(__file__).resolve().with_name("peers.py")
@@ -302,7 +302,7 @@ async def bare_consumer(settings: Settings, workload: Workload, timeout: float) 
 
     n = len(workload.records)
     consumer = AIOKafkaConsumer(
-        *(settings.topic(t) for t in INPUT_TOPICS), **kafka_options(settings),
+        *(settings.topic(t) for t in EVENT_TOPICS), **kafka_options(settings),
         group_id=f"{settings.app_id}-bare-consumer", auto_offset_reset="earliest", enable_auto_commit=False)
     started = time.perf_counter()
     deadline = time.monotonic() + timeout

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from html import escape
 
 from cli.render import measured, pct
+from incidents.series import split_variant
+from incidents.timeutil import utc
 from monitor.report import IncidentLine, LiftHistory, Report, RuleChangeLine, SeriesTrend
 
 # (key, title, unit) of the KPI charts, in the order shown.
@@ -158,7 +160,7 @@ def _tick_label(value: float, unit: str) -> str:
 def _time_ticks(lo: float, hi: float, most: int = 8) -> list[float]:
     """Midnights (UTC) in [lo, hi]: every day, or every few days so that at most `most` are labelled."""
     step = max(1, math.ceil((hi - lo) / 86_400 / most))
-    first = datetime.fromtimestamp(lo, tz=timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = utc(lo).replace(hour=0, minute=0, second=0, microsecond=0)
     if first.timestamp() < lo:
         first += timedelta(days=1)
     ticks, at = [], first
@@ -181,7 +183,7 @@ def _axes(x: _Scale, y: _Scale, unit: str, *, most: int = 8) -> list[str]:
         px = _f(x(at))
         out.append(f'<line class="grid" x1="{px}" x2="{px}" y1="{_f(y.start)}" y2="{_f(y.start + 3)}"/>'
                    f'<text x="{px}" y="{_f(y.start + 13)}" text-anchor="middle">'
-                   f'{datetime.fromtimestamp(at, tz=timezone.utc):%m-%d}</text>')
+                   f'{utc(at):%m-%d}</text>')
     return out
 
 
@@ -252,7 +254,7 @@ def _header(report: Report) -> str:
 
 
 def _variant(series: str) -> str:
-    return series.rsplit("|", 1)[-1]
+    return split_variant(series)[1]
 
 
 def _palette(names: Iterable[str]) -> dict[str, str]:
@@ -460,7 +462,7 @@ def _incident_timeline(report: Report) -> str:
         px = _f(x(at))
         body.append(f'<line class="grid" x1="{px}" x2="{px}" y1="0" y2="{height - 20}"/>'
                     f'<text x="{px}" y="{height - 7}" text-anchor="middle">'
-                    f'{datetime.fromtimestamp(at, tz=timezone.utc):%m-%d}</text>')
+                    f'{utc(at):%m-%d}</text>')
     for i, line in enumerate(report.incidents):
         top = i * row + 2
         start = max(line.opened_at.timestamp(), lo)

@@ -337,12 +337,14 @@ def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[di
 
 def _where(label: dict[str, Any]) -> str:
     """The series of an injection, shortened to what they share: 'Win-back Emails (all 8 series)'."""
+    from incidents.series import SEPARATOR
+
     series = sorted(label["series"])
     if len(series) == 1:
         return series[0]
-    parts = [s.split("|") for s in series]
+    parts = [s.split(SEPARATOR) for s in series]
     shared = [p[0] if all(q[i] == p[0] for q in parts) else "*" for i, p in enumerate(zip(*parts))]
-    return f"{'|'.join(shared)} ({len(series)} series)"
+    return f"{SEPARATOR.join(shared)} ({len(series)} series)"
 
 
 def _embedded_stage(settings: Settings, initiative: str, events: Path | None, state_dir: Path | None,

@@ -137,7 +137,7 @@ from detectors.seasonal import (LatencyRegressionDetector, RevenueShiftDetector,
 
 
 class _Checked:
-    """A threshold detector (the pipeline uses them directly) refusing invalid buckets like the others."""
+    """A threshold detector refusing invalid buckets like the others (the class the pipeline runs)."""
 
     def learn_one(self, observation: BucketObservation) -> None:
         validate(observation)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 
 from governance.consent_ledger import Violation
 from incidents.breach_policy import period_of
 from incidents.model import Evidence, IncidentEvent, Transition, incident_id, transition_event_id
 from incidents.playbooks import owner_at, playbook_for
+from incidents.timeutil import utc
 
 KIND = "consent_violation"
 _EXAMPLES = 10  # violations listed in the evidence: enough to act on, bounded
@@ -64,7 +64,7 @@ def observe_violations(state: ViolationState, violations: Sequence[Violation], *
         if state.count == 0 and not convicted:
             detail = {"violations": 0, "acquitted": [v.event_id for v in acquitted][:_EXAMPLES], "kpi": "violations",
                       "reason": "consent granted earlier (by event time) arrived after the convictions"}
-            at = _utc(state.last_at)
+            at = utc(state.last_at)
             evidence = Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=at, bucket_end=at, detail=detail)
             return ViolationState(), [_event(replace(state, sequence=state.sequence + 1), "resolved", initiative,
                                              evidence)]
@@ -73,7 +73,7 @@ def observe_violations(state: ViolationState, violations: Sequence[Violation], *
     first = min(convicted, key=lambda v: v.at)
     opening = state.incident is None
     if opening:
-        period = period_of(_utc(first.at).replace(minute=0, second=0, microsecond=0))
+        period = period_of(utc(first.at).replace(minute=0, second=0, microsecond=0))
         state = ViolationState(incident_id(initiative, KIND, "group", period), period)
     series = list(state.series) + sorted({v.series for v in convicted} - set(state.series))
     users = list(state.users) + [u for u in dict.fromkeys(v.user for v in convicted) if u not in state.users]
@@ -91,13 +91,13 @@ def _report(state: ViolationState, transition: Transition, initiative: str,
     state = replace(state, sequence=state.sequence + 1, reported=state.count)
     detail = {
         "violations": state.count, "late_convictions": state.late, "users_listed": list(state.users),
-        "examples": [{"event_id": v.event_id, "at": _utc(v.at).isoformat(), "series": v.series, "reason": v.reason,
+        "examples": [{"event_id": v.event_id, "at": utc(v.at).isoformat(), "series": v.series, "reason": v.reason,
                       "late": v.late} for v in sorted(newest, key=lambda v: v.at)[:_EXAMPLES]],
         "kpi": "violations",
     }
     start = min((v.at for v in newest), default=state.last_at)
     evidence = Evidence(observed=float(state.count), expected=0.0, score=float(state.count),
-                        bucket_start=_utc(min(start, state.last_at)), bucket_end=_utc(state.last_at), detail=detail)
+                        bucket_start=utc(min(start, state.last_at)), bucket_end=utc(state.last_at), detail=detail)
     return state, _event(state, transition, initiative, evidence)
 
 
@@ -125,8 +125,8 @@ def observe_quiet_bucket(state: ViolationState, *, initiative: str, bucket_start
     if quiet < recovery_buckets:
         return replace(state, quiet_buckets=quiet), events
     resolved = replace(state, sequence=state.sequence + 1)
-    evidence = Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=_utc(bucket_start),
-                        bucket_end=_utc(bucket_end),
+    evidence = Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=utc(bucket_start),
+                        bucket_end=utc(bucket_end),
                         detail={"violations": state.count, "late_convictions": state.late, "kpi": "violations",
                                 "quiet_buckets": quiet})
     return ViolationState(), events + [_event(resolved, "resolved", initiative, evidence)]
@@ -139,7 +139,3 @@ def _event(state: ViolationState, transition: Transition, initiative: str, evide
         transition=transition, kind=KIND, severity="critical", initiative=initiative, series=list(state.series),
         period=state.period, owner=owner_at(playbook.first_rung), rung=playbook.first_rung, playbook=playbook.text,
         evidence=evidence, occurred_at=evidence.bucket_end)
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from governance.exceptions import InvalidPolicy
+from incidents.timeutil import iso_seconds
 
 Purpose = Literal["personalization", "analytics", "marketing"]
 RegionPolicy = Literal["opt-in", "opt-out"]
@@ -66,8 +67,8 @@ class Judgement:
         if self.basis == "no record":
             return f"no record; {self.region or 'unknown region'} is {self.policy}"
         if self.basis == "grace":
-            return f"revoked at {_iso(self.at)}, within the {self.grace_seconds:g} s grace"
-        return f"{self.basis} at {_iso(self.at)}"
+            return f"revoked at {iso_seconds(self.at)}, within the {self.grace_seconds:g} s grace"
+        return f"{self.basis} at {iso_seconds(self.at)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +197,3 @@ class ConsentPolicy:
 def _violation(exposure: Exposure, pseudonym: str, judgement: Judgement, *, late: bool) -> Violation:
     return Violation(exposure.event_id, exposure.at, exposure.initiative, exposure.series, pseudonym,
                      judgement.reason, late)
-
-
-def _iso(epoch: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -23,11 +23,11 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 
 from incidents.breach_policy import period_of
 from incidents.model import Evidence, IncidentEvent, Transition, incident_id, transition_event_id
 from incidents.playbooks import owner_at, playbook_for
+from incidents.timeutil import utc
 
 UNAPPROVED = "unapproved_rule_change"
 INTEGRITY = "experiment_integrity"
@@ -53,7 +53,7 @@ class RuleChange:
         return [name for name, value in (("approver", self.approver), ("ticket", self.ticket)) if value is None]
 
     def describe(self) -> dict[str, object]:
-        return {"event_id": self.event_id, "at": _utc(self.at).isoformat(), "rule_id": self.rule_id,
+        return {"event_id": self.event_id, "at": utc(self.at).isoformat(), "rule_id": self.rule_id,
                 "action": self.action, "author": self.author, "approver": self.approver, "ticket": self.ticket,
                 "approved": self.approved}
 
@@ -117,7 +117,7 @@ class RuleAudit:
         key = f"{kind}|{change.rule_id}"
         known = self.open.get(key)
         if known is None:
-            period = period_of(_utc(change.at).replace(minute=0, second=0, microsecond=0))
+            period = period_of(utc(change.at).replace(minute=0, second=0, microsecond=0))
             finding = _OpenFinding(incident_id(initiative, kind, change.rule_id, period), period, 1,
                                    (change.event_id,))
             transition: Transition = "opened"
@@ -150,7 +150,7 @@ class RuleAudit:
 def _event(finding: _OpenFinding, kind: str, transition: Transition, initiative: str, change: RuleChange,
            reason: str, **detail: object) -> IncidentEvent:
     playbook = playbook_for(kind)
-    at = _utc(change.at)
+    at = utc(change.at)
     evidence = Evidence(observed=1.0 if transition != "resolved" else 0.0, expected=0.0, score=1.0, bucket_start=at,
                         bucket_end=at, detail={"kpi": "rule_changes", "reason": reason, "change": change.describe(),
                                                "changes": list(finding.changes), **detail})
@@ -159,7 +159,3 @@ def _event(finding: _OpenFinding, kind: str, transition: Transition, initiative:
         transition=transition, kind=kind, severity=playbook.severity, initiative=initiative,
         series=[f"{initiative}|rule|{change.rule_id}"], period=finding.period, owner=owner_at(playbook.first_rung),
         rung=playbook.first_rung, playbook=playbook.text, evidence=evidence, occurred_at=at)
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +22,8 @@ from governance.variant_balance import MEASURES, BalanceVerdict, balance_test
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.model import Evidence, IncidentEvent
 from incidents.playbooks import ESCALATION_LADDER, PLAYBOOKS, owner_at
+from incidents.series import field_of
+from incidents.timeutil import utc
 from plans.document import ChecklistItem
 
 # Incident kinds that are judgements of engagement KPIs: their evidence lists probable causes.
@@ -134,7 +135,7 @@ class GovernanceScan:
                       initiative: str) -> list[IncidentEvent]:
         new = []
         for violation in violations:
-            channel = violation.series.split("|")[2]
+            channel = field_of(violation.series, "channel")
             if violation.acquitted:
                 if state.convicted.pop(violation.event_id, None) is None:
                     continue  # never counted here: nothing to withdraw
@@ -211,7 +212,7 @@ class GovernanceScan:
                 state.rules[rule] = rule_state
                 continue  # too few to judge: neither a breach nor a recovery
             evidence = Evidence(observed=verdict.rate, expected=verdict.expected, score=verdict.p_value,
-                                bucket_start=_utc(start), bucket_end=_utc(end),
+                                bucket_start=utc(start), bucket_end=utc(end),
                                 detail={"kpi": "fallback_rate", "fallbacks": fallbacks, "exposures": exposures,
                                         "p_value": verdict.p_value, "reason": verdict.reason})
             rule_state.breach, caused = self.breach_policy.observe(
@@ -240,7 +241,7 @@ class GovernanceScan:
                 rates = verdict.rates
                 evidence = Evidence(
                     observed=max(rates.values(), default=0.0), expected=min(rates.values(), default=0.0),
-                    score=verdict.p_value, bucket_start=_utc(start), bucket_end=_utc(end),
+                    score=verdict.p_value, bucket_start=utc(start), bucket_end=utc(end),
                     detail={"kpi": f"{measure}_rate", "experiment": experiment, "test": verdict.test,
                             "p_value": verdict.p_value, "rates": rates, "user_hours": verdict.units})
                 state.balance[key], caused = self.breach_policy.observe(
@@ -362,7 +363,3 @@ def _with_history(item: ChecklistItem, opened: list[str], period: str) -> Checkl
 def violations_of(records: Sequence[dict]) -> list[Violation]:
     """Violations from their JSON form (the per-user stage sends them to the per-initiative stage)."""
     return [Violation(**record) for record in records]
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)

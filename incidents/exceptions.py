@@ -9,3 +9,7 @@ class IncidentError(PmonError):
 
 class UnknownIncidentKind(IncidentError, KeyError):
     """An incident kind has no playbook; every kind must have an owner and a playbook."""
+
+
+class InvalidSeriesKey(IncidentError, ValueError):
+    """A series key is not ``initiative|profile|channel|variant`` (`incidents.series.SeriesKey.parse`)."""

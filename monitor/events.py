@@ -25,6 +25,7 @@ from pydantic import (
 
 from incidents.model import Evidence, IncidentEvent  # the incidents topic's schema, defined where it is decided
 from monitor.exceptions import DecodeError
+from monitor.topics import CONSENT, ENGAGEMENT, RULE_CHANGES
 
 __all__ = ["EngagementEvent", "ConsentEvent", "RuleChangeEvent", "IncidentEvent", "Evidence", "DeadLetter",
            "INPUT_MODELS", "encode", "decode"]
@@ -173,9 +174,9 @@ def reason_kind(reason: str) -> str:
 
 
 INPUT_MODELS: dict[str, type[_Record]] = {
-    "engagement": EngagementEvent,
-    "consent": ConsentEvent,
-    "rule-changes": RuleChangeEvent,
+    ENGAGEMENT: EngagementEvent,
+    CONSENT: ConsentEvent,
+    RULE_CHANGES: RuleChangeEvent,
 }
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
 from dataclasses import MISSING, dataclass, field, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from detectors.base import BucketDetector, BucketObservation
 from detectors.conversion_drop import ConversionDropDetector
@@ -40,10 +40,13 @@ from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentAction, IncidentEvent
 from incidents.playbooks import owner_at, playbook_steps
 from incidents.roster import assignee_of
+from incidents.series import join_variant, split_variant
+from incidents.timeutil import utc
 from monitor.events import DeadLetter, RuleChangeEvent, decode
 from monitor.exceptions import DecodeError
 from monitor.messages import Action, Message, Partial, RuleChange
 from monitor.settings import Settings
+from monitor.topics import ENGAGEMENT, EVENT_TOPICS, RULE_CHANGES
 from monitor.transaction import StepTransaction
 from monitor.windows import BucketRow, InitiativeClock, WindowKeeper
 from plans.document import (Approval, DataFeed, IncidentSummary, PlanDocument, new_plan, with_approval,
@@ -147,7 +150,7 @@ class LiftLook(NamedTuple):
 LIFT_HISTORY = 720
 
 
-FEED = "engagement"  # the feed checked for freshness, per initiative; consent and rule changes are sparse by nature
+FEED = ENGAGEMENT  # the feed checked for freshness, per initiative; consent and rule changes are sparse by nature
 
 
 @dataclass
@@ -186,7 +189,7 @@ def admit_rule_change(settings: Settings, raw: bytes | None, *, wall_now: float,
                 f"(PMON_MAX_FUTURE_SECONDS={settings.max_future_seconds})")
         return event
 
-    return _admitted(settings, "rule-changes", raw, "an event", parse, key=key, partition=partition, offset=offset)
+    return _admitted(settings, RULE_CHANGES, raw, "an event", parse, key=key, partition=partition, offset=offset)
 
 
 def admit_incident_action(settings: Settings, raw: bytes | None, *, key: bytes | None = None,
@@ -299,7 +302,7 @@ class InitiativeStage:
         if partial.violations:
             outputs.extend(self.on_violations(initiative, partial.violations))
         if partial.mark is not None:
-            outputs.extend(self._check_thresholds(initiative, _utc(partial.mark)))
+            outputs.extend(self._check_thresholds(initiative, utc(partial.mark)))
         applied = self.windows.apply(partial, wall_now=wall_now)
         if applied.duplicate:
             return outputs
@@ -309,7 +312,7 @@ class InitiativeStage:
                       source.partition, applied.gap, source.first)
             outputs.incidents.append(degraded_incident(
                 f"source-gap:{self.settings.topic('engagement')}[{source.partition}]",
-                at=_utc(partial.mark if partial.mark is not None else wall_now), initiative=initiative,
+                at=utc(partial.mark if partial.mark is not None else wall_now), initiative=initiative,
                 observed=applied.gap, detail={"partition": source.partition, "missing_offsets": applied.gap,
                                               "before_offset": source.first}))
         for experiment, delta in applied.late_experiments.items():
@@ -344,9 +347,9 @@ class InitiativeStage:
         if feed.events_per_hour > 0:
             objective = max(objective, objective_for_rate(feed.events_per_hour))
         name = f"{FEED}|{initiative}"
-        verdict = check_freshness({name: _utc(clock.last_event_wall)}, _utc(now), objective)[name]
+        verdict = check_freshness({name: utc(clock.last_event_wall)}, utc(now), objective)[name]
         interval = self.settings.check_interval_seconds
-        evidence = evidence_of(verdict, _utc(now - interval), _utc(now))
+        evidence = evidence_of(verdict, utc(now - interval), utc(now))
         breach, transitions = self.feed_policy.observe(
             feed.breach, initiative=initiative, kind="feed_stale", series=f"{initiative}|{FEED}",
             breached=verdict.breached, evidence=evidence)
@@ -365,9 +368,9 @@ class InitiativeStage:
         if plan is None or all(f.name != topic for f in plan.feeds) or plan.feed(topic).status == status:
             return Outputs()
         feed = DataFeed(name=topic, status=status, freshness_objective_seconds=objective,
-                        last_event_time=_utc(max(clock.partition_marks.values())) if clock.partition_marks else None,
-                        last_seen_at=_utc(clock.last_event_wall) if clock.last_event_wall else None)
-        return self._publish(initiative, with_feed(plan, feed, at=_utc(now)))
+                        last_event_time=utc(max(clock.partition_marks.values())) if clock.partition_marks else None,
+                        last_seen_at=utc(clock.last_event_wall) if clock.last_event_wall else None)
+        return self._publish(initiative, with_feed(plan, feed, at=utc(now)))
 
     def _note_feed_rate(self, row: BucketRow) -> None:
         events = row.events()
@@ -388,7 +391,7 @@ class InitiativeStage:
         events = self.governance.on_violations(state, violations, initiative=initiative)
         self._governance[initiative] = state
         at = max((v.at for v in violations), default=0.0)
-        outputs = self._check_thresholds(initiative, _utc(at))
+        outputs = self._check_thresholds(initiative, utc(at))
         outputs.extend(self._fold(initiative, {}, until=float("-inf"), direct=events))
         return outputs
 
@@ -415,7 +418,7 @@ class InitiativeStage:
             plan = self._resume_plan(initiative, at)
         if plan is None:
             created = new_plan(initiative, thresholds=self._thresholds, at=at,
-                               feeds=[self.settings.topic(t) for t in ("engagement", "consent", "rule-changes")])
+                               feeds=[self.settings.topic(t) for t in EVENT_TOPICS])
             ahead = self._history_ahead.get(initiative)
             if not ahead:
                 created = self._stamped(created)
@@ -476,16 +479,15 @@ class InitiativeStage:
         """`plan` stamped with when it is written (never before the revision it follows) and the initiative's
         event-time watermark it reflects."""
         clock = self.windows.clocks.get(plan.initiative)
-        watermark = _utc(clock.watermark) if clock is not None and clock.watermark is not None else plan.watermark
-        return plan.model_copy(update={"updated_at": max(_utc(self._wall_clock()), plan.updated_at),
+        watermark = utc(clock.watermark) if clock is not None and clock.watermark is not None else plan.watermark
+        return plan.model_copy(update={"updated_at": max(utc(self._wall_clock()), plan.updated_at),
                                        "watermark": watermark})
 
     def _new_detector(self, name: str) -> BucketDetector:
-        # The threshold tests are the ones tuned by PMON_* settings.
-        if name == KpiThresholdDetector.kind:
-            return KpiThresholdDetector(self._detector_config)
-        if name == ConversionDropDetector.kind:
-            return ConversionDropDetector(self._detector_config)
+        # Only through the registry, so the class that runs is the one the contract suite checks; the
+        # threshold tests are the ones tuned by PMON_* settings.
+        if name in (KpiThresholdDetector.kind, ConversionDropDetector.kind):
+            return DETECTORS[name](**self._detector_config.model_dump())
         return DETECTORS[name]()
 
     def _on_bucket_closed(self, row: BucketRow) -> Outputs:
@@ -528,7 +530,7 @@ class InitiativeStage:
         plan = self._plans.get(row.initiative)
         if plan is None:
             return Outputs()
-        at = _utc(row.end)
+        at = utc(row.end)
         reached = ["ingest", "windowing", "detection", "governance", "reporting"]
         if any(state.readout is not None for state in (self._experiments.get(row.initiative) or {}).values()):
             reached.append("experiments")
@@ -565,7 +567,7 @@ class InitiativeStage:
             readout = read_experiment(spec, state.totals, previous=state.readout)
             recommendation = recommend(spec, readout, self._investigation_flags(row.initiative, experiment))
             change = decision_change(state.recommendation, recommendation, readout,
-                                     window_start=_utc(state.started), window_end=_utc(row.end))
+                                     window_start=utc(state.started), window_end=utc(row.end))
             memo = build_memo(spec, readout, recommendation)
             look = LiftLook(row.end, memo.summary.primary_lift, memo.summary.primary_lift_low,
                             memo.summary.primary_lift_high)
@@ -576,9 +578,9 @@ class InitiativeStage:
                 self._incidents[event.incident_id] = (event, event)
                 outputs.incidents.append(event)
                 if plan is not None:
-                    plan = with_experiment_memo(plan, memo.summary, at=_utc(row.end))
+                    plan = with_experiment_memo(plan, memo.summary, at=utc(row.end))
                     if memo.summary.primary_lift is not None:
-                        plan = with_metric(plan, "lift_pct", at=_utc(row.end), actor="pmon experiments",
+                        plan = with_metric(plan, "lift_pct", at=utc(row.end), actor="pmon experiments",
                                            reason=f"{experiment}: {memo.summary.primary_metric} lift of "
                                                   f"{memo.summary.variant or 'the treatment'} at the readout",
                                            current=round(100.0 * memo.summary.primary_lift, 2))
@@ -616,15 +618,16 @@ class InitiativeStage:
         for series in self.windows.take_expired():
             for name in self._detector_names:
                 self._series[f"{series}|{name}"] = None
-            group = series.rpartition("|")[0]
-            if not any(known.startswith(f"{group}|") for known in roster):
+            group = split_variant(series)[0]
+            prefix = join_variant(group, "")  # the keys of the group's variants begin so
+            if not any(known.startswith(prefix) for known in roster):
                 self._shares[group] = None
 
     def _judge_variant_shares(self, row: BucketRow, observations: list[BucketObservation]) -> list[IncidentEvent]:
         """Each variant's share of its group's exposures against the plan's allocation (or the learnt shares)."""
         groups: dict[str, dict[str, BucketObservation]] = {}
         for observation in observations:
-            group, _, variant = observation.series.rpartition("|")
+            group, variant = split_variant(observation.series)
             if variant != "none":
                 groups.setdefault(group, {})[variant] = observation
         allocation = self.settings.allocations.get(row.initiative)
@@ -642,8 +645,8 @@ class InitiativeStage:
                 for variant, verdict in verdicts.items():
                     if not verdict.scored:
                         continue
-                    series = f"{group}|{variant}"
-                    evidence = evidence_of(verdict, _utc(row.start), _utc(row.end), kpi="exposure_share")
+                    series = join_variant(group, variant)
+                    evidence = evidence_of(verdict, utc(row.start), utc(row.end), kpi="exposure_share")
                     breaches[series], new = self.breach_policy.observe(
                         breaches.get(series, BreachState()), initiative=row.initiative,
                         kind=state.detector.kind, series=series, breached=verdict.breached, evidence=evidence)
@@ -695,7 +698,7 @@ class InitiativeStage:
         if plan is not None and any(i.transition == "resolved" for i in incidents):
             plan = self._with_response_time(plan, initiative)
         if plan is not None and (incidents or governance_changed):
-            stamps = [i.occurred_at for i in incidents] + ([_utc(until)] if until > float("-inf") else [])
+            stamps = [i.occurred_at for i in incidents] + ([utc(until)] if until > float("-inf") else [])
             at = max(stamps, default=plan.watermark or plan.updated_at)
             plan = self._govern_plan(plan, governance, at)
         if plan is not None:
@@ -747,7 +750,7 @@ class InitiativeStage:
             if change.event_id in pending:
                 role = owner_at(0) if change.rule_id in governance.live else owner_at(1)
                 approval = Approval(item=f"rule-change {change.event_id}", requested_by=change.author,
-                                    approver_role=role, requested_at=_utc(change.at))
+                                    approver_role=role, requested_at=utc(change.at))
             elif known is not None and known.status == "pending":
                 approval = known.model_copy(update={"status": "approved", "decided_at": max(at, known.requested_at)})
             else:
@@ -759,10 +762,6 @@ class InitiativeStage:
             plan = with_metric(plan, "consent_adherence_pct", at=at, actor="pmon governance",
                                reason="consent adherence of personalized exposures", current=adherence)
         return plan
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
 _STATUS = {"opened": "open", "updated": "open", "escalated": "escalated", "resolved": "resolved"}

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from incidents.series import field_of
+
 if TYPE_CHECKING:
     from monitor.initiative_stage import InitiativeStage
 
@@ -149,7 +151,7 @@ def _channel_rates(rows: Iterable[Any]) -> dict[str, dict[str, float]]:
     totals: dict[str, list[int]] = {}
     for row in rows:
         for series, counters in row.series.items():
-            channel = series.split("|")[2]
+            channel = field_of(series, "channel")
             cell = totals.setdefault(channel, [0, 0, 0, 0])
             cell[0] += counters.exposures
             cell[1] += counters.clicks

@@ -7,7 +7,7 @@ initiative's watermark (event time), so a replay reports what live would.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +17,8 @@ from experiments.memo import ExperimentMemo
 from governance.scan import GOVERNANCE_KINDS, GovernanceState, adherence_pct
 from incidents.model import IncidentEvent, measure_of
 from incidents.roster import assignee_of
+from incidents.series import FIELDS, SEPARATOR
+from incidents.timeutil import utc
 from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
 from monitor.report_request import WINDOWS, ReportRequest
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # the stage imports nothing from here; the annotation only do
 
 Dimension = Literal["profile", "channel", "variant", "cohort"]
 SUMMARY_DIMENSIONS: tuple[Dimension, ...] = ("profile", "channel", "variant")
-_SERIES_PARTS = {"profile": 1, "channel": 2, "variant": 3}
+_SERIES_PARTS = {name: FIELDS.index(name) for name in ("profile", "channel", "variant")}  # the dimensions in a key
 
 
 class DashboardRow(BaseModel):
@@ -204,7 +206,7 @@ def _trends(rows: list[BucketRow], series: list[str], anomalies: dict[tuple[str,
         for row in rows:
             c = row.series.get(name, silent)
             points.append(TrendPoint(
-                start=datetime.fromtimestamp(row.start, tz=timezone.utc), exposures=c.exposures, clicks=c.clicks,
+                start=utc(row.start), exposures=c.exposures, clicks=c.clicks,
                 conversions=c.conversions, ctr=c.clicks / c.exposures if c.exposures else None,
                 cvr=c.conversions / c.exposures if c.exposures else None,
                 anomalies=anomalies.get((name, row.start), [])))
@@ -214,7 +216,7 @@ def _trends(rows: list[BucketRow], series: list[str], anomalies: dict[tuple[str,
 
 def _lift_history(experiments: Mapping[str, Any], since: float | None) -> list[LiftHistory]:
     return [LiftHistory(experiment=name, variant=state.memo.summary.variant, metric=state.memo.summary.primary_metric,
-                        points=[LiftPoint(at=datetime.fromtimestamp(look.at, tz=timezone.utc), lift=look.lift,
+                        points=[LiftPoint(at=utc(look.at), lift=look.lift,
                                           lift_low=look.low, lift_high=look.high)
                                 for look in state.history if since is None or look.at > since])
             for name, state in sorted(experiments.items()) if state.memo is not None]
@@ -246,7 +248,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
             pair[0].merge(counters)
             if recent:
                 pair[1].merge(counters)
-            parts = series.split("|")
+            parts = series.split(SEPARATOR)  # once per series, not once per dimension (`field_of`)
             for dimension in dimensions:
                 if dimension in _SERIES_PARTS:
                     cell = by_value.setdefault((dimension, parts[_SERIES_PARTS[dimension]]), (Counters(), Counters()))
@@ -269,7 +271,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
     if kept and since is not None and kept[0].start - since > settings.bucket_seconds:  # not for the edge bucket
         days = (end - kept[0].start) / 86_400
         note = (f"the window asks for {WINDOWS[request.window]} days; the data hold {days:.1f} days of closed "
-                f"buckets, from {datetime.fromtimestamp(kept[0].start, tz=timezone.utc):%Y-%m-%d %H:%M} UTC")
+                f"buckets, from {utc(kept[0].start):%Y-%m-%d %H:%M} UTC")
     warming: dict[str, list[str]] = {}
     for key, series in sorted(state.series.items()):
         if key.startswith(prefix) and series is not None and series.detector.warming_up:
@@ -282,7 +284,6 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
     for opened, _ in incidents:
         if opened.kind in GOVERNANCE_KINDS and (since is None or opened.occurred_at.timestamp() >= since):
             opened_in_window.setdefault(opened.kind, []).append(opened.incident_id)
-    utc = lambda epoch: datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch is not None else None  # noqa: E731
     anomalies: dict[tuple[str, float], list[str]] = {}
     for opened, _ in incidents:
         for name in opened.series:
@@ -290,7 +291,8 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
     experiments = state.experiments.get(request.initiative) or {}
     return Report(
         initiative=request.initiative, window=request.window,
-        window_start=utc(rows[0].start) if rows else None, window_end=utc(end), window_note=note,
+        window_start=utc(rows[0].start) if rows else None, window_end=None if end is None else utc(end),
+        window_note=note,
         detail=request.detail,
         alert_threshold=threshold,
         totals=_rates("total", "all", window_totals, recent_totals, threshold),

@@ -9,15 +9,14 @@ import orjson
 
 from incidents.model import IncidentAction
 from plans.schema import plan_json_schema
-from monitor.events import ConsentEvent, DeadLetter, EngagementEvent, IncidentEvent, RuleChangeEvent
+from monitor.events import INPUT_MODELS, DeadLetter, IncidentEvent
+from monitor.topics import DEAD_LETTERS, INCIDENT_ACTIONS, INCIDENTS
 
 TOPIC_MODELS = {
-    "engagement": EngagementEvent,
-    "consent": ConsentEvent,
-    "rule-changes": RuleChangeEvent,
-    "incidents": IncidentEvent,
-    "incident-actions": IncidentAction,
-    "dead-letters": DeadLetter,
+    **INPUT_MODELS,
+    INCIDENTS: IncidentEvent,
+    INCIDENT_ACTIONS: IncidentAction,
+    DEAD_LETTERS: DeadLetter,
 }
 
 

@@ -36,6 +36,8 @@ import orjson
 from experiments.state import ExperimentTotals, UserRecord, observe_event
 from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Violation
 from governance.variant_balance import first_in_hour
+from incidents.series import build_key, field_of
+from incidents.timeutil import iso_seconds
 from monitor.events import DeadLetter, reason_kind
 from monitor.exceptions import DecodeError
 from monitor.messages import BucketPartial, Counters, Partial, SourceRange
@@ -128,7 +130,7 @@ def decode_user(raw: bytes) -> UserState:
     consent = UserConsent(
         changes={purpose: [(at, granted) for at, granted in items] for purpose, items in changes.items()},
         region=region, region_at=-math.inf if region_at is None else region_at,
-        remembered=[(Exposure(e, at, series.partition("|")[0], series, False, reg), convicted)
+        remembered=[(Exposure(e, at, field_of(series, "initiative"), series, False, reg), convicted)
                     for e, at, series, reg, convicted in remembered],
         hours={experiment: (-math.inf if a is None else a, -math.inf if b is None else b)
                for experiment, (a, b) in hours.items()})
@@ -249,7 +251,7 @@ class UserStage:
         # A time far ahead of the wall clock would move the watermark and make every on-time event late.
         ahead = at - wall_now
         if ahead > self._max_future:
-            raise DecodeError(f"event_time {_iso(at)} is {ahead:.0f} s ahead of the wall clock "
+            raise DecodeError(f"event_time {iso_seconds(at)} is {ahead:.0f} s ahead of the wall clock "
                               f"(PMON_MAX_FUTURE_SECONDS={self._max_future})")
 
 
@@ -319,7 +321,7 @@ class _Batch:
         bucket = buckets.get(start)
         if bucket is None:
             bucket = buckets[start] = BucketPartial()
-        series = f"{event.initiative}|{event.profile}|{event.channel}|{event.variant}"
+        series = build_key(event.initiative, event.profile, event.channel, event.variant)
         counters = bucket.series.get(series)
         if counters is None:
             counters = bucket.series[series] = Counters()
@@ -422,10 +424,3 @@ def _value(record: SourceRecord) -> bytes:
         raise DecodeError("empty value (a tombstone): input records must carry an event",
                           "the record's value is null")
     return record.value
-
-
-def _iso(epoch: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-

@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from detectors.base import BucketObservation
 from experiments.state import ExperimentTotals
 from governance.scan import GovernanceTally
+from incidents.timeutil import utc
 from monitor.messages import BucketPartial, Counters, Partial, merge_bucket
 from monitor.transaction import Staged
 
@@ -48,7 +48,7 @@ class BucketRow:
 
     def observations(self, roster: Iterable[str] = ()) -> Iterator[BucketObservation]:
         """One observation per series of the row, and a zero one per series of `roster` it lacks."""
-        start, end = _utc(self.start), _utc(self.end)
+        start, end = utc(self.start), utc(self.end)
         silent = Counters()
         initiative_exposures = sum(c.exposures for c in self.series.values())
         for series in sorted(set(self.series).union(roster)):
@@ -84,10 +84,6 @@ class InitiativeClock:
 
 def bucket_key(initiative: str, start: float) -> str:
     return f"{initiative}|{int(start)}"
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
 @dataclass(slots=True)

@@ -750,14 +750,6 @@ def with_stage(plan: PlanDocument, name: str, status: StageStatus, *, at: dateti
     return _revise(plan, at=at, stages=_upsert(plan.stages, updated, name, lambda s: s.name))
 
 
-def with_backlog_item(plan: PlanDocument, item: BacklogItem, *, at: datetime) -> PlanDocument:
-    """`plan` with `item` replacing the backlog item of the same id (or added); same plan if equal."""
-    existing = next((b for b in plan.backlog if b.id == item.id), None)
-    if existing == item:
-        return plan
-    return _revise(plan, at=at, backlog=_upsert(plan.backlog, item, item.id, lambda b: b.id))
-
-
 def with_approval(plan: PlanDocument, approval: Approval, *, at: datetime) -> PlanDocument:
     """`plan` with `approval` replacing the approval of the same item (or added); same plan if equal."""
     existing = next((a for a in plan.approvals if a.item == approval.item), None)

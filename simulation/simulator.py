@@ -73,6 +73,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from pmon_errors import PmonError
+from incidents.series import build_key
 from monitor.events import ConsentEvent, EngagementEvent, INPUT_MODELS, RuleChangeEvent
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
@@ -90,7 +91,6 @@ __all__ = [
     "demo_program",
     "labels",
     "read_jsonl",
-    "series_key",
     "simulate",
     "traffic_factor",
     "write_jsonl",
@@ -152,15 +152,6 @@ _RATE_NOISE_SIGMA = 0.03
 
 _AUTHORS = ("a.kim", "m.rossi", "s.okafor", "l.nguyen", "p.schmidt")
 _APPROVERS = ("j.ortiz", "r.patel", "e.larsen")
-
-
-def series_key(initiative: str, profile: str, channel: str, variant: str) -> str:
-    """The key of one series, ``initiative|profile|channel|variant``.
-
-    >>> series_key("PLG Onboarding", "new_user", "web", "control")
-    'PLG Onboarding|new_user|web|control'
-    """
-    return f"{initiative}|{profile}|{channel}|{variant}"
 
 
 def traffic_factor(moment: datetime) -> float:
@@ -281,7 +272,7 @@ class InitiativeSpec:
 
     def series_keys(self) -> list[str]:
         """Every series of the initiative, profiles outermost, variants innermost."""
-        return [series_key(self.name, p, c, v) for p in self.profiles for c in self.channels for v in self.variants]
+        return [build_key(self.name, p, c, v) for p in self.profiles for c in self.channels for v in self.variants]
 
     def exposure_share(self, profile: str, channel: str, variant: str) -> float:
         """The share of the initiative's exposures that goes to one series.
@@ -349,7 +340,7 @@ class Injection:
             if wanted is not None and wanted not in names:
                 raise ValueError(f"injection {self.kind}: {self.initiative} has no {what} {wanted!r}; it has {names}")
         return [
-            series_key(spec.name, p, c, v)
+            build_key(spec.name, p, c, v)
             for p in spec.profiles if self.profile in (None, p)
             for c in spec.channels if self.channel in (None, c)
             for v in spec.variants if self.variant in (None, v)
@@ -806,7 +797,7 @@ def _make_cells(spec: SimulationSpec, users: _Users, rng: random.Random) -> list
                     pool = pools[(profile, variant)]
                     mean = initiative.exposures_per_hour * initiative.exposure_share(profile, channel, variant)
                     cells.append(_Cell(
-                        index=len(cells), key=series_key(initiative.name, profile, channel, variant),
+                        index=len(cells), key=build_key(initiative.name, profile, channel, variant),
                         initiative=initiative, profile=profile, channel=channel, variant=variant,
                         rule_id=initiative.rule_ids[c_index], mean_per_hour=mean, pool=pool,
                         pool_without_consent=[u for u in pool if users.ever_without_consent[u]],

@@ -42,6 +42,7 @@ from monitor.health import readiness
 from monitor.metrics import PipelineMetrics, StageCollector
 from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
+from monitor.topics import OUTPUT_TOPICS
 from streams.ingest import PARTIALS_TOPIC, USERS_CHANGELOG, UserIngest
 from streams.initiatives import INITIATIVES_CHANGELOG, InitiativeService
 from streams.kafka_io import forbid_topic_auto_creation, watch_topics
@@ -199,7 +200,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
                          internal=True, partitions=settings.topic_partitions)
 
     partials = raw_topic(PARTIALS_TOPIC.format(app_id=settings.app_id))
-    outputs = {name: raw_topic(settings.topic(name)) for name in ("incidents", "plan-updates", "dead-letters")}
+    outputs = {name: raw_topic(settings.topic(name)) for name in OUTPUT_TOPICS}
 
     ingest = UserIngest(settings, metrics)
     initiatives = InitiativeService(settings, metrics)

@@ -23,12 +23,9 @@ from pydantic import ValidationError
 from incidents.model import IncidentEvent
 from streams.exceptions import BrokerUnavailable, StreamsError
 from monitor.settings import Settings
+from monitor.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
 log = logging.getLogger(__name__)
-
-INPUT_TOPICS = ("engagement", "consent", "rule-changes", "incident-actions")
-OUTPUT_TOPICS = ("incidents", "plan-updates", "dead-letters")
-
 
 # How long the diagnosis of a failed bootstrap waits for one broker's answer.
 DIAGNOSE_SECONDS = 10.0

@@ -21,6 +21,7 @@ from governance.variant_balance import balance_test, first_in_hour
 from incidents.breach_policy import BreachPolicy, BreachPolicyConfig, BreachState, period_of
 from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id
 from incidents.playbooks import ESCALATION_LADDER, owner_at, playbook_for
+from incidents.series import build_key
 from plans.document import ChecklistItem
 
 H = 3600.0
@@ -42,7 +43,7 @@ def consent_policy(**overrides: object) -> ConsentPolicy:
 
 def exposure(event_id: str = "x1", at: float = T0, *, fallback: bool = False, region: str | None = None,
              channel: str = "web", variant: str = "control") -> Exposure:
-    return Exposure(event_id, at, INITIATIVE, f"{INITIATIVE}|new_user|{channel}|{variant}", fallback, region)
+    return Exposure(event_id, at, INITIATIVE, build_key(INITIATIVE, "new_user", channel, variant), fallback, region)
 
 
 def user_with(policy: ConsentPolicy, *changes: tuple[float, bool], region: str | None = "EU",

@@ -13,6 +13,7 @@ import pytest
 from incidents.breach_policy import period_of
 from incidents.model import incident_id
 from incidents.playbooks import playbook_steps
+from incidents.series import build_key
 from plans.document import PlanDocument, post_incident_review_id
 from plans.plan_sink import latest, plan_files
 from streams.embedded import EmbeddedDriver, EmbeddedRun
@@ -26,7 +27,7 @@ from monitor.settings import Settings
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 INITIATIVE = "PLG Onboarding"
 PROFILE, CHANNEL, VARIANT = "new_user", "web", "treatment"
-SERIES = f"{INITIATIVE}|{PROFILE}|{CHANNEL}|{VARIANT}"
+SERIES = build_key(INITIATIVE, PROFILE, CHANNEL, VARIANT)
 KEY = "test-pseudonym-key"
 CLEAN_HOURS, DIP_HOURS, AFTER_HOURS = 30, 4, 10
 EXPOSURES, CLEAN_CONVERSIONS, DIP_CONVERSIONS = 600, 60, 30  # 10 %, then a 50 % dip (p ~ 6e-6)

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from incidents.series import build_key
 from monitor.events import INPUT_MODELS, EngagementEvent
 from simulation.simulator import (
     DEFAULT_START,
@@ -27,15 +28,14 @@ from simulation.simulator import (
     default_program,
     labels,
     read_jsonl,
-    series_key,
     simulate,
     traffic_factor,
     write_jsonl,
 )
 
 PLG = "PLG Onboarding"
-BIG_CONTROL = series_key(PLG, "new_user", "web", "control")
-BIG_TREATMENT = series_key(PLG, "new_user", "web", "treatment")
+BIG_CONTROL = build_key(PLG, "new_user", "web", "control")
+BIG_TREATMENT = build_key(PLG, "new_user", "web", "treatment")
 
 
 def at(hour: int):
@@ -63,7 +63,7 @@ def hour_of(event_time) -> int:
 
 
 def key_of(event: EngagementEvent) -> str:
-    return series_key(event.initiative, event.profile, event.channel, event.variant)
+    return build_key(event.initiative, event.profile, event.channel, event.variant)
 
 
 def in_window(injection: Injection, event_time) -> bool:
@@ -326,7 +326,7 @@ def test_labels_match_the_injections() -> None:
         assert (label["kind"], label["initiative"], label["magnitude"]) == (
             injection.kind, injection.initiative, injection.magnitude)
         assert label["series"] == injection.series(SPEC.initiatives)
-    assert found[2]["series"] == [series_key(PLG, p, c, "treatment")
+    assert found[2]["series"] == [build_key(PLG, p, c, "treatment")
                                   for p in ("new_user", "returning") for c in ("web", "email")]
     assert orjson.loads(orjson.dumps(found)) == found   # JSON-ready
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from incidents.series import SeriesKey, build_key
 from monitor.events import EngagementEvent
 from monitor.messages import BucketPartial, Counters, Partial, SourceRange
 from monitor.transaction import StepTransaction
@@ -54,7 +55,7 @@ def partial_of(events: list[EngagementEvent], *, width: int = HOUR, source: Sour
     for e in events:
         at = e.event_time.timestamp()
         bucket = buckets.setdefault(at - at % width, BucketPartial())
-        for counters in (bucket.series.setdefault(f"{e.initiative}|{e.profile}|{e.channel}|{e.variant}", Counters()),
+        for counters in (bucket.series.setdefault(build_key(e.initiative, e.profile, e.channel, e.variant), Counters()),
                          bucket.cohorts.setdefault(e.cohort, Counters())):
             counters.merge(Counters(
                 exposures=e.event_type == "exposure", clicks=e.event_type == "click",
@@ -231,7 +232,7 @@ def test_every_bucket_on_the_grid_closes_and_a_silent_series_is_observed_as_zero
     _, closed = add(windows, event(m(4 * 60 + 15), variant="control"), wall_now=0)   # closes hours 1..3
     assert [r.start for r in closed] == [E0 + HOUR, E0 + 2 * HOUR, E0 + 3 * HOUR]
     roster = windows.roster(INITIATIVE)
-    observed = {(o.bucket_start.timestamp(), o.series.split("|")[-1]): o.exposures
+    observed = {(o.bucket_start.timestamp(), SeriesKey.parse(o.series).variant): o.exposures
                 for row in closed for o in row.observations(roster)}
     assert observed == {(E0 + HOUR, "control"): 1, (E0 + HOUR, "treatment"): 0,
                         (E0 + 2 * HOUR, "control"): 0, (E0 + 2 * HOUR, "treatment"): 0,
@@ -243,8 +244,8 @@ def test_a_series_silent_for_the_retention_leaves_the_roster() -> None:
     add(windows, event(m(5), variant="treatment"), wall_now=0)
     for hour in range(1, 27):
         add(windows, event(timedelta(hours=hour, minutes=15), variant="control"), wall_now=0)
-    assert sorted(s.split("|")[-1] for s in windows.roster(INITIATIVE)) == ["control"]
-    assert [s.split("|")[-1] for s in windows.take_expired()] == ["treatment"]
+    assert sorted(SeriesKey.parse(s).variant for s in windows.roster(INITIATIVE)) == ["control"]
+    assert [SeriesKey.parse(s).variant for s in windows.take_expired()] == ["treatment"]
     assert windows.take_expired() == []
 
 
