@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from incidents.model import IncidentAction
-from plans.schema import plan_json_schema
 from monitor.events import ConsentEvent, DeadLetter, EngagementEvent, IncidentEvent, RuleChangeEvent
+from plans.schema import plan_json_schema
 
-TOPIC_MODELS = {
+TOPIC_MODELS: dict[str, type[BaseModel]] = {
     "engagement": EngagementEvent,
     "consent": ConsentEvent,
     "rule-changes": RuleChangeEvent,
