@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PMON_KAFKA_PORT ?= 9092
 
-.PHONY: demo test setup kafka-up kafka-down schemas docs bench faults clean screenshots
+.PHONY: demo test lint setup kafka-up kafka-down schemas docs bench faults clean screenshots
 
 setup: $(STAMP)
 
@@ -30,16 +30,17 @@ $(CHROMIUM_STAMP): $(STAMP)
 	  [ -z "$$missing" ] || (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)
 	touch $(CHROMIUM_STAMP)
 
-# The broker is stopped whatever the tests' outcome; the tests' exit codes are kept. Two processes: the tests of
-# the broker (`-m kafka`, in turn: some freeze, stop or renew it) and, beside them, the others, whose output
-# follows once both are done. Each half alone: `.venv/bin/python -m pytest -m kafka` or `-m "not kafka"`.
-test: setup $(CHROMIUM_STAMP) kafka-up
-	export PMON_KAFKA_BOOTSTRAP=127.0.0.1:$(PMON_KAFKA_PORT); \
-	  $(BIN)/python -m pytest -m "not kafka" -p no:cacheprovider >$(VENV)/tests-not-kafka.log 2>&1 & others=$$!; \
-	  $(BIN)/python -m pytest -m kafka; broker=$$?; \
-	  wait $$others; rest=$$?; echo "== the tests without the broker:"; cat $(VENV)/tests-not-kafka.log; \
-	  bash scripts/kafka-local.sh down; echo "tests of the broker: exit $$broker; the others: exit $$rest"; \
-	  [ $$broker -eq 0 ] && [ $$rest -eq 0 ]
+# Lint and types of the pure packages (configured in pyproject.toml); `make test` runs it before the tests.
+PURE := monitor detectors governance experiments incidents plans simulation pmon_errors.py
+
+lint: setup
+	$(BIN)/ruff check $(PURE)
+	$(BIN)/mypy $(PURE)
+
+# Three processes side by side (scripts/run-tests.sh): the broker-fault tests on a broker of their own, the other
+# tests of the broker, and the rest. The broker is stopped whatever the outcome; the tests' exit code is kept.
+test: setup lint $(CHROMIUM_STAMP) kafka-up
+	PYTHON=$(BIN)/python bash scripts/run-tests.sh; status=$$?; bash scripts/kafka-local.sh down; exit $$status
 
 kafka-up:
 	bash scripts/kafka-local.sh up

@@ -25,6 +25,7 @@ multi-metric detector cannot run on one number and are refused.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Iterator
@@ -129,7 +130,7 @@ class SeriesReport:
 
         >>> SeriesReport(5, 4, 1, 1, 0, timedelta(minutes=5), 0).describe(12)
         '5 rows, 4 points; 1 repeated timestamps (values averaged); 1 out of order (sorted); interval 0:05:00; warm-up 12 points'
-        """
+        """  # noqa: E501 - doctest output, on one line as Python prints it
         parts = [f"{self.rows} rows, {self.points} points"]
         if self.repeated:
             parts.append(f"{self.repeated} repeated timestamps (values averaged)")
@@ -177,7 +178,7 @@ def prepare_series(rows: Iterable[tuple[datetime, float | None]]
         else:
             sums[when] = [value, 1]
     points = [(when, total / n) for when, (total, n) in sorted(sums.items())]
-    gaps = [(b[0] - a[0]) for a, b in zip(points, points[1:])]
-    interval = statistics.median(gaps) if gaps else None
+    gaps = [(b[0] - a[0]) for a, b in itertools.pairwise(points)]
+    interval = statistics.median(gaps) if gaps else None  # type: ignore[type-var]  # timedeltas sort and average
     irregular = sum(1 for gap in gaps if interval and not 0.5 * interval <= gap <= 1.5 * interval)
     return points, SeriesReport(count, len(points), repeated, out_of_order, missing, interval, irregular)

@@ -78,7 +78,7 @@ class BucketDetector(abc.ABC):
     def warming_up(self) -> bool:
         """True until the detector has a baseline it may alert against."""
 
-    def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
+    def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:  # noqa: B027 - a default, not abstract
         """Advance a statistic that runs over every bucket, breach or not (a CUSUM). Default: nothing."""
 
 

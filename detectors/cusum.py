@@ -268,7 +268,7 @@ class VolumeCusumDetector(_Cusum, VolumeDropDetector):
     def __init__(self, shift: float = 0.5, threshold: float = 8.0, learn_lag: int = 3, **params: object) -> None:
         if not 0 < shift < 1 or not threshold > 0:
             raise ValueError(f"shift must be in (0, 1) and threshold positive, got {shift}, {threshold}")
-        super().__init__(**{"alert_threshold": shift / 2, **params})  # type: ignore[arg-type]
+        super().__init__(**{"alert_threshold": shift / 2, **params})
         self.shift = shift
         self.threshold = threshold
         self.learn_lag = learn_lag
@@ -318,7 +318,8 @@ class JointSpikeCusumDetector(BucketDetector):
     clicks expected, 14 after an 80 % spike, a tail of 0.02), but the evidence adds up, across
     hours as in every CUSUM and across the two rates: each bucket adds
 
-        llr = llr_ctr + llr_cvr,   llr_k = (x_k ln(p1_k / p0_k) + (n - x_k) ln((1 - p1_k) / (1 - p0_k))) / (1 + (n - 1) rho_k)
+        llr = llr_ctr + llr_cvr,
+        llr_k = (x_k ln(p1_k / p0_k) + (n - x_k) ln((1 - p1_k) / (1 - p0_k))) / (1 + (n - 1) rho_k)
 
     with p1_k = p0_k (1 + `shift`): the log-likelihood ratio of "both rates rose by `shift`" when
     clicks and conversions are drawn independently given the exposures (each term a binomial

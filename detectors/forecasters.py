@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-
 ForecasterName = Literal["profile", "holt_winters", "snarimax"]
 FORECASTERS: tuple[str, ...] = ("profile", "holt_winters", "snarimax")
 
@@ -77,7 +76,7 @@ class SeasonalProfile:
             self._profile[phase] += y
             self._seen[phase] += 1
             if min(self._seen) >= self.init_seasons:
-                means = [total / seen for total, seen in zip(self._profile, self._seen)]
+                means = [total / seen for total, seen in zip(self._profile, self._seen, strict=True)]
                 level = sum(means) / self.season
                 if self.multiplicative:
                     self._profile = [m / level if level > 0 else 1.0 for m in means]
@@ -115,8 +114,8 @@ class RiverForecaster:
             # Multiplicative: traffic scales its daily curve. Weights measured on the simulator's series.
             # River's HoltWinters reads its initial trend from the first season's steps, which for a daily
             # curve is no trend at all: a tiny beta keeps that misreading from lingering.
-            self._model = time_series.HoltWinters(alpha=0.2, beta=0.001, gamma=0.2, seasonality=season,
-                                                  multiplicative=True)
+            self._model: time_series.HoltWinters | time_series.SNARIMAX = time_series.HoltWinters(
+                alpha=0.2, beta=0.001, gamma=0.2, seasonality=season, multiplicative=True)
         elif name == "snarimax":
             self._model = time_series.SNARIMAX(p=1, d=0, q=0, m=season, sp=1, sd=1, sq=0)
         else:

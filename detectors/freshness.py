@@ -38,7 +38,7 @@ def check_freshness(last_event: Mapping[str, datetime | None], now: datetime,
     [('engagement|Win-back Emails', True, 2400.0), ('engagement|PLG Onboarding', False, 3.0), ('engagement|New', False, 0.0)]
     >>> verdicts["engagement|New"].warming_up
     True
-    """
+    """  # noqa: E501 - doctest output, on one line as Python prints it
     verdicts = {}
     for feed, last in last_event.items():
         limit = objective if isinstance(objective, timedelta) else objective.get(feed)

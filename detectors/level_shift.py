@@ -29,7 +29,6 @@ import math
 from collections import deque
 from typing import ClassVar, Literal
 
-
 from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.kpis import Reading, check_kpi, read
 from detectors.rate_change import OUTLIER_Z2

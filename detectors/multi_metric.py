@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-
 from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.forecasters import SeasonalProfile
 from detectors.kpis import read, validate

@@ -154,6 +154,7 @@ class RateChangeDetector(BucketDetector):
             return Verdict(False, False, observed, expected, 0.0, warming_up=True, detail=detail)
         if n < self.min_exposures:
             return Verdict(False, False, observed, expected, 0.0, detail={**detail, "reason": "too few exposures"})
+        assert reading is not None   # n >= min_exposures >= 1
         successes, rho = int(reading.total), self._rho()
         if self.direction == "drop":
             change = 1.0 - observed / expected

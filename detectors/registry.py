@@ -123,17 +123,22 @@ from functools import partial
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.conversion_drop import ConversionDropDetector
+from detectors.cusum import (
+    CtrCusumDetector,
+    CvrCusumDetector,
+    CvrSmallDropCusumDetector,
+    JointSpikeCusumDetector,
+    RateSpikeCusumDetector,
+    VolumeCusumDetector,
+    VolumeShareCusumDetector,
+)
 from detectors.kpi_threshold import KpiThresholdConfig, KpiThresholdDetector
-from detectors.cusum import (CtrCusumDetector, CvrCusumDetector, CvrSmallDropCusumDetector, JointSpikeCusumDetector,
-                             RateSpikeCusumDetector, VolumeCusumDetector, VolumeShareCusumDetector)
 from detectors.kpis import KPI_NAMES, validate
 from detectors.level_shift import LevelShiftDetector
 from detectors.multi_metric import MultiMetricDetector
-from detectors.rate_change import (CtrDropDetector, CvrDropDetector, FallbackSurgeDetector,
-                                   RateSpikeDetector)
+from detectors.rate_change import CtrDropDetector, CvrDropDetector, FallbackSurgeDetector, RateSpikeDetector
 from detectors.robust_series import RobustSeriesDetector
-from detectors.seasonal import (LatencyRegressionDetector, RevenueShiftDetector, SeasonalDetector,
-                                VolumeDropDetector)
+from detectors.seasonal import LatencyRegressionDetector, RevenueShiftDetector, SeasonalDetector, VolumeDropDetector
 
 
 class _Checked:
@@ -157,11 +162,11 @@ class CheckedKpiThreshold(_Checked, KpiThresholdDetector):
 
 
 def _conversion_drop(**config: object) -> ConversionDropDetector:
-    return CheckedConversionDrop(KpiThresholdConfig(**config))  # type: ignore[arg-type]
+    return CheckedConversionDrop(KpiThresholdConfig(**config))
 
 
 def _kpi_threshold(**config: object) -> KpiThresholdDetector:
-    return CheckedKpiThreshold(KpiThresholdConfig(**config))  # type: ignore[arg-type]
+    return CheckedKpiThreshold(KpiThresholdConfig(**config))
 
 
 DETECTORS: dict[str, Callable[..., BucketDetector]] = {
@@ -219,7 +224,7 @@ def monitored() -> tuple[str, ...]:
 
     >>> monitored()
     ('ctr_cusum', 'ctr_spike', 'spike_joint_cusum', 'cvr_cusum', 'cvr_cusum_small', 'cvr_spike', 'revenue_profile', 'fallback_surge', 'latency_profile', 'volume_cusum', 'volume_share_cusum')
-    """
+    """  # noqa: E501 - doctest output, on one line as Python prints it
     return tuple(dict.fromkeys(name for names in _CHOICE.values() for name in names))
 
 

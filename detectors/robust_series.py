@@ -96,7 +96,7 @@ class _Model:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(self.__slots__, state):
+        for name, value in zip(self.__slots__, state, strict=False):   # unchanged: a shorter state sets the first slots
             setattr(self, name, value)
 
     def bin(self, ts: float) -> int:
@@ -298,7 +298,7 @@ class RobustSeriesDetector(BucketDetector):
         breached = score >= self.threshold
         gap = ts - self._last if self._last is not None else 0.0
         interval = self.interval
-        missing = bool(interval) and gap > max(GAP_FACTOR * interval, 1.5 * self._longest)
+        missing = interval is not None and interval != 0 and gap > max(GAP_FACTOR * interval, 1.5 * self._longest)
         alert = (breached and self._episode == 0) or missing
         return Verdict(True, breached, y, expected, 1.0 if missing else score, detail={
             "kpi": self.kpi, "z": z, "z_slow": z_slow, "p_point": p_point, "p_shift": p_shift,
@@ -364,7 +364,7 @@ class RobustSeriesDetector(BucketDetector):
     def _add_seasons(self) -> None:
         """Once the interval is known: a candidate model per cycle the sampling can show."""
         interval = self.interval or 0.0
-        for name, period in CYCLES:
+        for _name, period in CYCLES:
             samples = period / interval
             if samples < 4 or samples > 20 * MAX_BINS:   # too coarse to show it, or too long to learn it
                 continue

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 
-
 def binom_lower_tail(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p)."""
     if k < 0:

@@ -20,6 +20,7 @@ alarm rate on a latency, a count or a revenue series.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from scipy.stats import norm
 
@@ -54,7 +55,7 @@ class TailCalibrator:
         self._excess_weight = prior_weight * prior_rate   # exceedances behind _excess (capped)
 
     @classmethod
-    def for_abs_normal(cls, u: float = 2.0, **kwargs: float) -> "TailCalibrator":
+    def for_abs_normal(cls, u: float = 2.0, **kwargs: Any) -> TailCalibrator:
         """A calibrator of |Z| whose prior is the standard normal's two-sided tail above `u`.
 
         >>> c = TailCalibrator.for_abs_normal(2.0)

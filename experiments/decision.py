@@ -39,8 +39,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from experiments.readout import Comparison, ExperimentReadout, per_variant
-from experiments.state import metric_name
 from experiments.spec import ExperimentSpec
+from experiments.state import metric_name
 from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id
 from incidents.playbooks import ESCALATION_LADDER
 
@@ -107,8 +107,8 @@ def recommend(spec: ExperimentSpec, readout: ExperimentReadout,
     if shippable:
         primary = spec.success_metrics[0].metric
         best = max(shippable, key=lambda v: _primary_lift(readout.comparison(v, primary), spec))
-        return Recommendation(**base, state="ship", variant=best, reasons=_ship_verdict(spec, best, by_variant[best])[1],
-                              rollout=_ramp(spec, best))
+        return Recommendation(**base, state="ship", variant=best,
+                              reasons=_ship_verdict(spec, best, by_variant[best])[1], rollout=_ramp(spec, best))
     for variant, comparisons in by_variant.items():
         harms = _harms(comparisons)
         if harms:
@@ -117,11 +117,12 @@ def recommend(spec: ExperimentSpec, readout: ExperimentReadout,
     if spec.rules.stop_at_planned_sample and readout.planned is not None and readout.planned.reached:
         return Recommendation(
             **base, state="roll_back", variant=None,
-            reasons=(f"planned sample reached ({per_variant(readout.planned.required_users_per_variant)} users) with no "
-                     f"significant "
+            reasons=(f"planned sample reached ({per_variant(readout.planned.required_users_per_variant)} users) "
+                     f"with no significant "
                      f"improvement of {metric_name(readout.planned.metric)} at the planned effect of {spec.mde:.1%}",),
             rollout=(f"end the experiment and keep {spec.control}",))
-    improved = [f"{metric_name(c.metric)} of {c.variant} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
+    improved = [f"{metric_name(c.metric)} of {c.variant} improves by {_lift_text(c)} "
+                f"(adjusted p = {c.adjusted_p_value:.3g})"
                 for c in readout.comparisons if c.role == "success" and c.improved]
     reasons = improved or ["no success metric improves significantly yet"]
     for variant, comparisons in by_variant.items():
@@ -152,23 +153,26 @@ def _ship_verdict(spec: ExperimentSpec, variant: str, comparisons: list[Comparis
     improved = [c for c in comparisons if c.role == "success" and c.improved]
     worsened = [c for c in comparisons if c.role == "success" and c.worsened]
     guarded = {c.metric: c for c in comparisons if c.role == "guardrail"}
-    reasons = [f"{metric_name(c.metric)} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})" for c in improved]
+    reasons = [f"{metric_name(c.metric)} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
+               for c in improved]
     failing = []
     for guardrail in spec.guardrails:
         c = guarded.get(guardrail.metric)
         if c is None or c.non_inferior is None:
             failing.append(f"guardrail {metric_name(guardrail.metric)} of {variant} cannot be judged yet")
         elif c.non_inferior:
-            reasons.append(f"guardrail {metric_name(c.metric)} non-inferior: lift {_lift_text(c)}, margin {guardrail.margin:.1%}")
-        else:
-            failing.append(f"guardrail {metric_name(c.metric)} of {variant} not yet non-inferior: lift {_lift_text(c)}, "
+            reasons.append(f"guardrail {metric_name(c.metric)} non-inferior: lift {_lift_text(c)}, "
                            f"margin {guardrail.margin:.1%}")
+        else:
+            failing.append(f"guardrail {metric_name(c.metric)} of {variant} not yet non-inferior: "
+                           f"lift {_lift_text(c)}, margin {guardrail.margin:.1%}")
     ok = bool(improved) and not worsened and not failing
     return ok, tuple(reasons if ok else failing)
 
 
 def _harms(comparisons: list[Comparison]) -> list[str]:
-    harms = [f"{metric_name(c.metric)} of {c.variant} worsens by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
+    harms = [f"{metric_name(c.metric)} of {c.variant} worsens by {_lift_text(c)} "
+             f"(adjusted p = {c.adjusted_p_value:.3g})"
              for c in comparisons if c.role == "success" and c.worsened]
     harms += [f"guardrail {metric_name(c.metric)} of {c.variant} is inferior beyond its margin of {c.margin:.1%}: "
               f"lift {_lift_text(c)}" for c in comparisons if c.role == "guardrail" and c.inferior_beyond_margin]

@@ -78,7 +78,8 @@ def build_memo(spec: ExperimentSpec, readout: ExperimentReadout, recommendation:
         experiment=readout.experiment, initiative=readout.initiative, state=recommendation.state,
         variant=recommendation.variant, headline=f"{readout.experiment}: {action} — {evidence} ({method})",
         primary_metric=primary_metric, primary_lift=primary.relative_lift if primary else None,
-        primary_lift_low=primary.lift_low if primary else None, primary_lift_high=primary.lift_high if primary else None,
+        primary_lift_low=primary.lift_low if primary else None,
+        primary_lift_high=primary.lift_high if primary else None,
         users={v.variant: v.users for v in readout.variants}, reasons=recommendation.reasons,
         assumptions=spec.assumptions, primary_variance_reduction=primary.variance_reduction if primary else None)
     return ExperimentMemo(summary=summary, readout=readout, recommendation=recommendation)
@@ -114,7 +115,8 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
                   "P(beat) | expected loss (relative) | CUPED | verdict |",
               "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for c in r.comparisons:
-        lines.append(f"| {c.variant} | {metric_name(c.metric)} | {c.role} | {c.control_mean:.4g} | {c.variant_mean:.4g} | "
+        lines.append(f"| {c.variant} | {metric_name(c.metric)} | {c.role} | {c.control_mean:.4g} | "
+                     f"{c.variant_mean:.4g} | "
                      f"{_lift(c)} | {c.p_value:.3g} | {_num(c.adjusted_p_value, '.3g')} | "
                      f"{c.probability_to_beat_control:.3f} | {c.expected_loss:.3g} ({c.expected_loss_relative:.2%}) | "
                      f"{_pct(c.variance_reduction)} | {_verdict(c)} |")
@@ -126,7 +128,8 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
               for check in r.sample_ratio] or ["- not enough users to test yet"]
     if r.planned is not None:
         lines += ["", f"Planned sample for {r.planned.power:.0%} power at a {r.planned.mde:.1%} lift of "
-                      f"{metric_name(r.planned.metric)}: {per_variant(r.planned.required_users_per_variant)} users; still needed: "
+                      f"{metric_name(r.planned.metric)}: {per_variant(r.planned.required_users_per_variant)} users; "
+                      f"still needed: "
                       f"{per_variant(r.planned.remaining_users_per_variant)}."]
     if not r.sample.sufficient:
         lines += ["", "Minimum sample not reached: " + "; ".join(r.sample.missing) + "."]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -188,7 +188,8 @@ def read_experiment(spec: ExperimentSpec, totals: ExperimentTotals,
     comparisons = _comparisons(spec, by_variant)
     return ExperimentReadout(
         experiment=spec.experiment, initiative=spec.initiative, control=spec.control, method=rules.method,
-        correction=rules.correction, alpha=rules.alpha, prior=rules.prior, look=1 if previous is None else previous.look + 1,
+        correction=rules.correction, alpha=rules.alpha, prior=rules.prior,
+        look=1 if previous is None else previous.look + 1,
         variants=tuple(_summary(name, t, spec.share(name), all_users) for name, t in by_variant.items()),
         comparisons=comparisons, sample_ratio=_sample_ratio_checks(spec, by_variant),
         unexpected_variants=unexpected, sample=_sample_check(spec, by_variant),
@@ -218,7 +219,7 @@ def _comparisons(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> 
     success = [i for i, c in enumerate(raw) if c["role"] == "success"]
     p_values = [raw[i]["p_value"] for i in success]
     adjust = stats.holm_adjusted if spec.rules.correction == "holm" else stats.benjamini_hochberg_adjusted
-    for i, adjusted in zip(success, adjust(p_values)):
+    for i, adjusted in zip(success, adjust(p_values), strict=True):
         comparison = raw[i]
         good = comparison["difference"] > 0 if comparison["higher_is_better"] else comparison["difference"] < 0
         bad = comparison["difference"] < 0 if comparison["higher_is_better"] else comparison["difference"] > 0
@@ -298,7 +299,7 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
     low, high = sorted((lift_low * a.mean, lift_high * a.mean))
     beat, loss, loss_relative = _probability_to_beat(rules.prior, name, control, treated, a, b,
                                                      metric.higher_is_better)
-    comparison = dict(
+    comparison: dict[str, Any] = dict(
         variant=variant, metric=name, role="success" if isinstance(metric, SuccessMetric) else "guardrail",
         higher_is_better=metric.higher_is_better, method=rules.method, control_mean=a.mean, variant_mean=b.mean,
         difference=difference, difference_low=low, difference_high=high,
@@ -371,7 +372,7 @@ def _sample_ratio_checks(spec: ExperimentSpec, by_variant: dict[str, VariantTota
         if total * min(spec.share(name) for name in users) < rules.srm_min_expected_users:
             continue
         result = stats.sample_ratio_test(users, spec.allocation)
-        expected = dict(zip(sorted(users), result.expected))
+        expected = dict(zip(sorted(users), result.expected, strict=True))
         checks.append(SampleRatioCheck(scope=scope, users=users, expected=expected, statistic=result.statistic,
                                        p_value=result.p_value, mismatch=result.p_value < rules.srm_threshold))
     return tuple(checks)
@@ -415,7 +416,7 @@ def _planned_sample(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) 
                                          mixture_variance=_mixture_variance(spec, control.mean))
         needed = (var_a / spec.share(spec.control) + var_b / spec.share(variant)) / target
         required_total = max(required_total, needed)
-    required = {name: int(math.ceil(required_total * spec.share(name))) for name in spec.allocation}
+    required = {name: math.ceil(required_total * spec.share(name)) for name in spec.allocation}
     remaining = {name: max(0, required[name] - by_variant[name].users) for name in spec.allocation}
     return PlannedSample(metric=metric, mde=spec.mde, power=rules.power, required_users_per_variant=required,
                          remaining_users_per_variant=remaining)

@@ -313,7 +313,7 @@ class ExperimentTotals:
                     merged = dimensions.setdefault(dimension, {})
                     for value, count in values.items():
                         merged[value] = merged.get(value, 0) + count
-        return cls({name: VariantTotals(**dict(zip(_SUMMED, totals)), users_by_dimension=dimensions)
+        return cls({name: VariantTotals(**dict(zip(_SUMMED, totals, strict=True)), users_by_dimension=dimensions)
                     for name, (totals, dimensions) in sums.items()})
 
     @classmethod

@@ -22,15 +22,16 @@ with `a` the control, and its variance `V = var_a / n_a + var_b / n_b`
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import importlib.util
-import sys
-
 import numpy as np
+
+from experiments.exceptions import InvalidStatisticInput
 
 
 def _lazy(name: str) -> Any:
@@ -39,6 +40,7 @@ def _lazy(name: str) -> Any:
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None, f"{name} is not installed"
     loader = importlib.util.LazyLoader(spec.loader)
     spec.loader = loader
     module = importlib.util.module_from_spec(spec)
@@ -49,8 +51,6 @@ def _lazy(name: str) -> Any:
 
 integrate, optimize, special, stats = (_lazy(f"scipy.{name}") for name in ("integrate", "optimize", "special",
                                                                             "stats"))
-
-from experiments.exceptions import InvalidStatisticInput
 
 ArrayLike = Any   # a float or a numpy array of floats, element-wise
 
@@ -145,7 +145,8 @@ def difference_interval(test: FixedHorizonTest, alpha: float) -> tuple[Any, Any]
     (0.0021, 0.0579)
     """
     quantile = stats.t.isf(alpha / 2, test.degrees_of_freedom)
-    return _out(test.difference - quantile * test.standard_error), _out(test.difference + quantile * test.standard_error)
+    margin = quantile * test.standard_error
+    return _out(test.difference - margin), _out(test.difference + margin)
 
 
 def relative_lift_variance(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b: ArrayLike,

@@ -129,11 +129,12 @@ def observe_quiet_bucket(state: ViolationState, *, initiative: str, bucket_start
                         bucket_end=utc(bucket_end),
                         detail={"violations": state.count, "late_convictions": state.late, "kpi": "violations",
                                 "quiet_buckets": quiet})
-    return ViolationState(), events + [_event(resolved, "resolved", initiative, evidence)]
+    return ViolationState(), [*events, _event(resolved, "resolved", initiative, evidence)]
 
 
 def _event(state: ViolationState, transition: Transition, initiative: str, evidence: Evidence) -> IncidentEvent:
     playbook = playbook_for(KIND)
+    assert state.incident is not None, "only a state with an incident has transitions"
     return IncidentEvent(
         event_id=transition_event_id(state.incident, transition, state.sequence), incident_id=state.incident,
         transition=transition, kind=KIND, severity="critical", initiative=initiative, series=list(state.series),

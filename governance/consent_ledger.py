@@ -66,6 +66,7 @@ class Judgement:
     def reason(self) -> str:
         if self.basis == "no record":
             return f"no record; {self.region or 'unknown region'} is {self.policy}"
+        assert self.at is not None, "a consent decided by a change has its time"
         if self.basis == "grace":
             return f"revoked at {iso_seconds(self.at)}, within the {self.grace_seconds:g} s grace"
         return f"{self.basis} at {iso_seconds(self.at)}"

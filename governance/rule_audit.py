@@ -122,7 +122,7 @@ class RuleAudit:
                                    (change.event_id,))
             transition: Transition = "opened"
         else:
-            finding = replace(known, sequence=known.sequence + 1, changes=known.changes + (change.event_id,))
+            finding = replace(known, sequence=known.sequence + 1, changes=(*known.changes, change.event_id))
             transition = "updated"
         self.open[key] = finding
         return _event(finding, kind, transition, initiative, change, reason, **detail)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,7 +74,7 @@ class GovernanceTally:
     variants: dict[str, list[int]] = field(default_factory=dict)
     personalized: dict[str, int] = field(default_factory=dict)
 
-    def merge(self, other: "GovernanceTally") -> None:
+    def merge(self, other: GovernanceTally) -> None:
         """Add another tally of the same bucket (another batch's)."""
         for key, (exposures, fallbacks) in other.rules.items():
             counts = self.rules.setdefault(key, [0, 0])
@@ -119,7 +120,7 @@ class GovernanceState:
         if incident.kind in GOVERNANCE_KINDS and incident.transition == "opened":
             ids = self.opened.setdefault(incident.kind, [])
             if incident.incident_id not in ids:
-                ids[:] = (ids + [incident.incident_id])[-OPENED_KEPT:]
+                ids[:] = [*ids, incident.incident_id][-OPENED_KEPT:]
 
 
 class GovernanceScan:
@@ -275,9 +276,9 @@ class GovernanceScan:
                                  evidence={"violations_by_channel": by_channel,
                                            "open_incident": state.violations.incident})
         # A window after the violations can pass while their incident is still open: say so.
-        still_open = ({"summary": f"; incident {state.violations.incident} from before is still open",
-                       "evidence": {"open_incident": state.violations.incident}}
-                      if state.violations.incident else {"summary": "", "evidence": {}})
+        still_open: dict[str, Any] = ({"summary": f"; incident {state.violations.incident} from before is still open",
+                                       "evidence": {"open_incident": state.violations.incident}}
+                                      if state.violations.incident else {"summary": "", "evidence": {}})
         if not personalized:
             return ChecklistItem(item="consent_adherence", status="pending", owner=owner,
                                  summary="no personalized exposure judged yet" + still_open["summary"],

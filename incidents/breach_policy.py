@@ -53,13 +53,16 @@ class BreachPolicy:
     >>> def ev(h): return Evidence(observed=0.05, expected=0.1, score=0.5,
     ...                            bucket_start=t0 + timedelta(hours=h), bucket_end=t0 + timedelta(hours=h + 1))
     >>> state = BreachState()
-    >>> state, out = policy.observe(state, initiative="I", kind="conversion_drop", series="I|p|c|v", breached=True, evidence=ev(0))
+    >>> state, out = policy.observe(state, initiative="I", kind="conversion_drop", series="I|p|c|v", breached=True,
+    ...                             evidence=ev(0))
     >>> state.status, out
     ('pending', [])
-    >>> state, out = policy.observe(state, initiative="I", kind="conversion_drop", series="I|p|c|v", breached=True, evidence=ev(1))
+    >>> state, out = policy.observe(state, initiative="I", kind="conversion_drop", series="I|p|c|v", breached=True,
+    ...                             evidence=ev(1))
     >>> state.status, [e.transition for e in out], out[0].owner
     ('firing', ['opened'], 'Testing Lead')
-    >>> state, out = policy.observe(state, initiative="I", kind="conversion_drop", series="I|p|c|v", breached=False, evidence=ev(2))
+    >>> state, out = policy.observe(state, initiative="I", kind="conversion_drop", series="I|p|c|v", breached=False,
+    ...                             evidence=ev(2))
     >>> state.status, [e.transition for e in out]
     ('ok', ['resolved'])
     """
@@ -80,10 +83,12 @@ class BreachPolicy:
 
     def _span_over(self, state: BreachState, evidence: Evidence) -> bool:
         width = evidence.bucket_end - evidence.bucket_start
+        assert state.pending_start is not None, "only a pending state has a span"
         return evidence.bucket_start - state.pending_start > width * self.config.breach_span_buckets
 
     def _open(self, state: BreachState, initiative: str, kind: str, series: str, evidence: Evidence,
               first_rung: int | None) -> tuple[BreachState, list[IncidentEvent]]:
+        assert state.pending_start is not None, "an incident opens from a pending state"
         period = period_of(state.pending_start)
         rung = playbook_for(kind).first_rung if first_rung is None else first_rung
         opened = replace(state, status="firing", incident=incident_id(initiative, kind, series, period),
@@ -111,6 +116,7 @@ class BreachPolicy:
 def _event(state: BreachState, transition: Transition, initiative: str, kind: str, series: str,
            evidence: Evidence) -> IncidentEvent:
     playbook = playbook_for(kind)
+    assert state.incident is not None, "only a state with an incident has transitions"
     severity = "critical" if state.rung > playbook.first_rung or playbook.severity == "critical" else "warning"
     return IncidentEvent(
         event_id=transition_event_id(state.incident, transition, state.sequence),

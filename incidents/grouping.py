@@ -96,6 +96,7 @@ def fold_group(state: GroupState, transitions: list[IncidentEvent]) -> tuple[Gro
 def _group_event(group: GroupState, transition: Transition, transitions: list[IncidentEvent],
                  series: tuple[str, ...]) -> IncidentEvent:
     """The group's transition, with the evidence of the most telling member transition of this bucket."""
+    assert group.incident is not None, "only a group with an incident has transitions"
     wanted = "resolved" if transition == "resolved" else None
     source = next((e for e in transitions if wanted is None or e.transition == wanted), transitions[0])
     if transition != "resolved":

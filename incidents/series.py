@@ -76,7 +76,7 @@ class SeriesKey(NamedTuple):
         Traceback (most recent call last):
         ...
         incidents.exceptions.InvalidSeriesKey: series key 'PLG||web|control' has an empty part; expected initiative|profile|channel|variant
-        """
+        """  # noqa: E501 - doctest output stays on one line
         parts = text.split(SEPARATOR)
         if len(parts) != len(FIELDS):
             raise InvalidSeriesKey(f"series key {text!r} has {len(parts)} parts; expected 4, {SEPARATOR.join(FIELDS)}")

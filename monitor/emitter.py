@@ -17,13 +17,14 @@ from typing import Any
 
 from incidents.degraded import degraded_incident
 from incidents.model import IncidentEvent
+from monitor.alertmanager import LEASE_CHECKS, Known, alert_body, alerts_of, firing_alerts
+from monitor.alertmanager import SINK as ALERTMANAGER
+from monitor.events import DeadLetter, encode
+from monitor.initiative_stage import Outputs
+from monitor.metrics import PipelineMetrics, count_dead_letter
+from monitor.settings import Settings
 from plans.document import PlanDocument
 from plans.plan_sink import PlanWriter, plan_bytes
-from monitor.alertmanager import LEASE_CHECKS, SINK as ALERTMANAGER, Known, alert_body, alerts_of, firing_alerts
-from monitor.events import DeadLetter, encode
-from monitor.metrics import PipelineMetrics, count_dead_letter
-from monitor.initiative_stage import Outputs
-from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 

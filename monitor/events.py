@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -56,7 +56,8 @@ class EngagementEvent(_Record):
     cohort: Name = "all"
     experiment: Name | None = None
     variant: Name = "none"
-    rule_id: Name | None = Field(default=None, description="The rule that decided; on a fallback, the rule that fell back.")
+    rule_id: Name | None = Field(default=None,
+                                 description="The rule that decided; on a fallback, the rule that fell back.")
     fallback: bool = False
     decision_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
     revenue: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
@@ -64,7 +65,7 @@ class EngagementEvent(_Record):
                                                             "the consent policy of a user without a consent record.")
 
     @model_validator(mode="after")
-    def _revenue_only_on_conversions(self) -> "EngagementEvent":
+    def _revenue_only_on_conversions(self) -> EngagementEvent:
         if self.revenue and self.event_type != "conversion":
             raise ValueError(f"revenue {self.revenue} on a {self.event_type}; only conversions carry revenue")
         return self
@@ -136,7 +137,7 @@ class DeadLetter(_Record):
     @classmethod
     def of(cls, raw: bytes, *, source_topic: str, reason: str, error: str, key: bytes | None = None,
            partition: int | None = None, offset: int | None = None,
-           stage: Literal["decode", "process", "sink"] = "decode") -> "DeadLetter":
+           stage: Literal["decode", "process", "sink"] = "decode") -> DeadLetter:
         truncated = len(raw) > DEAD_LETTER_MAX_VALUE_BYTES
         kept = raw[:DEAD_LETTER_PREFIX_BYTES] if truncated else raw
         key_fields: dict[str, Any] = {}
@@ -163,7 +164,8 @@ def reason_kind(reason: str) -> str:
 
     >>> reason_kind("invalid EngagementEvent: revenue: Input should be greater than or equal to 0")
     'invalid EngagementEvent: revenue'
-    >>> reason_kind("event_time 2026-11-02T10:00:00+00:00 is 7200 s ahead of the wall clock (PMON_MAX_FUTURE_SECONDS=3600)")
+    >>> reason_kind("event_time 2026-11-02T10:00:00+00:00 is 7200 s ahead of the wall clock "
+    ...             "(PMON_MAX_FUTURE_SECONDS=3600)")
     'event_time ahead of the wall clock'
     >>> reason_kind("empty value (a tombstone): input records must carry an event")
     'empty value (a tombstone)'
@@ -185,7 +187,7 @@ def encode(record: BaseModel) -> bytes:
     return record.model_dump_json().encode()
 
 
-def decode(model: type[_Record], raw: bytes, *, pseudonymise: Callable[[str], str] | None = None) -> Any:
+def decode(model: type[BaseModel], raw: bytes, *, pseudonymise: Callable[[str], str] | None = None) -> Any:
     """Decode one record, or raise DecodeError with a one-line reason.
 
     `pseudonymise` replaces a string `user_id` before validation, so the raw

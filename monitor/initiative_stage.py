@@ -16,15 +16,15 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any, NamedTuple
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from detectors.base import BucketDetector, BucketObservation
 from detectors.conversion_drop import ConversionDropDetector
-from detectors.kpi_threshold import KpiThresholdDetector
 from detectors.evaluation import evaluate_bucket, evidence_of
 from detectors.freshness import check_freshness, objective_for_rate
+from detectors.kpi_threshold import KpiThresholdDetector
 from detectors.registry import DETECTORS
 from detectors.variant_share import VariantShareDetector
 from experiments.decision import InvestigationFlag, Recommendation, decision_change, recommend
@@ -49,9 +49,22 @@ from monitor.settings import Settings
 from monitor.topics import ENGAGEMENT, EVENT_TOPICS, RULE_CHANGES
 from monitor.transaction import StepTransaction
 from monitor.windows import BucketRow, InitiativeClock, WindowKeeper
-from plans.document import (Approval, DataFeed, IncidentSummary, PlanDocument, new_plan, with_approval,
-                            with_checklist, with_experiment_memo, with_feed, with_incident, with_incident_action,
-                            with_metric, with_stage, with_thresholds)
+from plans.document import (
+    Approval,
+    DataFeed,
+    IncidentSummary,
+    PlanDocument,
+    new_plan,
+    with_approval,
+    with_checklist,
+    with_experiment_memo,
+    with_feed,
+    with_incident,
+    with_incident_action,
+    with_metric,
+    with_stage,
+    with_thresholds,
+)
 from plans.exceptions import PlanError
 
 log = logging.getLogger(__name__)
@@ -63,14 +76,14 @@ class InitiativeState:
 
     clocks: MutableMapping[str, InitiativeClock] = field(default_factory=dict)
     buckets: MutableMapping[str, BucketRow] = field(default_factory=dict)
-    series: MutableMapping[str, "SeriesState"] = field(default_factory=dict)
-    shares: MutableMapping[str, "ShareState"] = field(default_factory=dict)   # per variant group
-    feeds: MutableMapping[str, "FeedState"] = field(default_factory=dict)     # per feed, for freshness
+    series: MutableMapping[str, SeriesState] = field(default_factory=dict)
+    shares: MutableMapping[str, ShareState] = field(default_factory=dict)   # per variant group
+    feeds: MutableMapping[str, FeedState] = field(default_factory=dict)     # per feed, for freshness
     groups: MutableMapping[str, GroupState] = field(default_factory=dict)
     incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
     governance: MutableMapping[str, GovernanceState] = field(default_factory=dict)  # per initiative
-    experiments: MutableMapping[str, dict[str, "ExperimentState"]] = field(default_factory=dict)  # per initiative
+    experiments: MutableMapping[str, dict[str, ExperimentState]] = field(default_factory=dict)  # per initiative
     # Per initiative: minutes from each incident's opening to its first response (acknowledgement, else resolution).
     responses: MutableMapping[str, dict[str, float]] = field(default_factory=dict)
 
@@ -124,7 +137,7 @@ class ExperimentState:
     recommendation: Recommendation | None = None
     memo: ExperimentMemo | None = None
     evaluated_until: float = float("-inf")
-    history: tuple["LiftLook", ...] = ()          # the last LIFT_HISTORY looks, oldest first
+    history: tuple[LiftLook, ...] = ()          # the last LIFT_HISTORY looks, oldest first
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         # Pickle's state of a slotted object is (None, {slot: value}). A worker's snapshot pickled before a field
@@ -133,8 +146,9 @@ class ExperimentState:
         for spec in fields(ExperimentState):
             if spec.name in values:
                 setattr(self, spec.name, values[spec.name])
-            else:
-                setattr(self, spec.name, spec.default_factory() if spec.default is MISSING else spec.default)
+            else:   # a field without a default has a factory (which mypy cannot tell)
+                default = spec.default_factory() if spec.default is MISSING else spec.default  # type: ignore[operator]
+                setattr(self, spec.name, default)
 
 
 class LiftLook(NamedTuple):
@@ -160,7 +174,7 @@ class Outputs:
     incidents: list[IncidentEvent] = field(default_factory=list)
     plans: list[PlanDocument] = field(default_factory=list)
 
-    def extend(self, other: "Outputs") -> None:
+    def extend(self, other: Outputs) -> None:
         self.incidents.extend(other.incidents)
         self.plans.extend(other.plans)
 
@@ -282,7 +296,9 @@ class InitiativeStage:
             feed = self._feeds.get(f"{initiative}|{FEED}")
             if feed is not None and feed.breach.status != "ok":
                 return float("-inf")
-            until = min(until, self.windows.clock(initiative).last_event_wall + silence)
+            clock = self.windows.clock(initiative)
+            assert clock is not None   # the initiatives are those with a clock
+            until = min(until, clock.last_event_wall + silence)
         return until
 
     def on_message(self, message: Message, *, wall_now: float) -> Outputs:
@@ -308,6 +324,7 @@ class InitiativeStage:
             return outputs
         if applied.gap:
             source = partial.source
+            assert source is not None   # a gap is measured against the partial's source range
             log.error("source offsets lost before %s: partition %d, %d offsets before %d", initiative,
                       source.partition, applied.gap, source.first)
             outputs.incidents.append(degraded_incident(
@@ -438,6 +455,7 @@ class InitiativeStage:
         run's revisions instead of appending copies of them: the last one written before event time `at`; None
         when the history starts at `at` or later (the run re-derives it from its first revision, see
         `_check_thresholds`)."""
+        assert self._plan_history is not None   # the caller checks
         try:
             history = self._plan_history(initiative)
         except PlanError as exc:

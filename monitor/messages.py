@@ -44,7 +44,7 @@ class Counters:
     fallbacks: int = 0
     latency_ms_sum: float = 0.0
 
-    def merge(self, other: "Counters") -> None:
+    def merge(self, other: Counters) -> None:
         self.exposures += other.exposures
         self.clicks += other.clicks
         self.conversions += other.conversions
@@ -59,7 +59,7 @@ class Counters:
         return [self.exposures, self.clicks, self.conversions, self.revenue, self.fallbacks, self.latency_ms_sum]
 
     @classmethod
-    def from_wire(cls, values: list[float]) -> "Counters":
+    def from_wire(cls, values: list[float]) -> Counters:
         exposures, clicks, conversions, revenue, fallbacks, latency = values
         return cls(int(exposures), int(clicks), int(conversions), float(revenue), int(fallbacks), float(latency))
 
@@ -76,7 +76,7 @@ class BucketPartial:
     def events(self) -> int:
         return sum(c.events() for c in self.series.values())
 
-    def merge(self, other: "BucketPartial") -> None:
+    def merge(self, other: BucketPartial) -> None:
         """Add another batch's partial of the same bucket."""
         merge_bucket(self, other)
 
@@ -88,7 +88,7 @@ class BucketPartial:
                 "experiments": {k: t.as_dict() for k, t in self.experiments.items()}}
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any], initiative: str) -> "BucketPartial":
+    def from_wire(cls, data: dict[str, Any], initiative: str) -> BucketPartial:
         governance = data["governance"]
         return cls(series={_long(initiative, k): Counters.from_wire(v) for k, v in data["series"].items()},
                    cohorts={k: Counters.from_wire(v) for k, v in data["cohorts"].items()},
@@ -145,7 +145,7 @@ class Partial:
     def events(self) -> int:
         return sum(b.events() for b in self.buckets.values())
 
-    def merge(self, later: "Partial") -> None:
+    def merge(self, later: Partial) -> None:
         """Fold in the next batch's partial of the same initiative and source partition: one message for both."""
         if (later.initiative, later.partition) != (self.initiative, self.partition):
             raise StageError(f"cannot merge {later.initiative}/{later.partition} into "

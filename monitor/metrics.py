@@ -88,7 +88,7 @@ class StageCollector(Collector):
     3
     """
 
-    def __init__(self, stages: Callable[[], Iterable["InitiativeStage"]], users: Callable[[], int],
+    def __init__(self, stages: Callable[[], Iterable[InitiativeStage]], users: Callable[[], int],
                  clock: Callable[[], float] = time.time) -> None:
         self._stages, self._users, self._clock = stages, users, clock
 

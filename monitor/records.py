@@ -42,7 +42,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import orjson
 from pydantic import BaseModel
@@ -112,7 +112,8 @@ for _model, _names in ((EngagementEvent, _ENGAGEMENT_NAMES), (ConsentEvent, _CON
     for _name in _names:
         _expect((_constraint(_model, _name, "min_length"), _constraint(_model, _name, "max_length")) == (1, _MAX_NAME),
                 f"{_model.__name__}.{_name}'s length")
-_nullable = {name for name in _ENGAGEMENT_ORDER if type(None) in get_args(EngagementEvent.model_fields[name].annotation)}
+_nullable = {name for name in _ENGAGEMENT_ORDER
+             if type(None) in get_args(EngagementEvent.model_fields[name].annotation)}
 _expect(_nullable == {"experiment", "rule_id", "region"}, "EngagementEvent's optional fields")
 _expect(not any(type(None) in get_args(field.annotation) for field in ConsentEvent.model_fields.values()),
         "ConsentEvent's optional fields")
@@ -142,7 +143,8 @@ _VARIANT = _defaults["variant"]
 _FALLBACK = _defaults["fallback"]
 _LATENCY = float(_defaults["decision_latency_ms"])
 _REVENUE = float(_defaults["revenue"])
-_expect(_defaults["experiment"] is _defaults["rule_id"] is _defaults["region"] is None, "the defaults of optional names")
+_expect(_defaults["experiment"] is _defaults["rule_id"] is _defaults["region"] is None,
+        "the defaults of optional names")
 _SOURCE = ConsentEvent.model_fields["source"].default
 _CONSENT_REGION = ConsentEvent.model_fields["region"].default
 del _model, _names, _name, _decorators, _nullable, _defaults
@@ -215,7 +217,7 @@ class Consent:
     event_id: str
     at: float
     user_id: str
-    purpose: str
+    purpose: Literal["personalization", "analytics", "marketing"]   # as ConsentEvent's
     status: str
     source: str
     region: str
@@ -268,8 +270,8 @@ def _draft_class(cls: type[_RecordT]) -> type:
     twin = type(f"_{cls.__name__}Draft", (), {"__slots__": cls.__slots__, "__module__": __name__,
                                               "__doc__": f"A mutable {cls.__name__} under construction."})
     values = [f"v{i}" for i in range(len(cls.__slots__))]
-    draft = object.__new__(twin)
-    for name, value in zip(cls.__slots__, values):
+    draft: Any = object.__new__(twin)
+    for name, value in zip(cls.__slots__, values, strict=True):
         setattr(draft, name, value)
     draft.__class__ = cls
     if not (type(draft) is cls and draft == cls(*values) and not hasattr(draft, "__dict__")):
@@ -320,7 +322,7 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
     Traceback (most recent call last):
     ...
     monitor.exceptions.DecodeError: not a JSON object
-    """
+    """  # noqa: E501 - doctest output, on one line as Python prints it
     try:
         data = _loads(raw)
     except _JSONDecodeError:
@@ -363,17 +365,17 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
             and type(profile) is str and profile.strip() == profile and profile and len(profile) <= _MAX_NAME
             and type(channel) is str and channel.strip() == channel and channel and len(channel) <= _MAX_NAME
             and type(cohort) is str and cohort.strip() == cohort and cohort and len(cohort) <= _MAX_NAME
-            and (experiment is None or type(experiment) is str and experiment.strip() == experiment and experiment
-                 and len(experiment) <= _MAX_NAME)
+            and (experiment is None or (type(experiment) is str and experiment.strip() == experiment and experiment
+                  and len(experiment) <= _MAX_NAME))
             and type(variant) is str and variant.strip() == variant and variant and len(variant) <= _MAX_NAME
-            and (rule_id is None or type(rule_id) is str and rule_id.strip() == rule_id and rule_id
-                 and len(rule_id) <= _MAX_NAME)
+            and (rule_id is None or (type(rule_id) is str and rule_id.strip() == rule_id and rule_id
+                  and len(rule_id) <= _MAX_NAME))
             and (fallback is True or fallback is False)
             and (type(latency) is float or type(latency) is int) and 0.0 <= latency <= _MAX_LATENCY
             and (type(revenue) is float or type(revenue) is int) and 0.0 <= revenue <= _MAX_REVENUE
             and (not revenue or event_type == "conversion")
-            and (region is None or type(region) is str and region.strip() == region and region
-                 and len(region) <= _MAX_NAME)
+            and (region is None or (type(region) is str and region.strip() == region and region
+                  and len(region) <= _MAX_NAME))
             and type(event_time) is str and _CANONICAL_TIME(event_time) is not None
         ):
             try:
@@ -381,7 +383,7 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
             except (ValueError, OverflowError):   # a day or month out of range: the model says which
                 at = _LATEST
             if _EARLIEST <= at < _LATEST:
-                record = _new(_EngagementDraft)
+                record: Any = _new(_EngagementDraft)
                 record.event_id = event_id
                 record.event_type = event_type
                 record.at = at
@@ -419,7 +421,7 @@ def decode_consent(raw: bytes, pseudonymise: Callable[[str], str] | None = None)
     Traceback (most recent call last):
     ...
     monitor.exceptions.DecodeError: empty value (zero bytes): input records must carry a JSON object
-    """
+    """  # noqa: E501 - doctest output, on one line as Python prints it
     try:
         data = _loads(raw)
     except _JSONDecodeError:
@@ -456,7 +458,7 @@ def decode_consent(raw: bytes, pseudonymise: Callable[[str], str] | None = None)
             except (ValueError, OverflowError):
                 at = _LATEST
             if _EARLIEST <= at < _LATEST:
-                record = _new(_ConsentDraft)
+                record: Any = _new(_ConsentDraft)
                 record.event_id = event_id
                 record.at = at
                 record.user_id = user_id

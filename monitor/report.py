@@ -7,8 +7,8 @@ initiative's watermark (event time), so a replay reports what live would.
 
 from __future__ import annotations
 
-from datetime import datetime
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -19,10 +19,10 @@ from incidents.model import IncidentEvent, measure_of
 from incidents.roster import assignee_of
 from incidents.series import FIELDS, SEPARATOR
 from incidents.timeutil import utc
-from plans.document import BacklogItem, ChecklistItem
 from monitor.messages import Counters
 from monitor.report_request import WINDOWS, ReportRequest
 from monitor.windows import BucketRow
+from plans.document import BacklogItem, ChecklistItem
 
 if TYPE_CHECKING:  # the stage imports nothing from here; the annotation only documents the argument
     from monitor.initiative_stage import InitiativeStage
@@ -265,16 +265,18 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
     # The window's incidents: opened in it, or open (or resolved) during it.
     incidents = sorted((pair for pair in state.incidents.values()
                         if pair is not None and pair[0].initiative == request.initiative
-                        and (since is None or pair[1].transition != "resolved" or pair[1].occurred_at.timestamp() >= since)),
+                        and (since is None or pair[1].transition != "resolved"
+                             or pair[1].occurred_at.timestamp() >= since)),
                        key=lambda pair: (pair[0].occurred_at, pair[0].incident_id))
     note = None
     if kept and since is not None and kept[0].start - since > settings.bucket_seconds:  # not for the edge bucket
+        assert end is not None   # since is set only with an end
         days = (end - kept[0].start) / 86_400
         note = (f"the window asks for {WINDOWS[request.window]} days; the data hold {days:.1f} days of closed "
                 f"buckets, from {utc(kept[0].start):%Y-%m-%d %H:%M} UTC")
     warming: dict[str, list[str]] = {}
-    for key, series in sorted(state.series.items()):
-        if key.startswith(prefix) and series is not None and series.detector.warming_up:
+    for key, series_state in sorted(state.series.items()):
+        if key.startswith(prefix) and series_state is not None and series_state.detector.warming_up:
             name, detector = key.rsplit("|", 1)
             warming.setdefault(detector, []).append(name)
     plan = state.plans.get(request.initiative)
@@ -301,7 +303,8 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         if request.detail == "full" else [],
         incidents=[_incident_line(*pair, settings.roster) for pair in incidents],
         warming_up=warming,
-        counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates, source_offsets_lost=clock.gaps,
+        counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates,
+        source_offsets_lost=clock.gaps,
         dead_letters=dict(sorted(clock.dead_letters.items(), key=lambda kv: -kv[1])),
         plan_revision=plan.revision if plan is not None else None,
         backlog=sorted(plan.backlog if plan is not None else (),
@@ -313,9 +316,9 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
         consent_adherence=adherence,
         pending_approvals=[change.describe() for change in governance.audit.pending_approvals()],
         experiments=[state.memo for _, state in sorted(experiments.items()) if state.memo is not None],
-        rule_changes=[RuleChangeLine(at=utc(c.at), rule_id=c.rule_id, action=c.action, author=c.author,
-                                     approver=c.approver, ticket=c.ticket, experiment=c.experiment,
-                                     approved=c.approved)
+        rule_changes=[RuleChangeLine(at=datetime.fromtimestamp(c.at, tz=timezone.utc), rule_id=c.rule_id,
+                                     action=c.action, author=c.author, approver=c.approver, ticket=c.ticket,
+                                     experiment=c.experiment, approved=c.approved)
                       for c in governance.audit.log if since is None or c.at >= since],
         trends=_trends(rows, sorted(by_series), anomalies) if request.trends else [],
         lift_history=_lift_history(experiments, since) if request.trends else [])

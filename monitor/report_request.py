@@ -21,5 +21,5 @@ class ReportRequest(BaseModel):
                                             "and each experiment's lift per look.")
 
     @classmethod
-    def from_query(cls, query: dict[str, str]) -> "ReportRequest":
+    def from_query(cls, query: dict[str, str]) -> ReportRequest:
         return cls.model_validate({k: v for k, v in query.items() if v != ""})

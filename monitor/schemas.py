@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from incidents.model import IncidentAction
-from plans.schema import plan_json_schema
 from monitor.events import INPUT_MODELS, DeadLetter, IncidentEvent
 from monitor.topics import DEAD_LETTERS, INCIDENT_ACTIONS, INCIDENTS
+from plans.schema import plan_json_schema
 
-TOPIC_MODELS = {
+TOPIC_MODELS: dict[str, type[BaseModel]] = {
     **INPUT_MODELS,
     INCIDENTS: IncidentEvent,
     INCIDENT_ACTIONS: IncidentAction,

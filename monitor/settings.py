@@ -42,7 +42,7 @@ class RosterRole(BaseModel):
         "Person -> the date ranges (first and last day, inclusive) they are away."))
 
     @model_validator(mode="after")
-    def _known_people_and_ranges(self) -> "RosterRole":
+    def _known_people_and_ranges(self) -> RosterRole:
         strangers = sorted(set(self.unavailable) - set(self.people))
         if strangers:
             raise ValueError(f"unavailable names {strangers}, who are not among the people {self.people}")
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     retry_limit: int = Field(2, ge=0, le=10, description="Retries of a failed sink write before it is dead-lettered.")
 
     consent_policies: dict[str, Literal["opt-in", "opt-out"]] = Field(
-        default_factory=lambda: {"EU": "opt-in", "UK": "opt-in", "US": "opt-out"},
+        default_factory=lambda: {"EU": "opt-in", "UK": "opt-in", "US": "opt-out"},  # type: ignore[arg-type]  # mypy reads str, not the Literal
         description='Consent policy per region (JSON): opt-in, a user without a record has not consented; opt-out, '
                     'has. The region is the one of the user\'s latest consent record, else the exposure\'s.')
     consent_default_policy: Literal["opt-in", "opt-out"] = Field(
@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         return experiments
 
     def experiment_spec(self, experiment: str, initiative: str,
-                        variants_seen: Iterable[str] = ()) -> "ExperimentSpec | None":
+                        variants_seen: Iterable[str] = ()) -> ExperimentSpec | None:
         """The plan of an experiment: PMON_EXPERIMENTS, else its initiative's allocation with the defaults, else
         an equal split over the variants seen (one of them `control`), said so in the memo; else None."""
         from experiments.spec import ExperimentSpec
@@ -227,7 +227,7 @@ class Settings(BaseSettings):
         return ExperimentSpec.model_validate({"initiative": initiative, **fields, "experiment": experiment})
 
     @model_validator(mode="after")
-    def _warmup_fits_baseline(self) -> "Settings":
+    def _warmup_fits_baseline(self) -> Settings:
         if self.warmup_buckets > self.baseline_buckets:
             raise ValueError(
                 f"warmup_buckets={self.warmup_buckets} exceeds baseline_buckets={self.baseline_buckets}: "
@@ -248,13 +248,13 @@ class Settings(BaseSettings):
             env[f"PMON_{name.upper()}"] = str(value)
         return env
 
-    def consent_policy(self) -> "ConsentPolicy":
+    def consent_policy(self) -> ConsentPolicy:
         from governance.consent_ledger import ConsentPolicy
 
         return ConsentPolicy(regions=dict(self.consent_policies), default_policy=self.consent_default_policy,
                              grace_seconds=self.consent_grace_seconds, lookback_seconds=self.consent_lookback_seconds)
 
-    def governance_config(self) -> "GovernanceConfig":
+    def governance_config(self) -> GovernanceConfig:
         from governance.scan import GovernanceConfig
 
         return GovernanceConfig(fallback_threshold=self.fallback_threshold,

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from monitor.settings import SETTING_GROUPS, Settings
 
+
 def _number(value: float) -> str:
     # 86 400 rather than 86400: thin groups read faster in a table.
     return f"{value:,}".replace(",", " ") if isinstance(value, int) else f"{value:g}"

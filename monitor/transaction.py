@@ -38,7 +38,7 @@ class Staged:
 
     def keys(self) -> list[str]:
         """The table's keys as the step sees them."""
-        known = {k: None for k in self.table.keys()}
+        known = {k: None for k in self.table.keys()}  # noqa: SIM118 - the table's own keys(), not its iteration
         for key, value in self.pending.items():
             if value is None:
                 known.pop(key, None)

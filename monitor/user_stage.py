@@ -45,7 +45,6 @@ from monitor.pseudonym import Pseudonymiser
 from monitor.records import Consent, Engagement, decode_consent, decode_engagement
 from monitor.settings import Settings
 
-
 PROGRESS_KEY = "#progress/{}"   # a partition's progress, beside the users (pseudonyms start with "p")
 
 
@@ -355,6 +354,7 @@ class _Batch:
 
     def observe_experiment(self, state: UserState, event: Engagement, start: float) -> None:
         experiment = event.experiment
+        assert experiment is not None   # the caller checks
         known = state.experiments.get(experiment)
         if known is not None and event.event_type != "conversion" and known.variant == event.variant:
             return  # a further exposure or click of a known user in their variant changes no total
@@ -400,6 +400,7 @@ class _Batch:
         source = None
         if self.last is not None:
             # Contiguous with what this partition sent before, whatever offsets Kafka skipped in between.
+            assert self.first is not None   # set with self.last
             first = self.first if progress.last_offset is None else progress.last_offset + 1
             source = SourceRange(self.partition, first, self.last)
             progress.last_offset = self.last

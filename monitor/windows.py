@@ -95,7 +95,7 @@ class Applied:
     late: int = 0                         # events of closed buckets: counted as late, dropped
     gap: int = 0                          # source offsets skipped before this partial
     late_experiments: dict[str, ExperimentTotals] = field(default_factory=dict)
-    closed: list["BucketRow"] = field(default_factory=list)
+    closed: list[BucketRow] = field(default_factory=list)
 
 
 class WindowKeeper:

@@ -117,7 +117,7 @@ class DataFeed(_PlanModel):
     freshness_objective_seconds: float = Field(gt=0)
     status: FeedStatus = "unknown"
 
-    def assessed(self, now: datetime) -> "DataFeed":
+    def assessed(self, now: datetime) -> DataFeed:
         """This feed with `status` judged at wall-clock `now` (same object when unchanged).
 
         >>> from datetime import datetime, timezone
@@ -153,7 +153,7 @@ class DependencyGraph(_PlanModel):
     edges: tuple[GraphEdge, ...]
 
     @model_validator(mode="after")
-    def _edges_join_known_nodes(self) -> "DependencyGraph":
+    def _edges_join_known_nodes(self) -> DependencyGraph:
         ids = [node.id for node in self.nodes]
         _require_unique(ids, "dependency graph node")
         known = set(ids)
@@ -172,7 +172,7 @@ class ErrorHandling(_PlanModel):
     fallback_owners: dict[str, str] = Field(description="Role -> who takes over when that role's owner is unavailable.")
 
     @model_validator(mode="after")
-    def _ladder_and_fallbacks_are_sane(self) -> "ErrorHandling":
+    def _ladder_and_fallbacks_are_sane(self) -> ErrorHandling:
         _require_unique(self.escalation_ladder, "escalation ladder rung")
         for role, fallback in self.fallback_owners.items():
             if role == fallback:
@@ -225,7 +225,7 @@ class IncidentSummary(_PlanModel):
     assignee_reason: str | None = Field(None, description="Why the assignee is not the role's lead.")
 
     @model_validator(mode="after")
-    def _transition_not_before_opening(self) -> "IncidentSummary":
+    def _transition_not_before_opening(self) -> IncidentSummary:
         if self.last_transition < self.opened_at:
             raise ValueError(
                 f"incident {self.incident_id}: last transition {self.last_transition.isoformat()} "
@@ -308,7 +308,7 @@ class PlanDocument(_PlanModel):
     change_log: tuple[ChangeLogEntry, ...]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PlanDocument":
+    def _consistent(self) -> PlanDocument:
         stage_names = [stage.name for stage in self.stages]
         _require_unique(stage_names, "stage")
         _require_unique([feed.name for feed in self.feeds], "feed")
@@ -542,7 +542,8 @@ def new_plan(
                  "readout for the same closed buckets are both complete"),
         "owners": role_owners,
         # Caller-influenced parts stay plain dicts so validation errors surface as InvalidPlanError.
-        "stages": tuple({"name": name, "owner_role": role, "updated_at": created} for name, role in _STAGE_OWNERS.items()),
+        "stages": tuple({"name": name, "owner_role": role, "updated_at": created}
+                        for name, role in _STAGE_OWNERS.items()),
         "feeds": tuple({"name": topic, "freshness_objective_seconds": _freshness_objective(topic)} for topic in feeds),
         "dependency_graph": DependencyGraph(
             nodes=tuple(nodes),
@@ -677,7 +678,8 @@ def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
         severity = "critical" if summary.severity == "critical" else "warning"
         common = {"owner": summary.owner, "priority": "P1" if severity == "critical" else "P2",
                   "source": summary.incident_id, "created_at": created}
-        items = [{**common, "id": f"{summary.incident_id}-step-{n}", "title": textwrap.shorten(f"{summary.kind}: {step}", width=200, placeholder=" …"),
+        items = [{**common, "id": f"{summary.incident_id}-step-{n}",
+                  "title": textwrap.shorten(f"{summary.kind}: {step}", width=200, placeholder=" …"),
                   "due_at": created + DUE_WITHIN["step", severity]} for n, step in enumerate(steps, start=1)]
         items.append({**common, "id": review_id, "title": f"{POST_INCIDENT_REVIEW}: {summary.kind}",
                       "due_at": created + DUE_WITHIN["review", severity]})
@@ -721,7 +723,7 @@ def with_incident_action(plan: PlanDocument, incident_id: str, action: str, *, b
         updates["open_incidents"] = tuple(i for i in plan.open_incidents if i.incident_id != incident_id)
     entry = {"at": stamp, "actor": by, "field": f"open_incidents.{incident_id}.{action}", "old": None,
              "new": text or action, "reason": f"{reason} {tag}".strip()}
-    return _revise(plan, at=at, change_log=plan.change_log + (entry,), **updates)
+    return _revise(plan, at=at, change_log=(*plan.change_log, entry), **updates)
 
 
 def post_incident_review_id(incident_id: str) -> str:

@@ -62,19 +62,19 @@ import logging
 import math
 import operator
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from pmon_errors import PmonError
 from incidents.series import build_key
-from monitor.events import ConsentEvent, EngagementEvent, INPUT_MODELS, RuleChangeEvent
+from monitor.events import INPUT_MODELS, ConsentEvent, EngagementEvent, RuleChangeEvent
+from pmon_errors import PmonError
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
@@ -523,10 +523,9 @@ class SimulationSpec:
             raise ValueError(f"initiatives must be non-empty with distinct names, got {names}")
         # Frozen: the resolved default is set once, here, so every reader sees a tuple.
         object.__setattr__(self, "initiatives", tuple(self.initiatives))
-        if self.injections is None:
-            object.__setattr__(self, "injections", default_injections(self.start, self.days))
-        object.__setattr__(self, "injections", tuple(self.injections))
-        for injection in self.injections:
+        injections = tuple(default_injections(self.start, self.days) if self.injections is None else self.injections)
+        object.__setattr__(self, "injections", injections)
+        for injection in injections:
             injection.series(self.initiatives)   # raises on an unknown initiative/profile/channel/variant
             if injection.kind in _RULE_KINDS and injection.channel is None and len(
                     _initiative_named(self.initiatives, injection.initiative).channels) > 1:
@@ -719,11 +718,11 @@ def _make_rule_changes(spec: SimulationSpec, rng: random.Random) -> list[tuple[i
     """Rule history: every rule created and rolled out at the start, a few approved updates, and the
     unapproved changes the injections ask for."""
     run_ms = spec.hours * _HOUR_MS
-    planned: list[tuple[int, str, str, str, str | None, str | None, str | None]] = []
+    planned: list[tuple[int, str, str, str, str, str | None, str | None]] = []
     for initiative in spec.initiatives:
         for rule_id in initiative.rule_ids:
-            ticket = f"PERS-{rng.randrange(1000, 9999)}"
-            approver = rng.choice(_APPROVERS)
+            ticket: str | None = f"PERS-{rng.randrange(1000, 9999)}"
+            approver: str | None = rng.choice(_APPROVERS)
             author = rng.choice(_AUTHORS)
             planned.append((0, initiative.name, rule_id, "created", author, approver, ticket))
             planned.append((0, initiative.name, rule_id, "rolled_out", author, approver, ticket))
@@ -880,7 +879,7 @@ def _trusted_builder(model: type[_ModelT]) -> Callable[[dict[str, Any]], _ModelT
         if built == validated and built.model_dump(mode="json") == validated.model_dump(mode="json") \
                 and built.model_fields_set == validated.model_fields_set:
             return build
-    except Exception:   # any surprise from pydantic's internals means: do not take the shortcut
+    except Exception:   # noqa: BLE001 - any surprise from pydantic's internals means: do not take the shortcut
         pass
     logger.warning("pydantic internals differ from what the simulator expects; using model_construct (slower)")
     return lambda values: model.model_construct(**values)
@@ -891,7 +890,7 @@ _build_engagement = _trusted_builder(EngagementEvent)
 
 def _has_consent(intervals: tuple[tuple[int, int], ...], since_ms: int, until_ms: int) -> bool:
     """Whether a running consent covers ``[since_ms, until_ms]``."""
-    for granted, revoked in intervals:
+    for granted, revoked in intervals:  # noqa: SIM110 - a plain loop: any() over a generator is slower on this hot path
         if granted <= since_ms and until_ms < revoked:
             return True
     return False

@@ -43,8 +43,8 @@ def _port_answers(host: str, port: int) -> bool:
 
 @pytest.hookimpl(tryfirst=True)   # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test that reaches the broker is a `kafka` test, marked or not: `make test` runs those in one
-    # process, in turn (some freeze, stop or renew the session's broker), and the others in a second one.
+    # Every test that reaches the broker is a `kafka` test, marked or not: `make test` runs those apart from the
+    # pure ones, and the `broker_faults` ones (they freeze, stop or renew it) on a broker of their own.
     for item in items:
         if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.kafka)

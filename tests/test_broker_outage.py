@@ -32,7 +32,7 @@ from tests.test_cli import one_line
 from tests.test_prometheus import _status
 from tests.test_worker_integration import T0
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 
 INITIATIVE = "Outage O"
 SIGTERM_SECONDS = 15   # "stops within seconds", in every state of the broker

@@ -19,7 +19,7 @@ from tests.conftest import wait_for
 from tests.test_prometheus import _status
 from tests.test_worker_integration import T0, _records_seen
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 
 
 @pytest.fixture
