@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pydantic
+import jsonschema
 import pytest
 
 import plans.document
@@ -79,67 +80,10 @@ def busy_plan() -> PlanDocument:
     return plan
 
 
-# --------------------------------------------------------------------------- a minimal JSON Schema check
-
-def schema_errors(instance: Any, schema: dict[str, Any], root: dict[str, Any], path: str = "$") -> list[str]:
-    """Errors of `instance` against the keywords pydantic emits; used when jsonschema is not installed."""
-    if "$ref" in schema:
-        name = schema["$ref"].removeprefix("#/$defs/")
-        return schema_errors(instance, root["$defs"][name], root, path)
-    if "anyOf" in schema:
-        if all(schema_errors(instance, option, root, path) for option in schema["anyOf"]):
-            return [f"{path}: matches no anyOf option"]
-        return []
-    errors: list[str] = []
-    if "const" in schema and instance != schema["const"]:
-        errors.append(f"{path}: {instance!r} != const {schema['const']!r}")
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{path}: {instance!r} not in {schema['enum']}")
-    kind = schema.get("type")
-    checks = {
-        "object": lambda v: isinstance(v, dict),
-        "array": lambda v: isinstance(v, list),
-        "string": lambda v: isinstance(v, str),
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "boolean": lambda v: isinstance(v, bool),
-        "null": lambda v: v is None,
-    }
-    if kind is not None and not checks[kind](instance):
-        return [*errors, f"{path}: {instance!r} is not {kind}"]
-    if isinstance(instance, str) and len(instance) < schema.get("minLength", 0):
-        errors.append(f"{path}: shorter than {schema['minLength']}")
-    if isinstance(instance, (int, float)) and not isinstance(instance, bool):
-        if "minimum" in schema and instance < schema["minimum"]:
-            errors.append(f"{path}: {instance} < minimum {schema['minimum']}")
-        if "exclusiveMinimum" in schema and instance <= schema["exclusiveMinimum"]:
-            errors.append(f"{path}: {instance} <= exclusiveMinimum {schema['exclusiveMinimum']}")
-    if isinstance(instance, dict):
-        properties = schema.get("properties", {})
-        errors += [f"{path}: missing {key!r}" for key in schema.get("required", []) if key not in instance]
-        for key, value in instance.items():
-            if key in properties:
-                errors += schema_errors(value, properties[key], root, f"{path}.{key}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{path}: unexpected key {key!r}")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += schema_errors(value, schema["additionalProperties"], root, f"{path}.{key}")
-    if isinstance(instance, list):
-        if len(instance) < schema.get("minItems", 0):
-            errors.append(f"{path}: fewer than {schema['minItems']} items")
-        if "items" in schema:
-            for index, value in enumerate(instance):
-                errors += schema_errors(value, schema["items"], root, f"{path}[{index}]")
-    return errors
-
+# --------------------------------------------------------------------------- JSON Schema
 
 def validation_errors(document: Any, schema: dict[str, Any]) -> list[str]:
-    try:
-        import jsonschema
-    except ImportError:
-        return schema_errors(document, schema, schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    return [error.message for error in validator.iter_errors(document)]
+    return [error.message for error in jsonschema.Draft202012Validator(schema).iter_errors(document)]
 
 
 # --------------------------------------------------------------------------- defaults
