@@ -37,6 +37,8 @@ false alerts.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import pickle
@@ -820,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="simulated runs (default 8)")
     parser.add_argument("--days", type=int, default=10, help=f"days per run, the first {WARMUP_DAYS} clean")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "detection.md",
+                        help="where to write the Markdown page (default docs/benchmarks/detection.md)")
     args = parser.parse_args(argv)
     if args.days <= WARMUP_DAYS + 1 or args.seeds < 1:
         parser.error(f"--days must exceed {WARMUP_DAYS + 1} and --seeds be positive")
@@ -830,7 +834,16 @@ def main(argv: list[str] | None = None) -> int:
             results = list(pool.map(run_seed, seeds, [args.days] * len(seeds)))
     else:
         results = [run_seed(seed, args.days) for seed in seeds]
-    report(results, time.perf_counter() - started, args.days)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report(results, time.perf_counter() - started, args.days)
+    text = printed.getvalue()
+    sys.stdout.write(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(f"# Detection on the simulator (`bench/detection.py --seeds {args.seeds} --days {args.days}`)\n\n"
+                        "Written by the benchmark; the figures behind the registry's choice per KPI "
+                        "(`detectors/registry.py`, `detectors/README.md`).\n\n```\n" + text.strip("\n") + "\n```\n")
+    print(f"wrote {args.out}")
     return 0
 
 
