@@ -37,6 +37,9 @@ _LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 # Checked in pydantic-core (no Python validator on the hot path): aware and plausible.
 EventTime = Annotated[AwareDatetime, Field(ge=_EARLIEST, lt=_LATEST)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
+# A name that becomes part of a key ("initiative|profile|channel|variant", "channel|rule|experiment"): without the
+# separator, so that no valid record can make a key ambiguous or break the stage that splits it.
+KeyName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^|]+$")]
 
 
 class _Record(BaseModel):
@@ -50,13 +53,13 @@ class EngagementEvent(_Record):
     event_type: Literal["exposure", "click", "conversion"]
     event_time: EventTime
     user_id: Name
-    initiative: Name
-    profile: Name
-    channel: Name
+    initiative: KeyName
+    profile: KeyName
+    channel: KeyName
     cohort: Name = "all"
-    experiment: Name | None = None
-    variant: Name = "none"
-    rule_id: Name | None = Field(default=None,
+    experiment: KeyName | None = None
+    variant: KeyName = "none"
+    rule_id: KeyName | None = Field(default=None,
                                  description="The rule that decided; on a fallback, the rule that fell back.")
     fallback: bool = False
     decision_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
@@ -88,13 +91,13 @@ class RuleChangeEvent(_Record):
 
     event_id: Name
     event_time: EventTime
-    initiative: Name
-    rule_id: Name
+    initiative: KeyName
+    rule_id: KeyName
     action: Literal["created", "updated", "rolled_out", "deleted"]
     author: Name
     approver: Name | None = None
     ticket: Name | None = None
-    experiment: Name | None = None
+    experiment: KeyName | None = None
 
 
 # A dead letter must fit in one Kafka record whatever it carries. The smallest limit on its way is Faust's

@@ -112,6 +112,14 @@ for _model, _names in ((EngagementEvent, _ENGAGEMENT_NAMES), (ConsentEvent, _CON
     for _name in _names:
         _expect((_constraint(_model, _name, "min_length"), _constraint(_model, _name, "max_length")) == (1, _MAX_NAME),
                 f"{_model.__name__}.{_name}'s length")
+# The fast path refuses a "|" in exactly the fields whose model says so (names that become parts of keys).
+_KEY_NAMES = ("initiative", "profile", "channel", "experiment", "variant", "rule_id")
+for _name in _ENGAGEMENT_NAMES:
+    try:
+        _pattern = _constraint(EngagementEvent, _name, "pattern")
+    except LookupError:
+        _pattern = None
+    _expect(_pattern == (r"^[^|]+$" if _name in _KEY_NAMES else None), f"EngagementEvent.{_name}'s pattern")
 _nullable = {name for name in _ENGAGEMENT_ORDER
              if type(None) in get_args(EngagementEvent.model_fields[name].annotation)}
 _expect(_nullable == {"experiment", "rule_id", "region"}, "EngagementEvent's optional fields")
@@ -361,15 +369,18 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
             and event_type in _EVENT_TYPES
             and type(user_id) is str and user_id.strip() == user_id and user_id and len(user_id) <= _MAX_NAME
             and type(initiative) is str and initiative.strip() == initiative and initiative
-            and len(initiative) <= _MAX_NAME
+            and len(initiative) <= _MAX_NAME and "|" not in initiative
             and type(profile) is str and profile.strip() == profile and profile and len(profile) <= _MAX_NAME
+            and "|" not in profile
             and type(channel) is str and channel.strip() == channel and channel and len(channel) <= _MAX_NAME
+            and "|" not in channel
             and type(cohort) is str and cohort.strip() == cohort and cohort and len(cohort) <= _MAX_NAME
             and (experiment is None or (type(experiment) is str and experiment.strip() == experiment and experiment
-                  and len(experiment) <= _MAX_NAME))
+                  and len(experiment) <= _MAX_NAME and "|" not in experiment))
             and type(variant) is str and variant.strip() == variant and variant and len(variant) <= _MAX_NAME
+            and "|" not in variant
             and (rule_id is None or (type(rule_id) is str and rule_id.strip() == rule_id and rule_id
-                  and len(rule_id) <= _MAX_NAME))
+                  and len(rule_id) <= _MAX_NAME and "|" not in rule_id))
             and (fallback is True or fallback is False)
             and (type(latency) is float or type(latency) is int) and 0.0 <= latency <= _MAX_LATENCY
             and (type(revenue) is float or type(revenue) is int) and 0.0 <= revenue <= _MAX_REVENUE
