@@ -71,7 +71,7 @@ class Outcome:
 
 
 def _totals(n: int, converting_a: int, converting_b: int) -> ExperimentTotals:
-    # A conversion-only experiment: one conversion per converting user (as tests/test_experiments.py's `rates`).
+    # A conversion-only experiment: one conversion per converting user (as tests/unit/test_experiments.py's `rates`).
     def one(converting: int) -> VariantTotals:
         return VariantTotals(users=n, converting_users=converting, conversions=converting, conversions_sq=converting)
     return ExperimentTotals({"control": one(converting_a), "treatment": one(converting_b)})

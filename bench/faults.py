@@ -23,7 +23,7 @@ and the incident transitions, read committed (by event id; the outputs are
 transactional, so a transition sent twice is a defect, counted as re-sent).
 It prints one line per run and a tally per fault; the exit code is 1 if any
 run lost, double-counted or disagreed.
-`tests/test_faults.py` runs one of each in `make test`.
+`tests/integration/test_faults.py` runs one of each in `make test`.
 """
 
 from __future__ import annotations

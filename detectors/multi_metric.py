@@ -14,7 +14,7 @@ a share 1 - q of the past.
 
 The trees are what is big: 10 trees of height 8 pickle to about 170 KB. That is
 fine once per initiative and too much per series, so this detector watches the
-initiative's total, not each series (`tests/test_detector_contract.py` and
+initiative's total, not each series (`tests/unit/test_detector_contract.py` and
 `bench/detection.py` print its measured size).
 """
 

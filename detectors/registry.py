@@ -1,7 +1,7 @@
 """Every detector by name, and the ones chosen for each KPI, by measurement.
 
 `DETECTORS` maps a name to a factory (keyword arguments override the measured
-defaults); every entry keeps the contract of `tests/test_detector_contract.py`.
+defaults); every entry keeps the contract of `tests/unit/test_detector_contract.py`.
 `detector_for_kpi(kpi)` names what the monitor runs on each series for a KPI;
 `PER_INITIATIVE` names the detectors that watch an initiative's total instead
 (half-space trees pickle to ~170 KB: fine once per initiative, not per series).

@@ -2,7 +2,7 @@
 
 Every kernel takes the per-variant summaries a stream can keep exactly (users,
 sums, sums of squares; see `experiments.state`), works element-wise on numpy
-arrays as well as on floats (the simulations in `tests/test_experiments.py`
+arrays as well as on floats (the simulations in `tests/unit/test_experiments.py`
 read thousands of experiments at once through these very functions), and
 returns floats for scalar input. Distributions come from `scipy`; what is
 written here is only the algebra of each test. The assumptions of each test

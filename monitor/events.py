@@ -105,7 +105,7 @@ class RuleChangeEvent(_Record):
 # are ~1 MiB). A value up to DEAD_LETTER_MAX_VALUE_BYTES is kept whole (base64: 4/3 of it, ~700 KB); a larger
 # one keeps its first DEAD_LETTER_PREFIX_BYTES with its length and SHA-256. A key is kept whole up to
 # DEAD_LETTER_PREFIX_BYTES, the texts up to their own bounds, so a letter's JSON stays under ~740 KB
-# (tests/test_poison_pills.py encodes the worst case).
+# (tests/integration/test_poison_pills.py encodes the worst case).
 DEAD_LETTER_MAX_VALUE_BYTES = 512 * 1024
 DEAD_LETTER_PREFIX_BYTES = 4 * 1024
 DEAD_LETTER_MAX_REASON_CHARS = 500

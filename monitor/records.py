@@ -9,7 +9,7 @@ well-behaved producer writes. Anything else — a numeric string, a bool as a
 number, a padded string, a timestamp in another ISO form, an unknown key, bad
 JSON — goes to :func:`monitor.events.decode`, which stays the source of truth
 for what is valid and for the text of every ``DecodeError``. Both paths accept
-and reject the same inputs and give equal records (``tests/test_records.py``
+and reject the same inputs and give equal records (``tests/unit/test_records.py``
 checks it with property tests).
 
 The canonical shape is narrower than what the models accept, never wider:

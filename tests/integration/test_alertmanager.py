@@ -36,7 +36,7 @@ from streams.alertmanager import AlertmanagerClient
 from streams.embedded import EmbeddedDriver
 from streams.kafka_io import produce
 from tests.conftest import consume, free_port, wait_for
-from tests.test_alert_threshold import CLEAN, CONVERSIONS, DETECTION, DROP, EXPOSURES, INITIATIVE, _series, _t0
+from tests.integration.test_alert_threshold import CLEAN, CONVERSIONS, DETECTION, DROP, EXPOSURES, INITIATIVE, _series, _t0
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 SERIES = f"{INITIATIVE}|p|web|control"

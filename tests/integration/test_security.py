@@ -22,8 +22,8 @@ import pytest
 from monitor.settings import DEV_PSEUDONYM_KEY, Settings
 from simulation.simulator import SimulationSpec, simulate
 from tests.conftest import PMON, ROOT, free_port, settings_env, wait_for
-from tests.test_cli import one_line, run_pmon
-from tests.test_worker_integration import _counted, _records_seen
+from tests.pipeline.test_cli import one_line, run_pmon
+from tests.integration.test_worker_integration import _counted, _records_seen
 
 SCRAM_USER = "pmon"
 # How long a refused login may take to become the one-line error (the client does not retry it).

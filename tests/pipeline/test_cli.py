@@ -221,7 +221,7 @@ def test_detect_with_a_rate_detector_exits_2_listing_the_usable_ones(tmp_path: P
 def test_the_generated_parts_of_the_docs_are_current(name: str) -> None:
     from cli import docs
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / name).read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / name).read_text()
     assert "<!-- " in text and docs.rewritten(text) == text, f"docs/{name} is stale: run `make docs`"
     assert doctest.testmod(settings_reference).failed == 0 and doctest.testmod(docs).failed == 0
 

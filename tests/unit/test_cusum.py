@@ -14,7 +14,7 @@ from detectors.base import BucketObservation, step
 from detectors.cusum import CvrCusumDetector, CvrSmallDropCusumDetector, VolumeCusumDetector
 from detectors.rate_change import CvrDropDetector
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import detection as bench  # noqa: E402
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)

@@ -28,9 +28,9 @@ from monitor.events import EngagementEvent, encode
 from monitor.settings import Settings
 from streams.kafka_io import produce
 from tests.conftest import PMON, ROOT, WorkerProcess, settings_env, wait_for
-from tests.test_cli import one_line
-from tests.test_prometheus import _status
-from tests.test_worker_integration import T0
+from tests.pipeline.test_cli import one_line
+from tests.integration.test_prometheus import _status
+from tests.integration.test_worker_integration import T0
 
 pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 

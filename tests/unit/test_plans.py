@@ -49,7 +49,7 @@ THRESHOLDS: dict[str, float | int] = {
     "significance": 0.001,
     "bucket_seconds": 3600,
 }
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_plan(initiative: str = "PLG Onboarding") -> PlanDocument:

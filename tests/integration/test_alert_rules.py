@@ -16,7 +16,7 @@ import yaml
 from cli.docs import alert_rules
 from monitor.metrics import metric_reference
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

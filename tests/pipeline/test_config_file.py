@@ -12,9 +12,9 @@ import pytest
 
 from monitor import config_file
 from monitor.config_file import ConfigError, load_settings
-from tests.test_cli import one_line, run_pmon
+from tests.pipeline.test_cli import one_line, run_pmon
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_module_doctests_pass() -> None:

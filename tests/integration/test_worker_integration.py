@@ -326,7 +326,7 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
 
 # --------------------------------------------------------------------------- experiments, on the real broker
 def test_experiment_readouts_on_the_worker_match_the_embedded_driver(isolated_settings, start_worker, tmp_path):
-    from tests.test_experiment_pipeline import SPEC, _settings as experiment_settings
+    from tests.pipeline.test_experiment_pipeline import SPEC, _settings as experiment_settings
 
     plans = experiment_settings(tmp_path / "unused")
     settings = isolated_settings(experiments=plans.experiments, allocations=plans.allocations)

@@ -21,11 +21,11 @@ from monitor.events import ConsentEvent, EngagementEvent, encode
 from monitor.metrics import metric_reference
 from streams.kafka_io import produce
 from tests.conftest import free_port, wait_for
-from tests.test_worker_integration import T0, _consent_incidents, _records_seen
+from tests.integration.test_worker_integration import T0, _consent_incidents, _records_seen
 
 pytestmark = pytest.mark.kafka
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 USERS = 10_000
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 from pathlib import Path
 
-from tests.test_alert_threshold import INITIATIVE, _series, _t0
-from tests.test_cli import one_line, run_pmon
+from tests.integration.test_alert_threshold import INITIATIVE, _series, _t0
+from tests.pipeline.test_cli import one_line, run_pmon
 from monitor.stored_state import load
 from plans.plan_sink import latest
 

@@ -17,7 +17,7 @@ from plans.plan_sink import latest
 from streams.embedded import EmbeddedDriver
 from streams.kafka_io import produce
 from tests.conftest import consume, settings_env, wait_for
-from tests.test_cli import PMON
+from tests.pipeline.test_cli import PMON
 
 INITIATIVE = "Threshold Test"
 # Hourly buckets of 2,000 exposures at 20 % conversion; then two hours 15 % lower (340 instead of 400
@@ -146,7 +146,7 @@ def test_an_incident_goes_to_the_substitute_when_the_lead_is_away_and_the_plan_s
 
 
 def test_a_roster_entry_that_names_a_stranger_is_refused_naming_the_entry(tmp_path: Path) -> None:
-    from tests.test_cli import one_line, run_pmon
+    from tests.pipeline.test_cli import one_line, run_pmon
 
     bad = '{"Testing Lead": {"people": ["Ana"], "unavailable": {"Zed": [["2026-11-01", "2026-11-02"]]}}}'
     result = run_pmon("monitor", "--initiative", INITIATIVE, "--state", str(tmp_path), cwd=tmp_path,

@@ -20,9 +20,9 @@ from incidents.model import Evidence, IncidentEvent, transition_event_id
 from monitor.settings import RosterRole
 from streams.kafka_io import produce
 from tests.conftest import settings_env
-from tests.test_alert_threshold import DETECTION, INITIATIVE, _series, _t0
-from tests.test_cli import PMON, one_line, run_pmon
-from tests.test_incident_actions import stored_threshold_state
+from tests.integration.test_alert_threshold import DETECTION, INITIATIVE, _series, _t0
+from tests.pipeline.test_cli import PMON, one_line, run_pmon
+from tests.pipeline.test_incident_actions import stored_threshold_state
 
 AT = datetime(2026, 11, 11, 16, tzinfo=timezone.utc)
 SERIES = ["PLG Onboarding|new_user|web|treatment", "PLG Onboarding|returning|email|control"]

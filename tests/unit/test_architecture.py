@@ -11,7 +11,7 @@ import pytest
 
 from monitor.schemas import all_schemas, schema_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PURE_PACKAGES = ("monitor", "simulation", "detectors", "governance", "experiments", "plans", "incidents")
 TRANSPORT_MODULES = {"faust", "aiokafka", "mode"}
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from bench.real_series import Series, load_series, noise_scale  # noqa: E402
 from cli.main import pmon  # noqa: E402

@@ -16,8 +16,8 @@ import pytest
 from monitor.events import EngagementEvent, encode
 from streams.kafka_io import produce
 from tests.conftest import wait_for
-from tests.test_prometheus import _status
-from tests.test_worker_integration import T0, _records_seen
+from tests.integration.test_prometheus import _status
+from tests.integration.test_worker_integration import T0, _records_seen
 
 pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 
