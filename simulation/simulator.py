@@ -1108,11 +1108,36 @@ def write_jsonl(records: Iterable[SimulatedRecord], path: Path | str) -> int:
     return count
 
 
+def parse_envelope(line: bytes) -> tuple[str, str | None, Any]:
+    """(topic, key, value) of one ``{"topic", "key", "value"}`` line, the one reading of the format; ValueError
+    saying what is wrong otherwise. The key may be missing or null; nothing else may be there.
+
+    >>> parse_envelope(b'{"topic": "consent", "key": "u1", "value": {"event_id": "c1"}}')
+    ('consent', 'u1', {'event_id': 'c1'})
+    >>> parse_envelope(b'{"topic": "orders", "value": {}}')
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown topic 'orders'; expected one of ['consent', 'engagement', 'rule-changes']
+    """
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or not {"topic", "value"} <= set(data) <= {"topic", "key", "value"}:
+        raise ValueError('expected an object with "topic", "value" and optionally "key", nothing else')
+    topic, key = data["topic"], data.get("key")
+    if not isinstance(topic, str) or topic not in INPUT_MODELS:
+        raise ValueError(f"unknown topic {topic!r}; expected one of {sorted(INPUT_MODELS)}")
+    if key is not None and not isinstance(key, str):
+        raise ValueError(f"key must be a string, got {key!r}")
+    return topic, key, data["value"]
+
+
 def read_jsonl(path: Path | str) -> Iterator[SimulatedRecord]:
     """Read a file written by :func:`write_jsonl`, validating every line with the topic's model.
 
     Blank lines are skipped. A bad line raises :class:`JsonlFormatError` naming the
-    file and the line number (1-based) and saying what is wrong.
+    file and the line number (1-based) and saying what is wrong; here every line needs its key.
     """
     source = Path(path)
     with open(source, "rb") as lines:
@@ -1120,19 +1145,12 @@ def read_jsonl(path: Path | str) -> Iterator[SimulatedRecord]:
             if not line.strip():
                 continue
             try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise JsonlFormatError(source, line_number, f"not JSON: {exc}") from None
-            if not isinstance(data, dict) or set(data) != {"topic", "key", "value"}:
-                raise JsonlFormatError(source, line_number,
-                                       'expected an object with exactly "topic", "key" and "value"')
-            topic, key, value = data["topic"], data["key"], data["value"]
-            model = INPUT_MODELS.get(topic) if isinstance(topic, str) else None
-            if model is None:
-                raise JsonlFormatError(source, line_number,
-                                       f"unknown topic {topic!r}; expected one of {sorted(INPUT_MODELS)}")
-            if not isinstance(key, str) or not key:
+                topic, key, value = parse_envelope(line)
+            except ValueError as exc:
+                raise JsonlFormatError(source, line_number, str(exc)) from None
+            if not key:
                 raise JsonlFormatError(source, line_number, f"key must be a non-empty string, got {key!r}")
+            model = INPUT_MODELS[topic]
             try:
                 event = model.model_validate(value)
             except ValidationError as exc:

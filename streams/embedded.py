@@ -37,6 +37,7 @@ from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
 from monitor.user_stage import SourceRecord, UserStage
 from plans.plan_sink import PlanWriter
+from simulation.simulator import parse_envelope
 
 log = logging.getLogger(__name__)
 
@@ -227,18 +228,16 @@ def read_records(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
 
 
 def _envelopes(path: Path) -> Iterator[tuple[str, bytes | None, Any]]:
-    """(topic, key, parsed value) per envelope line; ("engagement", None, the line's bytes) for any other line."""
+    """(topic, key, parsed value) per envelope line (`simulation.simulator.parse_envelope`); ("engagement", None,
+    the line's bytes) for any other line, which the engagement stage dead-letters with its reason."""
     with path.open("rb") as lines:
         for line in lines:
             line = line.strip()
             if not line:
                 continue
             try:
-                envelope = orjson.loads(line)
-                topic, key, value = envelope["topic"], envelope.get("key"), envelope["value"]
-                if topic not in INPUT_MODELS:
-                    raise KeyError(topic)
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                topic, key, value = parse_envelope(line)
+            except ValueError:
                 yield "engagement", None, line
                 continue
-            yield topic, key.encode() if isinstance(key, str) else None, value
+            yield topic, key.encode() if key is not None else None, value
