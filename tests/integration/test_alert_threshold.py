@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,43 +17,9 @@ from plans.plan_sink import latest
 from streams.embedded import EmbeddedDriver
 from streams.kafka_io import produce
 from tests.conftest import consume, settings_env, wait_for
-from tests.pipeline.test_cli import PMON
-
-INITIATIVE = "Threshold Test"
-# Hourly buckets of 2,000 exposures at 20 % conversion; then two hours 15 % lower (340 instead of 400
-# conversions: binomial p ~ 1e-3.6, significant at 0.001), then healthy hours again.
-EXPOSURES, CONVERSIONS, DROPPED = 2000, 400, 340
-CLEAN, DROP, AFTER = 6, 2, 4
-DETECTION = dict(warmup_buckets=4, baseline_buckets=6, min_exposures=200, significance=0.001,
-                 breach_span_buckets=3, series_detectors=("volume_cusum",),
-                 consent_default_policy="opt-out", consent_policies={})
-
-
-def _series(t0: datetime, after: int = AFTER) -> list[tuple[str, bytes, bytes]]:
-    """The hours, then events an hour later that close them (`after` healthy hours end the drop)."""
-    records = []
-    n = 0
-    for hour in range(CLEAN + DROP + after):
-        conversions = DROPPED if CLEAN <= hour < CLEAN + DROP else CONVERSIONS
-        for i in range(EXPOSURES + conversions):
-            user = f"u{n % 5000}"
-            event = EngagementEvent(event_id=f"e{n}", event_type="exposure" if i < EXPOSURES else "conversion",
-                                    event_time=t0 + timedelta(hours=hour, seconds=i), user_id=user,
-                                    initiative=INITIATIVE, profile="p", channel="web", variant="control")
-            records.append(("engagement", user.encode(), encode(event)))
-            n += 1
-    # One closing event per user of ten: every source partition's mark passes the last bucket.
-    closing = [EngagementEvent(event_id=f"close-{u}", event_type="exposure", user_id=f"u{u}", initiative=INITIATIVE,
-                               event_time=t0 + timedelta(hours=CLEAN + DROP + after + 1), profile="p",
-                               channel="web", variant="control") for u in range(10)]
-    return records + [("engagement", event.user_id.encode(), encode(event)) for event in closing]
-
-
-def _t0() -> datetime:
-    """Two days ago on the hour: inside the retention, behind the wall clock."""
-    now = datetime.now(timezone.utc) - timedelta(days=2)
-    return now.replace(minute=0, second=0, microsecond=0)
-
+from tests.conftest import PMON
+from tests.helpers import (CONVERSIONS, DETECTION, DROPPED, EXPOSURES, INITIATIVE,
+                           threshold_series, two_days_ago)
 
 def _threshold_incidents(incidents: list[IncidentEvent]) -> list[tuple[str, tuple[str, ...]]]:
     return [(e.transition, tuple(e.series)) for e in incidents if e.kind == "kpi_threshold"]
@@ -63,7 +29,7 @@ def _threshold_incidents(incidents: list[IncidentEvent]) -> list[tuple[str, tupl
 def test_a_fifteen_percent_drop_for_two_buckets_opens_an_incident_at_ten_percent_not_at_twenty(
         tmp_path: Path, threshold: float, opens: bool) -> None:
     settings = Settings(plan_dir=tmp_path, alert_threshold=threshold, **DETECTION)
-    run = asyncio.run(EmbeddedDriver(settings).run(_series(_t0())))
+    run = asyncio.run(EmbeddedDriver(settings).run(threshold_series(two_days_ago())))
     found = _threshold_incidents(run.incidents)
     if opens:
         assert ("opened", (f"{INITIATIVE}|p|web|control",)) in found
@@ -75,14 +41,14 @@ def test_a_fifteen_percent_drop_for_two_buckets_opens_an_incident_at_ten_percent
 
 
 def test_without_a_threshold_no_threshold_detector_runs(tmp_path: Path) -> None:
-    run = asyncio.run(EmbeddedDriver(Settings(plan_dir=tmp_path, **DETECTION)).run(_series(_t0())))
+    run = asyncio.run(EmbeddedDriver(Settings(plan_dir=tmp_path, **DETECTION)).run(threshold_series(two_days_ago())))
     assert _threshold_incidents(run.incidents) == []
 
 
 @pytest.mark.kafka
 def test_the_worker_opens_the_same_threshold_incident(isolated_settings: Any, start_worker: Any) -> None:
     settings = isolated_settings(alert_threshold=0.1, **DETECTION)
-    asyncio.run(produce(settings, _series(_t0(), after=0)))  # the drop lasts: the incident stays open
+    asyncio.run(produce(settings, threshold_series(two_days_ago(), after=0)))  # the drop lasts: the incident stays open
     worker = start_worker(settings)
 
     def opened() -> list[IncidentEvent]:
@@ -113,11 +79,11 @@ def test_the_worker_opens_the_same_threshold_incident(isolated_settings: Any, st
 def test_the_window_scopes_the_incidents_and_says_when_it_is_longer_than_the_data(tmp_path: Path) -> None:
     from monitor.report import ReportRequest, build_report
 
-    t0 = _t0() - timedelta(days=9)
+    t0 = two_days_ago() - timedelta(days=9)
     later = EngagementEvent(event_id="later", event_type="exposure", user_id="u1", initiative=INITIATIVE,
                             event_time=t0 + timedelta(days=9), profile="p", channel="web", variant="control")
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path, alert_threshold=0.1, **DETECTION))
-    asyncio.run(driver.run(_series(t0) + [("engagement", b"u1", encode(later))]))
+    asyncio.run(driver.run(threshold_series(t0) + [("engagement", b"u1", encode(later))]))
     reports = {window: build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE, window=window))
                for window in ("7d", "14d")}
     # The incident opened and resolved on the first day, nine days before the end: in 14 days, not in 7.
@@ -131,12 +97,12 @@ def test_the_window_scopes_the_incidents_and_says_when_it_is_longer_than_the_dat
 def test_an_incident_goes_to_the_substitute_when_the_lead_is_away_and_the_plan_says_why(tmp_path: Path) -> None:
     from monitor.report import ReportRequest, build_report
 
-    t0 = _t0()
+    t0 = two_days_ago()
     # Away the whole span: the incident opens some hours after t0, which may be the next day.
     away, back = t0.date(), (t0 + timedelta(days=1)).date()
     roster = {"Testing Lead": {"people": ["Ana Ortiz", "Ben Li"], "unavailable": {"Ana Ortiz": [[away, back]]}}}
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path, alert_threshold=0.1, roster=roster, **DETECTION))
-    asyncio.run(driver.run(_series(t0, after=0)))
+    asyncio.run(driver.run(threshold_series(t0, after=0)))
     plan = latest(tmp_path, INITIATIVE)
     [summary] = [i for i in plan.open_incidents if i.kind == "kpi_threshold"]
     assert (summary.owner, summary.assignee) == ("Testing Lead", "Ben Li")
@@ -146,7 +112,7 @@ def test_an_incident_goes_to_the_substitute_when_the_lead_is_away_and_the_plan_s
 
 
 def test_a_roster_entry_that_names_a_stranger_is_refused_naming_the_entry(tmp_path: Path) -> None:
-    from tests.pipeline.test_cli import one_line, run_pmon
+    from tests.helpers import one_line, run_pmon
 
     bad = '{"Testing Lead": {"people": ["Ana"], "unavailable": {"Zed": [["2026-11-01", "2026-11-02"]]}}}'
     result = run_pmon("monitor", "--initiative", INITIATIVE, "--state", str(tmp_path), cwd=tmp_path,
@@ -159,7 +125,7 @@ def test_consent_adherence_and_checklist_are_over_the_window(tmp_path: Path) -> 
     from monitor.events import ConsentEvent
     from monitor.report import ReportRequest, build_report
 
-    t0 = _t0() - timedelta(days=9)
+    t0 = two_days_ago() - timedelta(days=9)
     revoked = ConsentEvent(event_id="c1", event_time=t0, user_id="bad", purpose="personalization",
                            status="revoked", region="EU")
 

@@ -36,7 +36,7 @@ from streams.alertmanager import AlertmanagerClient
 from streams.embedded import EmbeddedDriver
 from streams.kafka_io import produce
 from tests.conftest import consume, free_port, wait_for
-from tests.integration.test_alert_threshold import CLEAN, CONVERSIONS, DETECTION, DROP, EXPOSURES, INITIATIVE, _series, _t0
+from tests.helpers import CLEAN, CONVERSIONS, DETECTION, DROP, EXPOSURES, INITIATIVE, threshold_series, two_days_ago
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 SERIES = f"{INITIATIVE}|p|web|control"
@@ -55,7 +55,7 @@ def _threshold(incidents: list[IncidentEvent], transition: str) -> IncidentEvent
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedDriver:
     """The threshold test's hours in one process: a kpi_threshold incident opens, then resolves."""
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path_factory.mktemp("plans"), alert_threshold=0.1, **DETECTION))
-    asyncio.run(driver.run(_series(_t0())))
+    asyncio.run(driver.run(threshold_series(two_days_ago())))
     return driver
 
 
@@ -86,7 +86,7 @@ def test_an_incident_maps_to_an_alert_that_fires_then_ends_at_its_resolution(rep
 
 def test_the_refresh_re_sends_what_the_plan_holds_open_and_not_what_a_person_resolved(tmp_path: Path) -> None:
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path, alert_threshold=0.1, **DETECTION))
-    asyncio.run(driver.run(_series(_t0(), after=0)))   # the drop lasts: the incident stays open
+    asyncio.run(driver.run(threshold_series(two_days_ago(), after=0)))   # the drop lasts: the incident stays open
     state = driver.initiative_stage.state
     still_open = open_incidents(state.plans, state.incidents, [INITIATIVE])
     opened = _threshold(driver.run_result.incidents, "opened")
@@ -307,8 +307,8 @@ def test_the_worker_pages_through_alertmanager_then_sends_the_resolution(
     # Checks every 5 s: the worker re-sends the open incident while the test runs (its lease is 20 s).
     settings = isolated_settings(alert_threshold=0.1, alertmanager_url=alertmanager.url, check_interval_seconds=5,
                                  **DETECTION)
-    t0 = _t0()
-    asyncio.run(produce(settings, _series(t0, after=0)))   # clean hours, then the drop: it opens and stays open
+    t0 = two_days_ago()
+    asyncio.run(produce(settings, threshold_series(t0, after=0)))   # clean hours, then the drop: it opens and stays open
     worker = start_worker(settings)
     webhook = alertmanager.webhook
 

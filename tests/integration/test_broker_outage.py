@@ -28,9 +28,9 @@ from monitor.events import EngagementEvent, encode
 from monitor.settings import Settings
 from streams.kafka_io import produce
 from tests.conftest import PMON, ROOT, WorkerProcess, settings_env, wait_for
-from tests.pipeline.test_cli import one_line
-from tests.integration.test_prometheus import _status
-from tests.integration.test_worker_integration import T0
+from tests.helpers import one_line
+from tests.helpers import http_json
+from tests.helpers import T0
 
 pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 
@@ -119,7 +119,7 @@ def _report(worker: Any) -> dict[str, Any] | None:
         return None
 
 
-def _counted(worker: Any) -> int | None:
+def counted(worker: Any) -> int | None:
     report = _report(worker)
     return None if report is None else report["counted_events"] + report["late_dropped"]
 
@@ -127,7 +127,7 @@ def _counted(worker: Any) -> int | None:
 def _progress(worker: Any) -> str:
     report = _report(worker) or {}
     try:
-        ready = _status(f"{worker.url}/ready")
+        ready = http_json(f"{worker.url}/ready")
     except OSError as exc:
         ready = repr(exc)
     return (f"counted {report.get('counted_events')} late {report.get('late_dropped')} "
@@ -138,7 +138,7 @@ def _progress(worker: Any) -> str:
 
 def _ready(worker: Any) -> int:
     try:
-        return _status(f"{worker.url}/ready")[0]
+        return http_json(f"{worker.url}/ready")[0]
     except OSError:
         return 0
 

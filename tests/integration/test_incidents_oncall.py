@@ -20,9 +20,10 @@ from incidents.model import Evidence, IncidentEvent, transition_event_id
 from monitor.settings import RosterRole
 from streams.kafka_io import produce
 from tests.conftest import settings_env
-from tests.integration.test_alert_threshold import DETECTION, INITIATIVE, _series, _t0
-from tests.pipeline.test_cli import PMON, one_line, run_pmon
-from tests.pipeline.test_incident_actions import stored_threshold_state
+from tests.helpers import DETECTION, INITIATIVE, threshold_series, two_days_ago
+from tests.conftest import PMON
+from tests.helpers import one_line, run_pmon
+from tests.helpers import stored_threshold_state
 
 AT = datetime(2026, 11, 11, 16, tzinfo=timezone.utc)
 SERIES = ["PLG Onboarding|new_user|web|treatment", "PLG Onboarding|returning|email|control"]
@@ -233,7 +234,7 @@ def _is_opened(line: str) -> bool:
 def test_tail_json_shows_the_incident_the_worker_opens_and_list_shows_where_it_stands(
         isolated_settings: Any, start_worker: Any, tmp_path: Path) -> None:
     settings = isolated_settings(alert_threshold=0.1, **DETECTION)
-    asyncio.run(produce(settings, _series(_t0(), after=0)))  # creates the topics; the drop lasts: it stays open
+    asyncio.run(produce(settings, threshold_series(two_days_ago(), after=0)))  # creates the topics; the drop lasts: it stays open
     tail = Tail(settings, "--json", "--initiative", INITIATIVE.lower(), "--severity", "warning")
     tails = [tail]
     try:

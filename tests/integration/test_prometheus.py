@@ -21,7 +21,7 @@ from monitor.events import ConsentEvent, EngagementEvent, encode
 from monitor.metrics import metric_reference
 from streams.kafka_io import produce
 from tests.conftest import free_port, wait_for
-from tests.integration.test_worker_integration import T0, _consent_incidents, _records_seen
+from tests.helpers import T0, consent_incidents, http_json, records_seen
 
 pytestmark = pytest.mark.kafka
 
@@ -50,25 +50,17 @@ def _samples(text: str) -> dict[str, list[str]]:
     return families
 
 
-def _status(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_metrics_health_and_bounded_cardinality_after_ten_thousand_users(isolated_settings, start_worker) -> None:
     settings = isolated_settings()
     worker = start_worker(settings)
-    assert _status(f"{worker.url}/health") == (200, {"status": "alive"})
-    wait_for(lambda: _status(f"{worker.url}/ready")[0] == 200, timeout=90,
-             what="/ready to answer 200", on_timeout=lambda: f"{_status(worker.url + '/ready')}\n{worker.log()}")
+    assert http_json(f"{worker.url}/health") == (200, {"status": "alive"})
+    wait_for(lambda: http_json(f"{worker.url}/ready")[0] == 200, timeout=90,
+             what="/ready to answer 200", on_timeout=lambda: f"{http_json(worker.url + '/ready')}\n{worker.log()}")
     # An hour of 10,000 users, then a few records two hours on (on every partition) to close that hour.
     closing = [_engagement(n, later=timedelta(hours=2)) for n in range(20)]
     asyncio.run(produce(settings, [_engagement(n) for n in range(USERS)] + closing))
-    wait_for(lambda: _records_seen(worker, "engagement") == USERS + len(closing), timeout=180,
-             what=f"{USERS:,} engagement records", on_timeout=lambda: f"{_records_seen(worker, 'engagement')}")
+    wait_for(lambda: records_seen(worker, "engagement") == USERS + len(closing), timeout=180,
+             what=f"{USERS:,} engagement records", on_timeout=lambda: f"{records_seen(worker, 'engagement')}")
     wait_for(lambda: "pmon_kpi{" in worker.metrics_text(), timeout=60, what="the closed hour's KPIs",
              on_timeout=worker.log)
     text = worker.metrics_text()
@@ -149,11 +141,11 @@ def test_a_consent_violation_fires_its_alert_in_a_real_prometheus(isolated_setti
     asyncio.run(produce(settings, [("consent", user.encode(), encode(ConsentEvent(
         event_id="c-prom-1", event_time=T0, user_id=user, purpose="personalization", status="revoked",
         source="privacy_center", region="EU")))]))
-    wait_for(lambda: _records_seen(worker, "consent") == 1, timeout=60, what="the revocation", on_timeout=worker.log)
+    wait_for(lambda: records_seen(worker, "consent") == 1, timeout=60, what="the revocation", on_timeout=worker.log)
     asyncio.run(produce(settings, [("engagement", user.encode(), encode(EngagementEvent(
         event_id="x-prom-1", event_type="exposure", event_time=T0 + timedelta(minutes=5), user_id=user,
         initiative="Prom P", profile="new_user", channel="web", variant="treatment")))]))
-    wait_for(lambda: _consent_incidents(settings).get("Prom P"), timeout=60, what="the consent_violation incident",
+    wait_for(lambda: consent_incidents(settings).get("Prom P"), timeout=60, what="the consent_violation incident",
              on_timeout=worker.log)
     [alert] = wait_for(lambda: _firing(url, "PmonConsentViolation"), timeout=60,
                        what="PmonConsentViolation to fire in Prometheus",

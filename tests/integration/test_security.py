@@ -22,8 +22,8 @@ import pytest
 from monitor.settings import DEV_PSEUDONYM_KEY, Settings
 from simulation.simulator import SimulationSpec, simulate
 from tests.conftest import PMON, ROOT, free_port, settings_env, wait_for
-from tests.pipeline.test_cli import one_line, run_pmon
-from tests.integration.test_worker_integration import _counted, _records_seen
+from tests.helpers import one_line, run_pmon
+from tests.helpers import counted, records_seen
 
 SCRAM_USER = "pmon"
 # How long a refused login may take to become the one-line error (the client does not retry it).
@@ -195,12 +195,12 @@ def test_with_the_right_credentials_simulate_produces_and_a_worker_counts_every_
     # Both stages (aiokafka clients) and the rule-change agent (Faust's transport) read over SASL_SSL, and
     # stage 2 counts every engagement event once (records received may include a batch read again).
     worker = start_worker(settings)
-    seen = lambda: {topic: _records_seen(worker, topic) for topic in expected}  # noqa: E731
-    counted = lambda: sum(_counted(worker, initiative) for initiative in initiatives)  # noqa: E731
-    wait_for(lambda: all(seen()[t] >= n for t, n in expected.items()) and counted() >= expected["engagement"],
+    seen = lambda: {topic: records_seen(worker, topic) for topic in expected}  # noqa: E731
+    total = lambda: sum(counted(worker, initiative) for initiative in initiatives)  # noqa: E731
+    wait_for(lambda: all(seen()[t] >= n for t, n in expected.items()) and total() >= expected["engagement"],
              timeout=240, what=f"the worker to read {expected} and count the engagement",
-             on_timeout=lambda: f"{seen()} counted {counted()}\n{worker.log()}")
-    assert counted() == expected["engagement"]
+             on_timeout=lambda: f"{seen()} counted {total()}\n{worker.log()}")
+    assert total() == expected["engagement"]
     listed, _ = _pmon(settings, "incidents", "list", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
 

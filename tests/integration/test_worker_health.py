@@ -16,8 +16,8 @@ import pytest
 from monitor.events import EngagementEvent, encode
 from streams.kafka_io import produce
 from tests.conftest import wait_for
-from tests.integration.test_prometheus import _status
-from tests.integration.test_worker_integration import T0, _records_seen
+from tests.helpers import http_json
+from tests.helpers import T0, records_seen
 
 pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 
@@ -44,23 +44,23 @@ def test_ready_goes_unready_while_the_broker_is_frozen_and_ready_after(isolated_
                                                                         frozen_broker) -> None:
     settings = isolated_settings(ready_fetch_seconds=3)
     worker = start_worker(settings)
-    ready = lambda: _status(f"{worker.url}/ready")  # noqa: E731
+    ready = lambda: http_json(f"{worker.url}/ready")  # noqa: E731
     wait_for(lambda: ready()[0] == 200, timeout=90, what="/ready", on_timeout=lambda: f"{ready()}\n{worker.log()}")
     asyncio.run(produce(settings, _records(0, 100)))
-    wait_for(lambda: _records_seen(worker, "engagement") == 100, timeout=60, what="the first 100 records",
+    wait_for(lambda: records_seen(worker, "engagement") == 100, timeout=60, what="the first 100 records",
              on_timeout=worker.log)
 
     os.kill(frozen_broker, signal.SIGSTOP)
     status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(ready()), timeout=60,
                             what="/ready to fail while the broker is frozen", on_timeout=lambda: str(ready()))
     assert any("no fetch answered" in reason for reason in body["reasons"]), body
-    assert _status(f"{worker.url}/health") == (200, {"status": "alive"}), "alive though not ready"
+    assert http_json(f"{worker.url}/health") == (200, {"status": "alive"}), "alive though not ready"
     assert "pmon_ready 0.0" in worker.metrics_text()
 
     os.kill(frozen_broker, signal.SIGCONT)
     wait_for(lambda: ready()[0] == 200, timeout=120, what="/ready to recover with the broker",
              on_timeout=lambda: f"{ready()}\n{worker.log()}")
     asyncio.run(produce(settings, _records(100, 100)))
-    wait_for(lambda: _records_seen(worker, "engagement") == 200, timeout=120,
+    wait_for(lambda: records_seen(worker, "engagement") == 200, timeout=120,
              what="the worker to go on counting without a restart", on_timeout=worker.log)
     assert worker.process.poll() is None

@@ -20,6 +20,7 @@ from monitor.events import ConsentEvent, EngagementEvent, encode
 from streams.kafka_io import produce
 from simulation.simulator import Injection, SimulationSpec, default_program, simulate
 from tests.conftest import consume, consume_raw, wait_for
+from tests.helpers import T0, consent_incidents, counted, records_seen
 
 pytestmark = pytest.mark.kafka
 
@@ -61,11 +62,6 @@ def _progress(worker: Any, initiative: str = "PLG Onboarding") -> str:
             f"skipped as redelivered {report.get('duplicates_skipped')}; {received}\n{worker.log()}")
 
 
-def _counted(worker: Any, initiative: str) -> int:
-    report = worker.report(initiative)
-    return 0 if report is None else report["counted_events"] + report["late_dropped"]
-
-
 def test_planted_dip_gives_one_incident_and_the_same_incidents_as_the_embedded_driver(
         isolated_settings, start_worker, tmp_path):
     settings = isolated_settings(**DETECTION)
@@ -78,7 +74,7 @@ def test_planted_dip_gives_one_incident_and_the_same_incidents_as_the_embedded_d
     assert [e.transition for e in drops] == ["opened", "resolved"], "the planted dip must open and resolve once"
 
     worker = _start_on_backlog(settings, records, start_worker)
-    wait_for(lambda: _counted(worker, PLG) == engagement, timeout=240,
+    wait_for(lambda: counted(worker, PLG) == engagement, timeout=240,
              what=f"the worker to count all {engagement} engagement events", on_timeout=worker.log)
 
     messages = consume(settings, "incidents", want=len(expected), timeout=60)
@@ -115,7 +111,7 @@ def test_malformed_records_and_a_tombstone_are_dead_lettered_alone_and_the_worke
     asyncio.run(produce(settings, records))
 
     worker = start_worker(settings)
-    wait_for(lambda: _counted(worker, PLG) == 12, timeout=120,
+    wait_for(lambda: counted(worker, PLG) == 12, timeout=120,
              what="the 12 valid records around the malformed ones to be counted", on_timeout=worker.log)
 
     letters = [orjson.loads(m.value) for m in consume(settings, "dead-letters", want=3, timeout=60)]
@@ -150,14 +146,14 @@ def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_s
         return sum(1 for topic, _, _ in part if topic == "engagement")
 
     first = _start_on_backlog(settings, halves[0], start_worker)
-    wait_for(lambda: _counted(first, PLG) == engagement_count(halves[0]), timeout=240,
+    wait_for(lambda: counted(first, PLG) == engagement_count(halves[0]), timeout=240,
              what="the first worker to count the first half", on_timeout=first.log)
     first.stop()
     assert first.process.returncode == 0, first.log()
 
     asyncio.run(produce(settings, halves[1]))
     second = start_worker(settings)
-    wait_for(lambda: _counted(second, PLG) == len([r for r in records if r[0] == "engagement"]), timeout=240,
+    wait_for(lambda: counted(second, PLG) == len([r for r in records if r[0] == "engagement"]), timeout=240,
              what="the restarted worker to count everything, once", on_timeout=lambda: _progress(second))
     report = second.report(PLG)
     warming = [series for names in report["warming_up"].values() for series in names]
@@ -178,13 +174,13 @@ def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_
     expected = asyncio.run(EmbeddedDriver(
         settings.model_copy(update={"plan_dir": tmp_path / "embedded-plans"})).run(records)).incidents
     first = _start_on_backlog(settings, records, start_worker)
-    wait_for(lambda: _counted(first, PLG) >= engagement * 0.6, timeout=240,
+    wait_for(lambda: counted(first, PLG) >= engagement * 0.6, timeout=240,
              what="the first worker to be well into the stream", on_timeout=first.log)
     warming_before = first.report(PLG)["warming_up"]
     first.stop(signal.SIGKILL)  # no commit, no flush: records since the last commit come again
 
     second = start_worker(settings)
-    wait_for(lambda: _counted(second, PLG) == engagement, timeout=240,
+    wait_for(lambda: counted(second, PLG) == engagement, timeout=240,
              what="the restarted worker to count every engagement event exactly once", on_timeout=second.log)
     report = second.report(PLG)
     pairs = lambda warming: {(d, s) for d, names in warming.items() for s in names}  # noqa: E731
@@ -208,7 +204,7 @@ def test_the_timer_finds_a_feed_that_went_silent(isolated_settings, start_worker
     records = [r for r in _encoded(spec) if r[0] == "engagement"][:200]
     asyncio.run(produce(settings, records))
     worker = start_worker(settings)
-    wait_for(lambda: _counted(worker, PLG) == len(records), timeout=120, what="the worker to count the events",
+    wait_for(lambda: counted(worker, PLG) == len(records), timeout=120, what="the worker to count the events",
              on_timeout=worker.log)
     # No event arrives any more: only the timer can find it.
     [stale] = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=1, timeout=60)]
@@ -218,7 +214,6 @@ def test_the_timer_finds_a_feed_that_went_silent(isolated_settings, start_worker
 
 
 # --------------------------------------------------------------------------- consent, on the real broker
-T0 = SimulationSpec(days=1, injections=()).start + timedelta(hours=10)
 RAW_USERS = {"revoked-first": "raw-user-alpha-1001", "exposed-first": "raw-user-bravo-2002",
              "fallback": "raw-user-charlie-3003"}
 
@@ -245,33 +240,22 @@ def _body(url: str) -> bytes:
         return exc.read()
 
 
-def _records_seen(worker: Any, topic: str) -> float:
-    line = f'pmon_records_total{{topic="{topic}"}} '
-    return next((float(row[len(line):]) for row in worker.metrics_text().splitlines() if row.startswith(line)), 0.0)
-
-
-def _consent_incidents(settings: Any) -> dict[str, IncidentEvent]:
-    found = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=1, timeout=1,
-                                                                            settle=0)]
-    return {i.initiative: i for i in found if i.kind == "consent_violation" and i.transition == "opened"}
-
-
 def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_and_never_for_a_fallback(
         isolated_settings, start_worker):
     settings = isolated_settings()
     granted = [_consent(user, 0, timedelta(hours=-1), "granted") for user in RAW_USERS.values()]
     asyncio.run(produce(settings, granted))
     worker = start_worker(settings)
-    wait_for(lambda: _records_seen(worker, "consent") == len(granted), timeout=60,
+    wait_for(lambda: records_seen(worker, "consent") == len(granted), timeout=60,
              what="the grants to reach the ledger", on_timeout=worker.log)
 
     # 1. The revocation arrives first, then a personalized exposure after it (event time and arrival).
     alpha = RAW_USERS["revoked-first"]
     asyncio.run(produce(settings, [_consent(alpha, 1, timedelta(0), "revoked")]))
-    wait_for(lambda: _records_seen(worker, "consent") == len(granted) + 1, timeout=30,
+    wait_for(lambda: records_seen(worker, "consent") == len(granted) + 1, timeout=30,
              what="the revocation to be processed first", on_timeout=worker.log)
     asyncio.run(produce(settings, [_exposure(alpha, "Consent A", timedelta(minutes=5))]))
-    opened = wait_for(lambda: _consent_incidents(settings).get("Consent A"), timeout=15,
+    opened = wait_for(lambda: consent_incidents(settings).get("Consent A"), timeout=15,
                       what="a consent violation within seconds of the exposure", on_timeout=worker.log)
     assert (opened.owner, opened.rung, opened.severity) == ("Data Privacy Lead", 2, "critical")
     assert opened.evidence.detail["violations"] == 1 and opened.series == ["Consent A|new_user|web|treatment"]
@@ -282,9 +266,9 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     # Stage 2 has counted it (its report exists): a violation judged with it would be on the topic by now.
     wait_for(lambda: worker.report("Consent B"), timeout=30,
              what="the exposure to be judged (consented at the time) and counted by stage 2", on_timeout=worker.log)
-    assert "Consent B" not in _consent_incidents(settings), "consented when it arrived"
+    assert "Consent B" not in consent_incidents(settings), "consented when it arrived"
     asyncio.run(produce(settings, [_consent(bravo, 1, timedelta(0), "revoked")]))
-    late = wait_for(lambda: _consent_incidents(settings).get("Consent B"), timeout=15,
+    late = wait_for(lambda: consent_incidents(settings).get("Consent B"), timeout=15,
                     what="the late revocation to convict the exposure within seconds", on_timeout=worker.log)
     assert late.owner == "Data Privacy Lead"
     assert [e["late"] for e in late.evidence.detail["examples"]] == [True]
@@ -296,7 +280,7 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     wait_for(lambda: worker.report("Consent C"), timeout=30, what="the fallback exposure to be counted",
              on_timeout=worker.log)
     report = worker.report("Consent C")
-    assert "Consent C" not in _consent_incidents(settings)
+    assert "Consent C" not in consent_incidents(settings)
     assert report["governance_checklist"][0]["item"] == "consent_adherence"
 
     # Privacy by design: no raw user id in any output of the run, nor in the state's changelogs, the web views
@@ -342,7 +326,7 @@ def test_experiment_readouts_on_the_worker_match_the_embedded_driver(isolated_se
         if topic == "engagement":
             engagement[EngagementEvent.model_validate_json(raw).initiative] += 1
     for initiative, count in engagement.items():
-        wait_for(lambda: _counted(worker, initiative) == count, timeout=240,
+        wait_for(lambda: counted(worker, initiative) == count, timeout=240,
                  what=f"the worker to count {initiative}'s events", on_timeout=worker.log)
     got = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=len(expected))]
     assert sorted(map(_essence, (e for e in got if e.kind == "experiment_decision"))) == \

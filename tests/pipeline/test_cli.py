@@ -5,8 +5,6 @@ from __future__ import annotations
 import doctest
 import os
 import socket
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,24 +14,10 @@ import pytest
 from monitor.events import ConsentEvent, EngagementEvent
 from monitor import settings_reference
 from monitor.settings import Settings
+from tests.conftest import PMON
+from tests.helpers import one_line, run_pmon
 
-PMON = Path(sys.executable).parent / "pmon"
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
-
-
-def run_pmon(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PMON_")}
-    clean.pop("PYTHONWARNINGS", None)
-    clean.update({"PMON_PLAN_DIR": str(cwd / "plans"), "COLUMNS": "200"})
-    clean.update(env or {})
-    return subprocess.run([str(PMON), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=120,
-                          check=False)
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{stderr}"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

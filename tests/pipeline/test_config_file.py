@@ -12,7 +12,7 @@ import pytest
 
 from monitor import config_file
 from monitor.config_file import ConfigError, load_settings
-from tests.pipeline.test_cli import one_line, run_pmon
+from tests.helpers import one_line, run_pmon
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import orjson
 from pathlib import Path
 
-from tests.integration.test_alert_threshold import INITIATIVE, _series, _t0
-from tests.pipeline.test_cli import one_line, run_pmon
+from tests.helpers import INITIATIVE, one_line, run_pmon, stored_threshold_state
 from monitor.stored_state import load
 from plans.plan_sink import latest
-
-
-def _events(path: Path) -> Path:
-    with path.open("wb") as out:
-        for topic, key, value in _series(_t0(), after=0):  # the drop lasts to the end: the incident stays open
-            out.write(orjson.dumps({"topic": topic, "key": key.decode(), "value": orjson.loads(value)}) + b"\n")
-    return path
-
-
-def stored_threshold_state(tmp_path: Path) -> Path:
-    """A stored state (`pmon monitor --events --state`) holding one kpi_threshold incident."""
-    state = tmp_path / "state"
-    built = run_pmon("monitor", "--initiative", INITIATIVE, "--events", str(_events(tmp_path / "events.jsonl")),
-                     "--state", str(state), "--alert-threshold", "0.1", cwd=tmp_path,
-                     env={"PMON_WARMUP_BUCKETS": "4", "PMON_BASELINE_BUCKETS": "6",
-                          "PMON_CONSENT_DEFAULT_POLICY": "opt-out", "PMON_CONSENT_POLICIES": "{}"})
-    assert built.returncode == 0, built.stderr
-    return state
 
 
 def test_an_acknowledgement_and_a_note_land_in_the_plan_with_the_response_time(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from monitor.schemas import report_json_schema
 from monitor.settings import Settings
 from simulation.simulator import SimulationSpec, demo_program, simulate
 from streams.embedded import EmbeddedDriver
-from tests.pipeline.test_cli import run_pmon
+from tests.helpers import run_pmon
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("Dashboard", "Incidents", "Governance checklist", "Consent adherence", "Backlog", "Experiments", "Status")

@@ -13,7 +13,6 @@ from gbstats.models.statistics import ProportionStatistic, SampleMeanStatistic
 from hypothesis import given, settings, strategies as st
 from scipy import stats as sps
 
-from experiments import stats
 from experiments.memo import build_memo, render_memo
 from experiments.decision import recommend
 from experiments.readout import read_experiment
