@@ -127,6 +127,7 @@ _SUMS = {"conversion": ("converting_users", "converting_users", "pre_conversions
          "revenue_per_user": ("revenue_micros", "revenue_sq_micros", "pre_revenue_micros", "pre_revenue_sq_micros",
                               "revenue_pre_revenue_micros", MICROS, MICROS)}
 _JSON_INT = 2 ** 63   # orjson's limit
+_OLD_PICKLE_FIELDS = 8   # users ... users_by_dimension, before the CUPED sums and the micro-units
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,8 +258,22 @@ class VariantTotals:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantTotals:
+        """Read `as_dict`'s layout, or the one before the sums were exact (revenue and revenue_sq as floats in
+        currency units), so that messages written by an older worker are still read right."""
         values = {name: int(value) for name, value in data.items() if name in _SUMMED}
+        if "revenue" in data and "revenue_micros" not in data:
+            values["revenue_micros"] = micros(data["revenue"])
+            values["revenue_sq_micros"] = micros(data.get("revenue_sq", 0.0) * MICROS)
         return cls(**values, users_by_dimension={k: dict(v) for k, v in data.get("users_by_dimension", {}).items()})
+
+    def __setstate__(self, state: list[Any]) -> None:
+        # A pickle from before the exact sums holds 8 values, revenue and revenue_sq as floats in currency units.
+        if len(state) == _OLD_PICKLE_FIELDS:
+            users, converting, conversions, conversions_sq, revenue, revenue_sq, crossovers, dimensions = state
+            state = [users, converting, conversions, conversions_sq, micros(revenue), micros(revenue_sq * MICROS),
+                     crossovers, dimensions] + [0] * (len(fields(self)) - _OLD_PICKLE_FIELDS)
+        for field_info, value in zip(fields(self), state, strict=True):
+            object.__setattr__(self, field_info.name, value)
 
 
 _SUMMED = tuple(f.name for f in fields(VariantTotals) if f.name != "users_by_dimension")

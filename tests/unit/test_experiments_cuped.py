@@ -172,3 +172,19 @@ def test_flat_relative_prior_reproduces_growthbooks_chance_to_win_on_means() -> 
     assert c.expected_loss_relative == pytest.approx(reference.risk[1], abs=1e-3)
     assert c.expected_loss == pytest.approx(reference.risk[1] * c.control_mean, abs=1e-3 * c.control_mean)
     assert 0.0 < c.probability_to_beat_control < 1.0
+
+
+def test_totals_written_before_the_exact_sums_are_read_in_micro_units() -> None:
+    import pickle
+
+    old_message = {"users": 2, "converting_users": 1, "conversions": 1, "conversions_sq": 1, "revenue": 29.99,
+                   "revenue_sq": 29.99 ** 2, "crossover_events": 0, "users_by_dimension": {"channel": {"web": 2}}}
+    read = VariantTotals.from_dict(old_message)
+    assert (read.revenue_micros, read.revenue, read.users_by_dimension) == (29_990_000, 29.99, {"channel": {"web": 2}})
+    assert read.moments("revenue_per_user").variance == pytest.approx(statistics.variance([0.0, 29.99]), rel=1e-12)
+    # A pickle of the old class held eight values in this order: the new class reads them the same way.
+    old_state = [2, 1, 1, 1, 29.99, 29.99 ** 2, 0, {"channel": {"web": 2}}]
+    revived = VariantTotals.__new__(VariantTotals)
+    revived.__setstate__(old_state)
+    assert revived == read
+    assert pickle.loads(pickle.dumps(read)) == read
