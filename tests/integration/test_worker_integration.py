@@ -122,11 +122,13 @@ def test_malformed_records_and_a_tombstone_are_dead_lettered_alone_and_the_worke
     assert [letter["offset"] for letter in letters] == [5, 6, 8]
     assert {letter["source_topic"] for letter in letters} == {settings.topic("engagement")}
     # One each, by reason kind.
-    counted = sorted(line for line in worker.metrics_text().splitlines() if line.startswith("pmon_dead_letters_total{"))
+    by_reason = sorted(line for line in worker.metrics_text().splitlines()
+                       if line.startswith("pmon_dead_letters_total{"))
     prefix = 'pmon_dead_letters_total{reason="'
     suffix = f'",stage="decode",topic="{settings.topic("engagement")}"}} 1.0'
-    assert len(counted) == 3 and all(line.startswith(prefix) and line.endswith(suffix) for line in counted), counted
-    reasons = sorted(line[len(prefix):-len(suffix)] for line in counted)
+    assert len(by_reason) == 3 and all(line.startswith(prefix) and line.endswith(suffix) for line in by_reason), \
+        by_reason
+    reasons = sorted(line[len(prefix):-len(suffix)] for line in by_reason)
     assert reasons[0] == "empty value (a tombstone)" and reasons[1].startswith("invalid EngagementEvent: ") \
         and reasons[2] == "not JSON", reasons
 
