@@ -297,7 +297,7 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
     if not (lift_low <= lift <= lift_high and math.isfinite(p_value)):
         return None   # a degenerate variance: nothing to read yet
     low, high = sorted((lift_low * a.mean, lift_high * a.mean))
-    beat, loss, loss_relative = _probability_to_beat(rules.prior, name, control, treated, a, b,
+    beat, loss, loss_relative = _probability_to_beat(rules.prior, name, control, treated, a, b, variance,
                                                      metric.higher_is_better)
     comparison: dict[str, Any] = dict(
         variant=variant, metric=name, role="success" if isinstance(metric, SuccessMetric) else "guardrail",
@@ -325,7 +325,8 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
 
 
 def _probability_to_beat(prior: Prior, name: str, control: VariantTotals, treated: VariantTotals,
-                         a: MetricMoments, b: MetricMoments, higher_is_better: bool) -> tuple[float, float, float]:
+                         a: MetricMoments, b: MetricMoments, variance: float,
+                         higher_is_better: bool) -> tuple[float, float, float]:
     """(P(the variant is better than the control), expected loss of choosing the variant in the metric's unit,
     the same relative to the control's mean), "better" in the metric's good direction.
 
@@ -351,7 +352,6 @@ def _probability_to_beat(prior: Prior, name: str, control: VariantTotals, treate
         return chance, loss, loss / scale
     difference = b.mean - a.mean
     improvement = difference if higher_is_better else -difference
-    variance = a.variance / a.users + b.variance / b.users
     loss = float(stats.normal_expected_loss(improvement, variance))
     return float(stats.normal_probability_to_beat(improvement, variance)), loss, loss / scale
 

@@ -45,6 +45,7 @@ from monitor.pseudonym import Pseudonymiser
 from monitor.records import Consent, Engagement, decode_consent, decode_engagement
 from monitor.settings import Settings
 
+DAY_SECONDS = 86_400   # the pre-period history is kept per UTC day (day number = epoch seconds // this)
 PROGRESS_KEY = "#progress/{}"   # a partition's progress, beside the users (pseudonyms start with "p")
 
 
@@ -349,7 +350,7 @@ class _Batch:
                 self.judge(state, event, series, bucket, start)
             if conversion and pre_period:
                 # After the experiment's record took its pre-period: a conversion is not its own covariate.
-                state.record_conversion(int(at // 86_400), event.revenue, pre_period)
+                state.record_conversion(int(at // DAY_SECONDS), event.revenue, pre_period)
         return True
 
     def observe_experiment(self, state: UserState, event: Engagement, start: float) -> None:
@@ -358,7 +359,7 @@ class _Batch:
         known = state.experiments.get(experiment)
         if known is not None and event.event_type != "conversion" and known.variant == event.variant:
             return  # a further exposure or click of a known user in their variant changes no total
-        pre_conversions, pre_revenue = (state.before(int(event.at // 86_400), self.stage._pre_period_days)
+        pre_conversions, pre_revenue = (state.before(int(event.at // DAY_SECONDS), self.stage._pre_period_days)
                                         if known is None and state.activity else (0, 0.0))
         record, delta = observe_event(known, variant=event.variant,
                                       event_type=event.event_type, revenue=event.revenue,
