@@ -161,7 +161,7 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_thresho
     """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
     from simulation.simulator import SimulationSpec, demo_program, labels, simulate
 
-    spec = SimulationSpec(seed=seed, days=days, initiatives=demo_program())
+    spec = SimulationSpec(seed=seed, days=days, initiatives=demo_program(days), propensity_sigma=0.8)
     # The simulated experiments' plans, as a user would configure theirs: the planned allocation, conversions per
     # user as the success metric, revenue per user as a guardrail (no worse than 5 %).
     planned = {i.name: dict(zip(i.variants, i.planned_allocation)) for i in spec.initiatives if i.experiment}

@@ -48,7 +48,7 @@ def demo_settings(spec: SimulationSpec, plan_dir: Path) -> Settings:
 
 
 def demo_report(days: int, plan_dir: Path) -> Report:
-    spec = SimulationSpec(seed=7, days=days, initiatives=demo_program())
+    spec = SimulationSpec(seed=7, days=days, initiatives=demo_program(days))
     driver = EmbeddedDriver(demo_settings(spec, plan_dir), replay=True)
     asyncio.run(driver.run(_encoded(simulate(spec))))
     window = "14d" if days <= 14 else "30d"

@@ -20,7 +20,7 @@ from simulation.simulator import SimulationSpec, demo_program, simulate
 from streams.embedded import EmbeddedDriver
 
 INITIATIVE = "PLG Onboarding"
-SPEC = SimulationSpec(seed=7, days=4, initiatives=demo_program())
+SPEC = SimulationSpec(seed=7, days=4, initiatives=demo_program(4))
 
 
 @pytest.fixture(scope="module")

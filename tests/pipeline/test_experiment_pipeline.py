@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,23 @@ def test_a_snapshot_pickled_before_the_lift_history_existed_still_loads() -> Non
     upgraded.__setstate__((dict_state, older))
     assert restored == current
     assert upgraded.history == () and upgraded.started == 7200.0 and upgraded.totals == current.totals
+
+
+def test_users_with_a_history_before_exposure_give_cuped_its_reduction(tmp_path: Path) -> None:
+    """An experiment launched half-way through a run meets users who converted elsewhere before: CUPED removes
+    a sizeable share of the variance there, and next to nothing in one that met its users on day one."""
+    background = InitiativeSpec(name="Background", profiles=("all",), channels=("web",), variants=("none",),
+                                experiment=None, exposures_per_hour=600.0, ctr=0.1, cvr=0.05)
+    late = InitiativeSpec(name="Late", profiles=("all",), channels=("web",), variants=("control", "treatment"),
+                          experiment="exp-late", exposures_per_hour=600.0, ctr=0.1, cvr=0.05, launch_day=3)
+    early = replace(late, name="Early", experiment="exp-early", launch_day=0)
+    spec = SimulationSpec(seed=5, days=5, users=3000, initiatives=(background, late, early), injections=(),
+                          propensity_sigma=0.8)
+    experiments = {e: {"allocation": {"control": 0.5, "treatment": 0.5},
+                       "success_metrics": [{"metric": "conversions_per_user"}]} for e in ("exp-late", "exp-early")}
+    driver = EmbeddedDriver(Settings(plan_dir=tmp_path, experiments=experiments, log_level="WARNING"), replay=True)
+    asyncio.run(driver.run([(r.topic, r.key.encode(), encode(r.event)) for r in simulate(spec)]))
+    reduction = {name: driver.initiative_stage.state.experiments[name][experiment].memo.summary
+                 .primary_variance_reduction for name, experiment in (("Late", "exp-late"), ("Early", "exp-early"))}
+    assert reduction["Late"] > 0.05, reduction
+    assert reduction["Early"] < reduction["Late"] / 3, reduction

@@ -32,7 +32,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Five days of the demo's program, replayed embedded: every initiative has incidents, most an experiment."""
     from monitor.events import encode
 
-    spec = SimulationSpec(seed=7, days=5, initiatives=demo_program())
+    spec = SimulationSpec(seed=7, days=5, initiatives=demo_program(5))
     records = [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(spec)]
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path_factory.mktemp("plans"), log_level="WARNING",
                                      alert_threshold=0.2), replay=True)

@@ -351,6 +351,10 @@ def test_default_injections_have_the_headline_drop_after_a_clean_warm_up() -> No
     (dict(injections=(Injection("ctr_drop", "Nope", at(5), 2, 0.5),)), "unknown initiative"),
     (dict(start=DEFAULT_START + timedelta(minutes=30)), "aligned to the hour"),
     (dict(start=DEFAULT_START.replace(tzinfo=None)), "timezone-aware"),
+    (dict(propensity_sigma=-0.1), "propensity_sigma"),
+    (dict(initiatives=(replace(default_program()[0], launch_day=2),)), "would serve nothing"),
+    (dict(initiatives=(replace(default_program()[0], launch_day=1),),
+          injections=(Injection("ctr_drop", PLG, at(5), 2, 0.5),)), "before the initiative launches"),
 ])
 def test_bad_specs_are_refused_with_a_reason(bad, message) -> None:
     fields = dict(days=2, users=1_000, injections=()) | bad
@@ -367,6 +371,22 @@ def test_bad_specs_are_refused_with_a_reason(bad, message) -> None:
 def test_bad_injections_are_refused(kind, magnitude, extra, message) -> None:
     with pytest.raises(ValueError, match=message):
         Injection(kind, PLG, at(5), 2, magnitude, **extra)
+
+
+def test_an_initiative_serves_nothing_before_its_launch_day() -> None:
+    late = replace(light_program()[1], launch_day=1)
+    spec = SimulationSpec(seed=5, days=2, users=2_000, initiatives=(light_program()[0], late), injections=())
+    first_hour: dict[str, float] = {}
+    for record in simulate(spec):
+        if record.topic == "engagement":
+            first_hour.setdefault(record.event.initiative, (record.event.event_time - spec.start) / timedelta(hours=1))
+    assert first_hour[PLG] < 1
+    assert 24 <= first_hour[late.name] < 25
+
+
+def test_a_launch_day_must_be_a_whole_day() -> None:
+    with pytest.raises(ValueError, match="launch_day must be a whole day"):
+        replace(default_program()[0], launch_day=1.5)
 
 
 # ---------------------------------------------------------------------------------------- JSONL
