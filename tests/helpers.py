@@ -22,14 +22,16 @@ from tests.conftest import PMON, consume
 
 # --------------------------------------------------------------------------- pmon as a process
 
-def run_pmon(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`pmon ARGS` in `cwd` with no PMON_* variable of the caller's, plans under `cwd/plans`."""
+def run_pmon(*args: str, cwd: Path, env: dict[str, str] | None = None, program: Path = PMON,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`pmon ARGS` (or another of the project's entry points) in `cwd` with no PMON_* variable of the caller's,
+    plans under `cwd/plans`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PMON_")}
     clean.pop("PYTHONWARNINGS", None)
     clean.update({"PMON_PLAN_DIR": str(cwd / "plans"), "COLUMNS": "200"})
     clean.update(env or {})
-    return subprocess.run([str(PMON), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run([str(program), *args], cwd=cwd, env=clean, capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
 def one_line(stderr: str) -> str:
