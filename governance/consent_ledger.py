@@ -187,12 +187,26 @@ class ConsentPolicy:
             return judgement, None
         violation = None if judgement.consented else _violation(exposure, pseudonym, judgement, late=False)
         remembered = user.remembered
-        if self.max_remembered and not any(e.event_id == exposure.event_id for e, _ in remembered):
-            bisect.insort(remembered, (exposure, violation is not None), key=lambda item: item[0].at)
+        if self.max_remembered and not _remembered_already(remembered, exposure):
+            bisect.insort(remembered, (exposure, violation is not None), key=_at)
             horizon = remembered[-1][0].at - self.lookback_seconds
             if len(remembered) > self.max_remembered or remembered[0][0].at < horizon:
                 remembered[:] = [item for item in remembered[-self.max_remembered:] if item[0].at >= horizon]
         return judgement, violation
+
+
+def _at(item: tuple[Exposure, bool]) -> float:
+    return item[0].at
+
+
+def _remembered_already(remembered: list[tuple[Exposure, bool]], exposure: Exposure) -> bool:
+    # A redelivered exposure is remembered once. The list is by time: only those of its instant can be it.
+    n = bisect.bisect_left(remembered, exposure.at, key=_at)
+    while n < len(remembered) and remembered[n][0].at == exposure.at:
+        if remembered[n][0].event_id == exposure.event_id:
+            return True
+        n += 1
+    return False
 
 
 def _violation(exposure: Exposure, pseudonym: str, judgement: Judgement, *, late: bool) -> Violation:
