@@ -28,14 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
     sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 import orjson  # noqa: E402
 
-import faults  # noqa: E402
-from bench import pages  # noqa: E402
+from bench import faults, pages  # noqa: E402
 from monitor.events import EngagementEvent, encode  # noqa: E402
 from simulation.simulator import SimulationSpec, simulate  # noqa: E402
 
