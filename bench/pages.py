@@ -43,7 +43,8 @@ def page_path(bench: str) -> Path:
     return PAGES / f"{bench}.md"
 
 
-def _commit() -> str:
+def checkout_commit() -> str:
+    """The checkout's commit, marked when files outside docs/ have uncommitted changes."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
@@ -66,7 +67,7 @@ def header(bench: str, title: str, argv: list[str], load_before: tuple[float, ..
     command = shlex.join(["python", f"bench/{bench}.py", *argv])
     return (f"# {title}\n\n"
             f"{MARK.format(bench=bench)}; it overwrites this page on every run: change the bench, not the page -->\n\n"
-            f"Written by `bench/{bench}.py` on {when:%Y-%m-%d %H:%M} UTC at commit `{commit or _commit()}`: "
+            f"Written by `bench/{bench}.py` on {when:%Y-%m-%d %H:%M} UTC at commit `{commit or checkout_commit()}`: "
             f"`{command}`.\n"
             f"Machine: {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python "
             f"{platform.python_version()}; load average (1 / 5 / 15 min) {_load(load_before)} before, "
@@ -113,7 +114,7 @@ def recording(bench: str, title: str, out: Path | None = None, argv: list[str] |
     `argv` is the command line shown on the page (default: this process's arguments).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    load_before = os.getloadavg()
+    load_before, commit = os.getloadavg(), checkout_commit()  # the code that runs is the code at the start
     page = Page()
     tee = _Tee(sys.stdout)
     sys.stdout = tee  # type: ignore[assignment]
@@ -124,15 +125,19 @@ def recording(bench: str, title: str, out: Path | None = None, argv: list[str] |
     if page.cancelled:
         return
     printed = "".join(tee.parts).strip("\n")
-    write_page(bench, title, f"```\n{printed}\n```", argv=argv, load_before=load_before, out=out, notes=page.notes)
+    write_page(bench, title, f"```\n{printed}\n```", argv=argv, load_before=load_before, out=out, notes=page.notes,
+               commit=commit)
 
 
 def write_page(bench: str, title: str, body: str, *, argv: list[str] | None = None,
                load_before: tuple[float, ...], load_after: tuple[float, ...] | None = None, out: Path | None = None,
-               notes: list[str] | tuple[str, ...] = ()) -> Path:
-    """Write `body` (Markdown) under the header to the bench's page (or `out`); the path written."""
+               notes: list[str] | tuple[str, ...] = (), commit: str | None = None) -> Path:
+    """Write `body` (Markdown) under the header to the bench's page (or `out`); the path written.
+
+    `commit` is the checkout's when the bench started (`checkout_commit()`; default: now).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    text = header(bench, title, argv, load_before, load_after or os.getloadavg())
+    text = header(bench, title, argv, load_before, load_after or os.getloadavg(), commit=commit)
     text += "".join(f"\n{note.strip()}\n" for note in notes)
     text += f"\n{body.strip()}\n"
     target = out or page_path(bench)

@@ -889,6 +889,7 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    commit = pages.checkout_commit()  # the code measured: the checkout as the run starts
     signal.signal(signal.SIGTERM, _interrupted)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = f"bench-{uuid.uuid4().hex[:8]}"
@@ -1038,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None or full:
         pages.write_page("throughput", "Throughput: both drivers against a bare consumer and the peers",
                          page_body(summary), argv=argv, load_before=tuple(summary["loadavg_before"]),
-                         load_after=tuple(summary["loadavg_after"]), out=args.out)
+                         load_after=tuple(summary["loadavg_after"]), out=args.out, commit=commit)
     else:
         console.print("page not written: not a full run (pass --out FILE to write one)")
     return 1 if failures else 0
