@@ -19,7 +19,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = ROOT / ".venv" / "bin"
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
+    sys.path.insert(0, str(ROOT))
+
+from bench import pages  # noqa: E402
+
+BIN = Path(sys.executable).parent  # the virtualenv running the bench (.venv/bin with `make bench`)
 TARGET_SECONDS = 0.5
 
 
@@ -36,7 +41,14 @@ def _median_seconds(argv: list[str], runs: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=pages.page_path("cli_start"),
+                        help="where to write the page (default docs/benchmarks/cli_start.md)")
     args = parser.parse_args(argv)
+    with pages.recording("cli_start", "Command-line start-up (`--help` and a usage error)", args.out, argv):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
     python = str(BIN / "python")
     baselines = {"python": [python, "-c", "pass"], "python + import click": [python, "-c", "import click"]}
     commands = {

@@ -27,11 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/decode.py` puts bench/ first on the path, not the repo
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
     sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+from bench import pages  # noqa: E402
 from monitor import records  # noqa: E402
 from monitor.events import EngagementEvent, decode, encode  # noqa: E402
 from monitor.pseudonym import Pseudonymiser  # noqa: E402
@@ -67,7 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000, help="engagement records to decode (default 100000)")
     parser.add_argument("--pseudonymise", action="store_true", help="pseudonymise user ids on both paths")
+    parser.add_argument("--out", type=Path, default=pages.page_path("decode"),
+                        help="where to write the page (default docs/benchmarks/decode.md)")
     args = parser.parse_args(argv)
+    with pages.recording("decode", "Decoding an engagement record: the pydantic model against the fast path",
+                         args.out, argv):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
 
     raws = _encoded(args.records)
     pseudonymise = Pseudonymiser(b"bench-key").pseudonym if args.pseudonymise else None

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # package: the repository goes first instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench import pages  # noqa: E402
 from experiments.readout import read_experiment  # noqa: E402
 from experiments.spec import DecisionRules, ExperimentSpec  # noqa: E402
 from experiments.state import ExperimentTotals, VariantTotals  # noqa: E402
@@ -147,11 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--power", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--out", type=Path, default=pages.page_path("experiments"),
+                        help="where to write the page (default docs/benchmarks/experiments.md)")
     args = parser.parse_args(argv)
     if GBSTATS_MISSING:
         print("gbstats is not installed: `make bench` installs it, or "
               "`.venv/bin/pip install --no-deps 'gbstats>=0.8,<0.9'` (see bench/README.md)", file=sys.stderr)
         return 2
+    with pages.recording("experiments", "Sequential readouts against GrowthBook's sequential engine", args.out,
+                         argv):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     spec = ExperimentSpec(experiment="bench", allocation={"control": 0.5, "treatment": 0.5}, mde=args.mde,

@@ -49,11 +49,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/faults.py` puts bench/ first on the path, not the repo
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
     sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+from bench import pages  # noqa: E402
 from incidents.model import IncidentEvent  # noqa: E402
 from monitor.events import encode  # noqa: E402
 from monitor.report import ReportRequest, build_report  # noqa: E402
@@ -374,7 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="runs of each fault (default 10)")
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
     parser.add_argument("--bootstrap", default=os.environ.get("PMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--out", type=Path, default=pages.page_path("faults"),
+                        help="where to write the page (default docs/benchmarks/faults.md)")
     args = parser.parse_args(argv)
+    with pages.recording("faults", "Faults: nothing lost, nothing counted twice", args.out, argv):
+        return _run(args, parser)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     unknown = [f for f in faults if f not in FAULTS]
     if unknown or args.runs < 1:

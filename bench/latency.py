@@ -28,13 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
     sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 import orjson  # noqa: E402
 
-import faults  # noqa: E402
+from bench import faults, pages  # noqa: E402
 from monitor.events import EngagementEvent, encode  # noqa: E402
 from simulation.simulator import SimulationSpec, simulate  # noqa: E402
 
@@ -131,9 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--probes-per-second", type=float, default=2)
     parser.add_argument("--bootstrap", default=os.environ.get("PMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--out", type=Path, default=pages.page_path("latency"),
+                        help="where to write the page (default docs/benchmarks/latency.md)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="pmon-latency-") as tmp:
-        return asyncio.run(run(args.bootstrap, args.rate, args.seconds, args.probes_per_second, Path(tmp)))
+    with pages.recording("latency", "Produce-to-incident latency under load", args.out, argv) as page, \
+            tempfile.TemporaryDirectory(prefix="pmon-latency-") as tmp:
+        status = asyncio.run(run(args.bootstrap, args.rate, args.seconds, args.probes_per_second, Path(tmp)))
+        if status:
+            page.cancel()  # not every probe answered: the old page stays
+        return status
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
     sys.path.insert(0, str(ROOT))
 
+from bench import pages  # noqa: E402
 from monitor.events import encode  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from simulation.simulator import SimulationSpec, simulate  # noqa: E402
@@ -41,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=pages.page_path("state_size"),
+                        help="where to write the page (default docs/benchmarks/state_size.md)")
     args = parser.parse_args(argv)
+    with pages.recording("state_size", "Stage 1's state per user", args.out, argv):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
     from streams.embedded import EmbeddedDriver
 
     records = [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(SimulationSpec(seed=args.seed,

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
     sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
+from bench import pages  # noqa: E402
 from cli.render import render_report  # noqa: E402
 from monitor.initiative_stage import InitiativeStage  # noqa: E402
 from monitor.report import ReportRequest, build_report  # noqa: E402
@@ -37,7 +38,7 @@ from monitor.settings import Settings  # noqa: E402
 from monitor.stored_state import load  # noqa: E402
 
 TARGET_SECONDS = 1.0
-PMON = ROOT / ".venv" / "bin" / "pmon"
+PMON = Path(sys.executable).parent / "pmon"  # the virtualenv running the bench
 REQUESTS = [("14d", "full"), ("7d", "summary"), ("30d", "full"), ("14d", "summary"), ("7d", "full")]
 
 
@@ -63,7 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--reports", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=pages.page_path("stored_report"),
+                        help="where to write the page (default docs/benchmarks/stored_report.md)")
     args = parser.parse_args(argv)
+    with pages.recording("stored_report", "A report from a stored state against a replay", args.out, argv):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pmon-stored-") as folder:
         work = Path(folder)
         events, state = work / "events.jsonl", work / "state"

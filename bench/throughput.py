@@ -76,13 +76,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/throughput.py` puts bench/ first on the path, not the repo
+if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
     sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench import pages  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from monitor.topics import EVENT_TOPICS  # noqa: E402
 
@@ -730,67 +732,113 @@ def _peer_note(name: str, summary: dict[str, Any]) -> str:
     elif name == "quix-window":
         late = summary[f"{key}_late_dropped"]
         note += (f"; grace {summary[f'{key}_grace_s']:,} s, closing by {summary[f'{key}_closing_strategy']}: "
-                 f"{'[red]' if late else ''}{late:,} late dropped{'[/]' if late else ''}, "
+                 f"{late:,} late dropped, "
                  f"{summary[f'{key}_windows_closed']:,} windows closed")
     return note
 
 
-def print_results(summary: dict[str, Any]) -> None:
-    table = Table(title=f"pmon throughput: {summary['events']:,} records ({summary['engagement']:,} engagement), "
-                        f"Kafka {summary['kafka_version']}, {summary['cpus']} CPUs, Python {summary['python']}")
-    for name, justify in (("path", "left"), ("records/s", "right"), ("vs bare consumer", "right"),
-                          ("seconds", "right"), ("CPU µs/record", "right"), ("notes", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+COLUMNS = (("path", "left"), ("records/s", "right"), ("vs bare consumer", "right"), ("seconds", "right"),
+           ("CPU µs/record", "right"), ("notes", "left"))
+
+
+def result_rows(summary: dict[str, Any]) -> list[tuple[tuple[str, ...], bool]]:
+    """The table's rows, plain text, each with whether it is a headline row (bold)."""
+    rows: list[tuple[tuple[str, ...], bool]] = []
 
     def cpu(key: str) -> str:
         return f"{summary[key]:,.1f}" if summary.get(key) is not None else "-"
 
-    table.add_row("produce (aiokafka, acks=all, once)", f"{summary['produce_rps']:,}", "",
-                  f"{summary['produce_s']:.1f}", "", "streams.kafka_io.produce")
-    table.add_row("bare consumer (orjson.loads only)", f"{summary['bare_consumer_rps']:,}", "1.000",
-                  f"{summary['bare_consumer_s']:.1f}", cpu("bare_consumer_cpu_us"), "from partition assignment")
+    rows.append((("produce (aiokafka, acks=all, once)", f"{summary['produce_rps']:,}", "",
+                  f"{summary['produce_s']:.1f}", "", "streams.kafka_io.produce"), False))
+    rows.append((("bare consumer (orjson.loads only)", f"{summary['bare_consumer_rps']:,}", "1.000",
+                  f"{summary['bare_consumer_s']:.1f}", cpu("bare_consumer_cpu_us"), "from partition assignment"),
+                 False))
     if "worker_rps" in summary:
-        table.add_row("faust worker, stage 1 (received)", f"{summary['worker_stage1_rps']:,}",
+        rows.append((("faust worker, stage 1 (received)", f"{summary['worker_stage1_rps']:,}",
                       f"{summary['worker_stage1_vs_bare'] or 0:.3f}", f"{summary['worker_stage1_s']:.1f}",
-                      cpu("worker_stage1_cpu_us"), "pmon_records_total = N")
+                      cpu("worker_stage1_cpu_us"), "pmon_records_total = N"), False))
         rss = summary["worker_peak_rss_mib"]
-        table.add_row("[bold]faust worker, end to end[/]", f"[bold]{summary['worker_rps']:,}[/]",
-                      f"[bold]{summary['worker_vs_bare'] or 0:.3f}[/]", f"{summary['worker_s']:.1f}",
-                      cpu("worker_cpu_us"), f"and counted by stage 2; start-up {summary['worker_startup_s']:.1f} s "
-                      f"not included; peak RSS {f'{rss:.0f} MiB' if rss else '?'}")
+        rows.append((("faust worker, end to end", f"{summary['worker_rps']:,}", f"{summary['worker_vs_bare'] or 0:.3f}",
+                      f"{summary['worker_s']:.1f}", cpu("worker_cpu_us"),
+                      f"and counted by stage 2; start-up {summary['worker_startup_s']:.1f} s not included; "
+                      f"peak RSS {f'{rss:.0f} MiB' if rss else '?'}"), True))
     if "embedded_rps" in summary:
-        table.add_row("[bold]embedded driver[/]", f"[bold]{summary['embedded_rps']:,}[/]",
-                      f"[bold]{summary['embedded_vs_bare'] or 0:.3f}[/]", f"{summary['embedded_s']:.1f}",
-                      cpu("embedded_cpu_us"),
-                      f"peak memory +{summary['embedded_peak_mib']:.0f} MiB ({summary['memory_method']})")
+        rows.append((("embedded driver", f"{summary['embedded_rps']:,}", f"{summary['embedded_vs_bare'] or 0:.3f}",
+                      f"{summary['embedded_s']:.1f}", cpu("embedded_cpu_us"),
+                      f"peak memory +{summary['embedded_peak_mib']:.0f} MiB ({summary['memory_method']})"), True))
     for stage, label in (("worker", "faust worker"), ("embedded", "embedded driver")):
         if f"{stage}_error" in summary:
-            table.add_row(f"{label}: [red]FAILED[/]", "-", "-", "-", "-", _error_summary(summary[f"{stage}_error"], 160))
+            rows.append(((f"{label}: FAILED", "-", "-", "-", "-", _error_summary(summary[f"{stage}_error"], 160)),
+                         False))
     for name in summary.get("peers", []):
         key = peer_key(name)
         if f"{key}_error" in summary:
-            table.add_row(f"peer {name}: [red]FAILED[/]", "-", "-", "-", "-", _error_summary(summary[f"{key}_error"], 160))
+            rows.append(((f"peer {name}: FAILED", "-", "-", "-", "-", _error_summary(summary[f"{key}_error"], 160)),
+                         False))
             continue
-        table.add_row(f"peer {PEER_ROWS[name]}", f"{summary[f'{key}_rps']:,}", f"{summary[f'{key}_vs_bare'] or 0:.3f}",
-                      f"{summary[f'{key}_s']:.1f}", cpu(f"{key}_cpu_us"), _peer_note(name, summary))
-    out.print(table)
+        rows.append(((f"peer {PEER_ROWS[name]}", f"{summary[f'{key}_rps']:,}", f"{summary[f'{key}_vs_bare'] or 0:.3f}",
+                      f"{summary[f'{key}_s']:.1f}", cpu(f"{key}_cpu_us"), _peer_note(name, summary)), False))
+    return rows
+
+
+def result_lines(summary: dict[str, Any]) -> list[str]:
+    """The lines under the table: what each driver counted, failures, stage 2's input, the load."""
+    lines = []
     if "worker_rps" in summary:
         stopped = "killed" if summary["worker_stop_s"] is None else f"stopped {summary['worker_stop_s']} s"
-        out.print(f"worker: counted {summary['worker_counted']:,} + late {summary['worker_late_dropped']:,} of "
-                  f"{summary['engagement']:,} engagement events, {summary['worker_dead_letters']} dead letters, "
-                  f"{summary['worker_incident_transitions']} incident transitions, "
-                  f"{summary['worker_log_problems']} warning/error log lines, {stopped} after SIGTERM",
-                  highlight=False)
+        lines.append(f"worker: counted {summary['worker_counted']:,} + late {summary['worker_late_dropped']:,} of "
+                     f"{summary['engagement']:,} engagement events, {summary['worker_dead_letters']} dead letters, "
+                     f"{summary['worker_incident_transitions']} incident transitions, "
+                     f"{summary['worker_log_problems']} warning/error log lines, {stopped} after SIGTERM")
+        if summary.get("stage2_input_pct") is not None:
+            lines.append(f"stage 2 input: {summary['stage2_messages']:,} messages, {summary['stage2_bytes']:,} bytes "
+                         f"for {summary['input_bytes']:,} bytes of input records "
+                         f"({summary['stage2_input_pct']:.2f} %; target <= 1 %)")
     if "embedded_rps" in summary:
-        out.print(f"embedded: counted {summary['embedded_counted']:,} + late {summary['embedded_late_dropped']:,}, "
-                  f"{summary['embedded_dead_letters']} dead letters, "
-                  f"{summary['embedded_incident_transitions']} incident transitions", highlight=False)
+        lines.append(f"embedded: counted {summary['embedded_counted']:,} + late {summary['embedded_late_dropped']:,}, "
+                     f"{summary['embedded_dead_letters']} dead letters, "
+                     f"{summary['embedded_incident_transitions']} incident transitions")
     for stage in ("worker", "embedded", *(peer_key(n) for n in summary.get("peers", []))):
         if f"{stage}_error" in summary:  # in full on stderr when it happened, and in the JSON line
-            out.print(f"{stage} failed: {_error_summary(summary[f'{stage}_error'])}", highlight=False, markup=False)
-    out.print(f"load average before/after: {summary['loadavg_before']} / {summary['loadavg_after']} "
-              "(other work on the machine skews the rates; CPU µs/record much less)", highlight=False)
+            lines.append(f"{stage} failed: {_error_summary(summary[f'{stage}_error'])}")
+    lines.append(f"load average before/after: {summary['loadavg_before']} / {summary['loadavg_after']} "
+                 "(other work on the machine skews the rates; CPU µs/record much less)")
+    return lines
+
+
+def _title(summary: dict[str, Any]) -> str:
+    return (f"pmon throughput: {summary['events']:,} records ({summary['engagement']:,} engagement), "
+            f"Kafka {summary['kafka_version']}, {summary['cpus']} CPUs, Python {summary['python']}")
+
+
+def print_results(summary: dict[str, Any]) -> None:
+    table = Table(title=_title(summary))
+    for name, justify in COLUMNS:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for cells, bold in result_rows(summary):
+        style = "bold" if bold else "red" if cells[0].endswith("FAILED") else None
+        table.add_row(*(escape(cell) for cell in cells), style=style)
+    out.print(table)
+    for line in result_lines(summary):
+        out.print(line, highlight=False, markup=False)
     out.print(orjson.dumps(summary).decode(), soft_wrap=True, highlight=False, markup=False)
+
+
+def page_body(summary: dict[str, Any]) -> str:
+    """The figures as the page shows them: a Markdown table, the lines under it, the JSON line."""
+    def cell(text: str, bold: bool) -> str:
+        text = text.replace("|", "\\|")
+        return f"**{text}**" if bold and text else text
+
+    lines = [f"{_title(summary)}; every row on the same topic in the same run.", "",
+             "| " + " | ".join(name for name, _ in COLUMNS) + " |",
+             "|" + "|".join("---" if justify == "left" else "---:" for _, justify in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell(c, bold and n in (0, 1, 2)) for n, c in enumerate(cells)) + " |"
+              for cells, bold in result_rows(summary)]
+    lines += ["", *(f"- {line}" for line in result_lines(summary)), "",
+              "Every figure of the run (the bench's last line on stdout):", "",
+              "```json", orjson.dumps(summary).decode(), "```"]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
@@ -822,6 +870,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="grace of quix-window's windows: `run` (default: the whole simulated span, no record "
                              "late) or seconds, e.g. 600, the monitor's allowed lateness")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the bench topics")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help="where to write the page (default docs/benchmarks/throughput.md, only after a full "
+                             "run: every stage and peer, none failed, no --worker-command)")
     args = parser.parse_args(argv)
     if args.events < 1:
         parser.error("--events must be at least 1")
@@ -838,6 +889,7 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    commit = pages.checkout_commit()  # the code measured: the checkout as the run starts
     signal.signal(signal.SIGTERM, _interrupted)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = f"bench-{uuid.uuid4().hex[:8]}"
@@ -982,6 +1034,14 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         summary["failed"] = failures
     print_results(summary)
+    full = not (failures or args.skip_worker or args.skip_embedded or args.worker_command
+                or args.profile_worker or args.peers != list(PEERS))
+    if args.out is not None or full:
+        pages.write_page("throughput", "Throughput: both drivers against a bare consumer and the peers",
+                         page_body(summary), argv=argv, load_before=tuple(summary["loadavg_before"]),
+                         load_after=tuple(summary["loadavg_after"]), out=args.out, commit=commit)
+    else:
+        console.print("page not written: not a full run (pass --out FILE to write one)")
     return 1 if failures else 0
 
 

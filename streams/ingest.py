@@ -1,13 +1,13 @@
 """Stage 1 on the worker: engagement and consent in batches from aiokafka, in Kafka transactions.
 
-Why not a Faust agent: Faust's per-message stream costs ~150 µs of CPU per
-record here, a ceiling of ~0.03x a bare consumer (see docs/benchmarks.md);
-stage 1 sees every record. So the worker reads engagement and consent as a
-`streams.partitions.PartitionedService` (group `<app id>-users`: partition p
-of both topics goes to the same worker, so the consent join stays local),
-runs the pure `monitor.user_stage.UserStage` on each partition's batches, and
-commits per partition and commit interval (`PMON_COMMIT_INTERVAL_SECONDS`) one
-transaction holding:
+Why not a Faust agent: Faust's per-message stream costs more CPU per record
+than the whole of stage 1 (the count-only Faust agent against the worker in
+docs/benchmarks/throughput.md); stage 1 sees every record. So the worker
+reads engagement and consent as a `streams.partitions.PartitionedService`
+(group `<app id>-users`: partition p of both topics goes to the same worker,
+so the consent join stays local), runs the pure `monitor.user_stage.UserStage`
+on each partition's batches, and commits per partition and commit interval
+(`PMON_COMMIT_INTERVAL_SECONDS`) one transaction holding:
 
 - the interval's partials, merged per initiative, to the internal topic that
   stage 2 reads (one message per initiative and interval keeps stage 2's
