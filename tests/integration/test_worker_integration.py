@@ -20,7 +20,7 @@ from monitor.events import ConsentEvent, EngagementEvent, encode
 from streams.kafka_io import produce
 from simulation.simulator import Injection, SimulationSpec, default_program, simulate
 from tests.conftest import consume, consume_raw, wait_for
-from tests.helpers import T0, consent_incidents, counted, records_seen
+from tests.helpers import EXPERIMENT_SPEC, T0, consent_incidents, counted, experiment_plans, records_seen
 
 pytestmark = pytest.mark.kafka
 
@@ -312,18 +312,15 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
 
 # --------------------------------------------------------------------------- experiments, on the real broker
 def test_experiment_readouts_on_the_worker_match_the_embedded_driver(isolated_settings, start_worker, tmp_path):
-    from tests.pipeline.test_experiment_pipeline import SPEC, _settings as experiment_settings
-
-    plans = experiment_settings(tmp_path / "unused")
-    settings = isolated_settings(experiments=plans.experiments, allocations=plans.allocations)
-    records = _encoded(SPEC)
+    settings = isolated_settings(**experiment_plans())
+    records = _encoded(EXPERIMENT_SPEC)
     expected = asyncio.run(EmbeddedDriver(settings.model_copy(update={"plan_dir": tmp_path / "embedded"}),
                                           replay=True).run(records)).incidents
     decisions = [e for e in expected if e.kind == "experiment_decision"]
-    assert {e.initiative for e in decisions} == {i.name for i in SPEC.initiatives}
+    assert {e.initiative for e in decisions} == {i.name for i in EXPERIMENT_SPEC.initiatives}
 
     worker = _start_on_backlog(settings, records, start_worker)
-    engagement = {i.name: 0 for i in SPEC.initiatives}
+    engagement = {i.name: 0 for i in EXPERIMENT_SPEC.initiatives}
     for topic, _, raw in records:
         if topic == "engagement":
             engagement[EngagementEvent.model_validate_json(raw).initiative] += 1
