@@ -16,9 +16,9 @@ import orjson
 
 from incidents.model import IncidentEvent
 from monitor.events import EngagementEvent, encode
+from pmon_harness import PMON
 from simulation.simulator import InitiativeSpec, SimulationSpec
-from tests.conftest import PMON, consume
-
+from tests.conftest import consume
 
 # --------------------------------------------------------------------------- pmon as a process
 
@@ -52,18 +52,6 @@ def http_json(url: str) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def records_seen(worker: Any, topic: str) -> float:
-    """Records of `topic` the worker's stage 1 has received (its /metrics)."""
-    line = f'pmon_records_total{{topic="{topic}"}} '
-    return next((float(row[len(line):]) for row in worker.metrics_text().splitlines() if row.startswith(line)), 0.0)
-
-
-def counted(worker: Any, initiative: str) -> int:
-    """Engagement events stage 2 has counted for `initiative`, late ones included (its report)."""
-    report = worker.report(initiative)
-    return 0 if report is None else report["counted_events"] + report["late_dropped"]
 
 
 def consent_incidents(settings: Any) -> dict[str, IncidentEvent]:
