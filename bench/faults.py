@@ -31,41 +31,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
-    sys.path.insert(0, str(ROOT))
+# `python bench/faults.py` puts bench/ first on the path: the repository goes before it even when it is on the
+# path already (PYTHONPATH), or bench/experiments.py would shadow the experiments package.
+sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
-
+import pmon_harness  # noqa: E402
 from bench import pages  # noqa: E402
 from incidents.model import IncidentEvent  # noqa: E402
 from monitor.events import encode  # noqa: E402
 from monitor.report import ReportRequest, build_report  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
+from pmon_harness import WaitTimeout, Worker, free_port, wait_for  # noqa: E402
 from simulation.simulator import Injection, SimulationSpec, default_program, simulate  # noqa: E402
 
-PMON = Path(sys.executable).parent / "pmon"
 FAULTS = ("restart", "kill", "join-term", "join-kill", "two-workers")
 PLG = "PLG Onboarding"
 # Fields of the report that describe how the work was delivered, not its result.
 DELIVERY_FIELDS = ("duplicates_skipped", "plan_revision", "plan_dir", "source_offsets_lost")
+STOP_GRACE = 60.0  # seconds from a signal to SIGKILL: generous, the fault under test is the signal, not a kill
 
 
 def dip_spec(seed: int = 11) -> SimulationSpec:
@@ -76,109 +70,36 @@ def dip_spec(seed: int = 11) -> SimulationSpec:
     return SimulationSpec(seed=seed, days=3, users=4000, initiatives=(plg,), injections=(dip,))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def isolated_settings(bootstrap: str, workdir: Path, **overrides: Any) -> Settings:
-    run = uuid.uuid4().hex[:10]
-    values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "topic_prefix": f"f{run}", "app_id": f"pmon-fault-{run}",
-                              "topic_partitions": 4, "plan_dir": workdir / f"plans-{run}",
-                              "log_level": os.environ.get("PMON_FAULTS_LOG_LEVEL", "WARNING"),
-                              "warmup_buckets": 12, "min_exposures": 150,
-                              "pseudonym_key": secrets.token_hex(16)}   # the worker refuses the development key
-    values.update(overrides)
-    return Settings(**values)
+    """A run's settings (`pmon_harness.isolated_settings`): 4 partitions, detectors that warm up within the dip's
+    3 simulated days."""
+    return pmon_harness.isolated_settings(
+        bootstrap, workdir, tag="fault",
+        **{"topic_partitions": 4, "log_level": os.environ.get("PMON_FAULTS_LOG_LEVEL", "WARNING"),
+           "warmup_buckets": 12, "min_exposures": 150, **overrides})
 
 
-@dataclass
-class Worker:
-    """One `pmon worker` subprocess with its own web port; same group and topics as its peers."""
-
-    settings: Settings
-    log_path: Path
-    process: subprocess.Popen[bytes] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.settings = self.settings.model_copy(update={"web_port": free_port()})
-        env = self.settings.as_environment(dict(os.environ))
-        self.process = subprocess.Popen([str(PMON), "worker"], env=env, stdout=self.log_path.open("wb"),
-                                        stderr=subprocess.STDOUT, cwd=self.log_path.parent)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def get(self, path: str, **query: str) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(query)}" if query else f"{self.url}{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read()
-
-    def report(self, initiative: str) -> dict[str, Any] | None:
-        try:
-            return orjson.loads(self.get("/pmon/report/", initiative=initiative, window="30d", detail="full"))
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
-        except OSError:
-            return None
-
-    def records_seen(self, topic: str) -> float:
-        try:
-            text = self.get("/metrics").decode()
-        except OSError:
-            return 0.0
-        line = f'pmon_records_total{{topic="{topic}"}} '
-        return next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
-
-    def metric(self, name: str) -> float:
-        try:
-            text = self.get("/metrics").decode()
-        except OSError:
-            return 0.0
-        return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(f"{name} ")), 0.0)
-
-    def accounted(self, initiative: str, *, with_lost: bool = False) -> int:
-        """Events counted (and late); `with_lost`: plus the source offsets the worker reported lost."""
-        report = self.report(initiative)
-        if report is None:
-            return 0
-        return report["counted_events"] + report["late_dropped"] + (report["source_offsets_lost"] if with_lost else 0)
-
-    def log(self, tail: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-tail:]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
+def _report(worker: Worker, initiative: str) -> dict[str, Any] | None:
+    """The report, or None while there is none, or the worker does not answer (it may be the one the fault hit)."""
+    try:
+        return worker.report(initiative)
+    except OSError:
+        return None
 
 
-class Timeout(Exception):
-    pass
+def _metric(worker: Worker, name: str, **labels: str) -> float:
+    try:
+        return worker.metric(name, **labels)
+    except OSError:
+        return 0.0  # not serving (yet, or any more)
 
 
-def wait_for(condition: Any, *, timeout: float, what: str, progress: Any = lambda: "") -> Any:
-    """Poll `condition` until truthy; raise Timeout naming `what` and the progress made."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise Timeout(f"timed out after {timeout:.0f} s waiting for {what}; {progress()}")
-        time.sleep(0.5)  # polling interval, not synchronisation
+def accounted(worker: Worker, initiative: str, *, with_lost: bool = False) -> int:
+    """Events counted (and late); `with_lost`: plus the source offsets the worker reported lost."""
+    report = _report(worker, initiative)
+    if report is None:
+        return 0
+    return report["counted_events"] + report["late_dropped"] + (report["source_offsets_lost"] if with_lost else 0)
 
 
 @dataclass
@@ -290,51 +211,52 @@ def run_fault(fault: str, bootstrap: str, workdir: Path, *, seed: int = 11,
     workers: list[Worker] = []
 
     def start() -> Worker:
-        worker = Worker(settings, logs / f"worker-{len(workers)}.log")
+        # Same group and topics as its peers, a web port of its own.
+        worker = Worker(settings.model_copy(update={"web_port": free_port()}), logs / f"worker-{len(workers)}.log")
         workers.append(worker)
         return worker
 
     def progress() -> str:
         return "; ".join(f"worker {n} {'up' if w.alive() else f'exit {w.process.returncode}'}: accounted "
-                         f"{w.accounted(PLG) if w.alive() else '-'} of {expected.engagement}\n{w.log(1500)}"
+                         f"{accounted(w, PLG) if w.alive() else '-'} of {expected.engagement}\n{w.log(1500)}"
                          for n, w in enumerate(workers))
 
     try:
         first = start()
-        at_fault = wait_for(lambda: (n := first.accounted(PLG)) >= 0.3 * expected.engagement and n, timeout=300,
-                            what="the first worker to be 30 % into the backlog", progress=progress)
+        at_fault = wait_for(lambda: (n := accounted(first, PLG)) >= 0.3 * expected.engagement and n, timeout=300,
+                            what="the first worker to be 30 % into the backlog", on_timeout=progress)
         if fault in ("restart", "kill"):
-            first.stop(signal.SIGTERM if fault == "restart" else signal.SIGKILL)
+            first.stop(signal.SIGTERM if fault == "restart" else signal.SIGKILL, grace=STOP_GRACE)
             survivor = start()
             asyncio.run(produce(settings, records[split:]))
         elif fault == "two-workers":
             second = start()
-            wait_for(lambda: second.metric("pmon_stage1_partitions") > 0, timeout=300,
-                     what="the second worker to join stage 1's group", progress=progress)
+            wait_for(lambda: _metric(second, "pmon_stage1_partitions") > 0, timeout=300,
+                     what="the second worker to join stage 1's group", on_timeout=progress)
             asyncio.run(produce(settings, records[split:]))
-            survivor = wait_for(lambda: next((w for w in workers if w.accounted(PLG) >= expected.engagement), None),
+            survivor = wait_for(lambda: next((w for w in workers if accounted(w, PLG) >= expected.engagement), None),
                                 timeout=420, what="one of the two workers to account for every event",
-                                progress=progress)
+                                on_timeout=progress)
         else:
             second = start()
-            wait_for(lambda: second.metric("pmon_stage1_partitions") > 0, timeout=300,
-                     what="the second worker to join stage 1's group", progress=progress)
+            wait_for(lambda: _metric(second, "pmon_stage1_partitions") > 0, timeout=300,
+                     what="the second worker to join stage 1's group", on_timeout=progress)
             asyncio.run(produce(settings, records[split:]))
-            wait_for(lambda: second.records_seen("engagement") > 0, timeout=300,
-                     what="the second worker to read records of its partitions", progress=progress)
-            second.stop(signal.SIGTERM if fault == "join-term" else signal.SIGKILL)
+            wait_for(lambda: _metric(second, "pmon_records_total", topic="engagement") > 0, timeout=300,
+                     what="the second worker to read records of its partitions", on_timeout=progress)
+            second.stop(signal.SIGTERM if fault == "join-term" else signal.SIGKILL, grace=STOP_GRACE)
             survivor = first
         # Every event counted, or reported lost (a gap between the stages raises monitoring_degraded).
-        wait_for(lambda: survivor.accounted(PLG, with_lost=True) >= expected.engagement, timeout=420,
-                 what="the surviving worker to account for every engagement event", progress=progress)
+        wait_for(lambda: accounted(survivor, PLG, with_lost=True) >= expected.engagement, timeout=420,
+                 what="the surviving worker to account for every engagement event", on_timeout=progress)
         # Whatever is still on its way is counted too: wait until the figure stops moving.
-        counted, stable_since = survivor.accounted(PLG), time.monotonic()
+        counted, stable_since = accounted(survivor, PLG), time.monotonic()
         while time.monotonic() - stable_since < 3:
-            now = survivor.accounted(PLG)
+            now = accounted(survivor, PLG)
             if now != counted:
                 counted, stable_since = now, time.monotonic()
             time.sleep(0.5)  # polling interval
-        report = survivor.report(PLG) or {}
+        report = _report(survivor, PLG) or {}
         reported_lost = report.get("source_offsets_lost", 0)
         differences = report_differences(report, expected.report)
         transitions = [IncidentEvent.model_validate_json(m.value)
@@ -345,16 +267,17 @@ def run_fault(fault: str, bootstrap: str, workdir: Path, *, seed: int = 11,
                                f"{sorted(i.event_id for i in expected.incidents)}")
         return RunResult(fault, expected.engagement, counted, time.monotonic() - started, differences,
                          sum(n - 1 for n in seen.values()), at_fault, reported_lost=reported_lost)
-    except Timeout as exc:
-        counted = max((w.accounted(PLG) for w in workers if w.alive()), default=0)
+    except WaitTimeout as exc:
+        counted = max((accounted(w, PLG) for w in workers if w.alive()), default=0)
         return RunResult(fault, expected.engagement, counted, time.monotonic() - started, [], 0, error=str(exc))
     finally:
         for worker in workers:
-            worker.stop()
-        asyncio.run(_delete_topics(settings))
+            worker.stop(grace=STOP_GRACE)
+        asyncio.run(delete_run_topics(settings))
 
 
-async def _delete_topics(settings: Settings) -> None:
+async def delete_run_topics(settings: Settings) -> None:
+    """Delete the run's topics: inputs, outputs and the app's internal ones."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)

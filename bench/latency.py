@@ -28,13 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
-    sys.path.insert(0, str(ROOT))
+# The repository first (bench/experiments.py would shadow the experiments package), then bench/ for `faults`.
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import orjson  # noqa: E402
 
 from bench import faults, pages  # noqa: E402
 from monitor.events import EngagementEvent, encode  # noqa: E402
+from pmon_harness import start_worker  # noqa: E402
 from simulation.simulator import SimulationSpec, simulate  # noqa: E402
 
 TARGET_P99_SECONDS = 2.0
@@ -51,10 +52,10 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     settings = faults.isolated_settings(bootstrap, workdir)
-    worker = faults.Worker(settings, workdir / "worker.log")
+    worker = start_worker(settings, workdir / "worker.log", ready_timeout=120)
     try:
-        faults.wait_for(lambda: worker.metric("pmon_stage1_partitions") > 0, timeout=120,
-                        what="the worker's stage 1 to hold its partitions", progress=worker.log)
+        worker.wait(lambda: worker.metric("pmon_stage1_partitions") > 0, timeout=120,
+                    what="the worker's stage 1 to hold its partitions")
         # Live traffic: the simulated events, stamped with the wall clock as they are produced (replayed
         # history would close an hour of buckets every fraction of a second, which live traffic never does).
         background = ((r.topic, r.key.encode(), r.event) for r in simulate(SimulationSpec(seed=5, days=30)))
@@ -106,7 +107,7 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
             await consumer.stop()
     finally:
         worker.stop()
-        await faults._delete_topics(settings)
+        await faults.delete_run_topics(settings)
     achieved = produced / seconds
     if not latencies:
         print(f"no probe's incident was read ({len(sent_at)} probes sent); worker log:\n{worker.log()}")

@@ -57,18 +57,13 @@ import pickle
 import platform
 import re
 import resource
-import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -76,19 +71,21 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
-if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would shadow `experiments`
-    sys.path.insert(0, str(ROOT))
+# `python bench/throughput.py` puts bench/ first on the path: the repository goes before it even when it is on the
+# path already (PYTHONPATH), or bench/experiments.py would shadow the experiments package.
+sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+import pmon_harness  # noqa: E402
 from bench import pages  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from monitor.topics import EVENT_TOPICS  # noqa: E402
+from pmon_harness import PMON, WaitTimeout, Worker, WorkerExited, pmon_env  # noqa: E402
 
-PMON = Path(sys.executable).parent / "pmon"
 DEFAULT_EVENTS = 200_000
 RECORDS_PER_DAY = 50_000  # a little under what the default simulated program makes a day
 CHILD_FLAG = "--embedded-child"
@@ -334,16 +331,6 @@ async def bare_consumer(settings: Settings, workload: Workload, timeout: float) 
 
 
 # --------------------------------------------------------------------------- worker
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    return settings.as_environment(dict(os.environ))
-
-
 @dataclass
 class WorkerResult:
     end_to_end: Rate
@@ -360,94 +347,64 @@ class WorkerResult:
     samples: list[dict[str, Any]] = field(default_factory=list)  # progress as polled
 
 
-class Worker:
-    def __init__(self, settings: Settings, workdir: Path, command: list[str]) -> None:
-        self.url = f"http://{settings.web_host}:{settings.web_port}"
-        self.log_path = workdir / "worker.log"
-        self._log = self.log_path.open("wb")
-        # cwd: Faust writes its `<app id>-data` directory there.
-        self.process = subprocess.Popen(command, env=settings_env(settings), cwd=workdir, stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.started = time.perf_counter()
+def log_problems(worker: Worker) -> Counter[str]:
+    """The warning and error lines of the worker's log, numbers masked, counted."""
+    found: Counter[str] = Counter()
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        if LOG_PROBLEM.search(line):
+            found[NUMBER.sub("N", LOG_PREFIX.sub("", line)).strip()[:200]] += 1
+    return found
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
 
-    def log_problems(self) -> Counter[str]:
-        found: Counter[str] = Counter()
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if LOG_PROBLEM.search(line):
-                found[NUMBER.sub("N", LOG_PREFIX.sub("", line)).strip()[:200]] += 1
-        return found
+def log_tail(worker: Worker, lines: int = 40) -> str:
+    return "\n".join(worker.log_path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
 
-    def alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(f"the worker exited with code {self.process.returncode}; the end of its log "
-                             f"({self.log_path}):\n{self.log_tail()}")
 
-    def _get(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:  # noqa: S310 - our own worker
-            return response.read()
+def alive(worker: Worker) -> None:
+    try:
+        worker.check_alive()
+    except WorkerExited as exc:
+        raise BenchError(str(exc)) from None
 
-    def metrics(self) -> tuple[dict[str, int], int, int]:
-        """Records received per input topic, dead letters, incident transitions."""
-        from prometheus_client.parser import text_string_to_metric_families
 
-        received: dict[str, int] = {}
-        dead = incidents = 0
-        for family in text_string_to_metric_families(self._get("/metrics").decode()):
-            for sample in family.samples:
-                if sample.name == "pmon_records_total":
-                    received[sample.labels["topic"]] = int(sample.value)
-                elif sample.name == "pmon_dead_letters_total":
-                    dead += int(sample.value)
-                elif sample.name == "pmon_incident_transitions_total":
-                    incidents += int(sample.value)
-        return received, dead, incidents
+def figures(worker: Worker) -> tuple[dict[str, int], int, int]:
+    """Records received per input topic, dead letters, incident transitions (the worker's /metrics)."""
+    received: dict[str, int] = {}
+    dead = incidents = 0
+    for name, labels, value in worker.samples():
+        if name == "pmon_records_total":
+            received[labels["topic"]] = int(value)
+        elif name == "pmon_dead_letters_total":
+            dead += int(value)
+        elif name == "pmon_incident_transitions_total":
+            incidents += int(value)
+    return received, dead, incidents
 
-    def counted(self, initiative: str) -> tuple[int, int]:
-        """(counted_events, late_dropped) of one initiative; (0, 0) until the worker has seen it."""
-        try:
-            report = orjson.loads(self._get("/pmon/report/?" + urllib.parse.urlencode({"initiative": initiative})))
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return 0, 0
-            raise
-        return int(report["counted_events"]), int(report["late_dropped"])
 
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the worker process, all threads."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        except (OSError, IndexError, ValueError):
-            return None
+def counted_in(worker: Worker, initiative: str) -> tuple[int, int]:
+    """(counted_events, late_dropped) of one initiative; (0, 0) until the worker has seen it."""
+    # The lightest report (the counts do not depend on window or detail): the worker serves it while timed.
+    report = worker.report(initiative, window="7d", detail="summary")
+    return (0, 0) if report is None else (int(report["counted_events"]), int(report["late_dropped"]))
 
-    def peak_rss_mib(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
+
+def cpu_seconds(worker: Worker) -> float | None:
+    """User + system CPU time of the worker process, all threads."""
+    try:
+        fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
         return None
 
-    def stop(self, timeout: float = 30.0) -> float | None:
-        """SIGTERM (Faust's graceful shutdown), then SIGKILL after `timeout` seconds; the seconds a SIGTERM took."""
-        took = None
-        if self.process.poll() is None:
-            asked = time.perf_counter()
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-                took = time.perf_counter() - asked
-            except subprocess.TimeoutExpired:
-                console.print(f"[yellow]the worker did not stop {timeout:.0f} s after SIGTERM; killing pid "
-                              f"{self.process.pid}[/]")
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
-        return took
+
+def peak_rss_mib(worker: Worker) -> float | None:
+    try:
+        for line in Path(f"/proc/{worker.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 class Profiler:
@@ -481,23 +438,23 @@ def run_worker(settings: Settings, workload: Workload, workdir: Path, *, command
                startup_timeout: float, profile: Path | None) -> WorkerResult:
     n, engagement = len(workload.records), workload.engagement
     initiatives = sorted(workload.engagement_per_initiative)
-    worker = Worker(settings, workdir, command)
+    worker = Worker(settings, workdir / "worker.log", command=command)
     profiler: Profiler | None = None
     try:
         # Start-up: until the web server answers with a received record.
-        deadline = time.monotonic() + startup_timeout
-        received: dict[str, int] = {}
-        while not sum(received.values()):
-            worker.alive()
-            if time.monotonic() > deadline:
-                raise BenchError(f"the worker received no record within {startup_timeout:.0f} s of its start; "
-                                 f"the end of its log:\n{worker.log_tail()}")
-            time.sleep(0.05)  # polling interval, not synchronisation
+        def first_records() -> dict[str, int] | None:
             try:
-                received, _, _ = worker.metrics()
+                received, _, _ = figures(worker)
             except OSError:
-                pass  # not serving yet
-        first_at, first_count, first_cpu = time.perf_counter(), sum(received.values()), worker.cpu_seconds()
+                return None  # not serving yet
+            return received if sum(received.values()) else None
+
+        try:
+            received = worker.wait(first_records, timeout=startup_timeout, interval=0.05,
+                                   what="the worker's first record", on_timeout=lambda: log_tail(worker))
+        except (WaitTimeout, WorkerExited) as exc:
+            raise BenchError(str(exc)) from None
+        first_at, first_count, first_cpu = time.perf_counter(), sum(received.values()), cpu_seconds(worker)
         if profile is not None:
             profiler = Profiler(worker.process.pid, profile)
 
@@ -508,23 +465,23 @@ def run_worker(settings: Settings, workload: Workload, workdir: Path, *, command
         counted = 0
         samples: list[dict[str, Any]] = []
         while not end_at:
-            worker.alive()
+            alive(worker)
             if time.monotonic() > deadline:
                 raise BenchError(
                     f"the worker did not finish within {timeout:.0f} s: stage 1 received {sum(received.values()):,}"
                     f" of {n:,} records {received}, stage 2 counted {counted:,} of {engagement:,} engagement "
-                    f"events; the end of its log:\n{worker.log_tail()}")
+                    f"events; the end of its log:\n{log_tail(worker)}")
             try:
-                received, _, _ = worker.metrics()
+                received, _, _ = figures(worker)
                 now = time.perf_counter()
                 if not stage1_at and all(received.get(t, 0) >= count for t, count in workload.per_topic.items()):
-                    stage1_at, stage1_cpu, next_report = now, worker.cpu_seconds(), 0.0  # reports at once
+                    stage1_at, stage1_cpu, next_report = now, cpu_seconds(worker), 0.0  # reports at once
                 if now >= next_report:
-                    counted = sum(sum(worker.counted(name)) for name in initiatives)
+                    counted = sum(sum(counted_in(worker, name)) for name in initiatives)
                     now = time.perf_counter()
                     next_report = now + (FINAL_REPORT_SECONDS if stage1_at else STAGE1_REPORT_SECONDS)
                     if stage1_at and counted >= engagement:
-                        end_at, end_cpu = now, worker.cpu_seconds()
+                        end_at, end_cpu = now, cpu_seconds(worker)
                 samples.append({"t": round(now - first_at, 3), **received, "counted": counted})
             except OSError:
                 pass  # a slow or refused answer; alive() tells a dead worker from a busy one
@@ -533,13 +490,14 @@ def run_worker(settings: Settings, workload: Workload, workdir: Path, *, command
         if profiler is not None:
             profiler.stop()
             profiler = None
-        received, dead, incidents = worker.metrics()
-        pairs = [worker.counted(name) for name in initiatives]
-        peak_rss = worker.peak_rss_mib()
+        received, dead, incidents = figures(worker)
+        pairs = [counted_in(worker, name) for name in initiatives]
+        peak_rss = peak_rss_mib(worker)
     finally:
         if profiler is not None:
             profiler.stop()
-        stop_seconds = worker.stop()
+        worker.stop()  # SIGTERM, SIGKILL after 30 s (the harness logs a kill)
+        stop_seconds = worker.stop_seconds  # None when it had to be killed
 
     def cpu_since_first(at: float | None) -> float | None:
         return at - first_cpu if at is not None and first_cpu is not None else None
@@ -549,7 +507,7 @@ def run_worker(settings: Settings, workload: Workload, workdir: Path, *, command
         stage1=Rate(n - first_count, stage1_at - first_at, stage1_at - worker.started, cpu_since_first(stage1_cpu)),
         startup_seconds=first_at - worker.started, per_topic=received, counted=sum(p[0] for p in pairs),
         late_dropped=sum(p[1] for p in pairs), dead_letters=dead, incident_transitions=incidents,
-        peak_rss_mib=peak_rss, stop_seconds=stop_seconds, log_problems=worker.log_problems(), samples=samples)
+        peak_rss_mib=peak_rss, stop_seconds=stop_seconds, log_problems=log_problems(worker), samples=samples)
 
 
 # --------------------------------------------------------------------------- embedded
@@ -577,7 +535,7 @@ def run_embedded(settings: Settings, workload: Workload, workdir: Path, timeout:
     child_settings = settings.model_copy(update={"plan_dir": workdir / "embedded-plans"})
     try:
         result = subprocess.run([sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, str(records_path)],
-                                env=settings_env(child_settings), cwd=workdir, capture_output=True,
+                                env=pmon_env(child_settings), cwd=workdir, capture_output=True,
                                 timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise BenchError(f"the embedded driver did not finish within {timeout:.0f} s") from None
@@ -894,13 +852,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = f"bench-{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix=f"pmon-{run}-"))
-    overrides: dict[str, Any] = dict(kafka_bootstrap=args.bootstrap, topic_prefix=run, app_id=run,
-                                     web_host="127.0.0.1", web_port=free_port(), plan_dir=workdir / "plans",
-                                     log_level="WARNING",
-                                     pseudonym_key=secrets.token_hex(16))   # the worker refuses the development key
+    overrides: dict[str, Any] = dict(topic_prefix=run, app_id=run, web_host="127.0.0.1", plan_dir=workdir / "plans")
     if args.partitions is not None:
         overrides["topic_partitions"] = args.partitions
-    settings = Settings(**overrides)
+    settings = pmon_harness.isolated_settings(args.bootstrap, workdir, **overrides)
     summary: dict[str, Any] = {
         "events": args.events, "run": run, "bootstrap": args.bootstrap, "partitions": settings.topic_partitions,
         "batch_size": settings.batch_size, "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -272,7 +272,7 @@ def _kpi_panel(trend: SeriesTrend, kpi: str, unit: str, x: _Scale, top: float, c
     mine = [line for line in incidents.values() if trend.series in line.series]
     body += _markers(x, y, mine, report.rule_changes)
     body.append(f'<path class="line" stroke="{colour}" d="{_path(points, x, y)}"/>')
-    for p, (at, v) in zip(trend.points, points):
+    for p, (at, v) in zip(trend.points, points, strict=True):
         for incident_id in p.anomalies:
             line = incidents.get(incident_id)
             if line is None:

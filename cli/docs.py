@@ -2,8 +2,8 @@
 
 `settings` is the configuration table (from `Settings`), `glossary` the report's metric
 names (from `cli.render.GLOSSARY`), `metrics` the worker's Prometheus metrics and their
-labels (from `monitor.metrics`), `alerts` the alert rules (from deploy/alert-rules.yml). A test fails when a file is stale, so these parts
-cannot drift from the code.
+labels (from `monitor.metrics`), `alerts` the alert rules (from deploy/alert-rules.yml). A test fails when a
+file is stale, so these parts cannot drift from the code.
 
 >>> rewritten("a\\n<!-- glossary:begin -->\\nold\\n<!-- glossary:end -->\\nb").splitlines()[2]
 "- **exposures**: personalized or fallback impressions counted in the window's closed buckets"

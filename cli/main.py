@@ -6,21 +6,20 @@ exits with code 2.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import orjson
 
 from cli.exceptions import CliError
-from streams.exceptions import StreamsError
 from monitor.report_request import WINDOWS, ReportRequest
+from streams.exceptions import StreamsError
 
 if TYPE_CHECKING:  # heavy: imported where used, so that --help and usage errors answer at once
     from rich.console import Console
@@ -164,7 +163,8 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_thresho
     spec = SimulationSpec(seed=seed, days=days, initiatives=demo_program(days), propensity_sigma=0.8)
     # The simulated experiments' plans, as a user would configure theirs: the planned allocation, conversions per
     # user as the success metric, revenue per user as a guardrail (no worse than 5 %).
-    planned = {i.name: dict(zip(i.variants, i.planned_allocation)) for i in spec.initiatives if i.experiment}
+    planned = {i.name: dict(zip(i.variants, i.planned_allocation, strict=True))
+               for i in spec.initiatives if i.experiment}
     experiments = {i.experiment: {"allocation": planned[i.name], "mde": 0.05,
                                   "success_metrics": [{"metric": "conversions_per_user"}],
                                   "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}]}
@@ -193,7 +193,8 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_thresho
         console.print(f"Also injected, not monitored yet: {', '.join(later)}")
     console.print(f"Incidents with no injected cause (false alarms): {len(unexplained)}")
     for incident in unexplained:
-        console.print(f"  {incident.kind} on {', '.join(incident.series)} at {incident.evidence.bucket_start:%m-%d %H:%M}")
+        console.print(f"  {incident.kind} on {', '.join(incident.series)} "
+                      f"at {incident.evidence.bucket_start:%m-%d %H:%M}")
     console.print(f"{driver.run_result.records:,} records in {elapsed:.1f} s "
                   f"({driver.run_result.records / elapsed:,.0f} records/s); "
                   f"plan files in {settings.plan_dir.resolve()}")
@@ -343,7 +344,8 @@ def _where(label: dict[str, Any]) -> str:
     if len(series) == 1:
         return series[0]
     parts = [s.split(SEPARATOR) for s in series]
-    shared = [p[0] if all(q[i] == p[0] for q in parts) else "*" for i, p in enumerate(zip(*parts))]
+    # Series of different depths share at most the levels they all have.
+    shared = [p[0] if all(q[i] == p[0] for q in parts) else "*" for i, p in enumerate(zip(*parts, strict=False))]
     return f"{SEPARATOR.join(shared)} ({len(series)} series)"
 
 
@@ -940,7 +942,7 @@ def plan_log(initiative: str, plan_dir: Path | None) -> None:
     from plans.history import diff
 
     documents = _revisions(initiative, plan_dir)
-    for previous, document in zip([None, *documents], documents):
+    for previous, document in itertools.pairwise([None, *documents]):
         if previous is None:
             what = "created"
         else:

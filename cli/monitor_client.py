@@ -16,7 +16,7 @@ def fetch_report(base_url: str, request: ReportRequest, *, timeout: float = 10.0
     query = urllib.parse.urlencode(request.model_dump(exclude_none=True))
     url = f"{base_url.rstrip('/')}/pmon/report/?{query}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the user's own worker
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return Report.model_validate(orjson.loads(response.read()))
     except urllib.error.HTTPError as exc:
         body = orjson.loads(exc.read() or b"{}")

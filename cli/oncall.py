@@ -91,7 +91,8 @@ def fold(events: Iterable[IncidentEvent], roster: Mapping[str, Any]) -> list[Cur
     return from_pairs(((first[i], latest[i]) for i in first), roster)
 
 
-def from_pairs(pairs: Iterable[tuple[IncidentEvent, IncidentEvent]], roster: Mapping[str, Any]) -> list[CurrentIncident]:
+def from_pairs(pairs: Iterable[tuple[IncidentEvent, IncidentEvent]],
+               roster: Mapping[str, Any]) -> list[CurrentIncident]:
     """(opened, latest) pairs, as a stored state keeps them, as current incidents, oldest opening first."""
     found = [current(opened, latest, roster) for opened, latest in pairs]
     return sorted(found, key=lambda c: (c.opened.occurred_at, c.opened.incident_id))
@@ -124,7 +125,8 @@ def transition_line(event: IncidentEvent, roster: Mapping[str, Any] | None = Non
 def state_line(incident: CurrentIncident) -> str:
     """One line per incident: id, opening, status (with its time when it moved since), evidence at opening."""
     opened, latest = incident.opened, incident.latest
-    status = latest.transition if latest.event_id == opened.event_id else f"{latest.transition} {_when(latest.occurred_at)}"
+    moved = latest.event_id != opened.event_id
+    status = f"{latest.transition} {_when(latest.occurred_at)}" if moved else latest.transition
     return "  ".join((opened.incident_id, f"opened {_when(opened.occurred_at)}", opened.initiative, opened.kind,
                       status, latest.severity, _owner(latest.owner, incident.assignee, incident.assignee_reason),
                       ", ".join(latest.series), _observed(opened)))

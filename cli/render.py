@@ -16,8 +16,8 @@ from rich.panel import Panel
 from rich.table import Table
 
 from experiments.memo import render_memo
-from plans.document import ChecklistItem, PlanDocument
 from monitor.report import DashboardRow, IncidentLine, Report
+from plans.document import ChecklistItem, PlanDocument
 
 WIDE = 120  # from this width the dashboard shows every column in one table and series in place
 
@@ -49,8 +49,10 @@ COUNTS = {"exposures", "violations", "rule_changes"}
 def measured(value: float, measure: str) -> str:
     """An incident's observed or expected value in its own unit.
 
-    >>> measured(0.0512, "cvr"), measured(102.0, "exposures"), measured(1005.7, "age_seconds"), measured(44.04, "latency_ms")
-    ('5.12 %', '102', '16.8 min', '44.0 ms')
+    >>> measured(0.0512, "cvr"), measured(102.0, "exposures"), measured(1005.7, "age_seconds")
+    ('5.12 %', '102', '16.8 min')
+    >>> measured(44.04, "latency_ms")
+    '44.0 ms'
     >>> measured(19.0, "violations"), measured(0.2725, "fallback_rate")
     ('19', '27.25 %')
     """
@@ -174,7 +176,7 @@ def _series(report: Report, console: Console) -> None:
         return
     console.print("[bold]By series[/] (initiative | profile | channel | variant)")
     for row in report.series:
-        cells = dict(zip(DASHBOARD_COLUMNS, dashboard_cells(row)))
+        cells = dict(zip(DASHBOARD_COLUMNS, dashboard_cells(row), strict=True))
         console.print(row.value, overflow="ignore", crop=False, soft_wrap=True)
         console.print("  " + " · ".join(f"{c} {cells[c]}" for c in ("exposures", "clicks", "conversions", "revenue")))
         console.print("  " + " · ".join(f"{c} {cells[c]}" for c in ("CTR", "CVR", "fallback", "CVR 24 h", "change")))
@@ -285,7 +287,9 @@ def stack_tables(markdown: str) -> str:
         if header is None:
             header = cells
         elif not all(set(cell) <= set("-:") for cell in cells):
-            out.append("- " + " · ".join(f"{name} {value}" for name, value in zip(header, cells) if value))
+            # A row may have fewer cells than its header (or more): what is named is shown.
+            pairs = zip(header, cells, strict=False)
+            out.append("- " + " · ".join(f"{name} {value}" for name, value in pairs if value))
     return "\n".join(out)
 
 

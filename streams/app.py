@@ -37,8 +37,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from monitor import messages
 from monitor.emitter import Emitter
 from monitor.events import DeadLetter
-from monitor.initiative_stage import admit_incident_action, admit_rule_change
 from monitor.health import readiness
+from monitor.initiative_stage import admit_incident_action, admit_rule_change
 from monitor.metrics import PipelineMetrics, StageCollector
 from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
@@ -204,8 +204,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
 
     ingest = UserIngest(settings, metrics)
     initiatives = InitiativeService(settings, metrics)
-    registry.register(StageCollector(lambda: [owned.work.stage for owned in initiatives.partitions.values()],
-                                     lambda: sum(owned.work.stage.user_count() for owned in ingest.partitions.values())))
+    registry.register(StageCollector(
+        lambda: [owned.work.stage for owned in initiatives.partitions.values()],
+        lambda: sum(owned.work.stage.user_count() for owned in ingest.partitions.values())))
 
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
         # Wait for the broker's ack: the rule change's offset is acked only after its dead letter was delivered.

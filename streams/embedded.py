@@ -149,7 +149,7 @@ class EmbeddedDriver:
                 outputs = step(message)
             else:
                 outputs = step(message, wall_now=self.stage_now())
-        except Exception as exc:  # noqa: BLE001 - as the worker: keep the message, raise monitoring_degraded
+        except Exception as exc:  # as the worker: keep the message, raise monitoring_degraded
             log.exception("processing failed for %s", type(message).__name__)
             self.initiative_stage.commit()  # as the worker: what was applied stays applied
             body = raw if raw is not None else encode(message)

@@ -26,10 +26,10 @@ too many wait.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-import logging
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition

@@ -160,7 +160,7 @@ class InitiativeService(PartitionedService[_Initiatives]):
         started = time.monotonic()
         try:
             result = work.stage.on_message(message, wall_now=time.time())
-        except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker; the message is kept
+        except Exception as exc:  # a bug must not stop the worker; the message is kept
             work.stage.commit()  # what was applied stays applied
             log.exception("processing failed for a %s of %s", type(message).__name__, topic)
             await work.emitter.processing_failed(raw, topic, exc)

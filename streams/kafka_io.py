@@ -16,14 +16,20 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import (AuthenticationFailedError, KafkaConnectionError, KafkaError, SaslAuthenticationFailed,
-                             TopicAlreadyExistsError, UnsupportedSaslMechanismError)
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
 from pydantic import ValidationError
 
 from incidents.model import IncidentEvent
-from streams.exceptions import BrokerUnavailable, StreamsError
 from monitor.settings import Settings
 from monitor.topics import INPUT_TOPICS, OUTPUT_TOPICS
+from streams.exceptions import BrokerUnavailable, StreamsError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ async def _unreachable(settings: Settings, exc: Exception) -> StreamsError:
         except ssl.SSLError as failure:
             return StreamsError(f"TLS handshake with {server.strip()} failed ({failure.reason or failure}) — "
                                 "check PMON_SECURITY_PROTOCOL against the broker's listener on that port")
-        except (OSError, KafkaError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, KafkaError):
             continue   # this server is not there: the others may tell more
         conn.close()
     return _no_broker(settings, exc)
@@ -104,10 +110,8 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS 
                             topic_configs={"cleanup.policy": "compact"} if compacted else {})
                    for name, compacted in (internal or {}).items() if name not in existing]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another client created them meanwhile
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another client created them meanwhile
     finally:
         await admin.close()
 
@@ -230,7 +234,7 @@ async def watch_topics(settings: Settings, internal: dict[str, bool], cluster: s
         try:
             now, problems = await asyncio.wait_for(_inspect(settings.model_copy(update={"broker_wait_seconds": 0}),
                                                             internal), 2 * TOPIC_CHECK_SECONDS)
-        except (KafkaError, StreamsError, asyncio.TimeoutError):
+        except (TimeoutError, KafkaError, StreamsError):
             continue
         if now != cluster:
             found = (f"the broker at {settings.kafka_bootstrap} is another Kafka cluster now (id {now}, was "

@@ -150,7 +150,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                 except asyncio.CancelledError:
                     try:
                         await asyncio.wait_for(self._last_commits(step), STOP_SECONDS)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         log.warning("%s: stopping with transactions uncommitted: the broker did not answer within "
                                     "%.0f s (their records are read again by the partitions' next owner)",
                                     self.group_id, STOP_SECONDS)
@@ -320,7 +320,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                     # Before the partition's next owner reads its state; bounded: a broker that does not answer
                     # must not hold the rebalance (nor a stop), and the next owner aborts what is left open.
                     await asyncio.wait_for(self._commit(p, owned), STOP_SECONDS)
-                except (*TRANSACTION_ERRORS, asyncio.TimeoutError) as exc:
+                except (TimeoutError, *TRANSACTION_ERRORS) as exc:
                     log.warning("partition %d revoked with its transaction uncommitted: %r", p, exc)
                 finally:
                     await _close(owned.producer, f"partition {p}'s producer")
@@ -433,5 +433,5 @@ async def _close(client: Any, what: str) -> None:
     (a producer flushes, a consumer leaves its group)."""
     try:
         await asyncio.wait_for(client.stop(), CLOSE_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("%s did not stop within %.0f s: the broker does not answer", what, CLOSE_SECONDS)

@@ -1,4 +1,5 @@
-"""Fixtures: one Kafka broker per session, uuid-named topics and groups per test, worker processes.
+"""Fixtures: one Kafka broker per session, uuid-named topics and groups per test, worker processes (on the
+harness the benchmarks share, `pmon_harness`).
 
 The broker is the project's own (`scripts/kafka-local.sh`): `make test` starts
 it; when pytest runs alone and none answers, the session starts one and stops
@@ -10,27 +11,21 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
+import pmon_harness
 from monitor.settings import Settings
+from pmon_harness import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
-PMON = Path(sys.executable).parent / "pmon"
 
 
 def _port_answers(host: str, port: int) -> bool:
@@ -65,12 +60,6 @@ def kafka_bootstrap() -> Iterator[str]:
                        env={**os.environ, "PMON_KAFKA_PORT": port})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def isolated_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings with uuid-named topics and app id, a free web port, a temporary plan dir and a random pseudonym
@@ -78,98 +67,21 @@ def isolated_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Set
     key = secrets.token_hex(16)
 
     def make(**overrides: Any) -> Settings:
-        run = uuid.uuid4().hex[:10]
-        values: dict[str, Any] = {
-            "kafka_bootstrap": kafka_bootstrap, "topic_prefix": f"t{run}", "app_id": f"pmon-test-{run}",
-            "topic_partitions": 2, "web_port": free_port(), "plan_dir": tmp_path / f"plans-{run}",
-            "log_level": "WARNING", "pseudonym_key": key,
-        }
-        values.update(overrides)
-        return Settings(**values)
+        return pmon_harness.isolated_settings(kafka_bootstrap, tmp_path, tag="test",
+                                              **{"topic_partitions": 2, "pseudonym_key": key, **overrides})
 
     return make
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    return settings.as_environment(dict(os.environ))
-
-
-@dataclass
-class WorkerProcess:
-    settings: Settings
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-    def get_json(self, path: str, **query: str) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(query)}" if query else f"{self.url}{path}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return orjson.loads(response.read())
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
-            return response.read().decode()
-
-    def report(self, initiative: str) -> dict[str, Any] | None:
-        try:
-            return self.get_json("/pmon/report/", initiative=initiative, window="30d", detail="full")
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str,
-              on_timeout: Callable[[], str] = lambda: "") -> Any:
-    """Poll `condition` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
-        time.sleep(interval)  # polling interval, not synchronisation
-
-
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    workers: list[WorkerProcess] = []
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], Worker]]:
+    """Start a `pmon worker` on the settings and wait until it serves; every one is stopped after the test."""
+    workers: list[Worker] = []
 
-    def start(settings: Settings) -> WorkerProcess:
-        log_path = tmp_path / f"worker-{len(workers)}.log"
-        log_file = log_path.open("wb")
-        process = subprocess.Popen([str(PMON), "worker"], env=settings_env(settings), stdout=log_file,
-                                   stderr=subprocess.STDOUT, cwd=tmp_path)
-        worker = WorkerProcess(settings, process, log_path)
-        workers.append(worker)
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"worker exited with {process.returncode}:\n{worker.log()}")
-            try:
-                worker.metrics_text()
-                return True
-            except OSError:
-                return False
-
-        wait_for(ready, timeout=90, what="the worker's web server", on_timeout=worker.log)
-        return worker
+    def start(settings: Settings) -> Worker:
+        __tracebackhide__ = True
+        workers.append(pmon_harness.start_worker(settings, tmp_path / f"worker-{len(workers)}.log"))
+        return workers[-1]
 
     yield start
     for worker in workers:

@@ -1,5 +1,5 @@
 """Helpers the test modules share (the fixtures are in `tests/conftest.py`): running `pmon` as a process, reading
-a worker's web views, and the KPI-threshold scenario several layers replay."""
+a worker's web views, and the scenarios several layers replay (the KPI threshold, the experiments)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import orjson
 
 from incidents.model import IncidentEvent
 from monitor.events import EngagementEvent, encode
-from simulation.simulator import SimulationSpec
-from tests.conftest import PMON, consume
-
+from pmon_harness import PMON
+from simulation.simulator import InitiativeSpec, SimulationSpec
+from tests.conftest import consume
 
 # --------------------------------------------------------------------------- pmon as a process
 
@@ -54,18 +54,6 @@ def http_json(url: str) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def records_seen(worker: Any, topic: str) -> float:
-    """Records of `topic` the worker's stage 1 has received (its /metrics)."""
-    line = f'pmon_records_total{{topic="{topic}"}} '
-    return next((float(row[len(line):]) for row in worker.metrics_text().splitlines() if row.startswith(line)), 0.0)
-
-
-def counted(worker: Any, initiative: str) -> int:
-    """Engagement events stage 2 has counted for `initiative`, late ones included (its report)."""
-    report = worker.report(initiative)
-    return 0 if report is None else report["counted_events"] + report["late_dropped"]
 
 
 def consent_incidents(settings: Any) -> dict[str, IncidentEvent]:
@@ -131,3 +119,30 @@ def stored_threshold_state(tmp_path: Path) -> Path:
                           "PMON_CONSENT_DEFAULT_POLICY": "opt-out", "PMON_CONSENT_POLICIES": "{}"})
     assert built.returncode == 0, built.stderr
     return state
+
+
+# --------------------------------------------------------------------------- the experiment scenario
+
+# A known winner, a known loser and a sample ratio mismatch (44 % treatment where 50 % was planned).
+WINNER = InitiativeSpec(name="Winner", profiles=("all",), channels=("web",), variants=("control", "treatment"),
+                        experiment="exp-winner", exposures_per_hour=300.0, ctr=0.1, cvr=0.05,
+                        variant_cvr_lifts=(1.0, 1.3), revenue_mean=30.0)
+LOSER = InitiativeSpec(name="Loser", profiles=("all",), channels=("web",), variants=("control", "treatment"),
+                       experiment="exp-loser", exposures_per_hour=300.0, ctr=0.1, cvr=0.05,
+                       variant_cvr_lifts=(1.0, 0.7), revenue_mean=30.0)
+SKEWED = InitiativeSpec(name="Skewed", profiles=("all",), channels=("web",), variants=("control", "treatment"),
+                        experiment="exp-srm", exposures_per_hour=300.0, ctr=0.1, cvr=0.05, allocation=(0.56, 0.44),
+                        planned_allocation=(0.5, 0.5), revenue_mean=30.0)
+EXPERIMENT_SPEC = SimulationSpec(seed=5, days=5, users=6000, initiatives=(WINNER, LOSER, SKEWED), injections=())
+
+
+def experiment_plans() -> dict[str, Any]:
+    """The `experiments` and `allocations` settings of the scenario: the planned allocations, conversions per user
+    as the success metric, revenue per user as a guardrail (no worse than 5 %)."""
+    allocations = {i.name: dict(zip(i.variants, i.planned_allocation, strict=True))
+                   for i in EXPERIMENT_SPEC.initiatives}
+    experiments = {i.experiment: {"allocation": allocations[i.name],
+                                  "success_metrics": [{"metric": "conversions_per_user"}],
+                                  "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}]}
+                   for i in EXPERIMENT_SPEC.initiatives}
+    return {"experiments": experiments, "allocations": allocations}

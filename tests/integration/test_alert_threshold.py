@@ -14,12 +14,12 @@ from incidents.model import IncidentEvent
 from monitor.events import EngagementEvent, encode
 from monitor.settings import Settings
 from plans.plan_sink import latest
+from pmon_harness import PMON, pmon_env, wait_for
 from streams.embedded import EmbeddedDriver
 from streams.kafka_io import produce
-from tests.conftest import consume, settings_env, wait_for
-from tests.conftest import PMON
-from tests.helpers import (CONVERSIONS, DETECTION, DROPPED, EXPOSURES, INITIATIVE,
-                           threshold_series, two_days_ago)
+from tests.conftest import consume
+from tests.helpers import CONVERSIONS, DETECTION, DROPPED, EXPOSURES, INITIATIVE, threshold_series, two_days_ago
+
 
 def _threshold_incidents(incidents: list[IncidentEvent]) -> list[tuple[str, tuple[str, ...]]]:
     return [(e.transition, tuple(e.series)) for e in incidents if e.kind == "kpi_threshold"]
@@ -63,7 +63,7 @@ def test_the_worker_opens_the_same_threshold_incident(isolated_settings: Any, st
 
     # A person acknowledges it through the incident-actions topic; the worker's plan records it.
     acked = subprocess.run([str(PMON), "incidents", "ack", incident.incident_id, "--by", "Ana Ortiz",
-                            "--initiative", INITIATIVE], env=settings_env(settings), capture_output=True, text=True,
+                            "--initiative", INITIATIVE], env=pmon_env(settings), capture_output=True, text=True,
                            timeout=120, check=False)
     assert acked.returncode == 0, acked.stderr
 

@@ -32,10 +32,11 @@ from monitor.events import DeadLetter, EngagementEvent, encode
 from monitor.initiative_stage import Outputs
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
+from pmon_harness import free_port, wait_for
 from streams.alertmanager import AlertmanagerClient
 from streams.embedded import EmbeddedDriver
 from streams.kafka_io import produce
-from tests.conftest import consume, free_port, wait_for
+from tests.conftest import consume
 from tests.helpers import CLEAN, CONVERSIONS, DETECTION, DROP, EXPOSURES, INITIATIVE, threshold_series, two_days_ago
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"

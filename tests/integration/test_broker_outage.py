@@ -20,17 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from monitor.events import EngagementEvent, encode
 from monitor.settings import Settings
+from pmon_harness import PMON, Worker, pmon_env, wait_for
 from streams.kafka_io import produce
-from tests.conftest import PMON, ROOT, WorkerProcess, settings_env, wait_for
-from tests.helpers import one_line
-from tests.helpers import http_json
-from tests.helpers import T0
+from tests.conftest import ROOT
+from tests.helpers import T0, http_json, one_line
 
 pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 
@@ -162,19 +160,13 @@ def _counts_everything_once(worker: Any, produced: int, what: str, timeout: floa
     wait_for(settled, timeout=timeout, what=what, on_timeout=lambda: _progress(worker))
 
 
-def _spawn(settings: Settings, log_path: Path) -> WorkerProcess:
-    """A `pmon worker` that is not waited for (it may wait for its broker, or refuse to start)."""
-    process = subprocess.Popen([str(PMON), "worker"], env=settings_env(settings), stdout=log_path.open("wb"),
-                               stderr=subprocess.STDOUT, cwd=log_path.parent)
-    return WorkerProcess(settings, process, log_path)
-
-
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    workers: list[WorkerProcess] = []
+def spawn(tmp_path: Path) -> Iterator[Callable[[Settings], Worker]]:
+    workers: list[Worker] = []
 
-    def start(settings: Settings) -> WorkerProcess:
-        workers.append(_spawn(settings, tmp_path / f"spawned-{len(workers)}.log"))
+    def start(settings: Settings) -> Worker:
+        # Not waited for: it may wait for its broker, or refuse to start.
+        workers.append(Worker(settings, tmp_path / f"spawned-{len(workers)}.log"))
         return workers[-1]
 
     yield start
@@ -182,7 +174,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
         worker.stop(signal.SIGKILL)
 
 
-def _exits_on_sigterm_within_seconds(worker: WorkerProcess, state: str) -> None:
+def _exits_on_sigterm_within_seconds(worker: Worker, state: str) -> None:
     worker.process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
     try:
@@ -193,7 +185,7 @@ def _exits_on_sigterm_within_seconds(worker: WorkerProcess, state: str) -> None:
              worker.process.returncode)
 
 
-def _running_with_records(settings: Settings, start_worker: Any, n: int) -> WorkerProcess:
+def _running_with_records(settings: Settings, start_worker: Any, n: int) -> Worker:
     worker = start_worker(settings)
     wait_for(lambda: _ready(worker) == 200, timeout=90, what="/ready", on_timeout=lambda: _progress(worker))
     asyncio.run(produce(settings, _records(0, n)))
@@ -287,7 +279,7 @@ def _worker_topics(settings: Settings) -> list[str]:
     return asyncio.run(listed())
 
 
-def _stops_with_one_line(worker: WorkerProcess, timeout: float, what: str) -> str:
+def _stops_with_one_line(worker: Worker, timeout: float, what: str) -> str:
     try:
         worker.process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -345,7 +337,7 @@ def _create(settings: Settings, topics: list[NewTopic]) -> None:
 def test_the_worker_refuses_to_start_on_topics_that_do_not_match(isolated_settings, tmp_path) -> None:
     narrow = isolated_settings()
     _create(narrow, [NewTopic(narrow.topic("engagement"), 1, 1)])
-    refused = subprocess.run([str(PMON), "worker"], env=settings_env(narrow), capture_output=True, text=True,
+    refused = subprocess.run([str(PMON), "worker"], env=pmon_env(narrow), capture_output=True, text=True,
                              timeout=60, cwd=tmp_path)
     line = one_line(refused.stderr)
     assert refused.returncode == 2 and line.startswith("pmon worker: error: the topics at "), refused.stderr
@@ -354,7 +346,7 @@ def test_the_worker_refuses_to_start_on_topics_that_do_not_match(isolated_settin
     uncompacted = isolated_settings()
     changelog = f"{uncompacted.app_id}-users-changelog"
     _create(uncompacted, [NewTopic(changelog, 2, 1)])
-    refused = subprocess.run([str(PMON), "worker"], env=settings_env(uncompacted), capture_output=True, text=True,
+    refused = subprocess.run([str(PMON), "worker"], env=pmon_env(uncompacted), capture_output=True, text=True,
                              timeout=60, cwd=tmp_path)
     line = one_line(refused.stderr)
     assert refused.returncode == 2 and f"{changelog} is not compacted (cleanup.policy=delete)" in line, line

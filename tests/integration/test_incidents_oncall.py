@@ -18,12 +18,17 @@ import pytest
 from cli import oncall
 from incidents.model import Evidence, IncidentEvent, transition_event_id
 from monitor.settings import RosterRole
+from pmon_harness import PMON, pmon_env
 from streams.kafka_io import produce
-from tests.conftest import settings_env
-from tests.helpers import DETECTION, INITIATIVE, threshold_series, two_days_ago
-from tests.conftest import PMON
-from tests.helpers import one_line, run_pmon
-from tests.helpers import stored_threshold_state
+from tests.helpers import (
+    DETECTION,
+    INITIATIVE,
+    one_line,
+    run_pmon,
+    stored_threshold_state,
+    threshold_series,
+    two_days_ago,
+)
 
 AT = datetime(2026, 11, 11, 16, tzinfo=timezone.utc)
 SERIES = ["PLG Onboarding|new_user|web|treatment", "PLG Onboarding|returning|email|control"]
@@ -207,7 +212,7 @@ class Lines:
 
 class Tail:
     def __init__(self, settings: Any, *args: str) -> None:
-        self.process = subprocess.Popen([str(PMON), "incidents", "tail", *args], env=settings_env(settings),
+        self.process = subprocess.Popen([str(PMON), "incidents", "tail", *args], env=pmon_env(settings),
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         self.stdout, self.stderr = Lines(self.process.stdout), Lines(self.process.stderr)
 
@@ -270,7 +275,7 @@ def test_tail_json_shows_the_incident_the_worker_opens_and_list_shows_where_it_s
         assert again.interrupt() == 0
 
         # list reads the topic to its end: the incident is open, its opening is the one tail showed.
-        env = {k: v for k, v in settings_env(settings).items() if k.startswith("PMON_")}
+        env = {k: v for k, v in pmon_env(settings).items() if k.startswith("PMON_")}
         listed = run_pmon("incidents", "list", "--open", "--json", cwd=tmp_path, env=env)
         assert listed.returncode == 0, listed.stderr
         assert "skipped a record that is not an incident event" in one_line(listed.stderr)

@@ -22,15 +22,24 @@ import pytest
 
 from incidents.model import IncidentAction
 from monitor import messages
-from monitor.events import (DEAD_LETTER_MAX_VALUE_BYTES, DEAD_LETTER_PREFIX_BYTES, ConsentEvent, DeadLetter,
-                            EngagementEvent, RuleChangeEvent, encode, reason_kind)
+from monitor.events import (
+    DEAD_LETTER_MAX_VALUE_BYTES,
+    DEAD_LETTER_PREFIX_BYTES,
+    ConsentEvent,
+    DeadLetter,
+    EngagementEvent,
+    RuleChangeEvent,
+    encode,
+    reason_kind,
+)
 from monitor.pseudonym import Pseudonymiser
 from monitor.settings import Settings
 from monitor.user_stage import decode_user
+from pmon_harness import wait_for
 from streams.app import internal_topics
 from streams.ingest import PARTIALS_TOPIC, USERS_CHANGELOG
 from streams.kafka_io import INPUT_TOPICS, ensure_topics
-from tests.conftest import consume, consume_raw, wait_for
+from tests.conftest import consume, consume_raw
 
 INITIATIVE = "Poison Pills"
 TOPIC_MAX_BYTES = 3_000_000   # topic-level max.message.bytes of the test's input topics: takes the 2 MB record

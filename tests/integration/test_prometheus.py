@@ -19,9 +19,9 @@ import pytest
 
 from monitor.events import ConsentEvent, EngagementEvent, encode
 from monitor.metrics import metric_reference
+from pmon_harness import free_port, wait_for
 from streams.kafka_io import produce
-from tests.conftest import free_port, wait_for
-from tests.helpers import T0, consent_incidents, http_json, records_seen
+from tests.helpers import T0, consent_incidents, http_json
 
 pytestmark = pytest.mark.kafka
 
@@ -59,8 +59,8 @@ def test_metrics_health_and_bounded_cardinality_after_ten_thousand_users(isolate
     # An hour of 10,000 users, then a few records two hours on (on every partition) to close that hour.
     closing = [_engagement(n, later=timedelta(hours=2)) for n in range(20)]
     asyncio.run(produce(settings, [_engagement(n) for n in range(USERS)] + closing))
-    wait_for(lambda: records_seen(worker, "engagement") == USERS + len(closing), timeout=180,
-             what=f"{USERS:,} engagement records", on_timeout=lambda: f"{records_seen(worker, 'engagement')}")
+    wait_for(lambda: worker.records_seen("engagement") == USERS + len(closing), timeout=180,
+             what=f"{USERS:,} engagement records", on_timeout=lambda: f"{worker.records_seen('engagement')}")
     wait_for(lambda: "pmon_kpi{" in worker.metrics_text(), timeout=60, what="the closed hour's KPIs",
              on_timeout=worker.log)
     text = worker.metrics_text()
@@ -141,7 +141,7 @@ def test_a_consent_violation_fires_its_alert_in_a_real_prometheus(isolated_setti
     asyncio.run(produce(settings, [("consent", user.encode(), encode(ConsentEvent(
         event_id="c-prom-1", event_time=T0, user_id=user, purpose="personalization", status="revoked",
         source="privacy_center", region="EU")))]))
-    wait_for(lambda: records_seen(worker, "consent") == 1, timeout=60, what="the revocation", on_timeout=worker.log)
+    wait_for(lambda: worker.records_seen("consent") == 1, timeout=60, what="the revocation", on_timeout=worker.log)
     asyncio.run(produce(settings, [("engagement", user.encode(), encode(EngagementEvent(
         event_id="x-prom-1", event_type="exposure", event_time=T0 + timedelta(minutes=5), user_id=user,
         initiative="Prom P", profile="new_user", channel="web", variant="treatment")))]))

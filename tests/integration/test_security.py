@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from monitor.settings import DEV_PSEUDONYM_KEY, Settings
+from pmon_harness import PMON, free_port, pmon_env, wait_for
 from simulation.simulator import SimulationSpec, simulate
-from tests.conftest import PMON, ROOT, free_port, settings_env, wait_for
+from tests.conftest import ROOT
 from tests.helpers import one_line, run_pmon
-from tests.helpers import counted, records_seen
 
 SCRAM_USER = "pmon"
 # How long a refused login may take to become the one-line error (the client does not retry it).
@@ -173,7 +173,7 @@ def _secure_settings(broker: SecureBroker, folder: Path, **overrides: Any) -> Se
 def _pmon(settings: Settings, *args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
     """`pmon ARGS` with exactly these settings as its PMON_* variables, and how long it took."""
     started = time.monotonic()
-    done = subprocess.run([str(PMON), *args], env=settings_env(settings), cwd=cwd, capture_output=True, text=True,
+    done = subprocess.run([str(PMON), *args], env=pmon_env(settings), cwd=cwd, capture_output=True, text=True,
                           timeout=180, check=False)
     return done, time.monotonic() - started
 
@@ -195,8 +195,8 @@ def test_with_the_right_credentials_simulate_produces_and_a_worker_counts_every_
     # Both stages (aiokafka clients) and the rule-change agent (Faust's transport) read over SASL_SSL, and
     # stage 2 counts every engagement event once (records received may include a batch read again).
     worker = start_worker(settings)
-    seen = lambda: {topic: records_seen(worker, topic) for topic in expected}  # noqa: E731
-    total = lambda: sum(counted(worker, initiative) for initiative in initiatives)  # noqa: E731
+    seen = lambda: {topic: worker.records_seen(topic) for topic in expected}  # noqa: E731
+    total = lambda: sum(worker.counted(initiative) for initiative in initiatives)  # noqa: E731
     wait_for(lambda: all(seen()[t] >= n for t, n in expected.items()) and total() >= expected["engagement"],
              timeout=240, what=f"the worker to read {expected} and count the engagement",
              on_timeout=lambda: f"{seen()} counted {total()}\n{worker.log()}")

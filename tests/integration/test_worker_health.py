@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from monitor.events import EngagementEvent, encode
+from pmon_harness import wait_for
 from streams.kafka_io import produce
-from tests.conftest import wait_for
-from tests.helpers import http_json
-from tests.helpers import T0, records_seen
+from tests.helpers import T0, http_json
 
 pytestmark = [pytest.mark.kafka, pytest.mark.broker_faults]
 
@@ -47,7 +46,7 @@ def test_ready_goes_unready_while_the_broker_is_frozen_and_ready_after(isolated_
     ready = lambda: http_json(f"{worker.url}/ready")  # noqa: E731
     wait_for(lambda: ready()[0] == 200, timeout=90, what="/ready", on_timeout=lambda: f"{ready()}\n{worker.log()}")
     asyncio.run(produce(settings, _records(0, 100)))
-    wait_for(lambda: records_seen(worker, "engagement") == 100, timeout=60, what="the first 100 records",
+    wait_for(lambda: worker.records_seen("engagement") == 100, timeout=60, what="the first 100 records",
              on_timeout=worker.log)
 
     os.kill(frozen_broker, signal.SIGSTOP)
@@ -61,6 +60,6 @@ def test_ready_goes_unready_while_the_broker_is_frozen_and_ready_after(isolated_
     wait_for(lambda: ready()[0] == 200, timeout=120, what="/ready to recover with the broker",
              on_timeout=lambda: f"{ready()}\n{worker.log()}")
     asyncio.run(produce(settings, _records(100, 100)))
-    wait_for(lambda: records_seen(worker, "engagement") == 200, timeout=120,
+    wait_for(lambda: worker.records_seen("engagement") == 200, timeout=120,
              what="the worker to go on counting without a restart", on_timeout=worker.log)
     assert worker.process.poll() is None

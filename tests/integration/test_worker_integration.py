@@ -15,12 +15,13 @@ import orjson
 import pytest
 
 from incidents.model import IncidentEvent
-from streams.embedded import EmbeddedDriver
 from monitor.events import ConsentEvent, EngagementEvent, encode
-from streams.kafka_io import produce
+from pmon_harness import wait_for
 from simulation.simulator import Injection, SimulationSpec, default_program, simulate
-from tests.conftest import consume, consume_raw, wait_for
-from tests.helpers import T0, consent_incidents, counted, records_seen
+from streams.embedded import EmbeddedDriver
+from streams.kafka_io import produce
+from tests.conftest import consume, consume_raw
+from tests.helpers import EXPERIMENT_SPEC, T0, consent_incidents, experiment_plans
 
 pytestmark = pytest.mark.kafka
 
@@ -74,7 +75,7 @@ def test_planted_dip_gives_one_incident_and_the_same_incidents_as_the_embedded_d
     assert [e.transition for e in drops] == ["opened", "resolved"], "the planted dip must open and resolve once"
 
     worker = _start_on_backlog(settings, records, start_worker)
-    wait_for(lambda: counted(worker, PLG) == engagement, timeout=240,
+    wait_for(lambda: worker.counted(PLG) == engagement, timeout=240,
              what=f"the worker to count all {engagement} engagement events", on_timeout=worker.log)
 
     messages = consume(settings, "incidents", want=len(expected), timeout=60)
@@ -111,7 +112,7 @@ def test_malformed_records_and_a_tombstone_are_dead_lettered_alone_and_the_worke
     asyncio.run(produce(settings, records))
 
     worker = start_worker(settings)
-    wait_for(lambda: counted(worker, PLG) == 12, timeout=120,
+    wait_for(lambda: worker.counted(PLG) == 12, timeout=120,
              what="the 12 valid records around the malformed ones to be counted", on_timeout=worker.log)
 
     letters = [orjson.loads(m.value) for m in consume(settings, "dead-letters", want=3, timeout=60)]
@@ -148,14 +149,14 @@ def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_s
         return sum(1 for topic, _, _ in part if topic == "engagement")
 
     first = _start_on_backlog(settings, halves[0], start_worker)
-    wait_for(lambda: counted(first, PLG) == engagement_count(halves[0]), timeout=240,
+    wait_for(lambda: first.counted(PLG) == engagement_count(halves[0]), timeout=240,
              what="the first worker to count the first half", on_timeout=first.log)
     first.stop()
     assert first.process.returncode == 0, first.log()
 
     asyncio.run(produce(settings, halves[1]))
     second = start_worker(settings)
-    wait_for(lambda: counted(second, PLG) == len([r for r in records if r[0] == "engagement"]), timeout=240,
+    wait_for(lambda: second.counted(PLG) == len([r for r in records if r[0] == "engagement"]), timeout=240,
              what="the restarted worker to count everything, once", on_timeout=lambda: _progress(second))
     report = second.report(PLG)
     warming = [series for names in report["warming_up"].values() for series in names]
@@ -176,13 +177,13 @@ def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_
     expected = asyncio.run(EmbeddedDriver(
         settings.model_copy(update={"plan_dir": tmp_path / "embedded-plans"})).run(records)).incidents
     first = _start_on_backlog(settings, records, start_worker)
-    wait_for(lambda: counted(first, PLG) >= engagement * 0.6, timeout=240,
+    wait_for(lambda: first.counted(PLG) >= engagement * 0.6, timeout=240,
              what="the first worker to be well into the stream", on_timeout=first.log)
     warming_before = first.report(PLG)["warming_up"]
     first.stop(signal.SIGKILL)  # no commit, no flush: records since the last commit come again
 
     second = start_worker(settings)
-    wait_for(lambda: counted(second, PLG) == engagement, timeout=240,
+    wait_for(lambda: second.counted(PLG) == engagement, timeout=240,
              what="the restarted worker to count every engagement event exactly once", on_timeout=second.log)
     report = second.report(PLG)
     pairs = lambda warming: {(d, s) for d, names in warming.items() for s in names}  # noqa: E731
@@ -206,7 +207,7 @@ def test_the_timer_finds_a_feed_that_went_silent(isolated_settings, start_worker
     records = [r for r in _encoded(spec) if r[0] == "engagement"][:200]
     asyncio.run(produce(settings, records))
     worker = start_worker(settings)
-    wait_for(lambda: counted(worker, PLG) == len(records), timeout=120, what="the worker to count the events",
+    wait_for(lambda: worker.counted(PLG) == len(records), timeout=120, what="the worker to count the events",
              on_timeout=worker.log)
     # No event arrives any more: only the timer can find it.
     [stale] = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=1, timeout=60)]
@@ -248,13 +249,13 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     granted = [_consent(user, 0, timedelta(hours=-1), "granted") for user in RAW_USERS.values()]
     asyncio.run(produce(settings, granted))
     worker = start_worker(settings)
-    wait_for(lambda: records_seen(worker, "consent") == len(granted), timeout=60,
+    wait_for(lambda: worker.records_seen("consent") == len(granted), timeout=60,
              what="the grants to reach the ledger", on_timeout=worker.log)
 
     # 1. The revocation arrives first, then a personalized exposure after it (event time and arrival).
     alpha = RAW_USERS["revoked-first"]
     asyncio.run(produce(settings, [_consent(alpha, 1, timedelta(0), "revoked")]))
-    wait_for(lambda: records_seen(worker, "consent") == len(granted) + 1, timeout=30,
+    wait_for(lambda: worker.records_seen("consent") == len(granted) + 1, timeout=30,
              what="the revocation to be processed first", on_timeout=worker.log)
     asyncio.run(produce(settings, [_exposure(alpha, "Consent A", timedelta(minutes=5))]))
     opened = wait_for(lambda: consent_incidents(settings).get("Consent A"), timeout=15,
@@ -312,23 +313,20 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
 
 # --------------------------------------------------------------------------- experiments, on the real broker
 def test_experiment_readouts_on_the_worker_match_the_embedded_driver(isolated_settings, start_worker, tmp_path):
-    from tests.pipeline.test_experiment_pipeline import SPEC, _settings as experiment_settings
-
-    plans = experiment_settings(tmp_path / "unused")
-    settings = isolated_settings(experiments=plans.experiments, allocations=plans.allocations)
-    records = _encoded(SPEC)
+    settings = isolated_settings(**experiment_plans())
+    records = _encoded(EXPERIMENT_SPEC)
     expected = asyncio.run(EmbeddedDriver(settings.model_copy(update={"plan_dir": tmp_path / "embedded"}),
                                           replay=True).run(records)).incidents
     decisions = [e for e in expected if e.kind == "experiment_decision"]
-    assert {e.initiative for e in decisions} == {i.name for i in SPEC.initiatives}
+    assert {e.initiative for e in decisions} == {i.name for i in EXPERIMENT_SPEC.initiatives}
 
     worker = _start_on_backlog(settings, records, start_worker)
-    engagement = {i.name: 0 for i in SPEC.initiatives}
+    engagement = {i.name: 0 for i in EXPERIMENT_SPEC.initiatives}
     for topic, _, raw in records:
         if topic == "engagement":
             engagement[EngagementEvent.model_validate_json(raw).initiative] += 1
     for initiative, count in engagement.items():
-        wait_for(lambda: counted(worker, initiative) == count, timeout=240,
+        wait_for(lambda: worker.counted(initiative) == count, timeout=240,
                  what=f"the worker to count {initiative}'s events", on_timeout=worker.log)
     got = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=len(expected))]
     assert sorted(map(_essence, (e for e in got if e.kind == "experiment_decision"))) == \

@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from monitor.events import ConsentEvent, EngagementEvent
 from monitor import settings_reference
+from monitor.events import ConsentEvent, EngagementEvent
 from monitor.settings import Settings
-from tests.conftest import PMON
+from pmon_harness import PMON
 from tests.helpers import one_line, run_pmon
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)

@@ -12,37 +12,22 @@ from typing import Any
 import pytest
 
 from experiments.memo import render_memo
-from plans.plan_sink import latest
-from streams.embedded import EmbeddedDriver, EmbeddedRun
 from monitor.events import EngagementEvent, encode
 from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
-from simulation.simulator import InitiativeSpec, SimulationSpec, simulate
-
-WINNER = InitiativeSpec(name="Winner", profiles=("all",), channels=("web",), variants=("control", "treatment"),
-                        experiment="exp-winner", exposures_per_hour=300.0, ctr=0.1, cvr=0.05,
-                        variant_cvr_lifts=(1.0, 1.3), revenue_mean=30.0)
-LOSER = InitiativeSpec(name="Loser", profiles=("all",), channels=("web",), variants=("control", "treatment"),
-                       experiment="exp-loser", exposures_per_hour=300.0, ctr=0.1, cvr=0.05,
-                       variant_cvr_lifts=(1.0, 0.7), revenue_mean=30.0)
-SKEWED = InitiativeSpec(name="Skewed", profiles=("all",), channels=("web",), variants=("control", "treatment"),
-                        experiment="exp-srm", exposures_per_hour=300.0, ctr=0.1, cvr=0.05, allocation=(0.56, 0.44),
-                        planned_allocation=(0.5, 0.5), revenue_mean=30.0)
-SPEC = SimulationSpec(seed=5, days=5, users=6000, initiatives=(WINNER, LOSER, SKEWED), injections=())
+from plans.plan_sink import latest
+from simulation.simulator import SimulationSpec, simulate
+from streams.embedded import EmbeddedDriver, EmbeddedRun
+from tests.helpers import EXPERIMENT_SPEC, WINNER, experiment_plans
 
 
 def _settings(plan_dir: Path) -> Settings:
-    experiments = {i.experiment: {"allocation": dict(zip(i.variants, i.planned_allocation)),
-                                  "success_metrics": [{"metric": "conversions_per_user"}],
-                                  "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}]}
-                   for i in SPEC.initiatives}
-    return Settings(plan_dir=plan_dir, experiments=experiments, log_level="WARNING",
-                    allocations={i.name: dict(zip(i.variants, i.planned_allocation)) for i in SPEC.initiatives})
+    return Settings(plan_dir=plan_dir, log_level="WARNING", **experiment_plans())
 
 
 @pytest.fixture(scope="module")
 def records() -> list[tuple[str, bytes, bytes]]:
-    return [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(SPEC)]
+    return [(r.topic, r.key.encode(), encode(r.event)) for r in simulate(EXPERIMENT_SPEC)]
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,20 @@ def test_only_streams_imports_faust_aiokafka_or_mode_in_source() -> None:
     assert offenders == [], "only streams/ may import faust, aiokafka or mode:\n" + "\n".join(offenders)
 
 
+def test_the_worker_harness_imports_no_transport_and_the_benchmarks_not_the_tests() -> None:
+    # One harness (pmon_harness.py) for tests and benchmarks: a benchmark that imported tests/ would depend on
+    # pytest's layout, and a harness that imported faust or aiokafka would break the transport rule.
+    assert _transport_imports(ROOT / "pmon_harness.py") == []
+    offenders = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "tests"]
+    assert offenders == [], "bench/ imports from tests/; share through pmon_harness.py:\n" + "\n".join(offenders)
+
+
 def test_the_pure_packages_do_not_import_faust_aiokafka_or_mode_even_indirectly() -> None:
     modules = [_module_name(path) for package in PURE_PACKAGES for path in _python_files(package)
                if path.name != "__main__.py"]  # running __main__ would run the command
