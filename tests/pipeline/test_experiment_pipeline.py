@@ -16,7 +16,7 @@ from monitor.events import EngagementEvent, encode
 from monitor.report import ReportRequest, build_report
 from monitor.settings import Settings
 from plans.plan_sink import latest
-from simulation.simulator import SimulationSpec, simulate
+from simulation.simulator import InitiativeSpec, SimulationSpec, simulate
 from streams.embedded import EmbeddedDriver, EmbeddedRun
 from tests.helpers import EXPERIMENT_SPEC, WINNER, experiment_plans
 
