@@ -15,14 +15,19 @@ irregular), a season or none. Per point, online, in bounded state:
 2. **Standardise.** z = residual / scale, the scale 1.4826 times a running
    median of |residual| (a stochastic-approximation tracker), floored at half
    the clipped exponentially weighted standard deviation.
-3. **Calibrate.** Four statistics: |z| (a spike, a dip), a two-sided CUSUM of
+3. **Calibrate.** Five statistics: |z| (a spike, a dip), a two-sided CUSUM of
    clipped z (a level shift), the same CUSUM of the slow reference's z (a
    ramp; the slow model of whichever season fits it best, chosen apart from
-   the scored one) and a CUSUM of min(z^2, 9) - `VARIANCE_DRIFT` (a burst of
-   variance), each turned into a tail probability by its own
-   `detectors.tail_calibration.TailCalibrator` learnt from the series' own
-   healthy points. score = 1 - min(1, 4 min(p)), Bonferroni over the four: the
-   same threshold is about the same false alarm rate on any series.
+   the scored one), a CUSUM of min(z^2, 9) - `VARIANCE_DRIFT` (a burst of
+   variance) and a CUSUM of the clipped log(|residual| / its long-run median)
+   less its long-run mean and `LOG_DRIFT` (a wider noise, measured against a
+   slow reference that the burst does not teach). The first four become tail
+   probabilities by their own `detectors.tail_calibration.TailCalibrator`, the
+   last by a `detectors.tail_calibration.PeakCalibrator` of its excursion
+   peaks (a missed burst is learnt once, winsorised, not once per point), all
+   learnt from the series' own healthy points. score = 1 - min(1, min(p / w)),
+   a weighted Bonferroni over the five (`WEIGHTS`, summing to 1): the same
+   threshold is about the same false alarm rate on any series.
 4. **Alert once.** A point is a breach when score >= `threshold`; the first
    breach of an episode is the alert (``detail["alert"]``), the others are
    not, and the episode ends after `cooldown` quiet points.
@@ -47,7 +52,7 @@ from typing import ClassVar
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.kpis import check_kpi, read, validate
-from detectors.tail_calibration import TailCalibrator
+from detectors.tail_calibration import PeakCalibrator, TailCalibrator
 
 DAY = 86_400.0
 CYCLES: tuple[tuple[str, float], ...] = (("day", DAY), ("week", 7 * DAY), ("year", 365.2425 * DAY))
@@ -56,7 +61,6 @@ HUBER = 2.0             # a value is learnt at most this many scales from the fo
 CLIP = 3.0              # |z| at most this much into the scale and the CUSUM: one spike is not a shift
 CUSUM_DRIFT = 0.5       # the CUSUM's allowance k: it finds shifts of about 2k = 1 scale
 VARIANCE_DRIFT = 4.5    # the variance CUSUM's allowance on z^2 (clipped at CLIP^2): finds a scale about 3 times wider
-TESTS = 4               # statistics behind one score (Bonferroni)
 SEASON_MARGIN = 0.85    # a seasonal model must cut the error of the unseasonal ones by 15 %
 GAP_FACTOR = 3.0        # a gap of more than 3 intervals may be a missing stretch
 LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.3), (0.5, 0.1), (0.1, 0.02))   # (alpha, beta): fast to slow
@@ -65,6 +69,14 @@ DAMPING = 0.95          # the trend's damping per step
 SCALE_WEIGHT = 0.05     # the spread's exponential weight
 MEDIAN_STEP = 0.03      # the median tracker's step in log space
 ERROR_WEIGHT = 0.05     # the model error's exponential weight (which model is scored)
+LOG_CLIP = (-3.0, 1.5)   # log(|residual| / its long-run median) is clipped to this: one spike moves it 1.5 at most
+LOG_DRIFT = 0.5          # the log-scale CUSUM's allowance: finds a noise scale about e^1 = 2.7 times the usual
+LONG_STEP = 0.01         # the long-run median |residual|'s step in log space (slow: a burst does not teach it)
+LONG_WEIGHT = 0.01       # the long-run mean log ratio's exponential weight
+LOG_WARMUP = 20          # healthy points before the log-scale CUSUM runs (its two references settle first)
+# The share of the false alarm rate each statistic may spend (a weighted Bonferroni; they sum to 1): the log-scale
+# CUSUM is calibrated on excursion peaks, whose learnt tail is lighter than the points', so it gets a small share.
+WEIGHTS = {"point": 0.2475, "shift": 0.2475, "drift": 0.2475, "spread": 0.2475, "logvar": 0.01}
 # E[min(|Z|, CLIP)] for a standard normal Z: makes the clipped mean absolute residual a standard deviation.
 _CLIPPED_MEAN_ABS = 2 * (0.3989422804014327 - math.exp(-CLIP * CLIP / 2) / math.sqrt(2 * math.pi)) \
     + 2 * CLIP * 0.5 * math.erfc(CLIP / math.sqrt(2))
@@ -233,7 +245,13 @@ class RobustSeriesDetector(BucketDetector):
         # variance CUSUM of the scored model's z^2.
         # CUSUM of min(z^2, 9) - 4.5 of N(0, 1) z, simulated (2e6 points): P(S > 3) = 0.0069, E[S - 3 | S > 3] = 1.09.
         self._spread = TailCalibrator(3.0, 0.0069, 1.09)
-        self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0)
+        # CUSUM of clip(log(|r| / median |r|)) - mean - 0.5 of normal r, simulated (2e6 points): upcrossings of 3 per
+        # point 0.00305 (kept), mean peak excess 0.61 (doubled: real residuals' volatility clusters).
+        self._logvar = PeakCalibrator(3.0, 0.00305, 1.2)
+        self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        self._abs_median = 0.0     # long-run median |residual| of the scored model (tracked in log space)
+        self._log_mean = 0.0       # long-run mean of the clipped log(|residual| / _abs_median)
+        self._long_n = 0           # healthy points behind the two
         self._gaps: deque[float] = deque(maxlen=31)
         self._interval: float | None = None
         self._longest = 0.0
@@ -270,6 +288,16 @@ class RobustSeriesDetector(BucketDetector):
         interval = self.interval
         return max(1.0, round((ts - model.time) / interval)) if interval else 1.0
 
+    def _log_ratio(self, ts: float, y: float) -> float | None:
+        """log(|residual| / its long-run median), clipped to LOG_CLIP (None until LOG_WARMUP healthy points)."""
+        if self._long_n < LOG_WARMUP or self._abs_median <= 0:
+            return None
+        model = self._models[self._best]
+        residual = abs(y - model.forecast(ts, self._steps(model, ts)))
+        low, high = LOG_CLIP
+        ratio = math.log(residual / self._abs_median) if residual > 0 else low
+        return max(low, min(high, ratio))
+
     def _z(self, ts: float, y: float, index: int | None = None) -> float:
         model = self._models[self._best if index is None else index]
         residual = y - model.forecast(ts, self._steps(model, ts))
@@ -288,12 +316,15 @@ class RobustSeriesDetector(BucketDetector):
         model = self._models[self._best]
         expected = model.forecast(ts, self._steps(model, ts))
         z, z_slow = self._z(ts, y), self._z(ts, y, self._slow)
-        cusum = self._advance(z, z_slow)
+        ratio = self._log_ratio(ts, y)
+        cusum = self._advance(z, z_slow, ratio)
         p_point = self._point.p_value(abs(z))
         p_shift = self._shift.p_value(max(cusum[:2]))
         p_drift = self._drift.p_value(max(cusum[2:4]))
         p_spread = self._spread.p_value(cusum[4])
-        p_value = min(1.0, TESTS * min(p_point, p_shift, p_drift, p_spread))
+        p_logvar = self._logvar.p_value(cusum[5])
+        ps = {"point": p_point, "shift": p_shift, "drift": p_drift, "spread": p_spread, "logvar": p_logvar}
+        p_value = min(1.0, min(ps[name] / WEIGHTS[name] for name in WEIGHTS))
         score = 1.0 - p_value
         breached = score >= self.threshold
         gap = ts - self._last if self._last is not None else 0.0
@@ -302,7 +333,8 @@ class RobustSeriesDetector(BucketDetector):
         alert = (breached and self._episode == 0) or missing
         return Verdict(True, breached, y, expected, 1.0 if missing else score, detail={
             "kpi": self.kpi, "z": z, "z_slow": z_slow, "p_point": p_point, "p_shift": p_shift,
-            "p_drift": p_drift, "p_spread": p_spread, "p_value": p_value, "cusum": cusum, "alert": alert,
+            "p_drift": p_drift, "p_spread": p_spread, "p_logvar": p_logvar,
+            "p_value": p_value, "cusum": cusum, "logvar_before": self._cusum[5], "alert": alert,
             "missing": missing, "season": self.season, "interval_seconds": interval})
 
     def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
@@ -312,7 +344,13 @@ class RobustSeriesDetector(BucketDetector):
         if not verdict.scored:
             return
         self._cusum = verdict.detail["cusum"]
+        noise = verdict.detail["p_logvar"] / WEIGHTS["logvar"] <= verdict.detail["p_value"]
+        if verdict.breached and not noise:
+            # Another statistic's breach (a spike, a dip, a shift) is no evidence of noise: the log-scale CUSUM
+            # does not take it.
+            self._cusum = (*self._cusum[:5], verdict.detail["logvar_before"])
         if verdict.breached:
+            self._discard()
             self._episode += 1
             self._quiet = 0
             self._recent.append((ts, verdict.observed))
@@ -340,6 +378,9 @@ class RobustSeriesDetector(BucketDetector):
                 self._shift.learn(max(self._cusum[:2]))
                 self._drift.learn(max(self._cusum[2:4]))
                 self._spread.learn(self._cusum[4])
+                if self._log_ratio(ts, y) is not None:
+                    self._logvar.learn(self._cusum[5])
+            self._learn_long(ts, y)
         for model in self._models:
             if ts > model.time or model.n == 0:
                 model.learn(ts, y, self._steps(model, ts))
@@ -361,6 +402,20 @@ class RobustSeriesDetector(BucketDetector):
         if self._last is None or ts > self._last:
             self._last = ts
 
+    def _learn_long(self, ts: float, y: float) -> None:
+        """The long-run references of the log-scale CUSUM (healthy points only)."""
+        self._long_n = min(self._long_n + 1, 1_000_000)
+        step = max(LONG_STEP, 1.0 / self._long_n)
+        model = self._models[self._best]
+        residual = abs(y - model.forecast(ts, self._steps(model, ts)))
+        ratio = self._log_ratio(ts, y)
+        if ratio is not None:
+            self._log_mean += max(LONG_WEIGHT, 1.0 / (self._long_n - LOG_WARMUP + 1)) * (ratio - self._log_mean)
+        if self._abs_median <= 0:
+            self._abs_median = residual
+        elif residual != self._abs_median:
+            self._abs_median *= math.exp(step if residual > self._abs_median else -step)
+
     def _add_seasons(self) -> None:
         """Once the interval is known: a candidate model per cycle the sampling can show."""
         interval = self.interval or 0.0
@@ -375,15 +430,17 @@ class RobustSeriesDetector(BucketDetector):
                 model.error, model.n, model.time = template.error, 3, template.time
                 self._models.append(model)
 
-    def _advance(self, z: float, z_slow: float) -> tuple[float, float, float, float, float]:
+    def _advance(self, z: float, z_slow: float, ratio: float | None = None
+                 ) -> tuple[float, float, float, float, float, float]:
         """The CUSUMs after this point's z (clipped: one spike is not a shift)."""
-        up, down, slow_up, slow_down, spread = self._cusum
+        up, down, slow_up, slow_down, spread, logvar = self._cusum
+        logvar = 0.0 if ratio is None else max(0.0, logvar + ratio - self._log_mean - LOG_DRIFT)
         if not math.isfinite(z_slow):
             z_slow = z
         return (max(0.0, up + min(z, CLIP) - CUSUM_DRIFT), max(0.0, down - max(z, -CLIP) - CUSUM_DRIFT),
                 max(0.0, slow_up + min(z_slow, CLIP) - CUSUM_DRIFT),
                 max(0.0, slow_down - max(z_slow, -CLIP) - CUSUM_DRIFT),
-                max(0.0, spread + min(z * z, CLIP * CLIP) - VARIANCE_DRIFT))
+                max(0.0, spread + min(z * z, CLIP * CLIP) - VARIANCE_DRIFT), logvar)
 
     def _choose(self) -> None:
         plain = min(range(len(LEVELS)), key=lambda i: self._models[i].error)
@@ -401,12 +458,16 @@ class RobustSeriesDetector(BucketDetector):
             self._models[i].seasoned() and self._models[i].error < SEASON_MARGIN * self._models[plain_slow].error)),
             key=lambda i: self._models[i].error)
 
+    def _discard(self) -> None:
+        """An alert interrupts the open excursion of the peak-calibrated statistic: it is not learnt."""
+        self._logvar.discard()
+
     def _restart(self) -> None:
         points = list(self._recent)
         interval = self.interval or 1.0
         for model in self._models:
             model.restart(points, 1.0 / interval)
-        self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0)
+        self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         self._episode = self._quiet = 0
         self._recent.clear()
 

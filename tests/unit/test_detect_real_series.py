@@ -26,7 +26,7 @@ from cli.main import pmon  # noqa: E402
 from detectors.backtest import prepare_series, run_series  # noqa: E402
 from detectors.base import BucketObservation, step  # noqa: E402
 from detectors.robust_series import RobustSeriesDetector  # noqa: E402
-from detectors.tail_calibration import TailCalibrator  # noqa: E402
+from detectors.tail_calibration import PeakCalibrator, TailCalibrator  # noqa: E402
 
 SERIES = {s.name: s for s in load_series()}
 
@@ -263,3 +263,41 @@ def test_the_detector_does_not_depend_on_the_hash_seed() -> None:
         assert done.returncode == 0, done.stderr
         digests.append(done.stdout.strip())
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+def test_the_log_scale_cusums_prior_is_its_simulated_upcrossing_rate() -> None:
+    """The log-scale CUSUM's prior: upcrossings of 3 per point as simulated for normal residuals; its peak excess
+    deliberately heavier than the simulation's (about 0.6)."""
+    rng = random.Random(5)
+    n = 300_000
+    draws = [abs(rng.gauss(0, 1)) for _ in range(n)]
+    ratios = [max(-3.0, min(1.5, math.log(d / 0.6745))) for d in draws]
+    mean = sum(ratios) / n
+    s, above, ups, peaks, peak = 0.0, False, 0, [], 0.0
+    for r in ratios:
+        s = max(0.0, s + r - mean - 0.5)
+        if s > 3.0:
+            ups += not above
+            peak = max(peak, s)
+        elif above:
+            peaks.append(peak - 3.0)
+            peak = 0.0
+        above = s > 3.0
+    prior = RobustSeriesDetector()._logvar
+    assert prior.rate == pytest.approx(ups / n, rel=0.25)
+    assert prior.excess >= sum(peaks) / len(peaks)
+
+
+def test_a_peak_calibrator_learns_a_long_excursion_once() -> None:
+    """Thirty points far above u are one upcrossing and one winsorised peak, not thirty exceedances; an
+    excursion an alert interrupted is not learnt at all."""
+    calibrator, twin = PeakCalibrator(3.0, 0.01, 1.0), PeakCalibrator(3.0, 0.01, 1.0)
+    for x in [0.0] * 50 + [30.0] * 30 + [0.0]:
+        calibrator.learn(x)
+    assert calibrator.excess <= 1.0 + (4.0 / (1 - math.exp(-4.0)) - 1.0) / 6 + 1e-9   # one peak among 6
+    assert calibrator.rate < 0.02
+    for x in [0.0] * 50 + [30.0] * 30:
+        twin.learn(x)
+    twin.discard()
+    twin.learn(0.0)
+    assert twin.excess == 1.0
