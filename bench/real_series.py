@@ -45,7 +45,7 @@ Prints the table and the targets (issue 15), writes the same as Markdown to
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import random
 import statistics
 import sys
@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/real_series.py` puts bench/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
+from bench import pages  # noqa: E402
 from detectors.backtest import run_series, univariate_detectors  # noqa: E402
 from detectors.registry import monitored  # noqa: E402
 
@@ -94,8 +95,8 @@ def _utc(year: int, month: int = 1, day: int = 1) -> datetime:
 
 def load_series() -> list[Series]:
     """Every real series the installed packages ship (nothing is downloaded)."""
-    import gzip
     import csv
+    import gzip
     from importlib.resources import files
 
     import statsmodels.datasets as sm
@@ -381,8 +382,7 @@ def _fmt(t: Tally) -> str:
 
 def report(results: dict[str, dict[str, Tally]], series: list[Series], seconds: dict[str, float], copies: int,
            seed: int, wall: float, n_cases: int) -> tuple[str, bool]:
-    lines = [f"# Detection on real series (`bench/real_series.py --copies {copies} --seed {seed}`)", "",
-             f"{len(series)} real series shipped by installed packages, {n_cases} copies "
+    lines = [f"{len(series)} real series shipped by installed packages, {n_cases} copies "
              f"({copies} per kind and series, one clean each); wall time {wall:.0f} s.", "",
              "| series | source | sampling | points | noise scale sigma |", "|---|---|---|---|---|"]
     for s in series:
@@ -422,15 +422,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=4, help="labelled copies per kind and series (default 4)")
     parser.add_argument("--seed", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "real_series.md",
+    parser.add_argument("--out", type=Path, default=pages.page_path("real_series"),
                         help="where to write the Markdown page (default docs/benchmarks/real_series.md)")
     args = parser.parse_args(argv)
+    load_before, commit = os.getloadavg(), pages.checkout_commit()
     began = time.perf_counter()
     results, series, seconds, n_cases = run(args.copies, args.seed)
     text, ok = report(results, series, seconds, args.copies, args.seed, time.perf_counter() - began, n_cases)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    pages.write_page("real_series", f"Detection on real series (seed {args.seed})", text,
+                     argv=sys.argv[1:] if argv is None else argv, load_before=load_before, out=args.out,
+                     commit=commit)
     return 0 if ok else 1
 
 
