@@ -178,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--days must exceed {WARMUP_DAYS + 1} and --seeds be positive")
     started = time.perf_counter()
     seeds = list(range(1, args.seeds + 1))
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(run_seed, seeds, [args.days] * len(seeds)))
-    else:
-        results = [run_seed(seed, args.days) for seed in seeds]
+    results = []
+    with ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
+        runs = pool.map(run_seed, seeds, [args.days] * len(seeds)) if pool else map(run_seed, seeds,
+                                                                                  [args.days] * len(seeds))
+        for result in runs:   # in seed order, as they finish: a long run says how far it got
+            results.append(result)
+            print(f"seed {result.seed}: {result.records:,} records, {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr, flush=True)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         report(results, time.perf_counter() - started, args.days)

@@ -13,10 +13,18 @@ from functools import partial
 from typing import Any
 
 from detectors.base import BucketDetector, BucketObservation, Verdict
-from detectors.cusum import JointSpikeCusumDetector, RateCusumDetector, VolumeCusumDetector, VolumeShareCusumDetector
+from detectors.cusum import (
+    CtrCusumDetector,
+    CvrCusumDetector,
+    CvrSmallDropCusumDetector,
+    JointSpikeCusumDetector,
+    VolumeCusumDetector,
+    VolumeShareCusumDetector,
+)
 from detectors.kpis import read
 from detectors.level_shift import LevelShiftDetector
 from detectors.registry import DETECTORS, PER_INITIATIVE
+from incidents.playbooks import PLAYBOOKS
 from monitor.settings import Settings
 
 # Registered detectors of a univariate `value` (for `pmon detect --csv`); nothing to measure here.
@@ -25,17 +33,17 @@ UNIVARIATE_ONLY = ("seasonal_profile", "seasonal_holt_winters", "robust_series")
 # find even a 50 % drop, and finds level shifts later and less often than Page-Hinkley (see the report).
 ALTERNATIVES: dict[str, Any] = {
     # the CUSUMs' neighbouring thresholds (see detectors/cusum.py for the chosen ones)
-    **{f"ctr_cusum_h{h}": partial(RateCusumDetector, kpi="ctr", threshold=h) for h in (4, 6)},
-    **{f"cvr_cusum_h{h}": partial(RateCusumDetector, kpi="cvr", threshold=h) for h in (5, 7)},
+    **{f"ctr_cusum_h{h}": partial(CtrCusumDetector, threshold=h) for h in (4, 6)},
+    **{f"cvr_cusum_h{h}": partial(CvrCusumDetector, threshold=h) for h in (5, 7)},
     **{f"volume_cusum_h{h}": partial(VolumeCusumDetector, threshold=h) for h in (7, 9)},
     **{f"volume_share_cusum_h{h}": partial(VolumeShareCusumDetector, threshold=h) for h in (7, 9)},
-    **{f"cvr_cusum_small_h{h}": partial(RateCusumDetector, kpi="cvr", shift=0.1, threshold=h) for h in (8, 10)},
+    **{f"cvr_cusum_small_h{h}": partial(CvrSmallDropCusumDetector, threshold=h) for h in (8, 10)},
     **{f"spike_joint_cusum_h{h}": partial(JointSpikeCusumDetector, threshold=h) for h in (7, 9)},
-    "ctr_cusum_no_lag": partial(RateCusumDetector, kpi="ctr", learn_lag=0),
+    "ctr_cusum_no_lag": partial(CtrCusumDetector, learn_lag=0),
     # the CUSUMs' baselines as before: buckets beyond 4 standard deviations (an unseen spike) learnt
-    "ctr_cusum_learn_outliers": partial(RateCusumDetector, kpi="ctr", learn_outliers=True),
-    "cvr_cusum_learn_outliers": partial(RateCusumDetector, kpi="cvr", threshold=6.0, learn_outliers=True),
-    "cvr_cusum_no_lag": partial(RateCusumDetector, kpi="cvr", threshold=6.0, learn_lag=0),
+    "ctr_cusum_learn_outliers": partial(CtrCusumDetector, learn_outliers=True),
+    "cvr_cusum_learn_outliers": partial(CvrCusumDetector, learn_outliers=True),
+    "cvr_cusum_no_lag": partial(CvrCusumDetector, learn_lag=0),
     "volume_cusum_no_lag": partial(VolumeCusumDetector, learn_lag=0),
     "ctr_level_shift_adwin": partial(LevelShiftDetector, kpi="ctr", drift_detector="adwin"),
     "cvr_level_shift_adwin": partial(LevelShiftDetector, kpi="cvr", drift_detector="adwin"),
@@ -105,4 +113,11 @@ def shadow_detectors(settings: Settings) -> dict[str, Callable[[], BucketDetecto
     shadows.update({name: partial(StaticThreshold, *args) for name, args in STATIC.items()})
     for name in settings.series_detectors:
         shadows.pop(name, None)
+    for name, factory in shadows.items():
+        # The breach policy names an incident by its kind's playbook: a kind without one would make the stage's
+        # step fail on the first breach, which the driver turns into monitoring_degraded, hours into a run.
+        kind = factory().kind
+        if kind not in PLAYBOOKS:
+            raise ValueError(f"candidate {name!r} has kind {kind!r}, which has no playbook: give it the kind it "
+                             "stands for (a subclass of the registered detector)")
     return shadows
