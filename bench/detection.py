@@ -41,7 +41,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/detection.py` puts bench/ first on the path, not the repo
+# `python bench/detection.py` puts bench/ first on the path: the repository goes before it, also when PYTHONPATH
+# names it, or bench/experiments.py would shadow the experiments package the pipeline imports.
+if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
 
 from bench.detection_candidates import shadow_detectors  # noqa: E402
