@@ -20,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from detectors.base import BucketDetector, BucketObservation
+from detectors.base import BucketDetector, BucketObservation, Verdict
 from detectors.conversion_drop import ConversionDropDetector
 from detectors.evaluation import evaluate_bucket, evidence_of
 from detectors.freshness import check_freshness, objective_for_rate
@@ -43,7 +43,7 @@ from incidents.roster import assignee_of
 from incidents.series import join_variant, split_variant
 from incidents.timeutil import utc
 from monitor.events import DeadLetter, RuleChangeEvent, decode
-from monitor.exceptions import DecodeError
+from monitor.exceptions import DecodeError, MonitorError
 from monitor.messages import Action, Message, Partial, RuleChange
 from monitor.settings import Settings
 from monitor.topics import ENGAGEMENT, EVENT_TOPICS, RULE_CHANGES
@@ -164,6 +164,27 @@ class LiftLook(NamedTuple):
 LIFT_HISTORY = 720
 
 
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """One verdict the stage reached, and the breach-policy transitions it caused, for an observer.
+
+    `detector` is a series detector's name, `variant_share` or `freshness`; `series` the series judged (a feed's
+    for freshness); [start, end) the bucket, or for freshness the check interval that ended at the check. The
+    transitions are the series' own, before they are folded into one incident per (initiative, kind).
+    """
+
+    detector: str
+    initiative: str
+    series: str
+    start: float
+    end: float
+    verdict: Verdict
+    transitions: tuple[IncidentEvent, ...]
+
+
+Observer = Callable[[Judged], None]
+
+
 FEED = ENGAGEMENT  # the feed checked for freshness, per initiative; consent and rule changes are sparse by nature
 
 
@@ -224,13 +245,20 @@ class InitiativeStage:
     def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
                  plan_history: Callable[[str], list[PlanDocument]] | None = None,
                  settings_actor: str = "pmon worker settings",
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, observer: Observer | None = None,
+                 shadow_detectors: Mapping[str, Callable[[], BucketDetector]] | None = None) -> None:
         """`source_partitions`: partitions of the engagement topic feeding this stage (the watermark's inputs).
 
         `plan_history(initiative)` returns the revisions written, oldest first, so a new run
         continues them (see `_resume_plan`) and logs what changed since (thresholds, cadence), by `settings_actor`
         (who set the settings: the worker's environment, a command's options). `wall_clock` stamps each
         revision's `updated_at` (when it was written; its `watermark` is the event time it reflects).
+
+        `observer`, when given, is called with every verdict judged (`Judged`; a replay skips the timer checks
+        that could change nothing, so those are not reported). `shadow_detectors` (name ->
+        factory) run on every series beside the settings' detectors, through the same breach policy, but are
+        reported only to the observer and raise no incident: how `bench/detection.py` measures candidates on
+        the buckets the product closes, without changing what it emits.
         """
         self.settings = settings
         self._wall_clock = wall_clock
@@ -264,6 +292,13 @@ class InitiativeStage:
         # The user's alert threshold, when set, runs on every series, whatever else is chosen.
         threshold = (KpiThresholdDetector.kind,) if settings.alert_threshold is not None else ()
         self._detector_names = tuple(dict.fromkeys((*settings.series_detectors, *threshold)))
+        self._observer = observer
+        self._shadow = dict(shadow_detectors or {})
+        both = sorted(set(self._shadow) & set(self._detector_names))
+        if both:
+            raise MonitorError(f"shadow detectors {both} already run as series detectors (PMON_SERIES_DETECTORS): "
+                               "their state would collide; measure them as one or the other")
+        self._judged_names = (*self._detector_names, *self._shadow)
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
         self._plan_history = plan_history
@@ -371,6 +406,8 @@ class InitiativeStage:
             feed.breach, initiative=initiative, kind="feed_stale", series=f"{initiative}|{FEED}",
             breached=verdict.breached, evidence=evidence)
         self._feeds[key] = replace(feed, breach=breach, checked_until=now)
+        if self._observer is not None:
+            self._observer(Judged("freshness", initiative, key, now - interval, now, verdict, tuple(transitions)))
         outputs = self._fold(initiative, {"feed_stale": transitions} if transitions else {}, until=now)
         outputs.extend(self._note_feed_in_plan(initiative, clock, "stale" if verdict.breached else "fresh",
                                                objective.total_seconds(), now))
@@ -502,6 +539,8 @@ class InitiativeStage:
                                        "watermark": watermark})
 
     def _new_detector(self, name: str) -> BucketDetector:
+        if name in self._shadow:
+            return self._shadow[name]()
         # Only through the registry, so the class that runs is the one the contract suite checks; the
         # threshold tests are the ones tuned by PMON_* settings.
         if name in (KpiThresholdDetector.kind, ConversionDropDetector.kind):
@@ -514,7 +553,7 @@ class InitiativeStage:
         by_kind: dict[str, list[IncidentEvent]] = {}
         observations = list(row.observations(self.windows.roster(row.initiative)))
         for observation in observations:
-            for name in self._detector_names:
+            for name in self._judged_names:
                 key = f"{observation.series}|{name}"
                 series = self._series.get(key) or SeriesState(self._new_detector(name), BreachState())
                 if series.evaluated_until < row.end:
@@ -522,6 +561,11 @@ class InitiativeStage:
                                                  initiative=row.initiative)
                     series = SeriesState(series.detector, evaluation.breach_state, row.end, evaluation.incidents)
                     self._series[key] = series
+                    if self._observer is not None:
+                        self._observer(Judged(name, row.initiative, observation.series, row.start, row.end,
+                                              evaluation.verdict, tuple(evaluation.incidents)))
+                if name in self._shadow:
+                    continue  # measured, not monitored: nothing is folded into the initiative's incidents
                 for transition in series.transitions if series.evaluated_until == row.end else ():
                     by_kind.setdefault(transition.kind, []).append(transition)
         for transition in self._judge_variant_shares(row, observations):
@@ -634,7 +678,7 @@ class InitiativeStage:
         """Series without an event for the retention leave the tables, and a variant group with them."""
         roster = self.windows.roster(initiative)
         for series in self.windows.take_expired():
-            for name in self._detector_names:
+            for name in self._judged_names:
                 self._series[f"{series}|{name}"] = None
             group = split_variant(series)[0]
             prefix = join_variant(group, "")  # the keys of the group's variants begin so
@@ -669,6 +713,9 @@ class InitiativeStage:
                         breaches.get(series, BreachState()), initiative=row.initiative,
                         kind=state.detector.kind, series=series, breached=verdict.breached, evidence=evidence)
                     caused += new
+                    if self._observer is not None:
+                        self._observer(Judged("variant_share", row.initiative, series, row.start, row.end, verdict,
+                                              tuple(new)))
                 state = ShareState(state.detector, breaches, row.end, caused)
                 self._shares[group] = state
             if state.evaluated_until == row.end:

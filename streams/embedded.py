@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,11 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from detectors.base import BucketDetector
 from incidents.model import IncidentEvent
 from monitor.emitter import Emitter
 from monitor.events import INPUT_MODELS, DeadLetter, RuleChangeEvent
-from monitor.initiative_stage import InitiativeStage, InitiativeState, Outputs, admit_rule_change
+from monitor.initiative_stage import InitiativeStage, InitiativeState, Observer, Outputs, admit_rule_change
 from monitor.messages import Message, Tick, encode
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
@@ -55,13 +56,17 @@ class EmbeddedRun:
 class EmbeddedDriver:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
                  wall_clock: Callable[[], float] = time.time, replay: bool = False,
-                 settings_actor: str = "pmon embedded run") -> None:
+                 settings_actor: str = "pmon embedded run", observer: Observer | None = None,
+                 shadow_detectors: Mapping[str, Callable[[], BucketDetector]] | None = None) -> None:
+        """`observer` and `shadow_detectors` go to the per-initiative stage (`InitiativeStage`): every verdict
+        judged, and detectors measured beside the settings' without raising incidents (`bench/detection.py`)."""
         self.settings = settings
         self.users: dict[str, bytes] = {}
         self.user_stage = UserStage(settings, self.users)
         self.initiative_stage = InitiativeStage(settings, InitiativeState(),
                                                 plan_history=PlanWriter(settings.plan_dir).history,
-                                                settings_actor=settings_actor, wall_clock=wall_clock)
+                                                settings_actor=settings_actor, wall_clock=wall_clock,
+                                                observer=observer, shadow_detectors=shadow_detectors)
         self.run_result = EmbeddedRun()
         self.metrics = PipelineMetrics(registry or CollectorRegistry())
         self._wall_clock = wall_clock

@@ -5,24 +5,28 @@ from __future__ import annotations
 import base64
 import pickle
 from datetime import datetime, timedelta, timezone
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from detectors.rate_change import CvrDropDetector
 from incidents.breach_policy import period_of
 from incidents.model import incident_id
 from incidents.playbooks import playbook_steps
 from incidents.series import build_key
+from monitor.events import ConsentEvent, EngagementEvent, encode, reason_kind
+from monitor.exceptions import MonitorError
+from monitor.initiative_stage import Judged
+from monitor.messages import Partial
+from monitor.messages import decode as decode_message
+from monitor.pseudonym import Pseudonymiser
+from monitor.report import ReportRequest, build_report
+from monitor.settings import Settings
+from monitor.user_stage import decode_user
 from plans.document import PlanDocument, post_incident_review_id
 from plans.plan_sink import latest, plan_files
 from streams.embedded import EmbeddedDriver, EmbeddedRun
-from monitor.events import ConsentEvent, EngagementEvent, encode, reason_kind
-from monitor.messages import Partial, decode as decode_message
-from monitor.pseudonym import Pseudonymiser
-from monitor.report import ReportRequest, build_report
-from monitor.user_stage import decode_user
-from monitor.settings import Settings
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 INITIATIVE = "PLG Onboarding"
@@ -241,6 +245,27 @@ async def test_two_runs_of_the_same_records_emit_the_same_incidents(tmp_path: Pa
         [p.model_copy(update={"updated_at": started}) for p in plans(second)]
     assert all(p.watermark is not None and p.watermark < started for p in plans(first)[1:])
 
+
+
+async def test_an_observer_sees_every_verdict_and_shadow_detectors_change_nothing_emitted(
+        tmp_path: Path, dip_records: list[Record]) -> None:
+    """The hook `bench/detection.py` measures through: the same incidents and plans with a shadow detector as
+    without; the observer gets each judged bucket's verdict and the per-series transitions, shadow's included."""
+    plain = await driver(tmp_path / "plain").run(dip_records)
+    judged: list[Judged] = []
+    observed = EmbeddedDriver(settings(tmp_path / "observed"), wall_clock=lambda: 1_800_000_000.0,
+                              observer=judged.append, shadow_detectors={"shadow_drop": CvrDropDetector})
+    run = await observed.run(dip_records)
+    assert [e.model_dump() for e in run.incidents] == [e.model_dump() for e in plain.incidents]
+    assert len(run.plan_updates) == len(plain.plan_updates)
+    by_name = {name: [j for j in judged if j.detector == name] for name in ("conversion_drop", "shadow_drop")}
+    # Every closed hour, scored or not, once per detector: the planted hours and the one the last event opens.
+    assert len(by_name["conversion_drop"]) == len(by_name["shadow_drop"]) == CLEAN_HOURS + DIP_HOURS + AFTER_HOURS + 1
+    opened = [j for j in by_name["conversion_drop"] if any(t.transition == "opened" for t in j.transitions)]
+    assert [j.start for j in opened] == [(T0 + timedelta(hours=CLEAN_HOURS + 1)).timestamp()]
+    assert any(t.transition == "opened" for j in by_name["shadow_drop"] for t in j.transitions)
+    with pytest.raises(MonitorError, match="already run as series detectors"):
+        EmbeddedDriver(settings(tmp_path / "clash"), shadow_detectors={"conversion_drop": CvrDropDetector})
 
 # ------------------------------------------------------------------------ privacy
 async def test_raw_user_ids_never_reach_the_drivers_state(tmp_path: Path, dip_records: list[Record]) -> None:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import math
-import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from scipy.stats import binom, poisson
 
+import bench.detection_labels as bench
 from detectors.base import BucketObservation, step
 from detectors.cusum import CvrCusumDetector, CvrSmallDropCusumDetector, VolumeCusumDetector
 from detectors.rate_change import CvrDropDetector
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import detection as bench  # noqa: E402
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
 
