@@ -37,6 +37,7 @@ LINTED := $(PURE) streams cli pmon_harness.py
 
 lint: setup
 	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/ruff check --select F tests bench scripts   # the rest: at least no undefined or unused names
 	$(BIN)/mypy $(PURE) pmon_harness.py
 

@@ -70,8 +70,12 @@ def isolated_settings(bootstrap: str, workdir: Path, *, tag: str = "t", **overri
     under `workdir`, WARNING logs, a random pseudonym key (the worker refuses the development key)."""
     run = uuid.uuid4().hex[:10]
     values: dict[str, Any] = {
-        "kafka_bootstrap": bootstrap, "topic_prefix": f"{tag}{run}", "app_id": f"pmon-{tag}-{run}",
-        "web_port": free_port(), "plan_dir": workdir / f"plans-{run}", "log_level": "WARNING",
+        "kafka_bootstrap": bootstrap,
+        "topic_prefix": f"{tag}{run}",
+        "app_id": f"pmon-{tag}-{run}",
+        "web_port": free_port(),
+        "plan_dir": workdir / f"plans-{run}",
+        "log_level": "WARNING",
         "pseudonym_key": secrets.token_hex(16),
     }
     values.update(overrides)
@@ -83,8 +87,14 @@ def pmon_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[
     return settings.as_environment(dict(os.environ if base is None else base))
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5,
-             on_timeout: Callable[[], str] = lambda: "") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    on_timeout: Callable[[], str] = lambda: "",
+) -> Any:
     """Poll `condition` until it returns something truthy and return that; at the deadline raise WaitTimeout
     naming `what`, followed by `on_timeout()` (the progress made, a log tail).
 
@@ -115,8 +125,14 @@ class Worker:
         self.log_path = log_path
         self.command = list(command) if command is not None else [str(PMON), "worker"]
         self._log: IO[bytes] = log_path.open("wb")
-        self.process = subprocess.Popen(self.command, env=pmon_env(settings), cwd=log_path.parent,
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.command,
+            env=pmon_env(settings),
+            cwd=log_path.parent,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.started = time.perf_counter()
         self.stop_seconds: float | None = None  # from the signal to the exit, once stopped; None when killed
         self.killed = False  # it outlived its grace and got SIGKILL
@@ -132,15 +148,24 @@ class Worker:
     def check_alive(self) -> None:
         """Raise WorkerExited, with the end of the log, when the process has ended."""
         if self.process.poll() is not None:
-            raise WorkerExited(f"the worker exited with code {self.process.returncode}; the end of its log "
-                               f"({self.log_path}):\n{self.log()}")
+            raise WorkerExited(
+                f"the worker exited with code {self.process.returncode}; the end of its log "
+                f"({self.log_path}):\n{self.log()}"
+            )
 
     def log(self, tail: int = 5000) -> str:
         """The last `tail` characters of the worker's output."""
         return self.log_path.read_text(errors="replace")[-tail:]
 
-    def wait(self, condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5,
-             on_timeout: Callable[[], str] | None = None) -> Any:
+    def wait(
+        self,
+        condition: Callable[[], Any],
+        *,
+        timeout: float,
+        what: str,
+        interval: float = 0.5,
+        on_timeout: Callable[[], str] | None = None,
+    ) -> Any:
         """`wait_for`, failing at once with WorkerExited when the process ends meanwhile; the failure shows the
         end of the log unless `on_timeout` says otherwise."""
         __tracebackhide__ = True
@@ -174,8 +199,9 @@ class Worker:
                 self.process.wait(timeout=grace)
                 self.stop_seconds = time.perf_counter() - asked
             except subprocess.TimeoutExpired:
-                log.warning("the worker (pid %d) did not stop %.0f s after signal %d; killing it",
-                            self.process.pid, grace, sig)
+                log.warning(
+                    "the worker (pid %d) did not stop %.0f s after signal %d; killing it", self.process.pid, grace, sig
+                )
                 self.killed = True
                 self.process.kill()
                 self.process.wait(timeout=10)
@@ -198,13 +224,19 @@ class Worker:
         """Every sample of /metrics: (name, labels, value)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(self.metrics_text())
-                for s in family.samples]
+        return [
+            (s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(self.metrics_text())
+            for s in family.samples
+        ]
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples called `name` that carry `labels`; 0 when there is none (yet)."""
-        return sum(value for sample, have, value in self.samples()
-                   if sample == name and all(have.get(k) == v for k, v in labels.items()))
+        return sum(
+            value
+            for sample, have, value in self.samples()
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        )
 
     def records_seen(self, topic: str) -> float:
         """Records of `topic` the worker's stage 1 has received."""
@@ -225,8 +257,9 @@ class Worker:
         return 0 if report is None else int(report["counted_events"]) + int(report["late_dropped"])
 
 
-def start_worker(settings: Settings, log_path: Path, *, command: Sequence[str] | None = None,
-                 ready_timeout: float = READY_SECONDS) -> Worker:
+def start_worker(
+    settings: Settings, log_path: Path, *, command: Sequence[str] | None = None, ready_timeout: float = READY_SECONDS
+) -> Worker:
     """A worker whose web server answers; stopped again if it does not in time."""
     worker = Worker(settings, log_path, command=command)
     try:

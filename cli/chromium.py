@@ -17,11 +17,22 @@ from cli.exceptions import CliError
 
 BINARY = "chromium"
 TIMEOUT_SECONDS = 120.0  # a cold start on a loaded 2-core machine takes seconds, not minutes
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 # Injected into a copy of the page only, to learn how tall a full-page screenshot must be.
-_MEASURE = ("<script>addEventListener('load', () => { document.body.dataset.pageHeight = "
-            "Math.ceil(document.documentElement.scrollHeight); });</script>")
+_MEASURE = (
+    "<script>addEventListener('load', () => { document.body.dataset.pageHeight = "
+    "Math.ceil(document.documentElement.scrollHeight); });</script>"
+)
 
 
 class ChromiumError(CliError):
@@ -32,8 +43,9 @@ def binary() -> str:
     """The path of `chromium`, or ChromiumError saying how to install it."""
     found = shutil.which(BINARY)
     if found is None:
-        raise ChromiumError("chromium is not installed — `make test` and `make screenshots` install it "
-                            "(apt-get install chromium)")
+        raise ChromiumError(
+            "chromium is not installed — `make test` and `make screenshots` install it (apt-get install chromium)"
+        )
     return found
 
 
@@ -44,11 +56,13 @@ def run(*args: str, timeout: float = TIMEOUT_SECONDS) -> str:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise ChromiumError(f"chromium did not finish in {timeout:.0f} s: {' '.join(command)}\n"
-                                f"stderr: {_tail(exc.stderr)}") from exc
+            raise ChromiumError(
+                f"chromium did not finish in {timeout:.0f} s: {' '.join(command)}\nstderr: {_tail(exc.stderr)}"
+            ) from exc
     if done.returncode != 0:
-        raise ChromiumError(f"chromium exited with {done.returncode}: {' '.join(command)}\n"
-                            f"stderr: {_tail(done.stderr)}")
+        raise ChromiumError(
+            f"chromium exited with {done.returncode}: {' '.join(command)}\nstderr: {_tail(done.stderr)}"
+        )
     return done.stdout
 
 

@@ -34,8 +34,11 @@ KPIS: tuple[tuple[str, str, str], ...] = (
 # The KPI chart an incident's measure belongs to; an anomaly of another measure (fallbacks, latency,
 # revenue, violations) is ringed on every chart of its series instead of dotted on one.
 _MEASURE_KPIS: dict[str, frozenset[str]] = {
-    "cvr": frozenset({"cvr"}), "ctr": frozenset({"ctr"}), "ctr+cvr": frozenset({"ctr", "cvr"}),
-    "exposures": frozenset({"exposures"}), "exposure_share": frozenset({"exposures"}),
+    "cvr": frozenset({"cvr"}),
+    "ctr": frozenset({"ctr"}),
+    "ctr+cvr": frozenset({"ctr", "cvr"}),
+    "exposures": frozenset({"exposures"}),
+    "exposure_share": frozenset({"exposures"}),
 }
 # Colour per variant (by order of first appearance): control-like first, colour-blind safe (Okabe-Ito).
 DECISION = "experiment_decision"
@@ -90,8 +93,9 @@ def _when(at: datetime | None) -> str:
     return "" if at is None else f"{at:%Y-%m-%d %H:%M}"
 
 
-def _table(columns: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = (),
-           nowrap: Iterable[int] = ()) -> str:
+def _table(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = (), nowrap: Iterable[int] = ()
+) -> str:
     """An HTML table; cells are HTML already (escape text before), `numeric` columns right-aligned, `nowrap`
     columns (ids, series, times) kept on one line."""
     classes = {i: "num" for i in numeric}
@@ -99,8 +103,9 @@ def _table(columns: Sequence[str], rows: Iterable[Sequence[str]], numeric: Itera
         classes[i] = (classes.get(i, "") + " nowrap").strip()
     attr = lambda i: f' class="{classes[i]}"' if i in classes else ""  # noqa: E731
     head = "".join(f"<th{attr(i)}>{escape(c)}</th>" for i, c in enumerate(columns))
-    body = "".join("<tr>" + "".join(f"<td{attr(i)}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td{attr(i)}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>" for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -176,14 +181,18 @@ def _axes(x: _Scale, y: _Scale, unit: str, *, most: int = 8) -> list[str]:
     for value in _nice_ticks(y.lo, y.hi):
         if y.lo <= value <= y.hi:
             py = _f(y(value))
-            out.append(f'<line class="grid" x1="{_f(x.start)}" x2="{_f(x.end)}" y1="{py}" y2="{py}"/>'
-                       f'<text x="{_f(x.start - 4)}" y="{py}" dy="3" text-anchor="end">'
-                       f'{_tick_label(value, unit)}</text>')
+            out.append(
+                f'<line class="grid" x1="{_f(x.start)}" x2="{_f(x.end)}" y1="{py}" y2="{py}"/>'
+                f'<text x="{_f(x.start - 4)}" y="{py}" dy="3" text-anchor="end">'
+                f"{_tick_label(value, unit)}</text>"
+            )
     for at in _time_ticks(x.lo, x.hi, most):
         px = _f(x(at))
-        out.append(f'<line class="grid" x1="{px}" x2="{px}" y1="{_f(y.start)}" y2="{_f(y.start + 3)}"/>'
-                   f'<text x="{px}" y="{_f(y.start + 13)}" text-anchor="middle">'
-                   f'{utc(at):%m-%d}</text>')
+        out.append(
+            f'<line class="grid" x1="{px}" x2="{px}" y1="{_f(y.start)}" y2="{_f(y.start + 3)}"/>'
+            f'<text x="{px}" y="{_f(y.start + 13)}" text-anchor="middle">'
+            f"{utc(at):%m-%d}</text>"
+        )
     return out
 
 
@@ -194,24 +203,34 @@ def _path(points: Iterable[tuple[float, float | None]], x: _Scale, y: _Scale) ->
         if value is None:
             pen_down = False
             continue
-        parts.append(f'{"L" if pen_down else "M"}{_f(x(at))} {_f(y(value))}')
+        parts.append(f"{'L' if pen_down else 'M'}{_f(x(at))} {_f(y(value))}")
         pen_down = True
     return "".join(parts)
 
 
-def _markers(x: _Scale, y: _Scale, incidents: Iterable[IncidentLine], changes: Iterable[RuleChangeLine]
-             ) -> list[str]:
+def _markers(x: _Scale, y: _Scale, incidents: Iterable[IncidentLine], changes: Iterable[RuleChangeLine]) -> list[str]:
     """Dashed lines at incidents' opening, dotted ones at rule changes, each with a tooltip."""
-    marks = [("incident", line.opened_at, f"{line.incident_id} {line.kind} opened {_when(line.opened_at)}")
-             for line in incidents]
-    marks += [("change", change.at, f"{change.action} of {change.rule_id} by {change.author} {_when(change.at)}"
-               + ("" if change.approved else " (not approved)")) for change in changes]
+    marks = [
+        ("incident", line.opened_at, f"{line.incident_id} {line.kind} opened {_when(line.opened_at)}")
+        for line in incidents
+    ]
+    marks += [
+        (
+            "change",
+            change.at,
+            f"{change.action} of {change.rule_id} by {change.author} {_when(change.at)}"
+            + ("" if change.approved else " (not approved)"),
+        )
+        for change in changes
+    ]
     out = []
     for css, when, title in marks:
         if x.lo <= when.timestamp() <= x.hi:
             px = _f(x(when.timestamp()))
-            out.append(f'<line class="{css}" x1="{px}" x2="{px}" y1="{_f(y.end)}" y2="{_f(y.start)}">'
-                       f'<title>{escape(title)}</title></line>')
+            out.append(
+                f'<line class="{css}" x1="{px}" x2="{px}" y1="{_f(y.end)}" y2="{_f(y.start)}">'
+                f"<title>{escape(title)}</title></line>"
+            )
     return out
 
 
@@ -231,26 +250,42 @@ def _time_domain(report: Report) -> tuple[float, float] | None:
 
 # --------------------------------------------------------------------------- sections
 def _header(report: Report) -> str:
-    span = (f"{_when(report.window_start)} → {_when(report.window_end)} UTC"
-            if report.window_start and report.window_end else "no closed bucket yet")
+    span = (
+        f"{_when(report.window_start)} → {_when(report.window_end)} UTC"
+        if report.window_start and report.window_end
+        else "no closed bucket yet"
+    )
     t = report.totals
-    facts = [("events counted", f"{report.counted_events:,}"), ("exposures", f"{t.exposures:,}"),
-             ("clicks", f"{t.clicks:,}"), ("conversions", f"{t.conversions:,}"), ("CTR", pct(t.ctr)),
-             ("CVR", pct(t.cvr)), ("CVR 24 h", pct(t.recent_cvr)),
-             ("incidents", f"{len(report.incidents):,}"), ("late and dropped", f"{report.late_dropped:,}"),
-             ("redelivered and skipped", f"{report.duplicates_skipped:,}"),
-             ("dead letters", f"{sum(report.dead_letters.values()):,}")]
-    dead = (" · ".join(f"{escape(kind)} {n:,}" for kind, n in report.dead_letters.items())
-            if report.dead_letters else "none")
+    facts = [
+        ("events counted", f"{report.counted_events:,}"),
+        ("exposures", f"{t.exposures:,}"),
+        ("clicks", f"{t.clicks:,}"),
+        ("conversions", f"{t.conversions:,}"),
+        ("CTR", pct(t.ctr)),
+        ("CVR", pct(t.cvr)),
+        ("CVR 24 h", pct(t.recent_cvr)),
+        ("incidents", f"{len(report.incidents):,}"),
+        ("late and dropped", f"{report.late_dropped:,}"),
+        ("redelivered and skipped", f"{report.duplicates_skipped:,}"),
+        ("dead letters", f"{sum(report.dead_letters.values()):,}"),
+    ]
+    dead = (
+        " · ".join(f"{escape(kind)} {n:,}" for kind, n in report.dead_letters.items())
+        if report.dead_letters
+        else "none"
+    )
     plan = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"
     warming = ", ".join(report.warming_up) if report.warming_up else "none"
-    return (f'<section id="header"><h1>{escape(report.initiative)}</h1>'
-            f'<p class="note">Personalization Monitor · window {escape(report.window)} ({escape(span)}) · '
-            f'alert threshold {report.alert_threshold * 100:.0f} % relative drop · plan {escape(plan)}</p>'
-            + (f'<p class="note">{escape(report.window_note)}</p>' if report.window_note else "")
-            + '<ul class="facts">' + "".join(f"<li><b>{escape(v)}</b><span>{escape(k)}</span></li>" for k, v in facts)
-            + f'</ul><p class="note">Dead letters by reason: {dead}</p>'
-            f'<p class="note">Series still warming up (no alerts yet): {escape(warming)}</p></section>')
+    return (
+        f'<section id="header"><h1>{escape(report.initiative)}</h1>'
+        f'<p class="note">Personalization Monitor · window {escape(report.window)} ({escape(span)}) · '
+        f"alert threshold {report.alert_threshold * 100:.0f} % relative drop · plan {escape(plan)}</p>"
+        + (f'<p class="note">{escape(report.window_note)}</p>' if report.window_note else "")
+        + '<ul class="facts">'
+        + "".join(f"<li><b>{escape(v)}</b><span>{escape(k)}</span></li>" for k, v in facts)
+        + f'</ul><p class="note">Dead letters by reason: {dead}</p>'
+        f'<p class="note">Series still warming up (no alerts yet): {escape(warming)}</p></section>'
+    )
 
 
 def _variant(series: str) -> str:
@@ -263,8 +298,16 @@ def _palette(names: Iterable[str]) -> dict[str, str]:
     return {v: _VARIANT_COLOURS[i % len(_VARIANT_COLOURS)] for i, v in enumerate(variants)}
 
 
-def _kpi_panel(trend: SeriesTrend, kpi: str, unit: str, x: _Scale, top: float, colour: str,
-               incidents: dict[str, IncidentLine], report: Report) -> str:
+def _kpi_panel(
+    trend: SeriesTrend,
+    kpi: str,
+    unit: str,
+    x: _Scale,
+    top: float,
+    colour: str,
+    incidents: dict[str, IncidentLine],
+    report: Report,
+) -> str:
     width, height = 600, 128
     y = _Scale(0.0, top, height - 22, 6)
     points = [(p.start.timestamp() + 1800.0, getattr(p, kpi)) for p in trend.points]  # drawn at mid-hour
@@ -280,15 +323,21 @@ def _kpi_panel(trend: SeriesTrend, kpi: str, unit: str, x: _Scale, top: float, c
             matches = kpi in _MEASURE_KPIS.get(line.measure, frozenset())
             if not matches and line.measure in _MEASURE_KPIS:
                 continue  # another KPI's anomaly: dotted on that KPI's chart
-            tip = (f'<title>{escape(line.incident_id)} {escape(line.kind)}: observed '
-                   f'{escape(measured(line.observed, line.measure))}, expected '
-                   f'{escape(measured(line.expected, line.measure))} ({_when(p.start)})</title>')
+            tip = (
+                f"<title>{escape(line.incident_id)} {escape(line.kind)}: observed "
+                f"{escape(measured(line.observed, line.measure))}, expected "
+                f"{escape(measured(line.expected, line.measure))} ({_when(p.start)})</title>"
+            )
             cy = _f(y(min(v if v is not None else 0.0, top)))
             shape = "anomaly" if matches else "ring"
-            body.append(f'<circle class="{shape}" cx="{_f(x(at))}" cy="{cy}" r="{3.5 if matches else 5}">'
-                        f'{tip}</circle>')
-    return (f'<div class="panel"><div class="series-name">{escape(trend.series)}</div>'
-            + _svg(width, height, f"{kpi} of {trend.series}", body) + "</div>")
+            body.append(
+                f'<circle class="{shape}" cx="{_f(x(at))}" cy="{cy}" r="{3.5 if matches else 5}">{tip}</circle>'
+            )
+    return (
+        f'<div class="panel"><div class="series-name">{escape(trend.series)}</div>'
+        + _svg(width, height, f"{kpi} of {trend.series}", body)
+        + "</div>"
+    )
 
 
 def _kpi_trends(report: Report) -> str:
@@ -299,18 +348,23 @@ def _kpi_trends(report: Report) -> str:
     x = _Scale(domain[0], domain[1], 52, 594)
     incidents = {line.incident_id: line for line in report.incidents}
     palette = _palette(t.series for t in report.trends)
-    legend = ('<div class="legend">' + "".join(
-        f'<i style="background:{colour}"></i>{escape(variant)}' for variant, colour in palette.items()) +
-        '<i style="background:var(--bad)"></i>incident opened (dashed; dot: the bucket that opened it, '
-        'ring: an anomaly of another measure)<i style="background:var(--change)"></i>rule change (dotted)</div>')
+    legend = (
+        '<div class="legend">'
+        + "".join(f'<i style="background:{colour}"></i>{escape(variant)}' for variant, colour in palette.items())
+        + '<i style="background:var(--bad)"></i>incident opened (dashed; dot: the bucket that opened it, '
+        'ring: an anomaly of another measure)<i style="background:var(--change)"></i>rule change (dotted)</div>'
+    )
     figures = []
     for kpi, title, unit in KPIS:
         values = [getattr(p, kpi) for t in report.trends for p in t.points if getattr(p, kpi) is not None]
         top = _nice_ticks(0.0, max(values, default=0.0) or 1.0)[-1]
-        panels = "".join(_kpi_panel(t, kpi, unit, x, top, palette[_variant(t.series)], incidents, report)
-                         for t in report.trends)
-        figures.append(f'<figure class="chart" data-kpi="{kpi}"><figcaption>{escape(title)} per hour, one panel '
-                       f'per series (same scale)</figcaption>{legend}<div class="multiples">{panels}</div></figure>')
+        panels = "".join(
+            _kpi_panel(t, kpi, unit, x, top, palette[_variant(t.series)], incidents, report) for t in report.trends
+        )
+        figures.append(
+            f'<figure class="chart" data-kpi="{kpi}"><figcaption>{escape(title)} per hour, one panel '
+            f'per series (same scale)</figcaption>{legend}<div class="multiples">{panels}</div></figure>'
+        )
     return head + "".join(figures) + "</section>"
 
 
@@ -339,12 +393,17 @@ def _bars(title: str, kpi: str, rows: list[tuple[str, int]], colours: list[str])
     body = []
     for i, (name, n) in enumerate(rows):
         top = 4 + i * (bar + gap)
-        body.append(f'<text x="{label - 6}" y="{top + bar / 2 + 3:.1f}" text-anchor="end">{escape(name)}</text>'
-                    f'<rect x="{label}" y="{top}" width="{_f(max(x(n) - label, 1.0))}" height="{bar}" '
-                    f'fill="{colours[i % len(colours)]}"><title>{escape(name)}: {n:,}</title></rect>'
-                    f'<text x="{_f(x(n) + 6)}" y="{top + bar / 2 + 3:.1f}">{n:,}</text>')
-    return (f'<figure class="chart" data-chart="{kpi}-by-variant"><figcaption>{escape(title)}</figcaption>'
-            + _svg(width, height, title, body) + "</figure>")
+        body.append(
+            f'<text x="{label - 6}" y="{top + bar / 2 + 3:.1f}" text-anchor="end">{escape(name)}</text>'
+            f'<rect x="{label}" y="{top}" width="{_f(max(x(n) - label, 1.0))}" height="{bar}" '
+            f'fill="{colours[i % len(colours)]}"><title>{escape(name)}: {n:,}</title></rect>'
+            f'<text x="{_f(x(n) + 6)}" y="{top + bar / 2 + 3:.1f}">{n:,}</text>'
+        )
+    return (
+        f'<figure class="chart" data-chart="{kpi}-by-variant"><figcaption>{escape(title)}</figcaption>'
+        + _svg(width, height, title, body)
+        + "</figure>"
+    )
 
 
 def _variants(report: Report) -> str:
@@ -354,11 +413,14 @@ def _variants(report: Report) -> str:
         return head + '<p class="note">No exposure in the window.</p></section>'
     palette = _palette(name for name, _, _ in rows)
     colours = [palette[name] for name, _, _ in rows]
-    charts = (_bars("Exposures by variant", "exposures", [(n, e) for n, e, _ in rows], colours)
-              + _bars("Conversions by variant", "conversions", [(n, c) for n, _, c in rows], colours))
-    table = _table(("variant", "exposures", "conversions", "CVR"),
-                   [(escape(n), f"{e:,}", f"{c:,}", pct(c / e if e else None)) for n, e, c in rows],
-                   numeric=(1, 2, 3))
+    charts = _bars("Exposures by variant", "exposures", [(n, e) for n, e, _ in rows], colours) + _bars(
+        "Conversions by variant", "conversions", [(n, c) for n, _, c in rows], colours
+    )
+    table = _table(
+        ("variant", "exposures", "conversions", "CVR"),
+        [(escape(n), f"{e:,}", f"{c:,}", pct(c / e if e else None)) for n, e, c in rows],
+        numeric=(1, 2, 3),
+    )
     return head + f'<div class="multiples">{charts}</div>{table}</section>'
 
 
@@ -366,13 +428,15 @@ def _lift_chart(history: LiftHistory, domain: tuple[float, float] | None) -> str
     points = [(p.at.timestamp() - 1800.0, p) for p in history.points]  # a look reads the bucket before it
     drawn = [(at, p) for at, p in points if p.lift is not None]
     if not drawn:
-        return (f'<p class="note">{escape(history.experiment)}: no lift yet (the comparison needs users in every '
-                f'variant).</p>')
+        return (
+            f'<p class="note">{escape(history.experiment)}: no lift yet (the comparison needs users in every '
+            f"variant).</p>"
+        )
     lo, hi = domain if domain else (drawn[0][0] - 1800.0, drawn[-1][0] + 1800.0)
     width, height = 1180, 220
     x = _Scale(lo, hi, 56, width - 10)
     # The interval of the first looks spans hundreds of percent; scale to the lifts and the settled intervals.
-    settled = drawn[len(drawn) // 4:]
+    settled = drawn[len(drawn) // 4 :]
     values = [p.lift for _, p in drawn] + [v for _, p in settled for v in (p.lift_low, p.lift_high) if v is not None]
     ticks = _nice_ticks(min(min(values), 0.0), max(max(values), 0.0), 5)
     y = _Scale(ticks[0], ticks[-1], height - 22, 6)
@@ -384,29 +448,42 @@ def _lift_chart(history: LiftHistory, domain: tuple[float, float] | None) -> str
         lower = " ".join(f"{_f(x(at))},{_f(y(clamp(p.lift_low)))}" for at, p in reversed(band))
         body.append(f'<polygon class="band" points="{upper} {lower}"><title>interval of the lift</title></polygon>')
     body.append(f'<line class="zero" x1="{_f(x.start)}" x2="{_f(x.end)}" y1="{_f(y(0.0))}" y2="{_f(y(0.0))}"/>')
-    body.append(f'<path class="line" stroke="#0072b2" stroke-width="2" '
-                f'd="{_path(((at, clamp(p.lift)) for at, p in drawn), x, y)}"/>')
+    body.append(
+        f'<path class="line" stroke="#0072b2" stroke-width="2" '
+        f'd="{_path(((at, clamp(p.lift)) for at, p in drawn), x, y)}"/>'
+    )
     last = drawn[-1][1]
-    interval = (f" [{last.lift_low:+.1%}, {last.lift_high:+.1%}]"
-                if last.lift_low is not None and last.lift_high is not None else "")
-    caption = (f"{history.experiment}: relative lift of {history.metric}, {history.variant or 'treatment'} against "
-               f"control, per look, with its interval (latest {last.lift:+.1%}{interval})")
-    return (f'<figure class="chart" data-chart="lift" data-experiment="{escape(history.experiment)}">'
-            f'<figcaption>{escape(caption)}</figcaption>' + _svg(width, height, caption, body) + "</figure>")
+    interval = (
+        f" [{last.lift_low:+.1%}, {last.lift_high:+.1%}]"
+        if last.lift_low is not None and last.lift_high is not None
+        else ""
+    )
+    caption = (
+        f"{history.experiment}: relative lift of {history.metric}, {history.variant or 'treatment'} against "
+        f"control, per look, with its interval (latest {last.lift:+.1%}{interval})"
+    )
+    return (
+        f'<figure class="chart" data-chart="lift" data-experiment="{escape(history.experiment)}">'
+        f"<figcaption>{escape(caption)}</figcaption>" + _svg(width, height, caption, body) + "</figure>"
+    )
 
 
 def _experiments(report: Report) -> str:
     head = '<section id="experiments"><h2>Experiments: lift over time</h2>'
     if not report.experiments and not report.lift_history:
-        return head + ('<p class="note">No experiment: no experiment traffic seen for this initiative '
-                       '(events name none), or none has a plan to read it against.</p></section>')
+        return head + (
+            '<p class="note">No experiment: no experiment traffic seen for this initiative '
+            "(events name none), or none has a plan to read it against.</p></section>"
+        )
     parts = []
     domain = _time_domain(report)
     histories = {h.experiment: h for h in report.lift_history}
     for memo in report.experiments:
         s = memo.summary
-        parts.append(f'<h3>{escape(s.experiment)}: {escape(s.state.replace("_", " "))}'
-                     f'{" " + escape(s.variant) if s.variant else ""}</h3><p>{escape(s.headline)}</p>')
+        parts.append(
+            f"<h3>{escape(s.experiment)}: {escape(s.state.replace('_', ' '))}"
+            f"{' ' + escape(s.variant) if s.variant else ''}</h3><p>{escape(s.headline)}</p>"
+        )
         history = histories.get(s.experiment)
         parts.append(_lift_chart(history, domain) if history is not None else _NO_TRENDS)
         if s.reasons:
@@ -417,25 +494,50 @@ def _experiments(report: Report) -> str:
 def _governance(report: Report) -> str:
     adherence = _table(
         ("channel", "personalized exposures", "violations", "adherence"),
-        [(escape(a.channel), f"{a.personalized:,}", f"{a.violations:,}",
-          "–" if a.adherence_pct is None else f"{a.adherence_pct:.3f} %") for a in report.consent_adherence],
-        numeric=(1, 2, 3))
-    checklist = _table(("item", "status", "owner", "summary"),
-                       [(escape(i.item), _badge(i.status), escape(i.owner), escape(i.summary))
-                        for i in report.governance_checklist])
-    changes = _table(("time (UTC)", "rule", "action", "author", "approver", "ticket", "approved"),
-                     [(_when(c.at), escape(c.rule_id), escape(c.action), escape(c.author), escape(c.approver or "–"),
-                       escape(c.ticket or "–"), _badge("pass" if c.approved else "fail"))
-                      for c in report.rule_changes], nowrap=(0,))
+        [
+            (
+                escape(a.channel),
+                f"{a.personalized:,}",
+                f"{a.violations:,}",
+                "–" if a.adherence_pct is None else f"{a.adherence_pct:.3f} %",
+            )
+            for a in report.consent_adherence
+        ],
+        numeric=(1, 2, 3),
+    )
+    checklist = _table(
+        ("item", "status", "owner", "summary"),
+        [(escape(i.item), _badge(i.status), escape(i.owner), escape(i.summary)) for i in report.governance_checklist],
+    )
+    changes = _table(
+        ("time (UTC)", "rule", "action", "author", "approver", "ticket", "approved"),
+        [
+            (
+                _when(c.at),
+                escape(c.rule_id),
+                escape(c.action),
+                escape(c.author),
+                escape(c.approver or "–"),
+                escape(c.ticket or "–"),
+                _badge("pass" if c.approved else "fail"),
+            )
+            for c in report.rule_changes
+        ],
+        nowrap=(0,),
+    )
     if not report.consent_adherence:
         adherence = '<p class="note">No personalized exposure in the window.</p>'
     if not report.rule_changes:
         changes = '<p class="note">No rule change in the window.</p>'
-    pending = "".join(f'<p class="note">Pending approval: {escape(str(c["action"]))} of {escape(str(c["rule_id"]))} '
-                      f'by {escape(str(c["author"]))} at {escape(str(c["at"])[:16])}</p>'
-                      for c in report.pending_approvals)
-    return ('<section id="governance"><h2>Consent adherence and governance</h2><h3>Consent adherence</h3>'
-            f'{adherence}<h3>Governance checklist</h3>{checklist}<h3>Rule changes</h3>{changes}{pending}</section>')
+    pending = "".join(
+        f'<p class="note">Pending approval: {escape(str(c["action"]))} of {escape(str(c["rule_id"]))} '
+        f"by {escape(str(c['author']))} at {escape(str(c['at'])[:16])}</p>"
+        for c in report.pending_approvals
+    )
+    return (
+        '<section id="governance"><h2>Consent adherence and governance</h2><h3>Consent adherence</h3>'
+        f"{adherence}<h3>Governance checklist</h3>{checklist}<h3>Rule changes</h3>{changes}{pending}</section>"
+    )
 
 
 def _owner(line: IncidentLine) -> str:
@@ -460,41 +562,59 @@ def _incident_timeline(report: Report) -> str:
     body = []
     for at in _time_ticks(lo, hi, 16):
         px = _f(x(at))
-        body.append(f'<line class="grid" x1="{px}" x2="{px}" y1="0" y2="{height - 20}"/>'
-                    f'<text x="{px}" y="{height - 7}" text-anchor="middle">'
-                    f'{utc(at):%m-%d}</text>')
+        body.append(
+            f'<line class="grid" x1="{px}" x2="{px}" y1="0" y2="{height - 20}"/>'
+            f'<text x="{px}" y="{height - 7}" text-anchor="middle">'
+            f"{utc(at):%m-%d}</text>"
+        )
     for i, line in enumerate(report.incidents):
         top = i * row + 2
         start = max(line.opened_at.timestamp(), lo)
         stop = line.updated_at.timestamp() if line.status == "resolved" else (end or hi)
         colour = "var(--bad)" if line.severity == "critical" else "var(--warn)"
         owner = line.owner + (f": {line.assignee}" if line.assignee else "")
-        tip = (f'<title>{escape(line.incident_id)} {escape(line.kind)} · {escape(line.status)} · {escape(owner)} · '
-               f'opened {_when(line.opened_at)}</title>')
-        body.append(f'<text x="{label - 8}" y="{top + 11}" text-anchor="end">{escape(line.incident_id)} '
-                    f'{escape(line.kind)}</text>')
+        tip = (
+            f"<title>{escape(line.incident_id)} {escape(line.kind)} · {escape(line.status)} · {escape(owner)} · "
+            f"opened {_when(line.opened_at)}</title>"
+        )
+        body.append(
+            f'<text x="{label - 8}" y="{top + 11}" text-anchor="end">{escape(line.incident_id)} '
+            f"{escape(line.kind)}</text>"
+        )
         if line.kind == DECISION:  # a recommendation holds until the next one: a point in time, not an outage
             cx, cy = x(start), top + row / 2 - 1
             body.append(f'<path d="M{_f(cx)} {_f(cy - 6)}l6 6-6 6-6-6z" fill="{colour}">{tip}</path>')
             stop = start
         else:
-            body.append(f'<rect x="{_f(x(start))}" y="{top + 2}" width="{_f(max(x(min(stop, hi)) - x(start), 3.0))}" '
-                        f'height="{row - 6}" rx="2" fill="{colour}" '
-                        f'fill-opacity="{0.9 if line.status != "resolved" else 0.45}">{tip}</rect>')
+            body.append(
+                f'<rect x="{_f(x(start))}" y="{top + 2}" width="{_f(max(x(min(stop, hi)) - x(start), 3.0))}" '
+                f'height="{row - 6}" rx="2" fill="{colour}" '
+                f'fill-opacity="{0.9 if line.status != "resolved" else 0.45}">{tip}</rect>'
+            )
         body.append(f'<text x="{_f(x(min(stop, hi)) + 8)}" y="{top + 11}">{escape(owner)}</text>')
-    chart = ('<figure class="chart" data-chart="incidents"><figcaption>Open (solid) and resolved (pale) incidents, '
-             'from opening to resolution; experiment decisions as diamonds; red: critical, orange: warning'
-             '</figcaption>' + _svg(width, height, "incident timeline", body) + "</figure>")
-    table = _table(("incident", "kind, severity", "status", "owner: assignee", "series", "opened (UTC)",
-                    "observed", "expected"),
-                   [(escape(line.incident_id),
-                     f'{escape(line.kind)}<br><span class="{escape(line.severity)}">{escape(line.severity)}</span>',
-                     escape(line.status if line.status == "opened" else f"{line.status} {line.updated_at:%m-%d %H:%M}"),
-                     _owner(line),
-                     '<span class="series-name">' + "<br>".join(escape(s) for s in line.series) + "</span>",
-                     f"{line.opened_at:%m-%d %H:%M}",
-                     escape(measured(line.observed, line.measure)), escape(measured(line.expected, line.measure)))
-                    for line in report.incidents], numeric=(6, 7), nowrap=(0, 4, 6, 7))
+    chart = (
+        '<figure class="chart" data-chart="incidents"><figcaption>Open (solid) and resolved (pale) incidents, '
+        "from opening to resolution; experiment decisions as diamonds; red: critical, orange: warning"
+        "</figcaption>" + _svg(width, height, "incident timeline", body) + "</figure>"
+    )
+    table = _table(
+        ("incident", "kind, severity", "status", "owner: assignee", "series", "opened (UTC)", "observed", "expected"),
+        [
+            (
+                escape(line.incident_id),
+                f'{escape(line.kind)}<br><span class="{escape(line.severity)}">{escape(line.severity)}</span>',
+                escape(line.status if line.status == "opened" else f"{line.status} {line.updated_at:%m-%d %H:%M}"),
+                _owner(line),
+                '<span class="series-name">' + "<br>".join(escape(s) for s in line.series) + "</span>",
+                f"{line.opened_at:%m-%d %H:%M}",
+                escape(measured(line.observed, line.measure)),
+                escape(measured(line.expected, line.measure)),
+            )
+            for line in report.incidents
+        ],
+        numeric=(6, 7),
+        nowrap=(0, 4, 6, 7),
+    )
     return head + chart + table + "</section>"
 
 
@@ -503,14 +623,35 @@ def _backlog(report: Report) -> str:
     head = f'<section id="backlog"><h2>Backlog ({len(open_items)} open of {len(report.backlog)})</h2>'
     if not report.backlog:
         return head + '<p class="note">The plan has no backlog item.</p></section>'
-    return head + _table(("item", "owner", "priority", "due (UTC)", "status", "source"),
-                         [(escape(b.title), escape(b.owner), escape(b.priority), _when(b.due_at), escape(b.status),
-                           escape(b.source or "")) for b in report.backlog], nowrap=(3, 5)) + "</section>"
+    return (
+        head
+        + _table(
+            ("item", "owner", "priority", "due (UTC)", "status", "source"),
+            [
+                (
+                    escape(b.title),
+                    escape(b.owner),
+                    escape(b.priority),
+                    _when(b.due_at),
+                    escape(b.status),
+                    escape(b.source or ""),
+                )
+                for b in report.backlog
+            ],
+            nowrap=(3, 5),
+        )
+        + "</section>"
+    )
 
 
 SECTIONS: tuple[tuple[str, Callable[[Report], str]], ...] = (
-    ("header", _header), ("kpi-trends", _kpi_trends), ("variants", _variants), ("experiments", _experiments),
-    ("governance", _governance), ("incidents", _incident_timeline), ("backlog", _backlog),
+    ("header", _header),
+    ("kpi-trends", _kpi_trends),
+    ("variants", _variants),
+    ("experiments", _experiments),
+    ("governance", _governance),
+    ("incidents", _incident_timeline),
+    ("backlog", _backlog),
 )
 
 
@@ -521,7 +662,10 @@ def render_html(report: Report) -> str:
     are those of `SECTIONS`; each chart is a `<figure class="chart">` (`data-kpi` for the KPI trends).
     """
     title = f"{report.initiative} · Personalization Monitor"
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>"
-            + "".join(section(report) for _, section in SECTIONS) + "</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>"
+        + "".join(section(report) for _, section in SECTIONS)
+        + "</main></body></html>\n"
+    )

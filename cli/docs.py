@@ -50,18 +50,25 @@ def _alerts() -> str:
     lines = ["| alert | group | for | severity | what |", "|---|---|---|---|---|"]
     for rule in alert_rules():
         summary = rule.get("annotations", {}).get("summary", "").replace("|", "/")
-        lines.append(f"| `{rule['alert']}` | {rule['group']} | {rule.get('for', '0s')} | "
-                     f"{rule.get('labels', {}).get('severity', '')} | {summary} |")
+        lines.append(
+            f"| `{rule['alert']}` | {rule['group']} | {rule.get('for', '0s')} | "
+            f"{rule.get('labels', {}).get('severity', '')} | {summary} |"
+        )
     return "\n".join(lines)
 
 
-GENERATED: dict[str, Callable[[], str]] = {"settings": _settings, "glossary": _glossary, "metrics": _metrics,
-                                           "alerts": _alerts}
+GENERATED: dict[str, Callable[[], str]] = {
+    "settings": _settings,
+    "glossary": _glossary,
+    "metrics": _metrics,
+    "alerts": _alerts,
+}
 _BLOCK = re.compile(r"(<!-- (\w+):begin -->\n).*?(<!-- \2:end -->)", re.S)
 
 
 def rewritten(text: str) -> str:
     """`text` with every known generated block replaced by its current content."""
+
     def fill(match: re.Match[str]) -> str:
         make = GENERATED.get(match.group(2))
         return match.group(0) if make is None else f"{match.group(1)}{make()}\n{match.group(3)}"

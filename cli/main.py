@@ -44,8 +44,13 @@ ANSWERS: dict[str, set[str]] = {
     "experiment_rule_change": {"experiment_integrity"},
 }
 # About a whole initiative (its feed, a rule, an experiment), not about series: matched by initiative.
-INITIATIVE_KINDS = {"feed_stale", "unapproved_rule_change", "experiment_integrity", "rule_fallback",
-                    "variant_imbalance"}
+INITIATIVE_KINDS = {
+    "feed_stale",
+    "unapproved_rule_change",
+    "experiment_integrity",
+    "rule_fallback",
+    "variant_imbalance",
+}
 
 
 class UsageFailure(click.ClickException):
@@ -94,23 +99,36 @@ def _config_option() -> Path | None:
 
 
 _config_file_option = click.option(
-    "--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="Config file (TOML, keys as in docs/configuration.md); default PMON_CONFIG, else ./pmon.toml if present. "
-         "PMON_* variables and options override it.")
+    "PMON_* variables and options override it.",
+)
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 FORMATS = ("terminal", "markdown", "json", "html")
 _format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="terminal", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="terminal",
+    show_default=True,
     help="terminal: tables fitted to the terminal (plain text when piped); markdown: for a ticket or wiki; json: "
-         "the report document (schemas/report.schema.json); html: a self-contained dashboard file.")
-_out_option = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                           help="Write the report to this file instead of standard output.")
+    "the report document (schemas/report.schema.json); html: a self-contained dashboard file.",
+)
+_out_option = click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report to this file instead of standard output.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,11 +148,15 @@ def config_group() -> None:
 def config_show(as_json: bool) -> None:
     """Print every setting's value and its source: option, env (PMON_*), file, or default. Secrets are masked."""
     loaded = _loaded()
-    values = loaded.settings.model_dump(mode="json")   # secrets dump as asterisks
+    values = loaded.settings.model_dump(mode="json")  # secrets dump as asterisks
     where = {"file": str(loaded.file), "env": "env", "default": "default", "option": "option"}
     if as_json:
-        click.echo(orjson.dumps({name: {"value": value, "source": where[loaded.sources[name]]}
-                                 for name, value in values.items()}, option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                {name: {"value": value, "source": where[loaded.sources[name]]} for name, value in values.items()},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
         return
     click.echo(f"# config file: {loaded.file or 'none'}")
     width = max(map(len, values))
@@ -148,35 +170,56 @@ def config_show(as_json: bool) -> None:
 @pmon.command()
 @click.option("--days", type=click.IntRange(4, 60), default=14, show_default=True, help="Days of simulated history.")
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--plan-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the plan is written (default PMON_PLAN_DIR).")
+@click.option(
+    "--plan-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the plan is written (default PMON_PLAN_DIR).",
+)
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="full", show_default=True)
-@click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
-              show_default=True, help="KPI threshold: a relative drop breached twice opens a kpi_threshold incident.")
+@click.option(
+    "--alert-threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="KPI threshold: a relative drop breached twice opens a kpi_threshold incident.",
+)
 @_format_option
 @_out_option
-def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_threshold: float, fmt: str,
-         out: Path | None) -> None:
+def demo(
+    days: int, seed: int, plan_dir: Path | None, detail: str, alert_threshold: float, fmt: str, out: Path | None
+) -> None:
     """Run a simulated 'PLG Onboarding' program through the pipeline in one process."""
     from simulation.simulator import SimulationSpec, demo_program, labels, simulate
 
     spec = SimulationSpec(seed=seed, days=days, initiatives=demo_program(days), propensity_sigma=0.8)
     # The simulated experiments' plans, as a user would configure theirs: the planned allocation, conversions per
     # user as the success metric, revenue per user as a guardrail (no worse than 5 %).
-    planned = {i.name: dict(zip(i.variants, i.planned_allocation, strict=True))
-               for i in spec.initiatives if i.experiment}
-    experiments = {i.experiment: {"allocation": planned[i.name], "mde": 0.05,
-                                  "success_metrics": [{"metric": "conversions_per_user"}],
-                                  "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}]}
-                   for i in spec.initiatives if i.experiment}
-    settings = _settings(plan_dir=plan_dir, log_level="WARNING", allocations=planned, experiments=experiments,
-                         alert_threshold=alert_threshold)
+    planned = {
+        i.name: dict(zip(i.variants, i.planned_allocation, strict=True)) for i in spec.initiatives if i.experiment
+    }
+    experiments = {
+        i.experiment: {
+            "allocation": planned[i.name],
+            "mde": 0.05,
+            "success_metrics": [{"metric": "conversions_per_user"}],
+            "guardrails": [{"metric": "revenue_per_user", "margin": 0.05}],
+        }
+        for i in spec.initiatives
+        if i.experiment
+    }
+    settings = _settings(
+        plan_dir=plan_dir,
+        log_level="WARNING",
+        allocations=planned,
+        experiments=experiments,
+        alert_threshold=alert_threshold,
+    )
     _configure_logging(settings)
     console = _console()
     driver, elapsed = _run_embedded(settings, _encoded(simulate(spec)), console, total=None)
     truth = labels(spec)
-    _print_report(driver.initiative_stage, "PLG Onboarding", "14d", detail, None, alert_threshold, console,
-                  (fmt, out))
+    _print_report(driver.initiative_stage, "PLG Onboarding", "14d", detail, None, alert_threshold, console, (fmt, out))
     if fmt != "terminal" and out is None:
         return  # stdout holds the report document alone
     monitored = [label for label in truth if label["kind"] in ANSWERS]
@@ -186,24 +229,31 @@ def demo(days: int, seed: int, plan_dir: Path | None, detail: str, alert_thresho
     _print_experiments(driver, spec, console)
     # An injected sample ratio mismatch also shows as a variant getting less than its planned share.
     srm = {i.name for i in spec.initiatives if i.planned_allocation != i.allocation}
-    unexplained = [i for i in unexplained if not (i.kind == "variant_suppression" and i.initiative in srm)
-                   and i.kind != "experiment_decision"]  # decisions are in the readouts table above
+    unexplained = [
+        i
+        for i in unexplained
+        if not (i.kind == "variant_suppression" and i.initiative in srm) and i.kind != "experiment_decision"
+    ]  # decisions are in the readouts table above
     later = sorted({label["kind"] for label in truth} - set(ANSWERS))
     if later:
         console.print(f"Also injected, not monitored yet: {', '.join(later)}")
     console.print(f"Incidents with no injected cause (false alarms): {len(unexplained)}")
     for incident in unexplained:
-        console.print(f"  {incident.kind} on {', '.join(incident.series)} "
-                      f"at {incident.evidence.bucket_start:%m-%d %H:%M}")
-    console.print(f"{driver.run_result.records:,} records in {elapsed:.1f} s "
-                  f"({driver.run_result.records / elapsed:,.0f} records/s); "
-                  f"plan files in {settings.plan_dir.resolve()}")
+        console.print(
+            f"  {incident.kind} on {', '.join(incident.series)} at {incident.evidence.bucket_start:%m-%d %H:%M}"
+        )
+    console.print(
+        f"{driver.run_result.records:,} records in {elapsed:.1f} s "
+        f"({driver.run_result.records / elapsed:,.0f} records/s); "
+        f"plan files in {settings.plan_dir.resolve()}"
+    )
 
 
 def _expected_decision(initiative: Any, spec: Any) -> str:
     """What a trustworthy readout should say of a simulated experiment at the end of the run."""
     if initiative.planned_allocation != initiative.allocation or any(
-            i.kind == "experiment_rule_change" and i.initiative == initiative.name for i in spec.injections):
+        i.kind == "experiment_rule_change" and i.initiative == initiative.name for i in spec.injections
+    ):
         return "investigate"  # a sample ratio mismatch; a rule serving the experiment changed mid-way
     lift = initiative.variant_cvr_lifts[1] / initiative.variant_cvr_lifts[0]
     return "ship" if lift > 1.0 else "roll_back" if lift < 1.0 else "keep_running"
@@ -218,20 +268,27 @@ def _print_experiments(driver: Any, spec: Any, console: Console) -> None:
         state = (driver.initiative_stage.state.experiments.get(initiative.name) or {}).get(initiative.experiment)
         memo = state.memo if state is not None else None
         lift = initiative.variant_cvr_lifts[1] / initiative.variant_cvr_lifts[0] - 1
-        injected = ("sample ratio mismatch" if initiative.planned_allocation != initiative.allocation
-                    else f"{lift:+.0%} conversions")
+        injected = (
+            "sample ratio mismatch"
+            if initiative.planned_allocation != initiative.allocation
+            else f"{lift:+.0%} conversions"
+        )
         if any(i.kind == "experiment_rule_change" and i.initiative == initiative.name for i in spec.injections):
             injected += ", then a rule serving it changed"
         got = memo.summary.state if memo else "no readout"
         expected = _expected_decision(initiative, spec)
         verdict = "[green]as expected[/]" if got == expected else f"[bold red]expected {expected}[/]"
-        console.print(f"  {initiative.experiment} (injected: {injected}): "
-                      f"{got}{f' {memo.summary.variant}' if memo and memo.summary.variant else ''}, {verdict}")
+        console.print(
+            f"  {initiative.experiment} (injected: {injected}): "
+            f"{got}{f' {memo.summary.variant}' if memo and memo.summary.variant else ''}, {verdict}"
+        )
         if memo:
             console.print(f"    {memo.summary.headline}")
             if memo.summary.primary_variance_reduction is not None:
-                console.print(f"    CUPED: behaviour before exposure removed "
-                              f"{memo.summary.primary_variance_reduction:.1%} of the variance")
+                console.print(
+                    f"    CUPED: behaviour before exposure removed "
+                    f"{memo.summary.primary_variance_reduction:.1%} of the variance"
+                )
 
 
 def _print_checklists(driver: Any, console: Console) -> None:
@@ -241,8 +298,10 @@ def _print_checklists(driver: Any, console: Console) -> None:
     plans = driver.initiative_stage.state.plans
     console.print("[bold]Governance checklists[/] (in each initiative's plan)")
     for initiative in sorted(plans):
-        console.print(f"  {initiative}: " + " · ".join(f"{item.item} {status_word(item.status)}"
-                                                      for item in plans[initiative].governance_checklist))
+        console.print(
+            f"  {initiative}: "
+            + " · ".join(f"{item.item} {status_word(item.status)}" for item in plans[initiative].governance_checklist)
+        )
 
 
 def _console() -> Console:
@@ -275,7 +334,7 @@ def _run_embedded(settings: Settings, records: Any, console: Console, total: int
     # History: the stage's clock is the replay's.
     driver = EmbeddedDriver(settings, replay=True, settings_actor=actor)
     started = time.perf_counter()
-    if not console.is_terminal:   # piped: a line on stderr every 10 s instead of a progress bar
+    if not console.is_terminal:  # piped: a line on stderr every 10 s instead of a progress bar
         seen, last = [0], [started]
 
         def report_progress(n: int) -> None:
@@ -289,8 +348,14 @@ def _run_embedded(settings: Settings, records: Any, console: Console, total: int
         return driver, time.perf_counter() - started
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("replaying events", total=total)
         _run_async(driver.run(records, progress=lambda n: progress.advance(task, n)))
     return driver, time.perf_counter() - started
@@ -301,19 +366,22 @@ def _print_found(found: dict[str, list[Any]], console: Console) -> None:
     from cli.render import measured
     from incidents.model import measure_of
 
-    console.print(f"[bold]Injected incidents, all initiatives[/]: {sum(1 for hits in found.values() if hits)} of "
-                  f"{len(found)} found")
+    console.print(
+        f"[bold]Injected incidents, all initiatives[/]: {sum(1 for hits in found.values() if hits)} of "
+        f"{len(found)} found"
+    )
     for label, hits in found.items():
         what, start = label.split(" from ")
-        console.print(f"  {what} from {start[5:16].replace('T', ' ')}", overflow="ignore", crop=False,
-                      soft_wrap=True)
+        console.print(f"  {what} from {start[5:16].replace('T', ' ')}", overflow="ignore", crop=False, soft_wrap=True)
         if not hits:
             console.print("    [bold red]MISSED[/]")
         for hit in hits:
             measure = measure_of(hit)
-            console.print(f"    found as {hit.kind} ({len(hit.series)} series) at {hit.evidence.bucket_end:%m-%d %H:%M}"
-                          f" · {measured(hit.evidence.observed, measure)} vs "
-                          f"{measured(hit.evidence.expected, measure)} → {hit.owner}")
+            console.print(
+                f"    found as {hit.kind} ({len(hit.series)} series) at {hit.evidence.bucket_end:%m-%d %H:%M}"
+                f" · {measured(hit.evidence.observed, measure)} vs "
+                f"{measured(hit.evidence.expected, measure)} → {hit.owner}"
+            )
 
 
 def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
@@ -328,9 +396,13 @@ def _match_labels(incidents: list[Any], truth: list[dict[str, Any]]) -> tuple[di
         start = datetime.fromisoformat(label["start"])
         end = datetime.fromisoformat(label["end"]) + timedelta(hours=3)
         series = set(label["series"])
-        hits = [e for e in opened if e.kind in ANSWERS[label["kind"]]
-                and (series & set(e.series) or (e.kind in INITIATIVE_KINDS and e.initiative == label["initiative"]))
-                and start <= e.evidence.bucket_start < end]
+        hits = [
+            e
+            for e in opened
+            if e.kind in ANSWERS[label["kind"]]
+            and (series & set(e.series) or (e.kind in INITIATIVE_KINDS and e.initiative == label["initiative"]))
+            and start <= e.evidence.bucket_start < end
+        ]
         explained.update(e.incident_id for e in hits)
         result[f"{label['kind']} on {_where(label)} from {label['start']}"] = hits
     return result, [e for e in opened if e.incident_id not in explained]
@@ -349,8 +421,9 @@ def _where(label: dict[str, Any]) -> str:
     return f"{SEPARATOR.join(shared)} ({len(series)} series)"
 
 
-def _embedded_stage(settings: Settings, initiative: str, events: Path | None, state_dir: Path | None,
-                    console: Console) -> tuple[Any, str]:
+def _embedded_stage(
+    settings: Settings, initiative: str, events: Path | None, state_dir: Path | None, console: Console
+) -> tuple[Any, str]:
     """The per-initiative stage to report from: the stored state when it was built from `events` under these
     settings (or `--state` alone), else a replay of `events`, stored when `state_dir` is given."""
     from monitor.initiative_stage import InitiativeStage
@@ -396,21 +469,39 @@ def _resolve_initiative(name: str, known: set[str], where: str) -> str:
     if match is not None:
         return match
     if not known:
-        _fail(f"{where} names no initiative (no valid engagement or rule-change record) — "
-              f"check the file, e.g. with `pmon simulate --to-file`")
+        _fail(
+            f"{where} names no initiative (no valid engagement or rule-change record) — "
+            f"check the file, e.g. with `pmon simulate --to-file`"
+        )
     close = difflib.get_close_matches(name.casefold(), list(by_folded), n=1, cutoff=0.6)
     hint = f"did you mean {by_folded[close[0]]!r}? " if close else ""
-    _fail(f"unknown initiative {name!r} — {hint}{where} names: {', '.join(sorted(known))}; "
-          f"pass one of them with --initiative")
+    _fail(
+        f"unknown initiative {name!r} — {hint}{where} names: {', '.join(sorted(known))}; "
+        f"pass one of them with --initiative"
+    )
 
 
-def _print_report(stage: Any, initiative: str, window: str, detail: str, dimension: str | None,
-                  alert_threshold: float | None, console: Console, output: tuple[str, Path | None]) -> None:
+def _print_report(
+    stage: Any,
+    initiative: str,
+    window: str,
+    detail: str,
+    dimension: str | None,
+    alert_threshold: float | None,
+    console: Console,
+    output: tuple[str, Path | None],
+) -> None:
     from monitor.report import build_report
 
     fmt, _ = output
-    request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
-                            alert_threshold=alert_threshold, trends=fmt == "html")
+    request = ReportRequest(
+        initiative=initiative,
+        window=window,
+        detail=detail,
+        dimension=dimension,
+        alert_threshold=alert_threshold,
+        trends=fmt == "html",
+    )
     report = build_report(stage, request)
     if report is None:
         known = ", ".join(sorted(stage.state.clocks)) or "none"
@@ -463,15 +554,29 @@ def _emit(report: Any, console: Console, output: tuple[str, Path | None]) -> Non
 @pmon.command()
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--days", type=click.IntRange(1, 60), default=14, show_default=True)
-@click.option("--to-file", "to_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write JSONL records ({topic, key, value}) to this file.")
-@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the ground-truth labels (JSON) to this file.")
+@click.option(
+    "--to-file",
+    "to_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write JSONL records ({topic, key, value}) to this file.",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the ground-truth labels (JSON) to this file.",
+)
 @click.option("--to-kafka", is_flag=True, help="Produce to the broker at PMON_KAFKA_BOOTSTRAP.")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Records per second with --to-kafka; 0 is as fast as possible.")
-def simulate(seed: int, days: int, to_file: Path | None, labels_file: Path | None, to_kafka: bool,
-             rate: float) -> None:
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Records per second with --to-kafka; 0 is as fast as possible.",
+)
+def simulate(seed: int, days: int, to_file: Path | None, labels_file: Path | None, to_kafka: bool, rate: float) -> None:
     """Generate a deterministic simulated program with injected incidents."""
     from simulation.simulator import SimulationSpec, labels, write_jsonl
     from simulation.simulator import simulate as generate
@@ -505,9 +610,11 @@ def _refuse_development_key(settings: Settings) -> None:
     if not key:
         _fail("PMON_PSEUDONYM_KEY is empty — set it to a long random secret, e.g. `openssl rand -hex 32`")
     if key == DEV_PSEUDONYM_KEY and not settings.development:
-        _fail("the pseudonym key is the built-in development key, with which anyone can map the pseudonyms on "
-              "the topics back to user ids — set PMON_PSEUDONYM_KEY to a long random secret (e.g. `openssl rand "
-              "-hex 32`), or PMON_DEVELOPMENT=true for a local try")
+        _fail(
+            "the pseudonym key is the built-in development key, with which anyone can map the pseudonyms on "
+            "the topics back to user ids — set PMON_PSEUDONYM_KEY to a long random secret (e.g. `openssl rand "
+            "-hex 32`), or PMON_DEVELOPMENT=true for a local try"
+        )
 
 
 @pmon.command()
@@ -548,25 +655,57 @@ def worker() -> None:
 @click.option("--initiative", required=True, help='Initiative name, e.g. "PLG Onboarding".')
 @click.option("--window", type=click.Choice(list(WINDOWS)), default="7d", show_default=True)
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="summary", show_default=True)
-@click.option("--dimension", type=click.Choice(["profile", "channel", "cohort"]), default=None,
-              help="Break the dashboard down by one dimension (default: profile, channel and variant).")
-@click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="KPI threshold: with --events, a relative drop of --alert-kpi breached twice opens a "
-                   "kpi_threshold incident (the worker uses PMON_ALERT_THRESHOLD); also flags dashboard rows.")
-@click.option("--alert-kpi", type=click.Choice(["cvr", "ctr"]), default=None,
-              help="The KPI the threshold watches with --events (default PMON_ALERT_KPI, cvr).")
-@click.option("--events", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Run the embedded driver over this JSONL file instead of asking a worker.")
-@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the replay's state in this directory: a later report with the same --events and "
-                   "settings, or with --state alone, reads it instead of replaying.")
+@click.option(
+    "--dimension",
+    type=click.Choice(["profile", "channel", "cohort"]),
+    default=None,
+    help="Break the dashboard down by one dimension (default: profile, channel and variant).",
+)
+@click.option(
+    "--alert-threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="KPI threshold: with --events, a relative drop of --alert-kpi breached twice opens a "
+    "kpi_threshold incident (the worker uses PMON_ALERT_THRESHOLD); also flags dashboard rows.",
+)
+@click.option(
+    "--alert-kpi",
+    type=click.Choice(["cvr", "ctr"]),
+    default=None,
+    help="The KPI the threshold watches with --events (default PMON_ALERT_KPI, cvr).",
+)
+@click.option(
+    "--events",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Run the embedded driver over this JSONL file instead of asking a worker.",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the replay's state in this directory: a later report with the same --events and "
+    "settings, or with --state alone, reads it instead of replaying.",
+)
 @click.option("--worker-url", default=None, help="Worker web address (default http://PMON_WEB_HOST:PMON_WEB_PORT).")
 @_format_option
 @_out_option
 @_config_file_option
-def monitor(initiative: str, window: str, detail: str, dimension: str | None, alert_threshold: float | None,
-            alert_kpi: str | None, events: Path | None, state_dir: Path | None, worker_url: str | None,
-            fmt: str, out: Path | None, config: Path | None) -> None:
+def monitor(
+    initiative: str,
+    window: str,
+    detail: str,
+    dimension: str | None,
+    alert_threshold: float | None,
+    alert_kpi: str | None,
+    events: Path | None,
+    state_dir: Path | None,
+    worker_url: str | None,
+    fmt: str,
+    out: Path | None,
+    config: Path | None,
+) -> None:
     """Print the report of one initiative, from a running worker, an events file or a stored state."""
     console = _console()
     if events is not None or state_dir is not None:
@@ -579,8 +718,14 @@ def monitor(initiative: str, window: str, detail: str, dimension: str | None, al
 
     settings = _settings()
     url = worker_url or f"http://{settings.web_host}:{settings.web_port}"
-    request = ReportRequest(initiative=initiative, window=window, detail=detail, dimension=dimension,
-                            alert_threshold=alert_threshold, trends=fmt == "html")
+    request = ReportRequest(
+        initiative=initiative,
+        window=window,
+        detail=detail,
+        dimension=dimension,
+        alert_threshold=alert_threshold,
+        trends=fmt == "html",
+    )
     try:
         report = fetch_report(url, request)
     except (StreamsError, CliError) as exc:
@@ -596,15 +741,32 @@ def _univariate_detectors() -> list[str]:
 
 
 @pmon.command()
-@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="A univariate series: a header with `timestamp` and `value`, then one row per point, in any "
-                   "order (repeated timestamps are averaged, blank values skipped).")
-@click.option("--detector", default="robust_series", show_default=True,
-              help="A registered detector that reads one number per point (see the error for the list).")
-@click.option("--warmup", type=click.IntRange(3, 10_000), default=None,
-              help="Points robust_series learns before it may alert (default PMON_DETECT_WARMUP_POINTS).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the result here instead of stdout.")
+@click.option(
+    "--csv",
+    "csv_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A univariate series: a header with `timestamp` and `value`, then one row per point, in any "
+    "order (repeated timestamps are averaged, blank values skipped).",
+)
+@click.option(
+    "--detector",
+    default="robust_series",
+    show_default=True,
+    help="A registered detector that reads one number per point (see the error for the list).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(3, 10_000),
+    default=None,
+    help="Points robust_series learns before it may alert (default PMON_DETECT_WARMUP_POINTS).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the result here instead of stdout.",
+)
 def detect(csv_path: Path, detector: str, warmup: int | None, out: Path | None) -> None:
     """Backtest a detector on your own KPI history, point by point.
 
@@ -688,8 +850,9 @@ def incidents() -> None:
     """
 
 
-def _incident_action(action: str, incident_id: str, by: str, text: str, state_dir: Path | None,
-                     initiative: str | None) -> None:
+def _incident_action(
+    action: str, incident_id: str, by: str, text: str, state_dir: Path | None, initiative: str | None
+) -> None:
     import uuid
     from datetime import datetime, timezone
 
@@ -702,13 +865,22 @@ def _incident_action(action: str, incident_id: str, by: str, text: str, state_di
         _record_in_state(action, incident_id, by, text, state_dir, initiative, at)
         return
     if initiative is None:
-        _fail("--initiative is required for a worker (it routes the action to the initiative's stage) — or pass "
-              "--state DIR for a stored state")
+        _fail(
+            "--initiative is required for a worker (it routes the action to the initiative's stage) — or pass "
+            "--state DIR for a stored state"
+        )
     from streams.kafka_io import produce
 
     settings = _settings()
-    record = IncidentAction(event_id=f"act-{uuid.uuid4().hex[:16]}", incident_id=incident_id, initiative=initiative,
-                            action=action, by=by, text=text, at=at)
+    record = IncidentAction(
+        event_id=f"act-{uuid.uuid4().hex[:16]}",
+        incident_id=incident_id,
+        initiative=initiative,
+        action=action,
+        by=by,
+        text=text,
+        at=at,
+    )
     try:
         _run_async(produce(settings, [("incident-actions", incident_id.encode(), record.model_dump_json().encode())]))
     except (StreamsError, CliError) as exc:
@@ -716,8 +888,9 @@ def _incident_action(action: str, incident_id: str, by: str, text: str, state_di
     click.echo(f"{action} {incident_id} ({initiative}) by {by}: sent to {settings.topic('incident-actions')}")
 
 
-def _record_in_state(action: str, incident_id: str, by: str, text: str, state_dir: Path, initiative: str | None,
-                     at: Any) -> None:
+def _record_in_state(
+    action: str, incident_id: str, by: str, text: str, state_dir: Path, initiative: str | None, at: Any
+) -> None:
     """An action on a stored state: applied to its plan (a new revision), kept with the state, logged beside it."""
     import uuid
 
@@ -737,8 +910,15 @@ def _record_in_state(action: str, incident_id: str, by: str, text: str, state_di
     if initiative is not None and initiative.casefold() != owner.casefold():
         _fail(f"incident {incident_id} belongs to {owner!r}, not {initiative!r} — drop --initiative or fix it")
     stage = InitiativeStage(settings, stored.state)
-    record = IncidentAction(event_id=f"act-{uuid.uuid4().hex[:16]}", incident_id=incident_id, initiative=owner,
-                            action=action, by=by, text=text, at=at)
+    record = IncidentAction(
+        event_id=f"act-{uuid.uuid4().hex[:16]}",
+        incident_id=incident_id,
+        initiative=owner,
+        action=action,
+        by=by,
+        text=text,
+        at=at,
+    )
     outputs = stage.on_action(record)
     stage.commit()
     writer = PlanWriter(settings.plan_dir)
@@ -759,8 +939,13 @@ def _action_command(action: str, doc: str) -> None:
     @click.argument("incident_id")
     @click.option("--by", required=True, help="Who acts: a person's name.")
     @click.option("--text", default="", help="What was done or found.")
-    @click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="A stored state (pmon monitor --events FILE --state DIR) instead of a worker.")
+    @click.option(
+        "--state",
+        "state_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="A stored state (pmon monitor --events FILE --state DIR) instead of a worker.",
+    )
     @click.option("--initiative", default=None, help="The incident's initiative (required for a worker).")
     def command(incident_id: str, by: str, text: str, state_dir: Path | None, initiative: str | None) -> None:
         _incident_action(action, incident_id, by, text, state_dir, initiative)
@@ -792,26 +977,44 @@ def _say(line: str) -> None:
 
 @incidents.command("tail")
 @click.option("--initiative", default=None, help="Only this initiative's incidents (any case).")
-@click.option("--severity", type=click.Choice(_severities()), default=None,
-              help="Only incidents at or above this severity.")
-@click.option("--since", default=None, metavar="DURATION",
-              help="Start with what was written in the last DURATION (15m, 2h, 7d); default: what comes next.")
+@click.option(
+    "--severity", type=click.Choice(_severities()), default=None, help="Only incidents at or above this severity."
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="DURATION",
+    help="Start with what was written in the last DURATION (15m, 2h, 7d); default: what comes next.",
+)
 @click.option("--from-beginning", is_flag=True, help="Start with the first transition on the topic.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON incident event per line, as the topic carries it.")
-@click.option("--group", default=None, metavar="NAME",
-              help="Commit the offsets read under this consumer group and resume from them next time "
-                   "(default: no group, nothing committed).")
+@click.option(
+    "--group",
+    default=None,
+    metavar="NAME",
+    help="Commit the offsets read under this consumer group and resume from them next time "
+    "(default: no group, nothing committed).",
+)
 @click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
-def incidents_tail(initiative: str | None, severity: str | None, since: str | None, from_beginning: bool,
-                   as_json: bool, group: str | None, state_dir: Path | None) -> None:
+def incidents_tail(
+    initiative: str | None,
+    severity: str | None,
+    since: str | None,
+    from_beginning: bool,
+    as_json: bool,
+    group: str | None,
+    state_dir: Path | None,
+) -> None:
     """Follow the incidents topic live, a line per transition, until Ctrl-C."""
     from datetime import datetime, timezone
 
     from cli import oncall
 
     if state_dir is not None:
-        _fail(f"a stored state does not change, so there is nothing to follow — use "
-              f"`pmon incidents list --state {state_dir}`")
+        _fail(
+            f"a stored state does not change, so there is nothing to follow — use "
+            f"`pmon incidents list --state {state_dir}`"
+        )
     if since is not None and from_beginning:
         _fail("--since and --from-beginning both say where to start — pass one of them")
     start = None
@@ -830,9 +1033,13 @@ def incidents_tail(initiative: str | None, severity: str | None, since: str | No
 
     async def follow() -> None:
         async for event in follow_incidents(
-                settings, since=start, from_beginning=from_beginning, group=group,
-                on_undecodable=lambda line: click.echo(f"{command}: {line}", err=True),
-                on_start=lambda line: click.echo(f"{command}: {line}; Ctrl-C stops", err=True)):
+            settings,
+            since=start,
+            from_beginning=from_beginning,
+            group=group,
+            on_undecodable=lambda line: click.echo(f"{command}: {line}", err=True),
+            on_start=lambda line: click.echo(f"{command}: {line}; Ctrl-C stops", err=True),
+        ):
             if oncall.matches(event, initiative=initiative, severity=severity):
                 _say(oncall.event_json(event) if as_json else oncall.transition_line(event, settings.roster))
 
@@ -847,10 +1054,19 @@ def incidents_tail(initiative: str | None, severity: str | None, since: str | No
 @incidents.command("list")
 @click.option("--open", "only_open", is_flag=True, help="Only incidents not resolved.")
 @click.option("--initiative", default=None, help="Only this initiative's incidents (any case).")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per incident: status, assignee, opening and latest transition.")
-@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="A stored state (pmon monitor --events FILE --state DIR) instead of the incidents topic.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per incident: status, assignee, opening and latest transition.",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A stored state (pmon monitor --events FILE --state DIR) instead of the incidents topic.",
+)
 def incidents_list(only_open: bool, initiative: str | None, as_json: bool, state_dir: Path | None) -> None:
     """Where each incident stands now, from the incidents topic (read to its end) or a stored state."""
     from cli import oncall
@@ -867,8 +1083,9 @@ def incidents_list(only_open: bool, initiative: str | None, as_json: bool, state
 
         command = click.get_current_context().command_path
         try:
-            events = _run_async(read_incidents(
-                settings, on_undecodable=lambda line: click.echo(f"{command}: {line}", err=True)))
+            events = _run_async(
+                read_incidents(settings, on_undecodable=lambda line: click.echo(f"{command}: {line}", err=True))
+            )
         except (StreamsError, CliError) as exc:
             _fail(str(exc))
         found = oncall.fold(events, settings.roster)
@@ -889,8 +1106,12 @@ def plan() -> None:
 
 
 _initiative_option = click.option("--initiative", required=True, help='Initiative name, e.g. "PLG Onboarding".')
-_plan_dir_option = click.option("--plan-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                                help="Where the plans are (default PMON_PLAN_DIR).")
+_plan_dir_option = click.option(
+    "--plan-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the plans are (default PMON_PLAN_DIR).",
+)
 
 
 def _revisions(initiative: str, plan_dir: Path | None) -> list[Any]:
@@ -904,8 +1125,10 @@ def _revisions(initiative: str, plan_dir: Path | None) -> list[Any]:
         _fail(f"{exc} — fix or remove that file")
     if not documents:
         stored = sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
-        _fail(f"no plan of {initiative!r} in {directory} — the plans there: {', '.join(stored) or 'none'}; "
-              f"pass --plan-dir or run the monitor first")
+        _fail(
+            f"no plan of {initiative!r} in {directory} — the plans there: {', '.join(stored) or 'none'}; "
+            f"pass --plan-dir or run the monitor first"
+        )
     return documents
 
 
@@ -946,16 +1169,20 @@ def plan_log(initiative: str, plan_dir: Path | None) -> None:
         if previous is None:
             what = "created"
         else:
-            fields = sorted({path.split(".")[0].split("[")[0] for path, _, _ in diff(previous, document)}
-                            - {"revision", "updated_at", "watermark"})
+            fields = sorted(
+                {path.split(".")[0].split("[")[0] for path, _, _ in diff(previous, document)}
+                - {"revision", "updated_at", "watermark"}
+            )
             what = ", ".join(fields) or "no field changed"
         events = f" (events to {document.watermark:%m-%d %H:%M})" if document.watermark else ""
         click.echo(f"r{document.revision:<5} {document.updated_at:%Y-%m-%d %H:%M} UTC{events}  {what}")
     entries = documents[-1].change_log
     click.echo(f"change log ({len(entries)} entries):")
     for entry in entries:
-        click.echo(f"  {entry.at:%Y-%m-%d %H:%M} {entry.actor}: {entry.field} {entry.old!r} -> {entry.new!r}"
-                   + (f" ({entry.reason})" if entry.reason else ""))
+        click.echo(
+            f"  {entry.at:%Y-%m-%d %H:%M} {entry.actor}: {entry.field} {entry.old!r} -> {entry.new!r}"
+            + (f" ({entry.reason})" if entry.reason else "")
+        )
 
 
 @plan.command("diff")
@@ -997,8 +1224,11 @@ def _run(command: click.Command, prog_name: str, argv: list[str] | None) -> NoRe
     try:
         command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
-        where = (exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx
-                 else getattr(exc, "command_path", None) or prog_name)
+        where = (
+            exc.ctx.command_path
+            if isinstance(exc, click.UsageError) and exc.ctx
+            else getattr(exc, "command_path", None) or prog_name
+        )
         message = exc.format_message()
         hint = "" if "—" in message else f" — see `{where} --help`"
         click.echo(f"{where}: error: {message}{hint}", err=True)

@@ -28,4 +28,5 @@ def fetch_report(base_url: str, request: ReportRequest, *, timeout: float = 10.0
         reason = getattr(exc, "reason", exc)
         raise WorkerUnreachable(
             f"no worker reachable at {base_url} ({reason}) — start one with `pmon worker`, pass --worker-url, "
-            "or run over a file with --events FILE") from None
+            "or run over a file with --events FILE"
+        ) from None

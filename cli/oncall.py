@@ -91,8 +91,9 @@ def fold(events: Iterable[IncidentEvent], roster: Mapping[str, Any]) -> list[Cur
     return from_pairs(((first[i], latest[i]) for i in first), roster)
 
 
-def from_pairs(pairs: Iterable[tuple[IncidentEvent, IncidentEvent]],
-               roster: Mapping[str, Any]) -> list[CurrentIncident]:
+def from_pairs(
+    pairs: Iterable[tuple[IncidentEvent, IncidentEvent]], roster: Mapping[str, Any]
+) -> list[CurrentIncident]:
     """(opened, latest) pairs, as a stored state keeps them, as current incidents, oldest opening first."""
     found = [current(opened, latest, roster) for opened, latest in pairs]
     return sorted(found, key=lambda c: (c.opened.occurred_at, c.opened.incident_id))
@@ -110,16 +111,28 @@ def _observed(event: IncidentEvent) -> str:
     from cli.render import measured  # rich's markdown comes with it: loaded when a line is printed, not for --help
 
     measure = measure_of(event)
-    return (f"observed {measured(event.evidence.observed, measure)} vs expected "
-            f"{measured(event.evidence.expected, measure)}")
+    return (
+        f"observed {measured(event.evidence.observed, measure)} vs expected "
+        f"{measured(event.evidence.expected, measure)}"
+    )
 
 
 def transition_line(event: IncidentEvent, roster: Mapping[str, Any] | None = None) -> str:
     """One readable line per transition: when (event time, UTC), where, what, who, the series, the evidence."""
     assignee, reason = assignee_of(roster or {}, event.owner, event.occurred_at.date())
-    return "  ".join((_when(event.occurred_at), event.initiative, event.kind, event.transition, event.severity,
-                      _owner(event.owner, assignee, reason), ", ".join(event.series), _observed(event),
-                      event.incident_id))
+    return "  ".join(
+        (
+            _when(event.occurred_at),
+            event.initiative,
+            event.kind,
+            event.transition,
+            event.severity,
+            _owner(event.owner, assignee, reason),
+            ", ".join(event.series),
+            _observed(event),
+            event.incident_id,
+        )
+    )
 
 
 def state_line(incident: CurrentIncident) -> str:
@@ -127,9 +140,19 @@ def state_line(incident: CurrentIncident) -> str:
     opened, latest = incident.opened, incident.latest
     moved = latest.event_id != opened.event_id
     status = f"{latest.transition} {_when(latest.occurred_at)}" if moved else latest.transition
-    return "  ".join((opened.incident_id, f"opened {_when(opened.occurred_at)}", opened.initiative, opened.kind,
-                      status, latest.severity, _owner(latest.owner, incident.assignee, incident.assignee_reason),
-                      ", ".join(latest.series), _observed(opened)))
+    return "  ".join(
+        (
+            opened.incident_id,
+            f"opened {_when(opened.occurred_at)}",
+            opened.initiative,
+            opened.kind,
+            status,
+            latest.severity,
+            _owner(latest.owner, incident.assignee, incident.assignee_reason),
+            ", ".join(latest.series),
+            _observed(opened),
+        )
+    )
 
 
 def event_json(event: IncidentEvent) -> str:
@@ -139,8 +162,15 @@ def event_json(event: IncidentEvent) -> str:
 
 def state_json(incident: CurrentIncident) -> str:
     """The incident's current state on one line: its status and assignee, its opening and latest transitions."""
-    return orjson.dumps({"incident_id": incident.latest.incident_id, "initiative": incident.latest.initiative,
-                         "status": incident.latest.transition, "open": incident.is_open,
-                         "assignee": incident.assignee, "assignee_reason": incident.assignee_reason,
-                         "opened": incident.opened.model_dump(mode="json"),
-                         "latest": incident.latest.model_dump(mode="json")}).decode()
+    return orjson.dumps(
+        {
+            "incident_id": incident.latest.incident_id,
+            "initiative": incident.latest.initiative,
+            "status": incident.latest.transition,
+            "open": incident.is_open,
+            "assignee": incident.assignee,
+            "assignee_reason": incident.assignee_reason,
+            "opened": incident.opened.model_dump(mode="json"),
+            "latest": incident.latest.model_dump(mode="json"),
+        }
+    ).decode()

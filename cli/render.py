@@ -30,7 +30,7 @@ GLOSSARY = {
     "CVR 24 h": "CVR over the last 24 closed hours of the window",
     "change": "CVR 24 h / CVR - 1; `!` marks a drop of at least the alert threshold",
     "users converting": "in an experiment memo (its metric `conversion`): share of a variant's users with at "
-                        "least one conversion",
+    "least one conversion",
     "conversions_per_user": "in an experiment memo: conversions / users of the variant",
     "consent adherence": "1 - violations / personalized exposures, over the window",
     "observed / expected": "an incident's value and its expectation when it opened, in the unit of its measure",
@@ -39,7 +39,6 @@ GLOSSARY = {
 
 def pct(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value * 100:.{digits}f} %"
-
 
 
 RATES = {"ctr", "cvr", "fallback_rate", "exposure_share", "consent_rate"}
@@ -92,12 +91,32 @@ def _dead_letters(report: Report) -> str:
     return f"\n[bold red]input: {sum(report.dead_letters.values()):,} records dead-lettered[/] ({reasons})"
 
 
-DASHBOARD_COLUMNS = ("value", "exposures", "clicks", "conversions", "revenue", "CTR", "CVR", "fallback",
-                     "CVR 24 h", "change")
+DASHBOARD_COLUMNS = (
+    "value",
+    "exposures",
+    "clicks",
+    "conversions",
+    "revenue",
+    "CTR",
+    "CVR",
+    "fallback",
+    "CVR 24 h",
+    "change",
+)
 _RATE_COLUMNS = ("value", "exposures", "CTR", "CVR", "fallback", "CVR 24 h", "change")
 _COUNT_COLUMNS = ("value", "exposures", "clicks", "conversions", "revenue")
-INCIDENT_COLUMNS = ("incident", "kind", "status", "severity", "owner", "series", "period", "opened",
-                    "observed", "expected")
+INCIDENT_COLUMNS = (
+    "incident",
+    "kind",
+    "status",
+    "severity",
+    "owner",
+    "series",
+    "period",
+    "opened",
+    "observed",
+    "expected",
+)
 
 
 def _change(row: DashboardRow) -> str:
@@ -106,8 +125,18 @@ def _change(row: DashboardRow) -> str:
 
 def dashboard_cells(row: DashboardRow) -> list[str]:
     """The cells of DASHBOARD_COLUMNS for one row."""
-    return [row.value, f"{row.exposures:,}", f"{row.clicks:,}", f"{row.conversions:,}", f"{row.revenue:,.2f}",
-            pct(row.ctr), pct(row.cvr), pct(row.fallback_rate), pct(row.recent_cvr), _change(row)]
+    return [
+        row.value,
+        f"{row.exposures:,}",
+        f"{row.clicks:,}",
+        f"{row.conversions:,}",
+        f"{row.revenue:,.2f}",
+        pct(row.ctr),
+        pct(row.cvr),
+        pct(row.fallback_rate),
+        pct(row.recent_cvr),
+        _change(row),
+    ]
 
 
 def _owner(line: IncidentLine) -> str:
@@ -122,9 +151,18 @@ def _status(line: IncidentLine) -> str:
 
 def incident_cells(line: IncidentLine) -> list[str]:
     """The cells of INCIDENT_COLUMNS for one incident; series one per line."""
-    return [line.incident_id, line.kind, _status(line), line.severity, _owner(line), "\n".join(line.series),
-            line.period, f"{line.opened_at:%m-%d %H:%M}", measured(line.observed, line.measure),
-            measured(line.expected, line.measure)]
+    return [
+        line.incident_id,
+        line.kind,
+        _status(line),
+        line.severity,
+        _owner(line),
+        "\n".join(line.series),
+        line.period,
+        f"{line.opened_at:%m-%d %H:%M}",
+        measured(line.observed, line.measure),
+        measured(line.expected, line.measure),
+    ]
 
 
 def warming_summary(report: Report) -> str:
@@ -134,8 +172,9 @@ def warming_summary(report: Report) -> str:
 
 def _table(title: str | None, columns: tuple[str, ...], *, text: tuple[str, ...] = ()) -> Table:
     # Numbers never wrap (a cut number is a wrong number); text columns fold instead.
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
-                  show_edge=False)
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, show_edge=False
+    )
     for column in columns:
         if column in text or column == "value":
             table.add_column(column, overflow="fold")
@@ -193,19 +232,25 @@ def _incidents(report: Report, console: Console) -> None:
         if report.detail != "full":
             extra = f" (+{len(line.series) - 1} more)" if len(line.series) > 1 else ""
             console.print(f"    {line.severity} → {_owner(line)}")
-            console.print(f"    {line.series[0] if line.series else ''}{extra}", overflow="ignore", crop=False,
-                          soft_wrap=True)
+            console.print(
+                f"    {line.series[0] if line.series else ''}{extra}", overflow="ignore", crop=False, soft_wrap=True
+            )
             continue
         console.print(f"    {line.severity} → {_owner(line)} · opened {line.opened_at:%m-%d %H:%M}")
-        console.print(f"    observed {measured(line.observed, line.measure)} · expected "
-                      f"{measured(line.expected, line.measure)} ({line.measure}) · period {line.period} · series:")
+        console.print(
+            f"    observed {measured(line.observed, line.measure)} · expected "
+            f"{measured(line.expected, line.measure)} ({line.measure}) · period {line.period} · series:"
+        )
         for series in line.series:
             console.print(f"      {series}", overflow="ignore", crop=False, soft_wrap=True)
     if report.detail == "full":
         playbooks = {line.kind: line.playbook for line in report.incidents}
         if playbooks:
-            console.print(Panel(Group(*(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items()))),
-                                title="Playbooks"))
+            console.print(
+                Panel(
+                    Group(*(f"[bold]{kind}[/]: {text}" for kind, text in sorted(playbooks.items()))), title="Playbooks"
+                )
+            )
 
 
 def _checklist(report: Report, console: Console) -> None:
@@ -217,19 +262,27 @@ def _checklist(report: Report, console: Console) -> None:
             console.print(f"  {_STATUS_STYLE[item.status]} {item.item} → {item.owner}")
             console.print(f"    {item.summary}")
     else:
-        console.print("[bold]Governance[/]: " + " · ".join(
-            f"{item.item} {_STATUS_STYLE[item.status]}" for item in report.governance_checklist))
+        console.print(
+            "[bold]Governance[/]: "
+            + " · ".join(f"{item.item} {_STATUS_STYLE[item.status]}" for item in report.governance_checklist)
+        )
         for item in report.governance_checklist:
             if item.status == "fail":
                 console.print(f"  {item.item}: {item.summary} → {item.owner}")
     lines = [line for line in report.consent_adherence if line.adherence_pct is not None]
     if lines:
-        console.print("Consent adherence: " + " · ".join(
-            f"{line.channel} {line.adherence_pct:.3f} % ({line.violations:,} of {line.personalized:,})"
-            for line in lines))
+        console.print(
+            "Consent adherence: "
+            + " · ".join(
+                f"{line.channel} {line.adherence_pct:.3f} % ({line.violations:,} of {line.personalized:,})"
+                for line in lines
+            )
+        )
     for change in report.pending_approvals:
-        console.print(f"Pending approval: {change['action']} of {change['rule_id']} by {change['author']} "
-                      f"at {change['at'][:16]} (ticket {change['ticket'] or 'none'})")
+        console.print(
+            f"Pending approval: {change['action']} of {change['rule_id']} by {change['author']} "
+            f"at {change['at'][:16]} (ticket {change['ticket'] or 'none'})"
+        )
 
 
 def _backlog(report: Report, console: Console) -> None:
@@ -238,8 +291,12 @@ def _backlog(report: Report, console: Console) -> None:
         if open_items:
             first = open_items[0]
             due = f"due {first.due_at:%m-%d %H:%M} " if first.due_at else ""
-            console.print(f"[bold]Backlog[/]: {len(open_items)} open of {len(report.backlog)}; next {due}"
-                          f"{first.owner}: {first.title}", no_wrap=True, overflow="ellipsis")
+            console.print(
+                f"[bold]Backlog[/]: {len(open_items)} open of {len(report.backlog)}; next {due}"
+                f"{first.owner}: {first.title}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
         else:
             console.print(f"[bold]Backlog[/]: nothing open ({len(report.backlog)} done)")
         return
@@ -256,8 +313,12 @@ def _experiments(report: Report, console: Console) -> None:
     for memo in report.experiments:
         if report.detail == "full":
             text = render_memo(memo, detail="full")
-            console.print(Panel(Markdown(text if console.width >= WIDE else stack_tables(text)),
-                                title=f"Experiment memo: {memo.summary.experiment}"))
+            console.print(
+                Panel(
+                    Markdown(text if console.width >= WIDE else stack_tables(text)),
+                    title=f"Experiment memo: {memo.summary.experiment}",
+                )
+            )
         else:
             state = memo.summary.state.replace("_", " ").upper()
             variant = f" {memo.summary.variant}" if memo.summary.variant else ""
@@ -295,15 +356,22 @@ def stack_tables(markdown: str) -> str:
 
 def render_report(report: Report, console: Console | None = None) -> None:
     console = console or Console()
-    span = (f"{report.window_start:%Y-%m-%d %H:%M} → {report.window_end:%Y-%m-%d %H:%M} UTC"
-            if report.window_start and report.window_end else "no closed bucket yet")
+    span = (
+        f"{report.window_start:%Y-%m-%d %H:%M} → {report.window_end:%Y-%m-%d %H:%M} UTC"
+        if report.window_start and report.window_end
+        else "no closed bucket yet"
+    )
     console.print(f"[bold]{report.initiative}[/] · {report.window} window · {span}")
     if report.window_note:
         console.print(f"[yellow]{report.window_note}[/]")
-    console.print(f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
-                  f"redelivered and skipped {report.duplicates_skipped:,}")
-    console.print(f"alert threshold {report.alert_threshold * 100:.0f} % relative drop · detail {report.detail}"
-                  + _dead_letters(report))
+    console.print(
+        f"events counted {report.counted_events:,} · late and dropped {report.late_dropped:,} · "
+        f"redelivered and skipped {report.duplicates_skipped:,}"
+    )
+    console.print(
+        f"alert threshold {report.alert_threshold * 100:.0f} % relative drop · detail {report.detail}"
+        + _dead_letters(report)
+    )
     _dashboard(report, console)
     if report.series:
         _series(report, console)
@@ -315,29 +383,51 @@ def render_report(report: Report, console: Console | None = None) -> None:
     revision = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"
     console.print(f"Plan: {revision}, in {report.plan_dir}/")
     if report.detail == "full":
-        console.print(Panel("\n".join(f"[bold]{name}[/]: {meaning}" for name, meaning in GLOSSARY.items()),
-                            title="Glossary"))
+        console.print(
+            Panel("\n".join(f"[bold]{name}[/]: {meaning}" for name, meaning in GLOSSARY.items()), title="Glossary")
+        )
 
 
 def render_plan(plan: PlanDocument, console: Console) -> None:
     """One plan revision: header, stages, feeds, success metrics, open incidents, backlog."""
-    console.print(Panel(f"[bold]{plan.initiative}[/] · revision {plan.revision} · written "
-                        f"{plan.updated_at:%Y-%m-%d %H:%M} UTC"
-                        + (f" (events to {plan.watermark:%Y-%m-%d %H:%M})" if plan.watermark else "") +
-                        f" · pattern {plan.pattern} · "
-                        f"{len(plan.change_log)} change-log entries", title="Plan"))
+    console.print(
+        Panel(
+            f"[bold]{plan.initiative}[/] · revision {plan.revision} · written "
+            f"{plan.updated_at:%Y-%m-%d %H:%M} UTC"
+            + (f" (events to {plan.watermark:%Y-%m-%d %H:%M})" if plan.watermark else "")
+            + f" · pattern {plan.pattern} · "
+            f"{len(plan.change_log)} change-log entries",
+            title="Plan",
+        )
+    )
     tables = [
         ("Stages", ("stage", "status", "owner"), [(s.name, s.status, s.owner_role) for s in plan.stages]),
-        ("Feeds", ("feed", "status", "last event"),
-         [(f.name, f.status, f"{f.last_event_time:%m-%d %H:%M}" if f.last_event_time else "") for f in plan.feeds]),
-        ("Success metrics", ("metric", "current", "target", "unit"),
-         [(m.name, "" if m.current is None else f"{m.current:g}", f"{m.direction} {m.target:g}", m.unit)
-          for m in plan.success_metrics]),
-        ("Open incidents", ("incident", "kind", "severity", "owner", "opened"),
-         [(i.incident_id, i.kind, i.severity, i.owner, f"{i.opened_at:%m-%d %H:%M}") for i in plan.open_incidents]),
-        ("Backlog", ("item", "owner", "priority", "due", "status"),
-         [(b.title, b.owner, b.priority, f"{b.due_at:%m-%d %H:%M}" if b.due_at else "", b.status)
-          for b in plan.backlog]),
+        (
+            "Feeds",
+            ("feed", "status", "last event"),
+            [(f.name, f.status, f"{f.last_event_time:%m-%d %H:%M}" if f.last_event_time else "") for f in plan.feeds],
+        ),
+        (
+            "Success metrics",
+            ("metric", "current", "target", "unit"),
+            [
+                (m.name, "" if m.current is None else f"{m.current:g}", f"{m.direction} {m.target:g}", m.unit)
+                for m in plan.success_metrics
+            ],
+        ),
+        (
+            "Open incidents",
+            ("incident", "kind", "severity", "owner", "opened"),
+            [(i.incident_id, i.kind, i.severity, i.owner, f"{i.opened_at:%m-%d %H:%M}") for i in plan.open_incidents],
+        ),
+        (
+            "Backlog",
+            ("item", "owner", "priority", "due", "status"),
+            [
+                (b.title, b.owner, b.priority, f"{b.due_at:%m-%d %H:%M}" if b.due_at else "", b.status)
+                for b in plan.backlog
+            ],
+        ),
     ]
     for title, columns, rows in tables:
         table = Table(title=f"{title} ({len(rows)})", title_justify="left")

@@ -59,15 +59,18 @@ def _build(name: str, warmup_points: int | None) -> tuple[BucketDetector, bool]:
         return DETECTORS[name](**({} if warmup_points is None else {"warmup_points": warmup_points})), False
     evidence = _evidence(name)
     if evidence == "mean":
-        return DETECTORS[name](kpi="value", min_count=1), False   # a value is a mean of one item
+        return DETECTORS[name](kpi="value", min_count=1), False  # a value is a mean of one item
     if evidence == "poisson":
         return DETECTORS[name](), True
-    raise ValueError(f"detector {name!r} needs more than one number per bucket; "
-                     f"for a univariate series use one of {univariate_detectors()}")
+    raise ValueError(
+        f"detector {name!r} needs more than one number per bucket; "
+        f"for a univariate series use one of {univariate_detectors()}"
+    )
 
 
-def run_series(rows: Iterable[tuple[datetime, float]], detector_name: str = DEFAULT_DETECTOR,
-               warmup_points: int | None = None) -> Iterator[tuple[datetime, float, float, bool]]:
+def run_series(
+    rows: Iterable[tuple[datetime, float]], detector_name: str = DEFAULT_DETECTOR, warmup_points: int | None = None
+) -> Iterator[tuple[datetime, float, float, bool]]:
     """Yield (timestamp, value, anomaly_score, alert) for each row, in order.
 
     Timestamps must increase (`prepare_series` makes them). The score is the
@@ -94,16 +97,20 @@ def run_series(rows: Iterable[tuple[datetime, float]], detector_name: str = DEFA
         following = next(points, None)
         if following is not None and following[0] <= when:
             raise InvalidObservation(f"timestamps must increase: {following[0]} after {when}")
-        width = (following[0] - when if following is not None
-                 else when - previous if previous is not None else timedelta(hours=1))
+        width = (
+            following[0] - when
+            if following is not None
+            else when - previous
+            if previous is not None
+            else timedelta(hours=1)
+        )
         observation = _observation(detector_name, when, width, value, as_count)
         verdict = step(detector, observation)
         yield when, value, verdict.score, bool(verdict.detail.get("alert", verdict.breached))
         previous, current = when, following
 
 
-def _observation(series: str, when: datetime, width: timedelta, value: float,
-                 as_count: bool) -> BucketObservation:
+def _observation(series: str, when: datetime, width: timedelta, value: float, as_count: bool) -> BucketObservation:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidObservation(f"value at {when} is not a finite number: {value!r}")
     if as_count:
@@ -117,13 +124,13 @@ def _observation(series: str, when: datetime, width: timedelta, value: float,
 class SeriesReport:
     """What `prepare_series` found and did."""
 
-    rows: int                   # rows read
-    points: int                 # points left: one per timestamp, with a value
-    repeated: int               # rows whose timestamp an earlier row had (their values averaged)
-    out_of_order: int           # rows earlier than the row before them (sorted)
-    missing_values: int         # rows with a blank or NaN value (dropped)
+    rows: int  # rows read
+    points: int  # points left: one per timestamp, with a value
+    repeated: int  # rows whose timestamp an earlier row had (their values averaged)
+    out_of_order: int  # rows earlier than the row before them (sorted)
+    missing_values: int  # rows with a blank or NaN value (dropped)
     interval: timedelta | None  # the median gap
-    irregular_gaps: int         # gaps more than 1.5 intervals or less than 0.5
+    irregular_gaps: int  # gaps more than 1.5 intervals or less than 0.5
 
     def describe(self, warmup_points: int | None = None) -> str:
         """One line for a person.
@@ -146,8 +153,7 @@ class SeriesReport:
         return "; ".join(parts)
 
 
-def prepare_series(rows: Iterable[tuple[datetime, float | None]]
-                   ) -> tuple[list[tuple[datetime, float]], SeriesReport]:
+def prepare_series(rows: Iterable[tuple[datetime, float | None]]) -> tuple[list[tuple[datetime, float]], SeriesReport]:
     """Rows as they come, made into a series `run_series` takes, and what was done to them.
 
     >>> from datetime import timezone

@@ -91,7 +91,7 @@ class _Cusum:
             self._waiting.clear()
 
     def learn_one(self, observation: BucketObservation) -> None:
-        validate(observation)   # bad input fails now, not when its turn to be learnt comes
+        validate(observation)  # bad input fails now, not when its turn to be learnt comes
         self._waiting.append(observation)
         if len(self._waiting) > self.learn_lag:
             super().learn_one(self._waiting.popleft())  # type: ignore[misc]
@@ -129,20 +129,35 @@ class RateCusumDetector(_Cusum, RateChangeDetector):
 
     kind: ClassVar[str] = "rate_cusum"
 
-    def __init__(self, kpi: str = "cvr", direction: Direction = "drop", shift: float = 0.2,
-                 threshold: float = 5.0, baseline_buckets: int = 72, warmup_buckets: int = 24,
-                 min_exposures: int = 20, learn_lag: int = 3, learn_outliers: bool = False) -> None:
+    def __init__(
+        self,
+        kpi: str = "cvr",
+        direction: Direction = "drop",
+        shift: float = 0.2,
+        threshold: float = 5.0,
+        baseline_buckets: int = 72,
+        warmup_buckets: int = 24,
+        min_exposures: int = 20,
+        learn_lag: int = 3,
+        learn_outliers: bool = False,
+    ) -> None:
         if not 0 < shift or (direction == "drop" and shift >= 1):
             raise ValueError(f"shift must be in (0, 1) for a drop, > 0 for a rise, got {shift}")
         if not threshold > 0:
             raise ValueError(f"threshold must be positive, got {threshold}")
-        super().__init__(kpi=kpi, direction=direction, alert_threshold=shift / 2,
-                         baseline_buckets=baseline_buckets, warmup_buckets=warmup_buckets,
-                         min_exposures=min_exposures, learn_outliers=learn_outliers)
+        super().__init__(
+            kpi=kpi,
+            direction=direction,
+            alert_threshold=shift / 2,
+            baseline_buckets=baseline_buckets,
+            warmup_buckets=warmup_buckets,
+            min_exposures=min_exposures,
+            learn_outliers=learn_outliers,
+        )
         self.shift = shift
         self.threshold = threshold
         self.learn_lag = learn_lag
-        self._s = 0.0   # the CUSUM statistic, in nats
+        self._s = 0.0  # the CUSUM statistic, in nats
         self._waiting: deque[BucketObservation] = deque()
 
     def _advanced(self, observation: BucketObservation) -> tuple[float, float, float, int] | None:
@@ -170,9 +185,14 @@ class RateCusumDetector(_Cusum, RateChangeDetector):
             return Verdict(False, False, observed, expected, 0.0, detail={**detail, "reason": "too few exposures"})
         s, change, _, _ = advanced
         breached = s > self.threshold and change >= self.alert_threshold
-        return Verdict(True, breached, observed, expected, s / self.threshold,
-                       detail={**detail, "cusum": s, "threshold": self.threshold, "relative_change": change,
-                               "rho": self._rho()})
+        return Verdict(
+            True,
+            breached,
+            observed,
+            expected,
+            s / self.threshold,
+            detail={**detail, "cusum": s, "threshold": self.threshold, "relative_change": change, "rho": self._rho()},
+        )
 
 
 class CtrCusumDetector(RateCusumDetector):
@@ -288,12 +308,24 @@ class VolumeCusumDetector(_Cusum, VolumeDropDetector):
     def score_one(self, observation: BucketObservation) -> Verdict:
         advanced = self._advanced(observation)
         if advanced is None:
-            return super().score_one(observation)   # warming up, or nothing to judge: the same verdict
+            return super().score_one(observation)  # warming up, or nothing to judge: the same verdict
         s, change, forecast = advanced
         breached = s > self.threshold and change >= self.alert_threshold
-        return Verdict(True, breached, observation.exposures, forecast, s / self.threshold,
-                       detail={"kpi": self.kpi, "n": 1, "cusum": s, "threshold": self.threshold,
-                               "relative_change": change, "dispersion": max(1.0, self._spread)})
+        return Verdict(
+            True,
+            breached,
+            observation.exposures,
+            forecast,
+            s / self.threshold,
+            detail={
+                "kpi": self.kpi,
+                "n": 1,
+                "cusum": s,
+                "threshold": self.threshold,
+                "relative_change": change,
+                "dispersion": max(1.0, self._spread),
+            },
+        )
 
 
 class RateSpikeCusumDetector(RateCusumDetector):
@@ -361,7 +393,7 @@ class JointSpikeCusumDetector(BucketDetector):
     """
 
     kind: ClassVar[str] = "kpi_spike"
-    kpi = "ctr"           # the rate it is filed under (the contract plants a click-through spike)
+    kpi = "ctr"  # the rate it is filed under (the contract plants a click-through spike)
     kpis = ("ctr", "cvr")
     direction: Direction = "rise"
 
@@ -370,9 +402,10 @@ class JointSpikeCusumDetector(BucketDetector):
             raise ValueError(f"shift and threshold must be positive, got {shift}, {threshold}")
         self.shift = shift
         self.threshold = threshold
-        self._rates = tuple(RateCusumDetector(kpi=kpi, direction="rise", shift=shift, threshold=threshold,
-                                              **params)  # type: ignore[arg-type]
-                            for kpi in self.kpis)
+        self._rates = tuple(
+            RateCusumDetector(kpi=kpi, direction="rise", shift=shift, threshold=threshold, **params)  # type: ignore[arg-type]
+            for kpi in self.kpis
+        )
         self._s = 0.0
 
     @property
@@ -392,7 +425,7 @@ class JointSpikeCusumDetector(BucketDetector):
             llr += (x * math.log(p1 / p0) + (n - x) * math.log((1 - p1) / (1 - p0))) / (1.0 + (n - 1) * rate._rho())
             rises.append(reading.value / p0 - 1.0)
         rise = max(rises)
-        if self._s > self.threshold and rise <= 0.0:   # back at baseline after an alarm: restart (see `_Cusum`)
+        if self._s > self.threshold and rise <= 0.0:  # back at baseline after an alarm: restart (see `_Cusum`)
             return 0.0, rise
         return min(2 * self.threshold, max(0.0, self._s + llr)), rise
 
@@ -408,15 +441,26 @@ class JointSpikeCusumDetector(BucketDetector):
         if advanced is None:
             return Verdict(False, False, observed, expected, 0.0, detail={**detail, "reason": "too few exposures"})
         s, rise = advanced
-        return Verdict(True, s > self.threshold and rise >= self.shift / 2, observed, expected, s / self.threshold,
-                       detail={**detail, "cusum": s, "threshold": self.threshold, "relative_change": rise,
-                               "rho": [rate._rho() for rate in self._rates]})
+        return Verdict(
+            True,
+            s > self.threshold and rise >= self.shift / 2,
+            observed,
+            expected,
+            s / self.threshold,
+            detail={
+                **detail,
+                "cusum": s,
+                "threshold": self.threshold,
+                "relative_change": rise,
+                "rho": [rate._rho() for rate in self._rates],
+            },
+        )
 
     def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
         advanced = self._advanced(observation)
         if advanced is not None:
             self._s = advanced[0]
-        for rate in self._rates:   # their own S is not used; this forgets their waiting buckets on a breach
+        for rate in self._rates:  # their own S is not used; this forgets their waiting buckets on a breach
             rate.track_one(observation, verdict)
 
     def learn_one(self, observation: BucketObservation) -> None:

@@ -53,15 +53,21 @@ class SeasonalProfile:
     16.0
     """
 
-    def __init__(self, season: int = 24, level_weight: float = 0.2, profile_weight: float = 0.2,
-                 multiplicative: bool = True, init_seasons: int = 2) -> None:
+    def __init__(
+        self,
+        season: int = 24,
+        level_weight: float = 0.2,
+        profile_weight: float = 0.2,
+        multiplicative: bool = True,
+        init_seasons: int = 2,
+    ) -> None:
         self.season = season
         self.level_weight = level_weight
         self.profile_weight = profile_weight
         self.multiplicative = multiplicative
         self.init_seasons = init_seasons
-        self._profile: list[float] = [0.0] * season   # sums per phase until initialised, then the factors
-        self._seen: list[int] = [0] * season          # values per phase until initialised, then []
+        self._profile: list[float] = [0.0] * season  # sums per phase until initialised, then the factors
+        self._seen: list[int] = [0] * season  # values per phase until initialised, then []
         self._level: float | None = None
 
     def forecast(self, index: int) -> float | None:
@@ -115,14 +121,15 @@ class RiverForecaster:
             # River's HoltWinters reads its initial trend from the first season's steps, which for a daily
             # curve is no trend at all: a tiny beta keeps that misreading from lingering.
             self._model: time_series.HoltWinters | time_series.SNARIMAX = time_series.HoltWinters(
-                alpha=0.2, beta=0.001, gamma=0.2, seasonality=season, multiplicative=True)
+                alpha=0.2, beta=0.001, gamma=0.2, seasonality=season, multiplicative=True
+            )
         elif name == "snarimax":
             self._model = time_series.SNARIMAX(p=1, d=0, q=0, m=season, sp=1, sd=1, sq=0)
         else:
             raise ValueError(f"unknown River forecaster {name!r}")
         self.name = name
         self.season = season
-        self.offset = offset   # HoltWinters' multiplicative form needs values above zero
+        self.offset = offset  # HoltWinters' multiplicative form needs values above zero
         self._last: int | None = None
         self._learnt = 0
 
@@ -134,10 +141,10 @@ class RiverForecaster:
 
     def learn(self, index: int, y: float) -> None:
         if self._last is not None and index <= self._last:
-            return   # a bucket learnt twice (a redelivery) or out of order
+            return  # a bucket learnt twice (a redelivery) or out of order
         if self._last is not None and index - self._last > 1:
             gap = index - self._last - 1
-            if gap > 2 * self.season:   # skip whole seasons: the phase is what matters
+            if gap > 2 * self.season:  # skip whole seasons: the phase is what matters
                 gap = self.season + gap % self.season
             filled = self._model.forecast(horizon=gap) if self._learnt >= 2 * self.season else [y + self.offset] * gap
             for value in filled:

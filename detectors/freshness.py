@@ -25,8 +25,9 @@ from detectors.exceptions import InvalidObservation
 KIND = "feed_stale"
 
 
-def check_freshness(last_event: Mapping[str, datetime | None], now: datetime,
-                    objective: timedelta | Mapping[str, timedelta]) -> dict[str, Verdict]:
+def check_freshness(
+    last_event: Mapping[str, datetime | None], now: datetime, objective: timedelta | Mapping[str, timedelta]
+) -> dict[str, Verdict]:
     """One verdict per feed: breached when stale; observed/expected are the age and the objective in seconds.
 
     >>> from datetime import timezone
@@ -46,20 +47,27 @@ def check_freshness(last_event: Mapping[str, datetime | None], now: datetime,
             raise InvalidObservation(f"feed {feed!r} has no positive freshness objective")
         limit_s = limit.total_seconds()
         if last is None:
-            verdicts[feed] = Verdict(False, False, 0.0, limit_s, 0.0, warming_up=True,
-                                     detail={"feed": feed, "reason": "never seen"})
+            verdicts[feed] = Verdict(
+                False, False, 0.0, limit_s, 0.0, warming_up=True, detail={"feed": feed, "reason": "never seen"}
+            )
             continue
         if (last.tzinfo is None) != (now.tzinfo is None):
             raise InvalidObservation(f"feed {feed!r}: last event and now must both be timezone-aware (or both naive)")
-        age = max(0.0, (now - last).total_seconds())   # an event stamped after `now` is fresh, not negative
-        verdicts[feed] = Verdict(True, age > limit_s, age, limit_s, age / limit_s,
-                                 detail={"feed": feed, "last_event": last.isoformat(), "age_seconds": age,
-                                         "objective_seconds": limit_s})
+        age = max(0.0, (now - last).total_seconds())  # an event stamped after `now` is fresh, not negative
+        verdicts[feed] = Verdict(
+            True,
+            age > limit_s,
+            age,
+            limit_s,
+            age / limit_s,
+            detail={"feed": feed, "last_event": last.isoformat(), "age_seconds": age, "objective_seconds": limit_s},
+        )
     return verdicts
 
 
-def objective_for_rate(events_per_hour: float, significance: float = 1e-4,
-                       floor: timedelta = timedelta(minutes=5)) -> timedelta:
+def objective_for_rate(
+    events_per_hour: float, significance: float = 1e-4, floor: timedelta = timedelta(minutes=5)
+) -> timedelta:
     """The silence that a feed of this rate shows by chance with probability `significance`, at least `floor`.
 
     >>> objective_for_rate(60)                 # -ln(1e-4) / 60 per hour = 9.2 minutes

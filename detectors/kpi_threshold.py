@@ -84,8 +84,13 @@ class KpiThresholdDetector(BucketDetector):
         observed = events / n if n else 0.0
         base_n = sum(b for b, _ in self._history)
         expected = sum(e for _, e in self._history) / base_n if base_n else 0.0
-        detail = {"kpi": self.config.kpi, "exposures": n, "events": events, "baseline_exposures": base_n,
-                  "alert_threshold": self.config.alert_threshold}
+        detail = {
+            "kpi": self.config.kpi,
+            "exposures": n,
+            "events": events,
+            "baseline_exposures": base_n,
+            "alert_threshold": self.config.alert_threshold,
+        }
         if self.warming_up or not 0.0 < expected < 1.0:
             return Verdict(False, False, observed, expected, 0.0, warming_up=self.warming_up, detail=detail)
         if n < self.config.min_exposures:
@@ -95,5 +100,11 @@ class KpiThresholdDetector(BucketDetector):
 
         p_value = float(binom.cdf(events, n, expected))
         breached = relative_drop >= self.config.alert_threshold and p_value < self.config.significance
-        return Verdict(True, breached, observed, expected, relative_drop,
-                       detail={**detail, "p_value": p_value, "relative_drop": relative_drop})
+        return Verdict(
+            True,
+            breached,
+            observed,
+            expected,
+            relative_drop,
+            detail={**detail, "p_value": p_value, "relative_drop": relative_drop},
+        )

@@ -58,21 +58,44 @@ class Kpi:
     parts: Callable[[BucketObservation], tuple[float, int]]
 
 
-KPIS: dict[str, Kpi] = {kpi.name: kpi for kpi in (
-    Kpi("ctr", "binomial", "click-through rate: clicks / exposures",
-        lambda o: (min(o.clicks, o.exposures), o.exposures)),
-    Kpi("cvr", "binomial", "conversion rate: conversions / exposures",
-        lambda o: (min(o.conversions, o.exposures), o.exposures)),
-    Kpi("revenue_per_exposure", "mean", "revenue / exposures", lambda o: (o.revenue, o.exposures)),
-    Kpi("fallback_rate", "binomial", "fallbacks / exposures", lambda o: (o.fallbacks, o.exposures)),
-    Kpi("latency_ms", "mean", "decision latency: latency_ms_sum / exposures",
-        lambda o: (o.latency_ms_sum, o.exposures)),
-    Kpi("exposures", "poisson", "exposure volume", lambda o: (float(o.exposures), 1)),
-    Kpi("value", "mean", "a univariate series' value (backtests)",
-        lambda o: (0.0, 0) if o.value is None else (o.value, 1)),
-    Kpi("exposure_share", "binomial", "the series' share of its initiative's exposures",
-        lambda o: (float(o.exposures), o.group_exposures)),
-)}
+KPIS: dict[str, Kpi] = {
+    kpi.name: kpi
+    for kpi in (
+        Kpi(
+            "ctr",
+            "binomial",
+            "click-through rate: clicks / exposures",
+            lambda o: (min(o.clicks, o.exposures), o.exposures),
+        ),
+        Kpi(
+            "cvr",
+            "binomial",
+            "conversion rate: conversions / exposures",
+            lambda o: (min(o.conversions, o.exposures), o.exposures),
+        ),
+        Kpi("revenue_per_exposure", "mean", "revenue / exposures", lambda o: (o.revenue, o.exposures)),
+        Kpi("fallback_rate", "binomial", "fallbacks / exposures", lambda o: (o.fallbacks, o.exposures)),
+        Kpi(
+            "latency_ms",
+            "mean",
+            "decision latency: latency_ms_sum / exposures",
+            lambda o: (o.latency_ms_sum, o.exposures),
+        ),
+        Kpi("exposures", "poisson", "exposure volume", lambda o: (float(o.exposures), 1)),
+        Kpi(
+            "value",
+            "mean",
+            "a univariate series' value (backtests)",
+            lambda o: (0.0, 0) if o.value is None else (o.value, 1),
+        ),
+        Kpi(
+            "exposure_share",
+            "binomial",
+            "the series' share of its initiative's exposures",
+            lambda o: (float(o.exposures), o.group_exposures),
+        ),
+    )
+}
 KPI_NAMES: tuple[str, ...] = tuple(name for name in KPIS if name not in ("value", "exposure_share"))
 """The six KPIs of a personalization series (``value`` is for univariate backtests only, ``exposure_share``
 for the volume share detector: it needs the initiative's exposures)."""

@@ -102,10 +102,20 @@ class LevelShiftDetector(BucketDetector):
 
     kind: ClassVar[str] = "level_shift"
 
-    def __init__(self, kpi: str = "cvr", direction: Direction = "drop", drift_detector: str = "page_hinkley",
-                 alert_threshold: float = 0.05, reference_buckets: int = 168, recent_buckets: int = 6,
-                 warmup_buckets: int = 48, min_count: int = 50, ph_delta: float = 0.5,
-                 ph_threshold: float = 7.0, adwin_delta: float = 0.002) -> None:
+    def __init__(
+        self,
+        kpi: str = "cvr",
+        direction: Direction = "drop",
+        drift_detector: str = "page_hinkley",
+        alert_threshold: float = 0.05,
+        reference_buckets: int = 168,
+        recent_buckets: int = 6,
+        warmup_buckets: int = 48,
+        min_count: int = 50,
+        ph_delta: float = 0.5,
+        ph_threshold: float = 7.0,
+        adwin_delta: float = 0.002,
+    ) -> None:
         self._evidence = check_kpi(kpi, ("binomial", "mean")).evidence
         if direction not in _PH_MODE:
             raise ValueError(f"direction must be 'drop', 'rise' or 'both', got {direction!r}")
@@ -128,13 +138,15 @@ class LevelShiftDetector(BucketDetector):
 
         # ADWIN looks for a cut every `clock` values, and only cuts off windows of `min_window_length`:
         # with hourly buckets that must be every bucket, and a new level two buckets long may be cut off.
-        self._drift = (drift.PageHinkley(delta=ph_delta, threshold=ph_threshold, mode=_PH_MODE[direction])
-                       if drift_detector == "page_hinkley"
-                       else drift.ADWIN(delta=adwin_delta, clock=1, min_window_length=2))
-        self._total = 0.0         # the reference: exponentially weighted successes (or sums) and trials (items)
+        self._drift = (
+            drift.PageHinkley(delta=ph_delta, threshold=ph_threshold, mode=_PH_MODE[direction])
+            if drift_detector == "page_hinkley"
+            else drift.ADWIN(delta=adwin_delta, clock=1, min_window_length=2)
+        )
+        self._total = 0.0  # the reference: exponentially weighted successes (or sums) and trials (items)
         self._n = 0.0
-        self._spread = 0.0        # a mean KPI's per-item variance
-        self._dispersion = 1.0    # a rate's running mean of its binomial z^2
+        self._spread = 0.0  # a mean KPI's per-item variance
+        self._dispersion = 1.0  # a rate's running mean of its binomial z^2
         self._recent: deque[tuple[float, int]] = deque(maxlen=recent_buckets)
         self._learnt = 0
 
@@ -168,12 +180,12 @@ class LevelShiftDetector(BucketDetector):
             self._drift.update(_capped(z))
             self._learnt = min(self._learnt + 1, self.warmup_buckets)
             outlier = z * z > OUTLIER_Z2 and self._learnt >= self.warmup_buckets // 2
-            if self._evidence == "binomial" and not outlier:   # a rate's over-dispersion, never below binomial
+            if self._evidence == "binomial" and not outlier:  # a rate's over-dispersion, never below binomial
                 weight = ewma_weight(self.reference_buckets)
                 self._dispersion = max(1.0, self._dispersion + weight * (z * z * self._dispersion - self._dispersion))
         if outlier:
             return
-        if self._evidence == "mean" and self._n > 0:   # a mean's spread is measured directly
+        if self._evidence == "mean" and self._n > 0:  # a mean's spread is measured directly
             weight = 1.0 if self._spread == 0 else ewma_weight(self.reference_buckets)
             self._spread += weight * (reading.n * (reading.value - self._reference()) ** 2 - self._spread)
         weight = ewma_weight(self.reference_buckets)
@@ -196,6 +208,11 @@ class LevelShiftDetector(BucketDetector):
         shift = recent / reference - 1.0
         change = {"drop": -shift, "rise": shift, "both": abs(shift)}[self.direction]
         breached = probe.drift_detected and change >= self.alert_threshold
-        return Verdict(True, breached, observed, reference, change,
-                       detail={**detail, "z": z, "drift": probe.drift_detected, "recent_level": recent,
-                               "relative_change": change})
+        return Verdict(
+            True,
+            breached,
+            observed,
+            reference,
+            change,
+            detail={**detail, "z": z, "drift": probe.drift_detected, "recent_level": recent, "relative_change": change},
+        )

@@ -66,8 +66,16 @@ class MultiMetricDetector(BucketDetector):
 
     kind: ClassVar[str] = "multi_metric_anomaly"
 
-    def __init__(self, n_trees: int = 10, height: int = 8, window_size: int = 48, q: float = 0.99,
-                 warmup_buckets: int = 96, season: int = 24, seed: int = 42) -> None:
+    def __init__(
+        self,
+        n_trees: int = 10,
+        height: int = 8,
+        window_size: int = 48,
+        q: float = 0.99,
+        warmup_buckets: int = 96,
+        season: int = 24,
+        seed: int = 42,
+    ) -> None:
         if not 0.5 <= q < 1:
             raise ValueError(f"q must be in [0.5, 1), got {q}")
         if warmup_buckets < window_size + season:
@@ -101,8 +109,9 @@ class MultiMetricDetector(BucketDetector):
         return features
 
     def _scaled(self, features: dict[str, float]) -> dict[str, float]:
-        return {name: min(1.0, max(0.0, 0.25 + 0.5 * value))
-                for name, value in self._scaler.transform_one(features).items()}
+        return {
+            name: min(1.0, max(0.0, 0.25 + 0.5 * value)) for name, value in self._scaler.transform_one(features).items()
+        }
 
     def learn_one(self, observation: BucketObservation) -> None:
         features = self._features(observation)
@@ -121,5 +130,11 @@ class MultiMetricDetector(BucketDetector):
         if self.warming_up or features is None:
             return Verdict(False, False, 0.0, threshold, 0.0, warming_up=True)
         score = self._trees.score_one(self._scaled(features))
-        return Verdict(True, score >= threshold, score, threshold, score,
-                       detail={"features": {k: round(v, 6) for k, v in features.items()}})
+        return Verdict(
+            True,
+            score >= threshold,
+            score,
+            threshold,
+            score,
+            detail={"features": {k: round(v, 6) for k, v in features.items()}},
+        )

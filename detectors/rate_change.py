@@ -39,7 +39,7 @@ from detectors.kpis import check_kpi, read
 from detectors.stats import ewma_weight, rate_lower_tail, rate_upper_tail
 
 Direction = Literal["drop", "rise"]
-OUTLIER_Z2 = 16.0   # a squared standardized residual above this (4 standard deviations) is not learnt as noise
+OUTLIER_Z2 = 16.0  # a squared standardized residual above this (4 standard deviations) is not learnt as noise
 
 
 class RateChangeDetector(BucketDetector):
@@ -89,9 +89,17 @@ class RateChangeDetector(BucketDetector):
     kind: ClassVar[str] = "rate_change"
 
     # Defaults measured with bench/detection.py (see detectors/README.md).
-    def __init__(self, kpi: str = "cvr", direction: Direction = "drop", alert_threshold: float = 0.15,
-                 significance: float = 0.005, baseline_buckets: int = 72, warmup_buckets: int = 24,
-                 min_exposures: int = 50, learn_outliers: bool = True) -> None:
+    def __init__(
+        self,
+        kpi: str = "cvr",
+        direction: Direction = "drop",
+        alert_threshold: float = 0.15,
+        significance: float = 0.005,
+        baseline_buckets: int = 72,
+        warmup_buckets: int = 24,
+        min_exposures: int = 50,
+        learn_outliers: bool = True,
+    ) -> None:
         check_kpi(kpi, ("binomial",))
         if direction not in ("drop", "rise"):
             raise ValueError(f"direction must be 'drop' or 'rise', got {direction!r}")
@@ -109,10 +117,10 @@ class RateChangeDetector(BucketDetector):
         self.warmup_buckets = warmup_buckets
         self.min_exposures = min_exposures
         self.learn_outliers = learn_outliers
-        self._successes = 0.0   # exponentially weighted means of the learnt buckets' successes and trials
+        self._successes = 0.0  # exponentially weighted means of the learnt buckets' successes and trials
         self._trials = 0.0
-        self._scorable = 0      # learnt buckets with at least min_exposures, capped at warmup_buckets
-        self._excess = 0.0      # over-dispersion: weighted means of z^2 - 1 and of n - 1; rho is their ratio
+        self._scorable = 0  # learnt buckets with at least min_exposures, capped at warmup_buckets
+        self._excess = 0.0  # over-dispersion: weighted means of z^2 - 1 and of n - 1; rho is their ratio
         self._extra_trials = 0.0
 
     @property
@@ -154,7 +162,7 @@ class RateChangeDetector(BucketDetector):
             return Verdict(False, False, observed, expected, 0.0, warming_up=True, detail=detail)
         if n < self.min_exposures:
             return Verdict(False, False, observed, expected, 0.0, detail={**detail, "reason": "too few exposures"})
-        assert reading is not None   # n >= min_exposures >= 1
+        assert reading is not None  # n >= min_exposures >= 1
         successes, rho = int(reading.total), self._rho()
         if self.direction == "drop":
             change = 1.0 - observed / expected
@@ -163,8 +171,14 @@ class RateChangeDetector(BucketDetector):
             change = observed / expected - 1.0
             p_value = rate_upper_tail(successes, n, expected, rho)
         breached = change >= self.alert_threshold and p_value < self.significance
-        return Verdict(True, breached, observed, expected, change,
-                       detail={**detail, "p_value": p_value, "relative_change": change, "rho": rho})
+        return Verdict(
+            True,
+            breached,
+            observed,
+            expected,
+            change,
+            detail={**detail, "p_value": p_value, "relative_change": change, "rho": rho},
+        )
 
 
 class CtrDropDetector(RateChangeDetector):
@@ -216,5 +230,10 @@ class FallbackSurgeDetector(RateChangeDetector):
     kind = "fallback_surge"
 
     def __init__(self, alert_threshold: float = 1.0, min_exposures: int = 30, **params: object) -> None:
-        super().__init__(kpi="fallback_rate", direction="rise", alert_threshold=alert_threshold,
-                         min_exposures=min_exposures, **params)  # type: ignore[arg-type]
+        super().__init__(
+            kpi="fallback_rate",
+            direction="rise",
+            alert_threshold=alert_threshold,
+            min_exposures=min_exposures,
+            **params,  # type: ignore[arg-type]
+        )

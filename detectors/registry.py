@@ -67,7 +67,7 @@ def _kpi_threshold(**config: object) -> KpiThresholdDetector:
 DETECTORS: dict[str, Callable[..., BucketDetector]] = {
     # rates against their baseline: binomial tail + relative change
     "conversion_drop": _conversion_drop,
-    "kpi_threshold": _kpi_threshold,   # PMON_ALERT_THRESHOLD on PMON_ALERT_KPI: runs on every series, always
+    "kpi_threshold": _kpi_threshold,  # PMON_ALERT_THRESHOLD on PMON_ALERT_KPI: runs on every series, always
     "cvr_drop": CvrDropDetector,
     "ctr_drop": CtrDropDetector,
     "ctr_spike": partial(RateSpikeDetector, kpi="ctr"),

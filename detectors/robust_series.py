@@ -56,30 +56,31 @@ from detectors.tail_calibration import PeakCalibrator, TailCalibrator
 
 DAY = 86_400.0
 CYCLES: tuple[tuple[str, float], ...] = (("day", DAY), ("week", 7 * DAY), ("year", 365.2425 * DAY))
-MAX_BINS = 168          # bins of one cycle at most: an hourly week; finer samplings share bins
-HUBER = 2.0             # a value is learnt at most this many scales from the forecast
-CLIP = 3.0              # |z| at most this much into the scale and the CUSUM: one spike is not a shift
-CUSUM_DRIFT = 0.5       # the CUSUM's allowance k: it finds shifts of about 2k = 1 scale
-VARIANCE_DRIFT = 4.5    # the variance CUSUM's allowance on z^2 (clipped at CLIP^2): finds a scale about 3 times wider
-SEASON_MARGIN = 0.85    # a seasonal model must cut the error of the unseasonal ones by 15 %
-GAP_FACTOR = 3.0        # a gap of more than 3 intervals may be a missing stretch
-LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.3), (0.5, 0.1), (0.1, 0.02))   # (alpha, beta): fast to slow
-GAMMA = 0.2             # the seasonal smoothing
-DAMPING = 0.95          # the trend's damping per step
-SCALE_WEIGHT = 0.05     # the spread's exponential weight
-MEDIAN_STEP = 0.03      # the median tracker's step in log space
-ERROR_WEIGHT = 0.05     # the model error's exponential weight (which model is scored)
-LOG_CLIP = (-3.0, 1.5)   # log(|residual| / its long-run median) is clipped to this: one spike moves it 1.5 at most
-LOG_DRIFT = 0.5          # the log-scale CUSUM's allowance: finds a noise scale about e^1 = 2.7 times the usual
-LONG_STEP = 0.01         # the long-run median |residual|'s step in log space (slow: a burst does not teach it)
-LONG_WEIGHT = 0.01       # the long-run mean log ratio's exponential weight
-LOG_WARMUP = 20          # healthy points before the log-scale CUSUM runs (its two references settle first)
+MAX_BINS = 168  # bins of one cycle at most: an hourly week; finer samplings share bins
+HUBER = 2.0  # a value is learnt at most this many scales from the forecast
+CLIP = 3.0  # |z| at most this much into the scale and the CUSUM: one spike is not a shift
+CUSUM_DRIFT = 0.5  # the CUSUM's allowance k: it finds shifts of about 2k = 1 scale
+VARIANCE_DRIFT = 4.5  # the variance CUSUM's allowance on z^2 (clipped at CLIP^2): finds a scale about 3 times wider
+SEASON_MARGIN = 0.85  # a seasonal model must cut the error of the unseasonal ones by 15 %
+GAP_FACTOR = 3.0  # a gap of more than 3 intervals may be a missing stretch
+LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.3), (0.5, 0.1), (0.1, 0.02))  # (alpha, beta): fast to slow
+GAMMA = 0.2  # the seasonal smoothing
+DAMPING = 0.95  # the trend's damping per step
+SCALE_WEIGHT = 0.05  # the spread's exponential weight
+MEDIAN_STEP = 0.03  # the median tracker's step in log space
+ERROR_WEIGHT = 0.05  # the model error's exponential weight (which model is scored)
+LOG_CLIP = (-3.0, 1.5)  # log(|residual| / its long-run median) is clipped to this: one spike moves it 1.5 at most
+LOG_DRIFT = 0.5  # the log-scale CUSUM's allowance: finds a noise scale about e^1 = 2.7 times the usual
+LONG_STEP = 0.01  # the long-run median |residual|'s step in log space (slow: a burst does not teach it)
+LONG_WEIGHT = 0.01  # the long-run mean log ratio's exponential weight
+LOG_WARMUP = 20  # healthy points before the log-scale CUSUM runs (its two references settle first)
 # The share of the false alarm rate each statistic may spend (a weighted Bonferroni; they sum to 1): the log-scale
 # CUSUM is calibrated on excursion peaks, whose learnt tail is lighter than the points', so it gets a small share.
 WEIGHTS = {"point": 0.2475, "shift": 0.2475, "drift": 0.2475, "spread": 0.2475, "logvar": 0.01}
 # E[min(|Z|, CLIP)] for a standard normal Z: makes the clipped mean absolute residual a standard deviation.
-_CLIPPED_MEAN_ABS = 2 * (0.3989422804014327 - math.exp(-CLIP * CLIP / 2) / math.sqrt(2 * math.pi)) \
-    + 2 * CLIP * 0.5 * math.erfc(CLIP / math.sqrt(2))
+_CLIPPED_MEAN_ABS = 2 * (
+    0.3989422804014327 - math.exp(-CLIP * CLIP / 2) / math.sqrt(2 * math.pi)
+) + 2 * CLIP * 0.5 * math.erfc(CLIP / math.sqrt(2))
 
 
 def _huber(x: float, c: float) -> float:
@@ -89,26 +90,40 @@ def _huber(x: float, c: float) -> float:
 class _Model:
     """One robust damped-trend Holt-Winters model (plain floats and a list: pickles small)."""
 
-    __slots__ = ("alpha", "beta", "period", "bins", "level", "trend", "season", "visits", "scale", "spread",
-                 "mad", "error", "n", "time")
+    __slots__ = (
+        "alpha",
+        "beta",
+        "period",
+        "bins",
+        "level",
+        "trend",
+        "season",
+        "visits",
+        "scale",
+        "spread",
+        "mad",
+        "error",
+        "n",
+        "time",
+    )
 
     def __init__(self, alpha: float, beta: float, period: float = 0.0, bins: int = 0) -> None:
         self.alpha, self.beta, self.period, self.bins = alpha, beta, period, bins
         self.level = self.trend = 0.0
         self.season = [0.0] * bins
         self.visits = [0] * bins
-        self.scale = 0.0     # what z is in: the MAD-type scale, floored by half the spread
-        self.spread = 0.0    # clipped mean absolute residual / E[min(|Z|, CLIP)]: a standard deviation
-        self.mad = 0.0       # the median absolute residual, tracked by stochastic approximation
+        self.scale = 0.0  # what z is in: the MAD-type scale, floored by half the spread
+        self.spread = 0.0  # clipped mean absolute residual / E[min(|Z|, CLIP)]: a standard deviation
+        self.mad = 0.0  # the median absolute residual, tracked by stochastic approximation
         self.error = 0.0
         self.n = 0
-        self.time = 0.0      # timestamp of the last value learnt
+        self.time = 0.0  # timestamp of the last value learnt
 
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(self.__slots__, state, strict=False):   # unchanged: a shorter state sets the first slots
+        for name, value in zip(self.__slots__, state, strict=False):  # unchanged: a shorter state sets the first slots
             setattr(self, name, value)
 
     def bin(self, ts: float) -> int:
@@ -117,7 +132,7 @@ class _Model:
 
     def damped(self, steps: float) -> float:
         """The trend's sum over `steps` steps ahead: phi + phi^2 + ... + phi^steps."""
-        return self.trend * DAMPING * (1 - DAMPING ** steps) / (1 - DAMPING)
+        return self.trend * DAMPING * (1 - DAMPING**steps) / (1 - DAMPING)
 
     def forecast(self, ts: float, steps: float) -> float:
         return self.level + self.damped(steps) + (self.season[self.bin(ts)] if self.bins else 0.0)
@@ -142,7 +157,7 @@ class _Model:
         bounded = abs(residual) if self.n < 5 or self.scale == 0 else min(abs(residual), CLIP * self.scale)
         self.spread += weight * (bounded / _CLIPPED_MEAN_ABS - self.spread)
         if self.n < 5 or self.mad == 0:
-            self.mad = 0.6745 * self.spread      # the normal's median |Z| over its standard deviation
+            self.mad = 0.6745 * self.spread  # the normal's median |Z| over its standard deviation
         else:
             # Robbins-Monro in log space: up when above, down when below, so it settles at the median.
             self.mad *= math.exp(MEDIAN_STEP if abs(residual) > self.mad else -MEDIAN_STEP)
@@ -153,8 +168,10 @@ class _Model:
         self.level = self.alpha * (cleaned - seasonal) + (1 - self.alpha) * previous
         # Early on the trend takes whatever the first differences say; then it settles to beta.
         beta = max(self.beta, 1.0 / self.n) if self.n < 10 else self.beta
-        self.trend = beta * (self.level - previous + self.damped(steps)) / max(steps, 1.0) \
-            + (1 - beta) * self.trend * DAMPING ** steps
+        self.trend = (
+            beta * (self.level - previous + self.damped(steps)) / max(steps, 1.0)
+            + (1 - beta) * self.trend * DAMPING**steps
+        )
         if self.bins:
             self.visits[index] = min(self.visits[index] + 1, 255)
             gamma = max(GAMMA, 1.0 / self.visits[index])
@@ -165,8 +182,12 @@ class _Model:
     def restart(self, points: list[tuple[float, float]], steps_per_second: float) -> None:
         """Start again from the last points of a lasting change: median level, Theil-Sen slope, MAD scale."""
         deseasoned = [(ts, y - (self.season[self.bin(ts)] if self.bins else 0.0)) for ts, y in points]
-        slopes = [(b[1] - a[1]) / ((b[0] - a[0]) * steps_per_second)
-                  for i, a in enumerate(deseasoned) for b in deseasoned[i + 1:] if b[0] > a[0]]
+        slopes = [
+            (b[1] - a[1]) / ((b[0] - a[0]) * steps_per_second)
+            for i, a in enumerate(deseasoned)
+            for b in deseasoned[i + 1 :]
+            if b[0] > a[0]
+        ]
         slope = statistics.median(slopes) if slopes else 0.0
         last = deseasoned[-1][0]
         level = statistics.median(y + slope * (last - ts) * steps_per_second for ts, y in deseasoned)
@@ -220,8 +241,14 @@ class RobustSeriesDetector(BucketDetector):
 
     kind: ClassVar[str] = "kpi_spike"
 
-    def __init__(self, kpi: str = "value", warmup_points: int = 12, threshold: float = 0.999,
-                 cooldown: int = 3, relearn_points: int | None = None) -> None:
+    def __init__(
+        self,
+        kpi: str = "value",
+        warmup_points: int = 12,
+        threshold: float = 0.999,
+        cooldown: int = 3,
+        relearn_points: int | None = None,
+    ) -> None:
         check_kpi(kpi, ("mean", "poisson"))
         if warmup_points < 2 or not 0 < threshold < 1 or cooldown < 1:
             raise ValueError("warmup_points must be >= 2, threshold in (0, 1) and cooldown >= 1")
@@ -240,7 +267,7 @@ class RobustSeriesDetector(BucketDetector):
         # Two-sided CUSUM of N(0, 1) increments with drift -k: P(S > x) ~ 2 exp(-2k (x + 0.583)) (Siegmund).
         self._shift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))
         self._drift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))
-        self._slow = len(LEVELS) - 1     # the slow reference (best slow model of any season): shows a ramp
+        self._slow = len(LEVELS) - 1  # the slow reference (best slow model of any season): shows a ramp
         # Two-sided CUSUMs of the scored model's z and of the slow model's: up, down, slow up, slow down; then the
         # variance CUSUM of the scored model's z^2.
         # CUSUM of min(z^2, 9) - 4.5 of N(0, 1) z, simulated (2e6 points): P(S > 3) = 0.0069, E[S - 3 | S > 3] = 1.09.
@@ -249,15 +276,15 @@ class RobustSeriesDetector(BucketDetector):
         # point 0.00305 (kept), mean peak excess 0.61 (doubled: real residuals' volatility clusters).
         self._logvar = PeakCalibrator(3.0, 0.00305, 1.2)
         self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        self._abs_median = 0.0     # long-run median |residual| of the scored model (tracked in log space)
-        self._log_mean = 0.0       # long-run mean of the clipped log(|residual| / _abs_median)
-        self._long_n = 0           # healthy points behind the two
+        self._abs_median = 0.0  # long-run median |residual| of the scored model (tracked in log space)
+        self._log_mean = 0.0  # long-run mean of the clipped log(|residual| / _abs_median)
+        self._long_n = 0  # healthy points behind the two
         self._gaps: deque[float] = deque(maxlen=31)
         self._interval: float | None = None
         self._longest = 0.0
-        self._last: float | None = None     # timestamp of the last point seen
-        self._quiet = 0                     # quiet points since the episode's last breach
-        self._episode = 0                   # points in the current episode (0: none)
+        self._last: float | None = None  # timestamp of the last point seen
+        self._quiet = 0  # quiet points since the episode's last breach
+        self._episode = 0  # points in the current episode (0: none)
         self._recent: deque[tuple[float, float]] = deque(maxlen=relearn)
 
     # ------------------------------------------------------------------------------------- reading
@@ -311,8 +338,9 @@ class RobustSeriesDetector(BucketDetector):
         y = self._value(observation)
         ts = observation.bucket_start.timestamp()
         if y is None or self.warming_up:
-            return Verdict(False, False, y or 0.0, 0.0, 0.0, warming_up=self.warming_up,
-                           detail={"kpi": self.kpi, "alert": False})
+            return Verdict(
+                False, False, y or 0.0, 0.0, 0.0, warming_up=self.warming_up, detail={"kpi": self.kpi, "alert": False}
+            )
         model = self._models[self._best]
         expected = model.forecast(ts, self._steps(model, ts))
         z, z_slow = self._z(ts, y), self._z(ts, y, self._slow)
@@ -331,11 +359,30 @@ class RobustSeriesDetector(BucketDetector):
         interval = self.interval
         missing = interval is not None and interval != 0 and gap > max(GAP_FACTOR * interval, 1.5 * self._longest)
         alert = (breached and self._episode == 0) or missing
-        return Verdict(True, breached, y, expected, 1.0 if missing else score, detail={
-            "kpi": self.kpi, "z": z, "z_slow": z_slow, "p_point": p_point, "p_shift": p_shift,
-            "p_drift": p_drift, "p_spread": p_spread, "p_logvar": p_logvar,
-            "p_value": p_value, "cusum": cusum, "logvar_before": self._cusum[5], "alert": alert,
-            "missing": missing, "season": self.season, "interval_seconds": interval})
+        return Verdict(
+            True,
+            breached,
+            y,
+            expected,
+            1.0 if missing else score,
+            detail={
+                "kpi": self.kpi,
+                "z": z,
+                "z_slow": z_slow,
+                "p_point": p_point,
+                "p_shift": p_shift,
+                "p_drift": p_drift,
+                "p_spread": p_spread,
+                "p_logvar": p_logvar,
+                "p_value": p_value,
+                "cusum": cusum,
+                "logvar_before": self._cusum[5],
+                "alert": alert,
+                "missing": missing,
+                "season": self.season,
+                "interval_seconds": interval,
+            },
+        )
 
     def track_one(self, observation: BucketObservation, verdict: Verdict) -> None:
         """Advance what runs over every point: the clock, the CUSUM, the episode, a lasting change's restart."""
@@ -421,42 +468,59 @@ class RobustSeriesDetector(BucketDetector):
         interval = self.interval or 0.0
         for _name, period in CYCLES:
             samples = period / interval
-            if samples < 4 or samples > 20 * MAX_BINS:   # too coarse to show it, or too long to learn it
+            if samples < 4 or samples > 20 * MAX_BINS:  # too coarse to show it, or too long to learn it
                 continue
-            for template in self._models[:len(LEVELS)]:
+            for template in self._models[: len(LEVELS)]:
                 model = _Model(template.alpha, template.beta, period, min(MAX_BINS, round(samples)))
                 model.level, model.trend, model.scale = template.level, template.trend, template.scale
                 model.spread, model.mad = template.spread, template.mad
                 model.error, model.n, model.time = template.error, 3, template.time
                 self._models.append(model)
 
-    def _advance(self, z: float, z_slow: float, ratio: float | None = None
-                 ) -> tuple[float, float, float, float, float, float]:
+    def _advance(
+        self, z: float, z_slow: float, ratio: float | None = None
+    ) -> tuple[float, float, float, float, float, float]:
         """The CUSUMs after this point's z (clipped: one spike is not a shift)."""
         up, down, slow_up, slow_down, spread, logvar = self._cusum
         logvar = 0.0 if ratio is None else max(0.0, logvar + ratio - self._log_mean - LOG_DRIFT)
         if not math.isfinite(z_slow):
             z_slow = z
-        return (max(0.0, up + min(z, CLIP) - CUSUM_DRIFT), max(0.0, down - max(z, -CLIP) - CUSUM_DRIFT),
-                max(0.0, slow_up + min(z_slow, CLIP) - CUSUM_DRIFT),
-                max(0.0, slow_down - max(z_slow, -CLIP) - CUSUM_DRIFT),
-                max(0.0, spread + min(z * z, CLIP * CLIP) - VARIANCE_DRIFT), logvar)
+        return (
+            max(0.0, up + min(z, CLIP) - CUSUM_DRIFT),
+            max(0.0, down - max(z, -CLIP) - CUSUM_DRIFT),
+            max(0.0, slow_up + min(z_slow, CLIP) - CUSUM_DRIFT),
+            max(0.0, slow_down - max(z_slow, -CLIP) - CUSUM_DRIFT),
+            max(0.0, spread + min(z * z, CLIP * CLIP) - VARIANCE_DRIFT),
+            logvar,
+        )
 
     def _choose(self) -> None:
         plain = min(range(len(LEVELS)), key=lambda i: self._models[i].error)
         best, best_error = plain, self._models[plain].error
-        for i, model in enumerate(self._models[len(LEVELS):], start=len(LEVELS)):
-            if model.seasoned() and model.error < SEASON_MARGIN * self._models[plain].error \
-                    and model.error < best_error:
+        for i, model in enumerate(self._models[len(LEVELS) :], start=len(LEVELS)):
+            if (
+                model.seasoned()
+                and model.error < SEASON_MARGIN * self._models[plain].error
+                and model.error < best_error
+            ):
                 best, best_error = i, model.error
         self._best = best
         # The slow reference is chosen on its own error: the scored model may be a fast unseasonal one (a smooth
         # series) while only a seasonal slow model forecasts well enough for its CUSUM to show a ramp.
         slow = [i for i, m in enumerate(self._models) if m.alpha == LEVELS[-1][0]]
         plain_slow = slow[0]
-        self._slow = min((i for i in slow if i == plain_slow or (
-            self._models[i].seasoned() and self._models[i].error < SEASON_MARGIN * self._models[plain_slow].error)),
-            key=lambda i: self._models[i].error)
+        self._slow = min(
+            (
+                i
+                for i in slow
+                if i == plain_slow
+                or (
+                    self._models[i].seasoned()
+                    and self._models[i].error < SEASON_MARGIN * self._models[plain_slow].error
+                )
+            ),
+            key=lambda i: self._models[i].error,
+        )
 
     def _discard(self) -> None:
         """An alert interrupts the open excursion of the peak-calibrated statistic: it is not learnt."""
@@ -470,4 +534,3 @@ class RobustSeriesDetector(BucketDetector):
         self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         self._episode = self._quiet = 0
         self._recent.clear()
-

@@ -95,9 +95,18 @@ class SeasonalDetector(BucketDetector):
 
     kind: ClassVar[str] = "kpi_spike"
 
-    def __init__(self, kpi: str = "exposures", direction: Direction = "drop", forecaster: str = "profile",
-                 alert_threshold: float = 0.3, significance: float = 0.001, season: int = 24,
-                 warmup_buckets: int = 48, min_count: int = 1, variance_buckets: int = 48) -> None:
+    def __init__(
+        self,
+        kpi: str = "exposures",
+        direction: Direction = "drop",
+        forecaster: str = "profile",
+        alert_threshold: float = 0.3,
+        significance: float = 0.001,
+        season: int = 24,
+        warmup_buckets: int = 48,
+        min_count: int = 1,
+        variance_buckets: int = 48,
+    ) -> None:
         self._evidence = check_kpi(kpi, ("poisson", "mean")).evidence
         if direction not in ("drop", "rise", "both"):
             raise ValueError(f"direction must be 'drop', 'rise' or 'both', got {direction!r}")
@@ -118,9 +127,9 @@ class SeasonalDetector(BucketDetector):
         self.variance_buckets = variance_buckets
         # A backtested value may be negative: only it gets the additive form.
         self._model = make_forecaster(forecaster, season, multiplicative=kpi != "value")
-        self._spread = 0.0     # a mean's per-item variance or a count's dispersion, exponentially weighted
-        self._residuals = 0    # residuals behind _spread (capped)
-        self._learnt = 0       # capped at warmup_buckets
+        self._spread = 0.0  # a mean's per-item variance or a count's dispersion, exponentially weighted
+        self._residuals = 0  # residuals behind _spread (capped)
+        self._learnt = 0  # capped at warmup_buckets
 
     @property
     def warming_up(self) -> bool:
@@ -174,8 +183,9 @@ class SeasonalDetector(BucketDetector):
         else:
             p_value, change = min(1.0, 2 * min(low, high)), abs(observed - forecast) / scale
         breached = change >= self.alert_threshold and p_value < self.significance
-        return Verdict(True, breached, observed, forecast, change,
-                       detail={**detail, "p_value": p_value, "relative_change": change})
+        return Verdict(
+            True, breached, observed, forecast, change, detail={**detail, "p_value": p_value, "relative_change": change}
+        )
 
 
 class VolumeDropDetector(SeasonalDetector):
@@ -188,7 +198,7 @@ class VolumeDropDetector(SeasonalDetector):
     kind = "volume_drop"
 
     def __init__(self, **params: object) -> None:
-        params = {"kpi": "exposures", "alert_threshold": 0.25, **params}   # measured: bench/detection.py
+        params = {"kpi": "exposures", "alert_threshold": 0.25, **params}  # measured: bench/detection.py
         super().__init__(direction="drop", **params)  # type: ignore[arg-type]
 
 

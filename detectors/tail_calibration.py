@@ -48,16 +48,17 @@ class TailCalibrator:
 
     __slots__ = ("u", "memory", "_weight", "_rate", "_excess", "_excess_weight")
 
-    def __init__(self, u: float, prior_rate: float, prior_excess: float, *, prior_weight: float = 50.0,
-                 memory: int = 500) -> None:
+    def __init__(
+        self, u: float, prior_rate: float, prior_excess: float, *, prior_weight: float = 50.0, memory: int = 500
+    ) -> None:
         if u <= 0 or not 0 < prior_rate < 1 or prior_excess <= 0 or prior_weight <= 0 or memory < 1:
             raise ValueError("need u > 0, 0 < prior_rate < 1, prior_excess > 0, prior_weight > 0, memory >= 1")
         self.u = u
         self.memory = memory
-        self._weight = prior_weight                    # points behind _rate (capped at memory)
+        self._weight = prior_weight  # points behind _rate (capped at memory)
         self._rate = prior_rate
         self._excess = prior_excess
-        self._excess_weight = prior_weight * prior_rate   # exceedances behind _excess (capped)
+        self._excess_weight = prior_weight * prior_rate  # exceedances behind _excess (capped)
 
     @classmethod
     def for_abs_normal(cls, u: float = 2.0, **kwargs: Any) -> TailCalibrator:
@@ -138,10 +139,26 @@ class PeakCalibrator:
 
     __slots__ = ("u", "memory", "peak_memory", "_weight", "_rate", "_excess", "_peaks", "_peak", "_above")
 
-    def __init__(self, u: float, prior_rate: float, prior_excess: float, *, prior_weight: float = 200.0,
-                 prior_peaks: float = 5.0, memory: int = 2000, peak_memory: int = 30) -> None:
-        if u <= 0 or not 0 < prior_rate < 1 or prior_excess <= 0 or prior_weight <= 0 or prior_peaks <= 0 \
-                or memory < 1 or peak_memory < 1:
+    def __init__(
+        self,
+        u: float,
+        prior_rate: float,
+        prior_excess: float,
+        *,
+        prior_weight: float = 200.0,
+        prior_peaks: float = 5.0,
+        memory: int = 2000,
+        peak_memory: int = 30,
+    ) -> None:
+        if (
+            u <= 0
+            or not 0 < prior_rate < 1
+            or prior_excess <= 0
+            or prior_weight <= 0
+            or prior_peaks <= 0
+            or memory < 1
+            or peak_memory < 1
+        ):
             raise ValueError("need u > 0, 0 < prior_rate < 1, prior_excess > 0, positive weights and memories")
         self.u = u
         self.memory = memory
@@ -150,8 +167,8 @@ class PeakCalibrator:
         self._rate = prior_rate
         self._excess = prior_excess
         self._peaks = min(prior_peaks, float(peak_memory))
-        self._peak = 0.0          # the open excursion's peak (0: none open)
-        self._above = False       # the last learnt value was above u
+        self._peak = 0.0  # the open excursion's peak (0: none open)
+        self._above = False  # the last learnt value was above u
 
     @property
     def rate(self) -> float:

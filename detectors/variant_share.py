@@ -53,9 +53,15 @@ class VariantShareDetector:
 
     kind: ClassVar[str] = "variant_suppression"
 
-    def __init__(self, allocation: Mapping[str, float] | None = None, alert_threshold: float = 0.5,
-                 significance: float = 0.001, min_exposures: int = 10, warmup_buckets: int = 24,
-                 baseline_buckets: int = 168) -> None:
+    def __init__(
+        self,
+        allocation: Mapping[str, float] | None = None,
+        alert_threshold: float = 0.5,
+        significance: float = 0.001,
+        min_exposures: int = 10,
+        warmup_buckets: int = 24,
+        baseline_buckets: int = 168,
+    ) -> None:
         if allocation is not None:
             if not allocation or any(not share > 0 for share in allocation.values()):
                 raise ValueError(f"allocation must give every variant a positive share, got {dict(allocation)}")
@@ -69,7 +75,7 @@ class VariantShareDetector:
         self.min_exposures = min_exposures
         self.warmup_buckets = warmup_buckets
         self.baseline_buckets = baseline_buckets
-        self._shares: dict[str, float] = {}   # learnt shares, when no allocation is planned
+        self._shares: dict[str, float] = {}  # learnt shares, when no allocation is planned
         self._learnt = 0
 
     @property
@@ -112,12 +118,18 @@ class VariantShareDetector:
                 verdicts[variant] = Verdict(False, False, observed, planned, 0.0, warming_up=True, detail=detail)
                 continue
             if total < self.min_exposures:
-                verdicts[variant] = Verdict(False, False, observed, planned, 0.0,
-                                            detail={**detail, "reason": "too few exposures"})
+                verdicts[variant] = Verdict(
+                    False, False, observed, planned, 0.0, detail={**detail, "reason": "too few exposures"}
+                )
                 continue
             shortfall = 1.0 - observed / planned
             p_value = binom_lower_tail(count, total, planned)
-            verdicts[variant] = Verdict(True, shortfall >= self.alert_threshold and p_value < self.significance,
-                                        observed, planned, shortfall,
-                                        detail={**detail, "p_value": p_value, "relative_change": shortfall})
+            verdicts[variant] = Verdict(
+                True,
+                shortfall >= self.alert_threshold and p_value < self.significance,
+                observed,
+                planned,
+                shortfall,
+                detail={**detail, "p_value": p_value, "relative_change": shortfall},
+            )
         return verdicts

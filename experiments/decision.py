@@ -47,16 +47,18 @@ from incidents.playbooks import ESCALATION_LADDER
 logger = logging.getLogger(__name__)
 
 State = Literal["ship", "roll_back", "keep_running", "investigate"]
-FlagKind = Literal["sample_ratio_mismatch", "unexpected_variant", "variant_suppression", "integrity_breach",
-                   "variant_imbalance"]
+FlagKind = Literal[
+    "sample_ratio_mismatch", "unexpected_variant", "variant_suppression", "integrity_breach", "variant_imbalance"
+]
 DECISION_KIND = "experiment_decision"
-DECISION_OWNER = ESCALATION_LADDER[0]   # the Testing Lead owns experiment readouts
+DECISION_OWNER = ESCALATION_LADDER[0]  # the Testing Lead owns experiment readouts
 DECISION_PLAYBOOK = (
     "An experiment's recommendation changed. 1) Read the memo: the state, its reasons and the evidence. "
     "2) Ship: ramp the variant by the listed steps, holding each step while the guardrails stay non-inferior. "
     "Roll back: send all traffic to the control. Investigate: freeze the allocation and do not act on the "
     "readout until the flagged cause (sample ratio, suppression, rule change) is fixed. "
-    "3) Record the decision in the plan.")
+    "3) Record the decision in the plan."
+)
 
 
 class _DecisionModel(BaseModel):
@@ -87,64 +89,108 @@ class Recommendation(_DecisionModel):
     look: int = Field(ge=1)
 
 
-def recommend(spec: ExperimentSpec, readout: ExperimentReadout,
-              flags: Sequence[InvestigationFlag] = ()) -> Recommendation:
+def recommend(
+    spec: ExperimentSpec, readout: ExperimentReadout, flags: Sequence[InvestigationFlag] = ()
+) -> Recommendation:
     """Apply the decision rule (module docstring) to a readout and the caller's investigation flags."""
     flags = (*_readout_flags(readout), *flags)
     base = dict(experiment=readout.experiment, look=readout.look)
     remaining = readout.planned.remaining_users_per_variant if readout.planned else None
     if flags:
         return Recommendation(
-            **base, state="investigate", reasons=tuple(f"{f.kind}: {f.summary}" for f in flags), flags=flags,
-            rollout=("freeze the allocation; do not ship or roll back on this readout",
-                     "fix the flagged cause, then read the experiment again"))
+            **base,
+            state="investigate",
+            reasons=tuple(f"{f.kind}: {f.summary}" for f in flags),
+            flags=flags,
+            rollout=(
+                "freeze the allocation; do not ship or roll back on this readout",
+                "fix the flagged cause, then read the experiment again",
+            ),
+        )
     if not readout.sample.sufficient:
-        return Recommendation(**base, state="keep_running",
-                              reasons=tuple(f"minimum sample not reached: {m}" for m in readout.sample.missing),
-                              rollout=("hold the planned allocation",), remaining_users_per_variant=remaining)
+        return Recommendation(
+            **base,
+            state="keep_running",
+            reasons=tuple(f"minimum sample not reached: {m}" for m in readout.sample.missing),
+            rollout=("hold the planned allocation",),
+            remaining_users_per_variant=remaining,
+        )
     by_variant = {v: [c for c in readout.comparisons if c.variant == v] for v in spec.treatments}
     shippable = [v for v, cs in by_variant.items() if _ship_verdict(spec, v, cs)[0]]
     if shippable:
         primary = spec.success_metrics[0].metric
         best = max(shippable, key=lambda v: _primary_lift(readout.comparison(v, primary), spec))
-        return Recommendation(**base, state="ship", variant=best,
-                              reasons=_ship_verdict(spec, best, by_variant[best])[1], rollout=_ramp(spec, best))
+        return Recommendation(
+            **base,
+            state="ship",
+            variant=best,
+            reasons=_ship_verdict(spec, best, by_variant[best])[1],
+            rollout=_ramp(spec, best),
+        )
     for variant, comparisons in by_variant.items():
         harms = _harms(comparisons)
         if harms:
-            return Recommendation(**base, state="roll_back", variant=variant, reasons=tuple(harms),
-                                  rollout=(f"send all traffic to {spec.control}; switch {variant} off",))
+            return Recommendation(
+                **base,
+                state="roll_back",
+                variant=variant,
+                reasons=tuple(harms),
+                rollout=(f"send all traffic to {spec.control}; switch {variant} off",),
+            )
     if spec.rules.stop_at_planned_sample and readout.planned is not None and readout.planned.reached:
         return Recommendation(
-            **base, state="roll_back", variant=None,
-            reasons=(f"planned sample reached ({per_variant(readout.planned.required_users_per_variant)} users) "
-                     f"with no significant "
-                     f"improvement of {metric_name(readout.planned.metric)} at the planned effect of {spec.mde:.1%}",),
-            rollout=(f"end the experiment and keep {spec.control}",))
-    improved = [f"{metric_name(c.metric)} of {c.variant} improves by {_lift_text(c)} "
-                f"(adjusted p = {c.adjusted_p_value:.3g})"
-                for c in readout.comparisons if c.role == "success" and c.improved]
+            **base,
+            state="roll_back",
+            variant=None,
+            reasons=(
+                f"planned sample reached ({per_variant(readout.planned.required_users_per_variant)} users) "
+                f"with no significant "
+                f"improvement of {metric_name(readout.planned.metric)} at the planned effect of {spec.mde:.1%}",
+            ),
+            rollout=(f"end the experiment and keep {spec.control}",),
+        )
+    improved = [
+        f"{metric_name(c.metric)} of {c.variant} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
+        for c in readout.comparisons
+        if c.role == "success" and c.improved
+    ]
     reasons = improved or ["no success metric improves significantly yet"]
     for variant, comparisons in by_variant.items():
         reasons += [r for r in _ship_verdict(spec, variant, comparisons)[1] if r.startswith("guardrail")]
     if remaining is not None:
-        reasons.append("about " + ", ".join(f"{n} more users in {v}" for v, n in remaining.items())
-                       + f" for {spec.rules.power:.0%} power at a {spec.mde:.1%} lift")
-    return Recommendation(**base, state="keep_running", reasons=tuple(reasons),
-                          rollout=("hold the planned allocation",), remaining_users_per_variant=remaining)
+        reasons.append(
+            "about "
+            + ", ".join(f"{n} more users in {v}" for v, n in remaining.items())
+            + f" for {spec.rules.power:.0%} power at a {spec.mde:.1%} lift"
+        )
+    return Recommendation(
+        **base,
+        state="keep_running",
+        reasons=tuple(reasons),
+        rollout=("hold the planned allocation",),
+        remaining_users_per_variant=remaining,
+    )
 
 
 def _readout_flags(readout: ExperimentReadout) -> list[InvestigationFlag]:
-    flags = [InvestigationFlag(kind="sample_ratio_mismatch",
-                               summary=f"users per variant in {check.scope} are {check.users}, expected "
-                                       f"{ {k: round(v, 1) for k, v in check.expected.items()} } "
-                                       f"(chi-square p = {check.p_value:.2g})",
-                               evidence={"scope": check.scope, "p_value": check.p_value,
-                                         "statistic": check.statistic})
-             for check in readout.sample_ratio_mismatch]
-    flags += [InvestigationFlag(kind="unexpected_variant", variant=name,
-                                summary=f"users in variant {name!r}, which the experiment does not plan")
-              for name in readout.unexpected_variants]
+    flags = [
+        InvestigationFlag(
+            kind="sample_ratio_mismatch",
+            summary=f"users per variant in {check.scope} are {check.users}, expected "
+            f"{ {k: round(v, 1) for k, v in check.expected.items()} } "
+            f"(chi-square p = {check.p_value:.2g})",
+            evidence={"scope": check.scope, "p_value": check.p_value, "statistic": check.statistic},
+        )
+        for check in readout.sample_ratio_mismatch
+    ]
+    flags += [
+        InvestigationFlag(
+            kind="unexpected_variant",
+            variant=name,
+            summary=f"users in variant {name!r}, which the experiment does not plan",
+        )
+        for name in readout.unexpected_variants
+    ]
     return flags
 
 
@@ -153,29 +199,39 @@ def _ship_verdict(spec: ExperimentSpec, variant: str, comparisons: list[Comparis
     improved = [c for c in comparisons if c.role == "success" and c.improved]
     worsened = [c for c in comparisons if c.role == "success" and c.worsened]
     guarded = {c.metric: c for c in comparisons if c.role == "guardrail"}
-    reasons = [f"{metric_name(c.metric)} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
-               for c in improved]
+    reasons = [
+        f"{metric_name(c.metric)} improves by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})" for c in improved
+    ]
     failing = []
     for guardrail in spec.guardrails:
         c = guarded.get(guardrail.metric)
         if c is None or c.non_inferior is None:
             failing.append(f"guardrail {metric_name(guardrail.metric)} of {variant} cannot be judged yet")
         elif c.non_inferior:
-            reasons.append(f"guardrail {metric_name(c.metric)} non-inferior: lift {_lift_text(c)}, "
-                           f"margin {guardrail.margin:.1%}")
+            reasons.append(
+                f"guardrail {metric_name(c.metric)} non-inferior: lift {_lift_text(c)}, margin {guardrail.margin:.1%}"
+            )
         else:
-            failing.append(f"guardrail {metric_name(c.metric)} of {variant} not yet non-inferior: "
-                           f"lift {_lift_text(c)}, margin {guardrail.margin:.1%}")
+            failing.append(
+                f"guardrail {metric_name(c.metric)} of {variant} not yet non-inferior: "
+                f"lift {_lift_text(c)}, margin {guardrail.margin:.1%}"
+            )
     ok = bool(improved) and not worsened and not failing
     return ok, tuple(reasons if ok else failing)
 
 
 def _harms(comparisons: list[Comparison]) -> list[str]:
-    harms = [f"{metric_name(c.metric)} of {c.variant} worsens by {_lift_text(c)} "
-             f"(adjusted p = {c.adjusted_p_value:.3g})"
-             for c in comparisons if c.role == "success" and c.worsened]
-    harms += [f"guardrail {metric_name(c.metric)} of {c.variant} is inferior beyond its margin of {c.margin:.1%}: "
-              f"lift {_lift_text(c)}" for c in comparisons if c.role == "guardrail" and c.inferior_beyond_margin]
+    harms = [
+        f"{metric_name(c.metric)} of {c.variant} worsens by {_lift_text(c)} (adjusted p = {c.adjusted_p_value:.3g})"
+        for c in comparisons
+        if c.role == "success" and c.worsened
+    ]
+    harms += [
+        f"guardrail {metric_name(c.metric)} of {c.variant} is inferior beyond its margin of {c.margin:.1%}: "
+        f"lift {_lift_text(c)}"
+        for c in comparisons
+        if c.role == "guardrail" and c.inferior_beyond_margin
+    ]
     return harms
 
 
@@ -194,11 +250,14 @@ def _lift_text(c: Comparison) -> str:
 def _ramp(spec: ExperimentSpec, variant: str) -> tuple[str, ...]:
     guardrails = ", ".join(g.metric for g in spec.guardrails) or "the success metrics"
     steps = [f"ramp {variant} to {share:.0%} of traffic" for share in spec.rules.ramp_steps]
-    return (*(f"{step}; hold while {guardrails} stay non-inferior" for step in steps[:-1]),
-            f"{steps[-1]}: end the experiment and make {variant} the default")
+    return (
+        *(f"{step}; hold while {guardrails} stay non-inferior" for step in steps[:-1]),
+        f"{steps[-1]}: end the experiment and make {variant} the default",
+    )
 
 
 # --------------------------------------------------------------------------- change events
+
 
 class DecisionChange(_DecisionModel):
     """Whether a recommendation changed since the previous one, and the incident event that says so."""
@@ -208,8 +267,14 @@ class DecisionChange(_DecisionModel):
     event: IncidentEvent | None = None
 
 
-def decision_change(previous: Recommendation | None, current: Recommendation, readout: ExperimentReadout, *,
-                    window_start: datetime, window_end: datetime) -> DecisionChange:
+def decision_change(
+    previous: Recommendation | None,
+    current: Recommendation,
+    readout: ExperimentReadout,
+    *,
+    window_start: datetime,
+    window_end: datetime,
+) -> DecisionChange:
     """Compare a new recommendation with the previous one (None: the experiment just started, which reads as
     "keep running"); on a change of state or of the variant, build the `experiment_decision` incident.
 
@@ -241,30 +306,63 @@ def decision_change(previous: Recommendation | None, current: Recommendation, re
     incident = incident_id(readout.initiative, DECISION_KIND, series, period)
     evidence = _evidence(current, readout, previous_state, window_start, window_end)
     event = IncidentEvent(
-        event_id=transition_event_id(incident, "opened", current.look), incident_id=incident, transition="opened",
-        kind=DECISION_KIND, severity="critical" if current.state in ("investigate", "roll_back") else "warning",
-        initiative=readout.initiative, series=[series], period=period, owner=DECISION_OWNER, rung=0,
-        playbook=DECISION_PLAYBOOK, evidence=evidence, occurred_at=window_end)
-    logger.info("experiment %s: recommendation %s -> %s (%s)", current.experiment, previous_state, current.state,
-                current.variant)
+        event_id=transition_event_id(incident, "opened", current.look),
+        incident_id=incident,
+        transition="opened",
+        kind=DECISION_KIND,
+        severity="critical" if current.state in ("investigate", "roll_back") else "warning",
+        initiative=readout.initiative,
+        series=[series],
+        period=period,
+        owner=DECISION_OWNER,
+        rung=0,
+        playbook=DECISION_PLAYBOOK,
+        evidence=evidence,
+        occurred_at=window_end,
+    )
+    logger.info(
+        "experiment %s: recommendation %s -> %s (%s)",
+        current.experiment,
+        previous_state,
+        current.state,
+        current.variant,
+    )
     return DecisionChange(changed=True, previous_state=previous_state, event=event)
 
 
-def _evidence(current: Recommendation, readout: ExperimentReadout, previous_state: str, start: datetime,
-              end: datetime) -> Evidence:
+def _evidence(
+    current: Recommendation, readout: ExperimentReadout, previous_state: str, start: datetime, end: datetime
+) -> Evidence:
     variant = current.variant or next((v.variant for v in readout.variants if v.variant != readout.control), None)
     primary = next((c for c in readout.comparisons if c.variant == variant and c.role == "success"), None)
     detail: dict[str, Any] = {
-        "experiment": current.experiment, "state": current.state, "previous_state": previous_state,
-        "variant": current.variant, "reasons": list(current.reasons), "rollout": list(current.rollout),
-        "method": readout.method, "correction": readout.correction, "alpha": readout.alpha, "look": readout.look,
+        "experiment": current.experiment,
+        "state": current.state,
+        "previous_state": previous_state,
+        "variant": current.variant,
+        "reasons": list(current.reasons),
+        "rollout": list(current.rollout),
+        "method": readout.method,
+        "correction": readout.correction,
+        "alpha": readout.alpha,
+        "look": readout.look,
         "users": {v.variant: v.users for v in readout.variants},
         "flags": [flag.model_dump(mode="json") for flag in current.flags],
     }
     if primary is None:
         return Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=start, bucket_end=end, detail=detail)
-    detail.update(metric=primary.metric, p_value=primary.p_value, adjusted_p_value=primary.adjusted_p_value,
-                  lift_interval=[primary.lift_low, primary.lift_high],
-                  probability_to_beat_control=primary.probability_to_beat_control)
-    return Evidence(observed=primary.variant_mean, expected=primary.control_mean, score=primary.relative_lift or 0.0,
-                    bucket_start=start, bucket_end=end, detail=detail)
+    detail.update(
+        metric=primary.metric,
+        p_value=primary.p_value,
+        adjusted_p_value=primary.adjusted_p_value,
+        lift_interval=[primary.lift_low, primary.lift_high],
+        probability_to_beat_control=primary.probability_to_beat_control,
+    )
+    return Evidence(
+        observed=primary.variant_mean,
+        expected=primary.control_mean,
+        score=primary.relative_lift or 0.0,
+        bucket_start=start,
+        bucket_end=end,
+        detail=detail,
+    )

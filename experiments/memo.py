@@ -71,17 +71,29 @@ def build_memo(spec: ExperimentSpec, readout: ExperimentReadout, recommendation:
     variant = recommendation.variant or (spec.treatments[0] if len(spec.treatments) == 1 else None)
     primary = readout.comparison(variant, primary_metric) if variant else None
     action = recommendation.state.replace("_", " ") + (f" {recommendation.variant}" if recommendation.variant else "")
-    evidence = (f"{metric_name(primary_metric)} {_lift(primary)}" if primary is not None
-                else recommendation.reasons[0] if recommendation.reasons else "")
+    evidence = (
+        f"{metric_name(primary_metric)} {_lift(primary)}"
+        if primary is not None
+        else recommendation.reasons[0]
+        if recommendation.reasons
+        else ""
+    )
     method = f"{readout.method.replace('_', '-')}, {_CORRECTION_NAMES[readout.correction]}, alpha {readout.alpha:g}"
     summary = MemoSummary(
-        experiment=readout.experiment, initiative=readout.initiative, state=recommendation.state,
-        variant=recommendation.variant, headline=f"{readout.experiment}: {action} — {evidence} ({method})",
-        primary_metric=primary_metric, primary_lift=primary.relative_lift if primary else None,
+        experiment=readout.experiment,
+        initiative=readout.initiative,
+        state=recommendation.state,
+        variant=recommendation.variant,
+        headline=f"{readout.experiment}: {action} — {evidence} ({method})",
+        primary_metric=primary_metric,
+        primary_lift=primary.relative_lift if primary else None,
         primary_lift_low=primary.lift_low if primary else None,
         primary_lift_high=primary.lift_high if primary else None,
-        users={v.variant: v.users for v in readout.variants}, reasons=recommendation.reasons,
-        assumptions=spec.assumptions, primary_variance_reduction=primary.variance_reduction if primary else None)
+        users={v.variant: v.users for v in readout.variants},
+        reasons=recommendation.reasons,
+        assumptions=spec.assumptions,
+        primary_variance_reduction=primary.variance_reduction if primary else None,
+    )
     return ExperimentMemo(summary=summary, readout=readout, recommendation=recommendation)
 
 
@@ -91,9 +103,12 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     title = s.state.replace("_", " ").upper() + (f" {s.variant}" if s.variant else "")
     lines = [f"## Experiment {s.experiment}: {title}", "", s.headline, ""]
     if s.primary_variance_reduction is not None:
-        lines += [f"CUPED: {COVARIATE_NAMES[s.primary_metric]} removed {s.primary_variance_reduction:.1%} of the "
-                  f"variance of {metric_name(s.primary_metric)}'s difference (its interval is "
-                  f"{1 - (1 - s.primary_variance_reduction) ** 0.5:.1%} narrower).", ""]
+        lines += [
+            f"CUPED: {COVARIATE_NAMES[s.primary_metric]} removed {s.primary_variance_reduction:.1%} of the "
+            f"variance of {metric_name(s.primary_metric)}'s difference (its interval is "
+            f"{1 - (1 - s.primary_variance_reduction) ** 0.5:.1%} narrower).",
+            "",
+        ]
     lines += ["**Why**", ""]
     lines += [f"- {reason}" for reason in s.reasons] or ["- (no reason recorded)"]
     if s.assumptions:
@@ -101,36 +116,52 @@ def render_memo(memo: ExperimentMemo, detail: Literal["summary", "full"] = "full
     lines += ["", "**Next**", ""] + [f"{i}. {step}" for i, step in enumerate(rec.rollout, 1)]
     if detail == "summary":
         return "\n".join(lines) + "\n"
-    lines += ["", f"Method: {_METHOD_TEXT[r.method]}; correction across the success comparisons: "
-                  f"{_CORRECTION_NAMES[r.correction]}; guardrails by a one-sided bound at alpha {r.alpha:g} against "
-                  f"the margin (all must pass, no correction needed). Bayesian figures: {PRIOR_NAMES[r.prior]}. "
-                  f"CUPED column: share of the difference's variance removed by the behaviour before exposure "
-                  f"(estimates, intervals and p-values are the adjusted ones). Look {r.look}.", "",
-              "| variant | users | planned share | observed share | users converting | revenue / user | crossovers |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Method: {_METHOD_TEXT[r.method]}; correction across the success comparisons: "
+        f"{_CORRECTION_NAMES[r.correction]}; guardrails by a one-sided bound at alpha {r.alpha:g} against "
+        f"the margin (all must pass, no correction needed). Bayesian figures: {PRIOR_NAMES[r.prior]}. "
+        f"CUPED column: share of the difference's variance removed by the behaviour before exposure "
+        f"(estimates, intervals and p-values are the adjusted ones). Look {r.look}.",
+        "",
+        "| variant | users | planned share | observed share | users converting | revenue / user | crossovers |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for v in r.variants:
-        lines.append(f"| {v.variant} | {v.users} | {v.planned_share:.1%} | {_pct(v.observed_share)} | "
-                     f"{_pct(v.conversion_rate, 2)} | {_num(v.revenue_per_user)} | {v.crossover_events} |")
-    lines += ["", "| variant | metric | role | control | variant | lift [interval] | p | adjusted p | "
-                  "P(beat) | expected loss (relative) | CUPED | verdict |",
-              "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+        lines.append(
+            f"| {v.variant} | {v.users} | {v.planned_share:.1%} | {_pct(v.observed_share)} | "
+            f"{_pct(v.conversion_rate, 2)} | {_num(v.revenue_per_user)} | {v.crossover_events} |"
+        )
+    lines += [
+        "",
+        "| variant | metric | role | control | variant | lift [interval] | p | adjusted p | "
+        "P(beat) | expected loss (relative) | CUPED | verdict |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
     for c in r.comparisons:
-        lines.append(f"| {c.variant} | {metric_name(c.metric)} | {c.role} | {c.control_mean:.4g} | "
-                     f"{c.variant_mean:.4g} | "
-                     f"{_lift(c)} | {c.p_value:.3g} | {_num(c.adjusted_p_value, '.3g')} | "
-                     f"{c.probability_to_beat_control:.3f} | {c.expected_loss:.3g} ({c.expected_loss_relative:.2%}) | "
-                     f"{_pct(c.variance_reduction)} | {_verdict(c)} |")
+        lines.append(
+            f"| {c.variant} | {metric_name(c.metric)} | {c.role} | {c.control_mean:.4g} | "
+            f"{c.variant_mean:.4g} | "
+            f"{_lift(c)} | {c.p_value:.3g} | {_num(c.adjusted_p_value, '.3g')} | "
+            f"{c.probability_to_beat_control:.3f} | {c.expected_loss:.3g} ({c.expected_loss_relative:.2%}) | "
+            f"{_pct(c.variance_reduction)} | {_verdict(c)} |"
+        )
     if not r.comparisons:
         lines.append("| — | — | — | | | not computable yet | | | | | | |")
     lines += ["", "Sample ratio (chi-square against the planned allocation; mismatch below p = 0.001):", ""]
-    lines += [f"- {check.scope}: {per_variant(check.users)} users, "
-              f"p = {check.p_value:.3g}{' — MISMATCH' if check.mismatch else ''}"
-              for check in r.sample_ratio] or ["- not enough users to test yet"]
+    lines += [
+        f"- {check.scope}: {per_variant(check.users)} users, "
+        f"p = {check.p_value:.3g}{' — MISMATCH' if check.mismatch else ''}"
+        for check in r.sample_ratio
+    ] or ["- not enough users to test yet"]
     if r.planned is not None:
-        lines += ["", f"Planned sample for {r.planned.power:.0%} power at a {r.planned.mde:.1%} lift of "
-                      f"{metric_name(r.planned.metric)}: {per_variant(r.planned.required_users_per_variant)} users; "
-                      f"still needed: "
-                      f"{per_variant(r.planned.remaining_users_per_variant)}."]
+        lines += [
+            "",
+            f"Planned sample for {r.planned.power:.0%} power at a {r.planned.mde:.1%} lift of "
+            f"{metric_name(r.planned.metric)}: {per_variant(r.planned.required_users_per_variant)} users; "
+            f"still needed: "
+            f"{per_variant(r.planned.remaining_users_per_variant)}.",
+        ]
     if not r.sample.sufficient:
         lines += ["", "Minimum sample not reached: " + "; ".join(r.sample.missing) + "."]
     return "\n".join(lines) + "\n"
@@ -150,8 +181,11 @@ def _verdict(c: Comparison) -> str:
             bound = f"; one-sided bound {side:+.1%}"
         if c.inferior_beyond_margin:
             return f"inferior beyond {c.margin:.1%}{bound}"
-        return (f"non-inferior (margin {c.margin:.1%}{bound})" if c.non_inferior
-                else f"not yet non-inferior (margin {c.margin:.1%}{bound})")
+        return (
+            f"non-inferior (margin {c.margin:.1%}{bound})"
+            if c.non_inferior
+            else f"not yet non-inferior (margin {c.margin:.1%}{bound})"
+        )
     return "improved" if c.improved else "worsened" if c.worsened else "not significant"
 
 

@@ -90,18 +90,26 @@ class Comparison(_ReadoutModel):
     probability_to_beat_control: float
     expected_loss: float = Field(description="Expected loss of choosing the variant, in the metric's unit.")
     expected_loss_relative: float = Field(description="The same, relative to the control's mean.")
-    variance_reduction: float | None = Field(None, description=(
-        "CUPED's share of the difference's variance removed by the pre-exposure covariate (1 - V_cuped / V); "
-        "None when not adjusted. Means, intervals and p-values are the adjusted ones."))
+    variance_reduction: float | None = Field(
+        None,
+        description=(
+            "CUPED's share of the difference's variance removed by the pre-exposure covariate (1 - V_cuped / V); "
+            "None when not adjusted. Means, intervals and p-values are the adjusted ones."
+        ),
+    )
     improved: bool = False
     worsened: bool = False
     non_inferior: bool | None = None
     inferior_beyond_margin: bool | None = None
-    bounds: tuple[float, float] | None = Field(None, description=(
-        "A guardrail's one-sided bounds on the relative lift at level alpha each: (lower, upper). Non-inferior "
-        "when the bound on the bad side is inside the margin; inferior beyond it when the good-side bound is "
-        "beyond. Fixed horizon: lift -/+ z_(1-alpha) x its delta-method error; sequential: the two-sided "
-        "confidence sequence's ends (each side always valid at alpha, conservatively)."))
+    bounds: tuple[float, float] | None = Field(
+        None,
+        description=(
+            "A guardrail's one-sided bounds on the relative lift at level alpha each: (lower, upper). Non-inferior "
+            "when the bound on the bad side is inside the margin; inferior beyond it when the good-side bound is "
+            "beyond. Fixed horizon: lift -/+ z_(1-alpha) x its delta-method error; sequential: the two-sided "
+            "confidence sequence's ends (each side always valid at alpha, conservatively)."
+        ),
+    )
 
 
 class SampleRatioCheck(_ReadoutModel):
@@ -170,12 +178,15 @@ def per_variant(counts: dict[str, int]) -> str:
     return " · ".join(f"{variant} {n:,}" for variant, n in counts.items())
 
 
-def read_experiment(spec: ExperimentSpec, totals: ExperimentTotals,
-                    previous: ExperimentReadout | None = None) -> ExperimentReadout:
+def read_experiment(
+    spec: ExperimentSpec, totals: ExperimentTotals, previous: ExperimentReadout | None = None
+) -> ExperimentReadout:
     """Read out an experiment from its merged totals; `previous` is the last readout of the same experiment."""
     if previous is not None and (previous.experiment != spec.experiment or previous.method != spec.rules.method):
-        raise InvalidSpec(f"previous readout is of {previous.experiment!r} by {previous.method}, not of "
-                          f"{spec.experiment!r} by {spec.rules.method}")
+        raise InvalidSpec(
+            f"previous readout is of {previous.experiment!r} by {previous.method}, not of "
+            f"{spec.experiment!r} by {spec.rules.method}"
+        )
     rules = spec.rules
     by_variant = {name: totals.variants.get(name, VariantTotals()) for name in spec.allocation}
     for name, variant_totals in by_variant.items():
@@ -187,13 +198,21 @@ def read_experiment(spec: ExperimentSpec, totals: ExperimentTotals,
 
     comparisons = _comparisons(spec, by_variant)
     return ExperimentReadout(
-        experiment=spec.experiment, initiative=spec.initiative, control=spec.control, method=rules.method,
-        correction=rules.correction, alpha=rules.alpha, prior=rules.prior,
+        experiment=spec.experiment,
+        initiative=spec.initiative,
+        control=spec.control,
+        method=rules.method,
+        correction=rules.correction,
+        alpha=rules.alpha,
+        prior=rules.prior,
         look=1 if previous is None else previous.look + 1,
         variants=tuple(_summary(name, t, spec.share(name), all_users) for name, t in by_variant.items()),
-        comparisons=comparisons, sample_ratio=_sample_ratio_checks(spec, by_variant),
-        unexpected_variants=unexpected, sample=_sample_check(spec, by_variant),
-        planned=_planned_sample(spec, by_variant))
+        comparisons=comparisons,
+        sample_ratio=_sample_ratio_checks(spec, by_variant),
+        unexpected_variants=unexpected,
+        sample=_sample_check(spec, by_variant),
+        planned=_planned_sample(spec, by_variant),
+    )
 
 
 def _summary(name: str, totals: VariantTotals, share: float, all_users: int) -> VariantSummary:
@@ -202,10 +221,16 @@ def _summary(name: str, totals: VariantTotals, share: float, all_users: int) -> 
         return None if math.isnan(value) else value
 
     return VariantSummary(
-        variant=name, users=totals.users, planned_share=share,
-        observed_share=totals.users / all_users if all_users else None, converting_users=totals.converting_users,
-        conversion_rate=mean("conversion"), revenue_per_user=mean("revenue_per_user"),
-        conversions_per_user=mean("conversions_per_user"), crossover_events=totals.crossover_events)
+        variant=name,
+        users=totals.users,
+        planned_share=share,
+        observed_share=totals.users / all_users if all_users else None,
+        converting_users=totals.converting_users,
+        conversion_rate=mean("conversion"),
+        revenue_per_user=mean("revenue_per_user"),
+        conversions_per_user=mean("conversions_per_user"),
+        crossover_events=totals.crossover_events,
+    )
 
 
 def _comparisons(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> tuple[Comparison, ...]:
@@ -224,8 +249,7 @@ def _comparisons(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) -> 
         good = comparison["difference"] > 0 if comparison["higher_is_better"] else comparison["difference"] < 0
         bad = comparison["difference"] < 0 if comparison["higher_is_better"] else comparison["difference"] > 0
         significant = float(adjusted) < spec.rules.alpha
-        comparison.update(adjusted_p_value=float(adjusted), improved=significant and good,
-                          worsened=significant and bad)
+        comparison.update(adjusted_p_value=float(adjusted), improved=significant and good, worsened=significant and bad)
     return tuple(Comparison(**c) for c in raw)
 
 
@@ -241,8 +265,9 @@ def _mixture_variance(spec: ExperimentSpec, mean: float) -> float:
     return stats.tuned_mixture_variance(effect, rules.power, rules.alpha / family) if effect > 0 else 0.0
 
 
-def _adjusted(name: str, control: VariantTotals, treated: VariantTotals
-              ) -> tuple[MetricMoments, MetricMoments, float | None]:
+def _adjusted(
+    name: str, control: VariantTotals, treated: VariantTotals
+) -> tuple[MetricMoments, MetricMoments, float | None]:
     """The two arms' moments of `name`, CUPED-adjusted with its pre-exposure covariate when that varies, and
     the share of the difference's variance the adjustment removed (None when not adjusted)."""
     a, b = control.moments(name), treated.moments(name)
@@ -253,16 +278,22 @@ def _adjusted(name: str, control: VariantTotals, treated: VariantTotals
     adjusted = []
     for raw, totals in ((a, control), (b, treated)):
         x = totals.covariate_moments(name)
-        mean, variance = stats.cuped_adjusted(raw.mean, raw.variance, x.mean, x.variance, x.covariance, theta,
-                                              pooled.mean)
+        mean, variance = stats.cuped_adjusted(
+            raw.mean, raw.variance, x.mean, x.variance, x.covariance, theta, pooled.mean
+        )
         adjusted.append(MetricMoments(raw.users, mean, variance))
     before = a.variance / a.users + b.variance / b.users
     after = adjusted[0].variance / a.users + adjusted[1].variance / b.users
     return adjusted[0], adjusted[1], 1 - after / before if before > 0 else None
 
 
-def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotals, variant: str,
-             metric: SuccessMetric | Guardrail) -> dict | None:
+def _compare(
+    spec: ExperimentSpec,
+    control: VariantTotals,
+    treated: VariantTotals,
+    variant: str,
+    metric: SuccessMetric | Guardrail,
+) -> dict | None:
     """The numbers of one comparison (a dict, so the correction can be filled in), or None while not computable."""
     rules, name = spec.rules, metric.metric
     if control.users < 2 or treated.users < 2:
@@ -276,12 +307,13 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
         return None
     difference = b.mean - a.mean
     if a.mean == 0:
-        return None   # no relative lift, the scale every readout is shown and decided on
+        return None  # no relative lift, the scale every readout is shown and decided on
     if rules.method == "fixed_horizon":
         # One test: its p-value decides and its interval is the one shown, so a decision never contradicts
         # the interval beside it.
-        lift, lift_low, lift_high, p_value = stats.relative_lift_test(a.mean, a.variance, a.users, b.mean,
-                                                                      b.variance, b.users, rules.alpha)
+        lift, lift_low, lift_high, p_value = stats.relative_lift_test(
+            a.mean, a.variance, a.users, b.mean, b.variance, b.users, rules.alpha
+        )
     else:
         # The mSPRT at this look and its confidence sequence (the same likelihood ratio): the interval excludes
         # 0 exactly when p <= alpha. Both are valid at any look (Ville's inequality), so the current look's are
@@ -295,38 +327,61 @@ def _compare(spec: ExperimentSpec, control: VariantTotals, treated: VariantTotal
         half_lift = stats.confidence_sequence_halfwidth(variance, tau2, rules.alpha) / abs(a.mean)
         lift_low, lift_high = lift - half_lift, lift + half_lift
     if not (lift_low <= lift <= lift_high and math.isfinite(p_value)):
-        return None   # a degenerate variance: nothing to read yet
+        return None  # a degenerate variance: nothing to read yet
     low, high = sorted((lift_low * a.mean, lift_high * a.mean))
-    beat, loss, loss_relative = _probability_to_beat(rules.prior, name, control, treated, a, b, variance,
-                                                     metric.higher_is_better)
+    beat, loss, loss_relative = _probability_to_beat(
+        rules.prior, name, control, treated, a, b, variance, metric.higher_is_better
+    )
     comparison: dict[str, Any] = dict(
-        variant=variant, metric=name, role="success" if isinstance(metric, SuccessMetric) else "guardrail",
-        higher_is_better=metric.higher_is_better, method=rules.method, control_mean=a.mean, variant_mean=b.mean,
-        difference=difference, difference_low=low, difference_high=high,
-        relative_lift=lift, lift_low=lift_low, lift_high=lift_high, p_value=min(1.0, max(0.0, p_value)),
-        probability_to_beat_control=beat, expected_loss=loss, expected_loss_relative=loss_relative,
-        variance_reduction=reduction)
+        variant=variant,
+        metric=name,
+        role="success" if isinstance(metric, SuccessMetric) else "guardrail",
+        higher_is_better=metric.higher_is_better,
+        method=rules.method,
+        control_mean=a.mean,
+        variant_mean=b.mean,
+        difference=difference,
+        difference_low=low,
+        difference_high=high,
+        relative_lift=lift,
+        lift_low=lift_low,
+        lift_high=lift_high,
+        p_value=min(1.0, max(0.0, p_value)),
+        probability_to_beat_control=beat,
+        expected_loss=loss,
+        expected_loss_relative=loss_relative,
+        variance_reduction=reduction,
+    )
     if isinstance(metric, Guardrail):
         margin = metric.margin
         # Non-inferiority is one-sided: tested at the level alpha the memo names, not at the two-sided
         # interval's alpha / 2 per side.
         if rules.method == "fixed_horizon":
-            lower, upper = stats.one_sided_lift_bounds(a.mean, a.variance, a.users, b.mean, b.variance, b.users,
-                                                       rules.alpha)
+            lower, upper = stats.one_sided_lift_bounds(
+                a.mean, a.variance, a.users, b.mean, b.variance, b.users, rules.alpha
+            )
         else:
             lower, upper = lift_low, lift_high
         if metric.higher_is_better:
             non_inferior, beyond = lower > -margin, upper < -margin
         else:
             non_inferior, beyond = upper < margin, lower > margin
-        comparison.update(margin=margin, non_inferior=bool(non_inferior), inferior_beyond_margin=bool(beyond),
-                          bounds=(lower, upper))
+        comparison.update(
+            margin=margin, non_inferior=bool(non_inferior), inferior_beyond_margin=bool(beyond), bounds=(lower, upper)
+        )
     return comparison
 
 
-def _probability_to_beat(prior: Prior, name: str, control: VariantTotals, treated: VariantTotals,
-                         a: MetricMoments, b: MetricMoments, variance: float,
-                         higher_is_better: bool) -> tuple[float, float, float]:
+def _probability_to_beat(
+    prior: Prior,
+    name: str,
+    control: VariantTotals,
+    treated: VariantTotals,
+    a: MetricMoments,
+    b: MetricMoments,
+    variance: float,
+    higher_is_better: bool,
+) -> tuple[float, float, float]:
     """(P(the variant is better than the control), expected loss of choosing the variant in the metric's unit,
     the same relative to the control's mean), "better" in the metric's good direction.
 
@@ -338,17 +393,23 @@ def _probability_to_beat(prior: Prior, name: str, control: VariantTotals, treate
     scale = abs(a.mean)
     if prior == "flat_relative":
         # GrowthBook takes a rate's variance as p (1 - p), without Bessel's correction: so does this prior.
-        a_var, b_var = ((a.variance * (a.users - 1) / a.users, b.variance * (b.users - 1) / b.users)
-                        if name == "conversion" else (a.variance, b.variance))
-        chance, loss_relative = stats.relative_chance_to_win(a.mean, a_var, a.users, b.mean, b_var, b.users,
-                                                             inverse=not higher_is_better)
+        a_var, b_var = (
+            (a.variance * (a.users - 1) / a.users, b.variance * (b.users - 1) / b.users)
+            if name == "conversion"
+            else (a.variance, b.variance)
+        )
+        chance, loss_relative = stats.relative_chance_to_win(
+            a.mean, a_var, a.users, b.mean, b_var, b.users, inverse=not higher_is_better
+        )
         return chance, loss_relative * scale, loss_relative
     if name == "conversion":
         posterior_a = (1 + control.converting_users, 1 + control.users - control.converting_users)
         posterior_b = (1 + treated.converting_users, 1 + treated.users - treated.converting_users)
         worse_p, better_p = (posterior_a, posterior_b) if higher_is_better else (posterior_b, posterior_a)
-        chance, loss = stats.beta_probability_to_beat(*worse_p, *better_p), stats.beta_expected_loss(*worse_p,
-                                                                                                     *better_p)
+        chance, loss = (
+            stats.beta_probability_to_beat(*worse_p, *better_p),
+            stats.beta_expected_loss(*worse_p, *better_p),
+        )
         return chance, loss, loss / scale
     difference = b.mean - a.mean
     improvement = difference if higher_is_better else -difference
@@ -364,8 +425,12 @@ def _sample_ratio_checks(spec: ExperimentSpec, by_variant: dict[str, VariantTota
     for dimension in spec.srm_dimensions:
         values = sorted({value for t in by_variant.values() for value in t.users_by_dimension.get(dimension, {})})
         for value in values:
-            scopes.append((f"{dimension}={value}", {name: t.users_by_dimension.get(dimension, {}).get(value, 0)
-                                                     for name, t in by_variant.items()}))
+            scopes.append(
+                (
+                    f"{dimension}={value}",
+                    {name: t.users_by_dimension.get(dimension, {}).get(value, 0) for name, t in by_variant.items()},
+                )
+            )
     checks = []
     for scope, users in scopes:
         total = sum(users.values())
@@ -373,8 +438,16 @@ def _sample_ratio_checks(spec: ExperimentSpec, by_variant: dict[str, VariantTota
             continue
         result = stats.sample_ratio_test(users, spec.allocation)
         expected = dict(zip(sorted(users), result.expected, strict=True))
-        checks.append(SampleRatioCheck(scope=scope, users=users, expected=expected, statistic=result.statistic,
-                                       p_value=result.p_value, mismatch=result.p_value < rules.srm_threshold))
+        checks.append(
+            SampleRatioCheck(
+                scope=scope,
+                users=users,
+                expected=expected,
+                statistic=result.statistic,
+                p_value=result.p_value,
+                mismatch=result.p_value < rules.srm_threshold,
+            )
+        )
     return tuple(checks)
 
 
@@ -384,8 +457,9 @@ def _sample_check(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) ->
         if totals.users < rules.min_users_per_variant:
             missing.append(f"{name}: {totals.users} of {rules.min_users_per_variant} users")
         if totals.converting_users < rules.min_converting_users_per_variant:
-            missing.append(f"{name}: {totals.converting_users} of {rules.min_converting_users_per_variant} "
-                           "converting users")
+            missing.append(
+                f"{name}: {totals.converting_users} of {rules.min_converting_users_per_variant} converting users"
+            )
     return SampleCheck(sufficient=not missing, missing=tuple(missing))
 
 
@@ -411,13 +485,21 @@ def _planned_sample(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) 
         else:
             var_a = control.variance
             var_b = treated.variance if treated.users >= 2 and treated.variance > 0 else control.variance
-        target = stats.required_variance(effect, rules.power, rules.alpha / family,
-                                         sequential=rules.method == "sequential",
-                                         mixture_variance=_mixture_variance(spec, control.mean))
+        target = stats.required_variance(
+            effect,
+            rules.power,
+            rules.alpha / family,
+            sequential=rules.method == "sequential",
+            mixture_variance=_mixture_variance(spec, control.mean),
+        )
         needed = (var_a / spec.share(spec.control) + var_b / spec.share(variant)) / target
         required_total = max(required_total, needed)
     required = {name: math.ceil(required_total * spec.share(name)) for name in spec.allocation}
     remaining = {name: max(0, required[name] - by_variant[name].users) for name in spec.allocation}
-    return PlannedSample(metric=metric, mde=spec.mde, power=rules.power, required_users_per_variant=required,
-                         remaining_users_per_variant=remaining)
-
+    return PlannedSample(
+        metric=metric,
+        mde=spec.mde,
+        power=rules.power,
+        required_users_per_variant=required,
+        remaining_users_per_variant=remaining,
+    )

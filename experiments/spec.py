@@ -28,8 +28,10 @@ Method = Literal["sequential", "fixed_horizon"]
 Correction = Literal["holm", "benjamini_hochberg"]
 Prior = Literal["uniform", "flat_relative"]
 # How the memo names each prior of the Bayesian figures.
-PRIOR_NAMES = {"uniform": "uniform Beta(1, 1) prior on each arm's rate (means: flat prior on the difference)",
-               "flat_relative": "flat prior on the relative lift (GrowthBook's default)"}
+PRIOR_NAMES = {
+    "uniform": "uniform Beta(1, 1) prior on each arm's rate (means: flat prior on the difference)",
+    "flat_relative": "flat prior on the relative lift (GrowthBook's default)",
+}
 
 
 class _SpecModel(BaseModel):
@@ -98,8 +100,9 @@ class ExperimentSpec(_SpecModel):
     mde: float = Field(0.05, gt=0, description="Relative minimum detectable effect on the first success metric.")
     srm_dimensions: tuple[str, ...] = ("channel", "profile")
     rules: DecisionRules = DecisionRules()
-    assumptions: tuple[str, ...] = Field((), description="What was assumed for want of a configured plan; the "
-                                                         "memo states it.")
+    assumptions: tuple[str, ...] = Field(
+        (), description="What was assumed for want of a configured plan; the memo states it."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentSpec:

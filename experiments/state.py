@@ -56,12 +56,18 @@ _EVENT_TYPES = frozenset(("exposure", "click", "conversion"))
 MetricName = Literal["conversion", "revenue_per_user", "conversions_per_user"]
 METRICS: tuple[str, ...] = ("conversion", "revenue_per_user", "conversions_per_user")
 # How memos and reasons name each metric: one name per definition (the dashboard's CVR is per exposure).
-METRIC_NAMES = {"conversion": "users converting", "revenue_per_user": "revenue per user",
-                "conversions_per_user": "conversions per user"}
-MICROS = 1_000_000   # revenue units per currency unit in the sums
+METRIC_NAMES = {
+    "conversion": "users converting",
+    "revenue_per_user": "revenue per user",
+    "conversions_per_user": "conversions per user",
+}
+MICROS = 1_000_000  # revenue units per currency unit in the sums
 # Each metric's covariate (the same behaviour before exposure), by the names of the memo.
-COVARIATE_NAMES = {"conversion": "conversions before exposure", "conversions_per_user": "conversions before exposure",
-                   "revenue_per_user": "revenue before exposure"}
+COVARIATE_NAMES = {
+    "conversion": "conversions before exposure",
+    "conversions_per_user": "conversions before exposure",
+    "revenue_per_user": "revenue before exposure",
+}
 
 
 def metric_name(metric: str) -> str:
@@ -120,14 +126,37 @@ class CovariateMoments:
 
 # Per metric: the sums of (metric, metric squared, covariate, covariate squared, metric x covariate) and the
 # scale of metric and covariate (micro-units for revenue).
-_SUMS = {"conversion": ("converting_users", "converting_users", "pre_conversions", "pre_conversions_sq",
-                        "converting_pre_conversions", 1, 1),
-         "conversions_per_user": ("conversions", "conversions_sq", "pre_conversions", "pre_conversions_sq",
-                                  "conversions_pre_conversions", 1, 1),
-         "revenue_per_user": ("revenue_micros", "revenue_sq_micros", "pre_revenue_micros", "pre_revenue_sq_micros",
-                              "revenue_pre_revenue_micros", MICROS, MICROS)}
-_JSON_INT = 2 ** 63   # orjson's limit
-_OLD_PICKLE_FIELDS = 8   # users ... users_by_dimension, before the CUPED sums and the micro-units
+_SUMS = {
+    "conversion": (
+        "converting_users",
+        "converting_users",
+        "pre_conversions",
+        "pre_conversions_sq",
+        "converting_pre_conversions",
+        1,
+        1,
+    ),
+    "conversions_per_user": (
+        "conversions",
+        "conversions_sq",
+        "pre_conversions",
+        "pre_conversions_sq",
+        "conversions_pre_conversions",
+        1,
+        1,
+    ),
+    "revenue_per_user": (
+        "revenue_micros",
+        "revenue_sq_micros",
+        "pre_revenue_micros",
+        "pre_revenue_sq_micros",
+        "revenue_pre_revenue_micros",
+        MICROS,
+        MICROS,
+    ),
+}
+_JSON_INT = 2**63  # orjson's limit
+_OLD_PICKLE_FIELDS = 8  # users ... users_by_dimension, before the CUPED sums and the micro-units
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +191,7 @@ class VariantTotals:
             if type(value) is not int:
                 if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                     raise InvalidTotals(f"{name} must be a whole number >= 0, got {value!r}")
-                value = int(value)   # numpy's fixed-width integers would overflow in the squares
+                value = int(value)  # numpy's fixed-width integers would overflow in the squares
                 object.__setattr__(self, name, value)
             if value < 0:
                 raise InvalidTotals(f"{name} must be a whole number >= 0, got {value!r}")
@@ -175,25 +204,35 @@ class VariantTotals:
 
     @property
     def revenue_sq(self) -> float:
-        return self.revenue_sq_micros / MICROS ** 2
+        return self.revenue_sq_micros / MICROS**2
 
     def check_consistent(self, variant: str) -> None:
         """Raise InvalidTotals unless these could be the totals of real users (not of a delta): counts in order,
         and no sum of squares below what its sum allows (Cauchy–Schwarz: n sum x^2 >= (sum x)^2; for whole
         conversion counts also sum c^2 >= sum c), which would be a negative variance."""
         if self.converting_users > self.users or self.conversions < self.converting_users:
-            raise InvalidTotals(f"{variant}: {self.converting_users} converting users with {self.users} users "
-                                f"and {self.conversions} conversions")
+            raise InvalidTotals(
+                f"{variant}: {self.converting_users} converting users with {self.users} users "
+                f"and {self.conversions} conversions"
+            )
         if self.conversions_sq < self.conversions:
-            raise InvalidTotals(f"{variant}: conversions_sq {self.conversions_sq} is impossible for "
-                                f"{self.conversions} conversions over {self.users} users")
-        for total, squares in (("conversions", "conversions_sq"), ("revenue_micros", "revenue_sq_micros"),
-                               ("pre_conversions", "pre_conversions_sq"),
-                               ("pre_revenue_micros", "pre_revenue_sq_micros")):
+            raise InvalidTotals(
+                f"{variant}: conversions_sq {self.conversions_sq} is impossible for "
+                f"{self.conversions} conversions over {self.users} users"
+            )
+        for total, squares in (
+            ("conversions", "conversions_sq"),
+            ("revenue_micros", "revenue_sq_micros"),
+            ("pre_conversions", "pre_conversions_sq"),
+            ("pre_revenue_micros", "pre_revenue_sq_micros"),
+        ):
             if self.users * getattr(self, squares) < getattr(self, total) ** 2 or (
-                    not self.users and getattr(self, total)):
-                raise InvalidTotals(f"{variant}: {squares} {getattr(self, squares)} is impossible for {total} "
-                                    f"{getattr(self, total)} over {self.users} users (a negative variance)")
+                not self.users and getattr(self, total)
+            ):
+                raise InvalidTotals(
+                    f"{variant}: {squares} {getattr(self, squares)} is impossible for {total} "
+                    f"{getattr(self, total)} over {self.users} users (a negative variance)"
+                )
 
     def __add__(self, other: VariantTotals) -> VariantTotals:
         dimensions = {name: dict(values) for name, values in self.users_by_dimension.items()}
@@ -201,8 +240,9 @@ class VariantTotals:
             merged = dimensions.setdefault(name, {})
             for value, count in values.items():
                 merged[value] = merged.get(value, 0) + count
-        return VariantTotals(**{name: getattr(self, name) + getattr(other, name) for name in _SUMMED},
-                             users_by_dimension=dimensions)
+        return VariantTotals(
+            **{name: getattr(self, name) + getattr(other, name) for name in _SUMMED}, users_by_dimension=dimensions
+        )
 
     def moments(self, metric: str) -> MetricMoments:
         """Mean and sample variance of a per-user metric, from the sums (variance 0 below 2 users).
@@ -236,9 +276,12 @@ class VariantTotals:
             return CovariateMoments(n, math.nan, math.nan, math.nan)
         total_x, total_y = getattr(self, x), getattr(self, y)
         pairs = n * (n - 1)
-        return CovariateMoments(n, total_x / (n * scale_x),
-                                (n * getattr(self, x_sq) - total_x * total_x) / (pairs * scale_x * scale_x),
-                                (n * getattr(self, xy) - total_x * total_y) / (pairs * scale_x * scale_y))
+        return CovariateMoments(
+            n,
+            total_x / (n * scale_x),
+            (n * getattr(self, x_sq) - total_x * total_x) / (pairs * scale_x * scale_x),
+            (n * getattr(self, xy) - total_x * total_y) / (pairs * scale_x * scale_y),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for a table's value serializer); `from_dict` reads it back. Zero CUPED sums are
@@ -270,8 +313,16 @@ class VariantTotals:
         # A pickle from before the exact sums holds 8 values, revenue and revenue_sq as floats in currency units.
         if len(state) == _OLD_PICKLE_FIELDS:
             users, converting, conversions, conversions_sq, revenue, revenue_sq, crossovers, dimensions = state
-            state = [users, converting, conversions, conversions_sq, micros(revenue), micros(revenue_sq * MICROS),
-                     crossovers, dimensions] + [0] * (len(fields(self)) - _OLD_PICKLE_FIELDS)
+            state = [
+                users,
+                converting,
+                conversions,
+                conversions_sq,
+                micros(revenue),
+                micros(revenue_sq * MICROS),
+                crossovers,
+                dimensions,
+            ] + [0] * (len(fields(self)) - _OLD_PICKLE_FIELDS)
         for field_info, value in zip(fields(self), state, strict=True):
             object.__setattr__(self, field_info.name, value)
 
@@ -328,17 +379,28 @@ class ExperimentTotals:
                     merged = dimensions.setdefault(dimension, {})
                     for value, count in values.items():
                         merged[value] = merged.get(value, 0) + count
-        return cls({name: VariantTotals(**dict(zip(_SUMMED, totals, strict=True)), users_by_dimension=dimensions)
-                    for name, (totals, dimensions) in sums.items()})
+        return cls(
+            {
+                name: VariantTotals(**dict(zip(_SUMMED, totals, strict=True)), users_by_dimension=dimensions)
+                for name, (totals, dimensions) in sums.items()
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> ExperimentTotals:
         return cls({name: VariantTotals.from_dict(values) for name, values in data.items()})
 
 
-def observe_event(user: UserRecord | None, *, variant: str, event_type: str, revenue: float = 0.0,
-                  dimensions: Mapping[str, str] | None = None, pre_conversions: int = 0,
-                  pre_revenue: float = 0.0) -> tuple[UserRecord, ExperimentTotals]:
+def observe_event(
+    user: UserRecord | None,
+    *,
+    variant: str,
+    event_type: str,
+    revenue: float = 0.0,
+    dimensions: Mapping[str, str] | None = None,
+    pre_conversions: int = 0,
+    pre_revenue: float = 0.0,
+) -> tuple[UserRecord, ExperimentTotals]:
     """Fold one engagement event of one user into their record; return the new record and the totals' delta.
 
     `user` is the record so far (None on the user's first event in the experiment).
@@ -366,16 +428,18 @@ def observe_event(user: UserRecord | None, *, variant: str, event_type: str, rev
     if not variant:
         raise InvalidEvent("an experiment event needs a variant")
     if pre_conversions < 0 or not (math.isfinite(pre_revenue) and pre_revenue >= 0):
-        raise InvalidEvent(f"pre-exposure conversions {pre_conversions} and revenue {pre_revenue} must be "
-                           "finite and non-negative")
+        raise InvalidEvent(
+            f"pre-exposure conversions {pre_conversions} and revenue {pre_revenue} must be finite and non-negative"
+        )
     new_user = user is None
     record = UserRecord(variant, pre_conversions=pre_conversions, pre_revenue=pre_revenue) if user is None else user
     crossover = 0 if record.variant == variant else 1
     if event_type != "conversion":
         after = record
     else:
-        after = UserRecord(record.variant, record.conversions + 1, record.revenue + revenue, record.pre_conversions,
-                           record.pre_revenue)
+        after = UserRecord(
+            record.variant, record.conversions + 1, record.revenue + revenue, record.pre_conversions, record.pre_revenue
+        )
     x_conversions, x_revenue = record.pre_conversions, micros(record.pre_revenue)
     converted = 1 if after.converted and not record.converted else 0
     conversions = after.conversions - record.conversions
@@ -384,7 +448,7 @@ def observe_event(user: UserRecord | None, *, variant: str, event_type: str, rev
         users=1 if new_user else 0,
         converting_users=converted,
         conversions=conversions,
-        conversions_sq=after.conversions ** 2 - record.conversions ** 2,
+        conversions_sq=after.conversions**2 - record.conversions**2,
         revenue_micros=after_micros - before_micros,
         revenue_sq_micros=after_micros * after_micros - before_micros * before_micros,
         crossover_events=crossover,
@@ -395,5 +459,6 @@ def observe_event(user: UserRecord | None, *, variant: str, event_type: str, rev
         pre_revenue_sq_micros=x_revenue * x_revenue if new_user else 0,
         converting_pre_conversions=converted * x_conversions,
         conversions_pre_conversions=conversions * x_conversions,
-        revenue_pre_revenue_micros=(after_micros - before_micros) * x_revenue)
+        revenue_pre_revenue_micros=(after_micros - before_micros) * x_revenue,
+    )
     return after, ExperimentTotals({record.variant: delta})

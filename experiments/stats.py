@@ -49,10 +49,9 @@ def _lazy(name: str) -> Any:
     return module
 
 
-integrate, optimize, special, stats = (_lazy(f"scipy.{name}") for name in ("integrate", "optimize", "special",
-                                                                            "stats"))
+integrate, optimize, special, stats = (_lazy(f"scipy.{name}") for name in ("integrate", "optimize", "special", "stats"))
 
-ArrayLike = Any   # a float or a numpy array of floats, element-wise
+ArrayLike = Any  # a float or a numpy array of floats, element-wise
 
 
 def _out(value: np.ndarray) -> Any:
@@ -84,8 +83,9 @@ def _finite(function: str, **values: ArrayLike) -> list[np.ndarray]:
     return arrays
 
 
-def two_proportion_ztest(successes_a: ArrayLike, n_a: ArrayLike, successes_b: ArrayLike,
-                         n_b: ArrayLike) -> FixedHorizonTest:
+def two_proportion_ztest(
+    successes_a: ArrayLike, n_a: ArrayLike, successes_b: ArrayLike, n_b: ArrayLike
+) -> FixedHorizonTest:
     """The two-sided two-proportion z-test with the pooled variance under the null.
 
     z = (p_b - p_a) / sqrt(p (1 - p) (1 / n_a + 1 / n_b)), p = (x_a + x_b) / (n_a + n_b).
@@ -95,8 +95,9 @@ def two_proportion_ztest(successes_a: ArrayLike, n_a: ArrayLike, successes_b: Ar
     >>> round(test.difference, 3), round(test.statistic, 4), round(test.p_value, 6)
     (0.03, 2.1027, 0.035488)
     """
-    x_a, n_a, x_b, n_b = _finite("two_proportion_ztest", successes_a=successes_a, n_a=n_a, successes_b=successes_b,
-                                 n_b=n_b)
+    x_a, n_a, x_b, n_b = _finite(
+        "two_proportion_ztest", successes_a=successes_a, n_a=n_a, successes_b=successes_b, n_b=n_b
+    )
     if np.any(n_a <= 0) or np.any(n_b <= 0) or np.any((x_a < 0) | (x_a > n_a) | (x_b < 0) | (x_b > n_b)):
         raise InvalidStatisticInput("two_proportion_ztest needs 0 <= successes <= n and n > 0 in both arms")
     p_a, p_b = x_a / n_a, x_b / n_b
@@ -109,8 +110,9 @@ def two_proportion_ztest(successes_a: ArrayLike, n_a: ArrayLike, successes_b: Ar
     return FixedHorizonTest(_out(difference), _out(se), _out(z), _out(2 * stats.norm.sf(np.abs(z))))
 
 
-def welch_ttest(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b: ArrayLike,
-                variance_b: ArrayLike, n_b: ArrayLike) -> FixedHorizonTest:
+def welch_ttest(
+    mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b: ArrayLike, variance_b: ArrayLike, n_b: ArrayLike
+) -> FixedHorizonTest:
     """Welch's two-sided t-test of the means from per-arm means, sample variances (ddof 1) and sizes.
 
     Degrees of freedom by Welch–Satterthwaite; identical to
@@ -121,8 +123,9 @@ def welch_ttest(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b
     >>> round(test.statistic, 4), round(test.degrees_of_freedom, 1), round(test.p_value, 6)
     (2.7735, 695.2, 0.005694)
     """
-    m_a, v_a, n_a, m_b, v_b, n_b = _finite("welch_ttest", mean_a=mean_a, variance_a=variance_a, n_a=n_a,
-                                           mean_b=mean_b, variance_b=variance_b, n_b=n_b)
+    m_a, v_a, n_a, m_b, v_b, n_b = _finite(
+        "welch_ttest", mean_a=mean_a, variance_a=variance_a, n_a=n_a, mean_b=mean_b, variance_b=variance_b, n_b=n_b
+    )
     if np.any(n_a < 2) or np.any(n_b < 2) or np.any(v_a < 0) or np.any(v_b < 0):
         raise InvalidStatisticInput("welch_ttest needs at least 2 users per arm and non-negative variances")
     share_a, share_b = v_a / n_a, v_b / n_b
@@ -132,7 +135,7 @@ def welch_ttest(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b
     safe = np.where(positive, variance, 1.0)
     t = np.where(positive, difference / np.sqrt(safe), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(positive, safe ** 2 / (share_a ** 2 / (n_a - 1) + share_b ** 2 / (n_b - 1)), np.inf)
+        df = np.where(positive, safe**2 / (share_a**2 / (n_a - 1) + share_b**2 / (n_b - 1)), np.inf)
     p_value = np.where(positive, 2 * stats.t.sf(np.abs(t), np.where(positive, df, 1.0)), 1.0)
     return FixedHorizonTest(_out(difference), _out(np.sqrt(variance)), _out(t), _out(p_value), _out(df))
 
@@ -149,8 +152,9 @@ def difference_interval(test: FixedHorizonTest, alpha: float) -> tuple[Any, Any]
     return _out(test.difference - margin), _out(test.difference + margin)
 
 
-def relative_lift_variance(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b: ArrayLike,
-                           variance_b: ArrayLike, n_b: ArrayLike) -> Any:
+def relative_lift_variance(
+    mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b: ArrayLike, variance_b: ArrayLike, n_b: ArrayLike
+) -> Any:
     """Var(mean_b / mean_a - 1) by the delta method: var_b / (n_b mean_a^2) + mean_b^2 var_a / (n_a mean_a^4).
 
     The first-order expansion of the ratio of two independent means; nan when the control mean is 0.
@@ -158,16 +162,24 @@ def relative_lift_variance(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayL
     >>> round(relative_lift_variance(0.10, 0.09, 1000, 0.13, 0.1131, 1000), 5)
     0.02652
     """
-    m_a, v_a, n_a, m_b, v_b, n_b = _finite("relative_lift", mean_a=mean_a, variance_a=variance_a, n_a=n_a,
-                                           mean_b=mean_b, variance_b=variance_b, n_b=n_b)
+    m_a, v_a, n_a, m_b, v_b, n_b = _finite(
+        "relative_lift", mean_a=mean_a, variance_a=variance_a, n_a=n_a, mean_b=mean_b, variance_b=variance_b, n_b=n_b
+    )
     if np.any(v_a < 0) or np.any(v_b < 0) or np.any(n_a < 1) or np.any(n_b < 1):
         raise InvalidStatisticInput("relative_lift needs non-negative variances and at least one user per arm")
     safe = np.where(m_a != 0, m_a, 1.0)
-    return _out(np.where(m_a != 0, v_b / (n_b * safe ** 2) + m_b ** 2 * v_a / (n_a * safe ** 4), np.nan))
+    return _out(np.where(m_a != 0, v_b / (n_b * safe**2) + m_b**2 * v_a / (n_a * safe**4), np.nan))
 
 
-def relative_lift(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean_b: ArrayLike,
-                  variance_b: ArrayLike, n_b: ArrayLike, alpha: float) -> tuple[Any, Any, Any]:
+def relative_lift(
+    mean_a: ArrayLike,
+    variance_a: ArrayLike,
+    n_a: ArrayLike,
+    mean_b: ArrayLike,
+    variance_b: ArrayLike,
+    n_b: ArrayLike,
+    alpha: float,
+) -> tuple[Any, Any, Any]:
     """Relative lift mean_b / mean_a - 1 and its 1 - alpha interval by the delta method
     (`relative_lift_variance`, normal quantiles). nan when the control mean is 0.
 
@@ -182,8 +194,9 @@ def relative_lift(mean_a: ArrayLike, variance_a: ArrayLike, n_a: ArrayLike, mean
     return _out(lift), _out(lift - z * se), _out(lift + z * se)
 
 
-def relative_lift_test(mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float, n_b: int,
-                       alpha: float) -> tuple[float, float, float, float]:
+def relative_lift_test(
+    mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float, n_b: int, alpha: float
+) -> tuple[float, float, float, float]:
     """The fixed-horizon readout's one test: (lift, low, high, p) of the Wald test of the relative lift
     mean_b / mean_a - 1 with its delta-method standard error (`relative_lift_variance`). The interval is the
     test's own, so p < alpha exactly when it excludes 0.
@@ -199,8 +212,9 @@ def relative_lift_test(mean_a: float, variance_a: float, n_a: int, mean_b: float
     return float(lift), float(low), float(high), p
 
 
-def one_sided_lift_bounds(mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float, n_b: int,
-                          alpha: float) -> tuple[float, float]:
+def one_sided_lift_bounds(
+    mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float, n_b: int, alpha: float
+) -> tuple[float, float]:
     """(lower, upper) one-sided 1 - alpha bounds of the relative lift, each by the delta method: the bounds a
     non-inferiority test at level alpha compares with its margin.
 
@@ -216,6 +230,7 @@ def one_sided_lift_bounds(mean_a: float, variance_a: float, n_a: int, mean_b: fl
 
 # --------------------------------------------------------------------------- CUPED
 
+
 def cuped_theta(covariate_variance: float, covariance: float) -> float:
     """CUPED's coefficient theta = Cov(Y, X) / Var(X) of Deng, Xu, Kohavi and Walker (2013), from the pooled
     users of both arms: the regression slope of the metric on its pre-exposure covariate. 0 when the
@@ -230,8 +245,15 @@ def cuped_theta(covariate_variance: float, covariance: float) -> float:
     return float(cov / x_var) if x_var > 0 else 0.0
 
 
-def cuped_adjusted(mean: float, variance: float, covariate_mean: float, covariate_variance: float,
-                   covariance: float, theta: float, pooled_covariate_mean: float) -> tuple[float, float]:
+def cuped_adjusted(
+    mean: float,
+    variance: float,
+    covariate_mean: float,
+    covariate_variance: float,
+    covariance: float,
+    theta: float,
+    pooled_covariate_mean: float,
+) -> tuple[float, float]:
     """One arm's CUPED-adjusted mean and per-user variance: the mean of Y - theta (X - mean of X over both
     arms), and Var(Y) + theta^2 Var(X) - 2 theta Cov(Y, X) (clamped at 0 against rounding).
 
@@ -241,16 +263,23 @@ def cuped_adjusted(mean: float, variance: float, covariate_mean: float, covariat
     >>> cuped_adjusted(0.10, 0.09, 0.5, 1.0, 0.06, 0.06, 0.45)
     (0.097, 0.0864)
     """
-    m, v, x_m, x_v, cov, th, pooled = _finite("cuped_adjusted", mean=mean, variance=variance,
-                                              covariate_mean=covariate_mean, covariate_variance=covariate_variance,
-                                              covariance=covariance, theta=theta,
-                                              pooled_covariate_mean=pooled_covariate_mean)
+    m, v, x_m, x_v, cov, th, pooled = _finite(
+        "cuped_adjusted",
+        mean=mean,
+        variance=variance,
+        covariate_mean=covariate_mean,
+        covariate_variance=covariate_variance,
+        covariance=covariance,
+        theta=theta,
+        pooled_covariate_mean=pooled_covariate_mean,
+    )
     if v < 0 or x_v < 0:
         raise InvalidStatisticInput("cuped_adjusted needs non-negative variances")
     return float(m - th * (x_m - pooled)), float(max(0.0, v + th * th * x_v - 2 * th * cov))
 
 
 # --------------------------------------------------------------------------- always-valid (mSPRT)
+
 
 def msprt_log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, mixture_variance: ArrayLike) -> Any:
     """log of the normal-mixture SPRT statistic of Johari et al. (2017, 2022) for H0: difference = 0.
@@ -266,11 +295,12 @@ def msprt_log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, mixtu
     d, v, tau2 = _finite("msprt", difference=difference, variance=variance, mixture_variance=mixture_variance)
     if np.any(v <= 0) or np.any(tau2 <= 0):
         raise InvalidStatisticInput("the mSPRT needs a positive variance and mixture variance")
-    return _out(0.5 * np.log(v / (v + tau2)) + tau2 * d ** 2 / (2 * v * (v + tau2)))
+    return _out(0.5 * np.log(v / (v + tau2)) + tau2 * d**2 / (2 * v * (v + tau2)))
 
 
-def msprt_p_value(difference: ArrayLike, variance: ArrayLike, mixture_variance: ArrayLike,
-                  previous_p_value: ArrayLike = 1.0) -> Any:
+def msprt_p_value(
+    difference: ArrayLike, variance: ArrayLike, mixture_variance: ArrayLike, previous_p_value: ArrayLike = 1.0
+) -> Any:
     """The always-valid p-value after one more look: min(previous, 1 / Lambda), capped at 1.
 
     Valid at any (data-dependent) stopping time, so it may be read after every batch.
@@ -299,6 +329,7 @@ def confidence_sequence_halfwidth(variance: ArrayLike, mixture_variance: ArrayLi
 
 
 # --------------------------------------------------------------------------- power and sample size
+
 
 def power_fixed_horizon(effect: ArrayLike, variance: ArrayLike, alpha: float) -> Any:
     """P(the two-sided level-alpha normal test finds a positive `effect` significant and positive),
@@ -334,8 +365,7 @@ def optimal_mixture_ratio(alpha: float) -> float:
     if not 0 < alpha < 1:
         raise InvalidStatisticInput(f"optimal_mixture_ratio needs 0 < alpha < 1, got {alpha}")
     width = lambda log_r: (1 + math.exp(-log_r)) * (2 * math.log(1 / alpha) + math.log1p(math.exp(log_r)))  # noqa: E731
-    return math.exp(optimize.minimize_scalar(width, bounds=(-10.0, 10.0), method="bounded",
-                                             options={"xatol": 1e-10}).x)
+    return math.exp(optimize.minimize_scalar(width, bounds=(-10.0, 10.0), method="bounded", options={"xatol": 1e-10}).x)
 
 
 def tuned_mixture_variance(effect: float, power: float, alpha: float) -> float:
@@ -357,8 +387,9 @@ def tuned_mixture_variance(effect: float, power: float, alpha: float) -> float:
     return ratio * (effect / (c + float(stats.norm.ppf(power)))) ** 2
 
 
-def required_variance(effect: float, power: float, alpha: float, *, sequential: bool,
-                      mixture_variance: float | None = None) -> float:
+def required_variance(
+    effect: float, power: float, alpha: float, *, sequential: bool, mixture_variance: float | None = None
+) -> float:
     """The variance V of the estimate at which the test reaches `power` for a true `effect` (> 0).
 
     Fixed horizon: V = (effect / (z_{1 - alpha / 2} + z_power))^2. Sequential: the root of
@@ -381,11 +412,11 @@ def required_variance(effect: float, power: float, alpha: float, *, sequential: 
         return float(power_sequential_at(effect, math.exp(log_v), mixture_variance, alpha)) - power
 
     # At V = effect^2 * 1e-8 the power is 1; at V = effect^2 * 10 it is far below any useful power.
-    return math.exp(optimize.brentq(shortfall, math.log(effect ** 2 * 1e-8), math.log(effect ** 2 * 10),
-                                    xtol=1e-10))
+    return math.exp(optimize.brentq(shortfall, math.log(effect**2 * 1e-8), math.log(effect**2 * 10), xtol=1e-10))
 
 
 # --------------------------------------------------------------------------- Bayesian
+
 
 def beta_probability_to_beat(alpha_a: float, beta_a: float, alpha_b: float, beta_b: float) -> float:
     """P(p_b > p_a) for independent p_a ~ Beta(alpha_a, beta_a), p_b ~ Beta(alpha_b, beta_b).
@@ -408,8 +439,7 @@ def beta_probability_to_beat(alpha_a: float, beta_a: float, alpha_b: float, beta
         return density_a * special.betaincc(alpha_b, beta_b, x)
 
     low, high = stats.beta.ppf(1e-15, alpha_a, beta_a), stats.beta.isf(1e-15, alpha_a, beta_a)
-    value, _ = integrate.quad(integrand, max(low, 1e-300), min(high, 1 - 1e-16), epsabs=1e-12, epsrel=1e-10,
-                              limit=200)
+    value, _ = integrate.quad(integrand, max(low, 1e-300), min(high, 1 - 1e-16), epsabs=1e-12, epsrel=1e-10, limit=200)
     return min(1.0, max(0.0, value))
 
 
@@ -437,8 +467,9 @@ def normal_probability_to_beat(difference: ArrayLike, variance: ArrayLike) -> An
     return _out(stats.norm.cdf(np.asarray(difference) / np.sqrt(variance)))
 
 
-def relative_chance_to_win(mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float,
-                           n_b: int, *, inverse: bool = False) -> tuple[float, float]:
+def relative_chance_to_win(
+    mean_a: float, variance_a: float, n_a: int, mean_b: float, variance_b: float, n_b: int, *, inverse: bool = False
+) -> tuple[float, float]:
     """GrowthBook's default Bayesian readout: a flat prior on the relative lift, so its posterior is the
     lift's delta-method normal, N(mean_b / mean_a - 1, `relative_lift_variance`). Returns (chance to win
     = P(lift > 0), expected relative loss of choosing b = E[max(-lift, 0)]); `inverse` for a metric meant to
@@ -451,7 +482,7 @@ def relative_chance_to_win(mean_a: float, variance_a: float, n_a: int, mean_b: f
     lift = mean_b / mean_a - 1 if mean_a else math.nan
     variance = float(relative_lift_variance(mean_a, variance_a, n_a, mean_b, variance_b, n_b))
     if not (math.isfinite(lift) and variance > 0):
-        return 0.5, 0.0   # GrowthBook's uninformative answer: nothing to read yet
+        return 0.5, 0.0  # GrowthBook's uninformative answer: nothing to read yet
     good = -lift if inverse else lift
     return float(normal_probability_to_beat(good, variance)), float(normal_expected_loss(good, variance))
 
@@ -468,6 +499,7 @@ def normal_expected_loss(difference: ArrayLike, variance: ArrayLike) -> Any:
 
 # --------------------------------------------------------------------------- sample ratio, multiplicity
 
+
 @dataclass(frozen=True, slots=True)
 class SampleRatioTest:
     statistic: float
@@ -483,13 +515,15 @@ def sample_ratio_test(counts: Mapping[str, int], allocation: Mapping[str, float]
     (6.0976, 0.013537)
     """
     if set(counts) != set(allocation) or len(counts) < 2:
-        raise InvalidStatisticInput(f"counts {sorted(counts)} and allocation {sorted(allocation)} must name "
-                                    "the same two or more variants")
+        raise InvalidStatisticInput(
+            f"counts {sorted(counts)} and allocation {sorted(allocation)} must name the same two or more variants"
+        )
     names = sorted(counts)
     negative = [name for name in names if not counts[name] >= 0]
     if negative:
-        raise InvalidStatisticInput(f"sample_ratio_test: users of {negative[0]!r} must be a count >= 0, "
-                                    f"got {counts[negative[0]]!r}")
+        raise InvalidStatisticInput(
+            f"sample_ratio_test: users of {negative[0]!r} must be a count >= 0, got {counts[negative[0]]!r}"
+        )
     shares = np.array([allocation[name] for name in names], dtype=float)
     if np.any(~np.isfinite(shares)) or np.any(shares <= 0):
         raise InvalidStatisticInput(f"allocation shares must be positive: {dict(allocation)}")

@@ -34,14 +34,15 @@ class ViolationState:
     count: int = 0
     late: int = 0
     series: tuple[str, ...] = ()
-    users: tuple[str, ...] = ()        # pseudonyms, the first `_EXAMPLES`
-    last_at: float = float("-inf")     # event time of the latest violation: transitions never go back in time
+    users: tuple[str, ...] = ()  # pseudonyms, the first `_EXAMPLES`
+    last_at: float = float("-inf")  # event time of the latest violation: transitions never go back in time
     quiet_buckets: int = 0
-    reported: int = 0                  # the count the last transition carried
+    reported: int = 0  # the count the last transition carried
 
 
-def observe_violations(state: ViolationState, violations: Sequence[Violation], *,
-                       initiative: str) -> tuple[ViolationState, list[IncidentEvent]]:
+def observe_violations(
+    state: ViolationState, violations: Sequence[Violation], *, initiative: str
+) -> tuple[ViolationState, list[IncidentEvent]]:
     """Fold one step's violations and acquittals (one initiative's, deduplicated by the caller) into the incident.
 
     >>> v = Violation("e1", 1_794_477_600.0, "I", "I|p|web|control", "p1a2", "revoked at ...")
@@ -62,12 +63,17 @@ def observe_violations(state: ViolationState, violations: Sequence[Violation], *
         state = replace(state, count=max(0, state.count - len(acquitted)))
         state = replace(state, late=min(state.late, state.count))
         if state.count == 0 and not convicted:
-            detail = {"violations": 0, "acquitted": [v.event_id for v in acquitted][:_EXAMPLES], "kpi": "violations",
-                      "reason": "consent granted earlier (by event time) arrived after the convictions"}
+            detail = {
+                "violations": 0,
+                "acquitted": [v.event_id for v in acquitted][:_EXAMPLES],
+                "kpi": "violations",
+                "reason": "consent granted earlier (by event time) arrived after the convictions",
+            }
             at = utc(state.last_at)
             evidence = Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=at, bucket_end=at, detail=detail)
-            return ViolationState(), [_event(replace(state, sequence=state.sequence + 1), "resolved", initiative,
-                                             evidence)]
+            return ViolationState(), [
+                _event(replace(state, sequence=state.sequence + 1), "resolved", initiative, evidence)
+            ]
     if not convicted:
         return state, events
     first = min(convicted, key=lambda v: v.at)
@@ -77,32 +83,56 @@ def observe_violations(state: ViolationState, violations: Sequence[Violation], *
         state = ViolationState(incident_id(initiative, KIND, "group", period), period)
     series = list(state.series) + sorted({v.series for v in convicted} - set(state.series))
     users = list(state.users) + [u for u in dict.fromkeys(v.user for v in convicted) if u not in state.users]
-    state = replace(state, count=state.count + len(convicted), late=state.late + sum(v.late for v in convicted),
-                    series=tuple(series), users=tuple(users[:_EXAMPLES]),
-                    last_at=max(state.last_at, max(v.at for v in convicted)), quiet_buckets=0)
+    state = replace(
+        state,
+        count=state.count + len(convicted),
+        late=state.late + sum(v.late for v in convicted),
+        series=tuple(series),
+        users=tuple(users[:_EXAMPLES]),
+        last_at=max(state.last_at, max(v.at for v in convicted)),
+        quiet_buckets=0,
+    )
     if opening or state.count >= 2 * state.reported:
         state, event = _report(state, "opened" if opening else "updated", initiative, convicted)
         events.append(event)
     return state, events
 
 
-def _report(state: ViolationState, transition: Transition, initiative: str,
-            newest: Sequence[Violation]) -> tuple[ViolationState, IncidentEvent]:
+def _report(
+    state: ViolationState, transition: Transition, initiative: str, newest: Sequence[Violation]
+) -> tuple[ViolationState, IncidentEvent]:
     state = replace(state, sequence=state.sequence + 1, reported=state.count)
     detail = {
-        "violations": state.count, "late_convictions": state.late, "users_listed": list(state.users),
-        "examples": [{"event_id": v.event_id, "at": utc(v.at).isoformat(), "series": v.series, "reason": v.reason,
-                      "late": v.late} for v in sorted(newest, key=lambda v: v.at)[:_EXAMPLES]],
+        "violations": state.count,
+        "late_convictions": state.late,
+        "users_listed": list(state.users),
+        "examples": [
+            {
+                "event_id": v.event_id,
+                "at": utc(v.at).isoformat(),
+                "series": v.series,
+                "reason": v.reason,
+                "late": v.late,
+            }
+            for v in sorted(newest, key=lambda v: v.at)[:_EXAMPLES]
+        ],
         "kpi": "violations",
     }
     start = min((v.at for v in newest), default=state.last_at)
-    evidence = Evidence(observed=float(state.count), expected=0.0, score=float(state.count),
-                        bucket_start=utc(min(start, state.last_at)), bucket_end=utc(state.last_at), detail=detail)
+    evidence = Evidence(
+        observed=float(state.count),
+        expected=0.0,
+        score=float(state.count),
+        bucket_start=utc(min(start, state.last_at)),
+        bucket_end=utc(state.last_at),
+        detail=detail,
+    )
     return state, _event(state, transition, initiative, evidence)
 
 
-def observe_quiet_bucket(state: ViolationState, *, initiative: str, bucket_start: float, bucket_end: float,
-                         recovery_buckets: int) -> tuple[ViolationState, list[IncidentEvent]]:
+def observe_quiet_bucket(
+    state: ViolationState, *, initiative: str, bucket_start: float, bucket_end: float, recovery_buckets: int
+) -> tuple[ViolationState, list[IncidentEvent]]:
     """A closed bucket: the totals if they changed since the last transition; a bucket without violations
     counts toward recovery, and `recovery_buckets` of them resolve.
 
@@ -125,10 +155,14 @@ def observe_quiet_bucket(state: ViolationState, *, initiative: str, bucket_start
     if quiet < recovery_buckets:
         return replace(state, quiet_buckets=quiet), events
     resolved = replace(state, sequence=state.sequence + 1)
-    evidence = Evidence(observed=0.0, expected=0.0, score=0.0, bucket_start=utc(bucket_start),
-                        bucket_end=utc(bucket_end),
-                        detail={"violations": state.count, "late_convictions": state.late, "kpi": "violations",
-                                "quiet_buckets": quiet})
+    evidence = Evidence(
+        observed=0.0,
+        expected=0.0,
+        score=0.0,
+        bucket_start=utc(bucket_start),
+        bucket_end=utc(bucket_end),
+        detail={"violations": state.count, "late_convictions": state.late, "kpi": "violations", "quiet_buckets": quiet},
+    )
     return ViolationState(), [*events, _event(resolved, "resolved", initiative, evidence)]
 
 
@@ -136,7 +170,17 @@ def _event(state: ViolationState, transition: Transition, initiative: str, evide
     playbook = playbook_for(KIND)
     assert state.incident is not None, "only a state with an incident has transitions"
     return IncidentEvent(
-        event_id=transition_event_id(state.incident, transition, state.sequence), incident_id=state.incident,
-        transition=transition, kind=KIND, severity="critical", initiative=initiative, series=list(state.series),
-        period=state.period, owner=owner_at(playbook.first_rung), rung=playbook.first_rung, playbook=playbook.text,
-        evidence=evidence, occurred_at=evidence.bucket_end)
+        event_id=transition_event_id(state.incident, transition, state.sequence),
+        incident_id=state.incident,
+        transition=transition,
+        kind=KIND,
+        severity="critical",
+        initiative=initiative,
+        series=list(state.series),
+        period=state.period,
+        owner=owner_at(playbook.first_rung),
+        rung=playbook.first_rung,
+        playbook=playbook.text,
+        evidence=evidence,
+        occurred_at=evidence.bucket_end,
+    )

@@ -44,9 +44,9 @@ class Exposure:
     """What the ledger needs of an exposure to judge it and, later, to convict it."""
 
     event_id: str
-    at: float                      # event time, epoch seconds
+    at: float  # event time, epoch seconds
     initiative: str
-    series: str                    # initiative|profile|channel|variant
+    series: str  # initiative|profile|channel|variant
     fallback: bool = False
     region: str | None = None
 
@@ -57,7 +57,7 @@ class Judgement:
 
     consented: bool
     basis: Literal["granted", "revoked", "grace", "no record"]
-    at: float | None = None            # the deciding change's event time
+    at: float | None = None  # the deciding change's event time
     region: str | None = None
     policy: str | None = None
     grace_seconds: float = 0.0
@@ -80,21 +80,21 @@ class Violation:
     at: float
     initiative: str
     series: str
-    user: str                      # pseudonym
+    user: str  # pseudonym
     reason: str
-    late: bool = False             # convicted by a revocation that arrived after the exposure
-    acquitted: bool = False        # withdrawn: a grant with an earlier event time arrived after the conviction
+    late: bool = False  # convicted by a revocation that arrived after the exposure
+    acquitted: bool = False  # withdrawn: a grant with an earlier event time arrived after the conviction
 
 
 @dataclass(slots=True)
 class UserConsent:
     """One user's ledger entry: the value of the consent-ledger table under the user's pseudonym."""
 
-    changes: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)   # purpose -> [(at, granted)]
+    changes: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)  # purpose -> [(at, granted)]
     region: str | None = None
     region_at: float = float("-inf")
-    remembered: list[tuple[Exposure, bool]] = field(default_factory=list)       # (exposure, convicted), by time
-    hours: dict[str, tuple[float, float]] = field(default_factory=dict)          # experiment -> last counted hours
+    remembered: list[tuple[Exposure, bool]] = field(default_factory=list)  # (exposure, convicted), by time
+    hours: dict[str, tuple[float, float]] = field(default_factory=dict)  # experiment -> last counted hours
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +123,18 @@ class ConsentPolicy:
             if policy not in ("opt-in", "opt-out"):
                 raise InvalidPolicy(f"consent policy of {region!r} is {policy!r}; use 'opt-in' or 'opt-out'")
         if self.grace_seconds < 0 or self.lookback_seconds < 0:
-            raise InvalidPolicy(f"grace ({self.grace_seconds}) and lookback ({self.lookback_seconds}) "
-                                "must not be negative")
+            raise InvalidPolicy(
+                f"grace ({self.grace_seconds}) and lookback ({self.lookback_seconds}) must not be negative"
+            )
         if self.max_changes < 1 or self.max_remembered < 0:
             raise InvalidPolicy("max_changes must be at least 1 and max_remembered not negative")
 
     def policy_of(self, region: str | None) -> RegionPolicy:
         return self.regions.get(region or "unknown", self.default_policy)
 
-    def consent_at(self, user: UserConsent | None, *, at: float, purpose: Purpose = PERSONALIZATION,
-                   region: str | None = None) -> Judgement:
+    def consent_at(
+        self, user: UserConsent | None, *, at: float, purpose: Purpose = PERSONALIZATION, region: str | None = None
+    ) -> Judgement:
         """Did the user consent to `purpose` at event time `at`?"""
         changes = user.changes.get(purpose, []) if user is not None else []
         # The latest change by event time decides. A revocation takes effect `grace_seconds` after the first
@@ -153,8 +155,16 @@ class ConsentPolicy:
             return Judgement(True, "grace", revoked_at, grace_seconds=self.grace_seconds)
         return Judgement(False, "revoked", revoked_at)
 
-    def record(self, user: UserConsent, pseudonym: str, *, at: float, purpose: Purpose, granted: bool,
-               region: str | None = None) -> list[Violation]:
+    def record(
+        self,
+        user: UserConsent,
+        pseudonym: str,
+        *,
+        at: float,
+        purpose: Purpose,
+        granted: bool,
+        region: str | None = None,
+    ) -> list[Violation]:
         """Add one consent change (in place); return the remembered exposures it now convicts, or, for a grant,
         acquits (`Violation.acquitted`).
 
@@ -165,7 +175,7 @@ class ConsentPolicy:
         if change in changes:
             return []
         bisect.insort(changes, change)
-        del changes[:-self.max_changes]
+        del changes[: -self.max_changes]
         if region and at >= user.region_at:
             user.region, user.region_at = region, at
         if purpose != PERSONALIZATION:
@@ -191,7 +201,7 @@ class ConsentPolicy:
             bisect.insort(remembered, (exposure, violation is not None), key=_at)
             horizon = remembered[-1][0].at - self.lookback_seconds
             if len(remembered) > self.max_remembered or remembered[0][0].at < horizon:
-                remembered[:] = [item for item in remembered[-self.max_remembered:] if item[0].at >= horizon]
+                remembered[:] = [item for item in remembered[-self.max_remembered :] if item[0].at >= horizon]
         return judgement, violation
 
 
@@ -210,5 +220,6 @@ def _remembered_already(remembered: list[tuple[Exposure, bool]], exposure: Expos
 
 
 def _violation(exposure: Exposure, pseudonym: str, judgement: Judgement, *, late: bool) -> Violation:
-    return Violation(exposure.event_id, exposure.at, exposure.initiative, exposure.series, pseudonym,
-                     judgement.reason, late)
+    return Violation(
+        exposure.event_id, exposure.at, exposure.initiative, exposure.series, pseudonym, judgement.reason, late
+    )

@@ -53,9 +53,16 @@ class RuleChange:
         return [name for name, value in (("approver", self.approver), ("ticket", self.ticket)) if value is None]
 
     def describe(self) -> dict[str, object]:
-        return {"event_id": self.event_id, "at": utc(self.at).isoformat(), "rule_id": self.rule_id,
-                "action": self.action, "author": self.author, "approver": self.approver, "ticket": self.ticket,
-                "approved": self.approved}
+        return {
+            "event_id": self.event_id,
+            "at": utc(self.at).isoformat(),
+            "rule_id": self.rule_id,
+            "action": self.action,
+            "author": self.author,
+            "approver": self.approver,
+            "ticket": self.ticket,
+            "approved": self.approved,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,7 @@ class _OpenFinding:
     incident: str
     period: str
     sequence: int
-    changes: tuple[str, ...]           # event ids
+    changes: tuple[str, ...]  # event ids
 
 
 @dataclass(slots=True)
@@ -80,10 +87,11 @@ class RuleAudit:
     """
 
     log: list[RuleChange] = field(default_factory=list)
-    open: dict[str, _OpenFinding] = field(default_factory=dict)   # "<kind>|<rule_id>" -> finding
+    open: dict[str, _OpenFinding] = field(default_factory=dict)  # "<kind>|<rule_id>" -> finding
 
-    def observe(self, change: RuleChange, *, initiative: str,
-                live_experiments: Mapping[str, Sequence[str]]) -> list[IncidentEvent]:
+    def observe(
+        self, change: RuleChange, *, initiative: str, live_experiments: Mapping[str, Sequence[str]]
+    ) -> list[IncidentEvent]:
         """Log one change (a redelivered one is ignored) and return the audit transitions it causes.
 
         `live_experiments` maps a rule id to the experiments its exposures served recently.
@@ -98,28 +106,32 @@ class RuleAudit:
             reason = f"{change.action} of {change.rule_id} by {change.author} without " + " or ".join(change.missing())
             events.append(self._open_or_update(UNAPPROVED, change, initiative, reason))
         elif unapproved_key in self.open and not any(
-                c.rule_id == change.rule_id and not c.approved and c.at > change.at for c in self.log):
+            c.rule_id == change.rule_id and not c.approved and c.at > change.at for c in self.log
+        ):
             # only an approved change that follows (by event time) the unapproved ones settles them
-            events.append(self._resolve(unapproved_key, change, initiative,
-                                        f"approved change {change.event_id} by {change.approver}"))
+            events.append(
+                self._resolve(
+                    unapproved_key, change, initiative, f"approved change {change.event_id} by {change.approver}"
+                )
+            )
         experiments = set(live_experiments.get(change.rule_id, ()))
         if change.experiment and any(change.experiment in served for served in live_experiments.values()):
             experiments.add(change.experiment)
         if experiments and change.action != "created":
-            reason = (f"{change.action} of {change.rule_id}, which serves live experiment(s) "
-                      f"{', '.join(sorted(experiments))}")
-            events.append(self._open_or_update(INTEGRITY, change, initiative, reason,
-                                               experiments=sorted(experiments)))
+            reason = (
+                f"{change.action} of {change.rule_id}, which serves live experiment(s) {', '.join(sorted(experiments))}"
+            )
+            events.append(self._open_or_update(INTEGRITY, change, initiative, reason, experiments=sorted(experiments)))
         return events
 
-    def _open_or_update(self, kind: str, change: RuleChange, initiative: str, reason: str,
-                        **detail: object) -> IncidentEvent:
+    def _open_or_update(
+        self, kind: str, change: RuleChange, initiative: str, reason: str, **detail: object
+    ) -> IncidentEvent:
         key = f"{kind}|{change.rule_id}"
         known = self.open.get(key)
         if known is None:
             period = period_of(utc(change.at).replace(minute=0, second=0, microsecond=0))
-            finding = _OpenFinding(incident_id(initiative, kind, change.rule_id, period), period, 1,
-                                   (change.event_id,))
+            finding = _OpenFinding(incident_id(initiative, kind, change.rule_id, period), period, 1, (change.event_id,))
             transition: Transition = "opened"
         else:
             finding = replace(known, sequence=known.sequence + 1, changes=(*known.changes, change.event_id))
@@ -147,15 +159,43 @@ class RuleAudit:
         return [c for c in self.log if before - hours * 3600 <= c.at <= before]
 
 
-def _event(finding: _OpenFinding, kind: str, transition: Transition, initiative: str, change: RuleChange,
-           reason: str, **detail: object) -> IncidentEvent:
+def _event(
+    finding: _OpenFinding,
+    kind: str,
+    transition: Transition,
+    initiative: str,
+    change: RuleChange,
+    reason: str,
+    **detail: object,
+) -> IncidentEvent:
     playbook = playbook_for(kind)
     at = utc(change.at)
-    evidence = Evidence(observed=1.0 if transition != "resolved" else 0.0, expected=0.0, score=1.0, bucket_start=at,
-                        bucket_end=at, detail={"kpi": "rule_changes", "reason": reason, "change": change.describe(),
-                                               "changes": list(finding.changes), **detail})
+    evidence = Evidence(
+        observed=1.0 if transition != "resolved" else 0.0,
+        expected=0.0,
+        score=1.0,
+        bucket_start=at,
+        bucket_end=at,
+        detail={
+            "kpi": "rule_changes",
+            "reason": reason,
+            "change": change.describe(),
+            "changes": list(finding.changes),
+            **detail,
+        },
+    )
     return IncidentEvent(
-        event_id=transition_event_id(finding.incident, transition, finding.sequence), incident_id=finding.incident,
-        transition=transition, kind=kind, severity=playbook.severity, initiative=initiative,
-        series=[f"{initiative}|rule|{change.rule_id}"], period=finding.period, owner=owner_at(playbook.first_rung),
-        rung=playbook.first_rung, playbook=playbook.text, evidence=evidence, occurred_at=at)
+        event_id=transition_event_id(finding.incident, transition, finding.sequence),
+        incident_id=finding.incident,
+        transition=transition,
+        kind=kind,
+        severity=playbook.severity,
+        initiative=initiative,
+        series=[f"{initiative}|rule|{change.rule_id}"],
+        period=finding.period,
+        owner=owner_at(playbook.first_rung),
+        rung=playbook.first_rung,
+        playbook=playbook.text,
+        evidence=evidence,
+        occurred_at=at,
+    )

@@ -28,7 +28,7 @@ from incidents.breach_policy import BreachState
 class FallbackVerdict:
     breached: bool
     rate: float
-    expected: float                    # the bound that was crossed, or the threshold
+    expected: float  # the bound that was crossed, or the threshold
     p_value: float
     reason: str
 
@@ -64,26 +64,39 @@ class FallbackRatePolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1 or not 0 < self.significance < 0.5:
-            raise InvalidPolicy(f"fallback threshold {self.threshold} must be in (0, 1) and significance "
-                                f"{self.significance} in (0, 0.5)")
+            raise InvalidPolicy(
+                f"fallback threshold {self.threshold} must be in (0, 1) and significance "
+                f"{self.significance} in (0, 0.5)"
+            )
         if self.jump_factor <= 1 or self.min_exposures < 1 or self.warmup_buckets < 1 or self.half_life_buckets <= 0:
             raise InvalidPolicy("jump_factor must exceed 1; min_exposures, warmup_buckets, half_life_buckets positive")
 
     def judge(self, state: RuleFallbackState, *, fallbacks: int, exposures: int) -> FallbackVerdict:
         if exposures < self.min_exposures:
-            return FallbackVerdict(False, fallbacks / exposures if exposures else 0.0, self.threshold, 1.0,
-                                   f"{exposures} exposures: fewer than {self.min_exposures}, not judged")
+            return FallbackVerdict(
+                False,
+                fallbacks / exposures if exposures else 0.0,
+                self.threshold,
+                1.0,
+                f"{exposures} exposures: fewer than {self.min_exposures}, not judged",
+            )
         rate = fallbacks / exposures
         p_threshold = binom_upper_tail(fallbacks, exposures, self.threshold)
         if rate > self.threshold and p_threshold < self.significance:
-            return FallbackVerdict(True, rate, self.threshold, p_threshold,
-                                   f"{rate:.1%} over the {self.threshold:.1%} threshold (p = {p_threshold:.2g})")
+            return FallbackVerdict(
+                True,
+                rate,
+                self.threshold,
+                p_threshold,
+                f"{rate:.1%} over the {self.threshold:.1%} threshold (p = {p_threshold:.2g})",
+            )
         if state.buckets >= self.warmup_buckets and state.pooled_exposures > 0:
             usual = max(state.pooled_fallbacks / state.pooled_exposures, 0.5 / state.pooled_exposures)
             p_jump = binom_upper_tail(fallbacks, exposures, usual)
             if rate >= self.jump_factor * usual and p_jump < self.significance:
-                return FallbackVerdict(True, rate, usual, p_jump,
-                                       f"{rate:.1%} jumped from its usual {usual:.2%} (p = {p_jump:.2g})")
+                return FallbackVerdict(
+                    True, rate, usual, p_jump, f"{rate:.1%} jumped from its usual {usual:.2%} (p = {p_jump:.2g})"
+                )
         return FallbackVerdict(False, rate, self.threshold, p_threshold, "within bounds")
 
     def learn(self, state: RuleFallbackState, *, fallbacks: int, exposures: int) -> RuleFallbackState:
@@ -91,5 +104,10 @@ class FallbackRatePolicy:
         if exposures == 0:
             return state
         keep = 0.5 ** (1.0 / self.half_life_buckets)
-        return RuleFallbackState(state.pooled_fallbacks * keep + fallbacks, state.pooled_exposures * keep + exposures,
-                                 state.buckets + 1, state.breach, state.evaluated_until)
+        return RuleFallbackState(
+            state.pooled_fallbacks * keep + fallbacks,
+            state.pooled_exposures * keep + exposures,
+            state.buckets + 1,
+            state.breach,
+            state.evaluated_until,
+        )

@@ -28,15 +28,15 @@ from incidents.timeutil import utc
 from plans.document import ChecklistItem
 
 # Incident kinds that are judgements of engagement KPIs: their evidence lists probable causes.
-GOVERNANCE_KINDS = frozenset({"consent_violation", "unapproved_rule_change", "experiment_integrity",
-                              "rule_fallback", "variant_imbalance"})
+GOVERNANCE_KINDS = frozenset(
+    {"consent_violation", "unapproved_rule_change", "experiment_integrity", "rule_fallback", "variant_imbalance"}
+)
 NOT_KPI_KINDS = GOVERNANCE_KINDS | {"feed_stale", "monitoring_degraded", "experiment_decision"}
 OPENED_KEPT = 20  # governance incidents listed per kind in the checklist's evidence
 CONVICTED_KEPT = 5000  # violation event ids remembered per initiative: a redelivered one is not counted twice
 LIVE_SECONDS = 86_400  # a rule serves a live experiment if its exposures carried one within this
 # What the per-user stage found about an exposure, as bits sent along with it to the per-initiative stage.
 CONSENTED, FIRST_IN_HOUR, FIRST_FALLBACK_IN_HOUR = 1, 2, 4
-
 
 
 def adherence_pct(personalized: int, violations: int) -> float | None:
@@ -49,6 +49,7 @@ def adherence_pct(personalized: int, violations: int) -> float | None:
     if not personalized:
         return None
     return math.floor(1e6 * (1.0 - violations / personalized)) / 1e4
+
 
 class GovernanceConfig(BaseModel):
     """The governance settings, built once from `monitor.settings.Settings`."""
@@ -87,8 +88,18 @@ class GovernanceTally:
         for channel, count in other.personalized.items():
             self.personalized[channel] = self.personalized.get(channel, 0) + count
 
-    def add_exposure(self, *, channel: str, rule_id: str | None, experiment: str | None, variant: str,
-                     fallback: bool, first_in_hour: bool, consented: bool, first_fallback_in_hour: bool) -> None:
+    def add_exposure(
+        self,
+        *,
+        channel: str,
+        rule_id: str | None,
+        experiment: str | None,
+        variant: str,
+        fallback: bool,
+        first_in_hour: bool,
+        consented: bool,
+        first_fallback_in_hour: bool,
+    ) -> None:
         counts = self.rules.setdefault(f"{channel}|{rule_id or 'none'}|{experiment or ''}", [0, 0])
         counts[0] += 1
         counts[1] += fallback
@@ -105,15 +116,15 @@ class GovernanceTally:
 class GovernanceState:
     violations: ViolationState = field(default_factory=ViolationState)
     convicted: dict[str, tuple[float, str]] = field(default_factory=dict)  # violation event id -> (event time, channel)
-    adherence: dict[str, list[int]] = field(default_factory=dict)        # channel -> [personalized, violations]
-    rules: dict[str, RuleFallbackState] = field(default_factory=dict)    # "channel|rule"
-    rule_rates: dict[str, tuple[int, int]] = field(default_factory=dict) # last closed bucket: (fallbacks, exposures)
-    balance: dict[str, BreachState] = field(default_factory=dict)        # "experiment|measure"
+    adherence: dict[str, list[int]] = field(default_factory=dict)  # channel -> [personalized, violations]
+    rules: dict[str, RuleFallbackState] = field(default_factory=dict)  # "channel|rule"
+    rule_rates: dict[str, tuple[int, int]] = field(default_factory=dict)  # last closed bucket: (fallbacks, exposures)
+    balance: dict[str, BreachState] = field(default_factory=dict)  # "experiment|measure"
     balance_verdicts: dict[str, BalanceVerdict] = field(default_factory=dict)
-    live: dict[str, dict[str, float]] = field(default_factory=dict)      # rule id -> experiment -> last seen
+    live: dict[str, dict[str, float]] = field(default_factory=dict)  # rule id -> experiment -> last seen
     audit: RuleAudit = field(default_factory=RuleAudit)
     evaluated_until: float = float("-inf")
-    opened: dict[str, list[str]] = field(default_factory=dict)            # governance kind -> incidents opened
+    opened: dict[str, list[str]] = field(default_factory=dict)  # governance kind -> incidents opened
 
     def note_opened(self, incident: IncidentEvent) -> None:
         """Remember a governance incident opened in the monitored period: the checklist says it happened."""
@@ -132,8 +143,9 @@ class GovernanceScan:
         self.fallback_policy = FallbackRatePolicy(threshold=config.fallback_threshold)
 
     # -- consent ------------------------------------------------------------------
-    def on_violations(self, state: GovernanceState, violations: Iterable[Violation], *,
-                      initiative: str) -> list[IncidentEvent]:
+    def on_violations(
+        self, state: GovernanceState, violations: Iterable[Violation], *, initiative: str
+    ) -> list[IncidentEvent]:
         new = []
         for violation in violations:
             channel = field_of(violation.series, "channel")
@@ -155,8 +167,10 @@ class GovernanceScan:
 
     # -- rule changes -------------------------------------------------------------
     def on_rule_change(self, state: GovernanceState, change: RuleChange, *, initiative: str) -> list[IncidentEvent]:
-        live = {rule: tuple(e for e, seen in experiments.items() if seen >= change.at - LIVE_SECONDS)
-                for rule, experiments in state.live.items()}
+        live = {
+            rule: tuple(e for e, seen in experiments.items() if seen >= change.at - LIVE_SECONDS)
+            for rule, experiments in state.live.items()
+        }
         return state.audit.observe(change, initiative=initiative, live_experiments=live)
 
     def probable_causes(self, state: GovernanceState, incident: IncidentEvent) -> IncidentEvent:
@@ -164,8 +178,9 @@ class GovernanceScan:
         one rung higher when any of them was unapproved (approval-aware escalation)."""
         if incident.kind in NOT_KPI_KINDS or incident.transition != "opened":
             return incident
-        causes = state.audit.probable_causes(before=incident.evidence.bucket_end.timestamp(),
-                                             hours=self.config.probable_cause_hours)
+        causes = state.audit.probable_causes(
+            before=incident.evidence.bucket_end.timestamp(), hours=self.config.probable_cause_hours
+        )
         if not causes:
             return incident
         detail = {**incident.evidence.detail, "probable_causes": [c.describe() for c in causes]}
@@ -175,8 +190,9 @@ class GovernanceScan:
         return incident.model_copy(update=update)
 
     # -- closed buckets -----------------------------------------------------------
-    def on_bucket(self, state: GovernanceState, tally: GovernanceTally, *, initiative: str, start: float,
-                  end: float) -> list[IncidentEvent]:
+    def on_bucket(
+        self, state: GovernanceState, tally: GovernanceTally, *, initiative: str, start: float, end: float
+    ) -> list[IncidentEvent]:
         if end <= state.evaluated_until:
             return []
         state.evaluated_until = end
@@ -184,15 +200,20 @@ class GovernanceScan:
         for channel, count in tally.personalized.items():
             state.adherence.setdefault(channel, [0, 0])[0] += count
         state.violations, resolved = observe_quiet_bucket(
-            state.violations, initiative=initiative, bucket_start=start, bucket_end=end,
-            recovery_buckets=self.config.recovery_buckets)
+            state.violations,
+            initiative=initiative,
+            bucket_start=start,
+            bucket_end=end,
+            recovery_buckets=self.config.recovery_buckets,
+        )
         events += resolved
         events += self._judge_rules(state, tally, initiative, start, end)
         events += self._judge_balance(state, tally, initiative, start, end)
         return events
 
-    def _judge_rules(self, state: GovernanceState, tally: GovernanceTally, initiative: str, start: float,
-                     end: float) -> list[IncidentEvent]:
+    def _judge_rules(
+        self, state: GovernanceState, tally: GovernanceTally, initiative: str, start: float, end: float
+    ) -> list[IncidentEvent]:
         by_rule: dict[str, list[int]] = {}
         for key, (exposures, fallbacks) in tally.rules.items():
             channel, rule_id, experiment = key.split("|")
@@ -212,19 +233,35 @@ class GovernanceScan:
             if exposures < self.fallback_policy.min_exposures and rule_state.breach.status == "ok":
                 state.rules[rule] = rule_state
                 continue  # too few to judge: neither a breach nor a recovery
-            evidence = Evidence(observed=verdict.rate, expected=verdict.expected, score=verdict.p_value,
-                                bucket_start=utc(start), bucket_end=utc(end),
-                                detail={"kpi": "fallback_rate", "fallbacks": fallbacks, "exposures": exposures,
-                                        "p_value": verdict.p_value, "reason": verdict.reason})
+            evidence = Evidence(
+                observed=verdict.rate,
+                expected=verdict.expected,
+                score=verdict.p_value,
+                bucket_start=utc(start),
+                bucket_end=utc(end),
+                detail={
+                    "kpi": "fallback_rate",
+                    "fallbacks": fallbacks,
+                    "exposures": exposures,
+                    "p_value": verdict.p_value,
+                    "reason": verdict.reason,
+                },
+            )
             rule_state.breach, caused = self.breach_policy.observe(
-                rule_state.breach, initiative=initiative, kind="rule_fallback", series=f"{initiative}|rule|{rule}",
-                breached=verdict.breached, evidence=evidence)
+                rule_state.breach,
+                initiative=initiative,
+                kind="rule_fallback",
+                series=f"{initiative}|rule|{rule}",
+                breached=verdict.breached,
+                evidence=evidence,
+            )
             state.rules[rule] = rule_state
             events += caused
         return events
 
-    def _judge_balance(self, state: GovernanceState, tally: GovernanceTally, initiative: str, start: float,
-                       end: float) -> list[IncidentEvent]:
+    def _judge_balance(
+        self, state: GovernanceState, tally: GovernanceTally, initiative: str, start: float, end: float
+    ) -> list[IncidentEvent]:
         experiments: dict[str, dict[str, list[int]]] = {}
         for key, units in tally.variants.items():
             experiment, variant = key.rsplit("|", 1)
@@ -241,27 +278,51 @@ class GovernanceScan:
                 breached = verdict.tested and verdict.p_value < self.config.balance_significance
                 rates = verdict.rates
                 evidence = Evidence(
-                    observed=max(rates.values(), default=0.0), expected=min(rates.values(), default=0.0),
-                    score=verdict.p_value, bucket_start=utc(start), bucket_end=utc(end),
-                    detail={"kpi": f"{measure}_rate", "experiment": experiment, "test": verdict.test,
-                            "p_value": verdict.p_value, "rates": rates, "user_hours": verdict.units})
+                    observed=max(rates.values(), default=0.0),
+                    expected=min(rates.values(), default=0.0),
+                    score=verdict.p_value,
+                    bucket_start=utc(start),
+                    bucket_end=utc(end),
+                    detail={
+                        "kpi": f"{measure}_rate",
+                        "experiment": experiment,
+                        "test": verdict.test,
+                        "p_value": verdict.p_value,
+                        "rates": rates,
+                        "user_hours": verdict.units,
+                    },
+                )
                 state.balance[key], caused = self.breach_policy.observe(
-                    state.balance.get(key, BreachState()), initiative=initiative, kind="variant_imbalance",
-                    series=f"{initiative}|experiment|{experiment}|{measure}", breached=breached, evidence=evidence)
+                    state.balance.get(key, BreachState()),
+                    initiative=initiative,
+                    kind="variant_imbalance",
+                    series=f"{initiative}|experiment|{experiment}|{measure}",
+                    breached=breached,
+                    evidence=evidence,
+                )
                 events += caused
         return events
 
     # -- checklist ----------------------------------------------------------------
-    def checklist(self, state: GovernanceState, *, adherence: Mapping[str, Sequence[int]] | None = None,
-                  opened: Mapping[str, list[str]] | None = None) -> tuple[ChecklistItem, ...]:
+    def checklist(
+        self,
+        state: GovernanceState,
+        *,
+        adherence: Mapping[str, Sequence[int]] | None = None,
+        opened: Mapping[str, list[str]] | None = None,
+    ) -> tuple[ChecklistItem, ...]:
         """The checklist over the monitored period, or over a report's window when `adherence` (channel ->
         personalized, violations) and `opened` (governance kind -> incidents) describe that window: the other
         items' status is the state at the window's end, their history the incidents in the window."""
         period = "period" if opened is None else "window"
         opened = state.opened if opened is None else opened
-        items = (self._consent_item(state, state.adherence if adherence is None else adherence),
-                 self._fallback_item(state), self._approval_item(state),
-                 self._integrity_item(state), self._balance_item(state))
+        items = (
+            self._consent_item(state, state.adherence if adherence is None else adherence),
+            self._fallback_item(state),
+            self._approval_item(state),
+            self._integrity_item(state),
+            self._balance_item(state),
+        )
         return tuple(_with_history(item, opened.get(_ITEM_KINDS[item.item], []), period) for item in items)
 
     def _consent_item(self, state: GovernanceState, adherence: Mapping[str, Sequence[int]]) -> ChecklistItem:
@@ -271,84 +332,150 @@ class GovernanceScan:
         by_channel = {ch: c[1] for ch, c in sorted(adherence.items()) if c[1]}
         owner = owner_at(PLAYBOOKS["consent_violation"].first_rung)
         if violations:
-            return ChecklistItem(item="consent_adherence", status="fail", owner=owner,
-                                 summary=f"{violations} personalized exposure(s) reached users without consent",
-                                 evidence={"violations_by_channel": by_channel,
-                                           "open_incident": state.violations.incident})
+            return ChecklistItem(
+                item="consent_adherence",
+                status="fail",
+                owner=owner,
+                summary=f"{violations} personalized exposure(s) reached users without consent",
+                evidence={"violations_by_channel": by_channel, "open_incident": state.violations.incident},
+            )
         # A window after the violations can pass while their incident is still open: say so.
-        still_open: dict[str, Any] = ({"summary": f"; incident {state.violations.incident} from before is still open",
-                                       "evidence": {"open_incident": state.violations.incident}}
-                                      if state.violations.incident else {"summary": "", "evidence": {}})
+        still_open: dict[str, Any] = (
+            {
+                "summary": f"; incident {state.violations.incident} from before is still open",
+                "evidence": {"open_incident": state.violations.incident},
+            }
+            if state.violations.incident
+            else {"summary": "", "evidence": {}}
+        )
         if not personalized:
-            return ChecklistItem(item="consent_adherence", status="pending", owner=owner,
-                                 summary="no personalized exposure judged yet" + still_open["summary"],
-                                 evidence=still_open["evidence"])
-        return ChecklistItem(item="consent_adherence", status="pass", owner=owner,
-                             summary="every personalized exposure had consent" + still_open["summary"],
-                             evidence=still_open["evidence"])
+            return ChecklistItem(
+                item="consent_adherence",
+                status="pending",
+                owner=owner,
+                summary="no personalized exposure judged yet" + still_open["summary"],
+                evidence=still_open["evidence"],
+            )
+        return ChecklistItem(
+            item="consent_adherence",
+            status="pass",
+            owner=owner,
+            summary="every personalized exposure had consent" + still_open["summary"],
+            evidence=still_open["evidence"],
+        )
 
     def _fallback_item(self, state: GovernanceState) -> ChecklistItem:
         owner = owner_at(PLAYBOOKS["rule_fallback"].first_rung)
         firing = sorted(rule for rule, s in state.rules.items() if s.breach.status == "firing")
         if firing:
             incidents = [state.rules[rule].breach.incident for rule in firing]
-            return ChecklistItem(item="fallback_rates", status="fail", owner=owner,
-                                 summary=f"rule(s) falling back too often: {', '.join(firing)}",
-                                 evidence={"firing": firing, "incidents": incidents,
-                                           "threshold": self.config.fallback_threshold})
+            return ChecklistItem(
+                item="fallback_rates",
+                status="fail",
+                owner=owner,
+                summary=f"rule(s) falling back too often: {', '.join(firing)}",
+                evidence={"firing": firing, "incidents": incidents, "threshold": self.config.fallback_threshold},
+            )
         if not state.rule_rates:
             return ChecklistItem(item="fallback_rates", status="pending", owner=owner, summary="no closed bucket yet")
-        return ChecklistItem(item="fallback_rates", status="pass", owner=owner,
-                             summary=f"every rule within the {self.config.fallback_threshold:.0%} fallback threshold "
-                                     "and its usual rate",
-                             evidence={"rules": sorted(state.rules)})
+        return ChecklistItem(
+            item="fallback_rates",
+            status="pass",
+            owner=owner,
+            summary=f"every rule within the {self.config.fallback_threshold:.0%} fallback threshold and its usual rate",
+            evidence={"rules": sorted(state.rules)},
+        )
 
     def _approval_item(self, state: GovernanceState) -> ChecklistItem:
         owner = owner_at(PLAYBOOKS["unapproved_rule_change"].first_rung)
         unapproved = sorted(key.split("|", 1)[1] for key in state.audit.open if key.startswith("unapproved"))
         pending = [c.describe() for c in state.audit.pending_approvals()]
         if unapproved:
-            return ChecklistItem(item="rule_change_approval", status="fail", owner=owner,
-                                 summary=f"unapproved change(s) of {', '.join(unapproved)}",
-                                 evidence={"rules": unapproved, "pending": pending})
+            return ChecklistItem(
+                item="rule_change_approval",
+                status="fail",
+                owner=owner,
+                summary=f"unapproved change(s) of {', '.join(unapproved)}",
+                evidence={"rules": unapproved, "pending": pending},
+            )
         if pending:
-            return ChecklistItem(item="rule_change_approval", status="pending", owner=owner,
-                                 summary=f"{len(pending)} change(s) await approval", evidence={"pending": pending})
-        return ChecklistItem(item="rule_change_approval", status="pass", owner=owner,
-                             summary=f"all {len(state.audit.log)} logged rule changes approved with a ticket")
+            return ChecklistItem(
+                item="rule_change_approval",
+                status="pending",
+                owner=owner,
+                summary=f"{len(pending)} change(s) await approval",
+                evidence={"pending": pending},
+            )
+        return ChecklistItem(
+            item="rule_change_approval",
+            status="pass",
+            owner=owner,
+            summary=f"all {len(state.audit.log)} logged rule changes approved with a ticket",
+        )
 
     def _integrity_item(self, state: GovernanceState) -> ChecklistItem:
         owner = owner_at(PLAYBOOKS["experiment_integrity"].first_rung)
         changed = sorted(key.split("|", 1)[1] for key in state.audit.open if key.startswith("experiment_integrity"))
         if changed:
-            return ChecklistItem(item="experiment_integrity", status="fail", owner=owner,
-                                 summary=f"rule(s) serving a live experiment changed: {', '.join(changed)}",
-                                 evidence={"rules": changed})
+            return ChecklistItem(
+                item="experiment_integrity",
+                status="fail",
+                owner=owner,
+                summary=f"rule(s) serving a live experiment changed: {', '.join(changed)}",
+                evidence={"rules": changed},
+            )
         if not state.live:
-            return ChecklistItem(item="experiment_integrity", status="pass", owner=owner,
-                                 summary="no experiment served: nothing to protect")
-        return ChecklistItem(item="experiment_integrity", status="pass", owner=owner,
-                             summary="no change to a rule serving a live experiment")
+            return ChecklistItem(
+                item="experiment_integrity",
+                status="pass",
+                owner=owner,
+                summary="no experiment served: nothing to protect",
+            )
+        return ChecklistItem(
+            item="experiment_integrity",
+            status="pass",
+            owner=owner,
+            summary="no change to a rule serving a live experiment",
+        )
 
     def _balance_item(self, state: GovernanceState) -> ChecklistItem:
         owner = owner_at(PLAYBOOKS["variant_imbalance"].first_rung)
         firing = sorted(key for key, s in state.balance.items() if s.status == "firing")
         if firing:
-            return ChecklistItem(item="variant_balance", status="fail", owner=owner,
-                                 summary=f"variants differ beyond chance: {', '.join(firing)}",
-                                 evidence={"firing": firing, "incidents": [state.balance[k].incident for k in firing],
-                                           "significance": self.config.balance_significance})
+            return ChecklistItem(
+                item="variant_balance",
+                status="fail",
+                owner=owner,
+                summary=f"variants differ beyond chance: {', '.join(firing)}",
+                evidence={
+                    "firing": firing,
+                    "incidents": [state.balance[k].incident for k in firing],
+                    "significance": self.config.balance_significance,
+                },
+            )
         if not state.balance_verdicts:
-            return ChecklistItem(item="variant_balance", status="pass", owner=owner,
-                                 summary="no experiment served: no variants to compare")
-        return ChecklistItem(item="variant_balance", status="pass", owner=owner,
-                             summary="consent and fallback rates balanced across variants",
-                             evidence={"checked": sorted(state.balance_verdicts)})
+            return ChecklistItem(
+                item="variant_balance",
+                status="pass",
+                owner=owner,
+                summary="no experiment served: no variants to compare",
+            )
+        return ChecklistItem(
+            item="variant_balance",
+            status="pass",
+            owner=owner,
+            summary="consent and fallback rates balanced across variants",
+            evidence={"checked": sorted(state.balance_verdicts)},
+        )
 
 
-_ITEM_KINDS = {"consent_adherence": "consent_violation", "fallback_rates": "rule_fallback",
-               "rule_change_approval": "unapproved_rule_change", "experiment_integrity": "experiment_integrity",
-               "variant_balance": "variant_imbalance"}
+_ITEM_KINDS = {
+    "consent_adherence": "consent_violation",
+    "fallback_rates": "rule_fallback",
+    "rule_change_approval": "unapproved_rule_change",
+    "experiment_integrity": "experiment_integrity",
+    "variant_balance": "variant_imbalance",
+}
 
 
 def _with_history(item: ChecklistItem, opened: list[str], period: str) -> ChecklistItem:

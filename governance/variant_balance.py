@@ -34,7 +34,7 @@ class BalanceVerdict:
     measure: str
     tested: bool
     p_value: float
-    rates: dict[str, float]            # per variant
+    rates: dict[str, float]  # per variant
     units: dict[str, int]
     test: str
 
@@ -59,12 +59,14 @@ def balance_test(measure: str, counts: Mapping[str, tuple[int, int]]) -> Balance
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
     if table.shape == (2, 2) and expected.min() < 5:
         return BalanceVerdict(measure, True, float(fisher_exact(table).pvalue), rates, units, "fisher-exact")
-    return BalanceVerdict(measure, True, float(chi2_contingency(table, correction=False).pvalue), rates, units,
-                          "chi-square")
+    return BalanceVerdict(
+        measure, True, float(chi2_contingency(table, correction=False).pvalue), rates, units, "chi-square"
+    )
 
 
-def first_in_hour(hours: dict[str, tuple[float, float]], experiment: str, hour: float, *,
-                  fallback: bool) -> tuple[bool, bool]:
+def first_in_hour(
+    hours: dict[str, tuple[float, float]], experiment: str, hour: float, *, fallback: bool
+) -> tuple[bool, bool]:
     """Is this the user's first exposure in `experiment` this hour, and their first fallback this hour?
 
     `hours` is the user's ledger field (experiment -> (last hour counted, last fallback hour counted)), updated

@@ -70,8 +70,17 @@ class BreachPolicy:
     def __init__(self, config: BreachPolicyConfig) -> None:
         self.config = config
 
-    def observe(self, state: BreachState, *, initiative: str, kind: str, series: str, breached: bool,
-                evidence: Evidence, first_rung: int | None = None) -> tuple[BreachState, list[IncidentEvent]]:
+    def observe(
+        self,
+        state: BreachState,
+        *,
+        initiative: str,
+        kind: str,
+        series: str,
+        breached: bool,
+        evidence: Evidence,
+        first_rung: int | None = None,
+    ) -> tuple[BreachState, list[IncidentEvent]]:
         """Fold one scored bucket into the state; return the new state and the transitions it caused."""
         if state.status == "firing":
             return self._while_firing(state, initiative, kind, series, breached, evidence)
@@ -86,18 +95,27 @@ class BreachPolicy:
         assert state.pending_start is not None, "only a pending state has a span"
         return evidence.bucket_start - state.pending_start > width * self.config.breach_span_buckets
 
-    def _open(self, state: BreachState, initiative: str, kind: str, series: str, evidence: Evidence,
-              first_rung: int | None) -> tuple[BreachState, list[IncidentEvent]]:
+    def _open(
+        self, state: BreachState, initiative: str, kind: str, series: str, evidence: Evidence, first_rung: int | None
+    ) -> tuple[BreachState, list[IncidentEvent]]:
         assert state.pending_start is not None, "an incident opens from a pending state"
         period = period_of(state.pending_start)
         rung = playbook_for(kind).first_rung if first_rung is None else first_rung
-        opened = replace(state, status="firing", incident=incident_id(initiative, kind, series, period),
-                         period=period, rung=min(rung, len(ESCALATION_LADDER) - 1), breaches_on_rung=0,
-                         healthy_streak=0, sequence=1)
+        opened = replace(
+            state,
+            status="firing",
+            incident=incident_id(initiative, kind, series, period),
+            period=period,
+            rung=min(rung, len(ESCALATION_LADDER) - 1),
+            breaches_on_rung=0,
+            healthy_streak=0,
+            sequence=1,
+        )
         return opened, [_event(opened, "opened", initiative, kind, series, evidence)]
 
-    def _while_firing(self, state: BreachState, initiative: str, kind: str, series: str, breached: bool,
-                      evidence: Evidence) -> tuple[BreachState, list[IncidentEvent]]:
+    def _while_firing(
+        self, state: BreachState, initiative: str, kind: str, series: str, breached: bool, evidence: Evidence
+    ) -> tuple[BreachState, list[IncidentEvent]]:
         if not breached:
             streak = state.healthy_streak + 1
             if streak < self.config.recovery_span_buckets:
@@ -108,18 +126,30 @@ class BreachPolicy:
         top = len(ESCALATION_LADDER) - 1
         if breaches < self.config.escalate_every or state.rung >= top:
             return replace(state, breaches_on_rung=breaches, healthy_streak=0), []
-        escalated = replace(state, rung=state.rung + 1, breaches_on_rung=0, healthy_streak=0,
-                            sequence=state.sequence + 1)
+        escalated = replace(
+            state, rung=state.rung + 1, breaches_on_rung=0, healthy_streak=0, sequence=state.sequence + 1
+        )
         return escalated, [_event(escalated, "escalated", initiative, kind, series, evidence)]
 
 
-def _event(state: BreachState, transition: Transition, initiative: str, kind: str, series: str,
-           evidence: Evidence) -> IncidentEvent:
+def _event(
+    state: BreachState, transition: Transition, initiative: str, kind: str, series: str, evidence: Evidence
+) -> IncidentEvent:
     playbook = playbook_for(kind)
     assert state.incident is not None, "only a state with an incident has transitions"
     severity = "critical" if state.rung > playbook.first_rung or playbook.severity == "critical" else "warning"
     return IncidentEvent(
         event_id=transition_event_id(state.incident, transition, state.sequence),
-        incident_id=state.incident, transition=transition, kind=kind, severity=severity,
-        initiative=initiative, series=[series], period=state.period, owner=owner_at(state.rung),
-        rung=state.rung, playbook=playbook.text, evidence=evidence, occurred_at=evidence.bucket_end)
+        incident_id=state.incident,
+        transition=transition,
+        kind=kind,
+        severity=severity,
+        initiative=initiative,
+        series=[series],
+        period=state.period,
+        owner=owner_at(state.rung),
+        rung=state.rung,
+        playbook=playbook.text,
+        evidence=evidence,
+        occurred_at=evidence.bucket_end,
+    )

@@ -15,8 +15,9 @@ from incidents.playbooks import owner_at, playbook_for
 KIND = "monitoring_degraded"
 
 
-def degraded_incident(cause: str, *, at: datetime, initiative: str = "pmon", observed: float = 1,
-                      detail: dict[str, Any] | None = None) -> IncidentEvent:
+def degraded_incident(
+    cause: str, *, at: datetime, initiative: str = "pmon", observed: float = 1, detail: dict[str, Any] | None = None
+) -> IncidentEvent:
     """The `opened` transition of a monitoring_degraded incident for `cause` in the hour of `at`.
 
     >>> from datetime import timezone
@@ -28,9 +29,17 @@ def degraded_incident(cause: str, *, at: datetime, initiative: str = "pmon", obs
     incident = incident_id(initiative, KIND, cause, period)
     playbook = playbook_for(KIND)
     return IncidentEvent(
-        event_id=transition_event_id(incident, "opened", 1), incident_id=incident, transition="opened",
-        kind=KIND, severity="critical", initiative=initiative, series=[cause], period=period,
-        owner=owner_at(playbook.first_rung), rung=playbook.first_rung, playbook=playbook.text,
-        evidence=Evidence(observed=observed, expected=0, score=1, bucket_start=at, bucket_end=at,
-                          detail=detail or {}),
-        occurred_at=at)
+        event_id=transition_event_id(incident, "opened", 1),
+        incident_id=incident,
+        transition="opened",
+        kind=KIND,
+        severity="critical",
+        initiative=initiative,
+        series=[cause],
+        period=period,
+        owner=owner_at(playbook.first_rung),
+        rung=playbook.first_rung,
+        playbook=playbook.text,
+        evidence=Evidence(observed=observed, expected=0, score=1, bucket_start=at, bucket_end=at, detail=detail or {}),
+        occurred_at=at,
+    )

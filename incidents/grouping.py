@@ -75,8 +75,14 @@ def fold_group(state: GroupState, transitions: list[IncidentEvent]) -> tuple[Gro
         if not joined:
             return state, []  # only resolutions of series the group never saw
         period = period_of(first.evidence.bucket_start)
-        group = GroupState(incident_id(first.initiative, first.kind, GROUP_SERIES_KEY, period), period,
-                           tuple(members), tuple(ever), top_rung, 1)
+        group = GroupState(
+            incident_id(first.initiative, first.kind, GROUP_SERIES_KEY, period),
+            period,
+            tuple(members),
+            tuple(ever),
+            top_rung,
+            1,
+        )
         out.append(_group_event(group, "opened", transitions, group.ever))
         return group, out
     group = replace(state, members=tuple(members), ever=tuple(ever))
@@ -93,16 +99,27 @@ def fold_group(state: GroupState, transitions: list[IncidentEvent]) -> tuple[Gro
     return group, out
 
 
-def _group_event(group: GroupState, transition: Transition, transitions: list[IncidentEvent],
-                 series: tuple[str, ...]) -> IncidentEvent:
+def _group_event(
+    group: GroupState, transition: Transition, transitions: list[IncidentEvent], series: tuple[str, ...]
+) -> IncidentEvent:
     """The group's transition, with the evidence of the most telling member transition of this bucket."""
     assert group.incident is not None, "only a group with an incident has transitions"
     wanted = "resolved" if transition == "resolved" else None
     source = next((e for e in transitions if wanted is None or e.transition == wanted), transitions[0])
     if transition != "resolved":
-        source = max((e for e in transitions if e.transition != "resolved"), key=lambda e: (e.rung, e.evidence.score),
-                     default=source)
-    return source.model_copy(update={
-        "event_id": transition_event_id(group.incident, transition, group.sequence), "incident_id": group.incident,
-        "transition": transition, "series": list(series), "period": group.period, "rung": group.rung,
-        "owner": owner_at(group.rung)})
+        source = max(
+            (e for e in transitions if e.transition != "resolved"),
+            key=lambda e: (e.rung, e.evidence.score),
+            default=source,
+        )
+    return source.model_copy(
+        update={
+            "event_id": transition_event_id(group.incident, transition, group.sequence),
+            "incident_id": group.incident,
+            "transition": transition,
+            "series": list(series),
+            "period": group.period,
+            "rung": group.rung,
+            "owner": owner_at(group.rung),
+        }
+    )

@@ -86,5 +86,6 @@ class IncidentAction(BaseModel):
     text: str = Field("", max_length=2000)
     # Aware and plausible, as the input events' times: a naive time cannot be compared with an incident's,
     # and one in 1970 or 2100 would skew the response time.
-    at: Annotated[AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=timezone.utc),
-                                       lt=datetime(2100, 1, 1, tzinfo=timezone.utc))]
+    at: Annotated[
+        AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=timezone.utc), lt=datetime(2100, 1, 1, tzinfo=timezone.utc))
+    ]

@@ -15,8 +15,9 @@ from datetime import date
 from typing import Any
 
 
-def on_duty(people: Sequence[str], unavailable: Mapping[str, Sequence[tuple[date, date]]],
-            day: date) -> tuple[str, str | None]:
+def on_duty(
+    people: Sequence[str], unavailable: Mapping[str, Sequence[tuple[date, date]]], day: date
+) -> tuple[str, str | None]:
     """(person, why it is not the lead or None): the first of `people` not unavailable on `day`."""
     for person in people:
         if not any(start <= day <= end for start, end in unavailable.get(person, ())):

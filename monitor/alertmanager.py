@@ -27,16 +27,22 @@ from incidents.model import IncidentEvent, measure_of
 from plans.document import PlanDocument
 
 ALERTNAME = "PmonIncident"
-SINK = "alertmanager"   # the emitter's sink name: retries, dead letters and monitoring_degraded say so
-LEASE_CHECKS = 4        # a firing alert outlives this many missed re-sends (Prometheus uses 4 too)
+SINK = "alertmanager"  # the emitter's sink name: retries, dead letters and monitoring_degraded say so
+LEASE_CHECKS = 4  # a firing alert outlives this many missed re-sends (Prometheus uses 4 too)
 
-Known = tuple[IncidentEvent, IncidentEvent]   # an incident's opening transition and its latest one
+Known = tuple[IncidentEvent, IncidentEvent]  # an incident's opening transition and its latest one
 
 
 def labels_of(incident: IncidentEvent) -> dict[str, str]:
     """The labels that identify the alert of `incident` (and that routes match)."""
-    return {"alertname": ALERTNAME, "incident_id": incident.incident_id, "kind": incident.kind,
-            "severity": incident.severity, "initiative": incident.initiative, "owner_role": incident.owner}
+    return {
+        "alertname": ALERTNAME,
+        "incident_id": incident.incident_id,
+        "kind": incident.kind,
+        "severity": incident.severity,
+        "initiative": incident.initiative,
+        "owner_role": incident.owner,
+    }
 
 
 def annotations_of(incident: IncidentEvent) -> dict[str, str]:
@@ -45,11 +51,16 @@ def annotations_of(incident: IncidentEvent) -> dict[str, str]:
     series = len(incident.series)
     return {
         "summary": f"{incident.kind} {incident.transition} on {incident.initiative}: {measure} "
-                   f"{evidence.observed:.4g} against {evidence.expected:.4g} expected "
-                   f"({series} series)",
-        "playbook": incident.playbook, "series": ", ".join(incident.series), "measure": measure,
-        "observed": f"{evidence.observed:.6g}", "expected": f"{evidence.expected:.6g}",
-        "transition": incident.transition, "rung": str(incident.rung), "period": incident.period,
+        f"{evidence.observed:.4g} against {evidence.expected:.4g} expected "
+        f"({series} series)",
+        "playbook": incident.playbook,
+        "series": ", ".join(incident.series),
+        "measure": measure,
+        "observed": f"{evidence.observed:.6g}",
+        "expected": f"{evidence.expected:.6g}",
+        "transition": incident.transition,
+        "rung": str(incident.rung),
+        "period": incident.period,
         "occurred_at": _rfc3339(incident.occurred_at),
     }
 
@@ -89,7 +100,7 @@ def alerts_of(incident: IncidentEvent, *, known: Known | None, now: datetime, le
     """
     opened, previous = known if known is not None else (incident, None)
     if previous is not None and previous.transition == "resolved":
-        previous = None   # nothing of it is firing
+        previous = None  # nothing of it is firing
     starts = min(opened.occurred_at, incident.occurred_at, now)
     ended = max(starts, min(incident.occurred_at, now))
     if incident.transition == "resolved":
@@ -103,12 +114,16 @@ def alerts_of(incident: IncidentEvent, *, known: Known | None, now: datetime, le
 
 def firing_alerts(open_incidents: Iterable[Known], *, now: datetime, lease: timedelta) -> list[dict[str, Any]]:
     """The re-sent alerts of the open incidents: firing until a lease from `now`, with their latest labels."""
-    return [_alert(labels_of(latest), latest, min(opened.occurred_at, now), now + lease)
-            for opened, latest in open_incidents if latest.transition != "resolved"]
+    return [
+        _alert(labels_of(latest), latest, min(opened.occurred_at, now), now + lease)
+        for opened, latest in open_incidents
+        if latest.transition != "resolved"
+    ]
 
 
-def open_incidents(plans: Mapping[str, PlanDocument], incidents: Mapping[str, Known],
-                   initiatives: Iterable[str]) -> list[Known]:
+def open_incidents(
+    plans: Mapping[str, PlanDocument], incidents: Mapping[str, Known], initiatives: Iterable[str]
+) -> list[Known]:
     """The incidents open in the initiatives' plans (so one a person resolved is not re-sent), as the stage
     knows them (`InitiativeState.plans` and `.incidents`)."""
     found = []
@@ -127,8 +142,12 @@ def alert_body(alerts: list[dict[str, Any]]) -> bytes:
 
 
 def _alert(labels: dict[str, str], incident: IncidentEvent, starts: datetime, ends: datetime) -> dict[str, Any]:
-    return {"labels": labels, "annotations": annotations_of(incident), "startsAt": _rfc3339(starts),
-            "endsAt": _rfc3339(ends)}
+    return {
+        "labels": labels,
+        "annotations": annotations_of(incident),
+        "startsAt": _rfc3339(starts),
+        "endsAt": _rfc3339(ends),
+    }
 
 
 def _rfc3339(moment: datetime) -> str:

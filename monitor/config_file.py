@@ -51,7 +51,7 @@ class ConfigError(MonitorError):
 @dataclass(frozen=True)
 class LoadedSettings:
     settings: Settings
-    sources: dict[str, Source]   # setting name -> where its value came from
+    sources: dict[str, Source]  # setting name -> where its value came from
     file: Path | None
 
 
@@ -61,8 +61,10 @@ def config_file(explicit: Path | None, environ: Mapping[str, str]) -> Path | Non
         explicit = Path(environ[CONFIG_VARIABLE])
     if explicit is not None:
         if not explicit.is_file():
-            raise ConfigError(f"config file {explicit} does not exist — pass an existing file to --config "
-                              f"or {CONFIG_VARIABLE}, or remove it to use the defaults")
+            raise ConfigError(
+                f"config file {explicit} does not exist — pass an existing file to --config "
+                f"or {CONFIG_VARIABLE}, or remove it to use the defaults"
+            )
         return explicit
     return DEFAULT_FILE if DEFAULT_FILE.is_file() else None
 
@@ -80,8 +82,9 @@ def read_file(path: Path) -> dict[str, Any]:
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"{path}: unknown key {key!r} — {hint}the keys are the settings' names, "
-                              f"listed in docs/configuration.md")
+            raise ConfigError(
+                f"{path}: unknown key {key!r} — {hint}the keys are the settings' names, listed in docs/configuration.md"
+            )
     return values
 
 
@@ -89,19 +92,23 @@ def _variable(name: str) -> str:
     return f"PMON_{name.upper()}"
 
 
-def load_settings(explicit: Path | None = None, *, overrides: Mapping[str, Any] | None = None,
-                  option_names: Mapping[str, str] | None = None) -> LoadedSettings:
+def load_settings(
+    explicit: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    option_names: Mapping[str, str] | None = None,
+) -> LoadedSettings:
     """Settings from `overrides` (options; None values are left out) over the `PMON_*` variables over the config
     file over the defaults. `option_names` maps a setting to the option that set it, for errors."""
     environ = os.environ
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     path = config_file(explicit, environ)
     from_file = read_file(path) if path is not None else {}
-    in_env = {name for name in Settings.model_fields
-              if any(key.upper() == _variable(name) for key in environ)}
+    in_env = {name for name in Settings.model_fields if any(key.upper() == _variable(name) for key in environ)}
     sources: dict[str, Source] = {
-        name: "option" if name in overrides else "env" if name in in_env else "file" if name in from_file
-        else "default" for name in Settings.model_fields}
+        name: "option" if name in overrides else "env" if name in in_env else "file" if name in from_file else "default"
+        for name in Settings.model_fields
+    }
     # The environment outranks the file: a value set in both is taken from the environment (Settings reads it).
     values = {**{k: v for k, v in from_file.items() if k not in in_env}, **overrides}
     try:
@@ -109,19 +116,22 @@ def load_settings(explicit: Path | None = None, *, overrides: Mapping[str, Any] 
     except SettingsError as exc:
         field = re.search(r'field "(\w+)"', str(exc))
         name = _variable(field.group(1)) if field else "a PMON_* variable"
-        raise ConfigError(f"{name}: not valid JSON — write it as JSON (see docs/configuration.md), "
-                          f"or set it in the config file as a TOML table") from None
+        raise ConfigError(
+            f"{name}: not valid JSON — write it as JSON (see docs/configuration.md), "
+            f"or set it in the config file as a TOML table"
+        ) from None
     except ValidationError as exc:
         raise ConfigError(_explain(exc, sources, path, option_names or {})) from None
     return LoadedSettings(settings, sources, path)
 
 
-def _explain(exc: ValidationError, sources: Mapping[str, Source], path: Path | None,
-             option_names: Mapping[str, str]) -> str:
+def _explain(
+    exc: ValidationError, sources: Mapping[str, Source], path: Path | None, option_names: Mapping[str, str]
+) -> str:
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
-    if not location:   # a rule over several settings: name them with where each came from
+    if not location:  # a rule over several settings: name them with where each came from
         named = [name for name in sources if re.search(rf"\b{name}\b", message)]
         where = ", ".join(f"{name} ({_where(name, sources[name], path, option_names)})" for name in named)
         return f"invalid settings: {message} — fix {where or 'the settings'}"

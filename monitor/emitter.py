@@ -29,14 +29,20 @@ from plans.plan_sink import PlanWriter, plan_bytes
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, bytes, bytes], Awaitable[Any] | Any]
-PushAlerts = Callable[[bytes], Awaitable[Any]]   # the body of POST /api/v2/alerts
+PushAlerts = Callable[[bytes], Awaitable[Any]]  # the body of POST /api/v2/alerts
 
 
 class Emitter:
-    def __init__(self, settings: Settings, metrics: PipelineMetrics, send: Send,
-                 plan_writer: PlanWriter | None = None,
-                 count_dead_letter: Callable[[DeadLetter], None] | None = None,
-                 alerts: PushAlerts | None = None, known: Callable[[str], Known | None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: PipelineMetrics,
+        send: Send,
+        plan_writer: PlanWriter | None = None,
+        count_dead_letter: Callable[[DeadLetter], None] | None = None,
+        alerts: PushAlerts | None = None,
+        known: Callable[[str], Known | None] | None = None,
+    ) -> None:
         """`count_dead_letter` counts a letter once sent; a driver whose sends commit later (a Kafka
         transaction) passes one that counts at the commit, so an aborted letter is not counted.
 
@@ -92,8 +98,15 @@ class Emitter:
         if error is None:
             self._count_dead_letter(letter)
             return
-        log.error("dead letter of %s[%s]@%s (%s, %s bytes) not written: %r", letter.source_topic, letter.partition,
-                  letter.offset, letter.reason, letter.original_length, error)
+        log.error(
+            "dead letter of %s[%s]@%s (%s, %s bytes) not written: %r",
+            letter.source_topic,
+            letter.partition,
+            letter.offset,
+            letter.reason,
+            letter.original_length,
+            error,
+        )
         await self._raise_degraded("dead-letters", error)
 
     def count_dead_letter(self, letter: DeadLetter) -> None:
@@ -139,15 +152,26 @@ class Emitter:
 
     async def processing_failed(self, value: bytes, source_topic: str, error: Exception) -> None:
         """A record the pipeline failed on (not bad input): dead-letter it and raise monitoring_degraded."""
-        await self.dead_letter(DeadLetter.of(value, source_topic=source_topic, reason=f"processing failed: {error}",
-                                             error=repr(error), stage="process"))
+        await self.dead_letter(
+            DeadLetter.of(
+                value,
+                source_topic=source_topic,
+                reason=f"processing failed: {error}",
+                error=repr(error),
+                stage="process",
+            )
+        )
         await self._raise_degraded("processing", error)
 
     async def _degraded(self, sink: str, value: bytes, error: Exception) -> None:
         """Dead-letter the unwritten record and raise a monitoring_degraded incident."""
-        letter = DeadLetter.of(value, source_topic=self.settings.topic(sink),
-                               reason=f"{sink} write failed after {self.settings.retry_limit} retries",
-                               error=repr(error), stage="sink")
+        letter = DeadLetter.of(
+            value,
+            source_topic=self.settings.topic(sink),
+            reason=f"{sink} write failed after {self.settings.retry_limit} retries",
+            error=repr(error),
+            stage="sink",
+        )
         await self.dead_letter(letter)
         await self._raise_degraded(sink, error)
 

@@ -27,8 +27,17 @@ from incidents.model import Evidence, IncidentEvent  # the incidents topic's sch
 from monitor.exceptions import DecodeError
 from monitor.topics import CONSENT, ENGAGEMENT, RULE_CHANGES
 
-__all__ = ["EngagementEvent", "ConsentEvent", "RuleChangeEvent", "IncidentEvent", "Evidence", "DeadLetter",
-           "INPUT_MODELS", "encode", "decode"]
+__all__ = [
+    "EngagementEvent",
+    "ConsentEvent",
+    "RuleChangeEvent",
+    "IncidentEvent",
+    "Evidence",
+    "DeadLetter",
+    "INPUT_MODELS",
+    "encode",
+    "decode",
+]
 
 _EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
@@ -59,13 +68,17 @@ class EngagementEvent(_Record):
     cohort: Name = "all"
     experiment: KeyName | None = None
     variant: KeyName = "none"
-    rule_id: KeyName | None = Field(default=None,
-                                 description="The rule that decided; on a fallback, the rule that fell back.")
+    rule_id: KeyName | None = Field(
+        default=None, description="The rule that decided; on a fallback, the rule that fell back."
+    )
     fallback: bool = False
     decision_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
     revenue: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
-    region: Name | None = Field(default=None, description="The user's region, when the producer knows it: it decides "
-                                                            "the consent policy of a user without a consent record.")
+    region: Name | None = Field(
+        default=None,
+        description="The user's region, when the producer knows it: it decides "
+        "the consent policy of a user without a consent record.",
+    )
 
     @model_validator(mode="after")
     def _revenue_only_on_conversions(self) -> EngagementEvent:
@@ -113,7 +126,7 @@ DEAD_LETTER_MAX_ERROR_CHARS = 4000
 
 
 def _bounded_text(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 class DeadLetter(_Record):
@@ -130,31 +143,51 @@ class DeadLetter(_Record):
     error: str
     stage: Literal["decode", "process", "sink"] = "decode"
     truncated: bool = Field(False, description="`value_b64` holds only the first 4 KiB of the value.")
-    original_length: int | None = Field(None, description="Bytes of the original value (null in letters "
-                                                          "written before this field existed).")
+    original_length: int | None = Field(
+        None, description="Bytes of the original value (null in letters written before this field existed)."
+    )
     sha256: str | None = Field(None, description="Hex SHA-256 of the whole original value.")
     key_truncated: bool = Field(False, description="`key_b64` holds only the first 4 KiB of the key.")
     key_length: int | None = Field(None, description="Bytes of the original key, when it was truncated.")
     key_sha256: str | None = Field(None, description="Hex SHA-256 of the whole key, when it was truncated.")
 
     @classmethod
-    def of(cls, raw: bytes, *, source_topic: str, reason: str, error: str, key: bytes | None = None,
-           partition: int | None = None, offset: int | None = None,
-           stage: Literal["decode", "process", "sink"] = "decode") -> DeadLetter:
+    def of(
+        cls,
+        raw: bytes,
+        *,
+        source_topic: str,
+        reason: str,
+        error: str,
+        key: bytes | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+        stage: Literal["decode", "process", "sink"] = "decode",
+    ) -> DeadLetter:
         truncated = len(raw) > DEAD_LETTER_MAX_VALUE_BYTES
         kept = raw[:DEAD_LETTER_PREFIX_BYTES] if truncated else raw
         key_fields: dict[str, Any] = {}
         if key is not None:
             if len(key) > DEAD_LETTER_PREFIX_BYTES:
-                key_fields = {"key_truncated": True, "key_length": len(key),
-                              "key_sha256": hashlib.sha256(key).hexdigest()}
+                key_fields = {
+                    "key_truncated": True,
+                    "key_length": len(key),
+                    "key_sha256": hashlib.sha256(key).hexdigest(),
+                }
                 key = key[:DEAD_LETTER_PREFIX_BYTES]
             key_fields["key_b64"] = base64.b64encode(key).decode()
         return cls(
-            source_topic=source_topic, partition=partition, offset=offset, **key_fields,
-            value_b64=base64.b64encode(kept).decode(), reason=_bounded_text(reason, DEAD_LETTER_MAX_REASON_CHARS),
-            error=_bounded_text(error, DEAD_LETTER_MAX_ERROR_CHARS), stage=stage, truncated=truncated,
-            original_length=len(raw), sha256=hashlib.sha256(raw).hexdigest(),
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            **key_fields,
+            value_b64=base64.b64encode(kept).decode(),
+            reason=_bounded_text(reason, DEAD_LETTER_MAX_REASON_CHARS),
+            error=_bounded_text(error, DEAD_LETTER_MAX_ERROR_CHARS),
+            stage=stage,
+            truncated=truncated,
+            original_length=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
         )
 
     def raw(self) -> bytes:
@@ -175,7 +208,7 @@ def reason_kind(reason: str) -> str:
     """
     if reason.startswith("event_time ") and "ahead of the wall clock" in reason:
         return "event_time ahead of the wall clock"
-    return ": ".join(reason.split(": ")[:2 if reason.startswith("invalid ") else 1])
+    return ": ".join(reason.split(": ")[: 2 if reason.startswith("invalid ") else 1])
 
 
 INPUT_MODELS: dict[str, type[_Record]] = {
@@ -197,8 +230,9 @@ def decode(model: type[BaseModel], raw: bytes, *, pseudonymise: Callable[[str], 
     id never reaches a model (nor an error message).
     """
     if not raw:
-        raise DecodeError("empty value (zero bytes): input records must carry a JSON object",
-                          "the record's value has no bytes")
+        raise DecodeError(
+            "empty value (zero bytes): input records must carry a JSON object", "the record's value has no bytes"
+        )
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ServiceFacts:
     name: str
-    assigned: bool           # the group assigned this worker its share at least once
-    recovering: bool         # reading a partition's state back from its changelog
-    partitions: int          # held now (0 is fine: more workers than partitions)
-    lag: int | None          # records behind the last stable offsets, over the partitions held
+    assigned: bool  # the group assigned this worker its share at least once
+    recovering: bool  # reading a partition's state back from its changelog
+    partitions: int  # held now (0 is fine: more workers than partitions)
+    lag: int | None  # records behind the last stable offsets, over the partitions held
     fetch_age: float | None  # seconds since the broker last answered a fetch (None: nothing held)
 
 

@@ -77,8 +77,8 @@ class InitiativeState:
     clocks: MutableMapping[str, InitiativeClock] = field(default_factory=dict)
     buckets: MutableMapping[str, BucketRow] = field(default_factory=dict)
     series: MutableMapping[str, SeriesState] = field(default_factory=dict)
-    shares: MutableMapping[str, ShareState] = field(default_factory=dict)   # per variant group
-    feeds: MutableMapping[str, FeedState] = field(default_factory=dict)     # per feed, for freshness
+    shares: MutableMapping[str, ShareState] = field(default_factory=dict)  # per variant group
+    feeds: MutableMapping[str, FeedState] = field(default_factory=dict)  # per feed, for freshness
     groups: MutableMapping[str, GroupState] = field(default_factory=dict)
     incidents: MutableMapping[str, tuple[IncidentEvent, IncidentEvent]] = field(default_factory=dict)  # opened, latest
     plans: MutableMapping[str, PlanDocument] = field(default_factory=dict)
@@ -119,7 +119,7 @@ class FeedState:
     """A feed's (engagement x initiative) freshness: its recent rate, its breach state, its last check."""
 
     breach: BreachState = field(default_factory=BreachState)
-    events_per_hour: float = 0.0   # of the last closed bucket with events: a quiet feed may be silent longer
+    events_per_hour: float = 0.0  # of the last closed bucket with events: a quiet feed may be silent longer
     checked_until: float = float("-inf")
 
 
@@ -132,12 +132,12 @@ class ExperimentState:
     """
 
     totals: ExperimentTotals = field(default_factory=ExperimentTotals)
-    started: float = float("inf")               # start of the first bucket with a user of it
+    started: float = float("inf")  # start of the first bucket with a user of it
     readout: ExperimentReadout | None = None
     recommendation: Recommendation | None = None
     memo: ExperimentMemo | None = None
     evaluated_until: float = float("-inf")
-    history: tuple[LiftLook, ...] = ()          # the last LIFT_HISTORY looks, oldest first
+    history: tuple[LiftLook, ...] = ()  # the last LIFT_HISTORY looks, oldest first
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         # Pickle's state of a slotted object is (None, {slot: value}). A worker's snapshot pickled before a field
@@ -146,7 +146,7 @@ class ExperimentState:
         for spec in fields(ExperimentState):
             if spec.name in values:
                 setattr(self, spec.name, values[spec.name])
-            else:   # a field without a default has a factory (which mypy cannot tell)
+            else:  # a field without a default has a factory (which mypy cannot tell)
                 default = spec.default_factory() if spec.default is MISSING else spec.default  # type: ignore[operator]
                 setattr(self, spec.name, default)
 
@@ -200,53 +200,87 @@ class Outputs:
         self.plans.extend(other.plans)
 
 
-def _admitted(settings: Settings, topic: str, raw: bytes | None, what: str, parse: Callable[[bytes], Any],
-              **where: Any) -> Any:
+def _admitted(
+    settings: Settings, topic: str, raw: bytes | None, what: str, parse: Callable[[bytes], Any], **where: Any
+) -> Any:
     """`parse(raw)`, or the dead letter of a record it refuses (DecodeError) or of a tombstone."""
     try:
         if raw is None:
             raise DecodeError(f"empty value (a tombstone): input records must carry {what}")
         return parse(raw)
     except DecodeError as exc:
-        return DeadLetter.of(raw or b"", source_topic=settings.topic(topic), reason=exc.reason,
-                             error=exc.detail[:2000], **where)
+        return DeadLetter.of(
+            raw or b"", source_topic=settings.topic(topic), reason=exc.reason, error=exc.detail[:2000], **where
+        )
 
 
-def admit_rule_change(settings: Settings, raw: bytes | None, *, wall_now: float, key: bytes | None = None,
-                      partition: int | None = None, offset: int | None = None) -> RuleChangeEvent | DeadLetter:
+def admit_rule_change(
+    settings: Settings,
+    raw: bytes | None,
+    *,
+    wall_now: float,
+    key: bytes | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> RuleChangeEvent | DeadLetter:
     """Decode and validate one rule-change record; bad input becomes a dead letter."""
+
     def parse(value: bytes) -> RuleChangeEvent:
         event = decode(RuleChangeEvent, value)
         ahead = event.event_time.timestamp() - wall_now
         if ahead > settings.max_future_seconds:
             raise DecodeError(
                 f"event_time {event.event_time.isoformat()} is {ahead:.0f} s ahead of the wall clock "
-                f"(PMON_MAX_FUTURE_SECONDS={settings.max_future_seconds})")
+                f"(PMON_MAX_FUTURE_SECONDS={settings.max_future_seconds})"
+            )
         return event
 
     return _admitted(settings, RULE_CHANGES, raw, "an event", parse, key=key, partition=partition, offset=offset)
 
 
-def admit_incident_action(settings: Settings, raw: bytes | None, *, key: bytes | None = None,
-                          partition: int | None = None, offset: int | None = None) -> IncidentAction | DeadLetter:
+def admit_incident_action(
+    settings: Settings,
+    raw: bytes | None,
+    *,
+    key: bytes | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> IncidentAction | DeadLetter:
     """Decode and validate one record of the incident-actions topic; bad input becomes a dead letter."""
-    return _admitted(settings, "incident-actions", raw, "an action", lambda value: decode(IncidentAction, value),
-                     key=key, partition=partition, offset=offset)
+    return _admitted(
+        settings,
+        "incident-actions",
+        raw,
+        "an action",
+        lambda value: decode(IncidentAction, value),
+        key=key,
+        partition=partition,
+        offset=offset,
+    )
 
 
 def _same_revision(stored: PlanDocument | None, candidate: PlanDocument) -> bool:
     """`candidate` holds what `stored` holds: only when each was written, and the watermark then (which moves
     with how the records were batched), may differ."""
-    return stored is not None and candidate.model_copy(
-        update={"updated_at": stored.updated_at, "watermark": stored.watermark}) == stored
+    return (
+        stored is not None
+        and candidate.model_copy(update={"updated_at": stored.updated_at, "watermark": stored.watermark}) == stored
+    )
 
 
 class InitiativeStage:
-    def __init__(self, settings: Settings, state: InitiativeState, *, source_partitions: int = 1,
-                 plan_history: Callable[[str], list[PlanDocument]] | None = None,
-                 settings_actor: str = "pmon worker settings",
-                 wall_clock: Callable[[], float] = time.time, observer: Observer | None = None,
-                 shadow_detectors: Mapping[str, Callable[[], BucketDetector]] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: InitiativeState,
+        *,
+        source_partitions: int = 1,
+        plan_history: Callable[[str], list[PlanDocument]] | None = None,
+        settings_actor: str = "pmon worker settings",
+        wall_clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
+        shadow_detectors: Mapping[str, Callable[[], BucketDetector]] | None = None,
+    ) -> None:
         """`source_partitions`: partitions of the engagement topic feeding this stage (the watermark's inputs).
 
         `plan_history(initiative)` returns the revisions written, oldest first, so a new run
@@ -279,15 +313,21 @@ class InitiativeStage:
         self._plans = self.step.table(state.plans)
         self._responses = self.step.table(state.responses)
         clocks = self.step.table(state.clocks)
-        self.windows = WindowKeeper(clocks, buckets, bucket_seconds=settings.bucket_seconds,
-                                    allowed_lateness_seconds=settings.allowed_lateness_seconds,
-                                    retention_days=settings.retention_days,
-                                    source_partitions=source_partitions, idle_seconds=settings.idle_close_seconds)
+        self.windows = WindowKeeper(
+            clocks,
+            buckets,
+            bucket_seconds=settings.bucket_seconds,
+            allowed_lateness_seconds=settings.allowed_lateness_seconds,
+            retention_days=settings.retention_days,
+            source_partitions=source_partitions,
+            idle_seconds=settings.idle_close_seconds,
+        )
         self.breach_policy = BreachPolicy(settings.breach_config())
         # Feeds are checked every `check_interval_seconds`, not every bucket: the same spans in time.
         per_bucket = max(1, round(settings.bucket_seconds / settings.check_interval_seconds))
-        self.feed_policy = BreachPolicy(settings.breach_config().model_copy(
-            update={"escalate_every": settings.escalate_every * per_bucket}))
+        self.feed_policy = BreachPolicy(
+            settings.breach_config().model_copy(update={"escalate_every": settings.escalate_every * per_bucket})
+        )
         self._detector_config = settings.detector_config()
         # The user's alert threshold, when set, runs on every series, whatever else is chosen.
         threshold = (KpiThresholdDetector.kind,) if settings.alert_threshold is not None else ()
@@ -296,8 +336,10 @@ class InitiativeStage:
         self._shadow = dict(shadow_detectors or {})
         both = sorted(set(self._shadow) & set(self._detector_names))
         if both:
-            raise MonitorError(f"shadow detectors {both} already run as series detectors (PMON_SERIES_DETECTORS): "
-                               "their state would collide; measure them as one or the other")
+            raise MonitorError(
+                f"shadow detectors {both} already run as series detectors (PMON_SERIES_DETECTORS): "
+                "their state would collide; measure them as one or the other"
+            )
         self._judged_names = (*self._detector_names, *self._shadow)
         self._thresholds = settings.monitored_thresholds()
         self._thresholds_checked: set[str] = set()
@@ -332,7 +374,7 @@ class InitiativeStage:
             if feed is not None and feed.breach.status != "ok":
                 return float("-inf")
             clock = self.windows.clock(initiative)
-            assert clock is not None   # the initiatives are those with a clock
+            assert clock is not None  # the initiatives are those with a clock
             until = min(until, clock.last_event_wall + silence)
         return until
 
@@ -359,14 +401,27 @@ class InitiativeStage:
             return outputs
         if applied.gap:
             source = partial.source
-            assert source is not None   # a gap is measured against the partial's source range
-            log.error("source offsets lost before %s: partition %d, %d offsets before %d", initiative,
-                      source.partition, applied.gap, source.first)
-            outputs.incidents.append(degraded_incident(
-                f"source-gap:{self.settings.topic('engagement')}[{source.partition}]",
-                at=utc(partial.mark if partial.mark is not None else wall_now), initiative=initiative,
-                observed=applied.gap, detail={"partition": source.partition, "missing_offsets": applied.gap,
-                                              "before_offset": source.first}))
+            assert source is not None  # a gap is measured against the partial's source range
+            log.error(
+                "source offsets lost before %s: partition %d, %d offsets before %d",
+                initiative,
+                source.partition,
+                applied.gap,
+                source.first,
+            )
+            outputs.incidents.append(
+                degraded_incident(
+                    f"source-gap:{self.settings.topic('engagement')}[{source.partition}]",
+                    at=utc(partial.mark if partial.mark is not None else wall_now),
+                    initiative=initiative,
+                    observed=applied.gap,
+                    detail={
+                        "partition": source.partition,
+                        "missing_offsets": applied.gap,
+                        "before_offset": source.first,
+                    },
+                )
+            )
         for experiment, delta in applied.late_experiments.items():
             self._count_late_in_experiment(initiative, experiment, delta)  # a late conversion is a conversion
         for row in applied.closed:
@@ -376,8 +431,9 @@ class InitiativeStage:
     def on_check(self, initiative: str, *, wall_now: float) -> Outputs:
         """The timer's check of one initiative, even when no event arrives: idle buckets, then feed freshness."""
         outputs = Outputs()
-        for row in self.windows.close_idle(initiative, wall_now=wall_now,
-                                           idle_seconds=self.settings.idle_close_seconds):
+        for row in self.windows.close_idle(
+            initiative, wall_now=wall_now, idle_seconds=self.settings.idle_close_seconds
+        ):
             outputs.extend(self._on_bucket_closed(row))
         outputs.extend(self._check_freshness(initiative, wall_now))
         return outputs
@@ -403,27 +459,40 @@ class InitiativeStage:
         interval = self.settings.check_interval_seconds
         evidence = evidence_of(verdict, utc(now - interval), utc(now))
         breach, transitions = self.feed_policy.observe(
-            feed.breach, initiative=initiative, kind="feed_stale", series=f"{initiative}|{FEED}",
-            breached=verdict.breached, evidence=evidence)
+            feed.breach,
+            initiative=initiative,
+            kind="feed_stale",
+            series=f"{initiative}|{FEED}",
+            breached=verdict.breached,
+            evidence=evidence,
+        )
         self._feeds[key] = replace(feed, breach=breach, checked_until=now)
         if self._observer is not None:
             self._observer(Judged("freshness", initiative, key, now - interval, now, verdict, tuple(transitions)))
         outputs = self._fold(initiative, {"feed_stale": transitions} if transitions else {}, until=now)
-        outputs.extend(self._note_feed_in_plan(initiative, clock, "stale" if verdict.breached else "fresh",
-                                               objective.total_seconds(), now))
+        outputs.extend(
+            self._note_feed_in_plan(
+                initiative, clock, "stale" if verdict.breached else "fresh", objective.total_seconds(), now
+            )
+        )
         return outputs
 
-    def _note_feed_in_plan(self, initiative: str, clock: InitiativeClock, status: str, objective: float,
-                           now: float) -> Outputs:
+    def _note_feed_in_plan(
+        self, initiative: str, clock: InitiativeClock, status: str, objective: float, now: float
+    ) -> Outputs:
         """The plan's engagement feed with its status and last event, when its status changed (not at every
         check: the plan is rewritten for what changed, not for time passing)."""
         plan = self._plans.get(initiative)
         topic = self.settings.topic(FEED)
         if plan is None or all(f.name != topic for f in plan.feeds) or plan.feed(topic).status == status:
             return Outputs()
-        feed = DataFeed(name=topic, status=status, freshness_objective_seconds=objective,
-                        last_event_time=utc(max(clock.partition_marks.values())) if clock.partition_marks else None,
-                        last_seen_at=utc(clock.last_event_wall) if clock.last_event_wall else None)
+        feed = DataFeed(
+            name=topic,
+            status=status,
+            freshness_objective_seconds=objective,
+            last_event_time=utc(max(clock.partition_marks.values())) if clock.partition_marks else None,
+            last_seen_at=utc(clock.last_event_wall) if clock.last_event_wall else None,
+        )
         return self._publish(initiative, with_feed(plan, feed, at=utc(now)))
 
     def _note_feed_rate(self, row: BucketRow) -> None:
@@ -455,8 +524,16 @@ class InitiativeStage:
         initiative = event.initiative
         outputs = self._check_thresholds(initiative, event.event_time)
         state = self._governance.get(initiative) or GovernanceState()
-        change = AuditedChange(event.event_id, event.event_time.timestamp(), event.rule_id, event.action, event.author,
-                            event.approver, event.ticket, event.experiment)
+        change = AuditedChange(
+            event.event_id,
+            event.event_time.timestamp(),
+            event.rule_id,
+            event.action,
+            event.author,
+            event.approver,
+            event.ticket,
+            event.experiment,
+        )
         events = self.governance.on_rule_change(state, change, initiative=initiative)
         self._governance[initiative] = state
         outputs.extend(self._fold(initiative, {}, until=float("-inf"), direct=events, governance_changed=True))
@@ -471,28 +548,37 @@ class InitiativeStage:
         if plan is None and self._plan_history is not None:
             plan = self._resume_plan(initiative, at)
         if plan is None:
-            created = new_plan(initiative, thresholds=self._thresholds, at=at,
-                               feeds=[self.settings.topic(t) for t in EVENT_TOPICS])
+            created = new_plan(
+                initiative, thresholds=self._thresholds, at=at, feeds=[self.settings.topic(t) for t in EVENT_TOPICS]
+            )
             ahead = self._history_ahead.get(initiative)
             if not ahead:
                 created = self._stamped(created)
                 self._plans[initiative] = created
                 return Outputs(plans=[created])
             if _same_revision(ahead.pop(created.revision, None), self._stamped(created)):
-                self._plans[initiative] = created   # as the stored history began: re-derive it
+                self._plans[initiative] = created  # as the stored history began: re-derive it
                 return Outputs()
-            ahead.clear()   # other settings than the stored history's: continue its latest revision
+            ahead.clear()  # other settings than the stored history's: continue its latest revision
             plan = self._history_latest[initiative]
         self._plans[initiative] = plan
-        return self._publish(initiative, with_thresholds(plan, self._thresholds, at=at, actor=self._settings_actor,
-                                                         reason="thresholds or cadence differ from the previous run's"))
+        return self._publish(
+            initiative,
+            with_thresholds(
+                plan,
+                self._thresholds,
+                at=at,
+                actor=self._settings_actor,
+                reason="thresholds or cadence differ from the previous run's",
+            ),
+        )
 
     def _resume_plan(self, initiative: str, at: datetime) -> PlanDocument | None:
         """The stored revision this run continues from, so a run over input an earlier run saw re-derives that
         run's revisions instead of appending copies of them: the last one written before event time `at`; None
         when the history starts at `at` or later (the run re-derives it from its first revision, see
         `_check_thresholds`)."""
-        assert self._plan_history is not None   # the caller checks
+        assert self._plan_history is not None  # the caller checks
         try:
             history = self._plan_history(initiative)
         except PlanError as exc:
@@ -502,8 +588,9 @@ class InitiativeStage:
             return None
         before = [plan for plan in history if (plan.watermark or plan.updated_at) < at]
         start = before[-1] if before else None
-        self._history_ahead[initiative] = {p.revision: p for p in history
-                                           if start is None or p.revision > start.revision}
+        self._history_ahead[initiative] = {
+            p.revision: p for p in history if start is None or p.revision > start.revision
+        }
         self._history_latest[initiative] = history[-1]
         return start
 
@@ -522,8 +609,8 @@ class InitiativeStage:
                 stored, candidate = ahead.pop(number, None), self._stamped(plan.model_copy(update={"revision": number}))
                 if _same_revision(stored, candidate):
                     self._plans[initiative] = stored
-                    return Outputs()   # written by an earlier run of the same input
-                ahead.clear()          # this run differs from there on: number after all that is stored
+                    return Outputs()  # written by an earlier run of the same input
+                ahead.clear()  # this run differs from there on: number after all that is stored
                 number = max(number, self._history_latest[initiative].revision + 1)
             plan = plan.model_copy(update={"revision": number})
         plan = self._stamped(plan)
@@ -535,8 +622,9 @@ class InitiativeStage:
         event-time watermark it reflects."""
         clock = self.windows.clocks.get(plan.initiative)
         watermark = utc(clock.watermark) if clock is not None and clock.watermark is not None else plan.watermark
-        return plan.model_copy(update={"updated_at": max(utc(self._wall_clock()), plan.updated_at),
-                                       "watermark": watermark})
+        return plan.model_copy(
+            update={"updated_at": max(utc(self._wall_clock()), plan.updated_at), "watermark": watermark}
+        )
 
     def _new_detector(self, name: str) -> BucketDetector:
         if name in self._shadow:
@@ -557,13 +645,23 @@ class InitiativeStage:
                 key = f"{observation.series}|{name}"
                 series = self._series.get(key) or SeriesState(self._new_detector(name), BreachState())
                 if series.evaluated_until < row.end:
-                    evaluation = evaluate_bucket(series.detector, series.breach, self.breach_policy, observation,
-                                                 initiative=row.initiative)
+                    evaluation = evaluate_bucket(
+                        series.detector, series.breach, self.breach_policy, observation, initiative=row.initiative
+                    )
                     series = SeriesState(series.detector, evaluation.breach_state, row.end, evaluation.incidents)
                     self._series[key] = series
                     if self._observer is not None:
-                        self._observer(Judged(name, row.initiative, observation.series, row.start, row.end,
-                                              evaluation.verdict, tuple(evaluation.incidents)))
+                        self._observer(
+                            Judged(
+                                name,
+                                row.initiative,
+                                observation.series,
+                                row.start,
+                                row.end,
+                                evaluation.verdict,
+                                tuple(evaluation.incidents),
+                            )
+                        )
                 if name in self._shadow:
                     continue  # measured, not monitored: nothing is folded into the initiative's incidents
                 for transition in series.transitions if series.evaluated_until == row.end else ():
@@ -572,8 +670,9 @@ class InitiativeStage:
             by_kind.setdefault(transition.kind, []).append(transition)
         governance = self._governance.get(row.initiative) or GovernanceState()
         direct = []
-        for transition in self.governance.on_bucket(governance, row.governance, initiative=row.initiative,
-                                                    start=row.start, end=row.end):
+        for transition in self.governance.on_bucket(
+            governance, row.governance, initiative=row.initiative, start=row.start, end=row.end
+        ):
             if transition.kind == "consent_violation":
                 direct.append(transition)  # already one incident per initiative
             else:
@@ -604,8 +703,11 @@ class InitiativeStage:
         clock = self.windows.clock(row.initiative)
         if row.events() and clock is not None and (feed is None or feed.breach.status == "ok"):
             # A bucket closed with events and no freshness breach: the feed is known to be delivering.
-            outputs.extend(self._note_feed_in_plan(row.initiative, clock, "fresh",
-                                                   self.settings.freshness_objective_seconds, row.end))
+            outputs.extend(
+                self._note_feed_in_plan(
+                    row.initiative, clock, "fresh", self.settings.freshness_objective_seconds, row.end
+                )
+            )
         return outputs
 
     def _read_experiments(self, row: BucketRow) -> Outputs:
@@ -628,13 +730,20 @@ class InitiativeStage:
                 continue  # no plan to read it against: totals kept, no readout
             readout = read_experiment(spec, state.totals, previous=state.readout)
             recommendation = recommend(spec, readout, self._investigation_flags(row.initiative, experiment))
-            change = decision_change(state.recommendation, recommendation, readout,
-                                     window_start=utc(state.started), window_end=utc(row.end))
+            change = decision_change(
+                state.recommendation, recommendation, readout, window_start=utc(state.started), window_end=utc(row.end)
+            )
             memo = build_memo(spec, readout, recommendation)
-            look = LiftLook(row.end, memo.summary.primary_lift, memo.summary.primary_lift_low,
-                            memo.summary.primary_lift_high)
-            experiments[experiment] = replace(state, readout=readout, recommendation=recommendation, memo=memo,
-                                              history=(*state.history, look)[-LIFT_HISTORY:])
+            look = LiftLook(
+                row.end, memo.summary.primary_lift, memo.summary.primary_lift_low, memo.summary.primary_lift_high
+            )
+            experiments[experiment] = replace(
+                state,
+                readout=readout,
+                recommendation=recommendation,
+                memo=memo,
+                history=(*state.history, look)[-LIFT_HISTORY:],
+            )
             if change.event is not None:
                 event = change.event
                 self._incidents[event.incident_id] = (event, event)
@@ -642,10 +751,15 @@ class InitiativeStage:
                 if plan is not None:
                     plan = with_experiment_memo(plan, memo.summary, at=utc(row.end))
                     if memo.summary.primary_lift is not None:
-                        plan = with_metric(plan, "lift_pct", at=utc(row.end), actor="pmon experiments",
-                                           reason=f"{experiment}: {memo.summary.primary_metric} lift of "
-                                                  f"{memo.summary.variant or 'the treatment'} at the readout",
-                                           current=round(100.0 * memo.summary.primary_lift, 2))
+                        plan = with_metric(
+                            plan,
+                            "lift_pct",
+                            at=utc(row.end),
+                            actor="pmon experiments",
+                            reason=f"{experiment}: {memo.summary.primary_metric} lift of "
+                            f"{memo.summary.variant or 'the treatment'} at the readout",
+                            current=round(100.0 * memo.summary.primary_lift, 2),
+                        )
         if experiments:
             self._experiments[row.initiative] = experiments
         if plan is not None:
@@ -658,20 +772,34 @@ class InitiativeStage:
         flags = []
         suppressed = self._groups.get(f"{initiative}|variant_suppression")
         if suppressed is not None and suppressed.incident is not None:
-            flags.append(InvestigationFlag(
-                kind="variant_suppression", incident_id=suppressed.incident,
-                summary=f"variant suppressed on {', '.join(suppressed.members)}"))
+            flags.append(
+                InvestigationFlag(
+                    kind="variant_suppression",
+                    incident_id=suppressed.incident,
+                    summary=f"variant suppressed on {', '.join(suppressed.members)}",
+                )
+            )
         governance = self._governance.get(initiative) or GovernanceState()
         for key, finding in sorted(governance.audit.open.items()):
             kind, rule = key.split("|", 1)
             if kind == "experiment_integrity" and experiment in governance.live.get(rule, {}):
-                flags.append(InvestigationFlag(kind="integrity_breach", incident_id=finding.incident,
-                                               summary=f"rule {rule}, which serves the experiment, changed"))
+                flags.append(
+                    InvestigationFlag(
+                        kind="integrity_breach",
+                        incident_id=finding.incident,
+                        summary=f"rule {rule}, which serves the experiment, changed",
+                    )
+                )
         for measure in ("consent", "fallback"):
             breach = governance.balance.get(f"{experiment}|{measure}")
             if breach is not None and breach.status == "firing":
-                flags.append(InvestigationFlag(kind="variant_imbalance", incident_id=breach.incident,
-                                               summary=f"variants differ in {measure} rate beyond chance"))
+                flags.append(
+                    InvestigationFlag(
+                        kind="variant_imbalance",
+                        incident_id=breach.incident,
+                        summary=f"variants differ in {measure} rate beyond chance",
+                    )
+                )
         return flags
 
     def _drop_expired(self, initiative: str) -> None:
@@ -710,20 +838,33 @@ class InitiativeStage:
                     series = join_variant(group, variant)
                     evidence = evidence_of(verdict, utc(row.start), utc(row.end), kpi="exposure_share")
                     breaches[series], new = self.breach_policy.observe(
-                        breaches.get(series, BreachState()), initiative=row.initiative,
-                        kind=state.detector.kind, series=series, breached=verdict.breached, evidence=evidence)
+                        breaches.get(series, BreachState()),
+                        initiative=row.initiative,
+                        kind=state.detector.kind,
+                        series=series,
+                        breached=verdict.breached,
+                        evidence=evidence,
+                    )
                     caused += new
                     if self._observer is not None:
-                        self._observer(Judged("variant_share", row.initiative, series, row.start, row.end, verdict,
-                                              tuple(new)))
+                        self._observer(
+                            Judged("variant_share", row.initiative, series, row.start, row.end, verdict, tuple(new))
+                        )
                 state = ShareState(state.detector, breaches, row.end, caused)
                 self._shares[group] = state
             if state.evaluated_until == row.end:
                 transitions += state.transitions
         return transitions
 
-    def _fold(self, initiative: str, by_kind: dict[str, list[IncidentEvent]], *, until: float,
-              direct: Sequence[IncidentEvent] = (), governance_changed: bool = False) -> Outputs:
+    def _fold(
+        self,
+        initiative: str,
+        by_kind: dict[str, list[IncidentEvent]],
+        *,
+        until: float,
+        direct: Sequence[IncidentEvent] = (),
+        governance_changed: bool = False,
+    ) -> Outputs:
         """One incident per (initiative, kind): fold the step's transitions into the groups; update the plan.
 
         `direct` transitions are incidents already (consent violations, audit findings): no grouping. An opened
@@ -747,8 +888,9 @@ class InitiativeStage:
                 incidents.append(incident)
             self._groups[group_key] = replace(group, evaluated_until=until)
         for incident in incidents:
-            log.info("incident %s %s %s owner=%s", incident.incident_id, incident.transition,
-                     incident.series, incident.owner)
+            log.info(
+                "incident %s %s %s owner=%s", incident.incident_id, incident.transition, incident.series, incident.owner
+            )
             governance.note_opened(incident)
             known = self._incidents.get(incident.incident_id)
             self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
@@ -756,8 +898,12 @@ class InitiativeStage:
             if incident.transition == "resolved" and known is not None:
                 self._note_response(initiative, incident.incident_id, known[0].occurred_at, incident.occurred_at)
             if plan is not None:
-                plan = with_incident(plan, _summary(plan, incident, self.settings.roster), at=incident.occurred_at,
-                                     steps=playbook_steps(incident.kind))
+                plan = with_incident(
+                    plan,
+                    _summary(plan, incident, self.settings.roster),
+                    at=incident.occurred_at,
+                    steps=playbook_steps(incident.kind),
+                )
         if incidents:
             self._governance[initiative] = governance
         if plan is not None and any(i.transition == "resolved" for i in incidents):
@@ -779,8 +925,15 @@ class InitiativeStage:
             return Outputs()
         try:
             known = plan.incident(action.incident_id)
-            updated = with_incident_action(plan, action.incident_id, action.action, by=action.by, text=action.text,
-                                           at=action.at, action_id=action.event_id)
+            updated = with_incident_action(
+                plan,
+                action.incident_id,
+                action.action,
+                by=action.by,
+                text=action.text,
+                at=action.at,
+                action_id=action.event_id,
+            )
         except PlanError as exc:
             log.warning("incident action %s dropped: %s", action.event_id, exc)
             return Outputs()
@@ -800,10 +953,14 @@ class InitiativeStage:
         responses = self._responses.get(initiative) or {}
         if not responses:
             return plan
-        return with_metric(plan, "incident_response_minutes", at=plan.watermark or plan.updated_at,
-                           actor="pmon incidents",
-                           reason=f"median over {len(responses)} incident(s)",
-                           current=round(statistics.median(responses.values()), 1))
+        return with_metric(
+            plan,
+            "incident_response_minutes",
+            at=plan.watermark or plan.updated_at,
+            actor="pmon incidents",
+            reason=f"median over {len(responses)} incident(s)",
+            current=round(statistics.median(responses.values()), 1),
+        )
 
     def _govern_plan(self, plan: PlanDocument, governance: GovernanceState, at: datetime) -> PlanDocument:
         """The plan with the governance checklist, the approvals rule changes wait for, and consent adherence."""
@@ -814,18 +971,29 @@ class InitiativeStage:
             known = next((a for a in plan.approvals if a.item == item), None)
             if change.event_id in pending:
                 role = owner_at(0) if change.rule_id in governance.live else owner_at(1)
-                approval = Approval(item=f"rule-change {change.event_id}", requested_by=change.author,
-                                    approver_role=role, requested_at=utc(change.at))
+                approval = Approval(
+                    item=f"rule-change {change.event_id}",
+                    requested_by=change.author,
+                    approver_role=role,
+                    requested_at=utc(change.at),
+                )
             elif known is not None and known.status == "pending":
                 approval = known.model_copy(update={"status": "approved", "decided_at": max(at, known.requested_at)})
             else:
                 continue
             plan = with_approval(plan, approval, at=at)
-        adherence = adherence_pct(sum(c[0] for c in governance.adherence.values()),
-                                  sum(c[1] for c in governance.adherence.values()))
+        adherence = adherence_pct(
+            sum(c[0] for c in governance.adherence.values()), sum(c[1] for c in governance.adherence.values())
+        )
         if adherence is not None:
-            plan = with_metric(plan, "consent_adherence_pct", at=at, actor="pmon governance",
-                               reason="consent adherence of personalized exposures", current=adherence)
+            plan = with_metric(
+                plan,
+                "consent_adherence_pct",
+                at=at,
+                actor="pmon governance",
+                reason="consent adherence of personalized exposures",
+                current=adherence,
+            )
         return plan
 
 
@@ -837,11 +1005,18 @@ def _summary(plan: PlanDocument, incident: IncidentEvent, roster: Mapping[str, A
     # Who is on duty the day the incident took its current owner (event time).
     assignee, reason = assignee_of(roster, incident.owner, incident.occurred_at.date())
     return IncidentSummary(
-        incident_id=incident.incident_id, kind=incident.kind, severity=incident.severity,
-        series=tuple(incident.series), owner=incident.owner,
+        incident_id=incident.incident_id,
+        kind=incident.kind,
+        severity=incident.severity,
+        series=tuple(incident.series),
+        owner=incident.owner,
         opened_at=known.opened_at if known is not None else incident.occurred_at,
-        last_transition=incident.occurred_at, status=_STATUS[incident.transition],
-        escalation_level=incident.rung, playbook=incident.playbook,
+        last_transition=incident.occurred_at,
+        status=_STATUS[incident.transition],
+        escalation_level=incident.rung,
+        playbook=incident.playbook,
         acknowledged_at=known.acknowledged_at if known is not None else None,
         acknowledged_by=known.acknowledged_by if known is not None else None,
-        assignee=assignee, assignee_reason=reason)
+        assignee=assignee,
+        assignee_reason=reason,
+    )

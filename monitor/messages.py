@@ -29,8 +29,7 @@ from incidents.model import IncidentAction
 from monitor.events import RuleChangeEvent
 from monitor.exceptions import StageError
 
-__all__ = ["Counters", "BucketPartial", "SourceRange", "Partial", "Tick", "RuleChange", "Message", "encode",
-           "decode"]
+__all__ = ["Counters", "BucketPartial", "SourceRange", "Partial", "Tick", "RuleChange", "Message", "encode", "decode"]
 
 
 @dataclass(slots=True)
@@ -81,20 +80,28 @@ class BucketPartial:
         merge_bucket(self, other)
 
     def to_wire(self, initiative: str) -> dict[str, Any]:
-        return {"series": {_short(initiative, k): c.to_wire() for k, c in self.series.items()},
-                "cohorts": {k: c.to_wire() for k, c in self.cohorts.items()},
-                "governance": {"rules": self.governance.rules, "variants": self.governance.variants,
-                               "personalized": self.governance.personalized},
-                "experiments": {k: t.as_dict() for k, t in self.experiments.items()}}
+        return {
+            "series": {_short(initiative, k): c.to_wire() for k, c in self.series.items()},
+            "cohorts": {k: c.to_wire() for k, c in self.cohorts.items()},
+            "governance": {
+                "rules": self.governance.rules,
+                "variants": self.governance.variants,
+                "personalized": self.governance.personalized,
+            },
+            "experiments": {k: t.as_dict() for k, t in self.experiments.items()},
+        }
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], initiative: str) -> BucketPartial:
         governance = data["governance"]
-        return cls(series={_long(initiative, k): Counters.from_wire(v) for k, v in data["series"].items()},
-                   cohorts={k: Counters.from_wire(v) for k, v in data["cohorts"].items()},
-                   governance=GovernanceTally(rules=governance["rules"], variants=governance["variants"],
-                                              personalized=governance["personalized"]),
-                   experiments={k: ExperimentTotals.from_dict(v) for k, v in data["experiments"].items()})
+        return cls(
+            series={_long(initiative, k): Counters.from_wire(v) for k, v in data["series"].items()},
+            cohorts={k: Counters.from_wire(v) for k, v in data["cohorts"].items()},
+            governance=GovernanceTally(
+                rules=governance["rules"], variants=governance["variants"], personalized=governance["personalized"]
+            ),
+            experiments={k: ExperimentTotals.from_dict(v) for k, v in data["experiments"].items()},
+        )
 
 
 def merge_bucket(target: Any, bucket: BucketPartial) -> None:
@@ -136,7 +143,7 @@ class Partial:
     partition: int
     source: SourceRange | None = None
     mark: float | None = None
-    buckets: dict[float, BucketPartial] = field(default_factory=dict)   # by bucket start (epoch seconds)
+    buckets: dict[float, BucketPartial] = field(default_factory=dict)  # by bucket start (epoch seconds)
     violations: list[Violation] = field(default_factory=list)
     # Dead letters of the source partition's batch, by reason kind (`monitor.events.reason_kind`); sent with
     # the offset range, so a redelivery is not counted twice.
@@ -148,11 +155,15 @@ class Partial:
     def merge(self, later: Partial) -> None:
         """Fold in the next batch's partial of the same initiative and source partition: one message for both."""
         if (later.initiative, later.partition) != (self.initiative, self.partition):
-            raise StageError(f"cannot merge {later.initiative}/{later.partition} into "
-                             f"{self.initiative}/{self.partition}")
+            raise StageError(
+                f"cannot merge {later.initiative}/{later.partition} into {self.initiative}/{self.partition}"
+            )
         if later.source is not None:
-            self.source = later.source if self.source is None else \
-                SourceRange(self.partition, self.source.first, later.source.last)
+            self.source = (
+                later.source
+                if self.source is None
+                else SourceRange(self.partition, self.source.first, later.source.last)
+            )
         if later.mark is not None:
             self.mark = later.mark if self.mark is None else max(self.mark, later.mark)
         for start, bucket in later.buckets.items():
@@ -202,14 +213,20 @@ def encode(message: Message) -> bytes:
     """The wire form of a message: one JSON object with a `type` tag."""
     if isinstance(message, Partial):
         source = message.source
-        return orjson.dumps({
-            "type": "partial", "initiative": message.initiative, "partition": message.partition,
-            "source": None if source is None else [source.partition, source.first, source.last],
-            "mark": message.mark,
-            "buckets": [[start, bucket.to_wire(message.initiative)]
-                        for start, bucket in sorted(message.buckets.items())],
-            "violations": _violations_to_wire(message.initiative, message.violations),
-            **({"dead": message.dead_letters} if message.dead_letters else {})})
+        return orjson.dumps(
+            {
+                "type": "partial",
+                "initiative": message.initiative,
+                "partition": message.partition,
+                "source": None if source is None else [source.partition, source.first, source.last],
+                "mark": message.mark,
+                "buckets": [
+                    [start, bucket.to_wire(message.initiative)] for start, bucket in sorted(message.buckets.items())
+                ],
+                "violations": _violations_to_wire(message.initiative, message.violations),
+                **({"dead": message.dead_letters} if message.dead_letters else {}),
+            }
+        )
     if isinstance(message, Tick):
         return orjson.dumps({"type": "tick", "initiative": message.initiative})
     if isinstance(message, RuleChange):
@@ -227,12 +244,17 @@ def decode(raw: bytes) -> Message:
         if kind == "partial":
             source = data["source"]
             return Partial(
-                initiative=data["initiative"], partition=data["partition"],
-                source=None if source is None else SourceRange(*source), mark=data["mark"],
-                buckets={float(start): BucketPartial.from_wire(bucket, data["initiative"])
-                         for start, bucket in data["buckets"]},
+                initiative=data["initiative"],
+                partition=data["partition"],
+                source=None if source is None else SourceRange(*source),
+                mark=data["mark"],
+                buckets={
+                    float(start): BucketPartial.from_wire(bucket, data["initiative"])
+                    for start, bucket in data["buckets"]
+                },
                 violations=_violations_from_wire(data["initiative"], data["violations"]),
-                dead_letters=data.get("dead", {}))
+                dead_letters=data.get("dead", {}),
+            )
         if kind == "tick":
             return Tick(data["initiative"])
         if kind == "rule_change":
@@ -249,7 +271,7 @@ def decode(raw: bytes) -> Message:
 # Series keys start with their initiative, which the partial names already: on the wire they start with "|"
 # instead (an initiative's name is never empty). Violations are arrays, their reasons listed once.
 def _short(initiative: str, series: str) -> str:
-    return series[len(initiative):] if series.startswith(initiative + "|") else series
+    return series[len(initiative) :] if series.startswith(initiative + "|") else series
 
 
 def _long(initiative: str, series: str) -> str:
@@ -258,13 +280,27 @@ def _long(initiative: str, series: str) -> str:
 
 def _violations_to_wire(initiative: str, violations: Iterable[Violation]) -> dict[str, Any]:
     reasons: dict[str, int] = {}
-    items = [[v.event_id, v.at, _short(initiative, v.series), v.user, reasons.setdefault(v.reason, len(reasons)),
-              v.late, v.acquitted, v.initiative if v.initiative != initiative else None] for v in violations]
+    items = [
+        [
+            v.event_id,
+            v.at,
+            _short(initiative, v.series),
+            v.user,
+            reasons.setdefault(v.reason, len(reasons)),
+            v.late,
+            v.acquitted,
+            v.initiative if v.initiative != initiative else None,
+        ]
+        for v in violations
+    ]
     return {"reasons": list(reasons), "items": items}
 
 
 def _violations_from_wire(initiative: str, data: dict[str, Any]) -> list[Violation]:
     reasons = data["reasons"]
-    return [Violation(event_id, at, own or initiative, _long(own or initiative, series), user, reasons[reason],
-                      late, acquitted)
-            for event_id, at, series, user, reason, late, acquitted, own in data["items"]]
+    return [
+        Violation(
+            event_id, at, own or initiative, _long(own or initiative, series), user, reasons[reason], late, acquitted
+        )
+        for event_id, at, series, user, reason, late, acquitted, own in data["items"]
+    ]

@@ -32,30 +32,50 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.records = Counter("pmon_records", "Input records received, per topic.", ["topic"], registry=registry)
-        self.dead_letters = Counter("pmon_dead_letters", "Records sent to the dead-letter topic, per source topic, "
-                                    "stage and reason kind (the reason without its particulars).",
-                                    ["topic", "stage", "reason"], registry=registry)
-        self.incident_transitions = Counter("pmon_incident_transitions", "Incident transitions emitted.",
-                                            ["kind", "transition"], registry=registry)
-        self.sink_retries = Counter("pmon_sink_retries", "Failed sink writes that were retried.", ["sink"],
-                                    registry=registry)
+        self.dead_letters = Counter(
+            "pmon_dead_letters",
+            "Records sent to the dead-letter topic, per source topic, "
+            "stage and reason kind (the reason without its particulars).",
+            ["topic", "stage", "reason"],
+            registry=registry,
+        )
+        self.incident_transitions = Counter(
+            "pmon_incident_transitions", "Incident transitions emitted.", ["kind", "transition"], registry=registry
+        )
+        self.sink_retries = Counter(
+            "pmon_sink_retries", "Failed sink writes that were retried.", ["sink"], registry=registry
+        )
         self.plan_writes = Counter("pmon_plan_writes", "Plan documents written.", registry=registry)
-        self.stage1_partitions = Gauge("pmon_stage1_partitions",
-                                       "Source partitions (engagement and consent) this worker's stage 1 holds.",
-                                       registry=registry)
-        self.stage2_partitions = Gauge("pmon_stage2_partitions",
-                                       "Partitions of the partials topic (initiatives) this worker's stage 2 holds.",
-                                       registry=registry)
-        self.consumer_lag = Gauge("pmon_consumer_lag", "Records behind the last stable offset, per consumer group, "
-                                  "topic and partition this worker holds.", ["group", "topic", "partition"],
-                                  registry=registry)
+        self.stage1_partitions = Gauge(
+            "pmon_stage1_partitions",
+            "Source partitions (engagement and consent) this worker's stage 1 holds.",
+            registry=registry,
+        )
+        self.stage2_partitions = Gauge(
+            "pmon_stage2_partitions",
+            "Partitions of the partials topic (initiatives) this worker's stage 2 holds.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "pmon_consumer_lag",
+            "Records behind the last stable offset, per consumer group, topic and partition this worker holds.",
+            ["group", "topic", "partition"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "pmon_processing_latency_seconds",
             "counted: from the engagement record's append to the broker to its bucket counted by stage 2 (the "
             "commit that makes it visible); incident: from the step that closed a bucket to its incident sent.",
-            ["step"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.ready = Gauge("pmon_ready", "1 while /ready answers 200 (both stages joined, recovered, fetching, "
-                           "not lagging beyond PMON_READY_MAX_LAG), else 0.", registry=registry)
+            ["step"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "pmon_ready",
+            "1 while /ready answers 200 (both stages joined, recovered, fetching, "
+            "not lagging beyond PMON_READY_MAX_LAG), else 0.",
+            registry=registry,
+        )
         self.build = Info("pmon_build", "The worker's version and Python.", registry=registry)
         self.build.info({"version": _version(), "python": platform.python_version()})
 
@@ -88,27 +108,44 @@ class StageCollector(Collector):
     3
     """
 
-    def __init__(self, stages: Callable[[], Iterable[InitiativeStage]], users: Callable[[], int],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        stages: Callable[[], Iterable[InitiativeStage]],
+        users: Callable[[], int],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._stages, self._users, self._clock = stages, users, clock
 
     def describe(self) -> list[Any]:
-        return []   # collected at scrape time only: the registry need not call collect() to learn the names
+        return []  # collected at scrape time only: the registry need not call collect() to learn the names
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from governance.scan import adherence_pct
 
-        open_incidents = GaugeMetricFamily("pmon_open_incidents", "Incidents not resolved, by kind, severity and "
-                                           "owner role.", labels=["kind", "severity", "owner"])
-        kpis = GaugeMetricFamily("pmon_kpi", "The last closed bucket's KPI per initiative and channel (ctr, cvr, "
-                                 "fallback_rate; consent_adherence over the monitored period, in %).",
-                                 labels=["initiative", "channel", "kpi"])
-        lag = GaugeMetricFamily("pmon_event_time_lag_seconds", "Wall clock minus the initiative's event-time "
-                                "watermark.", labels=["initiative"])
-        last_event = GaugeMetricFamily("pmon_feed_last_event_timestamp_seconds", "Greatest event time read per "
-                                       "initiative and feed.", labels=["initiative", "feed"])
-        entries = GaugeMetricFamily("pmon_state_entries", "Entries of each state table this worker holds.",
-                                    labels=["table"])
+        open_incidents = GaugeMetricFamily(
+            "pmon_open_incidents",
+            "Incidents not resolved, by kind, severity and owner role.",
+            labels=["kind", "severity", "owner"],
+        )
+        kpis = GaugeMetricFamily(
+            "pmon_kpi",
+            "The last closed bucket's KPI per initiative and channel (ctr, cvr, "
+            "fallback_rate; consent_adherence over the monitored period, in %).",
+            labels=["initiative", "channel", "kpi"],
+        )
+        lag = GaugeMetricFamily(
+            "pmon_event_time_lag_seconds",
+            "Wall clock minus the initiative's event-time watermark.",
+            labels=["initiative"],
+        )
+        last_event = GaugeMetricFamily(
+            "pmon_feed_last_event_timestamp_seconds",
+            "Greatest event time read per initiative and feed.",
+            labels=["initiative", "feed"],
+        )
+        entries = GaugeMetricFamily(
+            "pmon_state_entries", "Entries of each state table this worker holds.", labels=["table"]
+        )
         counts: dict[tuple[str, str, str], int] = {}
         sizes: dict[str, int] = {}
         now = self._clock()
@@ -134,7 +171,7 @@ class StageCollector(Collector):
                         for kpi, value in rates.items():
                             kpis.add_metric([initiative, channel, kpi], value)
                 governance = state.governance.get(initiative)
-                for channel, (personalized, violations) in (governance.adherence.items() if governance else ()):
+                for channel, (personalized, violations) in governance.adherence.items() if governance else ():
                     pct = adherence_pct(personalized, violations)
                     if pct is not None:
                         kpis.add_metric([initiative, channel, "consent_adherence"], pct)
@@ -157,8 +194,9 @@ def _channel_rates(rows: Iterable[Any]) -> dict[str, dict[str, float]]:
             cell[1] += counters.clicks
             cell[2] += counters.conversions
             cell[3] += counters.fallbacks
-    return {channel: {"ctr": c / e, "cvr": v / e, "fallback_rate": f / e}
-            for channel, (e, c, v, f) in totals.items() if e}
+    return {
+        channel: {"ctr": c / e, "cvr": v / e, "fallback_rate": f / e} for channel, (e, c, v, f) in totals.items() if e
+    }
 
 
 def metric_reference() -> list[tuple[str, str, tuple[str, ...], str]]:
@@ -174,16 +212,20 @@ def metric_reference() -> list[tuple[str, str, tuple[str, ...], str]]:
         kind = metric._type
         name = metric._name + ("_total" if kind == "counter" else "_info" if kind == "info" else "")
         rows.append((name, kind, tuple(metric._labelnames), metric._documentation))
-    rows += [(family.name, family.type, tuple(family._labelnames), family.documentation)
-             for family in StageCollector(lambda: [], lambda: 0).collect()]
+    rows += [
+        (family.name, family.type, tuple(family._labelnames), family.documentation)
+        for family in StageCollector(lambda: [], lambda: 0).collect()
+    ]
     return sorted(rows)
 
 
 def metrics_table() -> str:
     """Markdown: one row per metric."""
     lines = ["| metric | type | labels | what |", "|---|---|---|---|"]
-    lines += [f"| `{name}` | {kind} | {', '.join(f'`{label}`' for label in labels) or '–'} | {text} |"
-              for name, kind, labels, text in metric_reference()]
+    lines += [
+        f"| `{name}` | {kind} | {', '.join(f'`{label}`' for label in labels) or '–'} | {text} |"
+        for name, kind, labels, text in metric_reference()
+    ]
     return "\n".join(lines)
 
 

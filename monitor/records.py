@@ -72,7 +72,7 @@ def _constraint(model: type[BaseModel], name: str, kind: str) -> Any:
     """The value of constraint `kind` (``ge``, ``max_length``...) of a field, also inside ``Name | None``."""
     field = model.model_fields[name]
     metadata = list(field.metadata)
-    for member in get_args(field.annotation):   # Optional[Annotated[str, FieldInfo(...)]]
+    for member in get_args(field.annotation):  # Optional[Annotated[str, FieldInfo(...)]]
         for info in getattr(member, "__metadata__", ()):
             metadata += getattr(info, "metadata", [info])
     for item in metadata:
@@ -89,29 +89,64 @@ def _expect(condition: bool, what: str) -> None:
 
 # The fast path unpacks a record's values in these orders and checks these fields by name:
 # a field added, removed or moved in a model must be handled here first.
-_ENGAGEMENT_ORDER = ("event_id", "event_type", "event_time", "user_id", "initiative", "profile", "channel", "cohort",
-                     "experiment", "variant", "rule_id", "fallback", "decision_latency_ms", "revenue", "region")
+_ENGAGEMENT_ORDER = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "user_id",
+    "initiative",
+    "profile",
+    "channel",
+    "cohort",
+    "experiment",
+    "variant",
+    "rule_id",
+    "fallback",
+    "decision_latency_ms",
+    "revenue",
+    "region",
+)
 _CONSENT_ORDER = ("event_id", "event_time", "user_id", "purpose", "status", "source", "region")
-_ENGAGEMENT_NAMES = ("event_id", "user_id", "initiative", "profile", "channel", "cohort", "experiment", "variant",
-                     "rule_id", "region")
+_ENGAGEMENT_NAMES = (
+    "event_id",
+    "user_id",
+    "initiative",
+    "profile",
+    "channel",
+    "cohort",
+    "experiment",
+    "variant",
+    "rule_id",
+    "region",
+)
 _CONSENT_NAMES = ("event_id", "user_id", "source", "region")
 _expect(tuple(EngagementEvent.model_fields) == _ENGAGEMENT_ORDER, "EngagementEvent's fields")
 _expect(tuple(ConsentEvent.model_fields) == _CONSENT_ORDER, "ConsentEvent's fields")
 for _model in (EngagementEvent, ConsentEvent):
-    _expect(_model.model_config.get("str_strip_whitespace") is True and not _model.model_config.get("strict")
-            and _model.model_config.get("extra") == "forbid", f"{_model.__name__}'s config")
+    _expect(
+        _model.model_config.get("str_strip_whitespace") is True
+        and not _model.model_config.get("strict")
+        and _model.model_config.get("extra") == "forbid",
+        f"{_model.__name__}'s config",
+    )
     _decorators = _model.__pydantic_decorators__
-    _expect(not (_decorators.field_validators or _decorators.validators or _decorators.root_validators)
-            and set(_decorators.model_validators) <= {"_revenue_only_on_conversions"},
-            f"{_model.__name__}'s validators")
-_expect(set(EngagementEvent.__pydantic_decorators__.model_validators) == {"_revenue_only_on_conversions"},
-        "EngagementEvent's validators")
+    _expect(
+        not (_decorators.field_validators or _decorators.validators or _decorators.root_validators)
+        and set(_decorators.model_validators) <= {"_revenue_only_on_conversions"},
+        f"{_model.__name__}'s validators",
+    )
+_expect(
+    set(EngagementEvent.__pydantic_decorators__.model_validators) == {"_revenue_only_on_conversions"},
+    "EngagementEvent's validators",
+)
 
 _MAX_NAME = _constraint(EngagementEvent, "event_id", "max_length")
 for _model, _names in ((EngagementEvent, _ENGAGEMENT_NAMES), (ConsentEvent, _CONSENT_NAMES)):
     for _name in _names:
-        _expect((_constraint(_model, _name, "min_length"), _constraint(_model, _name, "max_length")) == (1, _MAX_NAME),
-                f"{_model.__name__}.{_name}'s length")
+        _expect(
+            (_constraint(_model, _name, "min_length"), _constraint(_model, _name, "max_length")) == (1, _MAX_NAME),
+            f"{_model.__name__}.{_name}'s length",
+        )
 # The fast path refuses a "|" in exactly the fields whose model says so (names that become parts of keys).
 _KEY_NAMES = ("initiative", "profile", "channel", "experiment", "variant", "rule_id")
 for _name in _ENGAGEMENT_NAMES:
@@ -120,20 +155,31 @@ for _name in _ENGAGEMENT_NAMES:
     except LookupError:
         _pattern = None
     _expect(_pattern == (r"^[^|]+$" if _name in _KEY_NAMES else None), f"EngagementEvent.{_name}'s pattern")
-_nullable = {name for name in _ENGAGEMENT_ORDER
-             if type(None) in get_args(EngagementEvent.model_fields[name].annotation)}
+_nullable = {
+    name for name in _ENGAGEMENT_ORDER if type(None) in get_args(EngagementEvent.model_fields[name].annotation)
+}
 _expect(_nullable == {"experiment", "rule_id", "region"}, "EngagementEvent's optional fields")
-_expect(not any(type(None) in get_args(field.annotation) for field in ConsentEvent.model_fields.values()),
-        "ConsentEvent's optional fields")
+_expect(
+    not any(type(None) in get_args(field.annotation) for field in ConsentEvent.model_fields.values()),
+    "ConsentEvent's optional fields",
+)
 # Epoch seconds of the bounds. A float compare is exact enough: between 2000 and 2100 a
 # double's spacing (< 0.5 us) is finer than a microsecond, so no time within a
 # microsecond of a bound rounds onto it.
 _EARLIEST = _constraint(EngagementEvent, "event_time", "ge").timestamp()
 _LATEST = _constraint(EngagementEvent, "event_time", "lt").timestamp()
-_expect((_EARLIEST, _LATEST) == (_constraint(ConsentEvent, "event_time", "ge").timestamp(),
-                                 _constraint(ConsentEvent, "event_time", "lt").timestamp()), "the time bounds")
-_expect(_constraint(EngagementEvent, "decision_latency_ms", "ge") == 0 == _constraint(EngagementEvent, "revenue", "ge"),
-        "the lower bounds of latency and revenue")
+_expect(
+    (_EARLIEST, _LATEST)
+    == (
+        _constraint(ConsentEvent, "event_time", "ge").timestamp(),
+        _constraint(ConsentEvent, "event_time", "lt").timestamp(),
+    ),
+    "the time bounds",
+)
+_expect(
+    _constraint(EngagementEvent, "decision_latency_ms", "ge") == 0 == _constraint(EngagementEvent, "revenue", "ge"),
+    "the lower bounds of latency and revenue",
+)
 _MAX_LATENCY = float(_constraint(EngagementEvent, "decision_latency_ms", "le"))
 _MAX_REVENUE = float(_constraint(EngagementEvent, "revenue", "le"))
 
@@ -151,8 +197,9 @@ _VARIANT = _defaults["variant"]
 _FALLBACK = _defaults["fallback"]
 _LATENCY = float(_defaults["decision_latency_ms"])
 _REVENUE = float(_defaults["revenue"])
-_expect(_defaults["experiment"] is _defaults["rule_id"] is _defaults["region"] is None,
-        "the defaults of optional names")
+_expect(
+    _defaults["experiment"] is _defaults["rule_id"] is _defaults["region"] is None, "the defaults of optional names"
+)
 _SOURCE = ConsentEvent.model_fields["source"].default
 _CONSENT_REGION = ConsentEvent.model_fields["region"].default
 del _model, _names, _name, _decorators, _nullable, _defaults
@@ -225,7 +272,7 @@ class Consent:
     event_id: str
     at: float
     user_id: str
-    purpose: Literal["personalization", "analytics", "marketing"]   # as ConsentEvent's
+    purpose: Literal["personalization", "analytics", "marketing"]  # as ConsentEvent's
     status: str
     source: str
     region: str
@@ -275,8 +322,15 @@ def _draft_class(cls: type[_RecordT]) -> type:
     allows between classes of the same slot layout (0.3 us in all). Checked here on
     a sample, so that an interpreter that refuses fails at import, not on a record.
     """
-    twin = type(f"_{cls.__name__}Draft", (), {"__slots__": cls.__slots__, "__module__": __name__,
-                                              "__doc__": f"A mutable {cls.__name__} under construction."})
+    twin = type(
+        f"_{cls.__name__}Draft",
+        (),
+        {
+            "__slots__": cls.__slots__,
+            "__module__": __name__,
+            "__doc__": f"A mutable {cls.__name__} under construction.",
+        },
+    )
     values = [f"v{i}" for i in range(len(cls.__slots__))]
     draft: Any = object.__new__(twin)
     for name, value in zip(cls.__slots__, values, strict=True):
@@ -292,8 +346,9 @@ _ConsentDraft = _draft_class(Consent)
 _new = object.__new__
 
 
-def _model_path(model: type[BaseModel], raw: bytes, pseudonymise: Callable[[str], str] | None,
-                pseudonym: tuple[str, str] | None) -> Any:
+def _model_path(
+    model: type[BaseModel], raw: bytes, pseudonymise: Callable[[str], str] | None, pseudonym: tuple[str, str] | None
+) -> Any:
     """Decode with the model (``monitor.events.decode``), without pseudonymising the same id twice.
 
     `pseudonym` is ``(raw user id, its pseudonym)`` when the fast path already called
@@ -337,9 +392,24 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
         data = None
     pseudonym = None
     if type(data) is dict:
-        if tuple(data) == _ENGAGEMENT_ORDER:   # every field, in the schema's order: what the monitor's producers write
-            (event_id, event_type, event_time, user_id, initiative, profile, channel, cohort, experiment, variant,
-             rule_id, fallback, latency, revenue, region) = data.values()
+        if tuple(data) == _ENGAGEMENT_ORDER:  # every field, in the schema's order: what the monitor's producers write
+            (
+                event_id,
+                event_type,
+                event_time,
+                user_id,
+                initiative,
+                profile,
+                channel,
+                cohort,
+                experiment,
+                variant,
+                rule_id,
+                fallback,
+                latency,
+                revenue,
+                region,
+            ) = data.values()
         elif data.keys() <= _ENGAGEMENT_KEYS:
             get = data.get
             event_id = get("event_id")
@@ -365,33 +435,75 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
         # A name: `s.strip() == s and s and len(s) <= _MAX_NAME` after `type(s) is str`; this order is the
         # cheapest (a chained `0 < len(s) <= n` costs more than a truth test and one compare).
         if (
-            type(event_id) is str and event_id.strip() == event_id and event_id and len(event_id) <= _MAX_NAME
+            type(event_id) is str
+            and event_id.strip() == event_id
+            and event_id
+            and len(event_id) <= _MAX_NAME
             and event_type in _EVENT_TYPES
-            and type(user_id) is str and user_id.strip() == user_id and user_id and len(user_id) <= _MAX_NAME
-            and type(initiative) is str and initiative.strip() == initiative and initiative
-            and len(initiative) <= _MAX_NAME and "|" not in initiative
-            and type(profile) is str and profile.strip() == profile and profile and len(profile) <= _MAX_NAME
+            and type(user_id) is str
+            and user_id.strip() == user_id
+            and user_id
+            and len(user_id) <= _MAX_NAME
+            and type(initiative) is str
+            and initiative.strip() == initiative
+            and initiative
+            and len(initiative) <= _MAX_NAME
+            and "|" not in initiative
+            and type(profile) is str
+            and profile.strip() == profile
+            and profile
+            and len(profile) <= _MAX_NAME
             and "|" not in profile
-            and type(channel) is str and channel.strip() == channel and channel and len(channel) <= _MAX_NAME
+            and type(channel) is str
+            and channel.strip() == channel
+            and channel
+            and len(channel) <= _MAX_NAME
             and "|" not in channel
-            and type(cohort) is str and cohort.strip() == cohort and cohort and len(cohort) <= _MAX_NAME
-            and (experiment is None or (type(experiment) is str and experiment.strip() == experiment and experiment
-                  and len(experiment) <= _MAX_NAME and "|" not in experiment))
-            and type(variant) is str and variant.strip() == variant and variant and len(variant) <= _MAX_NAME
+            and type(cohort) is str
+            and cohort.strip() == cohort
+            and cohort
+            and len(cohort) <= _MAX_NAME
+            and (
+                experiment is None
+                or (
+                    type(experiment) is str
+                    and experiment.strip() == experiment
+                    and experiment
+                    and len(experiment) <= _MAX_NAME
+                    and "|" not in experiment
+                )
+            )
+            and type(variant) is str
+            and variant.strip() == variant
+            and variant
+            and len(variant) <= _MAX_NAME
             and "|" not in variant
-            and (rule_id is None or (type(rule_id) is str and rule_id.strip() == rule_id and rule_id
-                  and len(rule_id) <= _MAX_NAME and "|" not in rule_id))
+            and (
+                rule_id is None
+                or (
+                    type(rule_id) is str
+                    and rule_id.strip() == rule_id
+                    and rule_id
+                    and len(rule_id) <= _MAX_NAME
+                    and "|" not in rule_id
+                )
+            )
             and (fallback is True or fallback is False)
-            and (type(latency) is float or type(latency) is int) and 0.0 <= latency <= _MAX_LATENCY
-            and (type(revenue) is float or type(revenue) is int) and 0.0 <= revenue <= _MAX_REVENUE
+            and (type(latency) is float or type(latency) is int)
+            and 0.0 <= latency <= _MAX_LATENCY
+            and (type(revenue) is float or type(revenue) is int)
+            and 0.0 <= revenue <= _MAX_REVENUE
             and (not revenue or event_type == "conversion")
-            and (region is None or (type(region) is str and region.strip() == region and region
-                  and len(region) <= _MAX_NAME))
-            and type(event_time) is str and _CANONICAL_TIME(event_time) is not None
+            and (
+                region is None
+                or (type(region) is str and region.strip() == region and region and len(region) <= _MAX_NAME)
+            )
+            and type(event_time) is str
+            and _CANONICAL_TIME(event_time) is not None
         ):
             try:
                 at = _fromisoformat(event_time).timestamp()
-            except (ValueError, OverflowError):   # a day or month out of range: the model says which
+            except (ValueError, OverflowError):  # a day or month out of range: the model says which
                 at = _LATEST
             if _EARLIEST <= at < _LATEST:
                 record: Any = _new(_EngagementDraft)
@@ -407,7 +519,7 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
                 record.variant = variant
                 record.rule_id = rule_id
                 record.fallback = fallback
-                record.decision_latency_ms = float(latency) if type(latency) is int else latency   # as pydantic
+                record.decision_latency_ms = float(latency) if type(latency) is int else latency  # as pydantic
                 record.revenue = float(revenue) if type(revenue) is int else revenue
                 record.region = region
                 record.__class__ = Engagement
@@ -456,13 +568,26 @@ def decode_consent(raw: bytes, pseudonymise: Callable[[str], str] | None = None)
             pseudonym = (user_id, pseudonymise(user_id))
             user_id = pseudonym[1]
         if (
-            type(event_id) is str and event_id.strip() == event_id and event_id and len(event_id) <= _MAX_NAME
-            and type(user_id) is str and user_id.strip() == user_id and user_id and len(user_id) <= _MAX_NAME
+            type(event_id) is str
+            and event_id.strip() == event_id
+            and event_id
+            and len(event_id) <= _MAX_NAME
+            and type(user_id) is str
+            and user_id.strip() == user_id
+            and user_id
+            and len(user_id) <= _MAX_NAME
             and purpose in _PURPOSES
             and status in _STATUSES
-            and type(source) is str and source.strip() == source and source and len(source) <= _MAX_NAME
-            and type(region) is str and region.strip() == region and region and len(region) <= _MAX_NAME
-            and type(event_time) is str and _CANONICAL_TIME(event_time) is not None
+            and type(source) is str
+            and source.strip() == source
+            and source
+            and len(source) <= _MAX_NAME
+            and type(region) is str
+            and region.strip() == region
+            and region
+            and len(region) <= _MAX_NAME
+            and type(event_time) is str
+            and _CANONICAL_TIME(event_time) is not None
         ):
             try:
                 at = _fromisoformat(event_time).timestamp()

@@ -57,8 +57,9 @@ class IncidentLine(BaseModel):
     period: str
     observed: float = Field(description="The observed value when the incident opened.")
     expected: float = Field(description="The expected value when the incident opened.")
-    measure: str = Field(description="What observed and expected measure: a KPI name, `exposure_share`, or "
-                                     "`age_seconds` for a feed.")
+    measure: str = Field(
+        description="What observed and expected measure: a KPI name, `exposure_share`, or `age_seconds` for a feed."
+    )
     opened_at: datetime
     updated_at: datetime
     playbook: str
@@ -69,8 +70,10 @@ class IncidentLine(BaseModel):
 class AdherenceLine(BaseModel):
     channel: str
     personalized: int = Field(description="Personalized (non-fallback) exposures in the window's closed buckets.")
-    violations: int = Field(description="Of them (or of later ones, convicted at once), to users without consent: "
-                                        "violations by exposures since the window's start.")
+    violations: int = Field(
+        description="Of them (or of later ones, convicted at once), to users without consent: "
+        "violations by exposures since the window's start."
+    )
     adherence_pct: float | None
 
 
@@ -81,14 +84,17 @@ class TrendPoint(BaseModel):
     conversions: int = Field(description="Conversions of the series in the bucket.")
     ctr: float | None = Field(description="Clicks per exposure; None without exposures.")
     cvr: float | None = Field(description="Conversions per exposure; None without exposures.")
-    anomalies: list[str] = Field(default_factory=list, description=(
-        "Incidents whose opening judged this bucket of this series (their ids): the anomalies to mark."))
+    anomalies: list[str] = Field(
+        default_factory=list,
+        description=("Incidents whose opening judged this bucket of this series (their ids): the anomalies to mark."),
+    )
 
 
 class SeriesTrend(BaseModel):
     series: str = Field(description="initiative|profile|channel|variant.")
-    points: list[TrendPoint] = Field(description="One per closed bucket of the window, oldest first; zeros for an "
-                                                 "hour the series was silent in.")
+    points: list[TrendPoint] = Field(
+        description="One per closed bucket of the window, oldest first; zeros for an hour the series was silent in."
+    )
 
 
 class RuleChangeLine(BaseModel):
@@ -105,8 +111,9 @@ class RuleChangeLine(BaseModel):
 class LiftPoint(BaseModel):
     at: datetime = Field(description="The end of the bucket the look read.")
     lift: float | None = Field(description="Relative lift of the primary metric; None while it cannot be computed.")
-    lift_low: float | None = Field(description="Lower bound of the lift's interval (always-valid for the "
-                                               "sequential method).")
+    lift_low: float | None = Field(
+        description="Lower bound of the lift's interval (always-valid for the sequential method)."
+    )
     lift_high: float | None = Field(description="Upper bound of the lift's interval.")
 
 
@@ -114,8 +121,9 @@ class LiftHistory(BaseModel):
     experiment: str = Field(description="The experiment.")
     variant: str | None = Field(description="The variant compared with the control, as the latest memo names it.")
     metric: str = Field(description="The primary success metric the lift is of.")
-    points: list[LiftPoint] = Field(description="One per readout look in the window, oldest first (the stage keeps "
-                                                "the last 720 looks).")
+    points: list[LiftPoint] = Field(
+        description="One per readout look in the window, oldest first (the stage keeps the last 720 looks)."
+    )
 
 
 class Report(BaseModel):
@@ -130,34 +138,60 @@ class Report(BaseModel):
     dashboard: list[DashboardRow]
     series: list[DashboardRow]
     incidents: list[IncidentLine] = Field(description="Opened in the window, or open or resolved during it.")
-    warming_up: dict[str, list[str]] = Field(description="Detector -> the series it watches that are still warming "
-                                                        "up (no alert from it yet).")
+    warming_up: dict[str, list[str]] = Field(
+        description="Detector -> the series it watches that are still warming up (no alert from it yet)."
+    )
     counted_events: int
     late_dropped: int
     duplicates_skipped: int = Field(0, description="Redelivered records not counted twice.")
-    dead_letters: dict[str, int] = Field(default_factory=dict, description=(
-        "Input records sent to the dead-letter topic since the initiative was first seen, by reason (values "
-        "left out); counted with the engagement batches they arrived in."))
-    source_offsets_lost: int = Field(0, description="Source offsets no partial covered: lost between the stages, "
-                                                    "each gap also a monitoring_degraded incident.")
+    dead_letters: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "Input records sent to the dead-letter topic since the initiative was first seen, by reason (values "
+            "left out); counted with the engagement batches they arrived in."
+        ),
+    )
+    source_offsets_lost: int = Field(
+        0,
+        description="Source offsets no partial covered: lost between the stages, "
+        "each gap also a monitoring_degraded incident.",
+    )
     plan_revision: int | None
     plan_dir: str
-    governance_checklist: list[ChecklistItem] = Field(description=(
-        "Pass / fail / pending, evidence and owner, over the window: consent from the window's adherence, the other "
-        "items' status at the window's end with the incidents of their kind in the window."))
+    governance_checklist: list[ChecklistItem] = Field(
+        description=(
+            "Pass / fail / pending, evidence and owner, over the window: consent from the window's adherence, "
+            "the other items' status at the window's end with the incidents of their kind in the window."
+        )
+    )
     consent_adherence: list[AdherenceLine]
     pending_approvals: list[dict] = Field(description="Rule changes waiting for an approver.")
-    experiments: list[ExperimentMemo] = Field(description="Per experiment of the initiative, the latest readout, "
-                                                          "recommendation and memo.")
-    backlog: list[BacklogItem] = Field(default_factory=list, description=(
-        "The plan's backlog: each incident's remediation steps and post-incident review, with owner and due "
-        "time; open items first, soonest due first."))
-    rule_changes: list[RuleChangeLine] = Field(default_factory=list, description=(
-        "The audit log's rule changes since the window's start, oldest first (the log keeps the last 200)."))
-    trends: list[SeriesTrend] = Field(default_factory=list, description=(
-        "With `trends`: per series of the window, its counts and rates per closed bucket."))
-    lift_history: list[LiftHistory] = Field(default_factory=list, description=(
-        "With `trends`: per experiment with a readout, its primary lift and interval per look in the window."))
+    experiments: list[ExperimentMemo] = Field(
+        description="Per experiment of the initiative, the latest readout, recommendation and memo."
+    )
+    backlog: list[BacklogItem] = Field(
+        default_factory=list,
+        description=(
+            "The plan's backlog: each incident's remediation steps and post-incident review, with owner and due "
+            "time; open items first, soonest due first."
+        ),
+    )
+    rule_changes: list[RuleChangeLine] = Field(
+        default_factory=list,
+        description=(
+            "The audit log's rule changes since the window's start, oldest first (the log keeps the last 200)."
+        ),
+    )
+    trends: list[SeriesTrend] = Field(
+        default_factory=list,
+        description=("With `trends`: per series of the window, its counts and rates per closed bucket."),
+    )
+    lift_history: list[LiftHistory] = Field(
+        default_factory=list,
+        description=(
+            "With `trends`: per experiment with a readout, its primary lift and interval per look in the window."
+        ),
+    )
 
 
 def _rates(dimension: str, value: str, window: Counters, recent: Counters, threshold: float) -> DashboardRow:
@@ -165,11 +199,19 @@ def _rates(dimension: str, value: str, window: Counters, recent: Counters, thres
     recent_cvr = recent.conversions / recent.exposures if recent.exposures else None
     change = (recent_cvr / cvr - 1.0) if cvr and recent_cvr is not None else None
     return DashboardRow(
-        dimension=dimension, value=value, exposures=window.exposures, clicks=window.clicks,
-        conversions=window.conversions, revenue=round(window.revenue, 2),
-        ctr=window.clicks / window.exposures if window.exposures else None, cvr=cvr,
+        dimension=dimension,
+        value=value,
+        exposures=window.exposures,
+        clicks=window.clicks,
+        conversions=window.conversions,
+        revenue=round(window.revenue, 2),
+        ctr=window.clicks / window.exposures if window.exposures else None,
+        cvr=cvr,
         fallback_rate=window.fallbacks / window.exposures if window.exposures else None,
-        recent_cvr=recent_cvr, change=change, flagged=change is not None and change <= -threshold)
+        recent_cvr=recent_cvr,
+        change=change,
+        flagged=change is not None and change <= -threshold,
+    )
 
 
 def _adherence_in(rows: list[BucketRow], governance: GovernanceState, since: float | None) -> list[AdherenceLine]:
@@ -182,22 +224,36 @@ def _adherence_in(rows: list[BucketRow], governance: GovernanceState, since: flo
     for at, channel in governance.convicted.values():
         if since is None or at >= since:
             counts.setdefault(channel, [0, 0])[1] += 1
-    return [AdherenceLine(channel=channel, personalized=n, violations=v, adherence_pct=adherence_pct(n, v))
-            for channel, (n, v) in sorted(counts.items())]
+    return [
+        AdherenceLine(channel=channel, personalized=n, violations=v, adherence_pct=adherence_pct(n, v))
+        for channel, (n, v) in sorted(counts.items())
+    ]
 
 
 def _incident_line(opened: IncidentEvent, latest: IncidentEvent, roster: Mapping[str, Any]) -> IncidentLine:
     assignee, reason = assignee_of(roster, latest.owner, latest.occurred_at.date())
     return IncidentLine(
-        assignee=assignee, assignee_reason=reason,
-        incident_id=latest.incident_id, kind=latest.kind, status=latest.transition, severity=latest.severity,
-        owner=latest.owner, series=latest.series, period=latest.period, observed=opened.evidence.observed,
-        expected=opened.evidence.expected, measure=measure_of(opened), opened_at=opened.occurred_at,
-        updated_at=latest.occurred_at, playbook=latest.playbook)
+        assignee=assignee,
+        assignee_reason=reason,
+        incident_id=latest.incident_id,
+        kind=latest.kind,
+        status=latest.transition,
+        severity=latest.severity,
+        owner=latest.owner,
+        series=latest.series,
+        period=latest.period,
+        observed=opened.evidence.observed,
+        expected=opened.evidence.expected,
+        measure=measure_of(opened),
+        opened_at=opened.occurred_at,
+        updated_at=latest.occurred_at,
+        playbook=latest.playbook,
+    )
 
 
-def _trends(rows: list[BucketRow], series: list[str], anomalies: dict[tuple[str, float], list[str]]
-            ) -> list[SeriesTrend]:
+def _trends(
+    rows: list[BucketRow], series: list[str], anomalies: dict[tuple[str, float], list[str]]
+) -> list[SeriesTrend]:
     """Per series, one point per row: every series on the same time axis."""
     silent = Counters()
     trends = []
@@ -205,21 +261,36 @@ def _trends(rows: list[BucketRow], series: list[str], anomalies: dict[tuple[str,
         points = []
         for row in rows:
             c = row.series.get(name, silent)
-            points.append(TrendPoint(
-                start=utc(row.start), exposures=c.exposures, clicks=c.clicks,
-                conversions=c.conversions, ctr=c.clicks / c.exposures if c.exposures else None,
-                cvr=c.conversions / c.exposures if c.exposures else None,
-                anomalies=anomalies.get((name, row.start), [])))
+            points.append(
+                TrendPoint(
+                    start=utc(row.start),
+                    exposures=c.exposures,
+                    clicks=c.clicks,
+                    conversions=c.conversions,
+                    ctr=c.clicks / c.exposures if c.exposures else None,
+                    cvr=c.conversions / c.exposures if c.exposures else None,
+                    anomalies=anomalies.get((name, row.start), []),
+                )
+            )
         trends.append(SeriesTrend(series=name, points=points))
     return trends
 
 
 def _lift_history(experiments: Mapping[str, Any], since: float | None) -> list[LiftHistory]:
-    return [LiftHistory(experiment=name, variant=state.memo.summary.variant, metric=state.memo.summary.primary_metric,
-                        points=[LiftPoint(at=utc(look.at), lift=look.lift,
-                                          lift_low=look.low, lift_high=look.high)
-                                for look in state.history if since is None or look.at > since])
-            for name, state in sorted(experiments.items()) if state.memo is not None]
+    return [
+        LiftHistory(
+            experiment=name,
+            variant=state.memo.summary.variant,
+            metric=state.memo.summary.primary_metric,
+            points=[
+                LiftPoint(at=utc(look.at), lift=look.lift, lift_low=look.low, lift_high=look.high)
+                for look in state.history
+                if since is None or look.at > since
+            ],
+        )
+        for name, state in sorted(experiments.items())
+        if state.memo is not None
+    ]
 
 
 def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | None:
@@ -263,17 +334,24 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
                     cell[1].merge(counters)
     prefix = request.initiative + "|"
     # The window's incidents: opened in it, or open (or resolved) during it.
-    incidents = sorted((pair for pair in state.incidents.values()
-                        if pair is not None and pair[0].initiative == request.initiative
-                        and (since is None or pair[1].transition != "resolved"
-                             or pair[1].occurred_at.timestamp() >= since)),
-                       key=lambda pair: (pair[0].occurred_at, pair[0].incident_id))
+    incidents = sorted(
+        (
+            pair
+            for pair in state.incidents.values()
+            if pair is not None
+            and pair[0].initiative == request.initiative
+            and (since is None or pair[1].transition != "resolved" or pair[1].occurred_at.timestamp() >= since)
+        ),
+        key=lambda pair: (pair[0].occurred_at, pair[0].incident_id),
+    )
     note = None
     if kept and since is not None and kept[0].start - since > settings.bucket_seconds:  # not for the edge bucket
-        assert end is not None   # since is set only with an end
+        assert end is not None  # since is set only with an end
         days = (end - kept[0].start) / 86_400
-        note = (f"the window asks for {WINDOWS[request.window]} days; the data hold {days:.1f} days of closed "
-                f"buckets, from {utc(kept[0].start):%Y-%m-%d %H:%M} UTC")
+        note = (
+            f"the window asks for {WINDOWS[request.window]} days; the data hold {days:.1f} days of closed "
+            f"buckets, from {utc(kept[0].start):%Y-%m-%d %H:%M} UTC"
+        )
     warming: dict[str, list[str]] = {}
     for key, series_state in sorted(state.series.items()):
         if key.startswith(prefix) and series_state is not None and series_state.detector.warming_up:
@@ -292,34 +370,54 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
             anomalies.setdefault((name, opened.evidence.bucket_start.timestamp()), []).append(opened.incident_id)
     experiments = state.experiments.get(request.initiative) or {}
     return Report(
-        initiative=request.initiative, window=request.window,
-        window_start=utc(rows[0].start) if rows else None, window_end=None if end is None else utc(end),
+        initiative=request.initiative,
+        window=request.window,
+        window_start=utc(rows[0].start) if rows else None,
+        window_end=None if end is None else utc(end),
         window_note=note,
         detail=request.detail,
         alert_threshold=threshold,
         totals=_rates("total", "all", window_totals, recent_totals, threshold),
         dashboard=[_rates(d, v, *by_value[(d, v)], threshold) for d, v in sorted(by_value)],
         series=[_rates("series", s, *by_series[s], threshold) for s in sorted(by_series)]
-        if request.detail == "full" else [],
+        if request.detail == "full"
+        else [],
         incidents=[_incident_line(*pair, settings.roster) for pair in incidents],
         warming_up=warming,
-        counted_events=clock.counted, late_dropped=clock.late_dropped, duplicates_skipped=clock.duplicates,
+        counted_events=clock.counted,
+        late_dropped=clock.late_dropped,
+        duplicates_skipped=clock.duplicates,
         source_offsets_lost=clock.gaps,
         dead_letters=dict(sorted(clock.dead_letters.items(), key=lambda kv: -kv[1])),
         plan_revision=plan.revision if plan is not None else None,
-        backlog=sorted(plan.backlog if plan is not None else (),
-                       key=lambda b: (b.status != "open", b.due_at or b.created_at, b.id)),
+        backlog=sorted(
+            plan.backlog if plan is not None else (), key=lambda b: (b.status != "open", b.due_at or b.created_at, b.id)
+        ),
         plan_dir=str(settings.plan_dir),
-        governance_checklist=list(pipeline.governance.checklist(
-            governance, adherence={line.channel: (line.personalized, line.violations) for line in adherence},
-            opened=opened_in_window)),
+        governance_checklist=list(
+            pipeline.governance.checklist(
+                governance,
+                adherence={line.channel: (line.personalized, line.violations) for line in adherence},
+                opened=opened_in_window,
+            )
+        ),
         consent_adherence=adherence,
         pending_approvals=[change.describe() for change in governance.audit.pending_approvals()],
         experiments=[state.memo for _, state in sorted(experiments.items()) if state.memo is not None],
-        rule_changes=[RuleChangeLine(at=datetime.fromtimestamp(c.at, tz=timezone.utc), rule_id=c.rule_id,
-                                     action=c.action, author=c.author, approver=c.approver, ticket=c.ticket,
-                                     experiment=c.experiment, approved=c.approved)
-                      for c in governance.audit.log if since is None or c.at >= since],
+        rule_changes=[
+            RuleChangeLine(
+                at=datetime.fromtimestamp(c.at, tz=timezone.utc),
+                rule_id=c.rule_id,
+                action=c.action,
+                author=c.author,
+                approver=c.approver,
+                ticket=c.ticket,
+                experiment=c.experiment,
+                approved=c.approved,
+            )
+            for c in governance.audit.log
+            if since is None or c.at >= since
+        ],
         trends=_trends(rows, sorted(by_series), anomalies) if request.trends else [],
-        lift_history=_lift_history(experiments, since) if request.trends else [])
-
+        lift_history=_lift_history(experiments, since) if request.trends else [],
+    )

@@ -17,8 +17,11 @@ class ReportRequest(BaseModel):
     detail: Literal["summary", "full"] = "summary"
     dimension: Literal["profile", "channel", "cohort"] | None = None
     alert_threshold: float | None = Field(None, gt=0, lt=1)
-    trends: bool = Field(False, description="Add the time series a dashboard draws: per series and closed bucket, "
-                                            "and each experiment's lift per look.")
+    trends: bool = Field(
+        False,
+        description="Add the time series a dashboard draws: per series and closed bucket, "
+        "and each experiment's lift per look.",
+    )
 
     @classmethod
     def from_query(cls, query: dict[str, str]) -> ReportRequest:

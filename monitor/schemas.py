@@ -33,8 +33,11 @@ def report_json_schema() -> dict[str, Any]:
     """The report document of `--format json` and the worker's `/pmon/report/` view."""
     from monitor.report import Report
 
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            **Report.model_json_schema(mode="serialization"), "title": "Personalization Monitor report"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **Report.model_json_schema(mode="serialization"),
+        "title": "Personalization Monitor report",
+    }
 
 
 def schema_bytes(schema: dict[str, Any]) -> bytes:

@@ -29,8 +29,12 @@ def _allowed(field: Any) -> str:
         return "`true`, `false`"
     bounds = []
     for item in field.metadata:
-        for cls, attribute, sign in ((annotated_types.Gt, "gt", ">"), (annotated_types.Ge, "ge", "≥"),
-                                     (annotated_types.Lt, "lt", "<"), (annotated_types.Le, "le", "≤")):
+        for cls, attribute, sign in (
+            (annotated_types.Gt, "gt", ">"),
+            (annotated_types.Ge, "ge", "≥"),
+            (annotated_types.Lt, "lt", "<"),
+            (annotated_types.Le, "le", "≤"),
+        ):
             if isinstance(item, cls):
                 bounds.append(f"{sign} {_number(getattr(item, attribute))}")
     if bounds:
@@ -52,7 +56,7 @@ def _default(field: Any) -> str:
     if value is None or isinstance(value, SecretStr):
         return "unset" if value is None else "(development key)"
     if isinstance(value, bool):
-        return f"`{str(value).lower()}`"   # as PMON_* variables and TOML spell it
+        return f"`{str(value).lower()}`"  # as PMON_* variables and TOML spell it
     if isinstance(value, (dict, tuple, list)):
         return f"`{json.dumps(value if not isinstance(value, tuple) else list(value))}`"
     return f"`{value}`"
@@ -69,7 +73,9 @@ def settings_table() -> str:
         rows += [f"### {group}", "", "| Variable | Default | Allowed | Description |", "|---|---|---|---|"]
         for name in names:
             field = Settings.model_fields[name]
-            rows.append(f"| `PMON_{name.upper()}` | {_default(field)} | {_allowed(field)} | "
-                        f"{(field.description or '').replace('|', '/')} |")
+            rows.append(
+                f"| `PMON_{name.upper()}` | {_default(field)} | {_allowed(field)} | "
+                f"{(field.description or '').replace('|', '/')} |"
+            )
         rows.append("")
     return "\n".join(rows).rstrip()

@@ -41,9 +41,23 @@ STATE_FILE = "state.pickle"
 DEAD_LETTERS_FILE = "dead-letters.jsonl"
 FORMAT_VERSION = 2  # 2: experiments keep a history of looks (an older state lacks it: replay)
 # Settings that do not change what a replay decides.
-_NOT_DECIDING = {"plan_dir", "log_level", "web_host", "web_port", "kafka_bootstrap", "security_protocol",
-                 "sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile", "topic_partitions",
-                 "topic_replicas", "app_id", "session_timeout_seconds", "development"}
+_NOT_DECIDING = {
+    "plan_dir",
+    "log_level",
+    "web_host",
+    "web_port",
+    "kafka_bootstrap",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "topic_partitions",
+    "topic_replicas",
+    "app_id",
+    "session_timeout_seconds",
+    "development",
+}
 
 
 class StoredStateError(MonitorError):
@@ -61,8 +75,11 @@ def fingerprint(events: Path, settings: Settings) -> str:
     stat = events.stat()
     deciding = settings.model_dump(mode="json", exclude=_NOT_DECIDING)
     deciding["pseudonym_key"] = hashlib.sha256(settings.pseudonym_key.get_secret_value().encode()).hexdigest()
-    identity = {"events": [str(events.resolve()), stat.st_size, stat.st_mtime_ns], "settings": deciding,
-                "format": FORMAT_VERSION}
+    identity = {
+        "events": [str(events.resolve()), stat.st_size, stat.st_mtime_ns],
+        "settings": deciding,
+        "format": FORMAT_VERSION,
+    }
     return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -70,12 +87,18 @@ def save(directory: Path, built_from: str, state: InitiativeState, dead_letters:
     """Write the state and the dead letters atomically (temporary file, fsync, rename); `None` keeps the dead
     letters already there (the state changed after its replay: an incident action)."""
     tables = {f.name: dict(getattr(state, f.name)) for f in fields(InitiativeState)}
-    body = pickle.dumps({"version": FORMAT_VERSION, "fingerprint": built_from, "tables": tables},
-                        protocol=pickle.HIGHEST_PROTOCOL)
+    body = pickle.dumps(
+        {"version": FORMAT_VERSION, "fingerprint": built_from, "tables": tables}, protocol=pickle.HIGHEST_PROTOCOL
+    )
     files = [(STATE_FILE, body)]
-    if dead_letters is not None:   # the state last: it vouches for the dead letters
-        files.insert(0, (DEAD_LETTERS_FILE,
-                         b"".join(orjson.dumps(letter.model_dump(mode="json")) + b"\n" for letter in dead_letters)))
+    if dead_letters is not None:  # the state last: it vouches for the dead letters
+        files.insert(
+            0,
+            (
+                DEAD_LETTERS_FILE,
+                b"".join(orjson.dumps(letter.model_dump(mode="json")) + b"\n" for letter in dead_letters),
+            ),
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for name, content in files:
@@ -101,11 +124,14 @@ def load(directory: Path) -> StoredRun | None:
     try:
         stored = pickle.loads(raw)
         if stored.get("version") != FORMAT_VERSION:
-            raise StoredStateError(f"{path} has format {stored.get('version')!r}, this version reads "
-                                   f"{FORMAT_VERSION}: replay the events again")
+            raise StoredStateError(
+                f"{path} has format {stored.get('version')!r}, this version reads "
+                f"{FORMAT_VERSION}: replay the events again"
+            )
         return StoredRun(stored["fingerprint"], InitiativeState(**stored["tables"]))
     except StoredStateError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: say which, whatever unpickling raised
-        raise StoredStateError(f"{path} is not a state this tool wrote ({type(exc).__name__}): "
-                               f"replay the events again") from None
+        raise StoredStateError(
+            f"{path} is not a state this tool wrote ({type(exc).__name__}): replay the events again"
+        ) from None

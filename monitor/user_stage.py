@@ -45,8 +45,8 @@ from monitor.pseudonym import Pseudonymiser
 from monitor.records import Consent, Engagement, decode_consent, decode_engagement
 from monitor.settings import Settings
 
-DAY_SECONDS = 86_400   # the pre-period history is kept per UTC day (day number = epoch seconds // this)
-PROGRESS_KEY = "#progress/{}"   # a partition's progress, beside the users (pseudonyms start with "p")
+DAY_SECONDS = 86_400  # the pre-period history is kept per UTC day (day number = epoch seconds // this)
+PROGRESS_KEY = "#progress/{}"  # a partition's progress, beside the users (pseudonyms start with "p")
 
 
 class SourceRecord(NamedTuple):
@@ -55,7 +55,7 @@ class SourceRecord(NamedTuple):
     offset: int
     value: bytes | None
     key: bytes | None = None
-    timestamp: int | None = None   # ms since the epoch: when it was produced (Kafka's CreateTime)
+    timestamp: int | None = None  # ms since the epoch: when it was produced (Kafka's CreateTime)
 
 
 @dataclass(slots=True)
@@ -104,38 +104,56 @@ class BatchResult:
 
     partials: list[Partial] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    consumed_until: int | None = None      # last engagement offset this batch covered
-    deferred: list[Any] = field(default_factory=list)   # SourceRecords waiting for consent or `stop_at`
-    stopped_at: float | None = None        # event time of the record that met `stop_at`
+    consumed_until: int | None = None  # last engagement offset this batch covered
+    deferred: list[Any] = field(default_factory=list)  # SourceRecords waiting for consent or `stop_at`
+    stopped_at: float | None = None  # event time of the record that met `stop_at`
 
 
 # -- compact encodings of the state (orjson over tuples: small and quick) ------------------
 def encode_user(state: UserState) -> bytes:
     consent = state.consent
-    return orjson.dumps([
-        consent.changes, consent.region, None if consent.region_at == -math.inf else consent.region_at,
-        # Only personalized exposures are remembered (no fallback flag), and the series begins with the
-        # initiative: neither is stored twice.
-        [[e.event_id, e.at, e.series, e.region, convicted] for e, convicted in consent.remembered],
-        {experiment: [a if a != -math.inf else None, b if b != -math.inf else None]
-         for experiment, (a, b) in consent.hours.items()},
-        {experiment: [r.variant, r.conversions, r.revenue] + ([r.pre_conversions, r.pre_revenue]
-                                                              if r.pre_conversions or r.pre_revenue else [])
-         for experiment, r in state.experiments.items()},
-        *([[[day, *counts] for day, counts in state.activity.items()]] if state.activity else [])])
+    return orjson.dumps(
+        [
+            consent.changes,
+            consent.region,
+            None if consent.region_at == -math.inf else consent.region_at,
+            # Only personalized exposures are remembered (no fallback flag), and the series begins with the
+            # initiative: neither is stored twice.
+            [[e.event_id, e.at, e.series, e.region, convicted] for e, convicted in consent.remembered],
+            {
+                experiment: [a if a != -math.inf else None, b if b != -math.inf else None]
+                for experiment, (a, b) in consent.hours.items()
+            },
+            {
+                experiment: [r.variant, r.conversions, r.revenue]
+                + ([r.pre_conversions, r.pre_revenue] if r.pre_conversions or r.pre_revenue else [])
+                for experiment, r in state.experiments.items()
+            },
+            *([[[day, *counts] for day, counts in state.activity.items()]] if state.activity else []),
+        ]
+    )
 
 
 def decode_user(raw: bytes) -> UserState:
     changes, region, region_at, remembered, hours, experiments, *activity = orjson.loads(raw)
     consent = UserConsent(
         changes={purpose: [(at, granted) for at, granted in items] for purpose, items in changes.items()},
-        region=region, region_at=-math.inf if region_at is None else region_at,
-        remembered=[(Exposure(e, at, field_of(series, "initiative"), series, False, reg), convicted)
-                    for e, at, series, reg, convicted in remembered],
-        hours={experiment: (-math.inf if a is None else a, -math.inf if b is None else b)
-               for experiment, (a, b) in hours.items()})
-    return UserState(consent, {experiment: UserRecord(*record) for experiment, record in experiments.items()},
-                     {day: [conversions, revenue] for day, conversions, revenue in activity[0]} if activity else {})
+        region=region,
+        region_at=-math.inf if region_at is None else region_at,
+        remembered=[
+            (Exposure(e, at, field_of(series, "initiative"), series, False, reg), convicted)
+            for e, at, series, reg, convicted in remembered
+        ],
+        hours={
+            experiment: (-math.inf if a is None else a, -math.inf if b is None else b)
+            for experiment, (a, b) in hours.items()
+        },
+    )
+    return UserState(
+        consent,
+        {experiment: UserRecord(*record) for experiment, record in experiments.items()},
+        {day: [conversions, revenue] for day, conversions, revenue in activity[0]} if activity else {},
+    )
 
 
 def encode_progress(progress: Progress) -> bytes:
@@ -158,15 +176,14 @@ class UserStage:
         self._bucket = settings.bucket_seconds
         self._max_future = settings.max_future_seconds
         self._topics = {name: settings.topic(name) for name in ("engagement", "consent")}
-        self._consent_marks: dict[int, float] = {}   # greatest consent event time read, per partition
+        self._consent_marks: dict[int, float] = {}  # greatest consent event time read, per partition
         self._cache_size = settings.user_cache_size
         self._consent_skew = settings.consent_skew_seconds
         self._pre_period_days = settings.cuped_pre_period_days
-        self._live: dict[str, UserState] = {}          # decoded states, oldest first
+        self._live: dict[str, UserState] = {}  # decoded states, oldest first
         self._progress: dict[int, Progress] = {}
         self._dirty: set[str] = set()
         self._dirty_progress: set[int] = set()
-
 
     def user_count(self) -> int:
         """Users held (the store also keeps one progress entry per source partition)."""
@@ -206,7 +223,7 @@ class UserStage:
         self._dirty.clear()
         self._dirty_progress.clear()
         if len(self._live) > self._cache_size:  # all clean now: drop the oldest
-            for pseudonym in list(self._live)[:len(self._live) - self._cache_size * 9 // 10]:
+            for pseudonym in list(self._live)[: len(self._live) - self._cache_size * 9 // 10]:
                 del self._live[pseudonym]
 
     def reset(self) -> None:
@@ -217,8 +234,16 @@ class UserStage:
         self._dirty_progress.clear()
         self._consent_marks.clear()
 
-    def process(self, partition: int, engagement: Sequence[SourceRecord], consent: Sequence[SourceRecord] = (),
-                *, wall_now: float, consent_read_until: float = math.inf, stop_at: float = math.inf) -> BatchResult:
+    def process(
+        self,
+        partition: int,
+        engagement: Sequence[SourceRecord],
+        consent: Sequence[SourceRecord] = (),
+        *,
+        wall_now: float,
+        consent_read_until: float = math.inf,
+        stop_at: float = math.inf,
+    ) -> BatchResult:
         """One batch of one source partition (engagement and consent records of the same partition number).
 
         An exposure is judged once the consent produced before it was read: when its event time is at
@@ -233,7 +258,7 @@ class UserStage:
         for record in consent:
             batch.consent(record)
         consent_mark = self._consent_marks.get(partition, -math.inf)
-        produced_by = consent_read_until - self._consent_skew   # produced before it: its consent was read
+        produced_by = consent_read_until - self._consent_skew  # produced before it: its consent was read
         covered = batch.progress.last_offset
         for n, record in enumerate(engagement):
             if covered is not None and record.offset <= covered:
@@ -244,22 +269,43 @@ class UserStage:
         return batch.finish()
 
     def _dead_letter(self, topic: str, record: SourceRecord, partition: int, exc: DecodeError) -> DeadLetter:
-        return DeadLetter.of(record.value or b"", source_topic=self._topics[topic], reason=exc.reason,
-                             error=exc.detail[:2000], key=record.key, partition=partition, offset=record.offset)
+        return DeadLetter.of(
+            record.value or b"",
+            source_topic=self._topics[topic],
+            reason=exc.reason,
+            error=exc.detail[:2000],
+            key=record.key,
+            partition=partition,
+            offset=record.offset,
+        )
 
     def _admit_time(self, at: float, wall_now: float) -> None:
         # A time far ahead of the wall clock would move the watermark and make every on-time event late.
         ahead = at - wall_now
         if ahead > self._max_future:
-            raise DecodeError(f"event_time {iso_seconds(at)} is {ahead:.0f} s ahead of the wall clock "
-                              f"(PMON_MAX_FUTURE_SECONDS={self._max_future})")
+            raise DecodeError(
+                f"event_time {iso_seconds(at)} is {ahead:.0f} s ahead of the wall clock "
+                f"(PMON_MAX_FUTURE_SECONDS={self._max_future})"
+            )
 
 
 class _Batch:
     """The working set of one batch: decoded user states, partials by initiative, progress."""
 
-    __slots__ = ("stage", "partition", "wall_now", "result", "partials", "progress", "first", "last",
-                 "violations", "user", "deltas", "dead")
+    __slots__ = (
+        "stage",
+        "partition",
+        "wall_now",
+        "result",
+        "partials",
+        "progress",
+        "first",
+        "last",
+        "violations",
+        "user",
+        "deltas",
+        "dead",
+    )
 
     def __init__(self, stage: UserStage, partition: int, wall_now: float) -> None:
         self.stage = stage
@@ -267,10 +313,10 @@ class _Batch:
         self.wall_now = wall_now
         self.result = BatchResult()
         self.user = stage.user
-        self.deltas: dict[tuple[str, float, str], list[ExperimentTotals]] = {}   # summed once, at the end
+        self.deltas: dict[tuple[str, float, str], list[ExperimentTotals]] = {}  # summed once, at the end
         self.partials: dict[str, dict[float, BucketPartial]] = {}
         self.violations: dict[str, list[Violation]] = {}
-        self.dead: dict[str, int] = {}   # dead letters by reason kind, told to every initiative with the range
+        self.dead: dict[str, int] = {}  # dead letters by reason kind, told to every initiative with the range
         self.progress = stage.progress(partition)
         self.first: int | None = None
         self.last: int | None = None
@@ -287,9 +333,14 @@ class _Batch:
         if event.at > marks.get(self.partition, -math.inf):
             marks[self.partition] = event.at
         state = self.user(event.user_id)
-        for violation in stage.consent_policy.record(state.consent, event.user_id, at=event.at,
-                                                     purpose=event.purpose, granted=event.status == "granted",
-                                                     region=event.region):
+        for violation in stage.consent_policy.record(
+            state.consent,
+            event.user_id,
+            at=event.at,
+            purpose=event.purpose,
+            granted=event.status == "granted",
+            region=event.region,
+        ):
             self.violations.setdefault(violation.initiative, []).append(violation)
 
     def engagement(self, record: SourceRecord, consent_mark: float, produced_by: float, stop_at: float) -> bool:
@@ -307,8 +358,11 @@ class _Batch:
         if event.at >= stop_at:
             self.result.stopped_at = event.at
             return False
-        if exposure and event.at > consent_mark and \
-                (event.at if record.timestamp is None else record.timestamp / 1000.0) > produced_by:
+        if (
+            exposure
+            and event.at > consent_mark
+            and (event.at if record.timestamp is None else record.timestamp / 1000.0) > produced_by
+        ):
             return False
         self.cover(record.offset)
         at = event.at
@@ -355,16 +409,24 @@ class _Batch:
 
     def observe_experiment(self, state: UserState, event: Engagement, start: float) -> None:
         experiment = event.experiment
-        assert experiment is not None   # the caller checks
+        assert experiment is not None  # the caller checks
         known = state.experiments.get(experiment)
         if known is not None and event.event_type != "conversion" and known.variant == event.variant:
             return  # a further exposure or click of a known user in their variant changes no total
-        pre_conversions, pre_revenue = (state.before(int(event.at // DAY_SECONDS), self.stage._pre_period_days)
-                                        if known is None and state.activity else (0, 0.0))
-        record, delta = observe_event(known, variant=event.variant,
-                                      event_type=event.event_type, revenue=event.revenue,
-                                      dimensions={"channel": event.channel, "profile": event.profile},
-                                      pre_conversions=pre_conversions, pre_revenue=pre_revenue)
+        pre_conversions, pre_revenue = (
+            state.before(int(event.at // DAY_SECONDS), self.stage._pre_period_days)
+            if known is None and state.activity
+            else (0, 0.0)
+        )
+        record, delta = observe_event(
+            known,
+            variant=event.variant,
+            event_type=event.event_type,
+            revenue=event.revenue,
+            dimensions={"channel": event.channel, "profile": event.profile},
+            pre_conversions=pre_conversions,
+            pre_revenue=pre_revenue,
+        )
         change = delta.variants[record.variant]
         if change.users or change.conversions or change.crossover_events:
             state.experiments[experiment] = record
@@ -377,12 +439,17 @@ class _Batch:
             self.violations.setdefault(event.initiative, []).append(violation)
         first = first_fallback = False
         if event.experiment:
-            first, first_fallback = first_in_hour(state.consent.hours, event.experiment, start,
-                                                  fallback=event.fallback)
+            first, first_fallback = first_in_hour(state.consent.hours, event.experiment, start, fallback=event.fallback)
         bucket.governance.add_exposure(
-            channel=event.channel, rule_id=event.rule_id, experiment=event.experiment, variant=event.variant,
-            fallback=event.fallback, consented=judgement.consented, first_in_hour=first,
-            first_fallback_in_hour=first_fallback)
+            channel=event.channel,
+            rule_id=event.rule_id,
+            experiment=event.experiment,
+            variant=event.variant,
+            fallback=event.fallback,
+            consented=judgement.consented,
+            first_in_hour=first,
+            first_fallback_in_hour=first_fallback,
+        )
 
     def dead_letter(self, topic: str, record: SourceRecord, exc: DecodeError) -> None:
         self.result.dead_letters.append(self.stage._dead_letter(topic, record, self.partition, exc))
@@ -401,7 +468,7 @@ class _Batch:
         source = None
         if self.last is not None:
             # Contiguous with what this partition sent before, whatever offsets Kafka skipped in between.
-            assert self.first is not None   # set with self.last
+            assert self.first is not None  # set with self.last
             first = self.first if progress.last_offset is None else progress.last_offset + 1
             source = SourceRange(self.partition, first, self.last)
             progress.last_offset = self.last
@@ -411,11 +478,17 @@ class _Batch:
                     progress.initiatives.append(initiative)
         told = progress.initiatives if source is not None else []
         for initiative in dict.fromkeys([*told, *self.violations]):
-            result.partials.append(Partial(
-                initiative=initiative, partition=self.partition,
-                source=source if initiative in told else None, mark=progress.mark,
-                buckets=self.partials.get(initiative, {}), violations=self.violations.get(initiative, []),
-                dead_letters=dict(self.dead) if initiative in told else {}))
+            result.partials.append(
+                Partial(
+                    initiative=initiative,
+                    partition=self.partition,
+                    source=source if initiative in told else None,
+                    mark=progress.mark,
+                    buckets=self.partials.get(initiative, {}),
+                    violations=self.violations.get(initiative, []),
+                    dead_letters=dict(self.dead) if initiative in told else {},
+                )
+            )
         if source is not None:
             self.stage._dirty_progress.add(self.partition)
         return result
@@ -423,6 +496,5 @@ class _Batch:
 
 def _value(record: SourceRecord) -> bytes:
     if record.value is None:
-        raise DecodeError("empty value (a tombstone): input records must carry an event",
-                          "the record's value is null")
+        raise DecodeError("empty value (a tombstone): input records must carry an event", "the record's value is null")
     return record.value

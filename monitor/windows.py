@@ -53,8 +53,18 @@ class BucketRow:
         initiative_exposures = sum(c.exposures for c in self.series.values())
         for series in sorted(set(self.series).union(roster)):
             c = self.series.get(series, silent)
-            yield BucketObservation(series, start, end, c.exposures, c.clicks, c.conversions, c.revenue,
-                                    c.fallbacks, c.latency_ms_sum, group_exposures=initiative_exposures)
+            yield BucketObservation(
+                series,
+                start,
+                end,
+                c.exposures,
+                c.clicks,
+                c.conversions,
+                c.revenue,
+                c.fallbacks,
+                c.latency_ms_sum,
+                group_exposures=initiative_exposures,
+            )
 
     def events(self) -> int:
         return sum(c.events() for c in self.series.values())
@@ -76,8 +86,8 @@ class InitiativeClock:
     partition_marks: dict[int, float] = field(default_factory=dict)  # greatest event time per source partition
     partition_walls: dict[int, float] = field(default_factory=dict)  # wall time of its last event
     partition_offsets: dict[int, int] = field(default_factory=dict)  # last source offset applied
-    duplicates: int = 0   # partials applied before (redelivered), skipped
-    gaps: int = 0         # source offsets no partial covered (lost between the stages)
+    duplicates: int = 0  # partials applied before (redelivered), skipped
+    gaps: int = 0  # source offsets no partial covered (lost between the stages)
     dead_letters: dict[str, int] = field(default_factory=dict)  # by reason kind, since the initiative was first seen
     roster: dict[str, float] = field(default_factory=dict)  # series -> end of the last closed bucket it had events in
 
@@ -91,9 +101,9 @@ class Applied:
     """What applying one partial did."""
 
     duplicate: bool = False
-    counted: int = 0                      # events counted in open buckets
-    late: int = 0                         # events of closed buckets: counted as late, dropped
-    gap: int = 0                          # source offsets skipped before this partial
+    counted: int = 0  # events counted in open buckets
+    late: int = 0  # events of closed buckets: counted as late, dropped
+    gap: int = 0  # source offsets skipped before this partial
     late_experiments: dict[str, ExperimentTotals] = field(default_factory=dict)
     closed: list[BucketRow] = field(default_factory=list)
 
@@ -101,9 +111,17 @@ class Applied:
 class WindowKeeper:
     """Adds events to open buckets and hands back the buckets the watermark closed."""
 
-    def __init__(self, clocks: Staged, buckets: Staged, *,
-                 bucket_seconds: int, allowed_lateness_seconds: int, retention_days: int,
-                 source_partitions: int = 1, idle_seconds: float = 900.0) -> None:
+    def __init__(
+        self,
+        clocks: Staged,
+        buckets: Staged,
+        *,
+        bucket_seconds: int,
+        allowed_lateness_seconds: int,
+        retention_days: int,
+        source_partitions: int = 1,
+        idle_seconds: float = 900.0,
+    ) -> None:
         self.clocks = clocks
         self.buckets = buckets
         self.bucket_seconds = bucket_seconds
@@ -240,11 +258,14 @@ class WindowKeeper:
         clock.open_starts = [s for s in clock.open_starts if s + self.bucket_seconds > closed_until]
         if previous is not None:  # the empty buckets between, within the retention, from the first with events
             first = previous if clock.roster else min(closing, default=closed_until)
-            closing.update(range(int(max(first, closed_until - self.retention)), int(closed_until),
-                                 self.bucket_seconds))
+            closing.update(
+                range(int(max(first, closed_until - self.retention)), int(closed_until), self.bucket_seconds)
+            )
         # Taken before expiry: after a gap longer than the retention, a bucket closing now is already too old to keep.
-        rows = [self._row(bucket_key(initiative, s)) or BucketRow(initiative, s, s + self.bucket_seconds)
-                for s in sorted(closing)]
+        rows = [
+            self._row(bucket_key(initiative, s)) or BucketRow(initiative, s, s + self.bucket_seconds)
+            for s in sorted(closing)
+        ]
         for row in rows:
             for series in row.series:
                 clock.roster[series] = row.end

@@ -229,7 +229,8 @@ class IncidentSummary(_PlanModel):
         if self.last_transition < self.opened_at:
             raise ValueError(
                 f"incident {self.incident_id}: last transition {self.last_transition.isoformat()} "
-                f"precedes its opening {self.opened_at.isoformat()}")
+                f"precedes its opening {self.opened_at.isoformat()}"
+            )
         return self
 
 
@@ -285,10 +286,15 @@ class PlanDocument(_PlanModel):
     initiative: Name
     revision: int = Field(ge=1)
     created_at: UtcDatetime
-    updated_at: UtcDatetime = Field(description="When this revision was written (the writer's clock; the `with_*` "
-                                                "functions set the event time, the monitor's stage restamps it).")
-    watermark: UtcDatetime | None = Field(description=(
-        "The event-time watermark this revision reflects (the monitor's: every source partition read up to it)."))
+    updated_at: UtcDatetime = Field(
+        description="When this revision was written (the writer's clock; the `with_*` "
+        "functions set the event time, the monitor's stage restamps it)."
+    )
+    watermark: UtcDatetime | None = Field(
+        description=(
+            "The event-time watermark this revision reflects (the monitor's: every source partition read up to it)."
+        )
+    )
     pattern: Literal["pipeline", "diamond"]
     merge_gate: MergeGate | None
     owners: dict[str, str] = Field(description="Role -> the person or team who holds it.")
@@ -296,7 +302,7 @@ class PlanDocument(_PlanModel):
     feeds: tuple[DataFeed, ...]
     dependency_graph: DependencyGraph
     error_handling: ErrorHandling
-    thresholds: dict[str, Number | str]   # a number, or a choice such as alert_kpi
+    thresholds: dict[str, Number | str]  # a number, or a choice such as alert_kpi
     cadence: Cadence
     success_metrics: tuple[SuccessMetric, ...]
     open_incidents: tuple[IncidentSummary, ...]
@@ -304,7 +310,8 @@ class PlanDocument(_PlanModel):
     approvals: tuple[Approval, ...]
     governance_checklist: tuple[ChecklistItem, ...]
     experiment_memos: tuple[MemoSummary, ...] = Field(
-        description="Per experiment, the memo of its latest recommendation (written when the recommendation changes).")
+        description="Per experiment, the memo of its latest recommendation (written when the recommendation changes)."
+    )
     change_log: tuple[ChangeLogEntry, ...]
 
     @model_validator(mode="after")
@@ -332,7 +339,8 @@ class PlanDocument(_PlanModel):
         if bucket_threshold is not None and bucket_threshold != self.cadence.bucket_seconds:
             raise ValueError(
                 f"thresholds.bucket_seconds={bucket_threshold} disagrees with cadence.bucket_seconds="
-                f"{self.cadence.bucket_seconds}")
+                f"{self.cadence.bucket_seconds}"
+            )
         if self.updated_at < self.created_at:
             raise ValueError("updated_at precedes created_at")
         return self
@@ -379,7 +387,7 @@ def _upsert(items: tuple[_Item, ...], item: Any, wanted: str, key: Any) -> tuple
     # `item` may be a plain dict: _revise validates it with the whole document.
     for index, existing in enumerate(items):
         if key(existing) == wanted:
-            return (*items[:index], item, *items[index + 1:])
+            return (*items[:index], item, *items[index + 1 :])
     return (*items, item)
 
 
@@ -475,13 +483,28 @@ _DEFAULT_FALLBACK_OWNERS: dict[str, str] = {
 
 def _default_success_metrics() -> tuple[SuccessMetric, ...]:
     return (
-        SuccessMetric(name="lift_pct", target=5.0, unit="%", direction="at_least",
-                      description="Relative conversion lift of the personalized variant over control."),
-        SuccessMetric(name="incident_response_minutes", target=30.0, unit="min", direction="at_most",
-                      description="Median minutes from an incident opening to its acknowledgement by a person "
-                                  "(or to its resolution, for one resolved unacknowledged)."),
-        SuccessMetric(name="consent_adherence_pct", target=100.0, unit="%", direction="at_least",
-                      description="Share of personalized exposures that reached a user with personalization consent."),
+        SuccessMetric(
+            name="lift_pct",
+            target=5.0,
+            unit="%",
+            direction="at_least",
+            description="Relative conversion lift of the personalized variant over control.",
+        ),
+        SuccessMetric(
+            name="incident_response_minutes",
+            target=30.0,
+            unit="min",
+            direction="at_most",
+            description="Median minutes from an incident opening to its acknowledgement by a person "
+            "(or to its resolution, for one resolved unacknowledged).",
+        ),
+        SuccessMetric(
+            name="consent_adherence_pct",
+            target=100.0,
+            unit="%",
+            direction="at_least",
+            description="Share of personalized exposures that reached a user with personalization consent.",
+        ),
     )
 
 
@@ -537,17 +560,20 @@ def new_plan(
         "updated_at": created,
         "pattern": "diamond",
         "merge_gate": MergeGate(
-            waits_for=("governance", "experiments"), before="reporting",
+            waits_for=("governance", "experiments"),
+            before="reporting",
             rule="the report is published only when the governance checklist and the experiment "
-                 "readout for the same closed buckets are both complete"),
+            "readout for the same closed buckets are both complete",
+        ),
         "owners": role_owners,
         # Caller-influenced parts stay plain dicts so validation errors surface as InvalidPlanError.
-        "stages": tuple({"name": name, "owner_role": role, "updated_at": created}
-                        for name, role in _STAGE_OWNERS.items()),
+        "stages": tuple(
+            {"name": name, "owner_role": role, "updated_at": created} for name, role in _STAGE_OWNERS.items()
+        ),
         "feeds": tuple({"name": topic, "freshness_objective_seconds": _freshness_objective(topic)} for topic in feeds),
         "dependency_graph": DependencyGraph(
-            nodes=tuple(nodes),
-            edges=tuple(GraphEdge(source=s, target=t, kind=k) for s, t, k in _EDGES)),
+            nodes=tuple(nodes), edges=tuple(GraphEdge(source=s, target=t, kind=k) for s, t, k in _EDGES)
+        ),
         "error_handling": ErrorHandling(fallback_owners=dict(_DEFAULT_FALLBACK_OWNERS)),
         "thresholds": threshold_values,
         "cadence": {"bucket_seconds": bucket_seconds},
@@ -567,8 +593,14 @@ def new_plan(
 
 # --------------------------------------------------------------------------- updates
 
+
 def with_thresholds(
-    plan: PlanDocument, thresholds: Mapping[str, Number | str], *, at: datetime, actor: str, reason: str,
+    plan: PlanDocument,
+    thresholds: Mapping[str, Number | str],
+    *,
+    at: datetime,
+    actor: str,
+    reason: str,
 ) -> PlanDocument:
     """`plan` with `thresholds` merged in, one change-log entry per key whose value changed.
 
@@ -586,16 +618,26 @@ def with_thresholds(
     >>> with_thresholds(changed, {"alert_threshold": 0.25}, at=t0, actor="ana", reason="") is changed
     True
     """
-    changed = {key: value for key, value in sorted(thresholds.items())
-               if key not in plan.thresholds or plan.thresholds[key] != value}
+    changed = {
+        key: value
+        for key, value in sorted(thresholds.items())
+        if key not in plan.thresholds or plan.thresholds[key] != value
+    }
     if not changed:
         return plan
     stamp = _stamp(plan, at)
     # Plain dicts: _revise validates them with the document, so a bad value is an InvalidPlanError.
     entries = tuple(
-        {"at": stamp, "actor": actor, "field": f"thresholds.{key}",
-         "old": plan.thresholds.get(key), "new": value, "reason": reason}
-        for key, value in changed.items())
+        {
+            "at": stamp,
+            "actor": actor,
+            "field": f"thresholds.{key}",
+            "old": plan.thresholds.get(key),
+            "new": value,
+            "reason": reason,
+        }
+        for key, value in changed.items()
+    )
     updates: dict[str, Any] = {
         "thresholds": {**plan.thresholds, **changed},
         "change_log": plan.change_log + entries,
@@ -606,8 +648,14 @@ def with_thresholds(
 
 
 def with_metric(
-    plan: PlanDocument, name: str, *, at: datetime, actor: str, reason: str,
-    target: float | None = None, current: float | None = None,
+    plan: PlanDocument,
+    name: str,
+    *,
+    at: datetime,
+    actor: str,
+    reason: str,
+    target: float | None = None,
+    current: float | None = None,
 ) -> PlanDocument:
     """`plan` with the success metric `name` given a new target and/or current value.
 
@@ -616,30 +664,47 @@ def with_metric(
     the same plan.
     """
     metric = plan.metric(name)
-    changed = {field: value for field, value in (("target", target), ("current", current))
-               if value is not None and getattr(metric, field) != value}
+    changed = {
+        field: value
+        for field, value in (("target", target), ("current", current))
+        if value is not None and getattr(metric, field) != value
+    }
     if not changed:
         return plan
     stamp = _stamp(plan, at)
     entries = tuple(
-        {"at": stamp, "actor": actor, "field": f"success_metrics.{name}.{field}",
-         "old": getattr(metric, field), "new": value, "reason": reason}
-        for field, value in changed.items())
+        {
+            "at": stamp,
+            "actor": actor,
+            "field": f"success_metrics.{name}.{field}",
+            "old": getattr(metric, field),
+            "new": value,
+            "reason": reason,
+        }
+        for field, value in changed.items()
+    )
     updated_metric = {**metric.model_dump(), **changed}
-    return _revise(plan, at=at,
-                   success_metrics=_upsert(plan.success_metrics, updated_metric, name, lambda m: m.name),
-                   change_log=plan.change_log + entries)
+    return _revise(
+        plan,
+        at=at,
+        success_metrics=_upsert(plan.success_metrics, updated_metric, name, lambda m: m.name),
+        change_log=plan.change_log + entries,
+    )
 
 
 # How soon backlog work is due after it was created, by what it is and the incident's severity:
 # remediation steps first, the review once the incident is understood.
 DUE_WITHIN: dict[tuple[str, str], timedelta] = {
-    ("step", "critical"): timedelta(hours=4), ("step", "warning"): timedelta(days=1),
-    ("review", "critical"): timedelta(days=2), ("review", "warning"): timedelta(days=5)}
+    ("step", "critical"): timedelta(hours=4),
+    ("step", "warning"): timedelta(days=1),
+    ("review", "critical"): timedelta(days=2),
+    ("review", "warning"): timedelta(days=5),
+}
 
 
-def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
-                  steps: Iterable[str] = ()) -> PlanDocument:
+def with_incident(
+    plan: PlanDocument, summary: IncidentSummary, *, at: datetime, steps: Iterable[str] = ()
+) -> PlanDocument:
     """`plan` with the incident upserted among the open ones, or removed once resolved.
 
     The first time an incident id reaches the plan, its remediation `steps` (the
@@ -666,8 +731,7 @@ def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
     current = plan.incident(summary.incident_id)
     if summary.status == "resolved":
         if current is not None:
-            updates["open_incidents"] = tuple(
-                i for i in plan.open_incidents if i.incident_id != summary.incident_id)
+            updates["open_incidents"] = tuple(i for i in plan.open_incidents if i.incident_id != summary.incident_id)
     elif current != summary:
         updates["open_incidents"] = _upsert(plan.open_incidents, summary, summary.incident_id, lambda i: i.incident_id)
     review_id = post_incident_review_id(summary.incident_id)
@@ -676,21 +740,38 @@ def with_incident(plan: PlanDocument, summary: IncidentSummary, *, at: datetime,
     if all(item.id != review_id for item in plan.backlog):
         created = _stamp(plan, at)
         severity = "critical" if summary.severity == "critical" else "warning"
-        common = {"owner": summary.owner, "priority": "P1" if severity == "critical" else "P2",
-                  "source": summary.incident_id, "created_at": created}
-        items = [{**common, "id": f"{summary.incident_id}-step-{n}",
-                  "title": textwrap.shorten(f"{summary.kind}: {step}", width=200, placeholder=" …"),
-                  "due_at": created + DUE_WITHIN["step", severity]} for n, step in enumerate(steps, start=1)]
-        items.append({**common, "id": review_id, "title": f"{POST_INCIDENT_REVIEW}: {summary.kind}",
-                      "due_at": created + DUE_WITHIN["review", severity]})
+        common = {
+            "owner": summary.owner,
+            "priority": "P1" if severity == "critical" else "P2",
+            "source": summary.incident_id,
+            "created_at": created,
+        }
+        items = [
+            {
+                **common,
+                "id": f"{summary.incident_id}-step-{n}",
+                "title": textwrap.shorten(f"{summary.kind}: {step}", width=200, placeholder=" …"),
+                "due_at": created + DUE_WITHIN["step", severity],
+            }
+            for n, step in enumerate(steps, start=1)
+        ]
+        items.append(
+            {
+                **common,
+                "id": review_id,
+                "title": f"{POST_INCIDENT_REVIEW}: {summary.kind}",
+                "due_at": created + DUE_WITHIN["review", severity],
+            }
+        )
         updates["backlog"] = (*plan.backlog, *items)
     if not updates:
         return plan
     return _revise(plan, at=at, **updates)
 
 
-def with_incident_action(plan: PlanDocument, incident_id: str, action: str, *, by: str, text: str,
-                         at: datetime, action_id: str = "") -> PlanDocument:
+def with_incident_action(
+    plan: PlanDocument, incident_id: str, action: str, *, by: str, text: str, at: datetime, action_id: str = ""
+) -> PlanDocument:
     """`plan` with a person's action on an incident: one change-log entry each; an acknowledgement is kept on
     the open incident, a resolution closes it. UnknownPlanItemError for an incident the plan never had.
     An action whose `action_id` the change log already holds changes nothing (a redelivery).
@@ -717,12 +798,22 @@ def with_incident_action(plan: PlanDocument, incident_id: str, action: str, *, b
     if action == "acknowledged" and known is not None:
         minutes = max(0.0, (_aware(at) - known.opened_at).total_seconds() / 60)
         reason = f"response {minutes:.0f} min" + (f"; {text}" if text else "")
-        updates["open_incidents"] = _upsert(plan.open_incidents, known.model_copy(
-            update={"acknowledged_at": stamp, "acknowledged_by": by}), incident_id, lambda i: i.incident_id)
+        updates["open_incidents"] = _upsert(
+            plan.open_incidents,
+            known.model_copy(update={"acknowledged_at": stamp, "acknowledged_by": by}),
+            incident_id,
+            lambda i: i.incident_id,
+        )
     elif action == "resolved" and known is not None:
         updates["open_incidents"] = tuple(i for i in plan.open_incidents if i.incident_id != incident_id)
-    entry = {"at": stamp, "actor": by, "field": f"open_incidents.{incident_id}.{action}", "old": None,
-             "new": text or action, "reason": f"{reason} {tag}".strip()}
+    entry = {
+        "at": stamp,
+        "actor": by,
+        "field": f"open_incidents.{incident_id}.{action}",
+        "old": None,
+        "new": text or action,
+        "reason": f"{reason} {tag}".strip(),
+    }
     return _revise(plan, at=at, change_log=(*plan.change_log, entry), **updates)
 
 

@@ -57,5 +57,8 @@ def diff(old: PlanDocument, new: PlanDocument) -> list[tuple[str, Any, Any]]:
     after: dict[str, Any] = {}
     _flatten(old.model_dump(mode="json"), "", before)
     _flatten(new.model_dump(mode="json"), "", after)
-    return [(path, before.get(path), after.get(path)) for path in sorted(before.keys() | after.keys())
-            if before.get(path) != after.get(path)]
+    return [
+        (path, before.get(path), after.get(path))
+        for path in sorted(before.keys() | after.keys())
+        if before.get(path) != after.get(path)
+    ]

@@ -169,5 +169,6 @@ def latest(directory: Path, initiative: str) -> PlanDocument | None:
     if plan.initiative != initiative:
         raise PlanReadError(
             f"plan document {newest} belongs to initiative {plan.initiative!r}, not {initiative!r} "
-            "(their names share a slug)")
+            "(their names share a slug)"
+        )
     return plan

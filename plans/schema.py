@@ -33,8 +33,9 @@ def plan_json_schema() -> dict[str, Any]:
 
 def plan_schema_bytes() -> bytes:
     """The schema as deterministic JSON (sorted keys, two-space indent, final newline)."""
-    return orjson.dumps(plan_json_schema(),
-                        option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(
+        plan_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

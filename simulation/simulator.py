@@ -101,18 +101,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 """Sunday 2026-11-01 00:00 UTC: the fixed start of the default run."""
 
-INJECTION_KINDS: frozenset[str] = frozenset({
-    "conversion_drop",         # conversion rate down by `magnitude`
-    "ctr_drop",                # click rate down by `magnitude`
-    "spike",                   # click and conversion rates up by `magnitude`
-    "volume_drop",             # exposures down by `magnitude`
-    "fallback_surge",          # fallback flag on for a share `magnitude` of exposures
-    "variant_suppression",     # the variant gets no exposures (magnitude 1.0)
-    "feed_gap",                # no engagement event at all (magnitude 1.0)
-    "consent_violation",       # a share `magnitude` of exposures go to users without consent
-    "unapproved_rule_change",  # a rule updated and rolled out without approver or ticket (magnitude 1.0)
-    "experiment_rule_change",  # an approved update of a rule serving a live experiment (magnitude 1.0)
-})
+INJECTION_KINDS: frozenset[str] = frozenset(
+    {
+        "conversion_drop",  # conversion rate down by `magnitude`
+        "ctr_drop",  # click rate down by `magnitude`
+        "spike",  # click and conversion rates up by `magnitude`
+        "volume_drop",  # exposures down by `magnitude`
+        "fallback_surge",  # fallback flag on for a share `magnitude` of exposures
+        "variant_suppression",  # the variant gets no exposures (magnitude 1.0)
+        "feed_gap",  # no engagement event at all (magnitude 1.0)
+        "consent_violation",  # a share `magnitude` of exposures go to users without consent
+        "unapproved_rule_change",  # a rule updated and rolled out without approver or ticket (magnitude 1.0)
+        "experiment_rule_change",  # an approved update of a rule serving a live experiment (magnitude 1.0)
+    }
+)
 _WHOLE_KINDS = frozenset({"variant_suppression", "feed_gap", "unapproved_rule_change", "experiment_rule_change"})
 _RULE_KINDS = frozenset({"unapproved_rule_change", "experiment_rule_change"})
 
@@ -122,7 +124,7 @@ _MAX_CLICK_DELAY_MS = 10 * 60_000
 _CONVERSION_DELAY_MEAN_MS = 9 * 60_000
 # Below an hour, so that every follow-up lands in its exposure's hour or the next one.
 _MAX_CONVERSION_DELAY_MS = 55 * 60_000
-_CONSENT_BOOTSTRAP_MS = 120_000   # the initial grants are spread over the run's first two minutes
+_CONSENT_BOOTSTRAP_MS = 120_000  # the initial grants are spread over the run's first two minutes
 _USER_PICK_ATTEMPTS = 40
 _QUANTILE_TABLE_SIZE = 4096
 _REVENUE_SIGMA = 0.6
@@ -134,8 +136,30 @@ _MAX_NAME = 128
 # Relative traffic by UTC hour of day (EU afternoon + US evening peak, night trough),
 # normalised below to a mean of 1.0: the trough is ~0.30, the peak ~1.80.
 _HOURLY_SHAPE = (
-    0.75, 0.60, 0.45, 0.36, 0.31, 0.30, 0.32, 0.40, 0.55, 0.75, 0.95, 1.10,
-    1.20, 1.25, 1.28, 1.32, 1.40, 1.55, 1.70, 1.78, 1.72, 1.50, 1.20, 0.95,
+    0.75,
+    0.60,
+    0.45,
+    0.36,
+    0.31,
+    0.30,
+    0.32,
+    0.40,
+    0.55,
+    0.75,
+    0.95,
+    1.10,
+    1.20,
+    1.25,
+    1.28,
+    1.32,
+    1.40,
+    1.55,
+    1.70,
+    1.78,
+    1.72,
+    1.50,
+    1.20,
+    0.95,
 )
 _HOURLY_FACTOR = tuple(value * 24 / sum(_HOURLY_SHAPE) for value in _HOURLY_SHAPE)
 # Monday..Sunday; mean 1.0, weekends a little quieter.
@@ -234,12 +258,16 @@ class InitiativeSpec:
         # Names go into events built without validation: they must be what the schema accepts
         # (1..128 characters, no surrounding blanks), and without '|', the series key separator.
         if not _is_name(self.name):
-            raise ValueError(f"initiative name must be 1..{_MAX_NAME} characters without '|' or surrounding "
-                             f"blanks, got {self.name!r}")
+            raise ValueError(
+                f"initiative name must be 1..{_MAX_NAME} characters without '|' or surrounding "
+                f"blanks, got {self.name!r}"
+            )
         for what, names in (("profiles", self.profiles), ("channels", self.channels), ("variants", self.variants)):
             if not names or len(set(names)) != len(names) or not all(_is_name(n) for n in names):
-                raise ValueError(f"{self.name}: {what} must be distinct names of 1..{_MAX_NAME} characters "
-                                 f"without '|' or surrounding blanks, got {names}")
+                raise ValueError(
+                    f"{self.name}: {what} must be distinct names of 1..{_MAX_NAME} characters "
+                    f"without '|' or surrounding blanks, got {names}"
+                )
         if self.experiment is not None and not _is_name(self.experiment):
             raise ValueError(f"{self.name}: experiment name {self.experiment!r} is not a valid name")
         if (self.experiment is None) != (self.variants == ("none",)):
@@ -336,15 +364,21 @@ class Injection:
     def series(self, initiatives: Sequence[InitiativeSpec] | None = None) -> list[str]:
         """The affected series keys, looked up in ``initiatives`` (default: :func:`default_program`)."""
         spec = _initiative_named(initiatives if initiatives is not None else default_program(), self.initiative)
-        for what, wanted, names in (("profile", self.profile, spec.profiles), ("channel", self.channel, spec.channels),
-                                    ("variant", self.variant, spec.variants)):
+        for what, wanted, names in (
+            ("profile", self.profile, spec.profiles),
+            ("channel", self.channel, spec.channels),
+            ("variant", self.variant, spec.variants),
+        ):
             if wanted is not None and wanted not in names:
                 raise ValueError(f"injection {self.kind}: {self.initiative} has no {what} {wanted!r}; it has {names}")
         return [
             build_key(spec.name, p, c, v)
-            for p in spec.profiles if self.profile in (None, p)
-            for c in spec.channels if self.channel in (None, c)
-            for v in spec.variants if self.variant in (None, v)
+            for p in spec.profiles
+            if self.profile in (None, p)
+            for c in spec.channels
+            if self.channel in (None, c)
+            for v in spec.variants
+            if self.variant in (None, v)
         ]
 
 
@@ -377,7 +411,7 @@ def default_program() -> tuple[InitiativeSpec, ...]:
             allocation=(0.5, 0.5),
             profile_rate_factors=(1.0, 0.8),
             channel_rate_factors=(1.0, 0.6),
-            variant_cvr_lifts=(1.0, 1.06),   # the checklist works a little: the readout has a lift to find
+            variant_cvr_lifts=(1.0, 1.06),  # the checklist works a little: the readout has a lift to find
             revenue_mean=29.0,
             rule_ids=("plg-checklist-web", "plg-nurture-email"),
         ),
@@ -435,15 +469,35 @@ def demo_program(days: int = 14) -> tuple[InitiativeSpec, ...]:
         replace(onboarding, variant_cvr_lifts=(1.0, 1.10)),
         *others,
         InitiativeSpec(
-            name="Checkout Upsell", profiles=("buyer",), channels=("web",), variants=("control", "treatment"),
-            experiment="upsell-bundle", exposures_per_hour=700.0, ctr=0.08, cvr=0.08, allocation=(0.5, 0.5),
-            variant_cvr_lifts=(1.0, 0.8), revenue_mean=45.0, rule_ids=("upsell-bundle-web",),
-            launch_day=days // 2),
+            name="Checkout Upsell",
+            profiles=("buyer",),
+            channels=("web",),
+            variants=("control", "treatment"),
+            experiment="upsell-bundle",
+            exposures_per_hour=700.0,
+            ctr=0.08,
+            cvr=0.08,
+            allocation=(0.5, 0.5),
+            variant_cvr_lifts=(1.0, 0.8),
+            revenue_mean=45.0,
+            rule_ids=("upsell-bundle-web",),
+            launch_day=days // 2,
+        ),
         InitiativeSpec(
-            name="Search Ranking", profiles=("searcher",), channels=("web",), variants=("control", "treatment"),
-            experiment="ranking-v2", exposures_per_hour=250.0, ctr=0.15, cvr=0.03, allocation=(0.56, 0.44),
-            planned_allocation=(0.5, 0.5), revenue_mean=20.0, rule_ids=("ranking-v2-web",),
-            launch_day=days // 2),
+            name="Search Ranking",
+            profiles=("searcher",),
+            channels=("web",),
+            variants=("control", "treatment"),
+            experiment="ranking-v2",
+            exposures_per_hour=250.0,
+            ctr=0.15,
+            cvr=0.03,
+            allocation=(0.56, 0.44),
+            planned_allocation=(0.5, 0.5),
+            revenue_mean=20.0,
+            rule_ids=("ranking-v2-web",),
+            launch_day=days // 2,
+        ),
     )
 
 
@@ -483,8 +537,18 @@ def default_injections(start: datetime = DEFAULT_START, days: int = 14) -> tuple
     injections = []
     for day, hour, kind, initiative, hours, magnitude, profile, channel, variant in _DEFAULT_SCHEDULE:
         offset_hours = (day * 24 + hour) * days // _DEFAULT_SCHEDULE_DAYS
-        injections.append(Injection(kind, initiative, start + timedelta(hours=offset_hours), hours, magnitude,
-                                    profile=profile, channel=channel, variant=variant))
+        injections.append(
+            Injection(
+                kind,
+                initiative,
+                start + timedelta(hours=offset_hours),
+                hours,
+                magnitude,
+                profile=profile,
+                channel=channel,
+                variant=variant,
+            )
+        )
     return tuple(injections)
 
 
@@ -542,22 +606,33 @@ class SimulationSpec:
         object.__setattr__(self, "injections", injections)
         for initiative in self.initiatives:
             if initiative.launch_day >= self.days:
-                raise ValueError(f"{initiative.name} launches on day {initiative.launch_day} of a "
-                                 f"{self.days}-day run: it would serve nothing")
+                raise ValueError(
+                    f"{initiative.name} launches on day {initiative.launch_day} of a "
+                    f"{self.days}-day run: it would serve nothing"
+                )
         for injection in injections:
-            injection.series(self.initiatives)   # raises on an unknown initiative/profile/channel/variant
+            injection.series(self.initiatives)  # raises on an unknown initiative/profile/channel/variant
             launch = self.start + timedelta(days=_initiative_named(self.initiatives, injection.initiative).launch_day)
             if injection.start < launch:
-                raise ValueError(f"injection {injection.kind} on {injection.initiative} starts at "
-                                 f"{_iso_z(injection.start)}, before the initiative launches ({_iso_z(launch)})")
-            if injection.kind in _RULE_KINDS and injection.channel is None and len(
-                    _initiative_named(self.initiatives, injection.initiative).channels) > 1:
-                raise ValueError(f"{injection.kind} on {injection.initiative}: say which channel's rule "
-                                 "(rules are per channel, and the label must name the series it serves)")
+                raise ValueError(
+                    f"injection {injection.kind} on {injection.initiative} starts at "
+                    f"{_iso_z(injection.start)}, before the initiative launches ({_iso_z(launch)})"
+                )
+            if (
+                injection.kind in _RULE_KINDS
+                and injection.channel is None
+                and len(_initiative_named(self.initiatives, injection.initiative).channels) > 1
+            ):
+                raise ValueError(
+                    f"{injection.kind} on {injection.initiative}: say which channel's rule "
+                    "(rules are per channel, and the label must name the series it serves)"
+                )
             if injection.start < self.start or injection.end > self.end:
-                raise ValueError(f"injection {injection.kind} on {injection.initiative} "
-                                 f"[{_iso_z(injection.start)}, {_iso_z(injection.end)}) "
-                                 f"is outside the run [{_iso_z(self.start)}, {_iso_z(self.end)})")
+                raise ValueError(
+                    f"injection {injection.kind} on {injection.initiative} "
+                    f"[{_iso_z(injection.start)}, {_iso_z(injection.end)}) "
+                    f"is outside the run [{_iso_z(self.start)}, {_iso_z(self.end)})"
+                )
 
     @property
     def end(self) -> datetime:
@@ -590,7 +665,7 @@ def labels(spec: SimulationSpec) -> list[dict[str, Any]]:
     >>> first["kind"], first["series"], first["start"], first["end"], first["magnitude"]
     ('ctr_drop', ['Pricing Page Recs|free_tier|web|none'], '2026-11-05T14:00:00Z', '2026-11-05T19:00:00Z', 0.5)
     """
-    assert spec.injections is not None   # resolved in SimulationSpec.__post_init__
+    assert spec.injections is not None  # resolved in SimulationSpec.__post_init__
     return [
         {
             "kind": injection.kind,
@@ -635,7 +710,7 @@ class _Users:
     # the hot loop's one-comparison check, with consent_intervals for the others.
     steady_consent_from: list[int]
     ever_without_consent: list[bool]
-    propensity: list[float]   # multiplies the user's conversion probability
+    propensity: list[float]  # multiplies the user's conversion probability
 
 
 @dataclass(slots=True)
@@ -652,12 +727,12 @@ class _Cell:
     mean_per_hour: float
     pool: list[int]
     pool_without_consent: list[int]
-    ctr: list[float]             # per hour of the run, noise and injections applied
+    ctr: list[float]  # per hour of the run, noise and injections applied
     cvr: list[float]
-    volume: list[float]          # exposure multiplier per hour (0 = none)
+    volume: list[float]  # exposure multiplier per hour (0 = none)
     fallback_share: list[float]
     violation_share: list[float]
-    gap: list[bool]              # no engagement event at all in that hour
+    gap: list[bool]  # no engagement event at all in that hour
     latency_table: tuple[float, ...]
     # Every field of an engagement event; the generation loop copies one and sets what varies.
     exposure_template: dict[str, Any]
@@ -665,14 +740,26 @@ class _Cell:
     conversion_template: dict[str, Any]
 
 
-def _engagement_template(event_type: str, initiative: InitiativeSpec, profile: str, channel: str,
-                         variant: str) -> dict[str, Any]:
+def _engagement_template(
+    event_type: str, initiative: InitiativeSpec, profile: str, channel: str, variant: str
+) -> dict[str, Any]:
     # In the models' field order, so that the dict is what validation would have produced.
     return {
-        "event_id": "", "event_type": event_type, "event_time": None, "user_id": "",
-        "initiative": initiative.name, "profile": profile, "channel": channel, "cohort": "",
-        "experiment": initiative.experiment, "variant": variant, "rule_id": None, "fallback": False,
-        "decision_latency_ms": 0.0, "revenue": 0.0, "region": None,
+        "event_id": "",
+        "event_type": event_type,
+        "event_time": None,
+        "user_id": "",
+        "initiative": initiative.name,
+        "profile": profile,
+        "channel": channel,
+        "cohort": "",
+        "experiment": initiative.experiment,
+        "variant": variant,
+        "rule_id": None,
+        "fallback": False,
+        "decision_latency_ms": 0.0,
+        "revenue": 0.0,
+        "region": None,
     }
 
 
@@ -687,7 +774,7 @@ def _make_users(spec: SimulationSpec, rng: random.Random) -> tuple[_Users, list[
     start_day = spec.start.date()
     ids, cohorts, regions, intervals, steady_from, ever_without = [], [], [], [], [], []
     cohort_by_days_before: dict[int, str] = {}
-    changes: list[tuple[int, int, str, str]] = []   # (ms, user index, status, source)
+    changes: list[tuple[int, int, str, str]] = []  # (ms, user index, status, source)
     for index in range(spec.users):
         user_id = f"u{index:06d}"
         eu = rng.random() < spec.eu_share
@@ -728,13 +815,17 @@ def _make_users(spec: SimulationSpec, rng: random.Random) -> tuple[_Users, list[
         event = ConsentEvent(
             event_id=f"{spec.seed}-consent-{number}",
             event_time=spec.start + timedelta(milliseconds=ms),
-            user_id=ids[index], purpose="personalization", status=status, source=source, region=regions[index],
+            user_id=ids[index],
+            purpose="personalization",
+            status=status,
+            source=source,
+            region=regions[index],
         )
         records.append((ms, SimulatedRecord("consent", ids[index], event)))
     # A stream of its own, so that every other draw of the run stays what it was.
     propensity_rng = random.Random(f"{spec.seed}:propensity")
     sigma = spec.propensity_sigma
-    propensity = [propensity_rng.lognormvariate(-sigma ** 2 / 2, sigma) for _ in ids]
+    propensity = [propensity_rng.lognormvariate(-(sigma**2) / 2, sigma) for _ in ids]
     return _Users(ids, cohorts, regions, intervals, steady_from, ever_without, propensity), records
 
 
@@ -773,18 +864,27 @@ def _make_rule_changes(spec: SimulationSpec, rng: random.Random) -> list[tuple[i
         rule_id = initiative.rule_ids[channel_index]
         window_ms = int((injection.start - spec.start).total_seconds() * 1000)
         author = rng.choice(_AUTHORS)
-        approver, ticket = ((rng.choice(_APPROVERS), f"PERS-{rng.randrange(1000, 9999)}")
-                            if injection.kind == "experiment_rule_change" else (None, None))
+        approver, ticket = (
+            (rng.choice(_APPROVERS), f"PERS-{rng.randrange(1000, 9999)}")
+            if injection.kind == "experiment_rule_change"
+            else (None, None)
+        )
         planned.append((window_ms + 5 * 60_000, initiative.name, rule_id, "updated", author, approver, ticket))
         planned.append((window_ms + 20 * 60_000, initiative.name, rule_id, "rolled_out", author, approver, ticket))
-    planned.sort(key=lambda item: item[0])   # stable: same-instant changes keep their planned order
+    planned.sort(key=lambda item: item[0])  # stable: same-instant changes keep their planned order
     experiments = {initiative.name: initiative.experiment for initiative in spec.initiatives}
     records = []
     for number, (ms, initiative_name, rule_id, action, author, approver, ticket) in enumerate(planned):
         event = RuleChangeEvent(
-            event_id=f"{spec.seed}-rule-{number}", event_time=spec.start + timedelta(milliseconds=ms),
-            initiative=initiative_name, rule_id=rule_id, action=action, author=author, approver=approver,
-            ticket=ticket, experiment=experiments[initiative_name],
+            event_id=f"{spec.seed}-rule-{number}",
+            event_time=spec.start + timedelta(milliseconds=ms),
+            initiative=initiative_name,
+            rule_id=rule_id,
+            action=action,
+            author=author,
+            approver=approver,
+            ticket=ticket,
+            experiment=experiments[initiative_name],
         )
         records.append((ms, SimulatedRecord("rule-changes", initiative_name, event)))
     return records
@@ -795,22 +895,29 @@ def _make_cells(spec: SimulationSpec, users: _Users, rng: random.Random) -> list
     seasonal = [traffic_factor(spec.start + timedelta(hours=h)) for h in range(hours)]
     cells: list[_Cell] = []
     for initiative in spec.initiatives:
-        latency_table = tuple(min(_MAX_LATENCY_MS, round(value, 1)) for value in
-                              _lognormal_quantiles(initiative.latency_median_ms, initiative.latency_sigma))
-        pools: dict[tuple[str, str], list[int]] = {
-            (p, v): [] for p in initiative.profiles for v in initiative.variants}
+        latency_table = tuple(
+            min(_MAX_LATENCY_MS, round(value, 1))
+            for value in _lognormal_quantiles(initiative.latency_median_ms, initiative.latency_sigma)
+        )
+        pools: dict[tuple[str, str], list[int]] = {(p, v): [] for p in initiative.profiles for v in initiative.variants}
         profile_thresholds = _thresholds(initiative.profile_weights)
         variant_thresholds = _thresholds(initiative.allocation)
         for index, user_id in enumerate(users.ids):
-            profile = initiative.profiles[bisect.bisect_right(
-                profile_thresholds, _unit_hash(f"{initiative.name}/profile", user_id))]
-            variant = initiative.variants[bisect.bisect_right(
-                variant_thresholds, _unit_hash(initiative.experiment, user_id))] if initiative.experiment else "none"
+            profile = initiative.profiles[
+                bisect.bisect_right(profile_thresholds, _unit_hash(f"{initiative.name}/profile", user_id))
+            ]
+            variant = (
+                initiative.variants[bisect.bisect_right(variant_thresholds, _unit_hash(initiative.experiment, user_id))]
+                if initiative.experiment
+                else "none"
+            )
             pools[(profile, variant)].append(index)
         for (profile, variant), pool in pools.items():
             if not pool:
-                raise ValueError(f"{initiative.name}: no user falls in profile {profile!r}, variant {variant!r}; "
-                                 f"raise SimulationSpec.users (now {spec.users})")
+                raise ValueError(
+                    f"{initiative.name}: no user falls in profile {profile!r}, variant {variant!r}; "
+                    f"raise SimulationSpec.users (now {spec.users})"
+                )
         for p_index, profile in enumerate(initiative.profiles):
             for c_index, channel in enumerate(initiative.channels):
                 for v_index, variant in enumerate(initiative.variants):
@@ -819,24 +926,34 @@ def _make_cells(spec: SimulationSpec, users: _Users, rng: random.Random) -> list
                     cvr = min(0.95, initiative.cvr * rate_factor * initiative.variant_cvr_lifts[v_index])
                     pool = pools[(profile, variant)]
                     mean = initiative.exposures_per_hour * initiative.exposure_share(profile, channel, variant)
-                    cells.append(_Cell(
-                        index=len(cells), key=build_key(initiative.name, profile, channel, variant),
-                        initiative=initiative, profile=profile, channel=channel, variant=variant,
-                        rule_id=initiative.rule_ids[c_index], mean_per_hour=mean, pool=pool,
-                        pool_without_consent=[u for u in pool if users.ever_without_consent[u]],
-                        ctr=[ctr * rng.lognormvariate(0.0, _RATE_NOISE_SIGMA) for _ in range(hours)],
-                        cvr=[cvr * rng.lognormvariate(0.0, _RATE_NOISE_SIGMA) for _ in range(hours)],
-                        volume=[0.0 if h < initiative.launch_day * 24 else factor
-                                for h, factor in enumerate(seasonal)],
-                        fallback_share=[initiative.fallback_share] * hours,
-                        violation_share=[0.0] * hours,
-                        gap=[False] * hours,
-                        latency_table=latency_table,
-                        exposure_template=_engagement_template("exposure", initiative, profile, channel, variant),
-                        click_template=_engagement_template("click", initiative, profile, channel, variant),
-                        conversion_template=_engagement_template("conversion", initiative, profile, channel,
-                                                                 variant),
-                    ))
+                    cells.append(
+                        _Cell(
+                            index=len(cells),
+                            key=build_key(initiative.name, profile, channel, variant),
+                            initiative=initiative,
+                            profile=profile,
+                            channel=channel,
+                            variant=variant,
+                            rule_id=initiative.rule_ids[c_index],
+                            mean_per_hour=mean,
+                            pool=pool,
+                            pool_without_consent=[u for u in pool if users.ever_without_consent[u]],
+                            ctr=[ctr * rng.lognormvariate(0.0, _RATE_NOISE_SIGMA) for _ in range(hours)],
+                            cvr=[cvr * rng.lognormvariate(0.0, _RATE_NOISE_SIGMA) for _ in range(hours)],
+                            volume=[
+                                0.0 if h < initiative.launch_day * 24 else factor for h, factor in enumerate(seasonal)
+                            ],
+                            fallback_share=[initiative.fallback_share] * hours,
+                            violation_share=[0.0] * hours,
+                            gap=[False] * hours,
+                            latency_table=latency_table,
+                            exposure_template=_engagement_template("exposure", initiative, profile, channel, variant),
+                            click_template=_engagement_template("click", initiative, profile, channel, variant),
+                            conversion_template=_engagement_template(
+                                "conversion", initiative, profile, channel, variant
+                            ),
+                        )
+                    )
     by_key = {cell.key: cell for cell in cells}
     assert spec.injections is not None
     for injection in spec.injections:
@@ -883,7 +1000,7 @@ def _trusted_builder(model: type[_ModelT]) -> Callable[[dict[str, Any]], _ModelT
     ``model_construct``.
     """
     new, set_attribute = object.__new__, object.__setattr__
-    all_fields = set(model.model_fields)   # shared: pydantic copies it before any change (model_copy)
+    all_fields = set(model.model_fields)  # shared: pydantic copies it before any change (model_copy)
 
     def build(values: dict[str, Any]) -> _ModelT:
         instance = new(model)
@@ -894,17 +1011,31 @@ def _trusted_builder(model: type[_ModelT]) -> Callable[[dict[str, Any]], _ModelT
         return instance
 
     sample = {
-        "event_id": "self-check", "event_type": "conversion", "event_time": DEFAULT_START, "user_id": "u000000",
-        "initiative": "i", "profile": "p", "channel": "c", "cohort": "2026-W44", "experiment": None,
-        "variant": "none", "rule_id": None, "fallback": False, "decision_latency_ms": 0.0, "revenue": 1.5,
+        "event_id": "self-check",
+        "event_type": "conversion",
+        "event_time": DEFAULT_START,
+        "user_id": "u000000",
+        "initiative": "i",
+        "profile": "p",
+        "channel": "c",
+        "cohort": "2026-W44",
+        "experiment": None,
+        "variant": "none",
+        "rule_id": None,
+        "fallback": False,
+        "decision_latency_ms": 0.0,
+        "revenue": 1.5,
         "region": "EU",
     }
     try:
         built, validated = build(dict(sample)), model.model_validate(sample)
-        if built == validated and built.model_dump(mode="json") == validated.model_dump(mode="json") \
-                and built.model_fields_set == validated.model_fields_set:
+        if (
+            built == validated
+            and built.model_dump(mode="json") == validated.model_dump(mode="json")
+            and built.model_fields_set == validated.model_fields_set
+        ):
             return build
-    except Exception:   # noqa: BLE001 - any surprise from pydantic's internals means: do not take the shortcut
+    except Exception:  # noqa: BLE001 - any surprise from pydantic's internals means: do not take the shortcut
         pass
     logger.warning("pydantic internals differ from what the simulator expects; using model_construct (slower)")
     return lambda values: model.model_construct(**values)
@@ -935,8 +1066,14 @@ def _lognormal_quantiles(median: float, sigma: float, size: int = _QUANTILE_TABL
 _CLICK_DELAYS_MS = tuple(min(_MAX_CLICK_DELAY_MS, int(value)) for value in _lognormal_quantiles(25_000.0, 1.0))
 
 
-def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: int,
-                        now: list[tuple[int, SimulatedRecord]], later: list[tuple[int, SimulatedRecord]]) -> None:
+def _generate_cell_hour(
+    spec: SimulationSpec,
+    users: _Users,
+    cell: _Cell,
+    hour: int,
+    now: list[tuple[int, SimulatedRecord]],
+    later: list[tuple[int, SimulatedRecord]],
+) -> None:
     """Engagement of one series in one hour, appended as (ms, record) to ``now`` (this hour) or ``later``.
 
     This loop runs once per exposure, about 700 000 times in the default run, so it
@@ -975,12 +1112,15 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
     propensity = users.propensity
     latencies, latency_slots = cell.latency_table, len(cell.latency_table)
     click_delays, click_delay_slots = _CLICK_DELAYS_MS, len(_CLICK_DELAYS_MS)
-    new_exposure, new_click, new_conversion = (cell.exposure_template.copy, cell.click_template.copy,
-                                               cell.conversion_template.copy)
+    new_exposure, new_click, new_conversion = (
+        cell.exposure_template.copy,
+        cell.click_template.copy,
+        cell.conversion_template.copy,
+    )
     id_prefix = f"{spec.seed}-{hour}-{cell.index}-"
     mean_gap_ms = _HOUR_MS / mean
     attempts = range(_USER_PICK_ATTEMPTS)
-    consent_horizon_ms = _HOUR_MS   # consent must hold until the last possible follow-up
+    consent_horizon_ms = _HOUR_MS  # consent must hold until the last possible follow-up
     max_conversion_delay, conversion_delay_ms = _MAX_CONVERSION_DELAY_MS, _CONVERSION_DELAY_MEAN_MS
     max_revenue = _MAX_REVENUE
 
@@ -1010,7 +1150,7 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
             continue
         user_id, cohort = ids[user], cohorts[user]
         fallback = (not violating) and rand() < fallback_share
-        served_rule = rule_id   # on a fallback, the rule that fell back
+        served_rule = rule_id  # on a fallback, the rule that fell back
         event_id = f"{id_prefix}{exposure_number}"
         values = new_exposure()
         values["event_id"] = event_id
@@ -1053,7 +1193,7 @@ def _generate_cell_hour(spec: SimulationSpec, users: _Users, cell: _Cell, hour: 
                 values["rule_id"] = served_rule
                 values["fallback"] = fallback
                 if revenue_mean > 0:
-                    revenue = int(exp(revenue_mu + _REVENUE_SIGMA * gauss()) * 100.0 + 0.5) / 100.0   # cents
+                    revenue = int(exp(revenue_mu + _REVENUE_SIGMA * gauss()) * 100.0 + 0.5) / 100.0  # cents
                     values["revenue"] = revenue if revenue < max_revenue else max_revenue
                 (later if in_next else now).append((at, record("engagement", user_id, build(values))))
         t += int(-log(1.0 - rand()) * mean_gap_ms) + 1
@@ -1083,8 +1223,13 @@ def simulate(spec: SimulationSpec) -> Iterator[SimulatedRecord]:
     background: dict[int, list[tuple[int, SimulatedRecord]]] = {}
     for at, item in (*rules, *consent):
         background.setdefault(at // _HOUR_MS, []).append((at, item))
-    logger.debug("simulating %d days, %d series, %d users, %d injections",
-                 spec.days, len(cells), spec.users, len(spec.injections or ()))
+    logger.debug(
+        "simulating %d days, %d series, %d users, %d injections",
+        spec.days,
+        len(cells),
+        spec.users,
+        len(spec.injections or ()),
+    )
 
     carried: list[tuple[int, SimulatedRecord]] = []
     by_time, take_record = operator.itemgetter(0), operator.itemgetter(1)
@@ -1127,8 +1272,15 @@ def write_jsonl(records: Iterable[SimulatedRecord], path: Path | str) -> int:
     with open(path, "wb") as sink:
         for record in records:
             # The same bytes as orjson.dumps(record.to_json()), without the intermediate dict.
-            sink.write(b'{"topic":' + dumps(record.topic) + b',"key":' + dumps(record.key) + b',"value":'
-                       + record.event.model_dump_json().encode() + b"}\n")
+            sink.write(
+                b'{"topic":'
+                + dumps(record.topic)
+                + b',"key":'
+                + dumps(record.key)
+                + b',"value":'
+                + record.event.model_dump_json().encode()
+                + b"}\n"
+            )
             count += 1
     return count
 
@@ -1181,6 +1333,7 @@ def read_jsonl(path: Path | str) -> Iterator[SimulatedRecord]:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(part) for part in first["loc"]) or model.__name__
-                raise JsonlFormatError(source, line_number,
-                                       f"invalid {model.__name__}: {where}: {first['msg']}") from None
+                raise JsonlFormatError(
+                    source, line_number, f"invalid {model.__name__}: {where}: {first['msg']}"
+                ) from None
             yield SimulatedRecord(topic, key, event)  # type: ignore[arg-type]

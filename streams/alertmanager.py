@@ -26,8 +26,9 @@ class AlertmanagerClient:
     async def __call__(self, body: bytes) -> None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        async with self._session.post(self.endpoint, data=body,
-                                      headers={"Content-Type": "application/json"}) as response:
+        async with self._session.post(
+            self.endpoint, data=body, headers={"Content-Type": "application/json"}
+        ) as response:
             if response.status >= 300:
                 detail = (await response.text())[:500]
                 raise AlertmanagerRejected(f"{self.endpoint} answered {response.status}: {detail.strip()}")

@@ -48,7 +48,7 @@ from streams.initiatives import INITIATIVES_CHANGELOG, InitiativeService
 from streams.kafka_io import forbid_topic_auto_creation, watch_topics
 
 log = logging.getLogger(__name__)
-STOP_DEADLINE_SECONDS = 10.0   # from a stop's start (SIGTERM) to the process's end, whatever the broker does
+STOP_DEADLINE_SECONDS = 10.0  # from a stop's start (SIGTERM) to the process's end, whatever the broker does
 # Faust warns about its pickle codec wherever it is registered; this app does not use it.
 warnings.filterwarnings("ignore", message="The pickle codec calls pickle.loads", category=Warning)
 
@@ -92,7 +92,7 @@ class ReadCommittedTransport(faust_aiokafka.Transport):
 
 
 class MonitorApp(faust.App):
-    pmon_fatal: str | None = None   # why the worker stopped itself (`watch_topics`), if it did
+    pmon_fatal: str | None = None  # why the worker stopped itself (`watch_topics`), if it did
 
     def _new_transport(self) -> Any:
         return ReadCommittedTransport(self.conf.broker_consumer, self)
@@ -111,16 +111,20 @@ class MonitorApp(faust.App):
         await super().on_stop()
 
     def _stop_overdue(self) -> None:
-        log.warning("the worker did not stop within %.0f s (the broker does not answer): exiting without it",
-                    STOP_DEADLINE_SECONDS)
+        log.warning(
+            "the worker did not stop within %.0f s (the broker does not answer): exiting without it",
+            STOP_DEADLINE_SECONDS,
+        )
         self.pmon_give_up()
 
 
 def internal_topics(settings: Settings) -> dict[str, bool]:
     """Internal topics the worker needs before it starts: name -> compacted."""
-    return {PARTIALS_TOPIC.format(app_id=settings.app_id): False,
-            USERS_CHANGELOG.format(app_id=settings.app_id): True,
-            INITIATIVES_CHANGELOG.format(app_id=settings.app_id): True}
+    return {
+        PARTIALS_TOPIC.format(app_id=settings.app_id): False,
+        USERS_CHANGELOG.format(app_id=settings.app_id): True,
+        INITIATIVES_CHANGELOG.format(app_id=settings.app_id): True,
+    }
 
 
 async def to_the_end(step: Awaitable[None]) -> None:
@@ -147,19 +151,21 @@ def broker_credentials(settings: Settings) -> Any:
     if protocol in ("SSL", "SASL_SSL"):
         # The stdlib's (faust has no `ssl` attribute), as the stages' aiokafka clients verify the broker.
         ssl_context = ssl.create_default_context(
-            purpose=ssl.Purpose.SERVER_AUTH, cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+            purpose=ssl.Purpose.SERVER_AUTH, cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
         if protocol == "SSL":
             return faust.SSLCredentials(ssl_context)
     password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
     if settings.sasl_mechanism == "PLAIN":
-        return faust.SASLCredentials(username=settings.sasl_username, password=password,
-                                     ssl_context=ssl_context)
-    return faust.SASLCredentials(username=settings.sasl_username, password=password,
-                                 ssl_context=ssl_context, mechanism=settings.sasl_mechanism)
+        return faust.SASLCredentials(username=settings.sasl_username, password=password, ssl_context=ssl_context)
+    return faust.SASLCredentials(
+        username=settings.sasl_username, password=password, ssl_context=ssl_context, mechanism=settings.sasl_mechanism
+    )
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
-               cluster: str | None = None) -> faust.App:
+def create_app(
+    settings: Settings, *, registry: CollectorRegistry | None = None, cluster: str | None = None
+) -> faust.App:
     """`cluster`: the id of the cluster `prepare_worker_topics` found; the app then stops when the broker is another
     cluster or the worker's topics changed (`watch_topics`), with the reason in `app.pmon_fatal`."""
     forbid_topic_auto_creation()
@@ -196,17 +202,26 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
     def raw_topic(name: str) -> faust.TopicT:
         # Inputs stay bytes until the stage decodes them, so a bad record reaches
         # the dead-letter topic exactly as it came.
-        return app.topic(name, key_type=bytes, key_serializer="raw", value_serializer="raw",
-                         internal=True, partitions=settings.topic_partitions)
+        return app.topic(
+            name,
+            key_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=True,
+            partitions=settings.topic_partitions,
+        )
 
     partials = raw_topic(PARTIALS_TOPIC.format(app_id=settings.app_id))
     outputs = {name: raw_topic(settings.topic(name)) for name in OUTPUT_TOPICS}
 
     ingest = UserIngest(settings, metrics)
     initiatives = InitiativeService(settings, metrics)
-    registry.register(StageCollector(
-        lambda: [owned.work.stage for owned in initiatives.partitions.values()],
-        lambda: sum(owned.work.stage.user_count() for owned in ingest.partitions.values())))
+    registry.register(
+        StageCollector(
+            lambda: [owned.work.stage for owned in initiatives.partitions.values()],
+            lambda: sum(owned.work.stage.user_count() for owned in ingest.partitions.values()),
+        )
+    )
 
     async def send_acked(topic: str, key: bytes, value: bytes) -> None:
         # Wait for the broker's ack: the rule change's offset is acked only after its dead letter was delivered.
@@ -218,13 +233,13 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
     def forwarder(name: str, admit: Callable[[Any], Any], wrap: Callable[[Any], messages.Message]) -> Any:
         """A thin agent: admit each record of input topic `name` (or dead-letter it) and forward it, keyed by
         its initiative, to the partials topic, where the initiative's stage picks it up."""
+
         async def forward_one(stream_event: faust.EventT) -> None:
             message = stream_event.message
             metrics.records.labels(topic=name).inc()
             admitted = admit(message)
             if isinstance(admitted, DeadLetter):
-                log.warning("dead letter from %s[%s]@%s: %s", name, message.partition, message.offset,
-                            admitted.reason)
+                log.warning("dead letter from %s[%s]@%s: %s", name, message.partition, message.offset, admitted.reason)
                 await emitter.dead_letter(admitted)
             else:
                 await (await partials.send(key=admitted.initiative.encode(), value=messages.encode(wrap(admitted))))
@@ -235,12 +250,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
 
         return app.agent(raw_topic(settings.topic(name)), name=f"forward-{name}", concurrency=1)(forward)
 
-    forwarder("rule-changes", lambda m: admit_rule_change(settings, m.value, wall_now=time.time(), key=m.key,
-                                                          partition=m.partition, offset=m.offset),
-              messages.RuleChange)
-    forwarder("incident-actions", lambda m: admit_incident_action(settings, m.value, key=m.key,
-                                                                  partition=m.partition, offset=m.offset),
-              messages.Action)
+    forwarder(
+        "rule-changes",
+        lambda m: admit_rule_change(
+            settings, m.value, wall_now=time.time(), key=m.key, partition=m.partition, offset=m.offset
+        ),
+        messages.RuleChange,
+    )
+    forwarder(
+        "incident-actions",
+        lambda m: admit_incident_action(settings, m.value, key=m.key, partition=m.partition, offset=m.offset),
+        messages.Action,
+    )
 
     @app.task
     async def user_stage() -> None:
@@ -251,6 +272,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
         await initiatives.run()
 
     if cluster is not None:
+
         @app.task
         async def topic_watch() -> None:
             app.pmon_fatal = await watch_topics(settings, internal_topics(settings), cluster)
@@ -267,8 +289,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
         stage = initiatives.stage_of(report_request.initiative)
         report = build_report(stage, report_request) if stage is not None else None
         if report is None:
-            return web.json({"error": f"unknown initiative {report_request.initiative!r}",
-                             "known": initiatives.initiatives()}, status=404)
+            return web.json(
+                {"error": f"unknown initiative {report_request.initiative!r}", "known": initiatives.initiatives()},
+                status=404,
+            )
         return web.bytes(orjson.dumps(report.model_dump(mode="json")), content_type="application/json")
 
     @app.page("/metrics")
@@ -277,11 +301,14 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
 
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
-        return web.json({"status": "alive"})   # the event loop answers: nothing more is claimed
+        return web.json({"status": "alive"})  # the event loop answers: nothing more is claimed
 
     def ready_now() -> tuple[bool, list[str]]:
-        return readiness([ingest.facts(), initiatives.facts()], max_fetch_age=settings.ready_fetch_seconds,
-                         max_lag=settings.ready_max_lag)
+        return readiness(
+            [ingest.facts(), initiatives.facts()],
+            max_fetch_age=settings.ready_fetch_seconds,
+            max_lag=settings.ready_max_lag,
+        )
 
     metrics.ready.set_function(lambda: float(ready_now()[0]))
 

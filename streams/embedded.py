@@ -54,19 +54,31 @@ class EmbeddedRun:
 
 
 class EmbeddedDriver:
-    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
-                 wall_clock: Callable[[], float] = time.time, replay: bool = False,
-                 settings_actor: str = "pmon embedded run", observer: Observer | None = None,
-                 shadow_detectors: Mapping[str, Callable[[], BucketDetector]] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        replay: bool = False,
+        settings_actor: str = "pmon embedded run",
+        observer: Observer | None = None,
+        shadow_detectors: Mapping[str, Callable[[], BucketDetector]] | None = None,
+    ) -> None:
         """`observer` and `shadow_detectors` go to the per-initiative stage (`InitiativeStage`): every verdict
         judged, and detectors measured beside the settings' without raising incidents (`bench/detection.py`)."""
         self.settings = settings
         self.users: dict[str, bytes] = {}
         self.user_stage = UserStage(settings, self.users)
-        self.initiative_stage = InitiativeStage(settings, InitiativeState(),
-                                                plan_history=PlanWriter(settings.plan_dir).history,
-                                                settings_actor=settings_actor, wall_clock=wall_clock,
-                                                observer=observer, shadow_detectors=shadow_detectors)
+        self.initiative_stage = InitiativeStage(
+            settings,
+            InitiativeState(),
+            plan_history=PlanWriter(settings.plan_dir).history,
+            settings_actor=settings_actor,
+            wall_clock=wall_clock,
+            observer=observer,
+            shadow_detectors=shadow_detectors,
+        )
         self.run_result = EmbeddedRun()
         self.metrics = PipelineMetrics(registry or CollectorRegistry())
         self._wall_clock = wall_clock
@@ -77,7 +89,7 @@ class EmbeddedDriver:
         self._offsets = {"engagement": 0, "consent": 0, "rule-changes": 0}
         self.emitter = Emitter(settings, self.metrics, send=self._collect)
         self._counted = {topic: self.metrics.records.labels(topic=topic) for topic in INPUT_MODELS}
-        self._reported = dict.fromkeys(self._offsets, 0)   # records per topic already in `_counted`
+        self._reported = dict.fromkeys(self._offsets, 0)  # records per topic already in `_counted`
 
     def _collect(self, topic: str, key: bytes, value: bytes) -> None:
         if topic == "incidents":
@@ -95,8 +107,9 @@ class EmbeddedDriver:
         record = SourceRecord(offset, raw, key)
         if topic == "rule-changes":
             await self.flush()
-            event = admit_rule_change(self.settings, raw, wall_now=self._wall_clock(), key=key,
-                                                            partition=0, offset=offset)
+            event = admit_rule_change(
+                self.settings, raw, wall_now=self._wall_clock(), key=key, partition=0, offset=offset
+            )
             if isinstance(event, DeadLetter):
                 await self.emitter.dead_letter(event)
             else:
@@ -146,8 +159,7 @@ class EmbeddedDriver:
         """Write the per-user state changed since the last commit (the worker: once per transaction)."""
         self.user_stage.commit(self.user_stage.pending_writes())
 
-    async def _step(self, step: Callable[..., Outputs], message: Message | RuleChangeEvent,
-                    raw: bytes | None) -> None:
+    async def _step(self, step: Callable[..., Outputs], message: Message | RuleChangeEvent, raw: bytes | None) -> None:
         """One per-initiative step, as the worker's agent runs it: outputs sent, then state written."""
         try:
             if isinstance(message, RuleChangeEvent):
@@ -205,8 +217,9 @@ class EmbeddedDriver:
         for initiative in list(self.initiative_stage.initiatives()):
             await self._step(self.initiative_stage.on_message, Tick(initiative), None)
 
-    async def run(self, records: Iterable[tuple[str, bytes | None, bytes | None]],
-                  progress: Callable[[int], None] | None = None) -> EmbeddedRun:
+    async def run(
+        self, records: Iterable[tuple[str, bytes | None, bytes | None]], progress: Callable[[int], None] | None = None
+    ) -> EmbeddedRun:
         """Feed (topic, key, value) records in order; `progress(n)` is called every 1,000 records."""
         for n, (topic, key, raw) in enumerate(records, start=1):
             await self.feed(topic, raw, key=key)

@@ -53,11 +53,11 @@ class _Users:
     """Stage 1's work for one source partition number."""
 
     stage: UserStage
-    deferred: list[Any] = field(default_factory=list)   # records waiting for consent to be read
+    deferred: list[Any] = field(default_factory=list)  # records waiting for consent to be read
     paused: bool = False
-    partials: dict[str, Partial] = field(default_factory=dict)   # the interval's, merged, by initiative
-    dead_letters: list[DeadLetter] = field(default_factory=list)   # the interval's, counted once committed
-    appended: int | None = None   # ms: broker time of the interval's earliest engagement record (latency metric)
+    partials: dict[str, Partial] = field(default_factory=dict)  # the interval's, merged, by initiative
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # the interval's, counted once committed
+    appended: int | None = None  # ms: broker time of the interval's earliest engagement record (latency metric)
 
 
 class UserIngest(PartitionedService[_Users]):
@@ -68,11 +68,15 @@ class UserIngest(PartitionedService[_Users]):
         self.consent_topic = settings.topic("consent")
         self.partials_topic = PARTIALS_TOPIC.format(app_id=settings.app_id)
         self.dead_letter_topic = settings.topic("dead-letters")
-        super().__init__(settings, metrics, group_id=f"{settings.app_id}-users",
-                         topics=[self.engagement_topic, self.consent_topic],
-                         changelog_topic=USERS_CHANGELOG.format(app_id=settings.app_id),
-                         owned_gauge=metrics.stage1_partitions,
-                         counted={self.engagement_topic: "engagement", self.consent_topic: "consent"})
+        super().__init__(
+            settings,
+            metrics,
+            group_id=f"{settings.app_id}-users",
+            topics=[self.engagement_topic, self.consent_topic],
+            changelog_topic=USERS_CHANGELOG.format(app_id=settings.app_id),
+            owned_gauge=metrics.stage1_partitions,
+            counted={self.engagement_topic: "engagement", self.consent_topic: "consent"},
+        )
 
     def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> _Users:
         return _Users(UserStage(self.settings, store))
@@ -89,8 +93,9 @@ class UserIngest(PartitionedService[_Users]):
         if fetched:
             first = min(record.timestamp for record in fetched)
             work.appended = first if work.appended is None else min(work.appended, first)
-        result = work.stage.process(p, engagement, consent, wall_now=time.time(),
-                                    consent_read_until=await self._consent_caught_up(p))
+        result = work.stage.process(
+            p, engagement, consent, wall_now=time.time(), consent_read_until=await self._consent_caught_up(p)
+        )
         work.deferred = result.deferred
         if result.consumed_until is not None:
             owned.offsets[TopicPartition(self.engagement_topic, p)] = result.consumed_until + 1
@@ -105,16 +110,19 @@ class UserIngest(PartitionedService[_Users]):
             else:
                 known.merge(partial)
         for letter in result.dead_letters:
-            await owned.producer.send(self.dead_letter_topic, key=letter.source_topic.encode(),
-                                      value=encode(letter))
+            await owned.producer.send(self.dead_letter_topic, key=letter.source_topic.encode(), value=encode(letter))
         work.dead_letters.extend(result.dead_letters)
         self._flow_control(p, work)
 
     async def flush(self, p: int, owned: Owned[_Users]) -> dict[str, bytes | None]:
         for initiative, partial in owned.work.partials.items():
             # Stamped with its earliest source record's time, so stage 2 measures latency from the source.
-            await owned.producer.send(self.partials_topic, key=initiative.encode(), value=messages.encode(partial),
-                                      timestamp_ms=owned.work.appended)
+            await owned.producer.send(
+                self.partials_topic,
+                key=initiative.encode(),
+                value=messages.encode(partial),
+                timestamp_ms=owned.work.appended,
+            )
         return owned.work.stage.pending_writes()
 
     def committed(self, owned: Owned[_Users], writes: dict[str, bytes | None]) -> None:
@@ -135,7 +143,7 @@ class UserIngest(PartitionedService[_Users]):
         tp = TopicPartition(self.consent_topic, p)
         end = self._consumer.last_stable_offset(tp)
         if end is None or await self._consumer.position(tp) < end:
-            return -math.inf   # not fetched yet, or behind: only the consent event times read count
+            return -math.inf  # not fetched yet, or behind: only the consent event times read count
         polled = self._consumer.last_poll_timestamp(tp)
         # The broker holds a fetch at most FETCH_MAX_WAIT_MS: it began no later than that before its answer.
         return (polled - FETCH_MAX_WAIT_MS) / 1000.0 if polled else -math.inf

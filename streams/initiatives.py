@@ -59,10 +59,10 @@ class _Initiatives:
     store: ChangeStore
     stage: InitiativeStage
     emitter: Emitter
-    next_check: float               # monotonic
-    appended: list[int] = field(default_factory=list)          # ms: the open transaction's partials' source time
+    next_check: float  # monotonic
+    appended: list[int] = field(default_factory=list)  # ms: the open transaction's partials' source time
     incident_steps: list[float] = field(default_factory=list)  # monotonic starts of its steps that raised incidents
-    dead_letters: list[DeadLetter] = field(default_factory=list)   # sent in the open transaction: counted at commit
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # sent in the open transaction: counted at commit
 
 
 class InitiativeService(PartitionedService[_Initiatives]):
@@ -71,12 +71,19 @@ class InitiativeService(PartitionedService[_Initiatives]):
     def __init__(self, settings: Settings, metrics: PipelineMetrics) -> None:
         self.partials_topic = PARTIALS_TOPIC.format(app_id=settings.app_id)
         self._plans = PlanWriter(settings.plan_dir)
-        self._alerts = (AlertmanagerClient(settings.alertmanager_url,
-                                           timeout_seconds=settings.alertmanager_timeout_seconds)
-                        if settings.alertmanager_url else None)
-        super().__init__(settings, metrics, group_id=f"{settings.app_id}-initiatives", topics=[self.partials_topic],
-                         changelog_topic=INITIATIVES_CHANGELOG.format(app_id=settings.app_id),
-                         owned_gauge=metrics.stage2_partitions)
+        self._alerts = (
+            AlertmanagerClient(settings.alertmanager_url, timeout_seconds=settings.alertmanager_timeout_seconds)
+            if settings.alertmanager_url
+            else None
+        )
+        super().__init__(
+            settings,
+            metrics,
+            group_id=f"{settings.app_id}-initiatives",
+            topics=[self.partials_topic],
+            changelog_topic=INITIATIVES_CHANGELOG.format(app_id=settings.app_id),
+            owned_gauge=metrics.stage2_partitions,
+        )
 
     def stage_of(self, initiative: str) -> InitiativeStage | None:
         """The stage that holds an initiative, if this worker owns its partition."""
@@ -98,18 +105,30 @@ class InitiativeService(PartitionedService[_Initiatives]):
         changes = ChangeStore(store)
         letters: list[DeadLetter] = []
         # `known` reads the committed state: the emitter asks before the step it emits commits.
-        work = _Initiatives(changes, self._stage(changes),
-                            Emitter(self.settings, self.metrics, send=send, plan_writer=self._plans,
-                                    count_dead_letter=letters.append, alerts=self._alerts,
-                                    known=lambda incident: work.stage.state.incidents.get(incident)),
-                            next_check=time.monotonic() + self.settings.check_interval_seconds, dead_letters=letters)
+        work = _Initiatives(
+            changes,
+            self._stage(changes),
+            Emitter(
+                self.settings,
+                self.metrics,
+                send=send,
+                plan_writer=self._plans,
+                count_dead_letter=letters.append,
+                alerts=self._alerts,
+                known=lambda incident: work.stage.state.incidents.get(incident),
+            ),
+            next_check=time.monotonic() + self.settings.check_interval_seconds,
+            dead_letters=letters,
+        )
         return work
 
     def _stage(self, store: ChangeStore) -> InitiativeStage:
-        state = InitiativeState(**{f.name: SnapshotMapping(store, prefix=f"{f.name}/")
-                                   for f in fields(InitiativeState)})
-        return InitiativeStage(self.settings, state, source_partitions=self.settings.topic_partitions,
-                               plan_history=self._plans.history)
+        state = InitiativeState(
+            **{f.name: SnapshotMapping(store, prefix=f"{f.name}/") for f in fields(InitiativeState)}
+        )
+        return InitiativeStage(
+            self.settings, state, source_partitions=self.settings.topic_partitions, plan_history=self._plans.history
+        )
 
     async def run(self) -> None:
         try:
@@ -150,9 +169,18 @@ class InitiativeService(PartitionedService[_Initiatives]):
         try:
             decoded = messages.decode(record.value)
         except StageError as exc:
-            await work.emitter.dead_letter(DeadLetter.of(
-                record.value or b"", source_topic=record.topic, reason=str(exc), error=repr(exc),
-                key=record.key, partition=record.partition, offset=record.offset, stage="process"))
+            await work.emitter.dead_letter(
+                DeadLetter.of(
+                    record.value or b"",
+                    source_topic=record.topic,
+                    reason=str(exc),
+                    error=repr(exc),
+                    key=record.key,
+                    partition=record.partition,
+                    offset=record.offset,
+                    stage="process",
+                )
+            )
             return
         await self._run(work, decoded, record.value, record.topic)
 
@@ -177,7 +205,7 @@ class InitiativeService(PartitionedService[_Initiatives]):
         owned.work.store.committed()
         for letter in owned.work.dead_letters:
             owned.work.emitter.count_dead_letter(letter)
-        owned.work.dead_letters.clear()   # the emitter appends to this very list
+        owned.work.dead_letters.clear()  # the emitter appends to this very list
         work, now, wall = owned.work, time.monotonic(), time.time()
         for appended in work.appended:
             self.metrics.latency.labels("counted").observe(max(0.0, wall - appended / 1000.0))
@@ -189,4 +217,4 @@ class InitiativeService(PartitionedService[_Initiatives]):
         owned.work.store.rollback()
         owned.work.dead_letters.clear()
         owned.work.appended, owned.work.incident_steps = [], []
-        owned.work.stage = self._stage(owned.work.store)   # nothing of the aborted steps stays in memory
+        owned.work.stage = self._stage(owned.work.store)  # nothing of the aborted steps stays in memory

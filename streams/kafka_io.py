@@ -38,8 +38,10 @@ DIAGNOSE_SECONDS = 10.0
 
 
 def _no_broker(settings: Settings, exc: Exception) -> StreamsError:
-    return BrokerUnavailable(f"no Kafka broker at {settings.kafka_bootstrap} ({exc}); start one with "
-                        "`make kafka-up` or set PMON_KAFKA_BOOTSTRAP")
+    return BrokerUnavailable(
+        f"no Kafka broker at {settings.kafka_bootstrap} ({exc}); start one with "
+        "`make kafka-up` or set PMON_KAFKA_BOOTSTRAP"
+    )
 
 
 async def _unreachable(settings: Settings, exc: Exception) -> StreamsError:
@@ -58,38 +60,51 @@ async def _unreachable(settings: Settings, exc: Exception) -> StreamsError:
             return StreamsError(
                 f"authentication failed at {server.strip()} as {settings.sasl_username!r} with "
                 f"{settings.sasl_mechanism} ({failure}) — check PMON_SASL_USERNAME and PMON_SASL_PASSWORD "
-                "(and PMON_SASL_MECHANISM)")
+                "(and PMON_SASL_MECHANISM)"
+            )
         except UnsupportedSaslMechanismError as failure:
-            return StreamsError(f"{server.strip()} does not accept {settings.sasl_mechanism} ({failure}) — set "
-                                "PMON_SASL_MECHANISM to one it enables")
+            return StreamsError(
+                f"{server.strip()} does not accept {settings.sasl_mechanism} ({failure}) — set "
+                "PMON_SASL_MECHANISM to one it enables"
+            )
         except ssl.SSLCertVerificationError as failure:
-            return StreamsError(f"TLS: the certificate of {server.strip()} is not trusted "
-                                f"({failure.verify_message}) — set PMON_SSL_CAFILE to the CA that signed it")
+            return StreamsError(
+                f"TLS: the certificate of {server.strip()} is not trusted "
+                f"({failure.verify_message}) — set PMON_SSL_CAFILE to the CA that signed it"
+            )
         except ssl.SSLError as failure:
-            return StreamsError(f"TLS handshake with {server.strip()} failed ({failure.reason or failure}) — "
-                                "check PMON_SECURITY_PROTOCOL against the broker's listener on that port")
+            return StreamsError(
+                f"TLS handshake with {server.strip()} failed ({failure.reason or failure}) — "
+                "check PMON_SECURITY_PROTOCOL against the broker's listener on that port"
+            )
         except (TimeoutError, OSError, KafkaError):
-            continue   # this server is not there: the others may tell more
+            continue  # this server is not there: the others may tell more
         conn.close()
     return _no_broker(settings, exc)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection options shared by every aiokafka client, SASL/SSL passed through."""
-    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap,
-                               "security_protocol": settings.security_protocol}
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.security_protocol,
+    }
     if settings.security_protocol.startswith("SASL"):
-        options.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
-                       sasl_plain_password=settings.sasl_password.get_secret_value()
-                       if settings.sasl_password else None)
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+        )
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         from aiokafka.helpers import create_ssl_context
+
         options["ssl_context"] = create_ssl_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
     return options
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS + OUTPUT_TOPICS,
-                        internal: dict[str, bool] | None = None) -> None:
+async def ensure_topics(
+    settings: Settings, names: Iterable[str] = INPUT_TOPICS + OUTPUT_TOPICS, internal: dict[str, bool] | None = None
+) -> None:
     """Create the project's topics with the configured partitions, when they do not exist yet.
 
     `internal` names the worker's internal topics (full names) and whether each
@@ -104,11 +119,21 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS 
         raise await _unreachable(settings, exc) from None
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(settings.topic(n), settings.topic_partitions, settings.topic_replicas)
-                  for n in names if settings.topic(n) not in existing]
-        wanted += [NewTopic(name, settings.topic_partitions, settings.topic_replicas,
-                            topic_configs={"cleanup.policy": "compact"} if compacted else {})
-                   for name, compacted in (internal or {}).items() if name not in existing]
+        wanted = [
+            NewTopic(settings.topic(n), settings.topic_partitions, settings.topic_replicas)
+            for n in names
+            if settings.topic(n) not in existing
+        ]
+        wanted += [
+            NewTopic(
+                name,
+                settings.topic_partitions,
+                settings.topic_replicas,
+                topic_configs={"cleanup.policy": "compact"} if compacted else {},
+            )
+            for name, compacted in (internal or {}).items()
+            if name not in existing
+        ]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another client created them meanwhile
                 await admin.create_topics(wanted)
@@ -117,9 +142,9 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = INPUT_TOPICS 
 
 
 # --------------------------------------------------------------------------- the worker's topics, watched
-TOPIC_CHECK_SECONDS = 5.0   # how often a running worker checks its cluster and topics (one metadata request)
-WAIT_LOG_SECONDS = 10.0     # how often a worker waiting for its broker says so
-CREATED_WAIT_SECONDS = 30.0   # how long topics just created may take to show in the metadata of a broker just started
+TOPIC_CHECK_SECONDS = 5.0  # how often a running worker checks its cluster and topics (one metadata request)
+WAIT_LOG_SECONDS = 10.0  # how often a worker waiting for its broker says so
+CREATED_WAIT_SECONDS = 30.0  # how long topics just created may take to show in the metadata of a broker just started
 
 
 def forbid_topic_auto_creation() -> None:
@@ -168,8 +193,12 @@ async def _started_admin(settings: Settings) -> AIOKafkaAdminClient:
             raise failure from None
         if time.monotonic() - said >= WAIT_LOG_SECONDS:
             said = time.monotonic()
-            log.warning("no Kafka broker at %s yet: waiting for it (%.0f s of PMON_BROKER_WAIT_SECONDS=%.0f)",
-                        settings.kafka_bootstrap, waited, settings.broker_wait_seconds)
+            log.warning(
+                "no Kafka broker at %s yet: waiting for it (%.0f s of PMON_BROKER_WAIT_SECONDS=%.0f)",
+                settings.kafka_bootstrap,
+                waited,
+                settings.broker_wait_seconds,
+            )
         await asyncio.sleep(1.0)  # pacing the attempts, not synchronisation
 
 
@@ -188,15 +217,19 @@ async def _inspect(settings: Settings, internal: dict[str, bool]) -> tuple[str, 
             if name not in found:
                 problems.append(f"{name} is missing")
             elif name in exact and found[name] != settings.topic_partitions:
-                problems.append(f"{name} has {found[name]} partition{'s' if found[name] != 1 else ''}, not "
-                                f"PMON_TOPIC_PARTITIONS={settings.topic_partitions}")
+                problems.append(
+                    f"{name} has {found[name]} partition{'s' if found[name] != 1 else ''}, not "
+                    f"PMON_TOPIC_PARTITIONS={settings.topic_partitions}"
+                )
         changelogs = [name for name, compacted in internal.items() if compacted and name in found]
         if changelogs:
-            answers = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
-                                                                   {"cleanup.policy": None}) for name in changelogs])
+            answers = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in changelogs]
+            )
             for resource in (r for answer in answers for r in answer.to_object()["resources"]):
-                policy = next((e["config_value"] for e in resource["config_entries"]
-                               if e["config_names"] == "cleanup.policy"), "")
+                policy = next(
+                    (e["config_value"] for e in resource["config_entries"] if e["config_names"] == "cleanup.policy"), ""
+                )
                 if "compact" not in policy.split(","):
                     problems.append(f"{resource['resource_name']} is not compacted (cleanup.policy={policy})")
         return cluster, problems
@@ -213,14 +246,19 @@ async def prepare_worker_topics(settings: Settings, internal: dict[str, bool]) -
     while True:
         cluster, problems = await _inspect(settings, internal)
         # A topic created a moment ago may not be in the broker's metadata yet (a broker just started: seconds).
-        if not problems or not all(problem.endswith(" is missing") for problem in problems) \
-                or time.monotonic() > deadline:
+        if (
+            not problems
+            or not all(problem.endswith(" is missing") for problem in problems)
+            or time.monotonic() > deadline
+        ):
             break
         await asyncio.sleep(0.5)  # polling interval, not synchronisation
     if problems:
-        raise StreamsError(f"the topics at {settings.kafka_bootstrap} do not match the worker's settings: "
-                           f"{'; '.join(problems)} — the worker does not change existing topics: fix or delete "
-                           "them, or set PMON_TOPIC_PARTITIONS (PMON_TOPIC_PREFIX, PMON_APP_ID) to theirs")
+        raise StreamsError(
+            f"the topics at {settings.kafka_bootstrap} do not match the worker's settings: "
+            f"{'; '.join(problems)} — the worker does not change existing topics: fix or delete "
+            "them, or set PMON_TOPIC_PARTITIONS (PMON_TOPIC_PREFIX, PMON_APP_ID) to theirs"
+        )
     return cluster
 
 
@@ -232,31 +270,36 @@ async def watch_topics(settings: Settings, internal: dict[str, bool], cluster: s
     while True:
         await asyncio.sleep(TOPIC_CHECK_SECONDS)  # the check's period
         try:
-            now, problems = await asyncio.wait_for(_inspect(settings.model_copy(update={"broker_wait_seconds": 0}),
-                                                            internal), 2 * TOPIC_CHECK_SECONDS)
+            now, problems = await asyncio.wait_for(
+                _inspect(settings.model_copy(update={"broker_wait_seconds": 0}), internal), 2 * TOPIC_CHECK_SECONDS
+            )
         except (TimeoutError, KafkaError, StreamsError):
             continue
         if now != cluster:
-            found = (f"the broker at {settings.kafka_bootstrap} is another Kafka cluster now (id {now}, was "
-                     f"{cluster}): the worker's topics, offsets and state are not there")
+            found = (
+                f"the broker at {settings.kafka_bootstrap} is another Kafka cluster now (id {now}, was "
+                f"{cluster}): the worker's topics, offsets and state are not there"
+            )
         elif problems:
-            found = (f"the worker's topics at {settings.kafka_bootstrap} changed under it ({'; '.join(problems)}; "
-                     "a broker that came back empty?)")
+            found = (
+                f"the worker's topics at {settings.kafka_bootstrap} changed under it ({'; '.join(problems)}; "
+                "a broker that came back empty?)"
+            )
         else:
             seen = None
             continue
         if seen is not None:
-            return (f"{found} — the worker stops rather than recreate them: restore the cluster's data, or start "
-                    "`pmon worker` again to begin afresh (it creates the missing topics)")
+            return (
+                f"{found} — the worker stops rather than recreate them: restore the cluster's data, or start "
+                "`pmon worker` again to begin afresh (it creates the missing topics)"
+            )
         seen = found
 
 
-async def produce(settings: Settings, records: Iterable[tuple[str, bytes | None, bytes]], *,
-                  rate: float = 0.0) -> int:
+async def produce(settings: Settings, records: Iterable[tuple[str, bytes | None, bytes]], *, rate: float = 0.0) -> int:
     """Send (topic name suffix, key, value) records in order; `rate` records/s, 0 for as fast as possible."""
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=5,
-                                enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=5, enable_idempotence=True)
     await producer.start()
     sent = 0
     started = time.monotonic()
@@ -307,8 +350,9 @@ def _reading(settings: Settings) -> Iterator[None]:
     try:
         yield
     except KafkaError as exc:
-        raise StreamsError(f"reading {settings.topic('incidents')} at {settings.kafka_bootstrap}: "
-                           f"{type(exc).__name__}: {exc}") from None
+        raise StreamsError(
+            f"reading {settings.topic('incidents')} at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 async def _incident_reader(settings: Settings, group: str | None) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
@@ -319,8 +363,13 @@ async def _incident_reader(settings: Settings, group: str | None) -> tuple[AIOKa
     topic = settings.topic("incidents")
     partitions = await _partitions_of(settings, topic)
     # Read committed: the worker writes incidents in transactions; an aborted one's records are never shown.
-    consumer = AIOKafkaConsumer(**client_options(settings), group_id=group, enable_auto_commit=False,
-                                isolation_level="read_committed", auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        **client_options(settings),
+        group_id=group,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
     try:
         with _reading(settings):
             await consumer.start()
@@ -346,21 +395,32 @@ async def _partitions_of(settings: Settings, topic: str) -> list[int]:
             # All topics, not this one by name: asking for a topic by name may auto-create it on the broker.
             with _reading(settings):
                 found = next((t for t in await admin.describe_topics() if t["topic"] == topic), None)
-            if found is not None and found["error_code"] == 0 and found["partitions"] and all(
-                    p["error_code"] == 0 for p in found["partitions"]):
+            if (
+                found is not None
+                and found["error_code"] == 0
+                and found["partitions"]
+                and all(p["error_code"] == 0 for p in found["partitions"])
+            ):
                 return sorted(p["partition"] for p in found["partitions"])
             if time.monotonic() > deadline:
                 state = "not there" if found is None else "without a leader for every partition"
-                raise StreamsError(f"topic {topic} is {state} at {settings.kafka_bootstrap} after "
-                                   f"{TOPIC_WAIT_SECONDS:.0f} s; start the worker (it creates it) or set "
-                                   f"PMON_TOPIC_PREFIX to the worker's")
+                raise StreamsError(
+                    f"topic {topic} is {state} at {settings.kafka_bootstrap} after "
+                    f"{TOPIC_WAIT_SECONDS:.0f} s; start the worker (it creates it) or set "
+                    f"PMON_TOPIC_PREFIX to the worker's"
+                )
             await asyncio.sleep(0.2)  # polling interval, not synchronisation
     finally:
         await admin.close()
 
 
-async def _start_at(consumer: AIOKafkaConsumer, assigned: list[TopicPartition], since: datetime | None,
-                    from_beginning: bool, group: str | None) -> str:
+async def _start_at(
+    consumer: AIOKafkaConsumer,
+    assigned: list[TopicPartition],
+    since: datetime | None,
+    from_beginning: bool,
+    group: str | None,
+) -> str:
     """Seek every partition to where following starts; the start, in words."""
     if from_beginning:
         await consumer.seek_to_beginning(*assigned)
@@ -388,9 +448,15 @@ async def _start_at(consumer: AIOKafkaConsumer, assigned: list[TopicPartition], 
     return "the end"
 
 
-async def follow_incidents(settings: Settings, *, since: datetime | None = None, from_beginning: bool = False,
-                           group: str | None = None, on_undecodable: Undecodable = _warn_undecodable,
-                           on_start: Callable[[str], None] | None = None) -> AsyncIterator[IncidentEvent]:
+async def follow_incidents(
+    settings: Settings,
+    *,
+    since: datetime | None = None,
+    from_beginning: bool = False,
+    group: str | None = None,
+    on_undecodable: Undecodable = _warn_undecodable,
+    on_start: Callable[[str], None] | None = None,
+) -> AsyncIterator[IncidentEvent]:
     """Every incident transition written to the incidents topic from a start on, as it arrives, forever.
 
     The start is the beginning, the first record written at or after `since`, the committed offsets of `group`
@@ -441,8 +507,10 @@ async def read_incidents(settings: Settings, *, on_undecodable: Undecodable = _w
             while pending := [tp for tp in assigned if positions[tp] < end[tp]]:
                 if time.monotonic() > stalled_at:
                     at = ", ".join(f"{tp.partition} at {positions[tp]} of {end[tp]}" for tp in pending)
-                    raise StreamsError(f"reading {settings.topic('incidents')} made no progress for "
-                                       f"{READ_STALL_SECONDS:.0f} s (partition {at})")
+                    raise StreamsError(
+                        f"reading {settings.topic('incidents')} made no progress for "
+                        f"{READ_STALL_SECONDS:.0f} s (partition {at})"
+                    )
                 batches = await consumer.getmany(*pending, timeout_ms=500)
                 for tp, records in batches.items():
                     # Only up to the end at the start: what arrives meanwhile belongs to a later `list`.

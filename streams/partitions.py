@@ -50,10 +50,10 @@ from streams.kafka_io import client_options
 log = logging.getLogger(__name__)
 
 RECOVERY_TIMEOUT_SECONDS = 300.0
-FETCH_MAX_WAIT_MS = 100   # the broker answers a fetch within this, data or not
-STOP_SECONDS = 3.0        # a stop waits this long for the step under way and the last commits
-CLOSE_SECONDS = 2.0       # and this long for a client to close (it flushes, leaves the group)
-RETRY_PAUSE_SECONDS = 0.5   # between attempts while the broker fails
+FETCH_MAX_WAIT_MS = 100  # the broker answers a fetch within this, data or not
+STOP_SECONDS = 3.0  # a stop waits this long for the step under way and the last commits
+CLOSE_SECONDS = 2.0  # and this long for a client to close (it flushes, leaves the group)
+RETRY_PAUSE_SECONDS = 0.5  # between attempts while the broker fails
 # Errors one of the transaction's calls may raise: aiokafka's, and IllegalOperation from a producer whose
 # sender stopped on a fatal error (it is no longer in a transaction).
 TRANSACTION_ERRORS = (KafkaError, IllegalOperation)
@@ -64,12 +64,12 @@ W = TypeVar("W")
 class Owned(Generic[W]):
     """What the worker holds for one partition number while it is assigned."""
 
-    work: W                                     # the subclass's state for the partition
+    work: W  # the subclass's state for the partition
     producer: AIOKafkaProducer
-    committed: dict[TopicPartition, int]        # where a failed transaction reads again from
-    opened: float | None = None                 # monotonic time the open transaction began
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)   # to commit with it
-    received: dict[str, int] = field(default_factory=dict)   # records read in it, by metric label
+    committed: dict[TopicPartition, int]  # where a failed transaction reads again from
+    opened: float | None = None  # monotonic time the open transaction began
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # to commit with it
+    received: dict[str, int] = field(default_factory=dict)  # records read in it, by metric label
     # The first fetch begun after the partition was taken: one begun before may hold records from before its last
     # commit (whose partials are delivered already) or have moved the position past the last commit.
     fresh_from: int = 0
@@ -78,8 +78,17 @@ class Owned(Generic[W]):
 class PartitionedService(ConsumerRebalanceListener, Generic[W]):
     """`run()` until cancelled; the step under way runs to its end and what is open is committed."""
 
-    def __init__(self, settings: Settings, metrics: PipelineMetrics, *, group_id: str, topics: list[str],
-                 changelog_topic: str, owned_gauge: Gauge, counted: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: PipelineMetrics,
+        *,
+        group_id: str,
+        topics: list[str],
+        changelog_topic: str,
+        owned_gauge: Gauge,
+        counted: dict[str, str] | None = None,
+    ) -> None:
         """`counted`: input topics whose records `pmon_records_total` counts, by the label it gives them."""
         self.settings = settings
         self.metrics = metrics
@@ -89,16 +98,16 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         self.partitions: dict[int, Owned[W]] = {}
         self._owned_gauge = owned_gauge
         self._counted = counted or {}
-        self._lock = asyncio.Lock()   # one step, or one rebalance, at a time
+        self._lock = asyncio.Lock()  # one step, or one rebalance, at a time
         self._consumer: AIOKafkaConsumer | None = None
-        self._failures = 0            # transactions failed in a row
-        self._assigned_once = False   # the group gave this worker its share (perhaps none) at least once
-        self._recovering = False      # a partition's state is being read back from its changelog
+        self._failures = 0  # transactions failed in a row
+        self._assigned_once = False  # the group gave this worker its share (perhaps none) at least once
+        self._recovering = False  # a partition's state is being read back from its changelog
         self._lag: dict[TopicPartition, int] = {}
-        self._lag_measured = 0.0      # monotonic
-        self._untaken: set[int] = set()   # assigned, but taking them failed: taken again from the loop
-        self._take_again_at = 0.0     # monotonic
-        self._fetches = 0             # fetches begun (`Owned.fresh_from`)
+        self._lag_measured = 0.0  # monotonic
+        self._untaken: set[int] = set()  # assigned, but taking them failed: taken again from the loop
+        self._take_again_at = 0.0  # monotonic
+        self._fetches = 0  # fetches begun (`Owned.fresh_from`)
 
     # -- what a subclass decides -------------------------------------------------------
     def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> W:
@@ -131,12 +140,18 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
     async def run(self) -> None:
         session_ms = int(self.settings.session_timeout_seconds * 1000)
         consumer = self._consumer = AIOKafkaConsumer(
-            **client_options(self.settings), group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
+            **client_options(self.settings),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
             # Range, not aiokafka's default round robin: partition p of every topic to the same worker.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=4 * 1_048_576, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            session_timeout_ms=session_ms, heartbeat_interval_ms=session_ms // 6)
+            max_partition_fetch_bytes=4 * 1_048_576,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=session_ms // 6,
+        )
         consumer.subscribe(self.topics, listener=self)
         await consumer.start()
         try:
@@ -151,14 +166,18 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                     try:
                         await asyncio.wait_for(self._last_commits(step), STOP_SECONDS)
                     except TimeoutError:
-                        log.warning("%s: stopping with transactions uncommitted: the broker did not answer within "
-                                    "%.0f s (their records are read again by the partitions' next owner)",
-                                    self.group_id, STOP_SECONDS)
+                        log.warning(
+                            "%s: stopping with transactions uncommitted: the broker did not answer within "
+                            "%.0f s (their records are read again by the partitions' next owner)",
+                            self.group_id,
+                            STOP_SECONDS,
+                        )
                     raise
         finally:
-            await asyncio.gather(_close(consumer, f"{self.group_id}'s consumer"),
-                                 *(_close(owned.producer, f"partition {p}'s producer")
-                                   for p, owned in self.partitions.items()))
+            await asyncio.gather(
+                _close(consumer, f"{self.group_id}'s consumer"),
+                *(_close(owned.producer, f"partition {p}'s producer") for p, owned in self.partitions.items()),
+            )
             self.partitions.clear()
 
     async def _last_commits(self, step: asyncio.Future[None]) -> None:
@@ -176,7 +195,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         self._lag_measured = now
         consumer = self._consumer
         held = consumer.assignment()
-        for tp in set(self._lag) - held:   # revoked: its series goes, so no stale value stays on /metrics
+        for tp in set(self._lag) - held:  # revoked: its series goes, so no stale value stays on /metrics
             self.metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
             del self._lag[tp]
         for tp in held:
@@ -193,9 +212,13 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         polled = [consumer.last_poll_timestamp(tp) for tp in consumer.assignment()] if consumer else []
         answered = max((t for t in polled if t), default=None)
         return ServiceFacts(
-            name=self.group_id, assigned=self._assigned_once, recovering=self._recovering or bool(self._untaken),
-            partitions=len(self.partitions), lag=sum(self._lag.values()) if self._lag else None,
-            fetch_age=None if answered is None else max(0.0, time.time() - answered / 1000.0))
+            name=self.group_id,
+            assigned=self._assigned_once,
+            recovering=self._recovering or bool(self._untaken),
+            partitions=len(self.partitions),
+            lag=sum(self._lag.values()) if self._lag else None,
+            fetch_age=None if answered is None else max(0.0, time.time() - answered / 1000.0),
+        )
 
     def _wait_ms(self) -> int:
         """How long the next fetch may wait: the batch wait, or less when a commit or a step is due sooner."""
@@ -232,8 +255,10 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                 try:
                     if records or self.due(owned):
                         await self.step(p, owned, records)
-                    if owned.opened is not None and \
-                            time.monotonic() - owned.opened >= self.settings.commit_interval_seconds:
+                    if (
+                        owned.opened is not None
+                        and time.monotonic() - owned.opened >= self.settings.commit_interval_seconds
+                    ):
                         await self._commit(p, owned)
                 except TRANSACTION_ERRORS as exc:
                     await self._failed(p, owned, exc)
@@ -272,11 +297,17 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         if not broker:
             self._failures += 1
         self.metrics.sink_retries.labels(sink=f"{self.group_id}-transaction").inc()
-        log.warning("%s: transaction of partition %d failed (%s): %r", self.group_id, p,
-                    "the broker's; retried while it lasts" if broker else f"{self._failures} in a row", error)
+        log.warning(
+            "%s: transaction of partition %d failed (%s): %r",
+            self.group_id,
+            p,
+            "the broker's; retried while it lasts" if broker else f"{self._failures} in a row",
+            error,
+        )
         if self._failures > self.settings.retry_limit:
-            raise StreamsError(f"{self.group_id} could not commit partition {p} after "
-                               f"{self.settings.retry_limit} retries: {error!r}")
+            raise StreamsError(
+                f"{self.group_id} could not commit partition {p} after {self.settings.retry_limit} retries: {error!r}"
+            )
         if broker or not _usable(owned.producer):
             # The broker decides the transaction's outcome (committed after all, or aborted because it outlived the
             # transaction timeout, which fences the producer), or another worker took the partition (this one then
@@ -355,10 +386,15 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         """Open an assigned partition: fence the previous owner, recover its state, read from its last commit."""
         # The producer first: starting it fences the previous owner and aborts its open
         # transaction, so the changelog read next ends at committed state.
-        producer = _TransactionalProducer(**client_options(self.settings),
-                                          transactional_id=f"{self.group_id}-{p}",
-                                          enable_idempotence=True, acks="all", linger_ms=5,
-                                          max_batch_size=1_048_576, transaction_timeout_ms=30_000)
+        producer = _TransactionalProducer(
+            **client_options(self.settings),
+            transactional_id=f"{self.group_id}-{p}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1_048_576,
+            transaction_timeout_ms=30_000,
+        )
         try:
             await producer.start()
             store = await self._recover(p)
@@ -367,20 +403,26 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                 offset = await self._consumer.committed(tp)
                 if offset is not None:
                     committed[tp] = offset
-                self._consumer.resume(tp)   # a partition taken anew may have been paused by its former work
+                self._consumer.resume(tp)  # a partition taken anew may have been paused by its former work
             # From the last commit: the consumer's position may be past it (a partition taken anew).
             await self._seek_committed(p, committed)
         except BaseException:
             await _close(producer, f"partition {p}'s new producer")
             raise
         self.partitions[p] = Owned(self.open(p, store, producer), producer, committed, fresh_from=self._fetches)
-        log.info("%s: partition %d assigned, %d state records recovered, reading from %s", self.group_id, p,
-                 len(store), {f"{tp.topic}[{tp.partition}]": offset for tp, offset in committed.items()} or "the start")
+        log.info(
+            "%s: partition %d assigned, %d state records recovered, reading from %s",
+            self.group_id,
+            p,
+            len(store),
+            {f"{tp.topic}[{tp.partition}]": offset for tp, offset in committed.items()} or "the start",
+        )
 
     async def _recover(self, p: int) -> dict[str, bytes]:
         tp = TopicPartition(self.changelog_topic, p)
-        reader = AIOKafkaConsumer(**client_options(self.settings), group_id=None, enable_auto_commit=False,
-                                  isolation_level="read_committed")
+        reader = AIOKafkaConsumer(
+            **client_options(self.settings), group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+        )
         await reader.start()
         store: dict[str, bytes] = {}
         try:
@@ -390,8 +432,10 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
             deadline = time.monotonic() + RECOVERY_TIMEOUT_SECONDS
             while await reader.position(tp) < end:
                 if time.monotonic() > deadline:
-                    raise StreamsError(f"recovering {self.changelog_topic}[{p}] took over "
-                                       f"{RECOVERY_TIMEOUT_SECONDS:.0f} s (at {await reader.position(tp)} of {end})")
+                    raise StreamsError(
+                        f"recovering {self.changelog_topic}[{p}] took over "
+                        f"{RECOVERY_TIMEOUT_SECONDS:.0f} s (at {await reader.position(tp)} of {end})"
+                    )
                 for record in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
                     if record.value is None:
                         store.pop(record.key.decode(), None)

@@ -31,7 +31,7 @@ class ChangeStore(MutableMapping[str, bytes]):
 
     def __init__(self, data: dict[str, bytes] | None = None) -> None:
         self._data = data if data is not None else {}
-        self._undo: dict[str, Any] = {}   # key -> committed value, or _ABSENT
+        self._undo: dict[str, Any] = {}  # key -> committed value, or _ABSENT
 
     def __getitem__(self, key: str) -> bytes:
         return self._data[key]
