@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
 
+from bench import pages  # noqa: E402
 from bench.detection_candidates import shadow_detectors  # noqa: E402
 from bench.detection_labels import GRACE, HOUR, WARMUP_DAYS, Label, bench_program, oracle_power, schedule, with_latency  # noqa: E402
 from bench.detection_scoring import SeedResult, report  # noqa: E402
@@ -173,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="simulated runs (default 8)")
     parser.add_argument("--days", type=int, default=10, help=f"days per run, the first {WARMUP_DAYS} clean")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "detection.md",
+    parser.add_argument("--out", type=Path, default=pages.page_path("detection"),
                         help="where to write the Markdown page (default docs/benchmarks/detection.md)")
     args = parser.parse_args(argv)
     if args.days <= WARMUP_DAYS + 1 or args.seeds < 1:
         parser.error(f"--days must exceed {WARMUP_DAYS + 1} and --seeds be positive")
+    load_before, commit = os.getloadavg(), pages.checkout_commit()
     started = time.perf_counter()
     seeds = list(range(1, args.seeds + 1))
     results = []
@@ -193,12 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         report(results, time.perf_counter() - started, args.days)
     text = printed.getvalue()
     sys.stdout.write(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    title = f"# Detection on the simulator (`bench/detection.py --seeds {args.seeds} --days {args.days}`)"
-    args.out.write_text(f"{title}\n\n"
-                        "Written by the benchmark; the figures behind the registry's choice per KPI "
-                        "(`detectors/registry.py`, `detectors/README.md`).\n\n```\n" + text.strip("\n") + "\n```\n")
-    print(f"wrote {args.out}")
+    pages.write_page("detection", f"Detection on the simulator ({args.seeds} seeds x {args.days} days)",
+                     "The figures behind the registry's choice per KPI (`detectors/registry.py`, "
+                     "`detectors/README.md`).\n\n```\n" + text.strip("\n") + "\n```",
+                     argv=sys.argv[1:] if argv is None else argv, load_before=load_before, out=args.out,
+                     commit=commit)
     return 0
 
 
