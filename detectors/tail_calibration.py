@@ -30,7 +30,38 @@ from typing import Any
 from scipy.stats import norm
 
 
-class TailCalibrator:
+class _ExponentialTail:
+    """What both calibrators share: the tail above `u`, exponential with a learnt `rate` and `excess`."""
+
+    __slots__ = ()
+    u: float
+    _rate: float
+    _excess: float
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def excess(self) -> float:
+        return self._excess
+
+    def p_value(self, x: float) -> float:
+        """P(X >= x) under the learnt tail (1.0 for x <= 0; linear from 1 to `rate` up to u); for
+        `PeakCalibrator` the rate per point of an excursion reaching x.
+
+        >>> c = TailCalibrator(1.0, 0.1, 0.5)
+        >>> round(c.p_value(1.0), 6), round(c.p_value(2.0), 6), c.p_value(0.0)
+        (0.1, 0.013534, 1.0)
+        """
+        if not x > 0:
+            return 1.0
+        if x <= self.u:
+            return 1.0 - (1.0 - self._rate) * x / self.u
+        return self._rate * math.exp(-(x - self.u) / self._excess)
+
+
+class TailCalibrator(_ExponentialTail):
     """Online exponential tail above `u` of a non-negative statistic; `p_value(x)` = P(X >= x).
 
     Examples
@@ -71,27 +102,6 @@ class TailCalibrator:
         tail = float(norm.sf(u))
         return cls(u, 2 * tail, float(norm.pdf(u)) / tail - u, **kwargs)
 
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    @property
-    def excess(self) -> float:
-        return self._excess
-
-    def p_value(self, x: float) -> float:
-        """P(X >= x) under the learnt tail (1.0 for x <= 0).
-
-        >>> c = TailCalibrator(1.0, 0.1, 0.5)
-        >>> round(c.p_value(1.0), 6), round(c.p_value(2.0), 6), c.p_value(0.0)
-        (0.1, 0.013534, 1.0)
-        """
-        if not x > 0:
-            return 1.0
-        if x <= self.u:
-            return 1.0 - (1.0 - self._rate) * x / self.u
-        return self._rate * math.exp(-(x - self.u) / self._excess)
-
     def learn(self, x: float) -> None:
         """Fold one value of the statistic (an in-control one: alerts are not learnt)."""
         self._weight = min(self._weight + 1.0, float(self.memory))
@@ -104,7 +114,7 @@ class TailCalibrator:
                 self._excess += (x - self.u - self._excess) / self._excess_weight
 
 
-class PeakCalibrator:
+class PeakCalibrator(_ExponentialTail):
     """Online exponential tail of the *peaks* of a statistic's excursions above `u`; `p_value(x)` = the rate per
     point of an excursion that reaches x.
 
@@ -169,27 +179,6 @@ class PeakCalibrator:
         self._peaks = min(prior_peaks, float(peak_memory))
         self._peak = 0.0  # the open excursion's peak (0: none open)
         self._above = False  # the last learnt value was above u
-
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    @property
-    def excess(self) -> float:
-        return self._excess
-
-    def p_value(self, x: float) -> float:
-        """The rate per point of an excursion reaching x (1.0 for x <= 0; linear from 1 to `rate` up to u).
-
-        >>> c = PeakCalibrator(1.0, 0.1, 0.5)
-        >>> round(c.p_value(1.0), 6), round(c.p_value(2.0), 6), c.p_value(0.0)
-        (0.1, 0.013534, 1.0)
-        """
-        if not x > 0:
-            return 1.0
-        if x <= self.u:
-            return 1.0 - (1.0 - self._rate) * x / self.u
-        return self._rate * math.exp(-(x - self.u) / self._excess)
 
     def learn(self, x: float) -> None:
         """Fold one in-control value: an upcrossing counts to the rate, an excursion's end teaches its peak."""
