@@ -5,7 +5,8 @@
 Runs the embedded driver over a simulated program (the default program,
 `--days` days) and takes the per-user store it leaves: one encoded
 `monitor.user_stage.UserState` per pseudonym (consent ledger with remembered
-exposures, experiment records). It prints the distribution of the encoded
+exposures, experiment records), compressed with the zstd dictionary the
+stage trained on its first values (`monitor.state_codec`). It prints the distribution of the encoded
 sizes, then builds a store of `--users` entries whose values are drawn from
 those real ones (keys are pseudonyms of the same form) and measures what it
 takes in memory with tracemalloc: key, value and the dict's own slots. That
@@ -32,6 +33,7 @@ if sys.path[0] != str(ROOT):  # the repository first: bench/experiments.py would
 from bench import pages  # noqa: E402
 from monitor.events import encode  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
+from monitor.state_codec import DICTIONARY_KEY, StateCodec  # noqa: E402
 from simulation.simulator import SimulationSpec, simulate  # noqa: E402
 
 TARGET_BYTES_PER_USER = 300
@@ -59,9 +61,13 @@ def _measure(args: argparse.Namespace) -> int:
         asyncio.run(driver.run(records))
     values = [value for key, value in driver.users.items() if not key.startswith("#")]
     sizes = sorted(len(v) for v in values)
+    unpack = StateCodec(driver.users, samples=0).unpack
+    plain = statistics.fmean(len(unpack(v)) for v in values)
+    dictionaries = sum(len(v) for k, v in driver.users.items() if k.startswith(DICTIONARY_KEY.format("")))
     print(f"{len(records):,} records over {args.days} days; {len(values):,} users in the store")
     print(f"encoded state per user: mean {statistics.fmean(sizes):.0f} B, median {sizes[len(sizes) // 2]} B, "
-          f"p99 {sizes[int(len(sizes) * 0.99)]} B, max {sizes[-1]} B")
+          f"p99 {sizes[int(len(sizes) * 0.99)]} B, max {sizes[-1]} B; as plain JSON {plain:.0f} B on average; "
+          f"the zstd dictionary {dictionaries:,} B, once per partition")
     key_length = len(next(iter(k for k in driver.users if not k.startswith("#"))))
     del driver, records
     gc.collect()

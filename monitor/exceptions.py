@@ -18,3 +18,7 @@ class DecodeError(MonitorError):
 
 class StageError(MonitorError):
     """A message between the stages is malformed: a bug or a foreign writer on an internal topic."""
+
+
+class StateCodecError(MonitorError):
+    """A stored value names a state dictionary the store does not hold: the store or its changelog is damaged."""

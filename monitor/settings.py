@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         5000, ge=1, le=100_000, description="Records stage 1 takes at once: one batch, one transaction."
     )
+    state_dictionary_samples: int = Field(
+        2000,
+        ge=0,
+        description="User states a partition's stage 1 writes before it trains the zstd dictionary it then compresses "
+        "them with (0: store them uncompressed).",
+    )
     user_cache_size: int = Field(
         200_000, ge=1_000, description="Users whose state stage 1 keeps decoded in memory (the rest is kept encoded)."
     )
@@ -483,6 +489,7 @@ SETTING_GROUPS: dict[str, tuple[str, ...]] = {
         "web_port",
         "batch_size",
         "user_cache_size",
+        "state_dictionary_samples",
         "session_timeout_seconds",
         "commit_interval_seconds",
         "consent_skew_seconds",

@@ -16,7 +16,9 @@ reads their events. Per batch the stage
    first (see `process`).
 
 State is a mapping of bytes (`users`): each user's `UserState` and each
-partition's `Progress`, encoded compactly (tens of bytes a user). The stage
+partition's `Progress`, encoded compactly (JSON over tuples; a user's is
+then compressed with a dictionary the partition learns from its own values,
+`monitor.state_codec`). The stage
 keeps the states it works on decoded (at most `user_cache_size`), and
 `pending_writes()` encodes those changed since the last commit, once however
 many batches changed them; the driver delivers what the batches caused, then
@@ -44,6 +46,7 @@ from monitor.messages import BucketPartial, Counters, Partial, SourceRange
 from monitor.pseudonym import Pseudonymiser
 from monitor.records import Consent, Engagement, decode_consent, decode_engagement
 from monitor.settings import Settings
+from monitor.state_codec import StateCodec
 
 DAY_SECONDS = 86_400  # the pre-period history is kept per UTC day (day number = epoch seconds // this)
 PROGRESS_KEY = "#progress/{}"  # a partition's progress, beside the users (pseudonyms start with "p")
@@ -184,6 +187,7 @@ class UserStage:
         self._progress: dict[int, Progress] = {}
         self._dirty: set[str] = set()
         self._dirty_progress: set[int] = set()
+        self._codec = StateCodec(users, settings.state_dictionary_samples)
 
     def user_count(self) -> int:
         """Users held (the store also keeps one progress entry per source partition)."""
@@ -194,9 +198,19 @@ class UserStage:
         state = self._live.get(pseudonym)
         if state is None:
             raw = self.users.get(pseudonym)
-            state = self._live[pseudonym] = UserState() if raw is None else decode_user(raw)
+            state = self._live[pseudonym] = UserState() if raw is None else decode_user(self._codec.unpack(raw))
         self._dirty.add(pseudonym)
         return state
+
+    @property
+    def dictionary(self) -> int:
+        """The number of the dictionary user states are compressed with (0: none yet)."""
+        return self._codec.dictionary
+
+    def stored(self, pseudonym: str) -> UserState | None:
+        """A user's state as committed to `users` (None: no state)."""
+        raw = self.users.get(pseudonym)
+        return None if raw is None else decode_user(self._codec.unpack(raw))
 
     def progress(self, partition: int) -> Progress:
         progress = self._progress.get(partition)
@@ -211,11 +225,15 @@ class UserStage:
         return len(self._dirty)
 
     def pending_writes(self) -> dict[str, bytes]:
-        """Every value changed since the last commit, encoded: what the driver writes (and changelogs)."""
+        """Every value changed since the last commit, encoded: what the driver writes (and changelogs).
+
+        User states are compressed with the partition's dictionary (`monitor.state_codec`); the write
+        that trains it also holds the dictionary and the store's values written before it.
+        """
         writes = {pseudonym: encode_user(self._live[pseudonym]) for pseudonym in self._dirty}
         for partition in self._dirty_progress:
             writes[PROGRESS_KEY.format(partition)] = encode_progress(self._progress[partition])
-        return writes
+        return self._codec.pack(writes)
 
     def commit(self, writes: dict[str, bytes]) -> None:
         """Write `pending_writes()`; call it once what the batches since the last commit caused was delivered."""

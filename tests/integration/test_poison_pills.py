@@ -34,6 +34,7 @@ from monitor.events import (
 )
 from monitor.pseudonym import Pseudonymiser
 from monitor.settings import Settings
+from monitor.state_codec import StateCodec
 from monitor.user_stage import decode_user
 from pmon_harness import wait_for
 from streams.app import internal_topics
@@ -257,9 +258,10 @@ def test_every_poison_pill_on_every_input_topic_is_dead_lettered_once_and_the_ne
     pseudonym = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode()).pseudonym
     users = {r.key.decode(): r.value for r in consume_raw(settings, USERS_CHANGELOG.format(app_id=settings.app_id))
              if r.value is not None}
+    unpack = StateCodec(users, samples=0).unpack
     missing_consent = [c["user_id"] for c in valid["consent"]
                        if pseudonym(c["user_id"]) not in users
-                       or not decode_user(users[pseudonym(c["user_id"])]).consent.changes]
+                       or not decode_user(unpack(users[pseudonym(c["user_id"])])).consent.changes]
     assert missing_consent == [], f"consent not in the ledger for {missing_consent}"
 
     # The valid rule changes and incident actions were forwarded to the initiative's stage.

@@ -65,7 +65,7 @@ def _progress(worker: Any, initiative: str = "PLG Onboarding") -> str:
 
 def test_planted_dip_gives_one_incident_and_the_same_incidents_as_the_embedded_driver(
         isolated_settings, start_worker, tmp_path):
-    settings = isolated_settings(**DETECTION)
+    settings = isolated_settings(**DETECTION, state_dictionary_samples=50)  # compressed states, as above
     records = _encoded(_dip_spec())
     engagement = sum(1 for topic, _, _ in records if topic == "engagement")
 
@@ -135,7 +135,8 @@ def test_malformed_records_and_a_tombstone_are_dead_lettered_alone_and_the_worke
 
 
 def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_settings, start_worker, tmp_path):
-    settings = isolated_settings(**DETECTION)
+    # A small sample: the users' states are compressed with a dictionary, which the changelog restores too.
+    settings = isolated_settings(**DETECTION, state_dictionary_samples=50)
     records = _encoded(_dip_spec())
     expected = asyncio.run(EmbeddedDriver(
         settings.model_copy(update={"plan_dir": tmp_path / "embedded-plans"})).run(records)).incidents
@@ -171,7 +172,7 @@ def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_s
 
 def test_a_killed_worker_restarts_without_counting_twice_or_raising_a_duplicate_incident(
         isolated_settings, start_worker, tmp_path):
-    settings = isolated_settings(**DETECTION)
+    settings = isolated_settings(**DETECTION, state_dictionary_samples=50)  # compressed states, as above
     records = _encoded(_dip_spec())
     engagement = sum(1 for topic, _, _ in records if topic == "engagement")
     expected = asyncio.run(EmbeddedDriver(
