@@ -10,7 +10,9 @@ it covers. Stage 2's input grows with series x buckets, not with events.
 
 Rule changes (keyed by initiative already) and the timer's ticks share the
 internal topic, so one agent owns each initiative's state. On the wire every
-message is one JSON object with a `type` tag (`encode` / `decode`).
+message is one JSON object with a `type` tag (`encode` / `decode`); a
+partial's is a zstd frame of it, as its series and cohort names repeat in
+every bucket.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import zstandard
 from pydantic import ValidationError
 
 from experiments.state import ExperimentTotals
@@ -209,23 +212,30 @@ class Action:
 Message = Partial | Tick | RuleChange | Action
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # how every zstd frame starts; a JSON object starts with "{"
+_compressor = zstandard.ZstdCompressor(level=3)
+_decompressor = zstandard.ZstdDecompressor()
+
+
 def encode(message: Message) -> bytes:
-    """The wire form of a message: one JSON object with a `type` tag."""
+    """The wire form of a message: one JSON object with a `type` tag (a partial's compressed)."""
     if isinstance(message, Partial):
         source = message.source
-        return orjson.dumps(
-            {
-                "type": "partial",
-                "initiative": message.initiative,
-                "partition": message.partition,
-                "source": None if source is None else [source.partition, source.first, source.last],
-                "mark": message.mark,
-                "buckets": [
-                    [start, bucket.to_wire(message.initiative)] for start, bucket in sorted(message.buckets.items())
-                ],
-                "violations": _violations_to_wire(message.initiative, message.violations),
-                **({"dead": message.dead_letters} if message.dead_letters else {}),
-            }
+        return _compressor.compress(
+            orjson.dumps(
+                {
+                    "type": "partial",
+                    "initiative": message.initiative,
+                    "partition": message.partition,
+                    "source": None if source is None else [source.partition, source.first, source.last],
+                    "mark": message.mark,
+                    "buckets": [
+                        [start, bucket.to_wire(message.initiative)] for start, bucket in sorted(message.buckets.items())
+                    ],
+                    "violations": _violations_to_wire(message.initiative, message.violations),
+                    **({"dead": message.dead_letters} if message.dead_letters else {}),
+                }
+            )
         )
     if isinstance(message, Tick):
         return orjson.dumps({"type": "tick", "initiative": message.initiative})
@@ -239,7 +249,7 @@ def encode(message: Message) -> bytes:
 def decode(raw: bytes) -> Message:
     """A message from its wire form; StageError names what is wrong."""
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(_decompressor.decompress(raw) if raw[:4] == _ZSTD_MAGIC else raw)
         kind = data["type"]
         if kind == "partial":
             source = data["source"]
@@ -264,7 +274,7 @@ def decode(raw: bytes) -> Message:
         raise StageError(f"unknown message type {kind!r}")
     except StageError:
         raise
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError) as exc:
+    except (orjson.JSONDecodeError, zstandard.ZstdError, KeyError, TypeError, ValueError, ValidationError) as exc:
         raise StageError(f"malformed stage message: {type(exc).__name__}: {exc}") from None
 
 
