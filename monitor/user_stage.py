@@ -188,10 +188,13 @@ class UserStage:
         self._dirty: set[str] = set()
         self._dirty_progress: set[int] = set()
         self._codec = StateCodec(users, settings.state_dictionary_samples)
+        # Entries that are not users ("#..."), counted once here and then at each commit: a metrics scrape
+        # must not walk a store of a million users.
+        self._meta = sum(1 for key in users if key[0] == "#")
 
     def user_count(self) -> int:
-        """Users held (the store also keeps one progress entry per source partition)."""
-        return sum(1 for key in self.users if not key.startswith("#"))
+        """Users held (the store also keeps one progress entry per source partition and the dictionaries)."""
+        return len(self.users) - self._meta
 
     def user(self, pseudonym: str) -> UserState:
         """A user's state for a batch to change (it is written at the next commit)."""
@@ -237,7 +240,9 @@ class UserStage:
 
     def commit(self, writes: dict[str, bytes]) -> None:
         """Write `pending_writes()`; call it once what the batches since the last commit caused was delivered."""
-        self.users.update(writes)
+        users = self.users
+        self._meta += sum(1 for key in writes if key[0] == "#" and key not in users)
+        users.update(writes)
         self._dirty.clear()
         self._dirty_progress.clear()
         if len(self._live) > self._cache_size:  # all clean now: drop the oldest

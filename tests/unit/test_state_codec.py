@@ -118,3 +118,6 @@ def test_the_user_stage_reads_back_what_it_compressed() -> None:
     fresh = UserStage(Settings(state_dictionary_samples=20), users)  # nothing decoded yet: read from the store
     assert {k: encode_user(fresh.user(k)) for k in expected} == expected
     assert {k: encode_user(fresh.stored(k)) for k in expected} == expected
+    # Users are counted without the progress entry and the dictionary, by either stage.
+    assert {k for k in users if k.startswith("#")} == {"#progress/0", "#zdict/1"}
+    assert stage.user_count() == fresh.user_count() == len(ids)
