@@ -3,9 +3,10 @@
     .venv/bin/python bench/latency.py [--rate 10000] [--seconds 60] [--probes-per-second 2] [--bootstrap H:P]
 
 Starts `pmon worker` on fresh topics of the local broker, then for `--seconds`
-produces simulated traffic at `--rate` records/s (about half the worker's
-maximum measured by `bench/throughput.py` here), stamped with the wall clock as
-it is produced so that it is live traffic, and, besides it, probes: each
+produces simulated traffic at `--rate` records/s (default: half the worker's
+end-to-end rate on the throughput page, `docs/benchmarks/throughput.md`, which
+`make bench` writes just before; 10,000 when the page has none), stamped with
+the wall clock as it is produced so that it is live traffic, and, besides it, probes: each
 probe is one personalized exposure of a new user without consent (region EU,
 opt-in) in an initiative of its own, so it opens one `consent_violation`
 incident at once. A plain consumer reads the incidents topic; a probe's
@@ -14,12 +15,18 @@ incident's `opened` transition was read. Prints the count, p50, p90, p99 and
 max, and the target (p99 <= 2 s). The path measured is the whole one: stage
 1's fetch, its consent read mark and commit interval, the internal topic, stage
 2's agent and the incident's delivery.
+
+The traffic is simulated and encoded before the worker starts, with a
+placeholder event time that the wall clock replaces as each record is sent:
+on 2 cores, a generator that simulates and serialises as it sends takes CPU
+the worker would otherwise have, and the bench would measure the competition.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sys
 import tempfile
@@ -39,6 +46,32 @@ from pmon_harness import start_worker  # noqa: E402
 from simulation.simulator import SimulationSpec, simulate  # noqa: E402
 
 TARGET_P99_SECONDS = 2.0
+FALLBACK_RATE = 10_000
+PLACEHOLDER = datetime(2000, 1, 1, tzinfo=timezone.utc)  # the event time a record is encoded with before it is sent
+
+
+def default_rate(page: Path) -> tuple[float, str]:
+    """Half the worker's end-to-end rate on the throughput page, and where it came from."""
+    try:
+        figures = orjson.loads(page.read_text().rsplit("```json\n", 1)[1].split("\n```", 1)[0])
+        rate = figures["worker_rps"] / 2
+    except (OSError, IndexError, KeyError, TypeError, orjson.JSONDecodeError):
+        return FALLBACK_RATE, f"no worker rate on {page.name}: {FALLBACK_RATE:,} records/s"
+    return rate, f"half the worker's {figures['worker_rps']:,} records/s on {page.name}"
+
+
+def traffic(records: int) -> list[tuple[str, bytes, bytes, bytes]]:
+    """(topic, key, value before the event time, value after it) of simulated records, ready to be sent."""
+    marker = b'"event_time":"' + encode_time(PLACEHOLDER) + b'"'
+    out = []
+    for record in itertools.islice(simulate(SimulationSpec(seed=5, days=max(2, records // 150_000 + 2))), records):
+        head, tail = encode(record.event.model_copy(update={"event_time": PLACEHOLDER})).split(marker, 1)
+        out.append((record.topic, record.key.encode(), head + b'"event_time":"', b'"' + tail))
+    return out
+
+
+def encode_time(at: datetime) -> bytes:
+    return at.isoformat().replace("+00:00", "Z").encode()
 
 
 def probe(n: int) -> tuple[str, bytes]:
@@ -51,6 +84,7 @@ def probe(n: int) -> tuple[str, bytes]:
 async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: float, workdir: Path) -> int:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    background = iter(traffic(int(rate * seconds * 1.1) + 1000))
     settings = faults.isolated_settings(bootstrap, workdir)
     worker = start_worker(settings, workdir / "worker.log", ready_timeout=120)
     try:
@@ -58,7 +92,6 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
                     what="the worker's stage 1 to hold its partitions")
         # Live traffic: the simulated events, stamped with the wall clock as they are produced (replayed
         # history would close an hour of buckets every fraction of a second, which live traffic never does).
-        background = ((r.topic, r.key.encode(), r.event) for r in simulate(SimulationSpec(seed=5, days=30)))
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
         consumer = AIOKafkaConsumer(settings.topic("incidents"), bootstrap_servers=bootstrap, group_id=None,
                                     auto_offset_reset="latest", enable_auto_commit=False)
@@ -86,8 +119,8 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
             reader = asyncio.ensure_future(read_incidents(end, end + 15))
             started, next_probe, n = time.monotonic(), time.monotonic(), 0
             while time.monotonic() < end:
-                topic, key, event = next(background)
-                value = encode(event.model_copy(update={"event_time": datetime.now(timezone.utc)}))
+                topic, key, head, tail = next(background)
+                value = head + encode_time(datetime.now(timezone.utc)) + tail
                 await producer.send(settings.topic(topic), key=key, value=value)
                 produced += 1
                 if time.monotonic() >= next_probe:
@@ -127,13 +160,17 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="background records/s (default: half the worker's rate on the throughput page)")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--probes-per-second", type=float, default=2)
     parser.add_argument("--bootstrap", default=os.environ.get("PMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--out", type=Path, default=pages.page_path("latency"),
                         help="where to write the page (default docs/benchmarks/latency.md)")
     args = parser.parse_args(argv)
+    if args.rate is None:
+        args.rate, source = default_rate(pages.page_path("throughput"))
+        print(f"background rate: {source}")
     with pages.recording("latency", "Produce-to-incident latency under load", args.out, argv) as page, \
             tempfile.TemporaryDirectory(prefix="pmon-latency-") as tmp:
         status = asyncio.run(run(args.bootstrap, args.rate, args.seconds, args.probes_per_second, Path(tmp)))
