@@ -63,11 +63,15 @@ def default_rate(page: Path) -> tuple[float, str]:
 def traffic(records: int) -> list[tuple[str, bytes, bytes, bytes]]:
     """(topic, key, value before the event time, value after it) of simulated records, ready to be sent."""
     marker = b'"event_time":"' + encode_time(PLACEHOLDER) + b'"'
-    out = []
-    for record in itertools.islice(simulate(SimulationSpec(seed=5, days=max(2, records // 150_000 + 2))), records):
-        head, tail = encode(record.event.model_copy(update={"event_time": PLACEHOLDER})).split(marker, 1)
-        out.append((record.topic, record.key.encode(), head + b'"event_time":"', b'"' + tail))
-    return out
+    days = 8
+    while True:
+        out = []
+        for record in itertools.islice(simulate(SimulationSpec(seed=5, days=days)), records):
+            head, tail = encode(record.event.model_copy(update={"event_time": PLACEHOLDER})).split(marker, 1)
+            out.append((record.topic, record.key.encode(), head + b'"event_time":"', b'"' + tail))
+        if len(out) == records:
+            return out
+        days *= 2
 
 
 def encode_time(at: datetime) -> bytes:
@@ -168,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=pages.page_path("latency"),
                         help="where to write the page (default docs/benchmarks/latency.md)")
     args = parser.parse_args(argv)
-    if args.rate is None:
-        args.rate, source = default_rate(pages.page_path("throughput"))
-        print(f"background rate: {source}")
     with pages.recording("latency", "Produce-to-incident latency under load", args.out, argv) as page, \
             tempfile.TemporaryDirectory(prefix="pmon-latency-") as tmp:
+        if args.rate is None:
+            args.rate, source = default_rate(pages.page_path("throughput"))
+            print(f"background rate: {source}")
         status = asyncio.run(run(args.bootstrap, args.rate, args.seconds, args.probes_per_second, Path(tmp)))
         if status:
             page.cancel()  # not every probe answered: the old page stays
