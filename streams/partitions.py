@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -276,8 +277,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
             return
         _check_usable(owned.producer)
         writes = await self.flush(p, owned)
-        for key, value in writes.items():
-            await owned.producer.send(self.changelog_topic, key=key.encode(), value=value, partition=p)
+        await owned.producer.send_all(self.changelog_topic, p, writes)
         if owned.offsets:
             await owned.producer.send_offsets_to_transaction(owned.offsets, self.group_id)
         await owned.producer.commit_transaction()
@@ -448,11 +448,26 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
 
 class _TransactionalProducer(AIOKafkaProducer):
     async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        delivery = await super().send(*args, **kwargs)
-        # What counts is the transaction's outcome (its commit raises); a record's own failure (a fenced producer
-        # fails them all) is read here, or asyncio logs each one again as "never retrieved".
-        delivery.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return delivery
+        return _read_outcome(await super().send(*args, **kwargs))
+
+    async def send_all(self, topic: str, partition: int, writes: Mapping[str, bytes | None]) -> None:
+        """Every (key, value) of `writes` to one partition, in record batches built here: one future a batch,
+        not one a record (a commit interval's changed users are thousands of small records)."""
+        batch = self.create_batch()
+        for key, value in writes.items():
+            if batch.append(key=key.encode(), value=value, timestamp=None) is None:  # full: the next batch
+                _read_outcome(await self.send_batch(batch, topic, partition=partition))
+                batch = self.create_batch()
+                batch.append(key=key.encode(), value=value, timestamp=None)  # an empty batch takes any record
+        if batch.record_count():
+            _read_outcome(await self.send_batch(batch, topic, partition=partition))
+
+
+def _read_outcome(delivery: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    # What counts is the transaction's outcome (its commit raises); a record's own failure (a fenced producer
+    # fails them all) is read here, or asyncio logs each one again as "never retrieved".
+    delivery.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return delivery
 
 
 def _usable(producer: AIOKafkaProducer) -> bool:
