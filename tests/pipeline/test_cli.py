@@ -213,3 +213,11 @@ def test_the_generated_parts_of_the_docs_are_current(name: str) -> None:
 def test_the_configuration_table_lists_every_setting() -> None:
     table = settings_reference.settings_table()
     assert all(f"| `PMON_{name.upper()}` |" in table for name in Settings.model_fields)
+
+
+def test_a_short_demo_replays_records_made_in_a_second_process_and_writes_every_plan(tmp_path: Path) -> None:
+    result = run_pmon("demo", "--days", "4", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert " records in " in result.stdout and "plan files in" in result.stdout, result.stdout[-2000:]
+    plans = {path.parent.name for path in (tmp_path / "plans").glob("*/plan-*.json")}
+    assert plans == {"plg-onboarding", "pricing-page-recs", "win-back-emails", "checkout-upsell", "search-ranking"}
