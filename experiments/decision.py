@@ -260,11 +260,13 @@ def _ramp(spec: ExperimentSpec, variant: str) -> tuple[str, ...]:
 
 
 class DecisionChange(_DecisionModel):
-    """Whether a recommendation changed since the previous one, and the incident event that says so."""
+    """Whether a recommendation changed since the previous one, the incident event that says so, and the
+    previous decision's incident resolved by it (a decision stands until the next one replaces it)."""
 
     changed: bool
     previous_state: State
     event: IncidentEvent | None = None
+    superseded: IncidentEvent | None = None
 
 
 def decision_change(
@@ -274,9 +276,11 @@ def decision_change(
     *,
     window_start: datetime,
     window_end: datetime,
+    previous_event: IncidentEvent | None = None,
 ) -> DecisionChange:
     """Compare a new recommendation with the previous one (None: the experiment just started, which reads as
-    "keep running"); on a change of state or of the variant, build the `experiment_decision` incident.
+    "keep running"); on a change of state or of the variant, build the `experiment_decision` incident, and
+    resolve `previous_event` (the last transition of the previous decision's incident) unless it is resolved.
 
     The incident id is deterministic in (initiative, experiment, new state, variant, evaluation period: the
     end of the readout's window), so a replay or a restarted worker emits the same event. Evidence: the first
@@ -296,6 +300,10 @@ def decision_change(
     (True, 'experiment_decision', 'Testing Lead', 'inc-d2cf00df9160b9b7da5b:opened:7')
     >>> decision_change(rec, rec, readout, window_start=t0, window_end=t1).changed
     False
+    >>> stop = rec.model_copy(update={"state": "roll_back", "look": 9})
+    >>> later = decision_change(rec, stop, readout, window_start=t0, window_end=t1, previous_event=change.event)
+    >>> later.superseded.event_id, later.superseded.evidence.detail["superseded_by"] == later.event.incident_id
+    ('inc-d2cf00df9160b9b7da5b:resolved:9', True)
     """
     previous_state: State = "keep_running" if previous is None else previous.state
     previous_variant = None if previous is None else previous.variant
@@ -320,6 +328,18 @@ def decision_change(
         evidence=evidence,
         occurred_at=window_end,
     )
+    superseded = None
+    if previous_event is not None and previous_event.transition != "resolved":
+        superseded = previous_event.model_copy(
+            update={
+                "event_id": transition_event_id(previous_event.incident_id, "resolved", current.look),
+                "transition": "resolved",
+                "occurred_at": window_end,
+                "evidence": previous_event.evidence.model_copy(
+                    update={"detail": {**previous_event.evidence.detail, "superseded_by": incident}}
+                ),
+            }
+        )
     logger.info(
         "experiment %s: recommendation %s -> %s (%s)",
         current.experiment,
@@ -327,7 +347,7 @@ def decision_change(
         current.state,
         current.variant,
     )
-    return DecisionChange(changed=True, previous_state=previous_state, event=event)
+    return DecisionChange(changed=True, previous_state=previous_state, event=event, superseded=superseded)
 
 
 def _evidence(

@@ -138,6 +138,7 @@ class ExperimentState:
     memo: ExperimentMemo | None = None
     evaluated_until: float = float("-inf")
     history: tuple[LiftLook, ...] = ()  # the last LIFT_HISTORY looks, oldest first
+    decision: str | None = None  # the incident id of the standing decision (the last experiment_decision)
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         # Pickle's state of a slotted object is (None, {slot: value}). A worker's snapshot pickled before a field
@@ -730,8 +731,14 @@ class InitiativeStage:
                 continue  # no plan to read it against: totals kept, no readout
             readout = read_experiment(spec, state.totals, previous=state.readout)
             recommendation = recommend(spec, readout, self._investigation_flags(row.initiative, experiment))
+            standing = self._incidents.get(state.decision) if state.decision is not None else None
             change = decision_change(
-                state.recommendation, recommendation, readout, window_start=utc(state.started), window_end=utc(row.end)
+                state.recommendation,
+                recommendation,
+                readout,
+                window_start=utc(state.started),
+                window_end=utc(row.end),
+                previous_event=standing[1] if standing is not None else None,
             )
             memo = build_memo(spec, readout, recommendation)
             look = LiftLook(
@@ -743,7 +750,11 @@ class InitiativeStage:
                 recommendation=recommendation,
                 memo=memo,
                 history=(*state.history, look)[-LIFT_HISTORY:],
+                decision=state.decision if change.event is None else change.event.incident_id,
             )
+            if change.superseded is not None and standing is not None:
+                self._incidents[change.superseded.incident_id] = (standing[0], change.superseded)
+                outputs.incidents.append(change.superseded)
             if change.event is not None:
                 event = change.event
                 self._incidents[event.incident_id] = (event, event)

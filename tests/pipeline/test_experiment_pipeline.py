@@ -99,8 +99,26 @@ def test_decision_events_are_deterministic_and_only_on_a_change(records, replay,
     assert ids == [e.event_id for e in again.incidents if e.kind == "experiment_decision"]
     for initiative in ("Winner", "Loser", "Skewed"):
         states = [e.evidence.detail["state"] for e in first.incidents
-                  if e.kind == "experiment_decision" and e.initiative == initiative]
+                  if e.kind == "experiment_decision" and e.initiative == initiative and e.transition == "opened"]
         assert all(a != b for a, b in zip(states, states[1:])), f"{initiative}: an event without a change"
+
+
+def test_each_decision_stands_until_the_next_one_resolves_it(replay) -> None:
+    _, first = replay
+    changed = 0
+    for initiative in ("Winner", "Loser", "Skewed"):
+        events = [e for e in first.incidents if e.kind == "experiment_decision" and e.initiative == initiative]
+        opened = [e for e in events if e.transition == "opened"]
+        resolved = {e.incident_id: e for e in events if e.transition == "resolved"}
+        assert opened, f"{initiative}: no decision at all"
+        # Every decision but the standing one is resolved once, when its successor opens, and names it.
+        for decision, successor in zip(opened, opened[1:]):
+            ended = resolved.pop(decision.incident_id)
+            assert ended.evidence.detail["superseded_by"] == successor.incident_id
+            assert ended.occurred_at == successor.occurred_at and events.index(ended) < events.index(successor)
+            changed += 1
+        assert resolved == {}, f"{initiative}: the standing decision {opened[-1].incident_id} was resolved"
+    assert changed, "no experiment changed its decision: the test would check nothing"
 
 
 def test_an_experiment_without_a_plan_is_read_against_an_equal_split_and_the_memo_says_so(tmp_path: Path) -> None:
