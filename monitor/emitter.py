@@ -42,9 +42,11 @@ class Emitter:
         count_dead_letter: Callable[[DeadLetter], None] | None = None,
         alerts: PushAlerts | None = None,
         known: Callable[[str], Known | None] | None = None,
+        count_transition: Callable[[IncidentEvent], None] | None = None,
     ) -> None:
-        """`count_dead_letter` counts a letter once sent; a driver whose sends commit later (a Kafka
-        transaction) passes one that counts at the commit, so an aborted letter is not counted.
+        """`count_dead_letter` counts a letter once sent, `count_transition` an incident transition; a driver
+        whose sends commit later (a Kafka transaction) passes ones that count at the commit, so an aborted
+        letter or transition, sent again on the replay, is counted once.
 
         `alerts` pushes alerts to Alertmanager; `known(incident_id)` is the incident's (opened, latest)
         transitions as committed before the step being emitted, so a transition ends the label set that fired.
@@ -53,13 +55,14 @@ class Emitter:
         self.metrics = metrics
         self._send = send
         self._count_dead_letter = count_dead_letter or self.count_dead_letter
+        self._count_transition = count_transition or self.count_transition
         self._alerts = alerts
         self._known = known or (lambda _incident: None)
         self.plan_writer = plan_writer or PlanWriter(settings.plan_dir)
 
     async def emit(self, outputs: Outputs) -> None:
         for incident in outputs.incidents:
-            self.metrics.incident_transitions.labels(kind=incident.kind, transition=incident.transition).inc()
+            self._count_transition(incident)
             await self._deliver("incidents", incident.incident_id.encode(), encode(incident))
         await self._push(outputs.incidents)
         for plan in outputs.plans:
@@ -108,6 +111,9 @@ class Emitter:
             error,
         )
         await self._raise_degraded("dead-letters", error)
+
+    def count_transition(self, incident: IncidentEvent) -> None:
+        self.metrics.incident_transitions.labels(kind=incident.kind, transition=incident.transition).inc()
 
     def count_dead_letter(self, letter: DeadLetter) -> None:
         """`pmon_dead_letters_total` for a letter sent (or committed)."""
@@ -177,7 +183,7 @@ class Emitter:
 
     async def _raise_degraded(self, sink: str, error: Exception) -> None:
         event = degraded_incident(sink, at=datetime.now(timezone.utc), detail={"sink": sink, "error": repr(error)})
-        self.metrics.incident_transitions.labels(kind=event.kind, transition=event.transition).inc()
+        self._count_transition(event)
         if sink != "incidents":
             await self._attempt("incidents", event.incident_id.encode(), encode(event))
         if self._alerts is not None and sink != ALERTMANAGER:  # not through the sink that just failed

@@ -40,7 +40,10 @@ class PipelineMetrics:
             registry=registry,
         )
         self.incident_transitions = Counter(
-            "pmon_incident_transitions", "Incident transitions emitted.", ["kind", "transition"], registry=registry
+            "pmon_incident_transitions",
+            "Incident transitions sent (by the worker: counted when the transaction that sends them commits).",
+            ["kind", "transition"],
+            registry=registry,
         )
         self.sink_retries = Counter(
             "pmon_sink_retries", "Failed sink writes that were retried.", ["sink"], registry=registry

@@ -32,6 +32,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from incidents.model import IncidentEvent
 from monitor import messages
 from monitor.alertmanager import open_incidents
 from monitor.emitter import Emitter
@@ -63,6 +64,7 @@ class _Initiatives:
     appended: list[int] = field(default_factory=list)  # ms: the open transaction's partials' source time
     incident_steps: list[float] = field(default_factory=list)  # monotonic starts of its steps that raised incidents
     dead_letters: list[DeadLetter] = field(default_factory=list)  # sent in the open transaction: counted at commit
+    transitions: list[IncidentEvent] = field(default_factory=list)  # likewise
 
 
 class InitiativeService(PartitionedService[_Initiatives]):
@@ -104,6 +106,7 @@ class InitiativeService(PartitionedService[_Initiatives]):
 
         changes = ChangeStore(store)
         letters: list[DeadLetter] = []
+        transitions: list[IncidentEvent] = []
         # `known` reads the committed state: the emitter asks before the step it emits commits.
         work = _Initiatives(
             changes,
@@ -116,9 +119,11 @@ class InitiativeService(PartitionedService[_Initiatives]):
                 count_dead_letter=letters.append,
                 alerts=self._alerts,
                 known=lambda incident: work.stage.state.incidents.get(incident),
+                count_transition=transitions.append,
             ),
             next_check=time.monotonic() + self.settings.check_interval_seconds,
             dead_letters=letters,
+            transitions=transitions,
         )
         return work
 
@@ -206,6 +211,9 @@ class InitiativeService(PartitionedService[_Initiatives]):
         for letter in owned.work.dead_letters:
             owned.work.emitter.count_dead_letter(letter)
         owned.work.dead_letters.clear()  # the emitter appends to this very list
+        for incident in owned.work.transitions:
+            owned.work.emitter.count_transition(incident)
+        owned.work.transitions.clear()  # likewise
         work, now, wall = owned.work, time.monotonic(), time.time()
         for appended in work.appended:
             self.metrics.latency.labels("counted").observe(max(0.0, wall - appended / 1000.0))
@@ -216,5 +224,6 @@ class InitiativeService(PartitionedService[_Initiatives]):
     def forget(self, p: int, owned: Owned[_Initiatives]) -> None:
         owned.work.store.rollback()
         owned.work.dead_letters.clear()
+        owned.work.transitions.clear()
         owned.work.appended, owned.work.incident_steps = [], []
         owned.work.stage = self._stage(owned.work.store)  # nothing of the aborted steps stays in memory
