@@ -65,7 +65,7 @@ def incident_id(initiative: str, kind: str, series: str, period: str) -> str:
     return f"inc-{digest[:20]}"
 
 
-def transition_event_id(incident: str, transition: Transition, sequence: int) -> str:
+def transition_event_id(incident: str, transition: Transition, sequence: int | str) -> str:
     """Deterministic id of one transition: the same replay emits the same ids."""
     return f"{incident}:{transition}:{sequence}"
 
@@ -89,3 +89,30 @@ class IncidentAction(BaseModel):
     at: Annotated[
         AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=timezone.utc), lt=datetime(2100, 1, 1, tzinfo=timezone.utc))
     ]
+
+
+def resolved_by_person(latest: IncidentEvent, action: IncidentAction) -> IncidentEvent:
+    """The `resolved` transition of an incident a person closed by hand (`pmon incidents resolve`), after its
+    `latest` transition; its id is the action's, so a repeated action yields the same event.
+
+    >>> from datetime import datetime, timezone
+    >>> t = datetime(2026, 11, 10, 14, tzinfo=timezone.utc)
+    >>> opened = IncidentEvent(event_id="inc-1:opened:1", incident_id="inc-1", transition="opened", kind="ctr_drop",
+    ...     severity="warning", initiative="I", series=["I|p|web|control"], period="2026-11-10T13:00", owner="Analyst",
+    ...     rung=0, playbook="", evidence=Evidence(observed=0.01, expected=0.02, score=0.9, bucket_start=t,
+    ...     bucket_end=t), occurred_at=t)
+    >>> action = IncidentAction(event_id="act-7", incident_id="inc-1", initiative="I", action="resolved", by="Ana",
+    ...     at=datetime(2026, 11, 10, 15, tzinfo=timezone.utc))
+    >>> event = resolved_by_person(opened, action)
+    >>> event.event_id, event.transition, event.evidence.detail["resolved_by"], event.occurred_at.hour
+    ('inc-1:resolved:by-act-7', 'resolved', 'Ana', 15)
+    """
+    detail = {**latest.evidence.detail, "resolved_by": action.by, "action_id": action.event_id}
+    return latest.model_copy(
+        update={
+            "event_id": transition_event_id(latest.incident_id, "resolved", f"by-{action.event_id}"),
+            "transition": "resolved",
+            "occurred_at": action.at,
+            "evidence": latest.evidence.model_copy(update={"detail": detail}),
+        }
+    )

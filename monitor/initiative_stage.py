@@ -37,7 +37,7 @@ from governance.scan import GovernanceScan, GovernanceState, adherence_pct
 from incidents.breach_policy import BreachPolicy, BreachState
 from incidents.degraded import degraded_incident
 from incidents.grouping import GroupState, fold_group
-from incidents.model import IncidentAction, IncidentEvent
+from incidents.model import IncidentAction, IncidentEvent, resolved_by_person
 from incidents.playbooks import owner_at, playbook_steps
 from incidents.roster import assignee_of
 from incidents.series import join_variant, split_variant
@@ -902,8 +902,10 @@ class InitiativeStage:
             log.info(
                 "incident %s %s %s owner=%s", incident.incident_id, incident.transition, incident.series, incident.owner
             )
-            governance.note_opened(incident)
             known = self._incidents.get(incident.incident_id)
+            if incident.transition == "resolved" and known is not None and known[1].transition == "resolved":
+                continue  # a person resolved it first (`on_action`): the recovery adds nothing
+            governance.note_opened(incident)
             self._incidents[incident.incident_id] = (known[0] if known else incident, incident)
             outputs.incidents.append(incident)
             if incident.transition == "resolved" and known is not None:
@@ -951,7 +953,15 @@ class InitiativeStage:
         if action.action == "acknowledged" and known is not None:
             self._note_response(action.initiative, action.incident_id, known.opened_at, action.at)
             updated = self._with_response_time(updated, action.initiative)
-        return self._publish(action.initiative, updated)
+        outputs = Outputs()
+        transitions = self._incidents.get(action.incident_id)
+        if action.action == "resolved" and transitions is not None and transitions[1].transition != "resolved":
+            # The incidents topic is the source of truth: a resolution by hand is a transition there too.
+            resolved = resolved_by_person(transitions[1], action)
+            self._incidents[action.incident_id] = (transitions[0], resolved)
+            outputs.incidents.append(resolved)
+        outputs.extend(self._publish(action.initiative, updated))
+        return outputs
 
     def _note_response(self, initiative: str, incident_id: str, opened: datetime, responded: datetime) -> None:
         """The first response counts: an acknowledgement, or the resolution of an incident nobody acknowledged."""

@@ -98,11 +98,21 @@ def test_the_refresh_re_sends_what_the_plan_holds_open_and_not_what_a_person_res
 
     action = IncidentAction(event_id="a1", incident_id=opened.incident_id, initiative=INITIATIVE,
                             action="resolved", by="Ana Ortiz", at=now)
-    driver.initiative_stage.on_action(action)
-    driver.initiative_stage.commit()
+    stage = driver.initiative_stage
+    [resolved] = stage.on_action(action).incidents
+    stage.commit()
     after = open_incidents(state.plans, state.incidents, [INITIATIVE])
     assert opened.incident_id not in [latest.incident_id for _, latest in after], \
-        "resolved by a person: no longer re-sent, so Alertmanager ends it at its lease"
+        "resolved by a person: no longer re-sent"
+    # ... and the incidents topic says so, and the push ends the alert at once, not at its lease.
+    assert (resolved.incident_id, resolved.transition, resolved.occurred_at) == (opened.incident_id, "resolved", now)
+    assert resolved.evidence.detail["resolved_by"] == "Ana Ortiz" and resolved.event_id.endswith(":resolved:by-a1")
+    [ended] = alerts_of(resolved, known=(opened, opened), now=now, lease=timedelta(minutes=4))
+    assert _at(ended["endsAt"]) == now
+    assert stage.on_action(action).incidents == [], "the same action again: no second transition"
+    # The series recovering later resolves nothing more: a person did first.
+    recovery = resolved.model_copy(update={"event_id": f"{opened.incident_id}:resolved:9", "evidence": opened.evidence})
+    assert stage._fold(INITIATIVE, {}, until=now.timestamp(), direct=[recovery]).incidents == []
 
 
 # ----------------------------------------------------------------------- a failing Alertmanager, no broker
