@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -43,6 +45,7 @@ class Emitter:
         alerts: PushAlerts | None = None,
         known: Callable[[str], Known | None] | None = None,
         count_transition: Callable[[IncidentEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`count_dead_letter` counts a letter once sent, `count_transition` an incident transition; a driver
         whose sends commit later (a Kafka transaction) passes ones that count at the commit, so an aborted
@@ -50,12 +53,17 @@ class Emitter:
 
         `alerts` pushes alerts to Alertmanager; `known(incident_id)` is the incident's (opened, latest)
         transitions as committed before the step being emitted, so a transition ends the label set that fired.
+        After a push failed its retries, pushes until the next check (`PMON_CHECK_INTERVAL_SECONDS`, by
+        `clock`) are dead-lettered without a try: each try waits up to the timeout inside the stage's
+        transaction, and the check re-sends every open alert anyway.
         """
         self.settings = settings
         self.metrics = metrics
         self._send = send
         self._count_dead_letter = count_dead_letter or self.count_dead_letter
         self._count_transition = count_transition or self.count_transition
+        self._clock = clock
+        self._alerts_down_until = -math.inf  # by `clock`: no push is tried before this
         self._alerts = alerts
         self._known = known or (lambda _incident: None)
         self.plan_writer = plan_writer or PlanWriter(settings.plan_dir)
@@ -135,8 +143,20 @@ class Emitter:
         await self._deliver("plan-updates", plan.initiative.encode(), body)
 
     async def _deliver(self, topic: str, key: bytes, value: bytes) -> None:
+        if topic == ALERTMANAGER and self._clock() < self._alerts_down_until:
+            letter = DeadLetter.of(
+                value,
+                source_topic=self.settings.topic(ALERTMANAGER),
+                reason="alertmanager unavailable: not tried again before the next check",
+                error="the last push failed its retries",
+                stage="sink",
+            )
+            await self.dead_letter(letter)
+            return
         error = await self._attempt(topic, key, value)
         if error is not None:
+            if topic == ALERTMANAGER:
+                self._alerts_down_until = self._clock() + self.settings.check_interval_seconds
             await self._degraded(topic, value, error)
 
     async def _attempt(self, topic: str, key: bytes, value: bytes) -> Exception | None:
