@@ -69,6 +69,7 @@ class StateCodec:
         self._decompressors: dict[int, zstandard.ZstdDecompressor] = {}
         self._number = 0
         self._compressor: zstandard.ZstdCompressor | None = None
+        self._trained: bytes | None = None  # the dictionary trained here, written with every pack until stored
         while self._number < MAX_DICTIONARIES and store.get(DICTIONARY_KEY.format(self._number + 1)) is not None:
             self._number += 1
         if self._number:
@@ -93,7 +94,8 @@ class StateCodec:
         """`writes` (user -> plain JSON; keys starting "#" are left alone) as they are to be stored, in place.
 
         The write that completes the sample also trains the dictionary: it is added to
-        `writes`, with every plain value of the store re-encoded, so that one commit holds both.
+        `writes`, with every plain value of the store re-encoded, so that one commit holds both
+        (and to every later `writes` until the store holds it).
         """
         compressor = self._compressor
         if compressor is None:
@@ -105,6 +107,11 @@ class StateCodec:
             compressor = self._train(writes)
             if compressor is None:
                 return writes
+        key = DICTIONARY_KEY.format(self._number)
+        if self._trained is not None and key not in self._store:
+            # Until a commit holds the dictionary, every write carries it: the commit that first did may
+            # have been aborted (a failed transaction), and no value may reach the store without it.
+            writes[key] = self._trained
         prefix = bytes((COMPRESSED, self._number))
         compress = compressor.compress
         for key, value in writes.items():
@@ -121,8 +128,7 @@ class StateCodec:
             return None
         self._samples = []
         self._number += 1
-        key = DICTIONARY_KEY.format(self._number)
-        writes[key] = trained.as_bytes()
+        self._trained = trained.as_bytes()
         for user, value in self._store.items():  # the values written before: one pass over a small store
             if user[0] != "#" and user not in writes and value[0] != COMPRESSED:
                 writes[user] = value

@@ -121,3 +121,18 @@ def test_the_user_stage_reads_back_what_it_compressed() -> None:
     # Users are counted without the progress entry and the dictionary, by either stage.
     assert {k for k in users if k.startswith("#")} == {"#progress/0", "#zdict/1"}
     assert stage.user_count() == fresh.user_count() == len(ids)
+
+
+def test_an_aborted_commit_of_the_dictionary_does_not_strand_the_values_compressed_after_it() -> None:
+    store: dict[str, bytes] = {}
+    codec = StateCodec(store, samples=100)
+    first = codec.pack({f"p{n:024x}": value(n) for n in range(120)})
+    assert DICTIONARY_KEY.format(1) in first  # ... and this commit fails: nothing of it reaches the store
+    second = codec.pack({"p" + "e" * 24: value(7)})
+    assert DICTIONARY_KEY.format(1) in second, "the next commit carries the dictionary again"
+    store.update(second)
+    third = codec.pack({"p" + "d" * 24: value(8)})
+    assert set(third) == {"p" + "d" * 24}, "once stored, it is not written again"
+    store.update(third)
+    restored = StateCodec(dict(store), samples=100)
+    assert restored.unpack(store["p" + "e" * 24]) == value(7) and restored.unpack(store["p" + "d" * 24]) == value(8)
