@@ -50,7 +50,7 @@ from bench import pages  # noqa: E402
 from bench.detection_candidates import shadow_detectors  # noqa: E402
 from bench.detection_labels import GRACE, HOUR, WARMUP_DAYS, Label, bench_program, oracle_power, schedule, with_latency  # noqa: E402
 from bench.detection_scoring import SeedResult, report  # noqa: E402
-from incidents.series import SeriesKey  # noqa: E402
+from incidents.series import SeriesKey, split_detector_key  # noqa: E402
 from monitor.events import encode  # noqa: E402
 from monitor.initiative_stage import InitiativeState, Judged  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
@@ -131,7 +131,7 @@ def _detector_states(state: InitiativeState) -> tuple[dict[str, list[int]], dict
     for key, series_state in state.series.items():
         if series_state is None:
             continue
-        series, name = key.rsplit("|", 1)
+        series, name = split_detector_key(key)
         sizes[name].append(len(pickle.dumps(series_state.detector)))
         if series_state.detector.warming_up:
             warming[name].append(series)

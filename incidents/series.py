@@ -34,6 +34,23 @@ def build_key(initiative: str, profile: str, channel: str, variant: str) -> str:
     return f"{initiative}|{profile}|{channel}|{variant}"
 
 
+def detector_key(series: str, detector: str) -> str:
+    """The key of one detector's state on one series (the per-initiative stage's series table).
+
+    >>> detector_key("PLG Onboarding|new_user|web|control", "cvr_cusum")
+    'PLG Onboarding|new_user|web|control|cvr_cusum'
+    >>> split_detector_key(detector_key("PLG Onboarding|new_user|web|control", "cvr_cusum"))
+    ('PLG Onboarding|new_user|web|control', 'cvr_cusum')
+    """
+    return f"{series}{SEPARATOR}{detector}"
+
+
+def split_detector_key(key: str) -> tuple[str, str]:
+    """(series, detector) of a `detector_key`: the detector's name is the last part (it holds no ``|``)."""
+    series, _, detector = key.rpartition(SEPARATOR)
+    return series, detector
+
+
 class SeriesKey(NamedTuple):
     """One series, by its four parts.
 

@@ -40,7 +40,7 @@ from incidents.grouping import GroupState, fold_group
 from incidents.model import IncidentAction, IncidentEvent, resolved_by_person
 from incidents.playbooks import owner_at, playbook_steps
 from incidents.roster import assignee_of
-from incidents.series import join_variant, split_variant
+from incidents.series import detector_key, join_variant, split_variant
 from incidents.timeutil import utc
 from monitor.events import DeadLetter, RuleChangeEvent, decode
 from monitor.exceptions import DecodeError, MonitorError
@@ -643,7 +643,7 @@ class InitiativeStage:
         observations = list(row.observations(self.windows.roster(row.initiative)))
         for observation in observations:
             for name in self._judged_names:
-                key = f"{observation.series}|{name}"
+                key = detector_key(observation.series, name)
                 series = self._series.get(key) or SeriesState(self._new_detector(name), BreachState())
                 if series.evaluated_until < row.end:
                     evaluation = evaluate_bucket(
@@ -818,7 +818,7 @@ class InitiativeStage:
         roster = self.windows.roster(initiative)
         for series in self.windows.take_expired():
             for name in self._judged_names:
-                self._series[f"{series}|{name}"] = None
+                self._series[detector_key(series, name)] = None
             group = split_variant(series)[0]
             prefix = join_variant(group, "")  # the keys of the group's variants begin so
             if not any(known.startswith(prefix) for known in roster):

@@ -17,7 +17,7 @@ from experiments.memo import ExperimentMemo
 from governance.scan import GOVERNANCE_KINDS, GovernanceState, adherence_pct
 from incidents.model import IncidentEvent, measure_of
 from incidents.roster import assignee_of
-from incidents.series import FIELDS, SEPARATOR
+from incidents.series import FIELDS, SEPARATOR, split_detector_key
 from incidents.timeutil import utc
 from monitor.messages import Counters
 from monitor.report_request import WINDOWS, ReportRequest
@@ -355,7 +355,7 @@ def build_report(pipeline: InitiativeStage, request: ReportRequest) -> Report | 
     warming: dict[str, list[str]] = {}
     for key, series_state in sorted(state.series.items()):
         if key.startswith(prefix) and series_state is not None and series_state.detector.warming_up:
-            name, detector = key.rsplit("|", 1)
+            name, detector = split_detector_key(key)
             warming.setdefault(detector, []).append(name)
     plan = state.plans.get(request.initiative)
     governance = state.governance.get(request.initiative) or GovernanceState()
