@@ -856,10 +856,7 @@ def incidents() -> None:
 def _incident_action(
     action: str, incident_id: str, by: str, text: str, state_dir: Path | None, initiative: str | None
 ) -> None:
-    import uuid
     from datetime import datetime, timezone
-
-    from incidents.model import IncidentAction
 
     if not by.strip():
         _fail("--by is empty — name the person who acts")
@@ -875,15 +872,7 @@ def _incident_action(
     from streams.kafka_io import produce
 
     settings = _settings()
-    record = IncidentAction(
-        event_id=f"act-{uuid.uuid4().hex[:16]}",
-        incident_id=incident_id,
-        initiative=initiative,
-        action=action,
-        by=by,
-        text=text,
-        at=at,
-    )
+    record = _action_record(incident_id, initiative, action, by, text, at)
     try:
         _run_async(produce(settings, [("incident-actions", incident_id.encode(), record.model_dump_json().encode())]))
     except (StreamsError, CliError) as exc:
@@ -895,9 +884,6 @@ def _record_in_state(
     action: str, incident_id: str, by: str, text: str, state_dir: Path, initiative: str | None, at: Any
 ) -> None:
     """An action on a stored state: applied to its plan (a new revision), kept with the state, logged beside it."""
-    import uuid
-
-    from incidents.model import IncidentAction
     from monitor.initiative_stage import InitiativeStage
     from monitor.stored_state import StoredStateError, save
     from plans.plan_sink import PlanWriter
@@ -913,15 +899,7 @@ def _record_in_state(
     if initiative is not None and initiative.casefold() != owner.casefold():
         _fail(f"incident {incident_id} belongs to {owner!r}, not {initiative!r} — drop --initiative or fix it")
     stage = InitiativeStage(settings, stored.state)
-    record = IncidentAction(
-        event_id=f"act-{uuid.uuid4().hex[:16]}",
-        incident_id=incident_id,
-        initiative=owner,
-        action=action,
-        by=by,
-        text=text,
-        at=at,
-    )
+    record = _action_record(incident_id, owner, action, by, text, at)
     outputs = stage.on_action(record)
     stage.commit()
     writer = PlanWriter(settings.plan_dir)
@@ -935,6 +913,23 @@ def _record_in_state(
         _fail(f"cannot record the action in {state_dir}: {exc} — pass a writable --state directory")
     revision = f"plan revision {outputs.plans[-1].revision}" if outputs.plans else "plan unchanged"
     click.echo(f"{action} {incident_id} ({owner}) by {by}; {revision} in {settings.plan_dir}")
+
+
+def _action_record(incident_id: str, initiative: str, action: str, by: str, text: str, at: Any) -> Any:
+    """A person's action, with a fresh id (a repeat of the same record changes nothing downstream)."""
+    import uuid
+
+    from incidents.model import IncidentAction
+
+    return IncidentAction(
+        event_id=f"act-{uuid.uuid4().hex[:16]}",
+        incident_id=incident_id,
+        initiative=initiative,
+        action=action,
+        by=by,
+        text=text,
+        at=at,
+    )
 
 
 def _action_command(action: str, doc: str) -> None:

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from experiments.readout import Comparison, ExperimentReadout, per_variant
 from experiments.spec import ExperimentSpec
 from experiments.state import metric_name
-from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id
+from incidents.model import Evidence, IncidentEvent, incident_id, resolution, transition_event_id
 from incidents.playbooks import ESCALATION_LADDER
 
 logger = logging.getLogger(__name__)
@@ -330,16 +330,7 @@ def decision_change(
     )
     superseded = None
     if previous_event is not None and previous_event.transition != "resolved":
-        superseded = previous_event.model_copy(
-            update={
-                "event_id": transition_event_id(previous_event.incident_id, "resolved", current.look),
-                "transition": "resolved",
-                "occurred_at": window_end,
-                "evidence": previous_event.evidence.model_copy(
-                    update={"detail": {**previous_event.evidence.detail, "superseded_by": incident}}
-                ),
-            }
-        )
+        superseded = resolution(previous_event, current.look, window_end, superseded_by=incident)
     logger.info(
         "experiment %s: recommendation %s -> %s (%s)",
         current.experiment,

@@ -107,12 +107,17 @@ def resolved_by_person(latest: IncidentEvent, action: IncidentAction) -> Inciden
     >>> event.event_id, event.transition, event.evidence.detail["resolved_by"], event.occurred_at.hour
     ('inc-1:resolved:by-act-7', 'resolved', 'Ana', 15)
     """
-    detail = {**latest.evidence.detail, "resolved_by": action.by, "action_id": action.event_id}
+    return resolution(latest, f"by-{action.event_id}", action.at, resolved_by=action.by, action_id=action.event_id)
+
+
+def resolution(latest: IncidentEvent, sequence: int | str, at: datetime, **detail: Any) -> IncidentEvent:
+    """The `resolved` transition that follows an incident's `latest` one at `at`, `detail` added to its
+    evidence's: for a resolution decided outside the breach policy (a person, a superseding decision)."""
     return latest.model_copy(
         update={
-            "event_id": transition_event_id(latest.incident_id, "resolved", f"by-{action.event_id}"),
+            "event_id": transition_event_id(latest.incident_id, "resolved", sequence),
             "transition": "resolved",
-            "occurred_at": action.at,
-            "evidence": latest.evidence.model_copy(update={"detail": detail}),
+            "occurred_at": at,
+            "evidence": latest.evidence.model_copy(update={"detail": {**latest.evidence.detail, **detail}}),
         }
     )
