@@ -55,6 +55,7 @@ class RosterRole(BaseModel):
 
 
 DEFAULT_ALERT_THRESHOLD = 0.2
+STEP_SECONDS = 30.0  # what a transaction allows for one step's own work (a batch, a bucket close)
 
 
 class Settings(BaseSettings):
@@ -99,7 +100,7 @@ class Settings(BaseSettings):
         0.5,
         gt=0,
         le=60,
-        description="How long stage 1 keeps a partition's transaction open: users changed in it are written once per interval; stage 2 sees its partials at the commit.",
+        description="How long a stage keeps a partition's transaction open: users changed in it are written once per interval; stage 2 sees its partials at the commit. A batch that found a consent violation, and a stage-2 step that emitted an incident transition, commit at once.",
     )
     cuped_pre_period_days: int = Field(
         14,
@@ -306,8 +307,9 @@ class Settings(BaseSettings):
         gt=0,
         le=5,
         description=(
-            "Timeout of one push to Alertmanager. Stage 2 waits for the push inside its partition's transaction "
-            "(30 s timeout), up to PMON_RETRY_LIMIT + 1 times this per step while Alertmanager does not answer."
+            "Timeout of one push to Alertmanager. Stage 2 waits for the push inside its partition's transaction, "
+            "up to PMON_RETRY_LIMIT + 1 times this per step while Alertmanager does not answer; the transaction's "
+            "timeout allows for it (the commit interval + this wait + 30 s)."
         ),
     )
 
@@ -386,6 +388,18 @@ class Settings(BaseSettings):
                 "a series could never warm up; raise the baseline or lower the warm-up"
             )
         return self
+
+    @property
+    def transaction_timeout_seconds(self) -> float:
+        """The Kafka transaction timeout of both stages' partitions: the commit interval, the longest Alertmanager
+        push with its retries, and `STEP_SECONDS` for a step's own work. A broker aborts (and fences) a transaction
+        open longer, so it follows the settings rather than a constant they could outgrow.
+
+        >>> Settings(commit_interval_seconds=60, retry_limit=10, alertmanager_timeout_seconds=5).transaction_timeout_seconds
+        145.0
+        """
+        push = (self.retry_limit + 1) * self.alertmanager_timeout_seconds
+        return self.commit_interval_seconds + push + STEP_SECONDS
 
     def as_environment(self, base: dict[str, str]) -> dict[str, str]:
         """`base` with these settings as its only PMON_* variables: the environment of a child worker."""

@@ -7,7 +7,8 @@ reads engagement and consent as a `streams.partitions.PartitionedService`
 (group `<app id>-users`: partition p of both topics goes to the same worker,
 so the consent join stays local), runs the pure `monitor.user_stage.UserStage`
 on each partition's batches, and commits per partition and commit interval
-(`PMON_COMMIT_INTERVAL_SECONDS`) one transaction holding:
+(`PMON_COMMIT_INTERVAL_SECONDS`; at once after a batch that found a consent
+violation) one transaction holding:
 
 - the interval's partials, merged per initiative, to the internal topic that
   stage 2 reads (one message per initiative and interval keeps stage 2's
@@ -83,6 +84,10 @@ class UserIngest(PartitionedService[_Users]):
 
     def due(self, owned: Owned[_Users]) -> bool:
         return bool(owned.work.deferred)
+
+    def urgent(self, owned: Owned[_Users]) -> bool:
+        # A consent violation is a critical incident in the making: stage 2 sees it at this commit.
+        return any(partial.violations for partial in owned.work.partials.values())
 
     async def step(self, p: int, owned: Owned[_Users], records: dict[str, list[Any]]) -> None:
         work = owned.work

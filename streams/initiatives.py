@@ -6,8 +6,8 @@ runs: stage 2 then reported source offsets lost; faust-streaming issues 606
 and 312 describe the same class of defect). Stage 2 is small in records (one
 partial per initiative, source partition and commit interval), so it reads
 the partials topic as a `streams.partitions.PartitionedService` (group
-`<app id>-initiatives`) and commits per partition and commit interval one
-transaction holding:
+`<app id>-initiatives`) and commits per partition and commit interval (at
+once after a step that emitted an incident transition) one transaction holding:
 
 - the incidents, plan updates and dead letters the steps emitted,
 - the state changed in the interval, pickled, to `<app id>-initiatives-changelog`
@@ -147,6 +147,10 @@ class InitiativeService(PartitionedService[_Initiatives]):
 
     def deadline(self, owned: Owned[_Initiatives]) -> float:
         return owned.work.next_check
+
+    def urgent(self, owned: Owned[_Initiatives]) -> bool:
+        # An incident transition is delivered (read committed) at the commit: it does not wait for the interval.
+        return bool(owned.work.transitions)
 
     async def step(self, p: int, owned: Owned[_Initiatives], records: dict[str, list[Any]]) -> None:
         work = owned.work

@@ -6,7 +6,9 @@ for each partition number p it owns, a transactional producer
 (`<group>-<p>`) and a store rebuilt from partition p of a compacted changelog.
 A subclass decides what a batch does (`step`) and what a commit writes besides
 the offsets (`flush`); this class opens the transaction with the first write
-of an interval and commits it after `commit_interval_seconds`:
+of an interval and commits it after `commit_interval_seconds`, or at the end of
+the step when the subclass says the transaction holds something `urgent` (a
+consent violation, an incident) that should not wait for the interval:
 
 - what the steps sent (outputs, dead letters, messages to the next stage),
 - what `flush` sends (state changed in the interval, to the changelog),
@@ -126,6 +128,10 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
     def deadline(self, owned: Owned[W]) -> float | None:
         """Monotonic time by which `step` must run again, if any."""
         return None
+
+    def urgent(self, owned: Owned[W]) -> bool:
+        """Whether the open transaction must commit now rather than at the end of the commit interval."""
+        return False
 
     async def flush(self, p: int, owned: Owned[W]) -> dict[str, bytes | None]:
         """Send what the commit adds to the transaction; return the state writes to apply after it."""
@@ -256,9 +262,8 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
                 try:
                     if records or self.due(owned):
                         await self.step(p, owned, records)
-                    if (
-                        owned.opened is not None
-                        and time.monotonic() - owned.opened >= self.settings.commit_interval_seconds
+                    if owned.opened is not None and (
+                        time.monotonic() - owned.opened >= self.settings.commit_interval_seconds or self.urgent(owned)
                     ):
                         await self._commit(p, owned)
                 except TRANSACTION_ERRORS as exc:
@@ -393,7 +398,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
             acks="all",
             linger_ms=5,
             max_batch_size=1_048_576,
-            transaction_timeout_ms=30_000,
+            transaction_timeout_ms=int(self.settings.transaction_timeout_seconds * 1000),
         )
         try:
             await producer.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -310,6 +311,35 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     assert leaked == []
     assert any(opened.evidence.detail["users_listed"][0].encode() in blob for blob in blobs.values()), \
         "the pseudonyms are there instead"
+
+
+def test_a_violation_does_not_wait_for_a_long_commit_interval_that_outlasts_the_old_transaction_timeout(
+        isolated_settings, start_worker):
+    # 45 s: longer than the 30 s transaction timeout the producers had, which the broker then enforced by aborting.
+    interval = 45
+    settings = isolated_settings(commit_interval_seconds=interval)
+    assert settings.transaction_timeout_seconds > interval
+    user, other = RAW_USERS["revoked-first"], RAW_USERS["fallback"]
+    asyncio.run(produce(settings, [_consent(user, 1, timedelta(0), "revoked"),
+                                   _consent(other, 1, timedelta(0), "revoked")]))
+    worker = start_worker(settings)
+    asyncio.run(produce(settings, [_exposure(user, "Urgent A", timedelta(minutes=5))]))
+    produced = time.monotonic()
+    # Both stages commit at once what holds a violation or an incident: well within one interval.
+    opened = wait_for(lambda: consent_incidents(settings).get("Urgent A"), timeout=interval - 15,
+                      what="the violation's incident before the commit interval ends", on_timeout=worker.log)
+    assert opened.severity == "critical" and time.monotonic() - produced < interval
+    # Ordinary traffic waits for the interval. A dead letter is sent at once, so the broker holds the transaction
+    # open from then on: it commits, longer than 30 s later, without being aborted and replayed.
+    asyncio.run(produce(settings, [("engagement", other.encode(), b"not json"),
+                                   _exposure(other, "Urgent B", timedelta(minutes=6), fallback=True)]))
+    wait_for(lambda: worker.counted("Urgent B") == 1, timeout=2 * interval + 60,
+             what="the fallback exposure counted at the end of its interval", on_timeout=worker.log)
+    log = worker.log()
+    assert "transaction of partition" not in log and "taking partition" not in log, log[-3000:]
+    assert worker.records_seen("engagement") == 3
+    letters = consume(settings, "dead-letters", want=2, timeout=5, settle=1)
+    assert [orjson.loads(m.value)["reason"] for m in letters] == ["not JSON"], letters
 
 
 # --------------------------------------------------------------------------- experiments, on the real broker
