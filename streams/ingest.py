@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 USERS_CHANGELOG = "{app_id}-users-changelog"
 PARTIALS_TOPIC = "{app_id}-partials"
+# A partial's record is stamped when it is sent: the topic's time retention then counts from then, not from its
+# source records' timestamps, which a backfill may set to event times long past (their segments would be deleted
+# before stage 2 reads them). The broker time of its earliest source record rides in this header (ms, decimal).
+SOURCE_TIME_HEADER = "pmon-source-appended-ms"
 
 
 @dataclass
@@ -121,12 +125,13 @@ class UserIngest(PartitionedService[_Users]):
 
     async def flush(self, p: int, owned: Owned[_Users]) -> dict[str, bytes | None]:
         for initiative, partial in owned.work.partials.items():
-            # Stamped with its earliest source record's time, so stage 2 measures latency from the source.
+            # With its earliest source record's time, so stage 2 measures latency from the source.
+            appended = owned.work.appended
             await owned.producer.send(
                 self.partials_topic,
                 key=initiative.encode(),
                 value=messages.encode(partial),
-                timestamp_ms=owned.work.appended,
+                headers=[] if appended is None else [(SOURCE_TIME_HEADER, str(appended).encode())],
             )
         return owned.work.stage.pending_writes()
 

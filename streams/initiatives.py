@@ -44,7 +44,7 @@ from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
 from plans.plan_sink import PlanWriter
 from streams.alertmanager import AlertmanagerClient
-from streams.ingest import PARTIALS_TOPIC
+from streams.ingest import PARTIALS_TOPIC, SOURCE_TIME_HEADER
 from streams.partitions import Owned, PartitionedService
 from streams.snapshots import ChangeStore, SnapshotMapping
 
@@ -165,7 +165,9 @@ class InitiativeService(PartitionedService[_Initiatives]):
         await self.begin(owned)
         for record in partials:
             await self._apply(work, record)
-            work.appended.append(record.timestamp)
+            appended = next((value for name, value in record.headers if name == SOURCE_TIME_HEADER), None)
+            if appended is not None:
+                work.appended.append(int(appended))
             owned.offsets[TopicPartition(record.topic, p)] = record.offset + 1
         for initiative in checks:
             await self._run(work, Tick(initiative), b"", self.partials_topic)

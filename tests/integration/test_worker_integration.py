@@ -135,6 +135,47 @@ def test_malformed_records_and_a_tombstone_are_dead_lettered_alone_and_the_worke
         and reasons[2] == "not JSON", reasons
 
 
+def test_partials_of_a_backfill_stamped_in_the_past_are_stamped_when_sent(isolated_settings, start_worker):
+    """A backfill's records may carry their event times as Kafka timestamps: partials stamped with those would fall
+    out of the partials topic's time retention before stage 2 read them (segments older than retention are
+    deleted). They are stamped when sent; the source's broker time rides in a header for the latency metric."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_io import client_options, ensure_topics
+    from streams.ingest import PARTIALS_TOPIC, SOURCE_TIME_HEADER
+
+    settings = isolated_settings()
+    spec = SimulationSpec(days=1, injections=())
+    old_ms = int((time.time() - 30 * 86_400) * 1000)  # older than Kafka's default 7-day retention
+    started_ms = int(time.time() * 1000)
+
+    async def backfill() -> None:
+        await ensure_topics(settings)
+        producer = AIOKafkaProducer(**client_options(settings), acks="all")
+        await producer.start()
+        try:
+            for n in range(3):
+                event = EngagementEvent(event_id=f"b{n}", event_type="exposure",
+                                        event_time=spec.start + timedelta(minutes=n), user_id="u000001",
+                                        initiative=PLG, profile="new_user", channel="web", variant="control")
+                await producer.send_and_wait(settings.topic("engagement"), encode(event), key=b"u000001",
+                                             timestamp_ms=old_ms + n)
+        finally:
+            await producer.stop()
+
+    asyncio.run(backfill())
+    worker = start_worker(settings)
+    wait_for(lambda: worker.counted(PLG) == 3, timeout=120, what="the backfilled records to be counted",
+             on_timeout=worker.log)
+    partials = consume_raw(settings, PARTIALS_TOPIC.format(app_id=settings.app_id))
+    assert partials, "stage 1 must have sent its partials"
+    assert all(m.timestamp >= started_ms - 60_000 for m in partials), [m.timestamp for m in partials]
+    assert [dict(m.headers)[SOURCE_TIME_HEADER] for m in partials] == [str(old_ms).encode()] * len(partials)
+    count = worker.metric("pmon_processing_latency_seconds_count", step="counted")
+    total = worker.metric("pmon_processing_latency_seconds_sum", step="counted")
+    assert count == len(partials) and total >= count * 29 * 86_400, (count, total)
+
+
 def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_settings, start_worker, tmp_path):
     # A small sample: the users' states are compressed with a dictionary, which the changelog restores too.
     settings = isolated_settings(**DETECTION, state_dictionary_samples=50)
