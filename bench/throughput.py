@@ -245,6 +245,7 @@ async def produce_all(settings: Settings, workload: Workload) -> float:
     from streams.kafka_io import ensure_topics, produce
 
     await ensure_topics(settings)
+    await keep_records(settings, settings.topic("engagement"))
     sender, quiet = logging.getLogger("aiokafka.producer.sender"), _FreshTopicRetries()
     sender.addFilter(quiet)
     started = time.perf_counter()
@@ -256,6 +257,21 @@ async def produce_all(settings: Settings, workload: Workload) -> float:
     if sent != len(workload.records):
         raise BenchError(f"produced {sent:,} of {len(workload.records):,} records")
     return elapsed
+
+
+async def keep_records(settings: Settings, topic: str) -> None:
+    """No time retention on the input topic (the run deletes it at the end). Quix's re-keyed topic copies the
+    setting, and its records carry the simulated event times, weeks old: under the broker's 7-day retention its
+    rolled segments were deleted while quix-window still read them ("offset out of range")."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=20_000)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": "-1"})])
+    finally:
+        await admin.close()
 
 
 async def delete_topics(settings: Settings, prefix: str) -> list[str]:
