@@ -33,6 +33,25 @@ def trained(samples: int = 100, users: int = 300) -> tuple[dict[str, bytes], Sta
     return store, codec, plain
 
 
+def test_the_dictionary_is_trained_on_the_sample_wanted_even_from_one_large_commit(monkeypatch) -> None:
+    """Training time grows with the sample: a replay's first commit of thousands of values trains on the first
+    `samples` of them, and every value is still compressed."""
+    import monitor.state_codec as state_codec
+
+    sizes: list[int] = []
+    train = state_codec.zstandard.train_dictionary
+
+    def spy(size: int, samples: list[bytes], **options: object) -> object:
+        sizes.append(len(samples))
+        return train(size, samples, **options)
+
+    monkeypatch.setattr(state_codec.zstandard, "train_dictionary", spy)
+    store, codec, plain = trained(samples=100, users=1000)
+    assert sizes == [100]
+    assert codec.dictionary == 1 and all(store[key][0] == 0 for key in plain)
+    assert {key: codec.unpack(store[key]) for key in plain} == plain
+
+
 def test_the_commit_that_completes_the_sample_trains_writes_and_uses_the_dictionary() -> None:
     store: dict[str, bytes] = {}
     codec = StateCodec(store, samples=100)
