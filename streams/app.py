@@ -91,15 +91,21 @@ class ReadCommittedTransport(faust_aiokafka.Transport):
     Consumer = _ReadCommittedConsumer
 
 
+def _exit_now() -> None:
+    os._exit(1)
+
+
 class MonitorApp(faust.App):
     pmon_fatal: str | None = None  # why the worker stopped itself (`watch_topics`), if it did
+    # The stop took longer than STOP_DEADLINE_SECONDS: end the process. An attribute, not a method: `pmon worker`
+    # sets its own, which says why first.
+    pmon_give_up: Callable[[], None] = staticmethod(_exit_now)
+    # The app's stages, for in-process inspection in tests and benchmarks (set by `create_app`).
+    pmon_ingest: UserIngest
+    pmon_initiatives: InitiativeService
 
     def _new_transport(self) -> Any:
         return ReadCommittedTransport(self.conf.broker_consumer, self)
-
-    def pmon_give_up(self) -> None:
-        """The stop took longer than STOP_DEADLINE_SECONDS: end the process (`pmon worker` says why first)."""
-        os._exit(1)
 
     async def on_stop(self) -> None:
         # The stages stop within their own bounds whatever the broker does; Faust's consumer does not (it waits for
@@ -165,7 +171,7 @@ def broker_credentials(settings: Settings) -> Any:
 
 def create_app(
     settings: Settings, *, registry: CollectorRegistry | None = None, cluster: str | None = None
-) -> faust.App:
+) -> MonitorApp:
     """`cluster`: the id of the cluster `prepare_worker_topics` found; the app then stops when the broker is another
     cluster or the worker's topics changed (`watch_topics`), with the reason in `app.pmon_fatal`."""
     forbid_topic_auto_creation()
@@ -317,5 +323,5 @@ def create_app(
         ready, reasons = ready_now()
         return web.json({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
 
-    app.pmon_ingest, app.pmon_initiatives = ingest, initiatives  # for in-process inspection in tests and benchmarks
+    app.pmon_ingest, app.pmon_initiatives = ingest, initiatives
     return app

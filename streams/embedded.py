@@ -33,7 +33,7 @@ from incidents.model import IncidentEvent
 from monitor.emitter import Emitter
 from monitor.events import INPUT_MODELS, DeadLetter, RuleChangeEvent
 from monitor.initiative_stage import InitiativeStage, InitiativeState, Observer, Outputs, admit_rule_change
-from monitor.messages import Message, Tick, encode
+from monitor.messages import Message, RuleChange, Tick, encode
 from monitor.metrics import PipelineMetrics
 from monitor.settings import Settings
 from monitor.user_stage import SourceRecord, UserStage
@@ -169,7 +169,10 @@ class EmbeddedDriver:
         except Exception as exc:  # as the worker: keep the message, raise monitoring_degraded
             log.exception("processing failed for %s", type(message).__name__)
             self.initiative_stage.commit()  # as the worker: what was applied stays applied
-            body = raw if raw is not None else encode(message)
+            if raw is not None:
+                body = raw
+            else:  # made here (a partial, a tick); a rule change as the partials topic would carry it
+                body = encode(RuleChange(message) if isinstance(message, RuleChangeEvent) else message)
             await self.emitter.processing_failed(body, f"{self.settings.app_id}-partials", exc)
             return
         await self.emitter.emit(outputs)

@@ -65,7 +65,7 @@ class _Users:
     appended: int | None = None  # ms: broker time of the interval's earliest engagement record (latency metric)
 
 
-class UserIngest(PartitionedService[_Users]):
+class UserIngest(PartitionedService[_Users, bytes]):
     """The stage-1 loop of one worker (see the module docstring)."""
 
     def __init__(self, settings: Settings, metrics: PipelineMetrics) -> None:
@@ -123,7 +123,7 @@ class UserIngest(PartitionedService[_Users]):
         work.dead_letters.extend(result.dead_letters)
         self._flow_control(p, work)
 
-    async def flush(self, p: int, owned: Owned[_Users]) -> dict[str, bytes | None]:
+    async def flush(self, p: int, owned: Owned[_Users]) -> dict[str, bytes]:
         for initiative, partial in owned.work.partials.items():
             # With its earliest source record's time, so stage 2 measures latency from the source.
             appended = owned.work.appended
@@ -135,7 +135,7 @@ class UserIngest(PartitionedService[_Users]):
             )
         return owned.work.stage.pending_writes()
 
-    def committed(self, owned: Owned[_Users], writes: dict[str, bytes | None]) -> None:
+    def committed(self, owned: Owned[_Users], writes: dict[str, bytes]) -> None:
         owned.work.stage.commit(writes)
         # Counted once committed: an aborted transaction's letters are sent and counted again on the replay.
         for letter in owned.work.dead_letters:
@@ -151,10 +151,11 @@ class UserIngest(PartitionedService[_Users]):
     async def _consent_caught_up(self, p: int) -> float:
         """When the last fetch that found partition p of the consent topic read to its end began."""
         tp = TopicPartition(self.consent_topic, p)
-        end = self._consumer.last_stable_offset(tp)
-        if end is None or await self._consumer.position(tp) < end:
+        consumer = self.consumer
+        end = consumer.last_stable_offset(tp)
+        if end is None or await consumer.position(tp) < end:
             return -math.inf  # not fetched yet, or behind: only the consent event times read count
-        polled = self._consumer.last_poll_timestamp(tp)
+        polled = consumer.last_poll_timestamp(tp)
         # The broker holds a fetch at most FETCH_MAX_WAIT_MS: it began no later than that before its answer.
         return (polled - FETCH_MAX_WAIT_MS) / 1000.0 if polled else -math.inf
 
@@ -162,9 +163,9 @@ class UserIngest(PartitionedService[_Users]):
         tp = TopicPartition(self.engagement_topic, p)
         waiting = len(work.deferred)
         if not work.paused and waiting > 4 * self.settings.batch_size:
-            self._consumer.pause(tp)
+            self.consumer.pause(tp)
             work.paused = True
             log.info("engagement partition %d paused: %d records wait for consent to be read", p, waiting)
         elif work.paused and waiting <= self.settings.batch_size:
-            self._consumer.resume(tp)
+            self.consumer.resume(tp)
             work.paused = False

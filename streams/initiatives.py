@@ -67,7 +67,7 @@ class _Initiatives:
     transitions: list[IncidentEvent] = field(default_factory=list)  # likewise
 
 
-class InitiativeService(PartitionedService[_Initiatives]):
+class InitiativeService(PartitionedService[_Initiatives, bytes | None]):
     """The stage-2 loop of one worker (see the module docstring)."""
 
     def __init__(self, settings: Settings, metrics: PipelineMetrics) -> None:

@@ -61,6 +61,7 @@ RETRY_PAUSE_SECONDS = 0.5  # between attempts while the broker fails
 # sender stopped on a fatal error (it is no longer in a transaction).
 TRANSACTION_ERRORS = (KafkaError, IllegalOperation)
 W = TypeVar("W")
+V = TypeVar("V", bound=bytes | None)  # a state write's value; None deletes the key (a compaction tombstone)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Owned(Generic[W]):
     fresh_from: int = 0
 
 
-class PartitionedService(ConsumerRebalanceListener, Generic[W]):
+class PartitionedService(ConsumerRebalanceListener, Generic[W, V]):
     """`run()` until cancelled; the step under way runs to its end and what is open is committed."""
 
     def __init__(
@@ -112,6 +113,13 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         self._take_again_at = 0.0  # monotonic
         self._fetches = 0  # fetches begun (`Owned.fresh_from`)
 
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        """The group's consumer: there from the start of `run()` (the rebalance listener and the steps run in it)."""
+        if self._consumer is None:
+            raise StreamsError(f"{self.group_id}: the consumer is not started (run() starts it)")
+        return self._consumer
+
     # -- what a subclass decides -------------------------------------------------------
     def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> W:
         """The partition's work state over its recovered store; `producer` sends into its transactions."""
@@ -133,11 +141,11 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         """Whether the open transaction must commit now rather than at the end of the commit interval."""
         return False
 
-    async def flush(self, p: int, owned: Owned[W]) -> dict[str, bytes | None]:
+    async def flush(self, p: int, owned: Owned[W]) -> dict[str, V]:
         """Send what the commit adds to the transaction; return the state writes to apply after it."""
         return {}
 
-    def committed(self, owned: Owned[W], writes: dict[str, bytes | None]) -> None:
+    def committed(self, owned: Owned[W], writes: dict[str, V]) -> None:
         """The transaction committed: `writes` are now durable."""
 
     def forget(self, p: int, owned: Owned[W]) -> None:
@@ -200,7 +208,7 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
         if now - self._lag_measured < 1.0:
             return
         self._lag_measured = now
-        consumer = self._consumer
+        consumer = self.consumer
         held = consumer.assignment()
         for tp in set(self._lag) - held:  # revoked: its series goes, so no stale value stays on /metrics
             self.metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
@@ -242,10 +250,10 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
     async def _steps(self, batches: dict[TopicPartition, list[Any]], fetch: int) -> None:
         if self._untaken and time.monotonic() >= self._take_again_at:
             async with self._lock:
-                await self._take_each(self._untaken & {tp.partition for tp in self._consumer.assignment()})
+                await self._take_each(self._untaken & {tp.partition for tp in self.consumer.assignment()})
         by_partition: dict[int, dict[str, list[Any]]] = {}
-        for tp, records in batches.items():
-            by_partition.setdefault(tp.partition, {}).setdefault(tp.topic, []).extend(records)
+        for tp, fetched in batches.items():
+            by_partition.setdefault(tp.partition, {}).setdefault(tp.topic, []).extend(fetched)
         async with self._lock:
             for p, owned in list(self.partitions.items()):
                 records = by_partition.get(p, {})
@@ -341,9 +349,9 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
     async def _seek_committed(self, p: int, committed: dict[TopicPartition, int]) -> None:
         for tp in (TopicPartition(topic, p) for topic in self.topics):
             if tp in committed:
-                self._consumer.seek(tp, committed[tp])
+                self.consumer.seek(tp, committed[tp])
             else:
-                await self._consumer.seek_to_beginning(tp)
+                await self.consumer.seek_to_beginning(tp)
 
     # -- rebalancing -------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -405,10 +413,10 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W]):
             store = await self._recover(p)
             committed = {}
             for tp in (TopicPartition(topic, p) for topic in self.topics):
-                offset = await self._consumer.committed(tp)
+                offset = await self.consumer.committed(tp)
                 if offset is not None:
                     committed[tp] = offset
-                self._consumer.resume(tp)  # a partition taken anew may have been paused by its former work
+                self.consumer.resume(tp)  # a partition taken anew may have been paused by its former work
             # From the last commit: the consumer's position may be past it (a partition taken anew).
             await self._seek_committed(p, committed)
         except BaseException:
