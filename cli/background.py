@@ -42,7 +42,10 @@ def in_background(make: Callable[[], Iterable[Any]]) -> Iterator[Any]:
     >>> list(in_background(lambda: range(3)))
     [0, 1, 2]
     """
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    if sys.platform.startswith("linux"):
+        context = multiprocessing.get_context("fork")
+    else:
+        context = multiprocessing.get_context("spawn")
     out = context.Queue(maxsize=AHEAD)
     child = context.Process(target=_produce, args=(make, out), daemon=True, name="pmon-records")
     child.start()

@@ -437,7 +437,8 @@ def _lift_chart(history: LiftHistory, domain: tuple[float, float] | None) -> str
     x = _Scale(lo, hi, 56, width - 10)
     # The interval of the first looks spans hundreds of percent; scale to the lifts and the settled intervals.
     settled = drawn[len(drawn) // 4 :]
-    values = [p.lift for _, p in drawn] + [v for _, p in settled for v in (p.lift_low, p.lift_high) if v is not None]
+    lifts = [p.lift for _, p in drawn if p.lift is not None]  # each of `drawn` has one: the check types them float
+    values = lifts + [v for _, p in settled for v in (p.lift_low, p.lift_high) if v is not None]
     ticks = _nice_ticks(min(min(values), 0.0), max(max(values), 0.0), 5)
     y = _Scale(ticks[0], ticks[-1], height - 22, 6)
     clamp = lambda v: min(max(v, ticks[0]), ticks[-1])  # noqa: E731

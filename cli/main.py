@@ -437,12 +437,18 @@ def _embedded_stage(
     if events is not None and not events.is_file():
         _fail(f"events file {events} does not exist — write one with `pmon simulate --to-file {events}`")
     stored = _stored_run(state_dir) if state_dir is not None else None
-    built_from = fingerprint(events, settings) if events is not None else None
-    if stored is not None and (events is None or stored.fingerprint == built_from):
-        initiative = _resolve_initiative(initiative, set(stored.state.clocks), f"the state in {state_dir}")
-        return InitiativeStage(settings, stored.state, plan_history=PlanWriter(settings.plan_dir).history), initiative
+
+    def from_stored(run: Any) -> tuple[Any, str]:
+        name = _resolve_initiative(initiative, set(run.state.clocks), f"the state in {state_dir}")
+        return InitiativeStage(settings, run.state, plan_history=PlanWriter(settings.plan_dir).history), name
+
     if events is None:
-        _fail(f"no stored state in {state_dir} — build it once with --events FILE --state {state_dir}")
+        if stored is None:
+            _fail(f"no stored state in {state_dir} — build it once with --events FILE --state {state_dir}")
+        return from_stored(stored)
+    built_from = fingerprint(events, settings)
+    if stored is not None and stored.fingerprint == built_from:
+        return from_stored(stored)
     initiative = _resolve_initiative(initiative, initiatives_in(events), f"the events file {events}")
     driver, _ = _run_embedded(settings, read_records(events), console, total=None)
     if state_dir is not None:
@@ -643,7 +649,7 @@ def worker() -> None:
         os._exit(USAGE_EXIT if app.pmon_fatal else 1)
 
     app.pmon_give_up = give_up
-    runner = faust.Worker(app, loglevel=settings.log_level.lower(), console_port=None)
+    runner = faust.Worker(app, loglevel=settings.log_level.lower())
     runner.spinner = None  # Faust's terminal spinner would switch the root logger to DEBUG
     try:
         runner.execute_from_commandline()

@@ -400,7 +400,7 @@ def render_plan(plan: PlanDocument, console: Console) -> None:
             title="Plan",
         )
     )
-    tables = [
+    tables: list[tuple[str, tuple[str, ...], list[tuple[str, ...]]]] = [
         ("Stages", ("stage", "status", "owner"), [(s.name, s.status, s.owner_role) for s in plan.stages]),
         (
             "Feeds",
