@@ -30,8 +30,8 @@ $(CHROMIUM_STAMP): $(STAMP)
 	  [ -z "$$missing" ] || (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)
 	touch $(CHROMIUM_STAMP)
 
-# Lint of the pure packages, streams/, cli/ and the worker harness; types of the pure packages and the harness
-# (configured in pyproject.toml; streams/ and cli/ are not typed clean yet). `make test` runs it before the tests.
+# Lint and types of the pure packages, streams/, cli/ and the worker harness (configured in pyproject.toml).
+# `make test` runs it before the tests.
 PURE := monitor detectors governance experiments incidents plans simulation pmon_errors.py
 LINTED := $(PURE) streams cli pmon_harness.py
 
@@ -39,7 +39,7 @@ lint: setup
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/ruff check --select F tests bench scripts   # the rest: at least no undefined or unused names
-	$(BIN)/mypy $(PURE) pmon_harness.py
+	$(BIN)/mypy $(LINTED)
 
 # Three processes side by side (scripts/run-tests.sh): the broker-fault tests on a broker of their own, the other
 # tests of the broker, and the rest. The broker is stopped whatever the outcome; the tests' exit code is kept.
