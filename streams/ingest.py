@@ -124,14 +124,12 @@ class UserIngest(PartitionedService[_Users, bytes]):
         self._flow_control(p, work)
 
     async def flush(self, p: int, owned: Owned[_Users]) -> dict[str, bytes]:
+        # With its earliest source record's time, so stage 2 measures latency from the source.
+        appended = owned.work.appended
+        headers = [] if appended is None else [(SOURCE_TIME_HEADER, str(appended).encode())]
         for initiative, partial in owned.work.partials.items():
-            # With its earliest source record's time, so stage 2 measures latency from the source.
-            appended = owned.work.appended
             await owned.producer.send(
-                self.partials_topic,
-                key=initiative.encode(),
-                value=messages.encode(partial),
-                headers=[] if appended is None else [(SOURCE_TIME_HEADER, str(appended).encode())],
+                self.partials_topic, key=initiative.encode(), value=messages.encode(partial), headers=headers
             )
         return owned.work.stage.pending_writes()
 
