@@ -580,8 +580,10 @@ def _proc_status_kib(name: str) -> int | None:
 
 def embedded_child(records_path: str) -> NoReturn:
     """Child process: load the records, run the driver over them, print one JSON line."""
+    from cli.main import tune_garbage_collector
     from streams.embedded import EmbeddedDriver
 
+    tune_garbage_collector()  # as in every `pmon` process that runs the driver
     logging.basicConfig(level=logging.WARNING)
     with open(records_path, "rb") as file:
         records = pickle.load(file)

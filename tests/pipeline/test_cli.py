@@ -55,6 +55,24 @@ def test_the_console_script_is_installed_next_to_the_interpreter() -> None:
     assert PMON.is_file() and os.access(PMON, os.X_OK)
 
 
+@pytest.mark.parametrize("entry", ["main", "monitor_main"])
+def test_both_console_scripts_make_the_garbage_collector_rarer_before_the_command_runs(entry: str) -> None:
+    import gc
+
+    from cli import main as cli_main
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with pytest.raises(SystemExit) as exit_info:
+            getattr(cli_main, entry)(["--help"])
+        assert exit_info.value.code == 0
+        assert gc.get_threshold() == cli_main.GC_THRESHOLDS
+        assert cli_main.GC_THRESHOLDS[0] > 700
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_monitor_with_an_unknown_window_exits_2_naming_the_valid_choices(tmp_path: Path) -> None:
     result = run_pmon("monitor", "--initiative", "X", "--window", "9d", cwd=tmp_path)
     assert result.returncode == 2
