@@ -100,9 +100,6 @@ class MonitorApp(faust.App):
     # The stop took longer than STOP_DEADLINE_SECONDS: end the process. An attribute, not a method: `pmon worker`
     # sets its own, which says why first.
     pmon_give_up: Callable[[], None] = staticmethod(_exit_now)
-    # The app's stages, for in-process inspection in tests and benchmarks (set by `create_app`).
-    pmon_ingest: UserIngest
-    pmon_initiatives: InitiativeService
 
     def _new_transport(self) -> Any:
         return ReadCommittedTransport(self.conf.broker_consumer, self)
@@ -323,5 +320,4 @@ def create_app(
         ready, reasons = ready_now()
         return web.json({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
 
-    app.pmon_ingest, app.pmon_initiatives = ingest, initiatives
     return app
