@@ -309,7 +309,7 @@ class Settings(BaseSettings):
         description=(
             "Timeout of one push to Alertmanager. Stage 2 waits for the push inside its partition's transaction, "
             "up to PMON_RETRY_LIMIT + 1 times this per step while Alertmanager does not answer; the transaction's "
-            "timeout allows for it (the commit interval + this wait + 30 s)."
+            "timeout allows for it (docs/operations.md, Broker faults)."
         ),
     )
 
