@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -366,29 +366,55 @@ class ExperimentTotals:
         >>> total.variants["control"].users, total.variants["control"].users_by_dimension
         (3, {'channel': {'web': 3}})
         """
-        sums: dict[str, tuple[list[int], dict[str, dict[str, int]]]] = {}
+        acc = DeltaSum()
         for delta in deltas:
             for name, t in delta.variants.items():
-                acc = sums.get(name)
-                if acc is None:
-                    acc = sums[name] = ([0] * len(_SUMMED), {})
-                totals, dimensions = acc
-                for i, field_name in enumerate(_SUMMED):
-                    totals[i] += getattr(t, field_name)
-                for dimension, values in t.users_by_dimension.items():
-                    merged = dimensions.setdefault(dimension, {})
-                    for value, count in values.items():
-                        merged[value] = merged.get(value, 0) + count
-        return cls(
-            {
-                name: VariantTotals(**dict(zip(_SUMMED, totals, strict=True)), users_by_dimension=dimensions)
-                for name, (totals, dimensions) in sums.items()
-            }
-        )
+                acc.add(name, [getattr(t, field_name) for field_name in _SUMMED], t.users_by_dimension)
+        return acc.totals()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> ExperimentTotals:
         return cls({name: VariantTotals.from_dict(values) for name, values in data.items()})
+
+
+class DeltaSum:
+    """Deltas of one experiment summed as they come (`fold_event`'s sums), made `ExperimentTotals` once.
+
+    >>> acc = DeltaSum()
+    >>> for _ in range(3):
+    ...     _, variant, sums, dimensions = fold_event(None, variant="control", event_type="exposure",
+    ...                                               dimensions={"channel": "web"})
+    ...     acc.add(variant, sums, dimensions)
+    >>> total = acc.totals().variants["control"]
+    >>> total.users, total.users_by_dimension
+    (3, {'channel': {'web': 3}})
+    """
+
+    __slots__ = ("_sums",)
+
+    def __init__(self) -> None:
+        self._sums: dict[str, tuple[list[int], dict[str, dict[str, int]]]] = {}
+
+    def add(self, variant: str, sums: Sequence[int], dimensions: Mapping[str, Mapping[str, int]]) -> None:
+        """Add one variant's sums, in `VariantTotals`' field order without `users_by_dimension`."""
+        acc = self._sums.get(variant)
+        if acc is None:
+            acc = self._sums[variant] = ([0] * len(_SUMMED), {})
+        totals, merged_dimensions = acc
+        for i, summand in enumerate(sums):
+            totals[i] += summand
+        for dimension, values in dimensions.items():
+            merged = merged_dimensions.setdefault(dimension, {})
+            for value, count in values.items():
+                merged[value] = merged.get(value, 0) + count
+
+    def totals(self) -> ExperimentTotals:
+        return ExperimentTotals(
+            {
+                name: VariantTotals(**dict(zip(_SUMMED, totals, strict=True)), users_by_dimension=dimensions)
+                for name, (totals, dimensions) in self._sums.items()
+            }
+        )
 
 
 def observe_event(
@@ -419,6 +445,31 @@ def observe_event(
     >>> d.converting_pre_conversions, d.conversions_pre_conversions, d.revenue_pre_revenue_micros / 10**12
     (2, 2, 1200.0)
     """
+    after, variant, sums, dimension_counts = fold_event(
+        user,
+        variant=variant,
+        event_type=event_type,
+        revenue=revenue,
+        dimensions=dimensions,
+        pre_conversions=pre_conversions,
+        pre_revenue=pre_revenue,
+    )
+    totals = VariantTotals(**dict(zip(_SUMMED, sums, strict=True)), users_by_dimension=dimension_counts)
+    return after, ExperimentTotals({variant: totals})
+
+
+def fold_event(
+    user: UserRecord | None,
+    *,
+    variant: str,
+    event_type: str,
+    revenue: float = 0.0,
+    dimensions: Mapping[str, str] | None = None,
+    pre_conversions: int = 0,
+    pre_revenue: float = 0.0,
+) -> tuple[UserRecord, str, tuple[int, ...], dict[str, dict[str, int]]]:
+    """`observe_event` without building the delta: the new record, the variant the delta is of, the delta's
+    sums in `VariantTotals`' field order without `users_by_dimension`, and that field (for `DeltaSum`)."""
     if event_type not in _EVENT_TYPES:
         raise InvalidEvent(f"event type {event_type!r} is not one of {sorted(_EVENT_TYPES)}")
     if not math.isfinite(revenue) or revenue < 0:
@@ -444,21 +495,21 @@ def observe_event(
     converted = 1 if after.converted and not record.converted else 0
     conversions = after.conversions - record.conversions
     before_micros, after_micros = micros(record.revenue), micros(after.revenue)
-    delta = VariantTotals(
-        users=1 if new_user else 0,
-        converting_users=converted,
-        conversions=conversions,
-        conversions_sq=after.conversions**2 - record.conversions**2,
-        revenue_micros=after_micros - before_micros,
-        revenue_sq_micros=after_micros * after_micros - before_micros * before_micros,
-        crossover_events=crossover,
-        users_by_dimension={name: {value: 1} for name, value in (dimensions or {}).items()} if new_user else {},
-        pre_conversions=x_conversions if new_user else 0,
-        pre_conversions_sq=x_conversions * x_conversions if new_user else 0,
-        pre_revenue_micros=x_revenue if new_user else 0,
-        pre_revenue_sq_micros=x_revenue * x_revenue if new_user else 0,
-        converting_pre_conversions=converted * x_conversions,
-        conversions_pre_conversions=conversions * x_conversions,
-        revenue_pre_revenue_micros=(after_micros - before_micros) * x_revenue,
+    sums = (  # in _SUMMED's order
+        1 if new_user else 0,  # users
+        converted,  # converting_users
+        conversions,
+        after.conversions**2 - record.conversions**2,  # conversions_sq
+        after_micros - before_micros,  # revenue_micros
+        after_micros * after_micros - before_micros * before_micros,  # revenue_sq_micros
+        crossover,  # crossover_events
+        x_conversions if new_user else 0,  # pre_conversions
+        x_conversions * x_conversions if new_user else 0,  # pre_conversions_sq
+        converted * x_conversions,  # converting_pre_conversions
+        conversions * x_conversions,  # conversions_pre_conversions
+        x_revenue if new_user else 0,  # pre_revenue_micros
+        x_revenue * x_revenue if new_user else 0,  # pre_revenue_sq_micros
+        (after_micros - before_micros) * x_revenue,  # revenue_pre_revenue_micros
     )
-    return after, ExperimentTotals({record.variant: delta})
+    dimension_counts = {name: {value: 1} for name, value in (dimensions or {}).items()} if new_user else {}
+    return after, record.variant, sums, dimension_counts

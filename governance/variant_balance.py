@@ -12,7 +12,10 @@ check, it is a test of independence between variant and outcome:
 - outcome: personalization consent at that first exposure; a fallback exposure
   of the user in that hour;
 - test: Pearson's chi-square test of independence on the variants x (yes, no)
-  table without continuity correction (`scipy.stats.chi2_contingency`), or
+  table without continuity correction (the statistic of
+  `scipy.stats.chi2_contingency(table, correction=False)`, computed here, and
+  its survival function `scipy.special.chdtrc`: the scipy.stats call costs
+  about 30 times its arithmetic, once per experiment, measure and bucket), or
   Fisher's exact test when a 2 x 2 table has an expected count below 5;
   no test when an outcome never or always happens;
 - a bucket breaches when p < `significance` (0.001, as a sample-ratio check);
@@ -54,14 +57,15 @@ def balance_test(measure: str, counts: Mapping[str, tuple[int, int]]) -> Balance
     table = np.array([[counts[v][1], counts[v][0] - counts[v][1]] for v in variants], dtype=float)
     if len(variants) < 2 or (table.sum(axis=0) == 0).any():
         return BalanceVerdict(measure, False, 1.0, rates, units, "none: one variant, or the outcome never varies")
-    from scipy.stats import chi2_contingency, fisher_exact  # here, not at import: see experiments.stats._lazy
+    from scipy.special import chdtrc  # here, not at import: see experiments.stats._lazy
+    from scipy.stats import fisher_exact
 
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
     if table.shape == (2, 2) and expected.min() < 5:
         return BalanceVerdict(measure, True, float(fisher_exact(table).pvalue), rates, units, "fisher-exact")
-    return BalanceVerdict(
-        measure, True, float(chi2_contingency(table, correction=False).pvalue), rates, units, "chi-square"
-    )
+    statistic = float((((table - expected) ** 2) / expected).sum())
+    p_value = float(chdtrc(len(variants) - 1, statistic))
+    return BalanceVerdict(measure, True, p_value, rates, units, "chi-square")
 
 
 def first_in_hour(

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from experiments.state import ExperimentTotals, UserRecord, observe_event
+from experiments.state import DeltaSum, UserRecord, fold_event
 from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Violation
 from governance.variant_balance import first_in_hour
 from incidents.series import build_key, field_of
@@ -336,7 +336,7 @@ class _Batch:
         self.wall_now = wall_now
         self.result = BatchResult()
         self.user = stage.user
-        self.deltas: dict[tuple[str, float, str], list[ExperimentTotals]] = {}  # summed once, at the end
+        self.deltas: dict[tuple[str, float, str], DeltaSum] = {}
         self.partials: dict[str, dict[float, BucketPartial]] = {}
         self.violations: dict[str, list[Violation]] = {}
         self.dead: dict[str, int] = {}  # dead letters by reason kind, told to every initiative with the range
@@ -441,7 +441,7 @@ class _Batch:
             if known is None and state.activity
             else (0, 0.0)
         )
-        record, delta = observe_event(
+        record, variant, sums, dimensions = fold_event(
             known,
             variant=event.variant,
             event_type=event.event_type,
@@ -450,10 +450,13 @@ class _Batch:
             pre_conversions=pre_conversions,
             pre_revenue=pre_revenue,
         )
-        change = delta.variants[record.variant]
-        if change.users or change.conversions or change.crossover_events:
+        if sums[0] or sums[2] or sums[6]:  # users, conversions, crossover events: a change of the totals
             state.experiments[experiment] = record
-            self.deltas.setdefault((event.initiative, start, experiment), []).append(delta)
+            key = (event.initiative, start, experiment)
+            acc = self.deltas.get(key)
+            if acc is None:
+                acc = self.deltas[key] = DeltaSum()
+            acc.add(variant, sums, dimensions)
 
     def judge(self, state: UserState, event: Engagement, series: str, bucket: BucketPartial, start: float) -> None:
         exposure = Exposure(event.event_id, event.at, event.initiative, series, event.fallback, event.region)
@@ -486,8 +489,8 @@ class _Batch:
 
     def finish(self) -> BatchResult:
         result, progress = self.result, self.progress
-        for (initiative, start, experiment), deltas in self.deltas.items():
-            self.partials[initiative][start].experiments[experiment] = ExperimentTotals.total(deltas)
+        for (initiative, start, experiment), acc in self.deltas.items():
+            self.partials[initiative][start].experiments[experiment] = acc.totals()
         source = None
         if self.last is not None:
             # Contiguous with what this partition sent before, whatever offsets Kafka skipped in between.
