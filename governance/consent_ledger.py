@@ -55,8 +55,8 @@ class Exposure(NamedTuple):
 
 
 class Judgement(NamedTuple):
-    """Consent at an instant, and what decided it (the reason is only formatted when asked for; a tuple for
-    the reason `Exposure` is one)."""
+    """Consent at an instant, and what decided it (the reason is only formatted when asked for). A tuple, as
+    `Exposure` is: one is made per exposure."""
 
     consented: bool
     basis: Literal["granted", "revoked", "grace", "no record"]

@@ -450,7 +450,7 @@ class _Batch:
             pre_conversions=pre_conversions,
             pre_revenue=pre_revenue,
         )
-        if sums[0] or sums[2] or sums[6]:  # users, conversions, crossover events: a change of the totals
+        if any(sums):  # a new user, a conversion or a crossover: the totals change
             state.experiments[experiment] = record
             key = (event.initiative, start, experiment)
             acc = self.deltas.get(key)
