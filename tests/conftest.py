@@ -1,5 +1,6 @@
 """Fixtures: one Kafka broker per session, uuid-named topics and groups per test, worker processes (on the
-harness the benchmarks share, `pmon_harness`).
+harness the benchmarks share, `pmon_harness`), and one embedded replay of the demo's program that the
+report's and the dashboard's tests read.
 
 The broker is the project's own (`scripts/kafka-local.sh`): `make test` starts
 it; when pytest runs alone and none answers, the session starts one and stops
@@ -120,3 +121,23 @@ def consume(settings: Settings, topic: str, *, want: int, timeout: float = 60, s
 def consume_raw(settings: Settings, topic: str, *, timeout: float = 3) -> list[Any]:
     """Every record of a topic named in full (an internal topic, a changelog), read for `timeout` seconds."""
     return asyncio.run(_consume(settings, topic, want=10**9, timeout=timeout, settle=0))
+
+
+@pytest.fixture(scope="session")
+def demo_stage(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Four days of the demo's program with the demo's experiment plans, replayed embedded once a session (about
+    30 s): every initiative has incidents, most an experiment. Read it; do not change it."""
+    from cli.main import _encoded
+    from simulation.simulator import SimulationSpec, demo_program, simulate
+    from streams.embedded import EmbeddedDriver
+
+    spec = SimulationSpec(seed=7, days=4, initiatives=demo_program(4))
+    planned = {i.name: dict(zip(i.variants, i.planned_allocation)) for i in spec.initiatives if i.experiment}
+    experiments = {i.experiment: {"allocation": planned[i.name],
+                                  "success_metrics": [{"metric": "conversions_per_user"}]}
+                   for i in spec.initiatives if i.experiment}
+    settings = Settings(plan_dir=tmp_path_factory.mktemp("plans"), log_level="WARNING", allocations=planned,
+                        experiments=experiments, alert_threshold=0.2)
+    driver = EmbeddedDriver(settings, replay=True)
+    asyncio.run(driver.run(_encoded(simulate(spec))))
+    return driver.initiative_stage

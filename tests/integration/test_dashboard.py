@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,30 +10,16 @@ import pytest
 
 from cli import chromium
 from cli.dashboard import KPIS, SECTIONS, render_html
-from cli.main import _encoded
 from monitor.initiative_stage import LIFT_HISTORY, InitiativeStage
 from monitor.report import Report, ReportRequest, build_report
-from monitor.settings import Settings
 from monitor.stored_state import load, save
-from simulation.simulator import SimulationSpec, demo_program, simulate
-from streams.embedded import EmbeddedDriver
 
 INITIATIVE = "PLG Onboarding"
-SPEC = SimulationSpec(seed=7, days=4, initiatives=demo_program(4))
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory) -> InitiativeStage:
-    """Four demo days replayed embedded, with the demo's experiment plans (about 30 s)."""
-    planned = {i.name: dict(zip(i.variants, i.planned_allocation)) for i in SPEC.initiatives if i.experiment}
-    experiments = {i.experiment: {"allocation": planned[i.name],
-                                  "success_metrics": [{"metric": "conversions_per_user"}]}
-                   for i in SPEC.initiatives if i.experiment}
-    settings = Settings(plan_dir=tmp_path_factory.mktemp("plans"), log_level="WARNING", allocations=planned,
-                        experiments=experiments, alert_threshold=0.2)
-    driver = EmbeddedDriver(settings, replay=True)
-    asyncio.run(driver.run(_encoded(simulate(SPEC))))
-    return driver.initiative_stage
+def stage(demo_stage: InitiativeStage) -> InitiativeStage:
+    return demo_stage
 
 
 @pytest.fixture(scope="module")
