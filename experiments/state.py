@@ -445,7 +445,7 @@ def observe_event(
     >>> d.converting_pre_conversions, d.conversions_pre_conversions, d.revenue_pre_revenue_micros / 10**12
     (2, 2, 1200.0)
     """
-    after, variant, sums, dimension_counts = fold_event(
+    after, of_variant, sums, dimension_counts = fold_event(
         user,
         variant=variant,
         event_type=event_type,
@@ -454,8 +454,9 @@ def observe_event(
         pre_conversions=pre_conversions,
         pre_revenue=pre_revenue,
     )
-    totals = VariantTotals(**dict(zip(_SUMMED, sums, strict=True)), users_by_dimension=dimension_counts)
-    return after, ExperimentTotals({variant: totals})
+    acc = DeltaSum()  # the one place sums become VariantTotals
+    acc.add(of_variant, sums, dimension_counts)
+    return after, acc.totals()
 
 
 def fold_event(
