@@ -140,6 +140,8 @@ def test_partials_of_a_backfill_stamped_in_the_past_are_stamped_when_sent(isolat
     out of the partials topic's time retention before stage 2 read them (segments older than retention are
     deleted). They are stamped when sent; the source's broker time rides in a header for the latency metric."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     from streams.kafka_io import client_options, ensure_topics
     from streams.ingest import PARTIALS_TOPIC, SOURCE_TIME_HEADER
@@ -151,6 +153,15 @@ def test_partials_of_a_backfill_stamped_in_the_past_are_stamped_when_sent(isolat
 
     async def backfill() -> None:
         await ensure_topics(settings)
+        # The source topic keeps its records whatever their timestamps, as a backfill's must: under the broker's
+        # 7-day retention its next retention check (every 60 s here) deleted them before the worker read them.
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic("engagement"),
+                                                      {"retention.ms": "-1"})])
+        finally:
+            await admin.close()
         producer = AIOKafkaProducer(**client_options(settings), acks="all")
         await producer.start()
         try:
@@ -166,7 +177,8 @@ def test_partials_of_a_backfill_stamped_in_the_past_are_stamped_when_sent(isolat
     asyncio.run(backfill())
     worker = start_worker(settings)
     wait_for(lambda: worker.counted(PLG) == 3, timeout=120, what="the backfilled records to be counted",
-             on_timeout=worker.log)
+             on_timeout=lambda: f"stage 1 received {worker.records_seen('engagement'):.0f} of 3, stage 2 counted "
+                                f"{worker.counted(PLG)}; the worker's log:\n{worker.log()}")
     partials = consume_raw(settings, PARTIALS_TOPIC.format(app_id=settings.app_id))
     assert partials, "stage 1 must have sent its partials"
     assert all(m.timestamp >= started_ms - 60_000 for m in partials), [m.timestamp for m in partials]
