@@ -158,6 +158,21 @@ class ConsentPolicy:
             return Judgement(True, "grace", revoked_at, grace_seconds=self.grace_seconds)
         return Judgement(False, "revoked", revoked_at)
 
+    def consented(self, user: UserConsent, at: float, region: str | None = None) -> bool:
+        """`consent_at(user, at=at, region=region).consented` for personalization, without building the
+        `Judgement`: once per exposure, where only the answer is needed.
+
+        >>> policy = ConsentPolicy(regions={"US": "opt-out"})
+        >>> policy.consented(UserConsent(), 0.0, "US"), policy.consented(UserConsent(), 0.0, "EU")
+        (True, False)
+        """
+        changes = user.changes.get(PERSONALIZATION)
+        if changes:
+            latest = bisect.bisect_right(changes, (at, True))
+            if latest:  # the latest change decides: a grant at once; a revocation after its grace
+                return changes[latest - 1][1] or self.consent_at(user, at=at, region=region).consented
+        return self.regions.get(user.region or region or "unknown", self.default_policy) == "opt-out"
+
     def record(
         self,
         user: UserConsent,
@@ -193,12 +208,19 @@ class ConsentPolicy:
                 changed.append(replace(_violation(exposure, pseudonym, judgement, late=True), acquitted=granted))
         return changed
 
-    def judge(self, user: UserConsent, pseudonym: str, exposure: Exposure) -> tuple[Judgement, Violation | None]:
-        """Judge one exposure (in place: a personalized one is remembered for late revocations)."""
-        judgement = self.consent_at(user, at=exposure.at, region=exposure.region)
+    def judge(self, user: UserConsent, pseudonym: str, exposure: Exposure) -> tuple[bool, Violation | None]:
+        """Judge one exposure: whether the user consented, and the violation if not (in place: a personalized
+        exposure is remembered for late revocations). `consent_at` says why."""
+        consented = self.consented(user, exposure.at, exposure.region)
         if exposure.fallback:
-            return judgement, None
-        violation = None if judgement.consented else _violation(exposure, pseudonym, judgement, late=False)
+            return consented, None
+        violation = (
+            None
+            if consented
+            else _violation(
+                exposure, pseudonym, self.consent_at(user, at=exposure.at, region=exposure.region), late=False
+            )
+        )
         remembered = user.remembered
         if self.max_remembered and not _remembered_already(remembered, exposure):
             if not remembered or remembered[-1][0].at <= exposure.at:
@@ -212,7 +234,7 @@ class ConsentPolicy:
                 cut = max(cut, bisect.bisect_left(remembered, horizon, key=_at))
             if cut > 0:
                 del remembered[:cut]
-        return judgement, violation
+        return consented, violation
 
 
 def _at(item: tuple[Exposure, bool]) -> float:

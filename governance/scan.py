@@ -90,7 +90,6 @@ class GovernanceTally:
 
     def add_exposure(
         self,
-        *,
         channel: str,
         rule_id: str | None,
         experiment: str | None,

@@ -372,33 +372,41 @@ class _Batch:
         stage = self.stage
         try:
             event: Engagement = decode_engagement(_value(record), stage._pseudonym)
-            stage._admit_time(event.at, self.wall_now)
+            at = event.at
+            if at - self.wall_now > stage._max_future:
+                stage._admit_time(at, self.wall_now)  # raises, with the reason
         except DecodeError as exc:
             self.dead_letter("engagement", record, exc)
             self.cover(record.offset)
             return True
-        exposure = event.event_type == "exposure"
-        if event.at >= stop_at:
-            self.result.stopped_at = event.at
+        event_type = event.event_type
+        exposure = event_type == "exposure"
+        if at >= stop_at:
+            self.result.stopped_at = at
             return False
         if (
             exposure
-            and event.at > consent_mark
-            and (event.at if record.timestamp is None else record.timestamp / 1000.0) > produced_by
+            and at > consent_mark
+            and (at if record.timestamp is None else record.timestamp / 1000.0) > produced_by
         ):
             return False
-        self.cover(record.offset)
-        at = event.at
-        mark = self.progress.mark
-        self.progress.mark = at if mark is None or at > mark else mark
+        # `cover`, inline: once per record.
+        if self.first is None:
+            self.first = record.offset
+        self.last = record.offset
+        progress = self.progress
+        mark = progress.mark
+        if mark is None or at > mark:
+            progress.mark = at
         start = at - at % stage._bucket
-        buckets = self.partials.get(event.initiative)
+        initiative = event.initiative
+        buckets = self.partials.get(initiative)
         if buckets is None:
-            buckets = self.partials[event.initiative] = {}
+            buckets = self.partials[initiative] = {}
         bucket = buckets.get(start)
         if bucket is None:
             bucket = buckets[start] = BucketPartial()
-        series = build_key(event.initiative, event.profile, event.channel, event.variant)
+        series = build_key(initiative, event.profile, event.channel, event.variant)
         counters = bucket.series.get(series)
         if counters is None:
             counters = bucket.series[series] = Counters()
@@ -406,18 +414,23 @@ class _Batch:
         if cohort is None:
             cohort = bucket.cohorts[event.cohort] = Counters()
         if exposure:
-            for c in (counters, cohort):
-                c.exposures += 1
-                c.fallbacks += event.fallback
-                c.latency_ms_sum += event.decision_latency_ms
-        elif event.event_type == "click":
+            fallback, latency = event.fallback, event.decision_latency_ms
+            counters.exposures += 1
+            counters.fallbacks += fallback
+            counters.latency_ms_sum += latency
+            cohort.exposures += 1
+            cohort.fallbacks += fallback
+            cohort.latency_ms_sum += latency
+        elif event_type == "click":
             counters.clicks += 1
             cohort.clicks += 1
         else:
-            for c in (counters, cohort):
-                c.conversions += 1
-                c.revenue += event.revenue
-        conversion = event.event_type == "conversion"
+            revenue = event.revenue
+            counters.conversions += 1
+            counters.revenue += revenue
+            cohort.conversions += 1
+            cohort.revenue += revenue
+        conversion = event_type == "conversion"
         pre_period = stage._pre_period_days
         if exposure or event.experiment or (conversion and pre_period):
             state = self.user(event.user_id)
@@ -459,22 +472,21 @@ class _Batch:
             acc.add(variant, sums, dimensions)
 
     def judge(self, state: UserState, event: Engagement, series: str, bucket: BucketPartial, start: float) -> None:
-        exposure = Exposure(event.event_id, event.at, event.initiative, series, event.fallback, event.region)
-        judgement, violation = self.stage.consent_policy.judge(state.consent, event.user_id, exposure)
-        if violation is not None:
-            self.violations.setdefault(event.initiative, []).append(violation)
+        policy, consent, fallback = self.stage.consent_policy, state.consent, event.fallback
+        if fallback:  # needs no consent and is not remembered: only the tally's consented count asks
+            consented = policy.consented(consent, event.at, event.region)
+        else:
+            exposure = Exposure(event.event_id, event.at, event.initiative, series, False, event.region)
+            consented, violation = policy.judge(consent, event.user_id, exposure)
+            if violation is not None:
+                self.violations.setdefault(event.initiative, []).append(violation)
         first = first_fallback = False
-        if event.experiment:
-            first, first_fallback = first_in_hour(state.consent.hours, event.experiment, start, fallback=event.fallback)
+        experiment = event.experiment
+        if experiment:
+            first, first_fallback = first_in_hour(consent.hours, experiment, start, fallback=fallback)
+        # Positional, in the signature's order: once per exposure.
         bucket.governance.add_exposure(
-            channel=event.channel,
-            rule_id=event.rule_id,
-            experiment=event.experiment,
-            variant=event.variant,
-            fallback=event.fallback,
-            consented=judgement.consented,
-            first_in_hour=first,
-            first_fallback_in_hour=first_fallback,
+            event.channel, event.rule_id, experiment, event.variant, fallback, first, consented, first_fallback
         )
 
     def dead_letter(self, topic: str, record: SourceRecord, exc: DecodeError) -> None:

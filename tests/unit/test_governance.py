@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy.stats import binom, chi2, chi2_contingency, fisher_exact
 
 from governance.consent_incidents import ViolationState, observe_quiet_bucket, observe_violations
@@ -137,8 +138,11 @@ def test_latest_consent_by_event_time_whatever_the_arrival_order(arrival: list[t
 def test_user_without_record_follows_the_policy_of_the_region(region: str | None, default_policy: str,
                                                               consented: bool, policy_name: str) -> None:
     policy = consent_policy(default_policy=default_policy)
-    judgement, found = policy.judge(UserConsent(), "p1", exposure(region=region))
-    assert (judgement.consented, judgement.basis, judgement.policy) == (consented, "no record", policy_name)
+    user = UserConsent()
+    judged, found = policy.judge(user, "p1", exposure(region=region))
+    judgement = policy.consent_at(user, at=T0, region=region)
+    assert (judged, judgement.consented, judgement.basis, judgement.policy) == (consented, consented, "no record",
+                                                                               policy_name)
     assert (found is None) is consented
     assert judgement.reason == f"no record; {region or 'unknown region'} is {policy_name}"
 
@@ -149,11 +153,13 @@ def test_region_comes_from_the_users_latest_consent_record_over_the_exposures() 
     # An analytics record from the US (opt-out), then an older one from the EU arriving late: the US one is latest.
     policy.record(user, "p1", at=T0, purpose="analytics", granted=True, region="US")
     policy.record(user, "p1", at=T0 - H, purpose="analytics", granted=True, region="EU")
-    judgement, found = policy.judge(user, "p1", exposure(at=T0 + 10, region="EU"))
-    assert (judgement.consented, judgement.region, judgement.policy, found) == (True, "US", "opt-out", None)
+    judged, found = policy.judge(user, "p1", exposure(at=T0 + 10, region="EU"))
+    judgement = policy.consent_at(user, at=T0 + 10, region="EU")
+    assert (judged, judgement.region, judgement.policy, found) == (True, "US", "opt-out", None)
     policy.record(user, "p1", at=T0 + 5, purpose="marketing", granted=False, region="EU")
-    judgement, found = policy.judge(user, "p1", exposure("x2", at=T0 + 10, region="US"))
-    assert (judgement.consented, judgement.region, judgement.policy) == (False, "EU", "opt-in")
+    judged, found = policy.judge(user, "p1", exposure("x2", at=T0 + 10, region="US"))
+    judgement = policy.consent_at(user, at=T0 + 10, region="US")
+    assert (judged, judgement.region, judgement.policy) == (False, "EU", "opt-in")
     assert found is not None and found.reason == "no record; EU is opt-in"
 
 
@@ -162,8 +168,9 @@ def test_region_comes_from_the_users_latest_consent_record_over_the_exposures() 
 def test_revocation_takes_effect_after_the_grace_period(offset: float, violates: bool) -> None:
     policy = consent_policy()
     user = user_with(policy, (T0 - H, True), (T0, False))
-    judgement, found = policy.judge(user, "p1", exposure(at=T0 + offset))
-    assert (found is not None) is violates
+    judged, found = policy.judge(user, "p1", exposure(at=T0 + offset))
+    assert (found is not None) is violates is not judged
+    judgement = policy.consent_at(user, at=T0 + offset)
     assert (judgement.basis, judgement.at) == ("revoked" if violates else "grace", T0)
     if violates:
         assert found.reason == f"revoked at {utc(T0).strftime('%Y-%m-%dT%H:%M:%SZ')}" and not found.late
@@ -190,8 +197,8 @@ def test_grant_takes_effect_at_once() -> None:
     policy = consent_policy()
     user = user_with(policy, (T0, True))
     assert policy.judge(user, "p1", exposure("before", at=T0 - 1))[1] is not None   # EU, no record yet: opt-in
-    judgement, found = policy.judge(user, "p1", exposure("at", at=T0))
-    assert (judgement.consented, judgement.basis, found) == (True, "granted", None)
+    judged, found = policy.judge(user, "p1", exposure("at", at=T0))
+    assert (judged, policy.consent_at(user, at=T0).basis, found) == (True, "granted", None)
 
 
 def test_grant_within_the_grace_of_a_revocation_keeps_consent() -> None:
@@ -204,11 +211,28 @@ def test_grant_within_the_grace_of_a_revocation_keeps_consent() -> None:
     assert policy.consent_at(again, at=T0 + 40 + GRACE).consented
 
 
+@settings(max_examples=300, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from([0.0, 30.0, 59.0, 60.0, 61.0, 120.0, 500.0]), st.booleans()),
+                        max_size=6),
+       region=st.sampled_from([None, "EU", "US"]), exposure_region=st.sampled_from([None, "EU", "US", "APAC"]),
+       at=st.sampled_from([-1.0, 0.0, 29.0, 30.0, 60.0, 89.0, 90.0, 119.0, 120.0, 180.0, 560.0, 561.0]))
+def test_the_fast_consent_answer_is_the_judgements(changes: list[tuple[float, bool]], region: str | None,
+                                                   exposure_region: str | None, at: float) -> None:
+    """`consented` (once per exposure) answers as `consent_at(...).consented` does, on any ledger."""
+    policy = ConsentPolicy(regions={"EU": "opt-in", "US": "opt-out"}, default_policy="opt-in", grace_seconds=60)
+    user = UserConsent()
+    for t, granted in changes:
+        policy.record(user, "p1", at=T0 + t, purpose="personalization", granted=granted, region=region)
+    expected = policy.consent_at(user, at=T0 + at, region=exposure_region).consented
+    assert policy.consented(user, T0 + at, exposure_region) is expected
+    assert policy.judge(user, "p1", exposure(at=T0 + at, region=exposure_region))[0] is expected
+
+
 def test_fallback_exposures_never_violate_and_are_not_remembered() -> None:
     policy = consent_policy()
     user = UserConsent()
-    judgement, found = policy.judge(user, "p1", exposure(fallback=True, region="EU"))
-    assert judgement.consented is False and found is None
+    judged, found = policy.judge(user, "p1", exposure(fallback=True, region="EU"))
+    assert judged is False and found is None
     assert user.remembered == []
 
 
@@ -833,8 +857,8 @@ def test_a_passing_item_lists_the_incidents_of_its_kind_earlier_in_the_period() 
 
 def test_a_late_grant_acquits_a_conviction_once_and_the_incident_resolves_at_zero() -> None:
     policy, user = consent_policy(), UserConsent()
-    judgement, convicted = policy.judge(user, "p1", exposure("x1", T0 + 60, region="EU"))   # no record, EU opt-in
-    assert not judgement.consented and convicted is not None
+    consented, convicted = policy.judge(user, "p1", exposure("x1", T0 + 60, region="EU"))   # no record, EU opt-in
+    assert not consented and convicted is not None
     [acquittal] = policy.record(user, "p1", at=T0, purpose="personalization", granted=True, region="EU")
     assert (acquittal.event_id, acquittal.acquitted) == ("x1", True)
     assert policy.record(user, "p1", at=T0 - 5, purpose="personalization", granted=True) == [], "acquitted once"
