@@ -24,6 +24,7 @@ check, it is a test of independence between variant and outcome:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -68,6 +69,9 @@ def balance_test(measure: str, counts: Mapping[str, tuple[int, int]]) -> Balance
     return BalanceVerdict(measure, True, p_value, rates, units, "chi-square")
 
 
+_NEVER = (-math.inf, -math.inf)  # no hour counted yet (a constant: this runs once per exposure)
+
+
 def first_in_hour(
     hours: dict[str, tuple[float, float]], experiment: str, hour: float, *, fallback: bool
 ) -> tuple[bool, bool]:
@@ -80,7 +84,7 @@ def first_in_hour(
     >>> first_in_hour(hours, "exp", 3600.0, fallback=False), first_in_hour(hours, "exp", 3600.0, fallback=True)
     ((True, False), (False, True))
     """
-    counted, fallback_counted = hours.get(experiment, (float("-inf"), float("-inf")))
+    counted, fallback_counted = hours.get(experiment, _NEVER)
     first = counted < hour
     first_fallback = fallback and fallback_counted < hour
     if first or first_fallback:

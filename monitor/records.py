@@ -34,6 +34,10 @@ Cost (``bench/decode.py``, simulated engagement records, CPU time): about 4.7 us
 record through the model, 3.5 us on the fast path, of which 0.9 us is
 ``orjson.loads`` (paid by both); the rest is ~1.1 us of checks, ~0.5 us for the
 time (regex, ``fromisoformat``, ``timestamp``) and ~0.3 us to build the record.
+Most of the checks are of names from a small vocabulary (initiative, profile,
+channel, cohort, experiment, variant, rule, region): a combination that passed
+them is remembered (bounded), and a record that repeats it pays one set lookup
+instead, about 0.5 us less.
 """
 
 from __future__ import annotations
@@ -365,6 +369,39 @@ def _model_path(
     return _decode(model, raw, pseudonymise=replay)
 
 
+# The names of an engagement record other than its ids come from a small vocabulary, and most records repeat a
+# combination seen before: a set lookup of the combination costs less than its 30-odd checks. Only combinations
+# that passed them are kept; bounded (cleared when full), so a producer of ever-new names costs memory to no one.
+_NAMES_SEEN: set[tuple[Any, ...]] = set()
+_NAMES_SEEN_MAX = 65_536
+
+
+def _is_name(value: Any) -> bool:
+    return type(value) is str and value.strip() == value and bool(value) and len(value) <= _MAX_NAME
+
+
+def _is_key_name(value: Any) -> bool:
+    return _is_name(value) and "|" not in value
+
+
+def _valid_names(names: tuple[Any, ...]) -> bool:
+    """initiative, profile, channel, cohort, experiment, variant, rule_id, region: valid under the model (and
+    remembered as such)?"""
+    initiative, profile, channel, cohort, experiment, variant, rule_id, region = names
+    if not (
+        all(map(_is_key_name, (initiative, profile, channel, variant)))
+        and _is_name(cohort)
+        and (experiment is None or _is_key_name(experiment))
+        and (rule_id is None or _is_key_name(rule_id))
+        and (region is None or _is_name(region))
+    ):
+        return False
+    if len(_NAMES_SEEN) >= _NAMES_SEEN_MAX:
+        _NAMES_SEEN.clear()
+    _NAMES_SEEN.add(names)
+    return True
+
+
 def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = None) -> Engagement:
     """Decode one engagement record, or raise DecodeError as ``decode(EngagementEvent, raw)`` would.
 
@@ -434,6 +471,11 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
             user_id = pseudonym[1]
         # A name: `s.strip() == s and s and len(s) <= _MAX_NAME` after `type(s) is str`; this order is the
         # cheapest (a chained `0 < len(s) <= n` costs more than a truth test and one compare).
+        names = (initiative, profile, channel, cohort, experiment, variant, rule_id, region)
+        try:
+            known = names in _NAMES_SEEN
+        except TypeError:  # a list or an object among them: invalid, and unhashable
+            known = False
         if (
             type(event_id) is str
             and event_id.strip() == event_id
@@ -444,60 +486,13 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
             and user_id.strip() == user_id
             and user_id
             and len(user_id) <= _MAX_NAME
-            and type(initiative) is str
-            and initiative.strip() == initiative
-            and initiative
-            and len(initiative) <= _MAX_NAME
-            and "|" not in initiative
-            and type(profile) is str
-            and profile.strip() == profile
-            and profile
-            and len(profile) <= _MAX_NAME
-            and "|" not in profile
-            and type(channel) is str
-            and channel.strip() == channel
-            and channel
-            and len(channel) <= _MAX_NAME
-            and "|" not in channel
-            and type(cohort) is str
-            and cohort.strip() == cohort
-            and cohort
-            and len(cohort) <= _MAX_NAME
-            and (
-                experiment is None
-                or (
-                    type(experiment) is str
-                    and experiment.strip() == experiment
-                    and experiment
-                    and len(experiment) <= _MAX_NAME
-                    and "|" not in experiment
-                )
-            )
-            and type(variant) is str
-            and variant.strip() == variant
-            and variant
-            and len(variant) <= _MAX_NAME
-            and "|" not in variant
-            and (
-                rule_id is None
-                or (
-                    type(rule_id) is str
-                    and rule_id.strip() == rule_id
-                    and rule_id
-                    and len(rule_id) <= _MAX_NAME
-                    and "|" not in rule_id
-                )
-            )
+            and (known or _valid_names(names))
             and (fallback is True or fallback is False)
             and (type(latency) is float or type(latency) is int)
             and 0.0 <= latency <= _MAX_LATENCY
             and (type(revenue) is float or type(revenue) is int)
             and 0.0 <= revenue <= _MAX_REVENUE
             and (not revenue or event_type == "conversion")
-            and (
-                region is None
-                or (type(region) is str and region.strip() == region and region and len(region) <= _MAX_NAME)
-            )
             and type(event_time) is str
             and _CANONICAL_TIME(event_time) is not None
         ):

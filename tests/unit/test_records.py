@@ -354,6 +354,29 @@ def test_canonical_engagement_takes_the_fast_path_and_equals_the_model(record: d
     assert decoded.to_model().event_time.utcoffset() == timedelta(0)
 
 
+def test_names_seen_valid_are_remembered_bounded_and_never_the_invalid_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path remembers name combinations it validated (`records._NAMES_SEEN`): a record whose names were
+    seen still has every other field checked, an invalid combination is not remembered, and the memory is
+    bounded."""
+    seen: set[tuple[Any, ...]] = set()
+    monkeypatch.setattr(records, "_NAMES_SEEN", seen)
+    monkeypatch.setattr(records, "_NAMES_SEEN_MAX", 2)
+    base = {"event_id": "e1", "event_type": "exposure", "event_time": "2026-11-01T00:00:00Z", "user_id": "u1",
+            "initiative": "PLG", "profile": "new_user", "channel": "web"}
+    assert decode_engagement(orjson.dumps(base)).channel == "web"
+    assert len(seen) == 1
+    for bad in ({"revenue": 5.0}, {"decision_latency_ms": -1}, {"event_id": ""}, {"fallback": "maybe"}):
+        with pytest.raises(DecodeError):
+            decode_engagement(orjson.dumps({**base, **bad}))   # the names were seen; the rest is still checked
+    for bad in ({"channel": "a|b"}, {"profile": ""}, {"region": ["EU"]}, {"cohort": ""}):
+        with pytest.raises(DecodeError):
+            decode_engagement(orjson.dumps({**base, **bad}))
+    assert len(seen) == 1
+    for channel in ("app", "email", "sms"):
+        decode_engagement(orjson.dumps({**base, "channel": channel}))
+    assert 1 <= len(seen) <= 2
+
+
 @settings(SETTINGS, max_examples=200)
 @given(record=canonical_consents(), pseudonymise=st.sampled_from([None, _hash_pseudonym]))
 def test_canonical_consent_takes_the_fast_path_and_equals_the_model(record: dict[str, Any],
