@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pmon_harness  # noqa: E402
-from bench import pages  # noqa: E402
+from bench import broker, pages  # noqa: E402
 from incidents.model import IncidentEvent  # noqa: E402
 from monitor.events import encode  # noqa: E402
 from monitor.report import ReportRequest, build_report  # noqa: E402
@@ -278,19 +278,12 @@ def run_fault(fault: str, bootstrap: str, workdir: Path, *, seed: int = 11,
 
 async def delete_run_topics(settings: Settings) -> None:
     """Delete the run's topics: inputs, outputs and the app's internal ones."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
     try:
-        names = [t for t in await admin.list_topics()
-                 if t.startswith(f"{settings.topic_prefix}.") or t.startswith(settings.app_id)]
-        if names:
-            await admin.delete_topics(names)
+        await broker.delete_topics(
+            settings, lambda t: t.startswith(f"{settings.topic_prefix}.") or t.startswith(settings.app_id)
+        )
     except Exception as exc:  # noqa: BLE001 - best effort: the broker's retention removes what is left
         print(f"  (could not delete the run's topics: {exc!r})", file=sys.stderr)
-    finally:
-        await admin.close()
 
 
 def main(argv: list[str] | None = None) -> int:

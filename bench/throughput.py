@@ -81,7 +81,7 @@ from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import pmon_harness  # noqa: E402
-from bench import pages  # noqa: E402
+from bench import broker, pages  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from monitor.topics import EVENT_TOPICS  # noqa: E402
 from pmon_harness import PMON, WaitTimeout, Worker, WorkerExited, pmon_env  # noqa: E402
@@ -270,25 +270,6 @@ async def keep_records(settings: Settings, topic: str) -> None:
     await admin.start()
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": "-1"})])
-    finally:
-        await admin.close()
-
-
-async def delete_topics(settings: Settings, prefix: str) -> list[str]:
-    """Every topic of this run: inputs, outputs, the apps' re-keyed and changelog topics.
-
-    Quix Streams names its internal topics `repartition__<group>--...` and
-    `changelog__<group>--...`: the run id is inside the name, not at its start.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=20_000)
-    try:
-        await asyncio.wait_for(admin.start(), 20)
-        names = [t for t in await admin.list_topics() if prefix in t]
-        if names:
-            await admin.delete_topics(names, timeout_ms=20_000)
-        return names
     finally:
         await admin.close()
 
@@ -995,7 +976,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if produced and not args.keep_topics:
             try:
-                deleted = asyncio.run(delete_topics(settings, run))
+                # Quix Streams names its internal topics `repartition__<group>--...` and `changelog__<group>--...`:
+                # the run id is inside the name, not at its start.
+                deleted = asyncio.run(broker.delete_topics(settings, lambda name: run in name))
                 console.print(f"deleted {len(deleted)} bench topics ({run}*)")
             except Exception as exc:  # noqa: BLE001 - best effort
                 console.print(f"[yellow]could not delete the bench topics {run}*: {exc!r}[/]")

@@ -21,7 +21,7 @@ PAGES = pages.PAGES
 MARK = pages.MARK
 
 # Benches that help others and print no figures of their own.
-HELPERS = {"pages", "peers", "detection_candidates", "detection_labels", "detection_scoring"}
+HELPERS = {"broker", "pages", "peers", "detection_candidates", "detection_labels", "detection_scoring"}
 # Pages written by their bench before bench/pages.py existed, without its header: detection.py takes
 # 40 minutes, so its page gets the header at its next run. Remove an entry once its bench writes
 # through bench/pages.py: the test below fails until then so the list cannot rot.
