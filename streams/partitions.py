@@ -381,19 +381,26 @@ class PartitionedService(ConsumerRebalanceListener, Generic[W, V]):
             self._assigned_once = True
 
     async def _take_each(self, numbers: set[int]) -> None:
-        """Take these partitions; one that fails (the broker is away) stays untaken, to be taken from the loop.
+        """Take these partitions, side by side: each take mostly waits on the broker (a producer that fences the
+        previous owner, a changelog read to its end), about half a second even when there is nothing to read, and
+        nothing is processed until all are taken. One that fails (the broker is away) stays untaken, to be taken
+        from the loop.
 
         aiokafka logs and swallows what a rebalance listener raises: a partition whose take raised would stay
         assigned and never be read."""
-        for p in sorted(numbers):
-            try:
-                await self._take(p)
+        ordered = sorted(numbers)
+        outcomes = await asyncio.gather(*(self._take(p) for p in ordered), return_exceptions=True)
+        for p, outcome in zip(ordered, outcomes, strict=True):
+            if outcome is None:
                 self._untaken.discard(p)
-            except (*TRANSACTION_ERRORS, StreamsError) as exc:
-                log.warning("%s: taking partition %d failed, trying again: %r", self.group_id, p, exc)
+            elif isinstance(outcome, (*TRANSACTION_ERRORS, StreamsError)):
+                log.warning("%s: taking partition %d failed, trying again: %r", self.group_id, p, outcome)
                 self._untaken.add(p)
                 self._take_again_at = time.monotonic() + RETRY_PAUSE_SECONDS
         self._owned_gauge.set(len(self.partitions))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, (*TRANSACTION_ERRORS, StreamsError)):
+                raise outcome  # a bug, or a cancellation: after every partition taken has been counted
 
     async def _take(self, p: int) -> None:
         """Open an assigned partition: fence the previous owner, recover its state, read from its last commit."""
