@@ -171,7 +171,7 @@ class ConsentPolicy:
             latest = bisect.bisect_right(changes, (at, True))
             if latest:  # the latest change decides: a grant at once; a revocation after its grace
                 return changes[latest - 1][1] or self.consent_at(user, at=at, region=region).consented
-        return self.regions.get(user.region or region or "unknown", self.default_policy) == "opt-out"
+        return self.policy_of(user.region or region) == "opt-out"
 
     def record(
         self,

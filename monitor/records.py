@@ -469,13 +469,14 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
         if pseudonymise is not None and type(user_id) is str and user_id:
             pseudonym = (user_id, pseudonymise(user_id))
             user_id = pseudonym[1]
-        # A name: `s.strip() == s and s and len(s) <= _MAX_NAME` after `type(s) is str`; this order is the
-        # cheapest (a chained `0 < len(s) <= n` costs more than a truth test and one compare).
         names = (initiative, profile, channel, cohort, experiment, variant, rule_id, region)
         try:
             known = names in _NAMES_SEEN
         except TypeError:  # a list or an object among them: invalid, and unhashable
             known = False
+        # The ids as `_is_name`, inline (once per record): `s.strip() == s and s and len(s) <= _MAX_NAME` after
+        # `type(s) is str` is the cheapest order (a chained `0 < len(s) <= n` costs more than a truth test and one
+        # compare).
         if (
             type(event_id) is str
             and event_id.strip() == event_id

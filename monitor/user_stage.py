@@ -472,14 +472,11 @@ class _Batch:
             acc.add(variant, sums, dimensions)
 
     def judge(self, state: UserState, event: Engagement, series: str, bucket: BucketPartial, start: float) -> None:
-        policy, consent, fallback = self.stage.consent_policy, state.consent, event.fallback
-        if fallback:  # needs no consent and is not remembered: only the tally's consented count asks
-            consented = policy.consented(consent, event.at, event.region)
-        else:
-            exposure = Exposure(event.event_id, event.at, event.initiative, series, False, event.region)
-            consented, violation = policy.judge(consent, event.user_id, exposure)
-            if violation is not None:
-                self.violations.setdefault(event.initiative, []).append(violation)
+        consent, fallback = state.consent, event.fallback
+        exposure = Exposure(event.event_id, event.at, event.initiative, series, fallback, event.region)
+        consented, violation = self.stage.consent_policy.judge(consent, event.user_id, exposure)
+        if violation is not None:
+            self.violations.setdefault(event.initiative, []).append(violation)
         first = first_fallback = False
         experiment = event.experiment
         if experiment:
