@@ -25,7 +25,8 @@ irregular), a season or none. Per point, online, in bounded state:
    probabilities by their own `detectors.tail_calibration.TailCalibrator`, the
    last by a `detectors.tail_calibration.PeakCalibrator` of its excursion
    peaks (a missed burst is learnt once, winsorised, not once per point), all
-   learnt from the series' own healthy points. score = 1 - min(1, min(p / w)),
+   learnt from the series' own healthy points (|z|'s tail skips crowded exceedances: a burst the detector
+   missed does not widen it enough to hide the next). score = 1 - min(1, min(p / w)),
    a weighted Bonferroni over the five (`WEIGHTS`, summing to 1): the same
    threshold is about the same false alarm rate on any series.
 4. **Alert once.** A point is a breach when score >= `threshold`; the first
@@ -74,6 +75,10 @@ LOG_DRIFT = 0.5  # the log-scale CUSUM's allowance: finds a noise scale about e^
 LONG_STEP = 0.01  # the long-run median |residual|'s step in log space (slow: a burst does not teach it)
 LONG_WEIGHT = 0.01  # the long-run mean log ratio's exponential weight
 LOG_WARMUP = 20  # healthy points before the log-scale CUSUM runs (its two references settle first)
+# |z|'s tail learns no exceedance while those of about the last CROWD_WINDOW points are more than CROWD_SIGMAS
+# standard deviations above what its learnt rate gives: a missed burst would widen the tail until the next burst
+# slipped in too. Only |z|: a CUSUM's exceedances crowd by nature, and so capped its tail is too light.
+CROWD_SIGMAS, CROWD_WINDOW = 3.0, 30
 # The share of the false alarm rate each statistic may spend (a weighted Bonferroni; they sum to 1): the log-scale
 # CUSUM is calibrated on excursion peaks, whose learnt tail is lighter than the points', so it gets a small share.
 WEIGHTS = {"point": 0.2475, "shift": 0.2475, "drift": 0.2475, "spread": 0.2475, "logvar": 0.01}
@@ -263,7 +268,7 @@ class RobustSeriesDetector(BucketDetector):
         self._models = [_Model(alpha, beta) for alpha, beta in LEVELS]
         self._best = 0
         self._learnt = 0
-        self._point = TailCalibrator.for_abs_normal(2.0)
+        self._point = TailCalibrator.for_abs_normal(2.0, crowd_sigmas=CROWD_SIGMAS, crowd_window=CROWD_WINDOW)
         # Two-sided CUSUM of N(0, 1) increments with drift -k: P(S > x) ~ 2 exp(-2k (x + 0.583)) (Siegmund).
         self._shift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))
         self._drift = TailCalibrator(3.0, min(0.5, 2 * math.exp(-2 * CUSUM_DRIFT * 3.583)), 1 / (2 * CUSUM_DRIFT))

@@ -14,7 +14,14 @@ the probability runs linearly from 1 at 0 to `rate` at `u`: it is only a
 placeholder there (a threshold lives in the tail). A statistic whose tail is
 light (Gaussian) gets a conservative probability; a heavy-tailed one is
 learnt as heavy, which is what makes one threshold give about the same false
-alarm rate on a latency, a count or a revenue series.
+alarm rate on a latency, a count or a revenue series. With `crowd_limit`, an
+exceedance is not learnt while the exceedances seen in about the last
+`crowd_window` points outnumber what the learnt rate makes likely (their
+exponentially weighted count above its mean by more than `crowd_sigmas`
+standard deviations): isolated large values (a heavy tail)
+teach the tail in full, a burst the detector has not flagged teaches it a
+bounded amount, so one missed anomaly cannot widen the tail enough to hide the
+next.
 
 `PeakCalibrator` is the same model over the *peaks* of the statistic's
 excursions above `u` (declustered): one long excursion -- a CUSUM over a
@@ -77,19 +84,32 @@ class TailCalibrator(_ExponentialTail):
     True
     """
 
-    __slots__ = ("u", "memory", "_weight", "_rate", "_excess", "_excess_weight")
+    __slots__ = ("u", "memory", "crowd_sigmas", "_weight", "_rate", "_excess", "_excess_weight", "_crowd", "_decay")
 
     def __init__(
-        self, u: float, prior_rate: float, prior_excess: float, *, prior_weight: float = 50.0, memory: int = 500
+        self,
+        u: float,
+        prior_rate: float,
+        prior_excess: float,
+        *,
+        prior_weight: float = 50.0,
+        memory: int = 500,
+        crowd_sigmas: float | None = None,
+        crowd_window: int = 60,
     ) -> None:
         if u <= 0 or not 0 < prior_rate < 1 or prior_excess <= 0 or prior_weight <= 0 or memory < 1:
             raise ValueError("need u > 0, 0 < prior_rate < 1, prior_excess > 0, prior_weight > 0, memory >= 1")
+        if (crowd_sigmas is not None and crowd_sigmas <= 0) or crowd_window < 2:
+            raise ValueError("need crowd_sigmas > 0 (or None) and crowd_window >= 2")
         self.u = u
         self.memory = memory
         self._weight = prior_weight  # points behind _rate (capped at memory)
         self._rate = prior_rate
         self._excess = prior_excess
         self._excess_weight = prior_weight * prior_rate  # exceedances behind _excess (capped)
+        self.crowd_sigmas = crowd_sigmas
+        self._crowd = 0.0  # exceedances seen, exponentially weighted over about crowd_window points
+        self._decay = 1.0 - 1.0 / crowd_window
 
     @classmethod
     def for_abs_normal(cls, u: float = 2.0, **kwargs: Any) -> TailCalibrator:
@@ -103,9 +123,28 @@ class TailCalibrator(_ExponentialTail):
         return cls(u, 2 * tail, float(norm.pdf(u)) / tail - u, **kwargs)
 
     def learn(self, x: float) -> None:
-        """Fold one value of the statistic (an in-control one: alerts are not learnt)."""
-        self._weight = min(self._weight + 1.0, float(self.memory))
+        """Fold one value of the statistic (an in-control one: alerts are not learnt); a crowded exceedance is
+        skipped (see the module's text).
+
+        >>> import random
+        >>> rng = random.Random(5)
+        >>> capped = TailCalibrator.for_abs_normal(2.0, crowd_sigmas=3.0, crowd_window=30)
+        >>> free = TailCalibrator.for_abs_normal(2.0)
+        >>> for x in [abs(rng.gauss(0, 1)) for _ in range(1000)] + [12.0] * 20:   # then a burst of twenty
+        ...     capped.learn(x); free.learn(x)
+        >>> round(capped.p_value(6.0), 4), round(free.p_value(6.0), 4)
+        (0.0046, 0.0369)
+        """
         above = x > self.u
+        if self.crowd_sigmas is not None:
+            self._crowd = self._crowd * self._decay + float(above)
+            # Of independent Bernoulli(rate) exceedances, the count weighted by d^age has mean rate / (1 - d) and
+            # variance rate (1 - rate) / (1 - d^2).
+            mean = self._rate / (1.0 - self._decay)
+            limit = mean + self.crowd_sigmas * math.sqrt(self._rate * (1.0 - self._rate) / (1.0 - self._decay**2))
+            if above and self._crowd > limit:
+                return
+        self._weight = min(self._weight + 1.0, float(self.memory))
         self._rate += (float(above) - self._rate) / self._weight
         if above:
             self._excess_weight = min(self._excess_weight + 1.0, self.memory * self._rate + 1.0)

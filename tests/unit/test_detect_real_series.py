@@ -181,6 +181,30 @@ def test_a_learnt_laplace_tail_matches_the_exact_one() -> None:
         assert calibrator.p_value(x) == pytest.approx(stats.expon.sf(x, scale=b), rel=0.2)
 
 
+def test_a_crowd_limit_keeps_a_heavy_tail_and_bounds_what_a_burst_teaches() -> None:
+    """The exceedances of an iid heavy tail seldom crowd: capped, the tail learns the same Laplace tail as free.
+    A burst (forty values far out, after normal ones) teaches the free tail a width that would hide the next
+    burst; the capped tail stays narrow."""
+    rng = random.Random(12)
+    capped = TailCalibrator.for_abs_normal(2.0, memory=5000, crowd_sigmas=3.0, crowd_window=30)
+    free = TailCalibrator.for_abs_normal(2.0, memory=5000)
+    for _ in range(40_000):
+        x = rng.expovariate(1 / 1.3)
+        capped.learn(x)
+        free.learn(x)
+    for x in (3.0, 6.0, 9.0):
+        assert capped.p_value(x) == pytest.approx(free.p_value(x), rel=0.1)
+        assert capped.p_value(x) == pytest.approx(stats.expon.sf(x, scale=1.3), rel=0.2)
+    capped = TailCalibrator.for_abs_normal(2.0, crowd_sigmas=3.0, crowd_window=30)
+    free = TailCalibrator.for_abs_normal(2.0)
+    for x in [abs(rng.gauss(0, 1)) for _ in range(2000)] + [abs(rng.gauss(0, 10)) for _ in range(40)]:
+        capped.learn(x)
+        free.learn(x)
+    assert free.p_value(15.0) > 10 * capped.p_value(15.0), (free.p_value(15.0), capped.p_value(15.0))
+    with pytest.raises(ValueError, match="crowd"):
+        TailCalibrator(2.0, 0.05, 0.5, crowd_sigmas=0.0)
+
+
 def test_one_threshold_is_about_one_false_alarm_rate_on_different_noise() -> None:
     """After learning, P(p < 0.001) is 0.001 for exponential tails, below it for the normal's (conservative),
     and within 5x above it for a Student t of 3 degrees of freedom (a polynomial tail: the known limit)."""
