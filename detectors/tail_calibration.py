@@ -14,14 +14,13 @@ the probability runs linearly from 1 at 0 to `rate` at `u`: it is only a
 placeholder there (a threshold lives in the tail). A statistic whose tail is
 light (Gaussian) gets a conservative probability; a heavy-tailed one is
 learnt as heavy, which is what makes one threshold give about the same false
-alarm rate on a latency, a count or a revenue series. With `crowd_limit`, an
-exceedance is not learnt while the exceedances seen in about the last
+alarm rate on a latency, a count or a revenue series. With `crowd_sigmas`, an
+exceedance is not learnt while the exceedances of about the last
 `crowd_window` points outnumber what the learnt rate makes likely (their
-exponentially weighted count above its mean by more than `crowd_sigmas`
-standard deviations): isolated large values (a heavy tail)
-teach the tail in full, a burst the detector has not flagged teaches it a
-bounded amount, so one missed anomaly cannot widen the tail enough to hide the
-next.
+exponentially weighted count is more than `crowd_sigmas` standard deviations
+above its mean): isolated large values (a heavy tail) teach the tail in full,
+a burst the detector has not flagged teaches it a bounded amount, so one
+missed anomaly cannot widen the tail enough to hide the next.
 
 `PeakCalibrator` is the same model over the *peaks* of the statistic's
 excursions above `u` (declustered): one long excursion -- a CUSUM over a
@@ -95,7 +94,7 @@ class TailCalibrator(_ExponentialTail):
         prior_weight: float = 50.0,
         memory: int = 500,
         crowd_sigmas: float | None = None,
-        crowd_window: int = 60,
+        crowd_window: int = 30,
     ) -> None:
         if u <= 0 or not 0 < prior_rate < 1 or prior_excess <= 0 or prior_weight <= 0 or memory < 1:
             raise ValueError("need u > 0, 0 < prior_rate < 1, prior_excess > 0, prior_weight > 0, memory >= 1")
