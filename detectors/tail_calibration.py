@@ -138,11 +138,12 @@ class TailCalibrator(_ExponentialTail):
         if self.crowd_sigmas is not None:
             self._crowd = self._crowd * self._decay + float(above)
             # Of independent Bernoulli(rate) exceedances, the count weighted by d^age has mean rate / (1 - d) and
-            # variance rate (1 - rate) / (1 - d^2).
-            mean = self._rate / (1.0 - self._decay)
-            limit = mean + self.crowd_sigmas * math.sqrt(self._rate * (1.0 - self._rate) / (1.0 - self._decay**2))
-            if above and self._crowd > limit:
-                return
+            # variance rate (1 - rate) / (1 - d^2); only an exceedance needs the limit.
+            if above:
+                mean = self._rate / (1.0 - self._decay)
+                sd = math.sqrt(self._rate * (1.0 - self._rate) / (1.0 - self._decay**2))
+                if self._crowd > mean + self.crowd_sigmas * sd:
+                    return
         self._weight = min(self._weight + 1.0, float(self.memory))
         self._rate += (float(above) - self._rate) / self._weight
         if above:
