@@ -302,6 +302,22 @@ class UserStage:
             offset=record.offset,
         )
 
+    def _check_key(self, key: bytes | None, user_id: str) -> None:
+        """A record keyed by anything but its user id may sit on another partition than the user's consent, where
+        its verdict would be wrong: it is refused (a missing key is taken: a file, a single partition)."""
+        if key is None:
+            return
+        try:
+            if self._pseudonym(key.decode()) == user_id:
+                return
+        except UnicodeDecodeError:
+            pass
+        raise DecodeError(
+            "key is not the user id",
+            "engagement and consent records must be keyed by their user_id (the consent join is local to a "
+            "partition); key them so in the producer, then replay this letter",
+        )
+
     def _admit_time(self, at: float, wall_now: float) -> None:
         # A time far ahead of the wall clock would move the watermark and make every on-time event late.
         ahead = at - wall_now
@@ -348,6 +364,7 @@ class _Batch:
         stage = self.stage
         try:
             event: Consent = decode_consent(_value(record), stage._pseudonym)
+            stage._check_key(record.key, event.user_id)
             stage._admit_time(event.at, self.wall_now)
         except DecodeError as exc:
             self.dead_letter("consent", record, exc)
@@ -372,6 +389,7 @@ class _Batch:
         stage = self.stage
         try:
             event: Engagement = decode_engagement(_value(record), stage._pseudonym)
+            stage._check_key(record.key, event.user_id)
             at = event.at
             if at - self.wall_now > stage._max_future:
                 stage._admit_time(at, self.wall_now)  # raises, with the reason

@@ -121,6 +121,8 @@ def poison_records(topic: str) -> list[Poison]:
         Poison(topic, "event time in 2100", b"k", _json(dict(base, **{when: "2100-06-01T00:00:00Z"})),
                f"invalid {model}: {when}"),
     ]
+    if topic in ("engagement", "consent"):  # keyed by user: another key may sit on another user's partition
+        kinds.append(Poison(topic, "another user's key", b"u123456", _json(base), "key is not the user id"))
     if topic == "engagement":
         kinds.append(Poison(topic, "negative revenue", b"k",
                             _json(dict(base, event_type="conversion", revenue=-5.0)), f"invalid {model}: revenue"))
@@ -182,8 +184,10 @@ def test_every_poison_pill_on_every_input_topic_is_dead_lettered_once_and_the_ne
             poisons.append(poison)
             good = VALID[topic](n)
             valid[topic].append(good)
-            # The null-key kind's valid follower has no key either: a key is the producer's partitioning.
-            records += [(poison, topic, poison.key, poison.value), (None, topic, poison.key, _json(good))]
+            # A valid follower is keyed as producers must (engagement and consent by user id); the null-key
+            # kind's has no key either.
+            key = poison.key if poison.key is None or "user_id" not in good else good["user_id"].encode()
+            records += [(poison, topic, poison.key, poison.value), (None, topic, key, _json(good))]
     asyncio.run(_create_input_topics(settings))
     asyncio.run(_produce(settings, records))
     worker = start_worker(settings)

@@ -127,7 +127,7 @@ async def test_bad_input_becomes_one_dead_letter_and_the_next_record_is_processe
         tmp_path: Path, what: str, raw: bytes, reason_words: tuple[str, ...]) -> None:
     embedded = driver(tmp_path)
     await embedded.feed(*_feed_args(engagement(1, GOOD_AT)))
-    await embedded.feed("engagement", raw, key=b"u777000")
+    await embedded.feed("engagement", raw, key=b"u777001")
     await embedded.feed(*_feed_args(engagement(2, GOOD_AT + timedelta(seconds=1))))
     await embedded.flush()
 
@@ -135,7 +135,7 @@ async def test_bad_input_becomes_one_dead_letter_and_the_next_record_is_processe
     assert len(letters) == 1, what
     letter = letters[0]
     assert letter.raw() == raw and base64.b64decode(letter.value_b64) == raw
-    assert base64.b64decode(letter.key_b64 or "") == b"u777000"
+    assert base64.b64decode(letter.key_b64 or "") == b"u777001"
     assert (letter.source_topic, letter.stage, letter.offset) == ("pmon.engagement", "decode", 1)
     for word in reason_words:
         assert word in letter.reason, (what, letter.reason)
@@ -171,6 +171,30 @@ async def test_every_bad_record_in_a_stream_is_dead_lettered_once_in_order_of_it
         expected[reason_kind(letter.reason)] = expected.get(reason_kind(letter.reason), 0) + 1
     assert report.dead_letters == expected and sum(expected.values()) == len(BAD_RECORDS) + 1
     assert "not JSON" in report.dead_letters and not any("1970" in kind for kind in report.dead_letters)
+
+
+async def test_a_record_keyed_by_anything_but_its_user_id_is_dead_lettered_alone(tmp_path: Path) -> None:
+    # On another partition than the user's consent its verdict would be wrong: refused, not judged.
+    embedded = driver(tmp_path)
+    good_at = GOOD_AT + timedelta(seconds=1)
+    consent = encode(ConsentEvent(event_id="c-1", event_time=good_at, user_id=user(1), purpose="personalization",
+                                  status="granted", region="EU"))
+    topic, _, exposure = engagement(2, good_at)
+    run = await embedded.run([
+        engagement(1, GOOD_AT),
+        (topic, user(3).encode(), exposure),       # another user's key
+        (topic, b"\xff\xfe", exposure),           # not UTF-8
+        ("consent", b"device-42", consent),
+        (topic, None, exposure),                   # no key: a file, a single partition
+        engagement(4, good_at),
+    ])
+    # A batch takes its consent first: in order within each topic only.
+    letters = sorted(run.dead_letters, key=lambda letter: (letter.source_topic != "pmon.engagement", letter.offset))
+    assert [(letter.source_topic, base64.b64decode(letter.key_b64 or "")) for letter in letters] == [
+        ("pmon.engagement", user(3).encode()), ("pmon.engagement", b"\xff\xfe"), ("pmon.consent", b"device-42")]
+    assert {reason_kind(letter.reason) for letter in letters} == {"key is not the user id"}
+    assert "user_id" in letters[0].error and user(2) not in letters[0].error
+    assert embedded.initiative_stage.state.clocks[INITIATIVE].counted == 3  # 1, the unkeyed 2, and 4
 
 
 async def test_one_event_from_the_far_future_does_not_make_the_rest_of_the_stream_late(tmp_path: Path) -> None:
