@@ -661,8 +661,15 @@ def worker() -> None:
 
 
 # --------------------------------------------------------------------------- monitor
+def _initiative_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """No initiative has a blank name: refused at parse time, whichever source the command reads."""
+    if value is not None and not value.strip():
+        raise click.BadParameter('it is blank — pass an initiative\'s name, e.g. "PLG Onboarding"')
+    return value
+
+
 @pmon.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--initiative", required=True, help='Initiative name, e.g. "PLG Onboarding".')
+@click.option("--initiative", required=True, callback=_initiative_name, help='Initiative name, e.g. "PLG Onboarding".')
 @click.option("--window", type=click.Choice(list(WINDOWS)), default="7d", show_default=True)
 @click.option("--detail", type=click.Choice(["summary", "full"]), default="summary", show_default=True)
 @click.option(
@@ -951,7 +958,12 @@ def _action_command(action: str, doc: str) -> None:
         default=None,
         help="A stored state (pmon monitor --events FILE --state DIR) instead of a worker.",
     )
-    @click.option("--initiative", default=None, help="The incident's initiative (required for a worker).")
+    @click.option(
+        "--initiative",
+        default=None,
+        callback=_initiative_name,
+        help="The incident's initiative (required for a worker).",
+    )
     def command(incident_id: str, by: str, text: str, state_dir: Path | None, initiative: str | None) -> None:
         _incident_action(action, incident_id, by, text, state_dir, initiative)
 
@@ -981,7 +993,9 @@ def _say(line: str) -> None:
 
 
 @incidents.command("tail")
-@click.option("--initiative", default=None, help="Only this initiative's incidents (any case).")
+@click.option(
+    "--initiative", default=None, callback=_initiative_name, help="Only this initiative's incidents (any case)."
+)
 @click.option(
     "--severity", type=click.Choice(_severities()), default=None, help="Only incidents at or above this severity."
 )
@@ -1058,7 +1072,9 @@ def incidents_tail(
 
 @incidents.command("list")
 @click.option("--open", "only_open", is_flag=True, help="Only incidents not resolved.")
-@click.option("--initiative", default=None, help="Only this initiative's incidents (any case).")
+@click.option(
+    "--initiative", default=None, callback=_initiative_name, help="Only this initiative's incidents (any case)."
+)
 @click.option(
     "--json",
     "as_json",
@@ -1110,7 +1126,9 @@ def plan() -> None:
     """Read a plan's history: its latest revision, its revision log, and what changed between two."""
 
 
-_initiative_option = click.option("--initiative", required=True, help='Initiative name, e.g. "PLG Onboarding".')
+_initiative_option = click.option(
+    "--initiative", required=True, callback=_initiative_name, help='Initiative name, e.g. "PLG Onboarding".'
+)
 _plan_dir_option = click.option(
     "--plan-dir",
     type=click.Path(file_okay=False, path_type=Path),

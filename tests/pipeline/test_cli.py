@@ -81,6 +81,17 @@ def test_monitor_with_an_unknown_window_exits_2_naming_the_valid_choices(tmp_pat
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", [["monitor"], ["plan", "show"], ["incidents", "list"]])
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_initiative_exits_2_in_one_line_before_anything_runs(tmp_path: Path, command: list[str],
+                                                                    blank: str) -> None:
+    # `monitor` without --events asks a worker: the name was checked only there, a traceback before.
+    result = run_pmon(*command, "--initiative", blank, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert "--initiative" in line and "blank" in line and "Traceback" not in result.stderr
+
+
 def test_monitor_with_an_unknown_initiative_exits_2_naming_the_known_ones(tmp_path: Path, events_file: Path) -> None:
     result = run_pmon("monitor", "--initiative", "Nope", "--events", str(events_file), cwd=tmp_path)
     assert result.returncode == 2
