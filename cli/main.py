@@ -787,8 +787,9 @@ def _univariate_detectors() -> list[str]:
 def detect(csv_path: Path, detector: str, warmup: int | None, out: Path | None) -> None:
     """Backtest a detector on your own KPI history, point by point.
 
-    Writes `timestamp,value,anomaly_score,alert`. Timestamps are ISO 8601; one
-    without an offset is read as UTC. What was read (points, repeated and
+    Writes `timestamp,value,anomaly_score,alert`. Timestamps are ISO 8601 (one
+    without an offset is read as UTC) or Unix time (s, ms, µs or ns); the
+    delimiter a comma, a semicolon or a tab. What was read (points, repeated and
     out-of-order timestamps, the sampling interval, irregular gaps, the
     warm-up) is reported on stderr. robust_series' score is calibrated in
     [0, 1] (the same threshold is about the same false alarm rate on any
@@ -805,8 +806,10 @@ def detect(csv_path: Path, detector: str, warmup: int | None, out: Path | None) 
         _fail(f"CSV file {csv_path} does not exist — export your series as `timestamp,value` with a header")
     warmup_points = warmup if warmup is not None else _settings().detect_warmup_points
     try:
-        with csv_path.open(newline="") as source:
+        with csv_path.open(newline="", encoding="utf-8-sig") as source:
             points, found = prepare_series(_read_series(csv_path, source))
+    except UnicodeDecodeError as exc:
+        _fail(f"{csv_path} is not UTF-8 text ({exc.reason}) — save the CSV as UTF-8 and run again")
     except (ValueError, DetectorError) as exc:
         _fail(f"{exc} — fix the CSV and run again")
     if not points:
@@ -830,21 +833,40 @@ def detect(csv_path: Path, detector: str, warmup: int | None, out: Path | None) 
 
 
 def _read_series(path: Path, source: Any) -> Any:
-    """(timestamp, value) rows of a `timestamp,value` CSV, with the line number in every error."""
+    """(timestamp, value) rows of a `timestamp,value` CSV, with the line number in every error.
+
+    As spreadsheets and exporters write them: a UTF-8 byte-order mark is skipped (the caller opens the file as
+    ``utf-8-sig``), the delimiter may be a comma, a semicolon (then a decimal comma is read too) or a tab, and
+    a timestamp is ISO 8601 (UTC without an offset) or Unix time in seconds, milliseconds, microseconds or
+    nanoseconds (told apart by size).
+    """
     import csv
     import math
     from datetime import datetime, timezone
 
-    reader = csv.DictReader(source)
+    header = source.readline()
+    try:
+        delimiter = csv.Sniffer().sniff(header, delimiters=",;\t").delimiter
+    except csv.Error:
+        delimiter = ","
+    source.seek(0)
+    reader = csv.DictReader(source, delimiter=delimiter)
     if not reader.fieldnames or not {"timestamp", "value"} <= set(reader.fieldnames):
         raise ValueError(f"{path}: the header must name `timestamp` and `value`, got {reader.fieldnames}")
     for row in reader:
         line = reader.line_num
+        stamp = (row["timestamp"] or "").strip()
         try:
-            when = datetime.fromisoformat(row["timestamp"].strip())
-        except (ValueError, AttributeError):
-            raise ValueError(f"{path}:{line}: timestamp {row['timestamp']!r} is not ISO 8601") from None
+            when = datetime.fromisoformat(stamp)
+        except ValueError:
+            when = _unix_time(stamp)
+            if when is None:
+                raise ValueError(
+                    f"{path}:{line}: timestamp {row['timestamp']!r} is neither ISO 8601 nor Unix time"
+                ) from None
         text = (row["value"] or "").strip()
+        if delimiter == ";" and "." not in text:
+            text = text.replace(",", ".")
         try:
             # A blank, NaN or null value is a missing point (skipped and counted), not a bad row.
             value = None if text.lower() in ("", "nan", "null", "na") else float(text)
@@ -853,6 +875,34 @@ def _read_series(path: Path, source: Any) -> Any:
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{path}:{line}: value {row['value']!r} is not a finite number")
         yield (when if when.tzinfo else when.replace(tzinfo=timezone.utc)), value
+
+
+def _unix_time(text: str) -> Any:
+    """Unix time in s, ms, µs or ns as a UTC datetime (the unit told by size: seconds reach 1e11 only in the
+    year 5138), or None when the text is not a number.
+
+    >>> _unix_time("1700000000").isoformat(), _unix_time("1700000000500").isoformat()
+    ('2023-11-14T22:13:20+00:00', '2023-11-14T22:13:20.500000+00:00')
+    >>> _unix_time("2026-13-01") is None
+    True
+    """
+    import math
+    from datetime import datetime, timezone
+
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    for _ in range(3):  # ms, µs, ns to s
+        if abs(number) < 1e11:
+            break
+        number /= 1000.0
+    try:
+        return datetime.fromtimestamp(number, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- incidents

@@ -223,6 +223,35 @@ def test_detect_names_the_bad_line_and_leaves_no_partial_output(tmp_path: Path) 
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_detect_reads_a_series_as_spreadsheets_and_exporters_write_it(tmp_path: Path) -> None:
+    plain = _seasonal_csv(tmp_path / "kpi.csv", dip_at=130)
+    rows = [line.split(",") for line in plain.read_text().splitlines()[1:]]
+    variants = {
+        # Excel's "CSV UTF-8" in a comma-decimal locale: a byte-order mark, semicolons, decimal commas, CRLF.
+        "excel.csv": ("\ufefftimestamp;value\r\n" + "".join(f"{t};{v.replace('.', ',')}\r\n" for t, v in rows)),
+        # Unix time in milliseconds, tab-separated.
+        "unix_ms.tsv": "timestamp\tvalue\n" + "".join(
+            f"{int(datetime.fromisoformat(t).replace(tzinfo=timezone.utc).timestamp() * 1000)}\t{v}\n" for t, v in rows),
+    }
+    expected = run_pmon("detect", "--csv", str(plain), cwd=tmp_path)
+    assert expected.returncode == 0, expected.stderr
+    for name, text in variants.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8", newline="")
+        result = run_pmon("detect", "--csv", str(path), cwd=tmp_path)
+        assert result.returncode == 0, (name, result.stderr)
+        assert result.stdout == expected.stdout, name
+    assert sum(line.endswith(",true") for line in expected.stdout.splitlines()) == 1
+
+
+def test_detect_of_a_file_that_is_not_utf8_text_exits_2_in_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "export.csv"
+    binary.write_bytes(b"timestamp,value\n2026-11-01T00:00:00Z,\xff\xfe\n")
+    result = run_pmon("detect", "--csv", str(binary), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{binary} is not UTF-8 text" in one_line(result.stderr)
+
+
 def test_detect_with_a_rate_detector_exits_2_listing_the_usable_ones(tmp_path: Path) -> None:
     series = _seasonal_csv(tmp_path / "kpi.csv")
     result = run_pmon("detect", "--csv", str(series), "--detector", "cvr_drop", cwd=tmp_path)
