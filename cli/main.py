@@ -148,7 +148,11 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: setting -> {value, source}.")
 def config_show(as_json: bool) -> None:
     """Print every setting's value and its source: option, env (PMON_*), file, or default. Secrets are masked."""
+    from monitor.config_file import stray_variables
+
     loaded = _loaded()
+    for line in stray_variables(os.environ):
+        click.echo(f"pmon config show: {line}", err=True)
     values = loaded.settings.model_dump(mode="json")  # secrets dump as asterisks
     where = {"file": str(loaded.file), "env": "env", "default": "default", "option": "option"}
     if as_json:

@@ -92,6 +92,26 @@ def _variable(name: str) -> str:
     return f"PMON_{name.upper()}"
 
 
+def stray_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per `PMON_*` variable that is no setting (so nothing reads it as one), with the setting it is
+    closest to: a misspelt variable is otherwise silently ignored. The scripts' own variables (the local
+    broker's port, the tests' logs) are listed too, as not settings.
+
+    >>> stray_variables({"PMON_BACH_SIZE": "5", "PMON_BATCH_SIZE": "5", "PMON_CONFIG": "x", "HOME": "/"})
+    ['PMON_BACH_SIZE is not a setting and is ignored — did you mean PMON_BATCH_SIZE?']
+    """
+    known = {_variable(name): name for name in Settings.model_fields}
+    lines = []
+    for key in sorted(environ):
+        name = key.upper()
+        if not name.startswith("PMON_") or name in known or name == CONFIG_VARIABLE:
+            continue
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" — did you mean {close[0]}?" if close else ""
+        lines.append(f"{key} is not a setting and is ignored{hint}")
+    return lines
+
+
 def load_settings(
     explicit: Path | None = None,
     *,

@@ -36,6 +36,15 @@ def test_a_variable_outranks_the_file_and_an_option_outranks_both(tmp_path: Path
     assert re.search(r"^alert_kpi +=.*\"ctr\"\s+# pmon.toml$", text, re.M), text
 
 
+def test_config_show_names_a_misspelt_variable_that_every_command_ignores(tmp_path: Path) -> None:
+    result = run_pmon("config", "show", "--json", cwd=tmp_path, env={"PMON_BACH_SIZE": "5", "PMON_WEB_PORT": "7002"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "pmon config show: PMON_BACH_SIZE is not a setting and is ignored — did you mean PMON_BATCH_SIZE?"]
+    shown = json.loads(result.stdout)  # stdout stays the settings alone
+    assert shown["batch_size"]["source"] == "default" and shown["web_port"]["source"] == "env"
+
+
 def test_an_option_outranks_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "pmon.toml"
     path.write_text("alert_threshold = 0.1\n")
