@@ -20,7 +20,7 @@ from incidents.roster import assignee_of
 from incidents.series import FIELDS, SEPARATOR, split_detector_key
 from incidents.timeutil import utc
 from monitor.messages import Counters
-from monitor.report_request import WINDOWS, ReportRequest
+from monitor.report_request import WINDOWS, Detail, ReportRequest, Window
 from monitor.windows import BucketRow
 from plans.document import BacklogItem, ChecklistItem
 
@@ -128,11 +128,11 @@ class LiftHistory(BaseModel):
 
 class Report(BaseModel):
     initiative: str
-    window: str
+    window: Window
     window_start: datetime | None
     window_end: datetime | None
     window_note: str | None = Field(None, description="Set when the window is longer than the data: what it covers.")
-    detail: str
+    detail: Detail
     alert_threshold: float
     totals: DashboardRow
     dashboard: list[DashboardRow]
