@@ -171,9 +171,12 @@ def decode_progress(raw: bytes) -> Progress:
 class UserStage:
     """Stage 1 over one mapping of state; both drivers run it (see the module docstring)."""
 
-    def __init__(self, settings: Settings, users: MutableMapping[str, bytes]) -> None:
+    def __init__(self, settings: Settings, users: MutableMapping[str, bytes], *, partitioned: bool = False) -> None:
+        """`partitioned`: the inputs are topics of several partitions (the worker's, when PMON_TOPIC_PARTITIONS
+        > 1), where a record without a key may sit on another partition than its user's consent."""
         self.settings = settings
         self.users = users
+        self._partitioned = partitioned
         self.consent_policy: ConsentPolicy = settings.consent_policy()
         self._pseudonym = Pseudonymiser(settings.pseudonym_key.get_secret_value().encode()).pseudonym
         self._bucket = settings.bucket_seconds
@@ -304,9 +307,16 @@ class UserStage:
 
     def _check_key(self, key: bytes | None, user_id: str) -> None:
         """A record keyed by anything but its user id may sit on another partition than the user's consent, where
-        its verdict would be wrong: it is refused (a missing key is taken: a file, a single partition)."""
+        its verdict would be wrong: it is refused. A missing key is taken where there is one partition (a file,
+        a single-partition topic)."""
         if key is None:
-            return
+            if not self._partitioned:
+                return
+            raise DecodeError(
+                "key is missing",
+                "on topics of several partitions engagement and consent records must be keyed by their user_id "
+                "(the consent join is local to a partition); key them so in the producer, then replay this letter",
+            )
         try:
             if self._pseudonym(key.decode()) == user_id:
                 return

@@ -84,7 +84,7 @@ class UserIngest(PartitionedService[_Users, bytes]):
         )
 
     def open(self, p: int, store: dict[str, bytes], producer: AIOKafkaProducer) -> _Users:
-        return _Users(UserStage(self.settings, store))
+        return _Users(UserStage(self.settings, store, partitioned=self.settings.topic_partitions > 1))
 
     def due(self, owned: Owned[_Users]) -> bool:
         return bool(owned.work.deferred)

@@ -82,6 +82,17 @@ def test_a_tombstone_and_a_bad_record_are_dead_lettered_alone_and_covered() -> N
     assert partial.events() == 2 and partial.source.last == 3
 
 
+def test_a_record_without_a_key_is_taken_on_one_partition_and_dead_lettered_on_several() -> None:
+    batch = [SourceRecord(0, exposure(1, timedelta(0)), b"u1"), SourceRecord(1, exposure(2, timedelta(0)), None),
+             SourceRecord(2, exposure(3, timedelta(0)), b"u1")]
+    one = stage().process(0, batch, wall_now=WALL)
+    assert one.dead_letters == [] and one.partials[0].events() == 3
+    several = UserStage(Settings(), {}, partitioned=True).process(0, batch, wall_now=WALL)
+    assert [(letter.offset, letter.reason) for letter in several.dead_letters] == [(1, "key is missing")]
+    [partial] = several.partials
+    assert partial.events() == 2 and partial.source.last == 2  # its neighbours counted, the range whole
+
+
 def test_an_exposure_waits_until_consent_is_read_past_it_so_arrival_order_does_not_matter() -> None:
     revoke = records(consent(1, timedelta(minutes=1), "revoked"))
     later = [exposure(1, timedelta(minutes=10)), exposure(2, timedelta(minutes=11))]
