@@ -23,6 +23,8 @@ from monitor.report_request import WINDOWS, ReportRequest
 from streams.exceptions import StreamsError
 
 if TYPE_CHECKING:  # heavy: imported where used, so that --help and usage errors answer at once
+    from datetime import datetime
+
     from rich.console import Console
 
     from monitor.settings import Settings
@@ -861,13 +863,11 @@ def _read_series(path: Path, source: Any) -> Any:
         line = reader.line_num
         stamp = (row["timestamp"] or "").strip()
         try:
-            when = datetime.fromisoformat(stamp)
+            when: datetime | None = datetime.fromisoformat(stamp)
         except ValueError:
             when = _unix_time(stamp)
-            if when is None:
-                raise ValueError(
-                    f"{path}:{line}: timestamp {row['timestamp']!r} is neither ISO 8601 nor Unix time"
-                ) from None
+        if when is None:
+            raise ValueError(f"{path}:{line}: timestamp {row['timestamp']!r} is neither ISO 8601 nor Unix time")
         text = (row["value"] or "").strip()
         if delimiter == ";" and "." not in text:
             text = text.replace(",", ".")
@@ -881,7 +881,7 @@ def _read_series(path: Path, source: Any) -> Any:
         yield (when if when.tzinfo else when.replace(tzinfo=timezone.utc)), value
 
 
-def _unix_time(text: str) -> Any:
+def _unix_time(text: str) -> datetime | None:
     """Unix time in s, ms, µs or ns as a UTC datetime (the unit told by size: seconds reach 1e11 only in the
     year 5138), or None when the text is not a number.
 

@@ -312,20 +312,18 @@ class UserStage:
         if key is None:
             if not self._partitioned:
                 return
-            raise DecodeError(
-                "key is missing",
-                "on topics of several partitions engagement and consent records must be keyed by their user_id "
-                "(the consent join is local to a partition); key them so in the producer, then replay this letter",
-            )
-        try:
-            if self._pseudonym(key.decode()) == user_id:
-                return
-        except UnicodeDecodeError:
-            pass
+            reason = "key is missing"
+        else:
+            try:
+                if self._pseudonym(key.decode()) == user_id:
+                    return
+            except UnicodeDecodeError:
+                pass
+            reason = "key is not the user id"
         raise DecodeError(
-            "key is not the user id",
-            "engagement and consent records must be keyed by their user_id (the consent join is local to a "
-            "partition); key them so in the producer, then replay this letter",
+            reason,
+            f"{reason}: key engagement and consent records by their user_id in the producer (the consent join is "
+            "local to a partition), then replay this letter",
         )
 
     def _admit_time(self, at: float, wall_now: float) -> None:
