@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 
+import orjson
+
 from monitor.events import ConsentEvent, EngagementEvent, encode
 from monitor.messages import decode, encode as encode_message
 from monitor.settings import Settings
@@ -30,7 +32,15 @@ def consent(n: int, at: timedelta, status: str, *, user: str = "u1") -> bytes:
 
 
 def records(*values: bytes | None, first: int = 0) -> list[SourceRecord]:
-    return [SourceRecord(first + n, value, b"u1") for n, value in enumerate(values)]
+    """Keyed as producers must: by the record's user id (a tombstone or a bad record keeps the default's)."""
+    return [SourceRecord(first + n, value, _user_key(value)) for n, value in enumerate(values)]
+
+
+def _user_key(value: bytes | None) -> bytes:
+    try:
+        return orjson.loads(value or b"")["user_id"].encode()
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return b"u1"
 
 
 def test_a_batch_becomes_one_partial_per_initiative_with_its_counters_range_and_mark() -> None:
