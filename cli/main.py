@@ -842,9 +842,9 @@ def _read_series(path: Path, source: Any) -> Any:
     """(timestamp, value) rows of a `timestamp,value` CSV, with the line number in every error.
 
     As spreadsheets and exporters write them: a UTF-8 byte-order mark is skipped (the caller opens the file as
-    ``utf-8-sig``), the delimiter may be a comma, a semicolon (then a decimal comma is read too) or a tab, and
-    a timestamp is ISO 8601 (UTC without an offset) or Unix time in seconds, milliseconds, microseconds or
-    nanoseconds (told apart by size).
+    ``utf-8-sig``), the header's names are taken in any case and with spaces around them, the delimiter may be
+    a comma, a semicolon (then a decimal comma is read too) or a tab, and a timestamp is ISO 8601 (UTC without
+    an offset) or Unix time in seconds, milliseconds, microseconds or nanoseconds (told apart by size).
     """
     import csv
     import math
@@ -857,8 +857,11 @@ def _read_series(path: Path, source: Any) -> Any:
         delimiter = ","
     source.seek(0)
     reader = csv.DictReader(source, delimiter=delimiter)
-    if not reader.fieldnames or not {"timestamp", "value"} <= set(reader.fieldnames):
-        raise ValueError(f"{path}: the header must name `timestamp` and `value`, got {reader.fieldnames}")
+    found = reader.fieldnames
+    if found:  # "Timestamp, Value" as a spreadsheet writes it
+        reader.fieldnames = [name.strip().lower() for name in found]
+    if not found or not {"timestamp", "value"} <= set(reader.fieldnames or ()):
+        raise ValueError(f"{path}: the header must name `timestamp` and `value`, got {found}")
     for row in reader:
         line = reader.line_num
         stamp = (row["timestamp"] or "").strip()

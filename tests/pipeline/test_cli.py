@@ -229,8 +229,8 @@ def test_detect_reads_a_series_as_spreadsheets_and_exporters_write_it(tmp_path: 
     variants = {
         # Excel's "CSV UTF-8" in a comma-decimal locale: a byte-order mark, semicolons, decimal commas, CRLF.
         "excel.csv": ("\ufefftimestamp;value\r\n" + "".join(f"{t};{v.replace('.', ',')}\r\n" for t, v in rows)),
-        # Unix time in milliseconds, tab-separated.
-        "unix_ms.tsv": "timestamp\tvalue\n" + "".join(
+        # Unix time in milliseconds, tab-separated, the header capitalised.
+        "unix_ms.tsv": "Timestamp\t Value\n" + "".join(
             f"{int(datetime.fromisoformat(t).replace(tzinfo=timezone.utc).timestamp() * 1000)}\t{v}\n" for t, v in rows),
     }
     expected = run_pmon("detect", "--csv", str(plain), cwd=tmp_path)
