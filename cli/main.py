@@ -13,13 +13,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 import click
 import orjson
 
 from cli.exceptions import CliError
-from monitor.report_request import WINDOWS, ReportRequest
+from monitor.report_request import WINDOWS, Detail, ReportRequest
 from streams.exceptions import StreamsError
 
 if TYPE_CHECKING:  # heavy: imported where used, so that --help and usage errors answer at once
@@ -183,7 +183,7 @@ def config_show(as_json: bool) -> None:
     default=None,
     help="Where the plan is written (default PMON_PLAN_DIR).",
 )
-@click.option("--detail", type=click.Choice(["summary", "full"]), default="full", show_default=True)
+@click.option("--detail", type=click.Choice(get_args(Detail)), default="full", show_default=True)
 @click.option(
     "--alert-threshold",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -674,10 +674,18 @@ def _initiative_name(ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
+_initiative_option = click.option(
+    "--initiative", required=True, callback=_initiative_name, help='Initiative name, e.g. "PLG Onboarding".'
+)
+_initiative_filter_option = click.option(
+    "--initiative", default=None, callback=_initiative_name, help="Only this initiative's incidents (any case)."
+)
+
+
 @pmon.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--initiative", required=True, callback=_initiative_name, help='Initiative name, e.g. "PLG Onboarding".')
+@_initiative_option
 @click.option("--window", type=click.Choice(list(WINDOWS)), default="7d", show_default=True)
-@click.option("--detail", type=click.Choice(["summary", "full"]), default="summary", show_default=True)
+@click.option("--detail", type=click.Choice(get_args(Detail)), default="summary", show_default=True)
 @click.option(
     "--dimension",
     type=click.Choice(["profile", "channel", "cohort"]),
@@ -1050,9 +1058,7 @@ def _say(line: str) -> None:
 
 
 @incidents.command("tail")
-@click.option(
-    "--initiative", default=None, callback=_initiative_name, help="Only this initiative's incidents (any case)."
-)
+@_initiative_filter_option
 @click.option(
     "--severity", type=click.Choice(_severities()), default=None, help="Only incidents at or above this severity."
 )
@@ -1129,9 +1135,7 @@ def incidents_tail(
 
 @incidents.command("list")
 @click.option("--open", "only_open", is_flag=True, help="Only incidents not resolved.")
-@click.option(
-    "--initiative", default=None, callback=_initiative_name, help="Only this initiative's incidents (any case)."
-)
+@_initiative_filter_option
 @click.option(
     "--json",
     "as_json",
@@ -1183,9 +1187,6 @@ def plan() -> None:
     """Read a plan's history: its latest revision, its revision log, and what changed between two."""
 
 
-_initiative_option = click.option(
-    "--initiative", required=True, callback=_initiative_name, help='Initiative name, e.g. "PLG Onboarding".'
-)
 _plan_dir_option = click.option(
     "--plan-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -15,7 +15,6 @@ Same sections and numbers as the terminal view (`cli.render`), in the same units
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
 from cli.render import DASHBOARD_COLUMNS, GLOSSARY, INCIDENT_COLUMNS, dashboard_cells, incident_cells, warming_summary
 from experiments.memo import render_memo
@@ -136,11 +135,9 @@ def render_markdown(report: Report) -> str:
     parts += ["", "## Experiments", ""]
     if not report.experiments:
         parts.append("No experiment traffic seen for this initiative in the events.")
-    # The report's detail is a plain string (its schema's); the memo reads anything but "summary" as "full".
-    memo_detail: Literal["summary", "full"] = "summary" if report.detail == "summary" else "full"
     for memo in report.experiments:
         # The memo's own headings go one level down, under this section.
-        parts.append(render_memo(memo, detail=memo_detail).replace("## Experiment", "### Experiment", 1))
+        parts.append(render_memo(memo, detail=report.detail).replace("## Experiment", "### Experiment", 1))
     revision = "not written yet" if report.plan_revision is None else f"revision {report.plan_revision}"
     parts += [
         "",

@@ -100,13 +100,13 @@ def stray_variables(environ: Mapping[str, str]) -> list[str]:
     >>> stray_variables({"PMON_BACH_SIZE": "5", "PMON_BATCH_SIZE": "5", "PMON_CONFIG": "x", "HOME": "/"})
     ['PMON_BACH_SIZE is not a setting and is ignored — did you mean PMON_BATCH_SIZE?']
     """
-    known = {_variable(name): name for name in Settings.model_fields}
+    known = sorted(_variable(name) for name in Settings.model_fields)
     lines = []
     for key in sorted(environ):
         name = key.upper()
         if not name.startswith("PMON_") or name in known or name == CONFIG_VARIABLE:
             continue
-        close = difflib.get_close_matches(name, list(known), n=1)
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f" — did you mean {close[0]}?" if close else ""
         lines.append(f"{key} is not a setting and is ignored{hint}")
     return lines
