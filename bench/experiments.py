@@ -52,9 +52,8 @@ from experiments.spec import DecisionRules, ExperimentSpec  # noqa: E402
 from experiments.state import ExperimentTotals, VariantTotals  # noqa: E402
 
 try:
-    from gbstats.frequentist.tests import (FrequentistConfig, SequentialConfig,  # noqa: E402
-                                           SequentialTwoSidedTTest, TwoSidedTTest)
-    from gbstats.models.statistics import ProportionStatistic  # noqa: E402
+    from gbstats.frequentist.tests import FrequentistConfig, SequentialConfig, SequentialTwoSidedTTest, TwoSidedTTest
+    from gbstats.models.statistics import ProportionStatistic
 except ImportError:
     GBSTATS_MISSING = True
 else:
@@ -239,7 +238,7 @@ def _measure(args: argparse.Namespace) -> int:
     for key, label in labels.items():
         print(f"{label:<36}" + "".join(f"{_ratio(rows['ours'][key][0], rows[name][key][0]):>{width}}"
                                        for name in gb))
-    print(f"{'power: ours − GB (paired)':<36}" + "".join(
+    print(f"{'power: ours - GB (paired)':<36}" + "".join(
         f"{_fmt_rate(_paired(hits['ours']['power'], hits[name]['power'])):>{width}}" for name in gb))
     print()
     print("¹ first rejection in the right direction, else the planned sample (the readout's stop at n*)")

@@ -148,7 +148,8 @@ async def _read_topic(settings: Settings, topic: str, timeout: float) -> list[An
 
     consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
                                 group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-                                # The worker's outputs are transactional: what an aborted transaction sent is not output.
+                                # The worker's outputs are transactional: what an aborted transaction sent
+                                # is not output.
                                 isolation_level="read_committed")
     await consumer.start()
     found: list[Any] = []

@@ -37,6 +37,7 @@ The peers (`PEERS`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -44,9 +45,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -165,10 +167,8 @@ def _run_faust(app: Any, clock: Clock) -> None:
 
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, stdout=sys.stderr, stderr=sys.stderr,
                           redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()  # returns by SystemExit once stopped (SIGTERM)
-    except SystemExit:
-        pass
+    with contextlib.suppress(SystemExit):  # it returns by SystemExit once stopped (SIGTERM)
+        worker.execute_from_commandline()
     if not clock.done:
         clock.fail(f"the Faust worker stopped after {clock.seen:,} of {clock.expect:,} records")
 
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         RUNNERS[args.peer](args, clock, workdir)
-    except BaseException as exc:  # noqa: BLE001 - whatever stopped the peer, one line says so
+    except BaseException as exc:  # whatever stopped the peer, one line says so
         if not clock.done:
             clock.fail(f"{type(exc).__name__}: {exc}")
         raise

@@ -45,16 +45,17 @@ Prints the table and the targets (issue 15), writes the same as Markdown to
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import statistics
 import sys
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/real_series.py` puts bench/ first on the path, not the repo
@@ -125,7 +126,7 @@ def load_series() -> list[Series]:
     out.append(Series("elec_equip", "statsmodels elec_equip (euro area orders index)", "monthly",
                       times, [float(v) for v in elec], known=[(crash[0], crash[-1] + 1)]))
     macro = sm.macrodata.load_pandas().data
-    quarters = [_utc(int(y), 3 * int(q) - 2) for y, q in zip(macro.year, macro.quarter)]
+    quarters = [_utc(int(y), 3 * int(q) - 2) for y, q in zip(macro.year, macro.quarter, strict=True)]
     out.append(Series("inflation", "statsmodels macrodata infl (US, % a year)", "quarterly",
                       quarters, [float(v) for v in macro.infl]))
     out.append(Series("unemployment", "statsmodels macrodata unemp (US, %)", "quarterly",
@@ -162,7 +163,7 @@ def noise_scale(values: list[float]) -> float:
     """sigma = the 95th percentile of |first difference - its median| / 1.96: the naive forecast's error in
     standard deviations of a normal of the same 95 % range, so a planted anomaly is larger than the series'
     own everyday big moves (a MAD would call a heavy-tailed series' ordinary jumps 5-sigma events)."""
-    diffs = [b - a for a, b in zip(values, values[1:])]
+    diffs = [b - a for a, b in itertools.pairwise(values)]
     centre = statistics.median(diffs)
     spread = sorted(abs(d - centre) for d in diffs)
     return spread[int(0.95 * (len(spread) - 1))] / 1.96 or statistics.pstdev(values) or 1.0
@@ -235,8 +236,8 @@ def make_case(series: Series, kind: str, rng: random.Random) -> Case:
         for i in range(n):
             shift[i + 1] = shift[i] + (not keep[i])
         known = [(a - shift[min(a, n)], b - shift[min(b, n)]) for a, b in series.known]
-        times = [t for t, k in zip(times, keep) if k]
-        values = [v for v, k in zip(values, keep) if k]
+        times = [t for t, k in zip(times, keep, strict=True) if k]
+        values = [v for v, k in zip(values, keep, strict=True) if k]
     return Case(series, kind, times, values, labels, known, warmup)
 
 
@@ -286,7 +287,7 @@ def registered(name: str, own_alerts: bool = False) -> Callable[[Case], list[boo
     def run(case: Case) -> list[bool] | None:
         if counts and not case.series.counts:
             return None
-        rows = list(zip(case.times, case.values))
+        rows = list(zip(case.times, case.values, strict=True))
         if counts:
             rows = [(t, float(round(v))) for t, v in rows]
             if any(v < 0 for _, v in rows):
@@ -314,7 +315,7 @@ class Tally:
     clean_points: int = 0
     cases: int = 0
 
-    def add(self, other: "Tally") -> None:
+    def add(self, other: Tally) -> None:
         for name in ("hits", "labels", "false", "clean_false", "clean_points", "cases"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.delays += other.delays

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import glob
 import itertools
@@ -174,7 +175,7 @@ async def stage2_input_bytes(settings: Settings, timeout: float = 60.0) -> tuple
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             positions = [await consumer.position(tp) for tp in partitions]
-            if all(position >= ends[tp] for position, tp in zip(positions, partitions)):
+            if all(position >= ends[tp] for position, tp in zip(positions, partitions, strict=True)):
                 break
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 messages += len(records)
@@ -207,10 +208,8 @@ async def check_broker(settings: Settings, timeout: float = 20.0) -> None:
             "start one with `make kafka-up` (or `PMON_KAFKA_PORT=19092 bash scripts/kafka-local.sh up`) "
             "and pass --bootstrap HOST:PORT or set PMON_KAFKA_BOOTSTRAP") from None
     finally:
-        try:
+        with contextlib.suppress(Exception):  # closing a client that never connected
             await admin.close()
-        except Exception:  # noqa: BLE001 - closing a client that never connected
-            pass
         noisy.setLevel(level)
 
 

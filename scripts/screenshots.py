@@ -37,7 +37,8 @@ SHOTS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 
 def demo_settings(spec: SimulationSpec, plan_dir: Path) -> Settings:
     """`pmon demo`'s settings: the simulated experiments' plans and allocations, a 20 % KPI threshold."""
-    planned = {i.name: dict(zip(i.variants, i.planned_allocation)) for i in spec.initiatives if i.experiment}
+    planned = {i.name: dict(zip(i.variants, i.planned_allocation, strict=True))
+               for i in spec.initiatives if i.experiment}
     experiments: dict[str, Any] = {
         i.experiment: {"allocation": planned[i.name], "mde": 0.05,
                        "success_metrics": [{"metric": "conversions_per_user"}],

@@ -132,7 +132,8 @@ def demo_stage(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from streams.embedded import EmbeddedDriver
 
     spec = SimulationSpec(seed=7, days=4, initiatives=demo_program(4))
-    planned = {i.name: dict(zip(i.variants, i.planned_allocation)) for i in spec.initiatives if i.experiment}
+    planned = {i.name: dict(zip(i.variants, i.planned_allocation, strict=True))
+               for i in spec.initiatives if i.experiment}
     experiments = {i.experiment: {"allocation": planned[i.name],
                                   "success_metrics": [{"metric": "conversions_per_user"}]}
                    for i in spec.initiatives if i.experiment}

@@ -83,7 +83,7 @@ def test_the_window_scopes_the_incidents_and_says_when_it_is_longer_than_the_dat
     later = EngagementEvent(event_id="later", event_type="exposure", user_id="u1", initiative=INITIATIVE,
                             event_time=t0 + timedelta(days=9), profile="p", channel="web", variant="control")
     driver = EmbeddedDriver(Settings(plan_dir=tmp_path, alert_threshold=0.1, **DETECTION))
-    asyncio.run(driver.run(threshold_series(t0) + [("engagement", b"u1", encode(later))]))
+    asyncio.run(driver.run([*threshold_series(t0), ("engagement", b"u1", encode(later))]))
     reports = {window: build_report(driver.initiative_stage, ReportRequest(initiative=INITIATIVE, window=window))
                for window in ("7d", "14d")}
     # The incident opened and resolved on the first day, nine days before the end: in 14 days, not in 7.

@@ -155,14 +155,14 @@ class Webhook:
         received = self.notifications
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 with lock:
                     received.append(body)
                 self.send_response(200)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the test reports instead
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -319,7 +319,8 @@ def test_the_worker_pages_through_alertmanager_then_sends_the_resolution(
     settings = isolated_settings(alert_threshold=0.1, alertmanager_url=alertmanager.url, check_interval_seconds=5,
                                  **DETECTION)
     t0 = two_days_ago()
-    asyncio.run(produce(settings, threshold_series(t0, after=0)))   # clean hours, then the drop: it opens and stays open
+    # Clean hours, then the drop: it opens and stays open.
+    asyncio.run(produce(settings, threshold_series(t0, after=0)))
     worker = start_worker(settings)
     webhook = alertmanager.webhook
 

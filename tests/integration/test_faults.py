@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import faults  # noqa: E402
+import faults
 
 pytestmark = [pytest.mark.kafka, pytest.mark.fault_harness]
 

@@ -239,7 +239,8 @@ def _is_opened(line: str) -> bool:
 def test_tail_json_shows_the_incident_the_worker_opens_and_list_shows_where_it_stands(
         isolated_settings: Any, start_worker: Any, tmp_path: Path) -> None:
     settings = isolated_settings(alert_threshold=0.1, **DETECTION)
-    asyncio.run(produce(settings, threshold_series(two_days_ago(), after=0)))  # creates the topics; the drop lasts: it stays open
+    # Creates the topics; the drop lasts: it stays open.
+    asyncio.run(produce(settings, threshold_series(two_days_ago(), after=0)))
     tail = Tail(settings, "--json", "--initiative", INITIATIVE.lower(), "--severity", "warning")
     tails = [tail]
     try:

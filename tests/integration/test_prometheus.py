@@ -65,7 +65,7 @@ def test_metrics_health_and_bounded_cardinality_after_ten_thousand_users(isolate
              on_timeout=worker.log)
     text = worker.metrics_text()
     families = _samples(text)
-    for name, kind, labels, _ in metric_reference():
+    for name, kind, _labels, _ in metric_reference():
         assert name in families, f"{name} is documented but not on /metrics"
         # The text format has no info type: an info metric is a gauge of value 1 with its labels.
         assert f"# TYPE {name} {'gauge' if kind == 'info' else kind}" in text, f"{name} is not a {kind}"

@@ -50,7 +50,7 @@ def test_ready_goes_unready_while_the_broker_is_frozen_and_ready_after(isolated_
              on_timeout=worker.log)
 
     os.kill(frozen_broker, signal.SIGSTOP)
-    status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(ready()), timeout=60,
+    _status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(ready()), timeout=60,
                             what="/ready to fail while the broker is frozen", on_timeout=lambda: str(ready()))
     assert any("no fetch answered" in reason for reason in body["reasons"]), body
     assert http_json(f"{worker.url}/health") == (200, {"status": "alive"}), "alive though not ready"

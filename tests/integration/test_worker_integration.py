@@ -117,7 +117,7 @@ def test_malformed_records_and_a_tombstone_are_dead_lettered_alone_and_the_worke
              what="the 12 valid records around the malformed ones to be counted", on_timeout=worker.log)
 
     letters = [orjson.loads(m.value) for m in consume(settings, "dead-letters", want=3, timeout=60)]
-    assert [base64.b64decode(letter["value_b64"]) for letter in letters] == bad + [b""]
+    assert [base64.b64decode(letter["value_b64"]) for letter in letters] == [*bad, b""]
     assert letters[0]["reason"] == "not JSON"
     assert letters[1]["reason"].startswith("invalid EngagementEvent")
     assert letters[2]["reason"].startswith("empty value (a tombstone)")
@@ -143,8 +143,8 @@ def test_partials_of_a_backfill_stamped_in_the_past_are_stamped_when_sent(isolat
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from streams.kafka_io import client_options, ensure_topics
     from streams.ingest import PARTIALS_TOPIC, SOURCE_TIME_HEADER
+    from streams.kafka_io import client_options, ensure_topics
 
     settings = isolated_settings()
     spec = SimulationSpec(days=1, injections=())
@@ -195,7 +195,8 @@ def test_a_restarted_worker_resumes_its_state_and_repeats_no_incident(isolated_s
     expected = asyncio.run(EmbeddedDriver(
         settings.model_copy(update={"plan_dir": tmp_path / "embedded-plans"})).run(records)).incidents
     # Stop in the middle of the dip: the incident is open when the first worker stops.
-    opened_at = next(e.evidence.bucket_end for e in expected if e.transition == "opened" and e.kind == "conversion_drop")
+    opened_at = next(e.evidence.bucket_end for e in expected
+                     if e.transition == "opened" and e.kind == "conversion_drop")
     split = next(i for i, (topic, _, raw) in enumerate(records)
                  if topic == "engagement" and EngagementEvent.model_validate_json(raw).event_time > opened_at)
     halves = records[:split], records[split:]
@@ -345,9 +346,9 @@ def test_consent_violations_are_raised_within_seconds_in_either_arrival_order_an
     # (metrics, health, readiness, reports) or the log.
     metrics = worker.metrics_text().encode()
     views = {path: _body(f"{worker.url}{path}") for path in ("/health", "/ready")}
-    views |= {f"report {name}": _body(f"{worker.url}/pmon/report/?"
-                                      f"{urllib.parse.urlencode({'initiative': name, 'window': '30d', 'detail': 'full'})}")
-              for name in ("Consent A", "Consent B", "Consent C")}
+    for name in ("Consent A", "Consent B", "Consent C"):
+        query = urllib.parse.urlencode({"initiative": name, "window": "30d", "detail": "full"})
+        views[f"report {name}"] = _body(f"{worker.url}/pmon/report/?{query}")
     worker.stop()
     outputs = {topic: consume(settings, topic, want=10**6, timeout=3, settle=0)
                for topic in ("incidents", "plan-updates")}
@@ -410,7 +411,7 @@ def test_experiment_readouts_on_the_worker_match_the_embedded_driver(isolated_se
         if topic == "engagement":
             engagement[EngagementEvent.model_validate_json(raw).initiative] += 1
     for initiative, count in engagement.items():
-        wait_for(lambda: worker.counted(initiative) == count, timeout=240,
+        wait_for(lambda initiative=initiative, count=count: worker.counted(initiative) == count, timeout=240,
                  what=f"the worker to count {initiative}'s events", on_timeout=worker.log)
     got = [IncidentEvent.model_validate_json(m.value) for m in consume(settings, "incidents", want=len(expected))]
     assert sorted(map(_essence, (e for e in got if e.kind == "experiment_decision"))) == \

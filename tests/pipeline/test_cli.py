@@ -231,7 +231,8 @@ def test_detect_reads_a_series_as_spreadsheets_and_exporters_write_it(tmp_path: 
         "excel.csv": ("\ufefftimestamp;value\r\n" + "".join(f"{t};{v.replace('.', ',')}\r\n" for t, v in rows)),
         # Unix time in milliseconds, tab-separated, the header capitalised.
         "unix_ms.tsv": "Timestamp\t Value\n" + "".join(
-            f"{int(datetime.fromisoformat(t).replace(tzinfo=timezone.utc).timestamp() * 1000)}\t{v}\n" for t, v in rows),
+            f"{int(datetime.fromisoformat(t).replace(tzinfo=timezone.utc).timestamp() * 1000)}\t{v}\n"
+            for t, v in rows),
     }
     expected = run_pmon("detect", "--csv", str(plain), cwd=tmp_path)
     assert expected.returncode == 0, expected.stderr

@@ -69,7 +69,8 @@ def test_the_documented_example_is_a_valid_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "env", "expected"), [
     ("alert_threshold = [\n", {}, r"pmon\.toml: not valid TOML: .* — fix the syntax there"),
     ("alert_treshold = 0.1\n", {}, r"pmon\.toml: unknown key 'alert_treshold' — did you mean 'alert_threshold'\?"),
-    ("alert_threshold = 2\n", {}, r"pmon\.toml: key alert_threshold: Input should be less than 1 — fix it in pmon\.toml"),
+    ("alert_threshold = 2\n", {},
+     r"pmon\.toml: key alert_threshold: Input should be less than 1 — fix it in pmon\.toml"),
     ('[roster."Testing Lead"]\npeople = ["Ana"]\nunavailable = { Zed = [[2026-11-01, 2026-11-02]] }\n', {},
      r"pmon\.toml: key roster\.\"Testing Lead\": .*'Zed'"),
     ("warmup_buckets = 100\n", {},

@@ -4,6 +4,7 @@ winner, loser and sample ratio mismatch, decision events and the memo in report 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_decision_events_are_deterministic_and_only_on_a_change(records, replay,
     for initiative in ("Winner", "Loser", "Skewed"):
         states = [e.evidence.detail["state"] for e in first.incidents
                   if e.kind == "experiment_decision" and e.initiative == initiative and e.transition == "opened"]
-        assert all(a != b for a, b in zip(states, states[1:])), f"{initiative}: an event without a change"
+        assert all(a != b for a, b in itertools.pairwise(states)), f"{initiative}: an event without a change"
 
 
 def test_each_decision_stands_until_the_next_one_resolves_it(replay) -> None:
@@ -112,7 +113,7 @@ def test_each_decision_stands_until_the_next_one_resolves_it(replay) -> None:
         resolved = {e.incident_id: e for e in events if e.transition == "resolved"}
         assert opened, f"{initiative}: no decision at all"
         # Every decision but the standing one is resolved once, when its successor opens, and names it.
-        for decision, successor in zip(opened, opened[1:]):
+        for decision, successor in itertools.pairwise(opened):
             ended = resolved.pop(decision.incident_id)
             assert ended.evidence.detail["superseded_by"] == successor.incident_id
             assert ended.occurred_at == successor.occurred_at and events.index(ended) < events.index(successor)

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from plans.plan_sink import latest
 from cli.main import ANSWERS, _match_labels
-from streams.embedded import EmbeddedDriver, EmbeddedRun
 from monitor.events import encode
 from monitor.settings import Settings
+from plans.plan_sink import latest
 from simulation.simulator import Injection, SimulationSpec, default_program, labels, simulate
+from streams.embedded import EmbeddedDriver, EmbeddedRun
 
 GOVERNANCE_INJECTIONS = {"consent_violation", "unapproved_rule_change", "experiment_rule_change", "fallback_surge"}
 GOVERNANCE_KINDS = {"consent_violation", "unapproved_rule_change", "experiment_integrity", "rule_fallback",
@@ -33,7 +33,7 @@ def _records(spec: SimulationSpec) -> list[tuple[str, bytes, bytes]]:
 
 
 def _settings(tmp_path: Path, spec: SimulationSpec, **overrides: Any) -> Settings:
-    allocations = {i.name: dict(zip(i.variants, i.allocation)) for i in spec.initiatives if i.experiment}
+    allocations = {i.name: dict(zip(i.variants, i.allocation, strict=True)) for i in spec.initiatives if i.experiment}
     return Settings(**{"plan_dir": tmp_path / "plans", "allocations": allocations, "log_level": "DEBUG", **overrides})
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import INITIATIVE, one_line, run_pmon, stored_threshold_state
 from monitor.stored_state import load
 from plans.plan_sink import latest
+from tests.helpers import INITIATIVE, one_line, run_pmon, stored_threshold_state
 
 
 def test_an_acknowledgement_and_a_note_land_in_the_plan_with_the_response_time(tmp_path: Path) -> None:

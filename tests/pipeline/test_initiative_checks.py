@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from incidents.model import IncidentEvent
-from plans.history import revisions
-from streams.embedded import EmbeddedDriver
 from monitor.events import encode
 from monitor.settings import Settings
+from plans.history import revisions
 from simulation.simulator import DEFAULT_START, InitiativeSpec, Injection, SimulationSpec, simulate
+from streams.embedded import EmbeddedDriver
 
 INITIATIVE = "Checkout Recs"
 PROGRAM = (InitiativeSpec(

@@ -52,7 +52,8 @@ def settings(plan_dir: Path, **overrides: object) -> Settings:
 
 
 def driver(plan_dir: Path, **overrides: object) -> EmbeddedDriver:
-    return EmbeddedDriver(settings(plan_dir, **overrides), wall_clock=lambda: 1_800_000_000.0)  # a still clock: no idle closes
+    # A still clock: no idle closes.
+    return EmbeddedDriver(settings(plan_dir, **overrides), wall_clock=lambda: 1_800_000_000.0)
 
 
 def user(n: int) -> str:

@@ -64,7 +64,8 @@ def test_the_worker_harness_imports_no_transport_and_the_benchmarks_not_the_test
 def test_the_pure_packages_do_not_import_faust_aiokafka_or_mode_even_indirectly() -> None:
     modules = [_module_name(path) for package in PURE_PACKAGES for path in _python_files(package)
                if path.name != "__main__.py"]  # running __main__ would run the command
-    assert {"monitor.initiative_stage", "monitor.user_stage", "simulation.simulator", "detectors.conversion_drop"} <= set(modules)
+    assert {"monitor.initiative_stage", "monitor.user_stage", "simulation.simulator",
+            "detectors.conversion_drop"} <= set(modules)
     code = (f"import importlib, sys\nfor name in {modules!r}:\n    importlib.import_module(name)\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(TRANSPORT_MODULES)!r}))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,

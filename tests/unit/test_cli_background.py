@@ -23,7 +23,7 @@ def failing():
 
 def test_a_failure_in_the_child_is_raised_with_its_traceback_after_the_items_before_it() -> None:
     seen = []
-    with pytest.raises(RuntimeError, match="(?s)failed in the child process.*ValueError: the simulator broke"):
+    with pytest.raises(RuntimeError, match=r"(?s)failed in the child process.*ValueError: the simulator broke"):
         for item in in_background(failing):
             seen.append(item)
     assert seen == list(range(CHUNK)), "the complete chunk before the failure is delivered"

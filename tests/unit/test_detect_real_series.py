@@ -66,7 +66,7 @@ def _detect(tmp_path: Path, times: list[datetime], values: list[float | str], *a
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["timestamp", "value"])
-        writer.writerows([t.isoformat(), v] for t, v in zip(times, values))
+        writer.writerows([t.isoformat(), v] for t, v in zip(times, values, strict=True))
     result = CliRunner().invoke(pmon, ["detect", "--csv", str(path), *args])
     rows = list(csv.DictReader(io.StringIO(result.stdout))) if result.exit_code == 0 else []
     return result.exit_code, result.stderr, rows
@@ -100,7 +100,7 @@ def test_rows_as_they_come_are_sorted_averaged_and_reported_never_refused(tmp_pa
     times = [t0 + timedelta(hours=h) for h in range(300)]
     values: list[float | str] = [-50 + rng.gauss(0, 1) for _ in times]       # negative values
     values[200] = -80.0                                                       # a dip
-    rows = list(zip(times, values))
+    rows = list(zip(times, values, strict=True))
     rows[10], rows[11] = rows[11], rows[10]                                   # out of order
     rows.insert(50, (times[50], values[50]))                                  # repeated
     rows[120] = (times[120], "")                                              # a blank value

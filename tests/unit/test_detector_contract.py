@@ -146,7 +146,7 @@ def test_no_alert_on_fourteen_clean_days(name: str, clean: list[BucketObservatio
     """An alert is an incident: the breach policy's second breach within its span (as in the pipeline)."""
     detector = DETECTORS[name]()
     policy, state, opened, breaches = BreachPolicy(BreachPolicyConfig()), BreachState(), [], 0
-    for observation, verdict in zip(clean, run(detector, clean)):
+    for observation, verdict in zip(clean, run(detector, clean), strict=True):
         breaches += verdict.breached
         if not verdict.scored:
             continue

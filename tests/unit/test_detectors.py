@@ -131,7 +131,7 @@ def test_no_false_breach_on_30_days_of_clean_seeded_binomial_data() -> None:
     policy, state = BreachPolicy(BreachPolicyConfig()), BreachState()
     scored = breaches = 0
     incidents = []
-    for hour, (n, c) in enumerate(zip(exposures.tolist(), conversions.tolist())):
+    for hour, (n, c) in enumerate(zip(exposures.tolist(), conversions.tolist(), strict=True)):
         evaluation = evaluate_bucket(detector, state, policy, obs(hour, n, c), initiative="PLG Onboarding")
         state = evaluation.breach_state
         scored += evaluation.verdict.scored

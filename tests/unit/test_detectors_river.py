@@ -18,7 +18,8 @@ from detectors.base import BucketObservation
 from detectors.conversion_drop import ConversionDropConfig, ConversionDropDetector
 from detectors.exceptions import InvalidObservation
 from detectors.forecasters import RiverForecaster, SeasonalProfile
-from detectors.freshness import KIND as FRESHNESS_KIND, check_freshness, objective_for_rate
+from detectors.freshness import KIND as FRESHNESS_KIND
+from detectors.freshness import check_freshness, objective_for_rate
 from detectors.kpis import KPI_NAMES, read, read_all
 from detectors.level_shift import LevelShiftDetector
 from detectors.multi_metric import MultiMetricDetector
@@ -82,7 +83,8 @@ def test_kpis_read_values_and_the_evidence_behind_them() -> None:
     assert set(readings) == set(KPI_NAMES)
     assert (readings["ctr"].total, readings["ctr"].n, readings["ctr"].evidence) == (120, 1000, "binomial")
     assert readings["latency_ms"].value == 44.0 and readings["latency_ms"].evidence == "mean"
-    assert (readings["exposures"].value, readings["exposures"].n, readings["exposures"].evidence) == (1000, 1, "poisson")
+    exposures = readings["exposures"]
+    assert (exposures.value, exposures.n, exposures.evidence) == (1000, 1, "poisson")
     assert read(obs(0, 0), "ctr") is None and read(obs(0, 0), "exposures").value == 0.0
     # conversions of the previous hour's exposures may outnumber this hour's exposures: capped, not an error
     assert read(obs(0, 2, conversions=3), "cvr").value == 1.0

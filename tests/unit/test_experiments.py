@@ -9,8 +9,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from scipy import integrate, stats as sps
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+from scipy import stats as sps
 from scipy.special import betaln
 
 from experiments import stats
@@ -44,17 +46,19 @@ def totals_from_users(variants: dict[str, tuple[np.ndarray, np.ndarray]]) -> Exp
     """Fold raw per-user conversions and revenue through `observe_event`, one event at a time."""
     totals = ExperimentTotals()
     for name, (conversions, revenue) in variants.items():
-        for user_conversions, user_revenue in zip(conversions, revenue):
+        for user_conversions, user_revenue in zip(conversions, revenue, strict=True):
             user, delta = observe_event(None, variant=name, event_type="exposure")
             totals += delta
-            for k in range(int(user_conversions)):   # the revenue split over the user's conversions
+            for _ in range(int(user_conversions)):   # the revenue split over the user's conversions
                 share = float(user_revenue) / user_conversions
                 user, delta = observe_event(user, variant=name, event_type="conversion", revenue=share)
                 totals += delta
     return totals
 
 
-def simulated_users(rng: np.random.Generator, n: int, rate: float, revenue_mean: float) -> tuple[np.ndarray, np.ndarray]:
+def simulated_users(
+    rng: np.random.Generator, n: int, rate: float, revenue_mean: float
+) -> tuple[np.ndarray, np.ndarray]:
     conversions = rng.binomial(1, rate, n) * (1 + rng.poisson(0.3, n))
     # In cents, as revenue is (the sums are exact to the micro-unit).
     revenue = np.where(conversions > 0, np.round(rng.gamma(2.0, revenue_mean / 2.0, n), 2), 0.0)
@@ -98,7 +102,8 @@ def test_welch_from_streamed_sums_matches_scipy_ttest_on_the_raw_users() -> None
     comparison = read_experiment(spec, totals).comparison("treatment", "revenue_per_user")
     ra, rb = users["control"][1], users["treatment"][1]
     lift = rb.mean() / ra.mean() - 1
-    se = math.sqrt(rb.var(ddof=1) / rb.size / ra.mean() ** 2 + rb.mean() ** 2 * ra.var(ddof=1) / ra.size / ra.mean() ** 4)
+    se = math.sqrt(rb.var(ddof=1) / rb.size / ra.mean() ** 2
+                   + rb.mean() ** 2 * ra.var(ddof=1) / ra.size / ra.mean() ** 4)
     assert comparison.relative_lift == pytest.approx(lift, abs=1e-9)
     assert comparison.p_value == pytest.approx(2 * sps.norm.sf(abs(lift) / se), abs=1e-9)
     z = sps.norm.isf(ALPHA / 2)
@@ -156,7 +161,8 @@ def test_beta_probability_and_loss_agree_with_monte_carlo() -> None:
     assert stats.beta_probability_to_beat(101, 901, 121, 881) == pytest.approx(beat, abs=5 * math.sqrt(
         beat * (1 - beat) / draws))
     loss = np.maximum(p_a - p_b, 0.0)
-    assert stats.beta_expected_loss(101, 901, 121, 881) == pytest.approx(loss.mean(), abs=5 * loss.std() / math.sqrt(draws))
+    tolerance = 5 * loss.std() / math.sqrt(draws)
+    assert stats.beta_expected_loss(101, 901, 121, 881) == pytest.approx(loss.mean(), abs=tolerance)
 
 
 def test_normal_probability_and_loss_match_numerical_integration() -> None:
@@ -267,7 +273,7 @@ def test_continuous_monitoring_of_a_skewed_revenue_per_user_keeps_the_sequential
 def _ab_readouts(spec: ExperimentSpec, runs: int, n: int, rate_a: float, rate_b: float, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     x_a, x_b = rng.binomial(n, rate_a, runs), rng.binomial(n, rate_b, runs)
-    return [recommend(spec, read_experiment(spec, rates((n, a), (n, b)))).state for a, b in zip(x_a, x_b)]
+    return [recommend(spec, read_experiment(spec, rates((n, a), (n, b)))).state for a, b in zip(x_a, x_b, strict=True)]
 
 
 def _binomial_band(runs: int, p: float, slack: float = 0.02) -> tuple[float, float]:
@@ -409,7 +415,7 @@ def test_a_guardrail_that_cannot_yet_be_shown_non_inferior_keeps_the_experiment_
 
 
 def test_a_significantly_worse_success_metric_rolls_back() -> None:
-    readout, rec = decide(with_revenue(20000, 2400, 50.0), with_revenue(20000, 2000, 50.0))
+    _readout, rec = decide(with_revenue(20000, 2400, 50.0), with_revenue(20000, 2000, 50.0))
     assert rec.state == "roll_back" and rec.variant == "treatment" and "worsens" in rec.reasons[0]
 
 
@@ -578,7 +584,7 @@ def test_totals_are_refused_with_the_field_named_unless_real_users_could_have_th
 
 
 def test_an_impossible_variance_and_nan_revenue_are_refused_naming_the_field() -> None:
-    with pytest.raises(InvalidTotals, match="revenue_sq_micros .* is impossible"):
+    with pytest.raises(InvalidTotals, match=r"revenue_sq_micros .* is impossible"):
         VariantTotals(users=10, converting_users=5, conversions=5, conversions_sq=5, revenue_micros=micros(100.0),
                       revenue_sq_micros=micros(500.0) * MICROS).check_consistent("control")   # sum^2 / n = 1000 > 500
     with pytest.raises(InvalidTotals, match="revenue_micros must be a whole number"):

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from gbstats.bayesian.tests import EffectBayesianABTest, EffectBayesianConfig
 from gbstats.models.statistics import ProportionStatistic, SampleMeanStatistic
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 
-from experiments.memo import build_memo, render_memo
 from experiments.decision import recommend
+from experiments.memo import build_memo, render_memo
 from experiments.readout import read_experiment
 from experiments.spec import DecisionRules, ExperimentSpec, SuccessMetric
 from experiments.state import ExperimentTotals, VariantTotals, observe_event
@@ -43,7 +44,8 @@ def correlated_users(rng: np.random.Generator, n: int, lift: float) -> list[tupl
     conversions = rng.poisson(0.3 * propensity * (1 + lift))
     revenue = np.where(conversions > 0, np.round(rng.gamma(2.0, 15.0, n) * conversions, 2), 0.0)
     pre_revenue = np.where(pre > 0, np.round(rng.gamma(2.0, 15.0, n) * pre, 2), 0.0)
-    return [(int(c), float(r), int(p), float(pr)) for c, r, p, pr in zip(conversions, revenue, pre, pre_revenue)]
+    return [(int(c), float(r), int(p), float(pr))
+            for c, r, p, pr in zip(conversions, revenue, pre, pre_revenue, strict=True)]
 
 
 def cuped_by_hand(rows_a, rows_b, y_index: int, x_index: int, to_y=lambda v: v):
@@ -68,7 +70,7 @@ def test_cuped_matches_the_closed_form_on_the_raw_users(metric, y_index, x_index
     rng = np.random.default_rng(11)
     rows = {"control": correlated_users(rng, 1500, 0.0), "treatment": correlated_users(rng, 1400, 0.1)}
     totals = fold(rows)
-    theta, ((mean_a, var_a, n_a), (mean_b, var_b, n_b)), reduction = cuped_by_hand(
+    _theta, ((mean_a, var_a, n_a), (mean_b, var_b, n_b)), reduction = cuped_by_hand(
         rows["control"], rows["treatment"], y_index, x_index, to_y)
     for method in ("fixed_horizon", "sequential"):
         spec = ExperimentSpec(experiment="e", allocation={"control": 0.5, "treatment": 0.5},
@@ -130,7 +132,8 @@ def test_revenue_variance_is_exact_whatever_the_mean(mean: float, spread: float,
 def test_the_issues_example_a_revenue_mean_of_1e8_with_sd_1() -> None:
     rng = np.random.default_rng(0)
     values = [round(float(v), 2) for v in rng.normal(1e8, 1.0, 1000)]
-    totals = fold({"control": [(1, v, 0, 0.0) for v in values[:500]], "treatment": [(1, v, 0, 0.0) for v in values[500:]]})
+    totals = fold({"control": [(1, v, 0, 0.0) for v in values[:500]],
+                   "treatment": [(1, v, 0, 0.0) for v in values[500:]]})
     for name, chunk in (("control", values[:500]), ("treatment", values[500:])):
         exact = float(statistics.variance([Fraction(str(v)) for v in chunk]))
         assert totals.variants[name].moments("revenue_per_user").variance == pytest.approx(exact, rel=1e-12)

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import binom, chi2, chi2_contingency, fisher_exact
 
 from governance.consent_incidents import ViolationState, observe_quiet_bucket, observe_violations
@@ -16,8 +17,14 @@ from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Viol
 from governance.exceptions import GovernanceError, InvalidPolicy
 from governance.rule_audit import INTEGRITY, UNAPPROVED, RuleAudit, RuleChange
 from governance.rule_fallback import FallbackRatePolicy, RuleFallbackState
-from governance.scan import (LIVE_SECONDS, GovernanceConfig, GovernanceScan, GovernanceState, GovernanceTally,
-                             adherence_pct)
+from governance.scan import (
+    LIVE_SECONDS,
+    GovernanceConfig,
+    GovernanceScan,
+    GovernanceState,
+    GovernanceTally,
+    adherence_pct,
+)
 from governance.variant_balance import balance_test, first_in_hour
 from incidents.breach_policy import BreachPolicy, BreachPolicyConfig, BreachState, period_of
 from incidents.model import Evidence, IncidentEvent, incident_id, transition_event_id

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pydantic
-import jsonschema
 import pytest
 
 import plans.document

@@ -6,6 +6,7 @@ shared; each test reads what it needs from it. No broker, no event loop.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -130,7 +131,7 @@ def test_an_injection_changes_only_the_series_and_hours_it_labels() -> None:
 
 def test_records_are_in_non_decreasing_event_time_order(records) -> None:
     times = [record.event.event_time for record in records]
-    assert all(earlier <= later for earlier, later in zip(times, times[1:]))
+    assert all(earlier <= later for earlier, later in itertools.pairwise(times))
     assert times[0] >= SPEC.start and times[-1] < SPEC.end
     # The rules in force come first: created and rolled out at the very start.
     assert records[0].topic == "rule-changes" and records[0].event.event_time == SPEC.start
@@ -236,9 +237,9 @@ def test_clean_traffic_respects_consent_and_the_violation_is_where_labelled(reco
         event = record.event
         if record.topic == "consent":
             consent[event.user_id] = event.status
-        elif record.topic == "engagement" and event.event_type == "exposure" and not event.fallback:
-            if consent.get(event.user_id) != "granted":
-                violations.append(event)
+        elif (record.topic == "engagement" and event.event_type == "exposure" and not event.fallback
+              and consent.get(event.user_id) != "granted"):
+            violations.append(event)
     assert violations, "the consent_violation injection produced no violation"
     assert all(in_window(VIOLATION, e.event_time) and key_of(e) in VIOLATION.series(SPEC.initiatives)
                for e in violations)
@@ -322,7 +323,7 @@ def test_labels_match_the_injections() -> None:
         "kind": "conversion_drop", "initiative": PLG, "series": [BIG_CONTROL],
         "start": "2026-11-02T10:00:00Z", "end": "2026-11-02T16:00:00Z", "hours": 6, "magnitude": 0.5,
     }
-    for label, injection in zip(found, INJECTIONS):
+    for label, injection in zip(found, INJECTIONS, strict=True):
         assert (label["kind"], label["initiative"], label["magnitude"]) == (
             injection.kind, injection.initiative, injection.magnitude)
         assert label["series"] == injection.series(SPEC.initiatives)

@@ -6,7 +6,9 @@ from datetime import timedelta
 
 import orjson
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from monitor.exceptions import StateCodecError
 from monitor.settings import Settings
@@ -80,7 +82,7 @@ def test_a_store_restored_from_its_writes_decodes_everything_and_keeps_its_dicti
 
 
 def test_progress_entries_and_plain_values_pass_through() -> None:
-    store, codec, _ = trained()
+    _store, codec, _ = trained()
     writes = codec.pack({"#progress/0": b"[12,null,[]]", "p" + "a" * 24: value(3)})
     assert writes["#progress/0"] == b"[12,null,[]]"
     assert codec.unpack(value(5)) == value(5), "a value stored before compression existed is still read"
@@ -117,7 +119,7 @@ def test_too_little_variety_waits_for_twice_the_sample() -> None:
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12), min_size=1, max_size=30))
 def test_any_json_value_comes_back_byte_for_byte(items: list[object]) -> None:
-    store, codec, _ = trained()
+    _store, codec, _ = trained()
     writes = {f"q{n:024x}": orjson.dumps([item]) for n, item in enumerate(items)}
     packed = codec.pack(dict(writes))
     assert {k: codec.unpack(v) for k, v in packed.items()} == writes

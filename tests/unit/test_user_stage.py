@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import orjson
 
 from monitor.events import ConsentEvent, EngagementEvent, encode
-from monitor.messages import decode, encode as encode_message
+from monitor.messages import decode
+from monitor.messages import encode as encode_message
 from monitor.settings import Settings
 from monitor.user_stage import SourceRecord, UserStage, UserState, decode_user, encode_user
 

@@ -225,7 +225,7 @@ def test_a_gap_longer_than_the_retention_still_returns_the_buckets_it_closes(gap
 
 
 def test_every_bucket_on_the_grid_closes_and_a_silent_series_is_observed_as_zero() -> None:
-    windows, clocks, _ = keeper()
+    windows, _clocks, _ = keeper()
     add(windows, event(m(5), variant="control"), wall_now=0)
     add(windows, event(m(6), variant="treatment"), wall_now=0)
     add(windows, event(m(75), variant="control"), wall_now=0)          # closes hour 0
@@ -240,7 +240,7 @@ def test_every_bucket_on_the_grid_closes_and_a_silent_series_is_observed_as_zero
 
 
 def test_a_series_silent_for_the_retention_leaves_the_roster() -> None:
-    windows, clocks, _ = keeper(retention_days=1)
+    windows, _clocks, _ = keeper(retention_days=1)
     add(windows, event(m(5), variant="treatment"), wall_now=0)
     for hour in range(1, 27):
         add(windows, event(timedelta(hours=hour, minutes=15), variant="control"), wall_now=0)
@@ -287,7 +287,7 @@ def test_one_partial_per_ten_events_leaves_the_same_tables_as_one_per_event() ->
     # 70 hours, every other event 5 minutes out of order (inside the lateness), with retention expiring rows.
     stream = [event(timedelta(minutes=7 * k + (12 if k % 2 == 0 else 0)), ("exposure", "click", "conversion")[k % 3])
               for k in range(600)]
-    assert any(b.event_time < a.event_time for a, b in zip(stream, stream[1:]))
+    assert any(b.event_time < a.event_time for a, b in itertools.pairwise(stream))
     per_event, clocks_a, buckets_a = keeper(retention_days=1)
     batched, clocks_b, buckets_b = keeper(retention_days=1)
     closed_a, closed_b = [], []
@@ -297,7 +297,8 @@ def test_one_partial_per_ten_events_leaves_the_same_tables_as_one_per_event() ->
         closed_b += apply(batched, partial_of(stream[n:n + 10]), wall_now=0).closed
     assert snapshot(closed_b) == snapshot(closed_a) and len(closed_a) == 69
     assert clocks_b == clocks_a
-    assert list(buckets_b) == list(buckets_a) and snapshot(list(buckets_b.values())) == snapshot(list(buckets_a.values()))
+    assert list(buckets_b) == list(buckets_a)
+    assert snapshot(list(buckets_b.values())) == snapshot(list(buckets_a.values()))
     assert len(buckets_a) == 24 + 1  # one day of closed rows and the open one
 
 
