@@ -26,18 +26,23 @@ The canonical shape is narrower than what the models accept, never wider:
   an offset ``+05:75``, pydantic does not), in the model's bounds;
 * no revenue on an exposure or a click.
 
+msgspec checks, while it parses, the keys, the types, the literals, the names'
+lengths and the numbers' bounds (a struct per model); Python checks the rest.
+Its JSON is orjson's (the model path's) wherever it matters here: both refuse
+lone surrogates, invalid UTF-8, a byte order mark and raw control characters,
+and a repeated key keeps its last value. Whatever it refuses goes to the
+model, which says why.
+
 The bounds, literal sets and defaults are read from the models at import, and
 the import fails if a model's fields, config or validators change shape, so the
 fast path cannot silently drift apart from the schema.
 
-Cost (``bench/decode.py``, simulated engagement records, CPU time): about 4.7 us a
-record through the model, 3.5 us on the fast path, of which 0.9 us is
-``orjson.loads`` (paid by both); the rest is ~1.1 us of checks, ~0.5 us for the
-time (regex, ``fromisoformat``, ``timestamp``) and ~0.3 us to build the record.
-Most of the checks are of names from a small vocabulary (initiative, profile,
-channel, cohort, experiment, variant, rule, region): a combination that passed
-them is remembered (bounded), and a record that repeats it pays one set lookup
-instead, about 0.5 us less.
+Where the fast path's time goes is on ``bench/decode.py``'s page: msgspec's
+parse, then the time (regex, ``fromisoformat``, ``timestamp``), building the
+record and the checks of names. Those names come from a small vocabulary
+(initiative, profile, channel, cohort, experiment, variant, rule, region): a
+combination that passed them is remembered (bounded), and a record that
+repeats it pays one set lookup instead.
 """
 
 from __future__ import annotations
@@ -46,9 +51,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
-import orjson
+import msgspec
 from pydantic import BaseModel
 
 from monitor.events import ConsentEvent, EngagementEvent
@@ -58,8 +63,6 @@ __all__ = ["Consent", "Engagement", "decode_consent", "decode_engagement"]
 
 _RecordT = TypeVar("_RecordT", "Engagement", "Consent")
 
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
 _fromisoformat = datetime.fromisoformat
 _UTC = timezone.utc
 
@@ -193,8 +196,6 @@ _EVENT_TYPES = get_args(EngagementEvent.model_fields["event_type"].annotation)
 _PURPOSES = get_args(ConsentEvent.model_fields["purpose"].annotation)
 _STATUSES = get_args(ConsentEvent.model_fields["status"].annotation)
 
-_ENGAGEMENT_KEYS = frozenset(_ENGAGEMENT_ORDER)
-_CONSENT_KEYS = frozenset(_CONSENT_ORDER)
 _defaults = {name: field.default for name, field in EngagementEvent.model_fields.items()}
 _COHORT = _defaults["cohort"]
 _VARIANT = _defaults["variant"]
@@ -206,6 +207,48 @@ _expect(
 )
 _SOURCE = ConsentEvent.model_fields["source"].default
 _CONSENT_REGION = ConsentEvent.model_fields["region"].default
+
+
+# What msgspec parses and checks in C, in one pass over the bytes: the JSON, the keys (no others), the types,
+# the literals, the names' lengths and the numbers' bounds. The rest of the canonical shape (no surrounding
+# whitespace, no "|" in a key name, revenue only on conversions, the time's form and bounds) the decoders
+# check after it. `user_id` is any string here: a pseudonymiser replaces it before it is checked.
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_NAME)]
+
+
+class _EngagementWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    event_id: _Name
+    event_type: Literal[_EVENT_TYPES]  # type: ignore[valid-type]
+    event_time: str
+    user_id: str
+    initiative: _Name
+    profile: _Name
+    channel: _Name
+    cohort: _Name = _COHORT
+    experiment: _Name | None = None
+    variant: _Name = _VARIANT
+    rule_id: _Name | None = None
+    fallback: bool = _FALLBACK
+    decision_latency_ms: Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_LATENCY)] = _LATENCY
+    revenue: Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_REVENUE)] = _REVENUE
+    region: _Name | None = None
+
+
+class _ConsentWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    event_id: _Name
+    event_time: str
+    user_id: str
+    purpose: Literal[_PURPOSES]  # type: ignore[valid-type]
+    status: Literal[_STATUSES]  # type: ignore[valid-type]
+    source: _Name = _SOURCE
+    region: _Name = _CONSENT_REGION
+
+
+_expect(_EngagementWire.__struct_fields__ == _ENGAGEMENT_ORDER, "the engagement wire's fields")
+_expect(_ConsentWire.__struct_fields__ == _CONSENT_ORDER, "the consent wire's fields")
+_engagement_wire = msgspec.json.Decoder(_EngagementWire).decode
+_consent_wire = msgspec.json.Decoder(_ConsentWire).decode
+_WireError = msgspec.DecodeError  # a ValidationError is one too
 del _model, _names, _name, _decorators, _nullable, _defaults
 
 
@@ -424,102 +467,65 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
     monitor.exceptions.DecodeError: not a JSON object
     """  # noqa: E501 - doctest output, on one line as Python prints it
     try:
-        data = _loads(raw)
-    except _JSONDecodeError:
-        data = None
+        wire = _engagement_wire(raw)
+    except _WireError:
+        return _from_model(Engagement, _model_path(EngagementEvent, raw, pseudonymise, None))
+    event_id, event_type, event_time, user_id, revenue = (
+        wire.event_id,
+        wire.event_type,
+        wire.event_time,
+        wire.user_id,
+        wire.revenue,
+    )
     pseudonym = None
-    if type(data) is dict:
-        if tuple(data) == _ENGAGEMENT_ORDER:  # every field, in the schema's order: what the monitor's producers write
-            (
-                event_id,
-                event_type,
-                event_time,
-                user_id,
-                initiative,
-                profile,
-                channel,
-                cohort,
-                experiment,
-                variant,
-                rule_id,
-                fallback,
-                latency,
-                revenue,
-                region,
-            ) = data.values()
-        elif data.keys() <= _ENGAGEMENT_KEYS:
-            get = data.get
-            event_id = get("event_id")
-            event_type = get("event_type")
-            event_time = get("event_time")
-            user_id = get("user_id")
-            initiative = get("initiative")
-            profile = get("profile")
-            channel = get("channel")
-            cohort = get("cohort", _COHORT)
-            experiment = get("experiment")
-            variant = get("variant", _VARIANT)
-            rule_id = get("rule_id")
-            fallback = get("fallback", _FALLBACK)
-            latency = get("decision_latency_ms", _LATENCY)
-            revenue = get("revenue", _REVENUE)
-            region = get("region")
-        else:
-            return _from_model(Engagement, _model_path(EngagementEvent, raw, pseudonymise, None))
-        if pseudonymise is not None and type(user_id) is str and user_id:
-            pseudonym = (user_id, pseudonymise(user_id))
-            user_id = pseudonym[1]
-        names = (initiative, profile, channel, cohort, experiment, variant, rule_id, region)
+    if pseudonymise is not None and user_id:
+        pseudonym = (user_id, pseudonymise(user_id))
+        user_id = pseudonym[1]
+    names = (
+        wire.initiative,
+        wire.profile,
+        wire.channel,
+        wire.cohort,
+        wire.experiment,
+        wire.variant,
+        wire.rule_id,
+        wire.region,
+    )
+    # The ids as `_is_name`, inline (once per record); msgspec checked the event id's length.
+    if (
+        event_id.strip() == event_id
+        and user_id.strip() == user_id
+        and user_id
+        and len(user_id) <= _MAX_NAME
+        and (names in _NAMES_SEEN or _valid_names(names))
+        and (not revenue or event_type == "conversion")
+        and _CANONICAL_TIME(event_time) is not None
+    ):
         try:
-            known = names in _NAMES_SEEN
-        except TypeError:  # a list or an object among them: invalid, and unhashable
-            known = False
-        # The ids as `_is_name`, inline (once per record): `s.strip() == s and s and len(s) <= _MAX_NAME` after
-        # `type(s) is str` is the cheapest order (a chained `0 < len(s) <= n` costs more than a truth test and one
-        # compare).
-        if (
-            type(event_id) is str
-            and event_id.strip() == event_id
-            and event_id
-            and len(event_id) <= _MAX_NAME
-            and event_type in _EVENT_TYPES
-            and type(user_id) is str
-            and user_id.strip() == user_id
-            and user_id
-            and len(user_id) <= _MAX_NAME
-            and (known or _valid_names(names))
-            and (fallback is True or fallback is False)
-            and (type(latency) is float or type(latency) is int)
-            and 0.0 <= latency <= _MAX_LATENCY
-            and (type(revenue) is float or type(revenue) is int)
-            and 0.0 <= revenue <= _MAX_REVENUE
-            and (not revenue or event_type == "conversion")
-            and type(event_time) is str
-            and _CANONICAL_TIME(event_time) is not None
-        ):
-            try:
-                at = _fromisoformat(event_time).timestamp()
-            except (ValueError, OverflowError):  # a day or month out of range: the model says which
-                at = _LATEST
-            if _EARLIEST <= at < _LATEST:
-                record: Any = _new(_EngagementDraft)
-                record.event_id = event_id
-                record.event_type = event_type
-                record.at = at
-                record.user_id = user_id
-                record.initiative = initiative
-                record.profile = profile
-                record.channel = channel
-                record.cohort = cohort
-                record.experiment = experiment
-                record.variant = variant
-                record.rule_id = rule_id
-                record.fallback = fallback
-                record.decision_latency_ms = float(latency) if type(latency) is int else latency  # as pydantic
-                record.revenue = float(revenue) if type(revenue) is int else revenue
-                record.region = region
-                record.__class__ = Engagement
-                return record
+            at = _fromisoformat(event_time).timestamp()
+        except (ValueError, OverflowError):  # a day or month out of range: the model says which
+            at = _LATEST
+        if _EARLIEST <= at < _LATEST:
+            record: Any = _new(_EngagementDraft)
+            record.event_id = event_id
+            record.event_type = event_type
+            record.at = at
+            record.user_id = user_id
+            (
+                record.initiative,
+                record.profile,
+                record.channel,
+                record.cohort,
+                record.experiment,
+                record.variant,
+                record.rule_id,
+                record.region,
+            ) = names
+            record.fallback = wire.fallback
+            record.decision_latency_ms = wire.decision_latency_ms  # a float: msgspec converts an int, as pydantic
+            record.revenue = revenue
+            record.__class__ = Engagement
+            return record
     return _from_model(Engagement, _model_path(EngagementEvent, raw, pseudonymise, pseudonym))
 
 
@@ -542,62 +548,42 @@ def decode_consent(raw: bytes, pseudonymise: Callable[[str], str] | None = None)
     monitor.exceptions.DecodeError: empty value (zero bytes): input records must carry a JSON object
     """  # noqa: E501 - doctest output, on one line as Python prints it
     try:
-        data = _loads(raw)
-    except _JSONDecodeError:
-        data = None
+        wire = _consent_wire(raw)
+    except _WireError:
+        return _from_model(Consent, _model_path(ConsentEvent, raw, pseudonymise, None))
+    event_id, event_time, user_id, source, region = (
+        wire.event_id,
+        wire.event_time,
+        wire.user_id,
+        wire.source,
+        wire.region,
+    )
     pseudonym = None
-    if type(data) is dict:
-        if tuple(data) == _CONSENT_ORDER:
-            event_id, event_time, user_id, purpose, status, source, region = data.values()
-        elif data.keys() <= _CONSENT_KEYS:
-            get = data.get
-            event_id = get("event_id")
-            event_time = get("event_time")
-            user_id = get("user_id")
-            purpose = get("purpose")
-            status = get("status")
-            source = get("source", _SOURCE)
-            region = get("region", _CONSENT_REGION)
-        else:
-            return _from_model(Consent, _model_path(ConsentEvent, raw, pseudonymise, None))
-        if pseudonymise is not None and type(user_id) is str and user_id:
-            pseudonym = (user_id, pseudonymise(user_id))
-            user_id = pseudonym[1]
-        if (
-            type(event_id) is str
-            and event_id.strip() == event_id
-            and event_id
-            and len(event_id) <= _MAX_NAME
-            and type(user_id) is str
-            and user_id.strip() == user_id
-            and user_id
-            and len(user_id) <= _MAX_NAME
-            and purpose in _PURPOSES
-            and status in _STATUSES
-            and type(source) is str
-            and source.strip() == source
-            and source
-            and len(source) <= _MAX_NAME
-            and type(region) is str
-            and region.strip() == region
-            and region
-            and len(region) <= _MAX_NAME
-            and type(event_time) is str
-            and _CANONICAL_TIME(event_time) is not None
-        ):
-            try:
-                at = _fromisoformat(event_time).timestamp()
-            except (ValueError, OverflowError):
-                at = _LATEST
-            if _EARLIEST <= at < _LATEST:
-                record: Any = _new(_ConsentDraft)
-                record.event_id = event_id
-                record.at = at
-                record.user_id = user_id
-                record.purpose = purpose
-                record.status = status
-                record.source = source
-                record.region = region
-                record.__class__ = Consent
-                return record
+    if pseudonymise is not None and user_id:
+        pseudonym = (user_id, pseudonymise(user_id))
+        user_id = pseudonym[1]
+    if (
+        event_id.strip() == event_id
+        and user_id.strip() == user_id
+        and user_id
+        and len(user_id) <= _MAX_NAME
+        and source.strip() == source
+        and region.strip() == region
+        and _CANONICAL_TIME(event_time) is not None
+    ):
+        try:
+            at = _fromisoformat(event_time).timestamp()
+        except (ValueError, OverflowError):
+            at = _LATEST
+        if _EARLIEST <= at < _LATEST:
+            record: Any = _new(_ConsentDraft)
+            record.event_id = event_id
+            record.at = at
+            record.user_id = user_id
+            record.purpose = wire.purpose
+            record.status = wire.status
+            record.source = source
+            record.region = region
+            record.__class__ = Consent
+            return record
     return _from_model(Consent, _model_path(ConsentEvent, raw, pseudonymise, pseudonym))

@@ -460,12 +460,31 @@ CONSENT = {"event_id": "c1", "event_time": "2026-11-01T00:00:00Z", "user_id": "u
 @pytest.mark.parametrize("raw", [
     b"", b" ", b"\xff\xfe\x00", b'{"event_id": "\xff"}', b"{", b'{"a":', b"nul", b"NaN", b"{'a': 1}",
     b'{"revenue": 1e400}', b'{"user_id": "\\ud800"}', b"[]", b"[{}]", b"null", b"1", b'"x"', b"true", b"{}",
-    b'{"event_id": "e1"} x',
+    b'{"event_id": "e1"} x', b'\xef\xbb\xbf{}', b'{"event_id": "\x01"}', b'{"event_id": "e\x1f1"}',
 ], ids=repr)
 def test_inputs_that_are_not_a_record(kind: str, raw: bytes) -> None:
     with model_path_calls() as calls:
         assert not assert_same(kind, raw, _hash_pseudonym)
     assert calls == [raw]
+
+
+@pytest.mark.parametrize(("kind", "base", "key", "first", "last"), [
+    ("engagement", ENGAGEMENT, "channel", "email", "web"),
+    ("engagement", ENGAGEMENT, "channel", "web", 5),
+    ("engagement", ENGAGEMENT, "event_type", "exposure", "click"),
+    ("consent", CONSENT, "status", "revoked", "granted"),
+    ("consent", CONSENT, "region", 5, "EU"),
+], ids=repr)
+def test_a_repeated_key_counts_with_its_last_value_on_both_paths(kind: str, base: dict[str, Any], key: str,
+                                                                 first: Any, last: Any) -> None:
+    # The fast path's parser (msgspec) and the model's (orjson) must agree on a key written twice.
+    body = orjson.dumps({k: v for k, v in base.items() if k != key})[:-1]
+    raw = body + b", " + orjson.dumps(key) + b": " + orjson.dumps(first) + b", " + orjson.dumps(key) + b": " + \
+        orjson.dumps(last) + b"}"
+    valid = assert_same(kind, raw, _hash_pseudonym)
+    assert valid == isinstance(last, str)
+    if valid:
+        assert getattr(PAIRS[kind][2](raw), key) == last
 
 
 TRICKY = [
