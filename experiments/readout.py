@@ -475,7 +475,18 @@ def _planned_sample(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) 
     if control.users < 2 or not control.mean > 0 or not control.variance > 0:
         return None
     effect = spec.mde * control.mean
-    family = len(spec.treatments) * len(spec.success_metrics)
+    alpha = rules.alpha / (len(spec.treatments) * len(spec.success_metrics))
+    if rules.method == "sequential" and rules.mixture_scale is None:
+        # The mixture is tuned to this very plan (`_mixture_variance`): its root is known in closed form.
+        target = stats.planned_variance(effect, rules.power, alpha)
+    else:
+        target = stats.required_variance(
+            effect,
+            rules.power,
+            alpha,
+            sequential=rules.method == "sequential",
+            mixture_variance=_mixture_variance(spec, control.mean),
+        )
     required_total = 0.0
     for variant in spec.treatments:
         treated = by_variant[variant].moments(metric)
@@ -485,13 +496,6 @@ def _planned_sample(spec: ExperimentSpec, by_variant: dict[str, VariantTotals]) 
         else:
             var_a = control.variance
             var_b = treated.variance if treated.users >= 2 and treated.variance > 0 else control.variance
-        target = stats.required_variance(
-            effect,
-            rules.power,
-            rules.alpha / family,
-            sequential=rules.method == "sequential",
-            mixture_variance=_mixture_variance(spec, control.mean),
-        )
         needed = (var_a / spec.share(spec.control) + var_b / spec.share(variant)) / target
         required_total = max(required_total, needed)
     required = {name: math.ceil(required_total * spec.share(name)) for name in spec.allocation}

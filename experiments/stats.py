@@ -396,11 +396,22 @@ def tuned_mixture_variance(effect: float, power: float, alpha: float) -> float:
     >>> round(tuned_mixture_variance(0.01, 0.8, 0.05) / 0.01 ** 2, 4)
     0.5464
     """
+    return optimal_mixture_ratio(alpha) * planned_variance(effect, power, alpha)
+
+
+def planned_variance(effect: float, power: float, alpha: float) -> float:
+    """V* = (effect / (c(r*) + z_power))^2: the variance at which the mSPRT with the tuned mixture
+    (`tuned_mixture_variance`) finds a true `effect` with `power`. The root `required_variance` would find
+    for that mixture, in closed form.
+
+    >>> round(planned_variance(0.01, 0.8, 0.05) / 0.01 ** 2, 5)
+    0.06654
+    """
     if not effect > 0 or not 0 < power < 1:
-        raise InvalidStatisticInput(f"tuned_mixture_variance needs effect > 0 and 0 < power < 1, got {effect}, {power}")
+        raise InvalidStatisticInput(f"the planned variance needs effect > 0 and 0 < power < 1, got {effect}, {power}")
     ratio = optimal_mixture_ratio(alpha)
     c = math.sqrt((1 + 1 / ratio) * (2 * math.log(1 / alpha) + math.log1p(ratio)))
-    return ratio * (effect / (c + float(special.ndtri(power)))) ** 2
+    return (effect / (c + float(special.ndtri(power)))) ** 2
 
 
 def required_variance(

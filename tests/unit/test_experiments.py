@@ -602,6 +602,11 @@ def test_the_mixture_is_tuned_so_the_sequential_test_has_its_power_at_the_planne
     tau2 = stats.tuned_mixture_variance(effect, power, ALPHA)
     v_star = stats.required_variance(effect, power, ALPHA, sequential=True, mixture_variance=tau2)
     assert float(stats.power_sequential_at(effect, v_star, tau2, ALPHA)) == pytest.approx(power, abs=1e-6)
+    # The readout's planned sample takes V* in closed form: the same root.
+    for e, p, alpha in ((effect, power, ALPHA), (0.3, 0.9, 0.01), (12.0, 0.5, 0.1)):
+        root = stats.required_variance(e, p, alpha, sequential=True, mixture_variance=stats.tuned_mixture_variance(
+            e, p, alpha))
+        assert stats.planned_variance(e, p, alpha) == pytest.approx(root, rel=1e-8)
     ratio = stats.optimal_mixture_ratio(ALPHA)
     assert tau2 / v_star == pytest.approx(ratio, rel=1e-6)
     widths = {r: float(stats.confidence_sequence_halfwidth(1.0, r, ALPHA)) for r in np.geomspace(0.5, 100, 400)}
