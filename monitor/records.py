@@ -190,8 +190,7 @@ _expect(
 _MAX_LATENCY = float(_constraint(EngagementEvent, "decision_latency_ms", "le"))
 _MAX_REVENUE = float(_constraint(EngagementEvent, "revenue", "le"))
 
-# Tuples, not sets: `in` on a tuple compares with ==, so an unhashable value (a JSON list) is
-# simply not found instead of raising.
+# The literal sets, for the wire structs' `Literal` fields.
 _EVENT_TYPES = get_args(EngagementEvent.model_fields["event_type"].annotation)
 _PURPOSES = get_args(ConsentEvent.model_fields["purpose"].annotation)
 _STATUSES = get_args(ConsentEvent.model_fields["status"].annotation)
@@ -412,6 +411,18 @@ def _model_path(
     return _decode(model, raw, pseudonymise=replay)
 
 
+def _canonical_epoch(event_time: str) -> float | None:
+    """Epoch seconds of a canonical `event_time` within the models' bounds; None for anything else (a day or
+    month out of range, too early or late, another form): the model says why."""
+    if _CANONICAL_TIME(event_time) is None:
+        return None
+    try:
+        at = _fromisoformat(event_time).timestamp()
+    except (ValueError, OverflowError):
+        return None
+    return at if _EARLIEST <= at < _LATEST else None
+
+
 # The names of an engagement record other than its ids come from a small vocabulary, and most records repeat a
 # combination seen before: a set lookup of the combination costs less than its 30-odd checks. Only combinations
 # that passed them are kept; bounded (cleared when full), so a producer of ever-new names costs memory to no one.
@@ -499,33 +510,28 @@ def decode_engagement(raw: bytes, pseudonymise: Callable[[str], str] | None = No
         and len(user_id) <= _MAX_NAME
         and (names in _NAMES_SEEN or _valid_names(names))
         and (not revenue or event_type == "conversion")
-        and _CANONICAL_TIME(event_time) is not None
+        and (at := _canonical_epoch(event_time)) is not None
     ):
-        try:
-            at = _fromisoformat(event_time).timestamp()
-        except (ValueError, OverflowError):  # a day or month out of range: the model says which
-            at = _LATEST
-        if _EARLIEST <= at < _LATEST:
-            record: Any = _new(_EngagementDraft)
-            record.event_id = event_id
-            record.event_type = event_type
-            record.at = at
-            record.user_id = user_id
-            (
-                record.initiative,
-                record.profile,
-                record.channel,
-                record.cohort,
-                record.experiment,
-                record.variant,
-                record.rule_id,
-                record.region,
-            ) = names
-            record.fallback = wire.fallback
-            record.decision_latency_ms = wire.decision_latency_ms  # a float: msgspec converts an int, as pydantic
-            record.revenue = revenue
-            record.__class__ = Engagement
-            return record
+        record: Any = _new(_EngagementDraft)
+        record.event_id = event_id
+        record.event_type = event_type
+        record.at = at
+        record.user_id = user_id
+        (
+            record.initiative,
+            record.profile,
+            record.channel,
+            record.cohort,
+            record.experiment,
+            record.variant,
+            record.rule_id,
+            record.region,
+        ) = names
+        record.fallback = wire.fallback
+        record.decision_latency_ms = wire.decision_latency_ms  # a float: msgspec converts an int, as pydantic
+        record.revenue = revenue
+        record.__class__ = Engagement
+        return record
     return _from_model(Engagement, _model_path(EngagementEvent, raw, pseudonymise, pseudonym))
 
 
@@ -569,21 +575,16 @@ def decode_consent(raw: bytes, pseudonymise: Callable[[str], str] | None = None)
         and len(user_id) <= _MAX_NAME
         and source.strip() == source
         and region.strip() == region
-        and _CANONICAL_TIME(event_time) is not None
+        and (at := _canonical_epoch(event_time)) is not None
     ):
-        try:
-            at = _fromisoformat(event_time).timestamp()
-        except (ValueError, OverflowError):
-            at = _LATEST
-        if _EARLIEST <= at < _LATEST:
-            record: Any = _new(_ConsentDraft)
-            record.event_id = event_id
-            record.at = at
-            record.user_id = user_id
-            record.purpose = wire.purpose
-            record.status = wire.status
-            record.source = source
-            record.region = region
-            record.__class__ = Consent
-            return record
+        record: Any = _new(_ConsentDraft)
+        record.event_id = event_id
+        record.at = at
+        record.user_id = user_id
+        record.purpose = wire.purpose
+        record.status = wire.status
+        record.source = source
+        record.region = region
+        record.__class__ = Consent
+        return record
     return _from_model(Consent, _model_path(ConsentEvent, raw, pseudonymise, pseudonym))
