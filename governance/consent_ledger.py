@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from governance.exceptions import InvalidPolicy
+from incidents.series import field_of
 from incidents.timeutil import iso_seconds
 
 Purpose = Literal["personalization", "analytics", "marketing"]
@@ -52,6 +53,23 @@ class Exposure(NamedTuple):
     series: str  # initiative|profile|channel|variant
     fallback: bool = False
     region: str | None = None
+
+
+# A remembered exposure: (event_id, at, series, region, convicted). A plain tuple, not an `Exposure`: it is
+# the user's stored form as it is (orjson writes tuples natively, not named ones), and a heavy user's ledger
+# holds `max_remembered` of them, written at every commit the user is active in.
+Remembered = tuple[str, float, str, str | None, bool]
+_AT: Final = 1
+
+
+def remembered_exposure(row: Remembered) -> Exposure:
+    """The exposure a remembered row stands for (the initiative is the series' first part).
+
+    >>> remembered_exposure(("e1", 60.0, "A|p|web|control", "EU", False))
+    Exposure(event_id='e1', at=60.0, initiative='A', series='A|p|web|control', fallback=False, region='EU')
+    """
+    event_id, at, series, region, _ = row
+    return Exposure(event_id, at, field_of(series, "initiative"), series, False, region)
 
 
 class Judgement(NamedTuple):
@@ -96,7 +114,7 @@ class UserConsent:
     changes: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)  # purpose -> [(at, granted)]
     region: str | None = None
     region_at: float = float("-inf")
-    remembered: list[tuple[Exposure, bool]] = field(default_factory=list)  # (exposure, convicted), by time
+    remembered: list[Remembered] = field(default_factory=list)  # personalized exposures, by time
     hours: dict[str, tuple[float, float]] = field(default_factory=dict)  # experiment -> last counted hours
 
 
@@ -199,12 +217,13 @@ class ConsentPolicy:
         if purpose != PERSONALIZATION:
             return []
         changed = []
-        for n, (exposure, convicted) in enumerate(user.remembered):
-            if convicted != granted or exposure.at < at:
+        for n, (event_id, exposed_at, series, exposed_region, convicted) in enumerate(user.remembered):
+            if convicted != granted or exposed_at < at:
                 continue  # a grant can only acquit, a revocation only convict, what follows it
-            judgement = self.consent_at(user, at=exposure.at, region=exposure.region)
+            judgement = self.consent_at(user, at=exposed_at, region=exposed_region)
             if judgement.consented == granted:
-                user.remembered[n] = (exposure, not granted)
+                user.remembered[n] = (event_id, exposed_at, series, exposed_region, not granted)
+                exposure = remembered_exposure(user.remembered[n])
                 changed.append(replace(_violation(exposure, pseudonym, judgement, late=True), acquitted=granted))
         return changed
 
@@ -223,31 +242,32 @@ class ConsentPolicy:
         )
         remembered = user.remembered
         if self.max_remembered and not _remembered_already(remembered, exposure):
-            if not remembered or remembered[-1][0].at <= exposure.at:
-                remembered.append((exposure, violation is not None))  # the common case: in time order
+            row = (exposure.event_id, exposure.at, exposure.series, exposure.region, violation is not None)
+            if not remembered or remembered[-1][_AT] <= exposure.at:
+                remembered.append(row)  # the common case: in time order
             else:
-                bisect.insort(remembered, (exposure, violation is not None), key=_at)
+                bisect.insort(remembered, row, key=_at)
             # By time, so what is kept is a suffix: the newest `max_remembered` within the lookback.
             cut = len(remembered) - self.max_remembered
-            horizon = remembered[-1][0].at - self.lookback_seconds
-            if remembered[0][0].at < horizon:
+            horizon = remembered[-1][_AT] - self.lookback_seconds
+            if remembered[0][_AT] < horizon:
                 cut = max(cut, bisect.bisect_left(remembered, horizon, key=_at))
             if cut > 0:
                 del remembered[:cut]
         return consented, violation
 
 
-def _at(item: tuple[Exposure, bool]) -> float:
-    return item[0].at
+def _at(row: Remembered) -> float:
+    return row[_AT]
 
 
-def _remembered_already(remembered: list[tuple[Exposure, bool]], exposure: Exposure) -> bool:
+def _remembered_already(remembered: list[Remembered], exposure: Exposure) -> bool:
     # A redelivered exposure is remembered once. The list is by time: only those of its instant can be it.
-    if not remembered or remembered[-1][0].at < exposure.at:
+    if not remembered or remembered[-1][_AT] < exposure.at:
         return False  # newer than all: the common case, without a search
     n = bisect.bisect_left(remembered, exposure.at, key=_at)
-    while n < len(remembered) and remembered[n][0].at == exposure.at:
-        if remembered[n][0].event_id == exposure.event_id:
+    while n < len(remembered) and remembered[n][_AT] == exposure.at:
+        if remembered[n][0] == exposure.event_id:
             return True
         n += 1
     return False

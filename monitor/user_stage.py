@@ -38,7 +38,7 @@ import orjson
 from experiments.state import DeltaSum, UserRecord, fold_event
 from governance.consent_ledger import ConsentPolicy, Exposure, UserConsent, Violation
 from governance.variant_balance import first_in_hour
-from incidents.series import build_key, field_of
+from incidents.series import build_key
 from incidents.timeutil import iso_seconds
 from monitor.events import DeadLetter, reason_kind
 from monitor.exceptions import DecodeError
@@ -120,9 +120,7 @@ def encode_user(state: UserState) -> bytes:
             consent.changes,
             consent.region,
             None if consent.region_at == -math.inf else consent.region_at,
-            # Only personalized exposures are remembered (no fallback flag), and the series begins with the
-            # initiative: neither is stored twice.
-            [[e.event_id, e.at, e.series, e.region, convicted] for e, convicted in consent.remembered],
+            consent.remembered,  # rows as they are: (event_id, at, series, region, convicted)
             {
                 experiment: [a if a != -math.inf else None, b if b != -math.inf else None]
                 for experiment, (a, b) in consent.hours.items()
@@ -143,10 +141,7 @@ def decode_user(raw: bytes) -> UserState:
         changes={purpose: [(at, granted) for at, granted in items] for purpose, items in changes.items()},
         region=region,
         region_at=-math.inf if region_at is None else region_at,
-        remembered=[
-            (Exposure(e, at, field_of(series, "initiative"), series, False, reg), convicted)
-            for e, at, series, reg, convicted in remembered
-        ],
+        remembered=list(map(tuple, remembered)),
         hours={
             experiment: (-math.inf if a is None else a, -math.inf if b is None else b)
             for experiment, (a, b) in hours.items()

@@ -285,7 +285,7 @@ def test_remembered_exposures_are_bounded_by_count() -> None:
     for n in range(5):
         policy.judge(user, "p1", exposure(f"x{n}", at=T0 + 100 + n))
     policy.judge(user, "p1", exposure("x4", at=T0 + 104))          # redelivered: remembered once
-    assert [e.event_id for e, _ in user.remembered] == ["x2", "x3", "x4"]
+    assert [row[0] for row in user.remembered] == ["x2", "x3", "x4"]
     convicted = policy.record(user, "p1", at=T0 + 1, purpose="personalization", granted=False)
     assert [v.event_id for v in convicted] == ["x2", "x3", "x4"]   # the forgotten ones are no longer convicted
 
@@ -295,7 +295,7 @@ def test_remembered_exposures_are_bounded_by_lookback() -> None:
     user = user_with(policy, (T0, True))
     for name, at in (("old", T0 + 10), ("edge", T0 + 2 * H), ("new", T0 + 3 * H)):
         policy.judge(user, "p1", exposure(name, at=at))
-    assert [e.event_id for e, _ in user.remembered] == ["edge", "new"]
+    assert [row[0] for row in user.remembered] == ["edge", "new"]
 
 
 def test_nothing_remembered_when_max_remembered_is_zero() -> None:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
+from governance.consent_ledger import remembered_exposure
 from monitor.events import ConsentEvent, EngagementEvent, encode
 from monitor.messages import decode
 from monitor.messages import encode as encode_message
@@ -162,7 +163,7 @@ def test_user_state_survives_its_encoding() -> None:
     state = decode_user(writes[pseudonym])
     assert isinstance(state, UserState) and state.experiments["x"].conversions == 1
     assert encode_user(state) == writes[pseudonym]
-    assert state.consent.remembered[0][0].initiative == "A"
+    assert remembered_exposure(state.consent.remembered[0]).initiative == "A"
 
 
 def test_an_experiment_record_takes_the_users_conversions_of_the_pre_period_and_not_later_ones() -> None:
