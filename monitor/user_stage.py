@@ -115,24 +115,18 @@ class BatchResult:
 # -- compact encodings of the state (orjson over tuples: small and quick) ------------------
 def encode_user(state: UserState) -> bytes:
     consent = state.consent
-    return orjson.dumps(
-        [
-            consent.changes,
-            consent.region,
-            None if consent.region_at == -math.inf else consent.region_at,
-            consent.remembered,  # rows as they are: (event_id, at, series, region, convicted)
-            {
-                experiment: [a if a != -math.inf else None, b if b != -math.inf else None]
-                for experiment, (a, b) in consent.hours.items()
-            },
-            {
-                experiment: [r.variant, r.conversions, r.revenue]
-                + ([r.pre_conversions, r.pre_revenue] if r.pre_conversions or r.pre_revenue else [])
-                for experiment, r in state.experiments.items()
-            },
-            *([[[day, *counts] for day, counts in state.activity.items()]] if state.activity else []),
-        ]
-    )
+    experiments = {
+        experiment: [r.variant, r.conversions, r.revenue, r.pre_conversions, r.pre_revenue]
+        if r.pre_conversions or r.pre_revenue
+        else [r.variant, r.conversions, r.revenue]
+        for experiment, r in state.experiments.items()
+    }
+    # As they are: orjson writes -inf (no region time, no hour counted yet) as null, which decode_user reads
+    # back as -inf; remembered exposures are rows already.
+    value = [consent.changes, consent.region, consent.region_at, consent.remembered, consent.hours, experiments]
+    if state.activity:
+        value.append([[day, *counts] for day, counts in state.activity.items()])
+    return orjson.dumps(value)
 
 
 def decode_user(raw: bytes) -> UserState:
