@@ -1,6 +1,6 @@
 """Produce-to-incident latency of a worker under load.
 
-    .venv/bin/python bench/latency.py [--rate 10000] [--seconds 60] [--probes-per-second 2] [--bootstrap H:P]
+    .venv/bin/python bench/latency.py [--rate 10000] [--seconds 150] [--probes-per-second 2] [--bootstrap H:P]
 
 Starts `pmon worker` on fresh topics of the local broker, then for `--seconds`
 produces simulated traffic at `--rate` records/s (default: half the worker's
@@ -22,13 +22,20 @@ The traffic is simulated and encoded before the worker starts, with a
 placeholder event time that the wall clock replaces as each record is sent:
 on 2 cores, a generator that simulates and serialises as it sends takes CPU
 the worker would otherwise have, and the bench would measure the competition.
+
+The traffic is the default program with its volume and its users scaled
+alike, so that a simulated day of it is a minute at the run's rate (about
+400,000 users at 15,000 records/s). Its initial consent grants are sent
+before the timed run, which starts once the worker holds their users. Why
+both: bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
+import dataclasses
+import math
 import os
 import sys
 import tempfile
@@ -45,11 +52,14 @@ import orjson  # noqa: E402
 from bench import faults, pages  # noqa: E402
 from monitor.events import EngagementEvent, encode  # noqa: E402
 from pmon_harness import start_worker  # noqa: E402
-from simulation.simulator import SimulationSpec, simulate  # noqa: E402
+from simulation.simulator import CONSENT_BOOTSTRAP, SimulationSpec, simulate  # noqa: E402
 
 TARGET_P99_SECONDS = 2.0
 FALLBACK_RATE = 10_000
 PLACEHOLDER = datetime(2000, 1, 1, tzinfo=timezone.utc)  # the event time a record is encoded with before it is sent
+MAX_USERS = 999_999  # the simulator's id space
+
+Ready = tuple[str, bytes, bytes, bytes]  # (topic, key, value before the event time, value after it)
 
 
 def default_rate(page: Path) -> tuple[float, str]:
@@ -62,18 +72,29 @@ def default_rate(page: Path) -> tuple[float, str]:
     return rate, f"half the worker's {figures['worker_rps']:,} records/s on {page.name}"
 
 
-def traffic(records: int) -> list[tuple[str, bytes, bytes, bytes]]:
-    """(topic, key, value before the event time, value after it) of simulated records, ready to be sent."""
+def traffic(rate: float, records: int) -> tuple[list[Ready], list[Ready], int]:
+    """(the records up to the end of the initial consent grants, `records` records after them, the users the
+    first part names), ready to be sent, of a program whose simulated day is a minute at `rate` (see the
+    module docstring)."""
     marker = b'"event_time":"' + encode_time(PLACEHOLDER) + b'"'
-    days = 8
+    base = SimulationSpec(seed=5, days=1)
+    per_day = sum(1 for record in simulate(base) if record.topic == "engagement")
+    scale = math.ceil(rate * 60 / per_day)
+    spec = dataclasses.replace(
+        base, days=math.ceil(records / (per_day * scale)) + 1, users=min(MAX_USERS, base.users * scale),
+        initiatives=tuple(dataclasses.replace(initiative, exposures_per_hour=initiative.exposures_per_hour * scale)
+                          for initiative in base.initiatives))
     while True:
-        out = []
-        for record in itertools.islice(simulate(SimulationSpec(seed=5, days=days)), records):
+        preload: list[Ready] = []
+        live: list[Ready] = []
+        bootstrapped = spec.start + CONSENT_BOOTSTRAP
+        for record in simulate(spec):
             head, tail = encode(record.event.model_copy(update={"event_time": PLACEHOLDER})).split(marker, 1)
-            out.append((record.topic, record.key.encode(), head + b'"event_time":"', b'"' + tail))
-        if len(out) == records:
-            return out
-        days *= 2
+            ready = (record.topic, record.key.encode(), head + b'"event_time":"', b'"' + tail)
+            (preload if record.event.event_time < bootstrapped else live).append(ready)
+            if len(live) == records:
+                return preload, live, len({key for topic, key, _, _ in preload if topic == "consent"})
+        spec = dataclasses.replace(spec, days=spec.days * 2)  # short of records: more days of the same program
 
 
 def encode_time(at: datetime) -> bytes:
@@ -90,7 +111,10 @@ def probe(n: int) -> tuple[str, bytes]:
 async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: float, workdir: Path) -> int:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    background = iter(traffic(int(rate * seconds * 1.1) + 1000))
+    preload, live, users = traffic(rate, int(rate * seconds * 1.1) + 1000)
+    background = iter(live)
+    print(f"traffic: {len(preload):,} records sent before the run ({users:,} users' consent), then "
+          f"{len(live):,} simulated records to send")
     settings = faults.isolated_settings(bootstrap, workdir)
     worker = start_worker(settings, workdir / "worker.log", ready_timeout=120)
     try:
@@ -103,6 +127,13 @@ async def run(bootstrap: str, rate: float, seconds: float, probes_per_second: fl
                                     auto_offset_reset="latest", enable_auto_commit=False)
         await producer.start()
         await consumer.start()
+        for topic, key, head, tail in preload:
+            value = head + encode_time(datetime.now(timezone.utc)) + tail
+            await producer.send(settings.topic(topic), key=key, value=value)
+        await producer.flush()
+        await asyncio.to_thread(
+            worker.wait, lambda: worker.metric("pmon_state_entries", table="users") >= users, timeout=600,
+            what=f"the worker's stage 1 to hold the {users:,} users of the records sent before the run")
         sent_at: dict[str, float] = {}
         answered: list[tuple[float, float]] = []  # (when the probe was sent, its latency)
         produced = 0
@@ -174,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=None,
                         help="background records/s (default: half the worker's rate on the throughput page)")
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seconds", type=float, default=150)
     parser.add_argument("--probes-per-second", type=float, default=2)
     parser.add_argument("--bootstrap", default=os.environ.get("PMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--out", type=Path, default=pages.page_path("latency"),

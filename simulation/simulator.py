@@ -124,7 +124,8 @@ _MAX_CLICK_DELAY_MS = 10 * 60_000
 _CONVERSION_DELAY_MEAN_MS = 9 * 60_000
 # Below an hour, so that every follow-up lands in its exposure's hour or the next one.
 _MAX_CONVERSION_DELAY_MS = 55 * 60_000
-_CONSENT_BOOTSTRAP_MS = 120_000  # the initial grants are spread over the run's first two minutes
+CONSENT_BOOTSTRAP = timedelta(minutes=2)  # the initial grants are spread over the run's first two minutes
+_CONSENT_BOOTSTRAP_MS = CONSENT_BOOTSTRAP // timedelta(milliseconds=1)
 _USER_PICK_ATTEMPTS = 40
 _QUANTILE_TABLE_SIZE = 4096
 _REVENUE_SIGMA = 0.6
