@@ -123,7 +123,14 @@ def encode_user(state: UserState) -> bytes:
     }
     # As they are: orjson writes -inf (no region time, no hour counted yet) as null, which decode_user reads
     # back as -inf; remembered exposures are rows already.
-    value = [consent.changes, consent.region, consent.region_at, consent.remembered, consent.hours, experiments]
+    value: list[Any] = [
+        consent.changes,
+        consent.region,
+        consent.region_at,
+        consent.remembered,
+        consent.hours,
+        experiments,
+    ]
     if state.activity:
         value.append([[day, *counts] for day, counts in state.activity.items()])
     return orjson.dumps(value)
