@@ -8,10 +8,13 @@ irregular), a season or none. Per point, online, in bounded state:
    of the forecast before it is learnt, so an outlier moves nothing much): a
    fast and a slow level, each without a season and with each calendar cycle
    the sampling can show -- a day, a week, a year, in 4 to `MAX_BINS` bins
-   placed by the timestamp, so gaps keep the phase. The cycle is found online:
-   the model whose exponentially weighted absolute error is lowest is the one
-   scored, a seasonal one only once it has seen two cycles and beats the
-   unseasonal ones by `SEASON_MARGIN`.
+   placed by the timestamp, so gaps keep the phase; beside them an undamped
+   slow model (`STEADY`: a steady trend, which a damped model lags) and an
+   autoregression of the first differences fitted by recursive least squares
+   (`AR_ORDER` lags: a cycle no calendar shows, a persistence). The cycle is
+   found online: the model whose exponentially weighted absolute error is
+   lowest is the one scored, a seasonal one only once it has seen two cycles
+   and beats the unseasonal ones by `SEASON_MARGIN`.
 2. **Standardise.** z = residual / scale, the scale 1.4826 times a running
    median of |residual| (a stochastic-approximation tracker), floored at half
    the clipped exponentially weighted standard deviation.
@@ -33,9 +36,12 @@ irregular), a season or none. Per point, online, in bounded state:
    breach of an episode is the alert (``detail["alert"]``), the others are
    not, and the episode ends after `cooldown` quiet points.
 5. **A new normal.** Breaches are not learnt (an ongoing anomaly never becomes
-   the baseline) -- until an episode has lasted `relearn_points` points: then
+   the baseline) -- until an episode has lasted `relearn_points` points and
+   its last points lie within `SETTLE` scales of a line of their own: then
    every model restarts from those points (median level, Theil-Sen slope, MAD
-   scale), so a lasting shift is the new normal after a bounded time.
+   scale), so a lasting shift is the new normal after a bounded time. A
+   transient on its way back (a drop and its recovery) is not relearnt as a
+   slope; after 3 x `relearn_points` points the models restart anyway.
 6. **Missing stretches.** The sampling interval is the median of the recent
    gaps; a gap longer than `GAP_FACTOR` intervals and half again the longest
    gap seen is an alert of its own (``detail["missing"]``, score 1).
@@ -46,6 +52,7 @@ this design and its defaults is in `docs/benchmarks/real_series.md`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -65,6 +72,13 @@ VARIANCE_DRIFT = 4.5  # the variance CUSUM's allowance on z^2 (clipped at CLIP^2
 SEASON_MARGIN = 0.85  # a seasonal model must cut the error of the unseasonal ones by 15 %
 GAP_FACTOR = 3.0  # a gap of more than 3 intervals may be a missing stretch
 LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.3), (0.5, 0.1), (0.1, 0.02))  # (alpha, beta): fast to slow
+STEADY = (0.1, 0.02)  # (alpha, beta) of the undamped slow model: a steady trend, which the damped ones lag
+AR_ORDER = 3  # lags of the autoregression of first differences
+AR_FORGET = 0.995  # its recursive least squares' forgetting factor: a memory of about 200 points
+AR_PRIOR = 100.0  # its initial coefficient covariance (its numbers are in units of a first difference)
+AR_MAX_STEPS = 50  # a gap longer than this is forecast as if it were this long
+_PLAIN = len(LEVELS) + 2  # the unseasonal models: LEVELS', the steady one, the autoregression (last)
+SETTLE = 3.0  # a lasting change is relearnt once its points lie within SETTLE scales of their own line
 GAMMA = 0.2  # the seasonal smoothing
 DAMPING = 0.95  # the trend's damping per step
 SCALE_WEIGHT = 0.05  # the spread's exponential weight
@@ -110,10 +124,11 @@ class _Model:
         "error",
         "n",
         "time",
+        "phi",
     )
 
-    def __init__(self, alpha: float, beta: float, period: float = 0.0, bins: int = 0) -> None:
-        self.alpha, self.beta, self.period, self.bins = alpha, beta, period, bins
+    def __init__(self, alpha: float, beta: float, period: float = 0.0, bins: int = 0, phi: float = DAMPING) -> None:
+        self.alpha, self.beta, self.period, self.bins, self.phi = alpha, beta, period, bins, phi
         self.level = self.trend = 0.0
         self.season = [0.0] * bins
         self.visits = [0] * bins
@@ -128,6 +143,7 @@ class _Model:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
+        self.phi = DAMPING  # a state saved before the slot existed
         for name, value in zip(self.__slots__, state, strict=False):  # unchanged: a shorter state sets the first slots
             setattr(self, name, value)
 
@@ -137,7 +153,8 @@ class _Model:
 
     def damped(self, steps: float) -> float:
         """The trend's sum over `steps` steps ahead: phi + phi^2 + ... + phi^steps."""
-        return self.trend * DAMPING * (1 - DAMPING**steps) / (1 - DAMPING)
+        phi = self.phi
+        return self.trend * steps if phi >= 1.0 else self.trend * phi * (1 - phi**steps) / (1 - phi)
 
     def forecast(self, ts: float, steps: float) -> float:
         return self.level + self.damped(steps) + (self.season[self.bin(ts)] if self.bins else 0.0)
@@ -150,7 +167,13 @@ class _Model:
         if self.n == 0:
             self.level, self.n, self.time = y, 1, ts
             return
-        forecast = self.forecast(ts, steps)
+        cleaned = self._track(y, self.forecast(ts, steps))
+        self._update(ts, cleaned, steps)
+        self.n = min(self.n + 1, 1_000_000)
+        self.time = ts
+
+    def _track(self, y: float, forecast: float) -> float:
+        """Fold one residual into the error, the spread and the scale; returns the value to learn, Huber-cleaned."""
         residual = y - forecast
         if self.n >= 3 and self.scale > 0:
             cleaned = forecast + self.scale * _huber(residual / self.scale, HUBER)
@@ -167,6 +190,10 @@ class _Model:
             # Robbins-Monro in log space: up when above, down when below, so it settles at the median.
             self.mad *= math.exp(MEDIAN_STEP if abs(residual) > self.mad else -MEDIAN_STEP)
         self.scale = max(1.4826 * self.mad, 0.5 * self.spread)
+        return cleaned
+
+    def _update(self, ts: float, cleaned: float, steps: float) -> None:
+        """Holt-Winters' level, trend and season after one cleaned value."""
         previous = self.level + self.damped(steps)
         index = self.bin(ts)
         seasonal = self.season[index] if self.bins else 0.0
@@ -175,17 +202,16 @@ class _Model:
         beta = max(self.beta, 1.0 / self.n) if self.n < 10 else self.beta
         self.trend = (
             beta * (self.level - previous + self.damped(steps)) / max(steps, 1.0)
-            + (1 - beta) * self.trend * DAMPING**steps
+            + (1 - beta) * self.trend * self.phi**steps
         )
         if self.bins:
             self.visits[index] = min(self.visits[index] + 1, 255)
             gamma = max(GAMMA, 1.0 / self.visits[index])
             self.season[index] += gamma * (cleaned - self.level - self.season[index])
-        self.n = min(self.n + 1, 1_000_000)
-        self.time = ts
 
-    def restart(self, points: list[tuple[float, float]], steps_per_second: float) -> None:
-        """Start again from the last points of a lasting change: median level, Theil-Sen slope, MAD scale."""
+    def fit(self, points: list[tuple[float, float]], steps_per_second: float) -> tuple[float, float, float]:
+        """The points' level at the last one, slope per step (Theil-Sen) and median absolute deviation from that
+        line, after this model's season."""
         deseasoned = [(ts, y - (self.season[self.bin(ts)] if self.bins else 0.0)) for ts, y in points]
         slopes = [
             (b[1] - a[1]) / ((b[0] - a[0]) * steps_per_second)
@@ -197,11 +223,96 @@ class _Model:
         last = deseasoned[-1][0]
         level = statistics.median(y + slope * (last - ts) * steps_per_second for ts, y in deseasoned)
         spread = statistics.median(abs(y + slope * (last - ts) * steps_per_second - level) for ts, y in deseasoned)
-        self.level, self.trend, self.time = level, slope, last
+        return level, slope, spread
+
+    def restart(self, points: list[tuple[float, float]], steps_per_second: float) -> None:
+        """Start again from the last points of a lasting change: median level, Theil-Sen slope, MAD scale."""
+        level, slope, spread = self.fit(points, steps_per_second)
+        self.level, self.trend, self.time = level, slope, points[-1][0]
+        self._widen(spread)
+
+    def _widen(self, spread: float) -> None:
         self.scale = max(self.scale, 1.4826 * spread)
         self.spread = max(self.spread, 1.4826 * spread)
         self.mad = max(self.mad, spread)
         self.error = max(self.error, spread)
+
+
+class _ARModel(_Model):
+    """An autoregression of first differences, fitted online by recursive least squares with forgetting.
+
+    It forecasts what no calendar cycle shows -- a quasi-periodic cycle (the sunspots' eleven years, El Nino),
+    a persistence -- one step at a time, a gap by iterating its own forecasts. It learns the same Huber-cleaned
+    values and keeps the same error and scale as the Holt-Winters models; its `level` is the last value.
+
+    >>> model = _ARModel(2)
+    >>> for t in range(200):                      # y = 10 + 5 sin(t / 3): differences follow an AR(2) exactly
+    ...     model.learn(float(t), 10 + 5 * math.sin(t / 3), 1.0)
+    >>> round(model.forecast(200.0, 1.0), 2), round(10 + 5 * math.sin(200 / 3), 2)
+    (6.81, 6.8)
+    """
+
+    __slots__ = ("coef", "cov", "lags", "unit")
+    _STATE = _Model.__slots__ + __slots__
+
+    def __init__(self, order: int) -> None:
+        super().__init__(1.0, 0.0)
+        self.coef = [0.0] * (order + 1)  # the intercept, then one per lag
+        self.cov = [[AR_PRIOR if i == j else 0.0 for j in range(order + 1)] for i in range(order + 1)]
+        self.lags = [0.0] * order  # the last differences in units of `unit`, the latest first
+        self.unit = 0.0  # the first difference's size: keeps the regression's numbers near 1 on any scale
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self._STATE)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self._STATE, state, strict=True):
+            setattr(self, name, value)
+
+    def _next(self, lags: list[float]) -> float:
+        coef = self.coef
+        return coef[0] + sum(c * x for c, x in zip(coef[1:], lags, strict=True))
+
+    def forecast(self, ts: float, steps: float) -> float:
+        lags, value = self.lags, self.level
+        for _ in range(min(int(steps), AR_MAX_STEPS) if self.unit else 0):
+            d = self._next(lags)
+            value += d * self.unit
+            lags = [d, *lags[:-1]]
+        return value
+
+    def _update(self, ts: float, cleaned: float, steps: float) -> None:
+        if not self.unit:
+            self.unit = abs(cleaned - self.level) or abs(self.level) * 1e-3 or 1.0
+        for _ in range(min(int(steps), AR_MAX_STEPS) - 1):  # a gap: its points are taken to be the forecasts
+            d = self._next(self.lags)
+            self.level += d * self.unit
+            self.lags = [d, *self.lags[:-1]]
+        x = [1.0, *self.lags]
+        px = [sum(p * v for p, v in zip(row, x, strict=True)) for row in self.cov]
+        gain = [v / (AR_FORGET + sum(a * b for a, b in zip(x, px, strict=True))) for v in px]
+        target = (cleaned - self.level) / self.unit
+        error = target - self._next(self.lags)
+        self.coef = [c + g * error for c, g in zip(self.coef, gain, strict=True)]
+        self.cov = [
+            [(row[j] - g * px[j]) / AR_FORGET for j in range(len(x))] for g, row in zip(gain, self.cov, strict=True)
+        ]
+        self.lags = [target, *self.lags[:-1]]
+        self.level = cleaned
+
+    def fit(self, points: list[tuple[float, float]], steps_per_second: float) -> tuple[float, float, float]:
+        values = [y for _, y in points]
+        spread = statistics.median(abs(b - a) for a, b in itertools.pairwise(values)) if len(values) > 1 else 0.0
+        return values[-1], 0.0, spread
+
+    def restart(self, points: list[tuple[float, float]], steps_per_second: float) -> None:
+        """Start again from the last points: the last value, their differences as the lags."""
+        level, _, spread = self.fit(points, steps_per_second)
+        self.level, self.time = level, points[-1][0]
+        if self.unit:
+            diffs = [(b - a) / self.unit for (_, a), (_, b) in itertools.pairwise(points)][::-1]
+            self.lags = (diffs + [0.0] * len(self.lags))[: len(self.lags)]
+        self._widen(spread)
 
 
 class RobustSeriesDetector(BucketDetector):
@@ -265,7 +376,9 @@ class RobustSeriesDetector(BucketDetector):
         self.threshold = threshold
         self.cooldown = cooldown
         self.relearn_points = relearn
+        # The damped models of LEVELS (each gets seasonal variants), the steady one, the autoregression.
         self._models = [_Model(alpha, beta) for alpha, beta in LEVELS]
+        self._models += [_Model(*STEADY, phi=1.0), _ARModel(AR_ORDER)]
         self._best = 0
         self._learnt = 0
         self._point = TailCalibrator.for_abs_normal(2.0, crowd_sigmas=CROWD_SIGMAS, crowd_window=CROWD_WINDOW)
@@ -407,7 +520,7 @@ class RobustSeriesDetector(BucketDetector):
             self._quiet = 0
             self._recent.append((ts, verdict.observed))
             if self._episode >= self.relearn_points:
-                self._restart()
+                self._restart_if_settled()
         elif self._episode:
             self._episode += 1
             self._quiet += 1
@@ -437,7 +550,7 @@ class RobustSeriesDetector(BucketDetector):
             if ts > model.time or model.n == 0:
                 model.learn(ts, y, self._steps(model, ts))
         self._learnt = min(self._learnt + 1, self.warmup_points)
-        if not self.warming_up and len(self._models) == len(LEVELS) and self.interval:
+        if not self.warming_up and len(self._models) == _PLAIN and self.interval:
             self._add_seasons()
         self._choose()
 
@@ -476,7 +589,7 @@ class RobustSeriesDetector(BucketDetector):
             if samples < 4 or samples > 20 * MAX_BINS:  # too coarse to show it, or too long to learn it
                 continue
             for template in self._models[: len(LEVELS)]:
-                model = _Model(template.alpha, template.beta, period, min(MAX_BINS, round(samples)))
+                model = _Model(template.alpha, template.beta, period, min(MAX_BINS, round(samples)), template.phi)
                 model.level, model.trend, model.scale = template.level, template.trend, template.scale
                 model.spread, model.mad = template.spread, template.mad
                 model.error, model.n, model.time = template.error, 3, template.time
@@ -500,9 +613,9 @@ class RobustSeriesDetector(BucketDetector):
         )
 
     def _choose(self) -> None:
-        plain = min(range(len(LEVELS)), key=lambda i: self._models[i].error)
+        plain = min(range(_PLAIN), key=lambda i: self._models[i].error)
         best, best_error = plain, self._models[plain].error
-        for i, model in enumerate(self._models[len(LEVELS) :], start=len(LEVELS)):
+        for i, model in enumerate(self._models[_PLAIN:], start=_PLAIN):
             if (
                 model.seasoned()
                 and model.error < SEASON_MARGIN * self._models[plain].error
@@ -531,11 +644,19 @@ class RobustSeriesDetector(BucketDetector):
         """An alert interrupts the open excursion of the peak-calibrated statistic: it is not learnt."""
         self._logvar.discard()
 
-    def _restart(self) -> None:
+    def _restart_if_settled(self) -> None:
+        """Relearn from the episode's last points once they lie near a line of their own (a new level or slope);
+        while they still scatter (a transient on its way back), wait, up to 3 x relearn_points, then relearn anyway
+        with the scale they show."""
         points = list(self._recent)
-        interval = self.interval or 1.0
+        steps_per_second = 1.0 / (self.interval or 1.0)
+        holt = min(self._models[: _PLAIN - 1], key=lambda m: m.error)  # the best model that fits a line
+        _, _, spread = holt.fit(points, steps_per_second)
+        settled = 1.4826 * spread <= SETTLE * holt.scale
+        if not settled and self._episode < 3 * self.relearn_points:
+            return
         for model in self._models:
-            model.restart(points, 1.0 / interval)
+            model.restart(points, steps_per_second)
         self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         self._episode = self._quiet = 0
         self._recent.clear()
