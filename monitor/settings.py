@@ -192,7 +192,7 @@ class Settings(BaseSettings):
         12,
         ge=3,
         le=10_000,
-        description="`pmon detect`'s default detector (robust_series): points of a series it learns before it may alert, and points of a lasting change (a level shift) after which that is the new normal.",
+        description="`pmon detect`'s default detector (robust_series): points of a series it learns before it may alert, and points of a lasting change (a level shift) after which, once its points have settled, that is the new normal (at most three times as many).",
     )
     breach_span_buckets: int = Field(3, ge=1, description="A second breach within this many buckets opens an incident.")
     recovery_span_buckets: int = Field(3, ge=1, description="Consecutive healthy buckets that resolve an incident.")
