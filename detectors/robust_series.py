@@ -73,9 +73,10 @@ SEASON_MARGIN = 0.85  # a seasonal model must cut the error of the unseasonal on
 GAP_FACTOR = 3.0  # a gap of more than 3 intervals may be a missing stretch
 LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.3), (0.5, 0.1), (0.1, 0.02))  # (alpha, beta): fast to slow
 STEADY = (0.1, 0.02)  # (alpha, beta) of the undamped slow model: a steady trend, which the damped ones lag
-AR_ORDER = 3  # lags of the autoregression of first differences
+AR_ORDER = 6  # lags of the autoregression of first differences
 AR_FORGET = 0.995  # its recursive least squares' forgetting factor: a memory of about 200 points
 AR_PRIOR = 100.0  # its initial coefficient covariance (its numbers are in units of a first difference)
+AR_PULL, AR_PULLS = 0.98, 10  # how far a root is pulled inside the unit circle per step, and steps at most
 AR_MAX_STEPS = 50  # a gap longer than this is forecast as if it were this long
 _PLAIN = len(LEVELS) + 2  # the unseasonal models: LEVELS', the steady one, the autoregression (last)
 SETTLE = 3.0  # a lasting change is relearnt once its points lie within SETTLE scales of their own line
@@ -168,7 +169,7 @@ class _Model:
             self.level, self.n, self.time = y, 1, ts
             return
         cleaned = self._track(y, self.forecast(ts, steps))
-        self._update(ts, cleaned, steps)
+        self._update(ts, y, cleaned, steps)
         self.n = min(self.n + 1, 1_000_000)
         self.time = ts
 
@@ -192,8 +193,8 @@ class _Model:
         self.scale = max(1.4826 * self.mad, 0.5 * self.spread)
         return cleaned
 
-    def _update(self, ts: float, cleaned: float, steps: float) -> None:
-        """Holt-Winters' level, trend and season after one cleaned value."""
+    def _update(self, ts: float, y: float, cleaned: float, steps: float) -> None:
+        """Holt-Winters' level, trend and season after one value (`cleaned`: Huber-cleaned)."""
         previous = self.level + self.damped(steps)
         index = self.bin(ts)
         seasonal = self.season[index] if self.bins else 0.0
@@ -238,15 +239,32 @@ class _Model:
         self.error = max(self.error, spread)
 
 
+def _stationary(coef: list[float]) -> bool:
+    """Whether x_t = sum(coef[i] x_{t-1-i}) + noise is stationary: every reflection coefficient of the
+    Levinson step-down recursion inside (-1, 1) (the polynomial's roots outside the unit circle).
+
+    >>> _stationary([1.3, -0.6]), _stationary([2 * math.cos(1 / 3), -1.0]), _stationary([0.5, 0.6])
+    (True, False, False)
+    """
+    phi = list(coef)
+    for k in range(len(phi) - 1, -1, -1):
+        kappa = phi[k]
+        if not abs(kappa) < 1:
+            return False
+        phi = [(phi[i] + kappa * phi[k - 1 - i]) / (1 - kappa * kappa) for i in range(k)]
+    return True
+
+
 class _ARModel(_Model):
     """An autoregression of first differences, fitted online by recursive least squares with forgetting.
 
     It forecasts what no calendar cycle shows -- a quasi-periodic cycle (the sunspots' eleven years, El Nino),
-    a persistence -- one step at a time, a gap by iterating its own forecasts. It learns the same Huber-cleaned
-    values and keeps the same error and scale as the Holt-Winters models; its `level` is the last value.
+    a persistence -- one step at a time, a gap by iterating its own forecasts. Its regression learns the same
+    Huber-cleaned values, and it keeps the same error and scale, as the Holt-Winters models; its `level` is the
+    last value.
 
     >>> model = _ARModel(2)
-    >>> for t in range(200):                      # y = 10 + 5 sin(t / 3): differences follow an AR(2) exactly
+    >>> for t in range(200):                      # y = 10 + 5 sin(t / 3): its differences are an AR(2)
     ...     model.learn(float(t), 10 + 5 * math.sin(t / 3), 1.0)
     >>> round(model.forecast(200.0, 1.0), 2), round(10 + 5 * math.sin(200 / 3), 2)
     (6.81, 6.8)
@@ -281,9 +299,11 @@ class _ARModel(_Model):
             lags = [d, *lags[:-1]]
         return value
 
-    def _update(self, ts: float, cleaned: float, steps: float) -> None:
+    def _update(self, ts: float, y: float, cleaned: float, steps: float) -> None:
+        """The regression learns the Huber-cleaned difference; the next forecast starts from the value itself, so
+        the model stays anchored to the series (a model that learnt only its clipped values could drift away)."""
         if not self.unit:
-            self.unit = abs(cleaned - self.level) or abs(self.level) * 1e-3 or 1.0
+            self.unit = abs(y - self.level) or abs(self.level) * 1e-3 or 1.0
         for _ in range(min(int(steps), AR_MAX_STEPS) - 1):  # a gap: its points are taken to be the forecasts
             d = self._next(self.lags)
             self.level += d * self.unit
@@ -293,12 +313,24 @@ class _ARModel(_Model):
         gain = [v / (AR_FORGET + sum(a * b for a, b in zip(x, px, strict=True))) for v in px]
         target = (cleaned - self.level) / self.unit
         error = target - self._next(self.lags)
-        self.coef = [c + g * error for c, g in zip(self.coef, gain, strict=True)]
-        self.cov = [
-            [(row[j] - g * px[j]) / AR_FORGET for j in range(len(x))] for g, row in zip(gain, self.cov, strict=True)
-        ]
+        coef = [c + g * error for c, g in zip(self.coef, gain, strict=True)]
+        cov = [[(row[j] - g * px[j]) / AR_FORGET for j in range(len(x))] for g, row in zip(gain, self.cov, strict=True)]
+        # Forgetting without excitation (a series that repeats its value) inflates the covariance without bound:
+        # it is capped at the prior's.
+        trace = sum(cov[i][i] for i in range(len(x)))
+        if trace > AR_PRIOR * len(x):
+            cov = [[v * AR_PRIOR * len(x) / trace for v in row] for row in cov]
+        if math.isfinite(trace) and all(math.isfinite(c) for c in coef):
+            # Roots on or outside the unit circle (a cycle fitted too well, a burst) would make the differences
+            # explode: they are pulled inside (each lag's coefficient times r^lag multiplies every root by r); an
+            # update still outside after AR_PULLS pulls is not taken.
+            for _ in range(AR_PULLS):
+                if _stationary(coef[1:]):
+                    self.coef, self.cov = coef, cov
+                    break
+                coef = [coef[0], *(c * AR_PULL ** (i + 1) for i, c in enumerate(coef[1:]))]
         self.lags = [target, *self.lags[:-1]]
-        self.level = cleaned
+        self.level = y
 
     def fit(self, points: list[tuple[float, float]], steps_per_second: float) -> tuple[float, float, float]:
         values = [y for _, y in points]
@@ -613,8 +645,14 @@ class RobustSeriesDetector(BucketDetector):
         )
 
     def _choose(self) -> None:
-        plain = min(range(_PLAIN), key=lambda i: self._models[i].error)
+        # A season must beat the unseasonal Holt-Winters models by the margin; the autoregression competes on its
+        # error alone (were it the bar, a season it forecasts nearly as well would never be chosen, and its
+        # multi-step forecasts across an episode are the worse).
+        ar = _PLAIN - 1
+        plain = min(range(ar), key=lambda i: self._models[i].error)
         best, best_error = plain, self._models[plain].error
+        if self._models[ar].error < best_error:
+            best, best_error = ar, self._models[ar].error
         for i, model in enumerate(self._models[_PLAIN:], start=_PLAIN):
             if (
                 model.seasoned()
