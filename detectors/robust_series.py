@@ -14,7 +14,7 @@ irregular), a season or none. Per point, online, in bounded state:
    (`AR_ORDER` lags: a cycle no calendar shows, a persistence). The cycle is
    found online: the model whose exponentially weighted absolute error is
    lowest is the one scored, a seasonal one only once it has seen two cycles
-   and beats the unseasonal ones by `SEASON_MARGIN`.
+   and beats the unseasonal Holt-Winters ones by `SEASON_MARGIN`.
 2. **Standardise.** z = residual / scale, the scale 1.4826 times a running
    median of |residual| (a stochastic-approximation tracker), floored at half
    the clipped exponentially weighted standard deviation.
