@@ -325,3 +325,40 @@ def test_a_peak_calibrator_learns_a_long_excursion_once() -> None:
     twin.discard()
     twin.learn(0.0)
     assert twin.excess == 1.0
+
+
+# ----------------------------------------------------------------------------------------- the autoregression
+def test_stationarity_by_step_down_matches_the_roots() -> None:
+    """`_stationary` against numpy: x_t = sum a_i x_{t-i} is stationary iff every root of
+    z^p - a_1 z^(p-1) - ... - a_p lies inside the unit circle."""
+    import numpy as np
+
+    from detectors.robust_series import _stationary
+
+    rng = np.random.default_rng(3)
+    checked = {True: 0, False: 0}
+    for _ in range(2000):
+        order = int(rng.integers(1, 7))
+        coef = list(rng.uniform(-1.5, 1.5, order) / np.arange(1, order + 1))
+        roots = np.roots([1.0, *(-c for c in coef)])
+        if abs(max(abs(roots)) - 1) < 1e-9:
+            continue  # on the circle: either answer is a rounding
+        expected = bool(max(abs(roots)) < 1)
+        assert _stationary(coef) == expected, (coef, roots)
+        checked[expected] += 1
+    assert min(checked.values()) > 300, checked  # both answers were exercised
+
+
+def test_every_model_stays_finite_and_the_autoregression_stationary_on_every_shipped_series() -> None:
+    """A series that repeats its value (the approval polls) once drove the autoregression's coefficients to
+    -10 and its error to NaN: its covariance grew without excitation and it learnt only its own clipped values."""
+    from detectors.robust_series import _ARModel, _stationary
+
+    for name, series in SERIES.items():
+        detector = RobustSeriesDetector()
+        for t, v in zip(series.times, series.values, strict=True):
+            step(detector, BucketObservation("s", t, t + timedelta(seconds=1), 0, value=v))
+        for model in detector._models:
+            assert all(math.isfinite(x) for x in (model.level, model.trend, model.scale, model.error)), (name, model)
+        ar = next(m for m in detector._models if isinstance(m, _ARModel))
+        assert _stationary(ar.coef[1:]) and all(math.isfinite(c) for c in ar.coef), (name, ar.coef)
