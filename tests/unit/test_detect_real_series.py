@@ -15,6 +15,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy import stats
@@ -25,7 +26,7 @@ from bench.real_series import Series, load_series, noise_scale  # noqa: E402
 from cli.main import pmon  # noqa: E402
 from detectors.backtest import prepare_series, run_series  # noqa: E402
 from detectors.base import BucketObservation, step  # noqa: E402
-from detectors.robust_series import RobustSeriesDetector  # noqa: E402
+from detectors.robust_series import RobustSeriesDetector, _ARModel, _stationary  # noqa: E402
 from detectors.tail_calibration import PeakCalibrator, TailCalibrator  # noqa: E402
 
 SERIES = {s.name: s for s in load_series()}
@@ -331,10 +332,6 @@ def test_a_peak_calibrator_learns_a_long_excursion_once() -> None:
 def test_stationarity_by_step_down_matches_the_roots() -> None:
     """`_stationary` against numpy: x_t = sum a_i x_{t-i} is stationary iff every root of
     z^p - a_1 z^(p-1) - ... - a_p lies inside the unit circle."""
-    import numpy as np
-
-    from detectors.robust_series import _stationary
-
     rng = np.random.default_rng(3)
     checked = {True: 0, False: 0}
     for _ in range(2000):
@@ -352,8 +349,6 @@ def test_stationarity_by_step_down_matches_the_roots() -> None:
 def test_every_model_stays_finite_and_the_autoregression_stationary_on_every_shipped_series() -> None:
     """A series that repeats its value (the approval polls) once drove the autoregression's coefficients to
     -10 and its error to NaN: its covariance grew without excitation and it learnt only its own clipped values."""
-    from detectors.robust_series import _ARModel, _stationary
-
     for name, series in SERIES.items():
         detector = RobustSeriesDetector()
         for t, v in zip(series.times, series.values, strict=True):
