@@ -79,7 +79,8 @@ AR_FORGET = 0.995  # its recursive least squares' forgetting factor: a memory of
 AR_PRIOR = 100.0  # its initial coefficient covariance (its numbers are in units of a first difference)
 AR_PULL, AR_PULLS = 0.98, 10  # how far a root is pulled inside the unit circle per step, and steps at most
 AR_MAX_STEPS = 50  # a gap longer than this is forecast as if it were this long
-_PLAIN = len(LEVELS) + 2  # the unseasonal models: LEVELS', the steady one, the autoregression (last)
+_AR = len(LEVELS) + 1  # the models' order: LEVELS', the steady one, the autoregression, then the seasonal ones
+_PLAIN = _AR + 1  # the unseasonal models
 SETTLE = 3.0  # a lasting change is relearnt once its points lie within SETTLE scales of their own line
 GAMMA = 0.2  # the seasonal smoothing
 DAMPING = 0.95  # the trend's damping per step
@@ -344,19 +345,14 @@ class _ARModel(_Model):
         self.lags = [target, *self.lags[:-1]]
         self.level = y
 
-    def fit(self, points: list[tuple[float, float]], steps_per_second: float) -> tuple[float, float, float]:
-        values = [y for _, y in points]
-        spread = statistics.median(abs(b - a) for a, b in itertools.pairwise(values)) if len(values) > 1 else 0.0
-        return values[-1], 0.0, spread
-
     def restart(self, points: list[tuple[float, float]], steps_per_second: float) -> None:
         """Start again from the last points: the last value, their differences as the lags."""
-        level, _, spread = self.fit(points, steps_per_second)
-        self.level, self.time = level, points[-1][0]
+        diffs = [b - a for (_, a), (_, b) in itertools.pairwise(points)]
+        self.level, self.time = points[-1][1], points[-1][0]
         if self.unit:
-            diffs = [(b - a) / self.unit for (_, a), (_, b) in itertools.pairwise(points)][::-1]
-            self.lags = (diffs + [0.0] * len(self.lags))[: len(self.lags)]
-        self._widen(spread)
+            lags = [d / self.unit for d in reversed(diffs)]
+            self.lags = (lags + [0.0] * len(self.lags))[: len(self.lags)]
+        self._widen(statistics.median(map(abs, diffs)) if diffs else 0.0)
 
 
 class RobustSeriesDetector(BucketDetector):
@@ -660,11 +656,10 @@ class RobustSeriesDetector(BucketDetector):
         # A season must beat the unseasonal Holt-Winters models by the margin; the autoregression competes on its
         # error alone (were it the bar, a season it forecasts nearly as well would never be chosen, and its
         # multi-step forecasts across an episode are the worse).
-        ar = _PLAIN - 1
-        plain = min(range(ar), key=lambda i: self._models[i].error)
+        plain = min(range(_AR), key=lambda i: self._models[i].error)
         best, best_error = plain, self._models[plain].error
-        if self._models[ar].error < best_error:
-            best, best_error = ar, self._models[ar].error
+        if self._models[_AR].error < best_error:
+            best, best_error = _AR, self._models[_AR].error
         for i, model in enumerate(self._models[_PLAIN:], start=_PLAIN):
             # The errors first: `seasoned` walks every bin.
             if (
@@ -701,7 +696,7 @@ class RobustSeriesDetector(BucketDetector):
         with the scale they show."""
         points = list(self._recent)
         steps_per_second = 1.0 / (self.interval or 1.0)
-        holt = min(self._models[: _PLAIN - 1], key=lambda m: m.error)  # the best model that fits a line
+        holt = min(self._models[:_AR], key=lambda m: m.error)  # the best model that fits a line
         _, _, spread = holt.fit(points, steps_per_second)
         settled = 1.4826 * spread <= SETTLE * holt.scale
         if not settled and self._episode < 3 * self.relearn_points:
