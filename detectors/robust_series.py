@@ -29,7 +29,8 @@ irregular), a season or none. Per point, online, in bounded state:
    last by a `detectors.tail_calibration.PeakCalibrator` of its excursion
    peaks (a missed burst is learnt once, winsorised, not once per point), all
    learnt from the series' own healthy points (|z|'s tail skips crowded exceedances: a burst the detector
-   missed does not widen it enough to hide the next). score = 1 - min(1, min(p / w)),
+   missed does not widen it enough to hide the next; the ramp CUSUM's skips an excursion's points once it has
+   stayed high for `RAMP_HOLD_POINTS`: a ramp it missed does not hide the next). score = 1 - min(1, min(p / w)),
    a weighted Bonferroni over the five (`WEIGHTS`, summing to 1): the same
    threshold is about the same false alarm rate on any series.
 4. **Alert once.** A point is a breach when score >= `threshold`; the first
@@ -96,6 +97,14 @@ LOG_WARMUP = 20  # healthy points before the log-scale CUSUM runs (its two refer
 # standard deviations above what its learnt rate gives: a missed burst would widen the tail until the next burst
 # slipped in too. Only |z|: a CUSUM's exceedances crowd by nature, and so capped its tail is too light.
 CROWD_SIGMAS, CROWD_WINDOW = 3.0, 30
+# The ramp CUSUM's tail learns none of an excursion's points once it has stayed above RAMP_HOLD_LEVEL for more than
+# RAMP_HOLD_POINTS learnt points: a ramp the detector has not flagged yet, or a slow reference biased by a lasting
+# slope, climbs for tens of points, and taught to the tail it would hide the next ramp (traced on KO's returns: the
+# tail had learnt a CUSUM of 80 as a 1-in-30 value). Short excursions, the CUSUM's everyday ones, are all learnt.
+# Until each cycle of at most RAMP_HOLD_CYCLE samples has been seen twice, every point is learnt: the unseasonal slow
+# reference lags such a cycle by a long excursion each half cycle (a daily cycle of 5-minute samples), which is no
+# ramp. A longer cycle moves by at most 2 pi / 30 of its amplitude within the slow model's memory (1 / alpha = 10).
+RAMP_HOLD_LEVEL, RAMP_HOLD_POINTS, RAMP_HOLD_CYCLE = 5.0, 10, 300
 # The share of the false alarm rate each statistic may spend (a weighted Bonferroni; they sum to 1): the log-scale
 # CUSUM is calibrated on excursion peaks, whose learnt tail is lighter than the points', so it gets a small share.
 WEIGHTS = {"point": 0.2475, "shift": 0.2475, "drift": 0.2475, "spread": 0.2475, "logvar": 0.01}
@@ -434,6 +443,7 @@ class RobustSeriesDetector(BucketDetector):
         # point 0.00305 (kept), mean peak excess 0.61 (doubled: real residuals' volatility clusters).
         self._logvar = PeakCalibrator(3.0, 0.00305, 1.2)
         self._cusum = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        self._drift_run = 0  # learnt points the ramp CUSUM has stayed above RAMP_HOLD_LEVEL
         self._abs_median = 0.0  # long-run median |residual| of the scored model (tracked in log space)
         self._log_mean = 0.0  # long-run mean of the clipped log(|residual| / _abs_median)
         self._long_n = 0  # healthy points behind the two
@@ -581,7 +591,10 @@ class RobustSeriesDetector(BucketDetector):
             if math.isfinite(z):
                 self._point.learn(abs(z))
                 self._shift.learn(max(self._cusum[:2]))
-                self._drift.learn(max(self._cusum[2:4]))
+                drift = max(self._cusum[2:4])
+                self._drift_run = self._drift_run + 1 if drift > RAMP_HOLD_LEVEL else 0
+                if self._drift_run <= RAMP_HOLD_POINTS or not self._short_cycles_seen():
+                    self._drift.learn(drift)
                 self._spread.learn(self._cusum[4])
                 if self._log_ratio(ts, y) is not None:
                     self._logvar.learn(self._cusum[5])
@@ -684,6 +697,16 @@ class RobustSeriesDetector(BucketDetector):
                 )
             ),
             key=lambda i: self._models[i].error,
+        )
+
+    def _short_cycles_seen(self) -> bool:
+        """Whether each cycle of at most RAMP_HOLD_CYCLE samples that a slow model was given has lasted twice."""
+        interval = self.interval or 1.0
+        slow = LEVELS[-1][0]
+        return all(
+            model.n * interval >= 2 * model.period
+            for model in self._models[_PLAIN:]
+            if model.alpha == slow and model.period <= RAMP_HOLD_CYCLE * interval
         )
 
     def _discard(self) -> None:

@@ -243,6 +243,26 @@ def test_a_burst_of_variance_is_alerted_by_the_variance_cusum() -> None:
     assert first["p_spread"] == min(first["p_point"], first["p_shift"], first["p_drift"], first["p_spread"])
 
 
+def test_ramps_after_the_first_are_found_as_the_first_is() -> None:
+    """Stacked ramps of 0.42 first-difference scales a point on white noise (the benchmark's trend kind): the
+    ramp CUSUM's tail does not learn the long excursions of a ramp it has not flagged yet, so the later ramps
+    are found within the 23 points a hit may take (before that, 4 of the 24 later ones were)."""
+    starts = [250, 400, 550, 700, 850]
+    found = 0
+    for seed in range(1, 7):
+        rng = random.Random(seed)
+        slopes = [0.6 * rng.choice((-1, 1)) for _ in starts]
+        t0 = datetime(2020, 1, 1, tzinfo=timezone.utc)
+        detector, alerts = RobustSeriesDetector(), []
+        for i in range(1000):
+            y = rng.gauss(0, 1) + sum(s * (i - a + 1) for a, s in zip(starts, slopes, strict=True) if i >= a)
+            observation = BucketObservation("s", t0 + timedelta(days=i), t0 + timedelta(days=i + 1), 0, value=y)
+            if step(detector, observation).detail.get("alert"):
+                alerts.append(i)
+        found += sum(any(a <= x < a + 23 for x in alerts) for a in starts[1:])
+    assert found >= 18, f"{found} of 24 later ramps found"
+
+
 def test_the_variance_cusums_prior_is_its_simulated_tail() -> None:
     """The prior of the variance CUSUM (min(z^2, 9) - 4.5 of normal z) against a fresh simulation."""
     rng = random.Random(4)
