@@ -445,18 +445,32 @@ def required_variance(
 # --------------------------------------------------------------------------- Bayesian
 
 
+# Fixed Gauss-Legendre nodes on [-1, 1] for the Beta integral of posteriors with every parameter >= _FIXED_MIN: such
+# a Beta is near normal, so the narrower one's density times the other's smooth tail is integrated over its mean +- 12
+# standard deviations (their mass beyond is below 1e-15) to within the adaptive quadrature's own error, 1e-8 of the
+# exact sum (a test), at a tenth of its cost: the readouts at every bucket close call it three times a comparison.
+_FIXED_MIN, _FIXED_SDS = 30.0, 12.0
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(64)
+
+
 def beta_probability_to_beat(alpha_a: float, beta_a: float, alpha_b: float, beta_b: float) -> float:
     """P(p_b > p_a) for independent p_a ~ Beta(alpha_a, beta_a), p_b ~ Beta(alpha_b, beta_b).
 
     One-dimensional quadrature of f_a(x) P(p_b > x) over the bulk of p_a's density (its
-    1e-15 quantiles), where the integrand is smooth even for posteriors of millions of users.
+    1e-15 quantiles), where the integrand is smooth even for posteriors of millions of users;
+    with every parameter at least 30, a 64-point Gauss-Legendre rule over the narrower
+    posterior's mean +- 12 standard deviations (`_FIXED_MIN`).
 
     >>> round(beta_probability_to_beat(1 + 100, 1 + 900, 1 + 130, 1 + 870), 4)
     0.9822
+    >>> round(beta_probability_to_beat(1 + 10, 1 + 90, 1 + 13, 1 + 87), 4)      # the adaptive quadrature
+    0.7425
     """
     for value in (alpha_a, beta_a, alpha_b, beta_b):
         if not value > 0:
             raise InvalidStatisticInput(f"Beta parameters must be positive, got {value}")
+    if min(alpha_a, beta_a, alpha_b, beta_b) >= _FIXED_MIN:
+        return _beta_beat_fixed(alpha_a, beta_a, alpha_b, beta_b)
     # scipy.special rather than frozen scipy.stats objects inside the integrand: the same functions at a
     # hundredth of the per-call cost, which a readout of many comparisons (and the tests' simulations) feels.
     log_norm_a = special.betaln(alpha_a, beta_a)
@@ -468,6 +482,22 @@ def beta_probability_to_beat(alpha_a: float, beta_a: float, alpha_b: float, beta
     low, high = special.betaincinv(alpha_a, beta_a, 1e-15), special.betainccinv(alpha_a, beta_a, 1e-15)
     value, _ = integrate.quad(integrand, max(low, 1e-300), min(high, 1 - 1e-16), epsabs=1e-12, epsrel=1e-10, limit=200)
     return min(1.0, max(0.0, value))
+
+
+def _beta_beat_fixed(alpha_a: float, beta_a: float, alpha_b: float, beta_b: float) -> float:
+    """`beta_probability_to_beat` by fixed nodes: f_a(x) P(p_b > x) over p_a's bulk when p_a is the narrower
+    posterior, else f_b(y) P(p_a < y) over p_b's (the other's tail is then smooth across the nodes)."""
+    mean_a, mean_b = alpha_a / (alpha_a + beta_a), alpha_b / (alpha_b + beta_b)
+    var_a = mean_a * (1 - mean_a) / (alpha_a + beta_a + 1)
+    var_b = mean_b * (1 - mean_b) / (alpha_b + beta_b + 1)
+    over_a = var_a <= var_b
+    alpha, beta, mean, sd = (alpha_a, beta_a, mean_a, var_a**0.5) if over_a else (alpha_b, beta_b, mean_b, var_b**0.5)
+    low, high = max(mean - _FIXED_SDS * sd, 0.0), min(mean + _FIXED_SDS * sd, 1.0)
+    half = 0.5 * (high - low)
+    x = low + half * (_NODES + 1.0)
+    density = np.exp((alpha - 1) * np.log(x) + (beta - 1) * np.log1p(-x) - special.betaln(alpha, beta))
+    other = special.betaincc(alpha_b, beta_b, x) if over_a else special.betainc(alpha_a, beta_a, x)
+    return min(1.0, max(0.0, float(half * np.dot(_WEIGHTS, density * other))))
 
 
 def beta_expected_loss(alpha_a: float, beta_a: float, alpha_b: float, beta_b: float) -> float:
