@@ -100,7 +100,7 @@ CROWD_SIGMAS, CROWD_WINDOW = 3.0, 30
 # The ramp CUSUM's tail learns none of an excursion's points once it has stayed above RAMP_HOLD_LEVEL for more than
 # RAMP_HOLD_POINTS learnt points: a ramp the detector has not flagged yet, or a slow reference biased by a lasting
 # slope, climbs for tens of points, and taught to the tail it would hide the next ramp (traced on KO's returns: the
-# tail had learnt a CUSUM of 80 as a 1-in-30 value). Short excursions, the CUSUM's everyday ones, are all learnt.
+# tail had learnt a CUSUM of 82 as a 1-in-37 value). Short excursions, the CUSUM's everyday ones, are all learnt.
 # Until each cycle of at most RAMP_HOLD_CYCLE samples has been seen twice, every point is learnt: the unseasonal slow
 # reference lags such a cycle by a long excursion each half cycle (a daily cycle of 5-minute samples), which is no
 # ramp. A longer cycle moves by at most 2 pi / 30 of its amplitude within the slow model's memory (1 / alpha = 10).
